@@ -1,0 +1,41 @@
+"""Every error K2 raises on purpose is a `K2Error`; callers catch the specific class they can handle."""
+
+
+class K2Error(Exception):
+    """Base of all K2 errors."""
+
+
+class ConfigError(K2Error):
+    """Settings or config files are missing or inconsistent."""
+
+
+class SchemaRegistryError(K2Error):
+    """A subject or schema id is unknown to the registry."""
+
+
+class DecodeError(K2Error):
+    """A Kafka message is not a valid Confluent-framed Avro record of a known schema."""
+
+
+class ValidationError(K2Error):
+    """A record decoded but breaks a rule (negative price, wrong exchange, ...)."""
+
+
+class CommitConflictError(K2Error):
+    """Another writer committed to the table first; re-check ownership and retry."""
+
+
+class FencedError(K2Error):
+    """This writer no longer owns a partition it is about to commit: another writer moved its offsets."""
+
+
+class PartitionHaltedError(K2Error):
+    """A sequence gap too large to ingest past blindly: the partition stops until an operator acts."""
+
+
+class QueryError(K2Error):
+    """A query's parameters are invalid (the API maps this to 4xx)."""
+
+
+class ReplayFormatError(K2Error):
+    """A line of a recorded file cannot be parsed."""

@@ -1,0 +1,80 @@
+"""One settings tree for every K2 process, read from `K2_*` environment variables.
+
+Nested sections map to `K2_<SECTION>_<FIELD>` (for example `K2_CATALOG_URI`, `K2_INGEST_BATCH_MAX_ROWS`).
+Nothing else in K2 reads `os.environ`: build one `Settings` at the edge and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics_file: Path = REPO_ROOT / "config" / "kafka" / "topics.yaml"
+    # Caps every topic's partition count (the embedded default runs few partitions); None keeps the file's.
+    max_partitions: int | None = Field(default=None, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1, description="Overrides topics.yaml when set.")
+    # Confluent Schema Registry URL; empty means the file-backed registry built from `schemas_dir`.
+    schema_registry_url: str = ""
+    schemas_dir: Path = REPO_ROOT / "schemas" / "avro"
+    group_id: str = "k2-ingester"
+    # Tansu takes about half the session timeout to settle a group assignment: keep it low locally.
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=500, ge=100)
+    broker_binary: Path | None = None
+
+
+class CatalogSettings(BaseModel):
+    name: str = "k2"
+    # Empty means SQLite under K2_HOME (the embedded default).
+    uri: str = ""
+    # Empty means a local-file warehouse under K2_HOME.
+    warehouse: str = ""
+    namespace: str = "market"
+
+
+class IngestSettings(BaseModel):
+    batch_max_rows: int = Field(default=50_000, ge=1)
+    batch_max_seconds: float = Field(default=1.0, gt=0)
+    dedup_window_hours: float = Field(default=24.0, gt=0)
+    gap_alert_threshold: int = Field(default=10, ge=1, description="Gaps this large or larger are alerts.")
+    gap_halt_threshold: int = Field(default=100, ge=1, description="Gaps larger than this halt the partition.")
+    commit_retries: int = Field(default=8, ge=0)
+    retry_backoff_seconds: float = Field(default=0.2, gt=0)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    default_limit: int = Field(default=1000, ge=1)
+    max_limit: int = Field(default=100_000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="K2_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    home: Path = REPO_ROOT / ".k2"
+    log_level: str = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    ingest: IngestSettings = IngestSettings()
+    api: ApiSettings = ApiSettings()
+
+    @property
+    def catalog_uri(self) -> str:
+        return self.catalog.uri or f"sqlite:///{self.home / 'catalog.db'}"
+
+    @property
+    def warehouse(self) -> str:
+        return self.catalog.warehouse or (self.home / "warehouse").as_uri()

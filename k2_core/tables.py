@@ -1,0 +1,118 @@
+"""Iceberg table definitions: the one place that says what `market.trades`, `market.quotes` and
+`market.sequence_gaps` look like, how they are partitioned and sorted, and how rows become Arrow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
+from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.types import (
+    DecimalType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from k2_core.topics import Kind
+
+PRICE = DecimalType(18, 8)
+DEDUP_KEY = ("exchange", "symbol", "exchange_sequence_number")
+
+TABLE_PROPERTIES = {
+    "write.parquet.compression-codec": "zstd",
+    "format-version": "2",
+    # K2 retries commits itself, after re-checking partition ownership; pyiceberg's own retry would not.
+    "commit.retry.num-retries": "0",
+}
+
+TRADES_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "exchange_timestamp", TimestamptzType(), required=True),
+    NestedField(4, "exchange_sequence_number", LongType(), required=True),
+    NestedField(5, "price", PRICE, required=True),
+    NestedField(6, "volume", PRICE, required=True),
+    NestedField(7, "side", StringType(), required=True),
+    NestedField(8, "trade_id", StringType(), required=True),
+    NestedField(9, "ingestion_timestamp", TimestamptzType(), required=True),
+    identifier_field_ids=[],
+)
+
+QUOTES_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "exchange_timestamp", TimestamptzType(), required=True),
+    NestedField(4, "exchange_sequence_number", LongType(), required=True),
+    NestedField(5, "bid_price", PRICE, required=True),
+    NestedField(6, "bid_size", PRICE, required=True),
+    NestedField(7, "ask_price", PRICE, required=True),
+    NestedField(8, "ask_size", PRICE, required=True),
+    NestedField(9, "ingestion_timestamp", TimestamptzType(), required=True),
+)
+
+GAPS_SCHEMA = Schema(
+    NestedField(1, "gap_id", StringType(), required=True),
+    NestedField(2, "data_type", StringType(), required=True, doc="trades or quotes"),
+    NestedField(3, "exchange", StringType(), required=True),
+    NestedField(4, "symbol", StringType(), required=True),
+    NestedField(5, "first_missing", LongType(), required=True),
+    NestedField(6, "last_missing", LongType(), required=True),
+    NestedField(7, "missing_count", LongType(), required=True),
+    NestedField(8, "severity", StringType(), required=True, doc="warning, alert or halt"),
+    NestedField(9, "status", StringType(), required=True, doc="open, filled or unrecoverable"),
+    NestedField(10, "detected_at", TimestamptzType(), required=True),
+    NestedField(11, "resolved_at", TimestamptzType(), required=False),
+    NestedField(12, "attempts", IntegerType(), required=True),
+    NestedField(13, "reason", StringType(), required=False),
+)
+
+
+def _day_spec() -> PartitionSpec:
+    return PartitionSpec(PartitionField(source_id=3, field_id=1000, transform=DayTransform(), name="day"))
+
+
+def _time_order() -> SortOrder:
+    return SortOrder(
+        SortField(source_id=3, transform=IdentityTransform(), direction=SortDirection.ASC, null_order=NullOrder.NULLS_LAST),
+        SortField(source_id=4, transform=IdentityTransform(), direction=SortDirection.ASC, null_order=NullOrder.NULLS_LAST),
+    )
+
+
+@dataclass(frozen=True)
+class TableDef:
+    name: str
+    schema: Schema
+    partition_spec: PartitionSpec
+    sort_order: SortOrder
+    sort_keys: tuple[str, ...]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return schema_to_pyarrow(self.schema, include_field_ids=False)
+
+    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
+        """Rows (dicts of Python values) -> an Arrow table in the table's schema, sorted by its sort order,
+        because pyiceberg does not sort on write."""
+        table = pa.Table.from_pylist(rows, schema=self.arrow_schema)
+        return self.sort(table)
+
+    def sort(self, table: pa.Table) -> pa.Table:
+        if not self.sort_keys or table.num_rows < 2:
+            return table
+        return table.sort_by([(k, "ascending") for k in self.sort_keys])
+
+
+TRADES = TableDef("trades", TRADES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number"))
+QUOTES = TableDef("quotes", QUOTES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number"))
+GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
+
+MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}
+ALL_TABLES = (TRADES, QUOTES, GAPS)

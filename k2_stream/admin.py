@@ -1,0 +1,41 @@
+"""Topic administration: create every configured topic and its dead-letter topic, idempotently."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from k2_core.exceptions import K2Error
+from k2_core.settings import Settings
+from k2_core.topics import TopicLayout
+
+log = logging.getLogger(__name__)
+
+
+def load_layout(settings: Settings) -> TopicLayout:
+    return TopicLayout.load(
+        settings.kafka.topics_file, settings.kafka.max_partitions, settings.kafka.replication_factor
+    )
+
+
+def ensure_topics(settings: Settings, layout: TopicLayout | None = None) -> TopicLayout:
+    layout = layout or load_layout(settings)
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = []
+    for spec in layout.topics:
+        for name, partitions in ((spec.name, spec.partitions), (spec.dlq, 1)):
+            if name not in existing:
+                wanted.append(NewTopic(name, partitions, layout.replication_factor))
+    if not wanted:
+        return layout
+    for name, future in admin.create_topics(wanted).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise K2Error(f"cannot create topic {name}: {exc}") from exc
+    log.info("topics ensured", extra={"created": len(wanted)})
+    return layout
