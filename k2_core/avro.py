@@ -51,7 +51,7 @@ class Decoder:
         buf.seek(_HEADER.size)
         try:
             record = fastavro.schemaless_reader(buf, writer, reader)
-        except Exception as exc:  # noqa: BLE001 - fastavro raises anything from EOFError to ValueError on bad bytes
+        except Exception as exc:  # fastavro raises anything from EOFError to ValueError
             raise DecodeError(f"undecodable Avro body for schema id {schema_id}: {exc!r}") from exc
         if buf.tell() != len(payload):
             raise DecodeError(f"{len(payload) - buf.tell()} trailing bytes after the Avro record")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from pyiceberg.catalog import Catalog
@@ -26,10 +27,8 @@ def ensure_table(catalog: Catalog, namespace: str, table_def: TableDef) -> Table
     identifier = (namespace, table_def.name)
     if catalog.table_exists(identifier):
         return catalog.load_table(identifier)
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
-        pass
     try:
         return catalog.create_table(
             identifier,

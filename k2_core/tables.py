@@ -81,8 +81,18 @@ def _day_spec() -> PartitionSpec:
 
 def _time_order() -> SortOrder:
     return SortOrder(
-        SortField(source_id=3, transform=IdentityTransform(), direction=SortDirection.ASC, null_order=NullOrder.NULLS_LAST),
-        SortField(source_id=4, transform=IdentityTransform(), direction=SortDirection.ASC, null_order=NullOrder.NULLS_LAST),
+        SortField(
+            source_id=3,
+            transform=IdentityTransform(),
+            direction=SortDirection.ASC,
+            null_order=NullOrder.NULLS_LAST,
+        ),
+        SortField(
+            source_id=4,
+            transform=IdentityTransform(),
+            direction=SortDirection.ASC,
+            null_order=NullOrder.NULLS_LAST,
+        ),
     )
 
 
@@ -110,8 +120,12 @@ class TableDef:
         return table.sort_by([(k, "ascending") for k in self.sort_keys])
 
 
-TRADES = TableDef("trades", TRADES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number"))
-QUOTES = TableDef("quotes", QUOTES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number"))
+TRADES = TableDef(
+    "trades", TRADES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number")
+)
+QUOTES = TableDef(
+    "quotes", QUOTES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number")
+)
 GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
 
 MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}

@@ -47,9 +47,7 @@ class TopicLayout:
     replication_factor: int
 
     @classmethod
-    def load(
-        cls, path: Path, max_partitions: int | None = None, replication_factor: int | None = None
-    ) -> TopicLayout:
+    def load(cls, path: Path, max_partitions: int | None = None, replication_factor: int | None = None) -> TopicLayout:
         try:
             raw = yaml.safe_load(path.read_text())
             specs = []

@@ -30,7 +30,9 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     raise K2Error(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
-def start_tansu(host: str, port: int, binary: Path | None = None, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+def start_tansu(
+    host: str, port: int, binary: Path | None = None, log_path: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start an in-memory Tansu broker and return once it accepts connections."""
     url = f"tcp://{host}:{port}"
     log = log_path.open("ab") if log_path else subprocess.DEVNULL

@@ -1,0 +1,15 @@
+"""`k2` entry point. Each command group lives in its own module; heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from k2_cli import feeds, platform, query
+
+app = typer.Typer(help="K2 market-data lakehouse.", no_args_is_help=True, pretty_exceptions_enable=False)
+platform.register(app)
+feeds.register(app)
+app.add_typer(query.app, name="query")
+
+if __name__ == "__main__":
+    app()
