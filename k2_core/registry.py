@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import fastavro
 import yaml
@@ -30,7 +30,7 @@ class SchemaRegistry(Protocol):
 
 
 def parse(schema: dict[str, Any]) -> ParsedSchema:
-    return dict(fastavro.parse_schema(schema, _write_hint=False))
+    return cast(ParsedSchema, fastavro.parse_schema(schema, _write_hint=False))
 
 
 class FileSchemaRegistry:
