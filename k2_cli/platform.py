@@ -1,9 +1,38 @@
-"""Placeholder command group (filled in by its owner)."""
+"""Platform commands: `k2 run` (everything, embedded), `k2 ingest`, `k2 api`."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from k2_core.settings import Settings
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `k2` app."""
+    @app.command()
+    def ingest() -> None:
+        """Run the stream ingester (Kafka -> Iceberg, exactly once) until Ctrl-C."""
+        from k2_stream.__main__ import run_ingester
+
+        run_ingester(Settings())
+
+    @app.command()
+    def api() -> None:
+        """Serve the query API (REST + OpenAPI at /docs)."""
+        from k2_api.main import serve
+
+        serve(Settings())
+
+    @app.command()
+    def run(
+        simulators: Annotated[bool, typer.Option(help="Start the ASX, NYSE and Binance feed simulators.")] = True,
+        rate: Annotated[int, typer.Option(min=1, help="Trades per second per simulated exchange.")] = 50,
+        max_partitions: Annotated[
+            int, typer.Option(min=1, help="Cap on partitions per topic for the embedded broker.")
+        ] = 4,
+    ) -> None:
+        """Start the whole platform on the embedded default: broker, catalog, feeds, ingester, API, Dagster."""
+        from k2_cli.supervisor import Supervisor
+
+        Supervisor(Settings(), simulators=simulators, rate=rate, max_partitions=max_partitions).run()

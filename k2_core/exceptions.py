@@ -39,3 +39,7 @@ class QueryError(K2Error):
 
 class ReplayFormatError(K2Error):
     """A line of a recorded file cannot be parsed."""
+
+
+class WriteError(K2Error):
+    """An Iceberg write or commit failed (storage, catalog database); nothing was committed."""

@@ -47,6 +47,8 @@ class IngestSettings(BaseModel):
     gap_halt_threshold: int = Field(default=100, ge=1, description="Gaps larger than this halt the partition.")
     commit_retries: int = Field(default=8, ge=0)
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
+    max_backoff_seconds: float = Field(default=30.0, gt=0)
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the /metrics endpoint.")
 
 
 class ApiSettings(BaseModel):

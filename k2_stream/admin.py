@@ -39,3 +39,13 @@ def ensure_topics(settings: Settings, layout: TopicLayout | None = None) -> Topi
                 raise K2Error(f"cannot create topic {name}: {exc}") from exc
     log.info("topics ensured", extra={"created": len(wanted)})
     return layout
+
+
+def cluster_id(bootstrap_servers: str, timeout: float = 30.0) -> str:
+    """The broker cluster's id. Offsets are only meaningful within one cluster: the embedded broker keeps
+    nothing across restarts, so each start gets a new id and stored offsets from an old one are ignored."""
+    try:
+        metadata = AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise K2Error(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+    return str(metadata.cluster_id or "unknown")

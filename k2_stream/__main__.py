@@ -1,0 +1,30 @@
+"""`python -m k2_stream`: run the ingester until SIGINT/SIGTERM, then commit the batch in hand and leave."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+from prometheus_client import start_http_server
+
+from k2_core.logging import configure_logging
+from k2_core.settings import Settings
+from k2_stream.ingester import Ingester
+
+
+def run_ingester(settings: Settings) -> None:
+    configure_logging("ingester", settings.log_level)
+    ingester = Ingester(settings)
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        ingester.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if settings.ingest.metrics_port:
+        start_http_server(settings.ingest.metrics_port, addr=settings.api.host)
+    ingester.run()
+
+
+if __name__ == "__main__":
+    run_ingester(Settings())

@@ -1,0 +1,416 @@
+"""The stream ingester: Kafka -> decode -> sequence/dedup -> Iceberg, exactly once.
+
+Per micro-batch (bounded by rows and seconds): decode and validate (bad messages go to `<topic>.dlq`), classify
+every row against the sequence tracker, record newly found gaps, append one snapshot per table carrying the
+offsets it covers, and only then commit the offsets to Kafka. On start and on every assignment each partition
+resumes from the newer of Kafka's committed offset and the offset stored in the table, so a crash between the
+Iceberg commit and the Kafka commit neither loses nor duplicates a row. Any failed write rolls the batch back:
+the tracker is rebuilt from the table and consumption resumes from the committed positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from k2_core.avro import Decoder
+from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.dedup import rebuild, to_us
+from k2_core.exceptions import (
+    CommitConflictError,
+    DecodeError,
+    FencedError,
+    K2Error,
+    ValidationError,
+    WriteError,
+)
+from k2_core.gaps import HALT, WARNING, GapGrading, GapStore
+from k2_core.offsets import TopicPartition as TP
+from k2_core.records import validate
+from k2_core.sequence import GapEvent, SequenceTracker, Verdict
+from k2_core.settings import Settings
+from k2_core.tables import MARKET_TABLES
+from k2_core.topics import KINDS, Kind, TopicLayout
+from k2_core.writer import TableWriter
+from k2_stream import metrics
+from k2_stream.admin import cluster_id, ensure_topics, load_layout
+from k2_stream.registry_confluent import make_registry
+
+log = logging.getLogger(__name__)
+
+_RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException)
+
+
+@dataclass
+class Pending:
+    """A decoded, valid record waiting for its batch to commit."""
+
+    kind: Kind
+    record: dict[str, Any]
+    tp: TP
+    offset: int
+
+
+@dataclass
+class BatchPlan:
+    rows: dict[Kind, list[dict[str, Any]]]
+    detected: list[GapEvent]
+    filled: list[GapEvent]
+    halts: dict[TP, tuple[int, GapEvent]]
+    duplicates: dict[Kind, int]
+
+
+class Ingester:
+    def __init__(self, settings: Settings, layout: TopicLayout | None = None) -> None:
+        self.settings = settings
+        self.layout = layout or load_layout(settings)
+        self.writer_id = f"ingester-{uuid.uuid4().hex[:12]}"
+        registry = make_registry(settings.kafka.schema_registry_url, settings.kafka.schemas_dir)
+        self.decoder = Decoder(registry)
+        self.readers = {t.subject: registry.latest(t.subject)[1] for t in self.layout.topics}
+        tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
+        self.tables = {kind: tables[MARKET_TABLES[kind].name] for kind in KINDS}
+        ing = settings.ingest
+        self.cluster_id = cluster_id(settings.kafka.bootstrap_servers)
+        self.writers = {
+            kind: TableWriter(t, self.writer_id, self.cluster_id, ing.commit_retries, ing.retry_backoff_seconds)
+            for kind, t in self.tables.items()
+        }
+        self.grading = GapGrading(ing.gap_alert_threshold, ing.gap_halt_threshold)
+        self.gaps = GapStore(tables["sequence_gaps"], self.grading)
+        self.tracker = SequenceTracker(int(ing.dedup_window_hours * 3600 * 1_000_000))
+        self.positions: dict[TP, int] = {}  # next offset to read per owned partition (where a batch starts)
+        self.halted: dict[TP, str] = {}
+        self.stats: dict[str, int] = defaultdict(int)
+        self._stop = threading.Event()
+        self._rebalanced = False
+        self._needs_reset = False
+        self._backoff = ing.retry_backoff_seconds
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": settings.kafka.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": settings.kafka.session_timeout_ms,
+                "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
+                "fetch.queue.backoff.ms": 1,
+                "queued.min.messages": 100_000,
+                "enable.partition.eof": False,
+            }
+        )
+        self.dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True})
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish: the batch in hand is committed, then the consumer leaves the group."""
+        self._stop.set()
+
+    def run(self) -> None:
+        ensure_topics(self.settings, self.layout)
+        self.consumer.subscribe(
+            [t.name for t in self.layout.topics],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info("ingester started", extra={"writer": self.writer_id, "topics": len(self.layout.topics)})
+        try:
+            while not self._stop.is_set():
+                if self._needs_reset:
+                    self._try_reset()
+                    continue
+                batch = self._collect()
+                if self._rebalanced:
+                    self._rebalanced = False
+                    continue  # the assignment re-positioned every partition; re-read from there
+                if batch:
+                    self._process_safely(batch)
+        finally:
+            self.consumer.close()
+            self.dlq.flush(10)
+            log.info("ingester stopped", extra={"writer": self.writer_id, **self.stats})
+
+    # ---- rebalances ------------------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalanced = True
+        try:
+            resume = self._resume_offsets(partitions)
+            self._rebuild_state()
+        except (K2Error, KafkaException) as exc:
+            log.error("cannot resume assigned partitions, pausing", extra={"error": str(exc)})
+            consumer.assign(partitions)
+            consumer.pause(partitions)
+            self.positions = {(p.topic, p.partition): -1 for p in partitions}
+            self._needs_reset = True
+            return
+        for p in partitions:
+            start = resume[(p.topic, p.partition)]
+            p.offset = start if start >= 0 else OFFSET_BEGINNING
+            self.positions[(p.topic, p.partition)] = max(start, 0)
+        consumer.assign(partitions)
+        log.info("partitions assigned", extra={"count": len(partitions)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalanced = True
+        for p in partitions:
+            self.positions.pop((p.topic, p.partition), None)
+            self.halted.pop((p.topic, p.partition), None)
+        metrics.HALTED_PARTITIONS.set(len(self.halted))
+
+    def _resume_offsets(self, partitions: list[TopicPartition]) -> dict[TP, int]:
+        """Newer of Kafka's committed offset and the table's: the table wins after a crash between commits."""
+        committed = self.consumer.committed(partitions, timeout=30)
+        stored: dict[TP, int] = {}
+        for writer in self.writers.values():
+            stored.update(writer.committed_offsets())
+        return {
+            (c.topic, c.partition): max(c.offset if c.offset >= 0 else -1, stored.get((c.topic, c.partition), -1))
+            for c in committed
+        }
+
+    def _rebuild_state(self) -> None:
+        rows = rebuild(self.tracker, self.tables, self.gaps.open_gaps(), datetime.now(UTC))
+        log.info("sequence state rebuilt", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
+
+    def _try_reset(self) -> None:
+        """After a failed write: rebuild from the table and rewind every partition to its committed position."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        try:
+            self._rebuild_state()
+            resume = self._resume_offsets(assignment)
+        except (K2Error, KafkaException) as exc:
+            log.warning("reset failed, backing off", extra={"error": str(exc), "wait_s": self._backoff})
+            self.consumer.poll(self._backoff)  # serves rebalance callbacks; paused partitions deliver nothing
+            self._backoff = min(self._backoff * 2, self.settings.ingest.max_backoff_seconds)
+            return
+        for p in assignment:
+            tp = (p.topic, p.partition)
+            start = max(resume.get(tp, -1), self.positions.get(tp, -1))
+            self.positions[tp] = max(start, 0)
+            if tp not in self.halted:
+                self.consumer.seek(TopicPartition(p.topic, p.partition, start if start >= 0 else OFFSET_BEGINNING))
+        self.consumer.resume([p for p in assignment if (p.topic, p.partition) not in self.halted])
+        self._needs_reset = False
+        log.info("ingester resumed after reset")
+
+    # ---- the batch loop --------------------------------------------------------------------------------------
+
+    def _collect(self) -> list[Message]:
+        ing = self.settings.ingest
+        deadline = time.monotonic() + ing.batch_max_seconds
+        batch: list[Message] = []
+        while len(batch) < ing.batch_max_rows and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            msgs = self.consumer.consume(min(ing.batch_max_rows - len(batch), 10_000), min(remaining, 0.5))
+            if self._rebalanced:
+                return []
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error", extra={"error": str(err)})
+                    continue
+                tp = (m.topic() or "", m.partition() or 0)
+                if tp in self.positions and tp not in self.halted:
+                    batch.append(m)
+        return batch
+
+    def _process_safely(self, batch: list[Message]) -> None:
+        try:
+            self._process(batch)
+            self._backoff = self.settings.ingest.retry_backoff_seconds
+        except _RECOVERABLE as exc:
+            log.error(
+                "batch not committed, rolling back",
+                extra={"error": str(exc), "error_type": type(exc).__name__, "messages": len(batch)},
+            )
+            self.stats["failed_batches"] += 1
+            self._needs_reset = True
+
+    def _decode(self, batch: list[Message]) -> tuple[list[Pending], list[tuple[Message, str]], dict[TP, int]]:
+        pending: list[Pending] = []
+        dead: list[tuple[Message, str]] = []
+        next_offsets: dict[TP, int] = {}
+        for m in batch:
+            topic = m.topic() or ""
+            tp = (topic, m.partition() or 0)
+            offset = m.offset() or 0
+            next_offsets[tp] = offset + 1
+            metrics.MESSAGES_CONSUMED.labels(topic).inc()
+            spec = self.layout.by_name[topic]
+            try:
+                record = self.decoder.decode(m.value(), self.readers[spec.subject])
+                validate(spec.kind, spec.exchange, record)
+            except (DecodeError, ValidationError) as exc:
+                dead.append((m, f"{type(exc).__name__}: {exc}"))
+                continue
+            pending.append(Pending(spec.kind, record, tp, offset))
+        return pending, dead, next_offsets
+
+    def _plan(self, pending: list[Pending], now_us: int) -> tuple[BatchPlan, dict[Kind, Any]]:
+        """Classify every row; a gap past the halt threshold cuts its partition at the revealing message and
+        the plan is recomputed without it (repeat until stable)."""
+        halts: dict[TP, tuple[int, GapEvent]] = {}
+        while True:
+            txns: dict[Kind, Any] = {}
+            plan = BatchPlan(defaultdict(list), [], [], halts, defaultdict(int))
+            new_halt = False
+            ordered = sorted(
+                (p for p in pending if p.tp not in halts or p.offset < halts[p.tp][0]),
+                key=lambda p: (
+                    p.kind,
+                    p.record["exchange"],
+                    p.record["symbol"],
+                    p.record["exchange_sequence_number"],
+                    p.offset,
+                ),
+            )
+            for p in ordered:
+                txn = txns.get(p.kind)
+                if txn is None:
+                    txn = txns[p.kind] = self.tracker.begin()
+                rec = p.record
+                key = (p.kind, rec["exchange"], rec["symbol"])
+                verdict, gap = txn.observe(
+                    key, rec["exchange_sequence_number"], to_us(rec["exchange_timestamp"]), now_us
+                )
+                if gap is not None and self.grading(gap.missing) == HALT:
+                    halts[p.tp] = (min(p.offset, halts.get(p.tp, (p.offset, gap))[0]), gap)
+                    new_halt = True
+                    break
+                if verdict is Verdict.DUPLICATE:
+                    plan.duplicates[p.kind] += 1
+                else:
+                    plan.rows[p.kind].append(rec)
+            if new_halt:
+                continue
+            for txn in txns.values():
+                plan.detected.extend(e for e in txn.events if not e.filled)
+                plan.filled.extend(e for e in txn.events if e.filled)
+            # A halting gap is recorded too: restarting the ingester is the operator's go-ahead to pass it.
+            plan.detected.extend(gap for _, gap in halts.values())
+            return plan, txns
+
+    def _process(self, batch: list[Message]) -> None:
+        now = datetime.now(UTC)
+        pending, dead, next_offsets = self._decode(batch)
+        plan, txns = self._plan(pending, to_us(now))
+        for tp, (offset, _) in plan.halts.items():
+            next_offsets[tp] = offset
+        dead = [(m, r) for m, r in dead if not self._beyond_halt(m, plan)]
+
+        # Dead letters first (at least once): if anything below fails, the batch is re-read and re-sent.
+        self._send_dead_letters(dead)
+        if plan.detected:
+            self.gaps.record_detected(plan.detected, now)
+        for kind in KINDS:
+            offsets = {tp: o for tp, o in next_offsets.items() if self.layout.by_name[tp[0]].kind == kind}
+            rows = plan.rows.get(kind, [])
+            if rows:
+                table_def = MARKET_TABLES[kind]
+                data = table_def.to_arrow(rows)
+                started = time.perf_counter()
+                self.writers[kind].append(data, offsets, {tp: self.positions[tp] for tp in offsets})
+                metrics.WRITE_DURATION.labels(table_def.name).observe(time.perf_counter() - started)
+                metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(len(rows))
+                metrics.ROWS_WRITTEN.labels(table_def.name).inc(len(rows))
+            if kind in txns:
+                txns[kind].commit()
+            self.positions.update(offsets)
+            self.stats[f"{kind}_written"] += len(rows)
+            self.stats[f"{kind}_duplicates"] += plan.duplicates.get(kind, 0)
+            metrics.DUPLICATES.labels(MARKET_TABLES[kind].name).inc(plan.duplicates.get(kind, 0))
+        if plan.filled:
+            try:
+                self.gaps.record_filled(plan.filled, now)
+            except WriteError as exc:  # the rows are safe; an open gap whose rows exist is closed by backfill
+                log.warning("could not mark gaps filled", extra={"error": str(exc)})
+        self._report_gaps(plan.detected, plan.halts)
+        self._commit_kafka(next_offsets)
+
+    def _beyond_halt(self, m: Message, plan: BatchPlan) -> bool:
+        halt = plan.halts.get((m.topic() or "", m.partition() or 0))
+        return halt is not None and (m.offset() or 0) >= halt[0]
+
+    def _send_dead_letters(self, dead: Iterable[tuple[Message, str]]) -> None:
+        sent = 0
+        for m, reason in dead:
+            topic = m.topic() or ""
+            self.dlq.produce(
+                self.layout.by_name[topic].dlq,
+                key=m.key(),
+                value=m.value(),
+                headers={
+                    "k2.error": reason.encode(),
+                    "k2.source.topic": topic.encode(),
+                    "k2.source.partition": str(m.partition()).encode(),
+                    "k2.source.offset": str(m.offset()).encode(),
+                    "k2.failed_at": datetime.now(UTC).isoformat().encode(),
+                },
+            )
+            metrics.DLQ_MESSAGES.labels(topic).inc()
+            log.warning("message dead-lettered", extra={"topic": topic, "offset": m.offset(), "reason": reason})
+            sent += 1
+        if sent:
+            if self.dlq.flush(30):
+                raise WriteError("dead-letter messages not delivered; batch not committed")
+            self.stats["dead_lettered"] += sent
+
+    def _report_gaps(self, detected: list[GapEvent], halts: dict[TP, tuple[int, GapEvent]]) -> None:
+        halting = {id(g) for _, g in halts.values()}
+        for gap in detected:
+            data_type, exchange, symbol = gap.key
+            severity = self.grading(gap.missing)
+            metrics.SEQUENCE_GAPS.labels(exchange, severity).inc()
+            self.stats["gaps"] += 1
+            extra = {
+                "data_type": data_type,
+                "exchange": exchange,
+                "symbol": symbol,
+                "first_missing": gap.first,
+                "last_missing": gap.last,
+                "missing": gap.missing,
+                "severity": severity,
+            }
+            if id(gap) in halting:
+                continue  # logged below, with the partition it stopped
+            if severity == WARNING:
+                log.warning("sequence gap", extra=extra)
+            else:
+                log.error("sequence gap alert", extra=extra)
+        for tp, (offset, gap) in halts.items():
+            reason = (
+                f"gap of {gap.missing} in {gap.key[0]} {gap.key[1]}:{gap.key[2]} (sequence {gap.first}..{gap.last}) "
+                f"exceeds {self.grading.halt_threshold}; partition {tp[0]}[{tp[1]}] stopped at offset {offset}. "
+                "The gap is recorded in sequence_gaps; restart the ingester to continue past it."
+            )
+            self.halted[tp] = reason
+            self.consumer.pause([TopicPartition(tp[0], tp[1])])
+            log.critical("partition halted", extra={"topic": tp[0], "partition": tp[1], "reason": reason})
+        metrics.HALTED_PARTITIONS.set(len(self.halted))
+
+    def _commit_kafka(self, offsets: dict[TP, int]) -> None:
+        """Best effort: the table already holds these offsets, so a failed Kafka commit only costs a re-read
+        that dedup absorbs."""
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            log.warning("kafka offset commit failed; offsets are safe in the table", extra={"error": str(exc)})
