@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -110,15 +110,19 @@ class QueryEngine:
         exchanges: Collection[str] | None = None,
         default_limit: int = _API_DEFAULTS.default_limit,
         max_limit: int = _API_DEFAULTS.max_limit,
+        direct_reads: bool = True,
         owns_catalog: bool = False,
     ) -> None:
-        """`exchanges=None` accepts any exchange name (a bare catalog has no topic layout to check against);
-        `owns_catalog` makes `close()` release the catalog's connections."""
+        """`exchanges=None` accepts any well-formed exchange name (a bare catalog has no topic layout to check
+        against). `direct_reads=False` always reads through pyiceberg, the path taken anyway for delete files or
+        remote storage; it exists to cross-check DuckDB's reading against pyiceberg's. `owns_catalog` makes
+        `close()` release the catalog's connections."""
         self.catalog = catalog
         self.namespace = namespace
         self.exchanges = frozenset(exchanges) if exchanges is not None else None
         self.default_limit = default_limit
         self.max_limit = max_limit
+        self.direct_reads = direct_reads
         self._owns_catalog = owns_catalog
 
     @classmethod
@@ -249,7 +253,9 @@ class QueryEngine:
             snapshots = {t.name: self.load(t).metadata.current_snapshot_id for t in ALL_TABLES}
         except _CATALOG_FAILURES as exc:
             logger.warning("catalog unreachable", extra={"error": repr(exc)})
-            return CatalogHealth(reachable=False, snapshots={}, error=f"{type(exc).__name__}: {exc}")
+            # First line only: SQLAlchemy appends the SQL statement and a help link, no use to a probe.
+            summary = (str(exc).splitlines() or [""])[0][:300]
+            return CatalogHealth(reachable=False, snapshots={}, error=f"{type(exc).__name__}: {summary}")
         return CatalogHealth(reachable=True, snapshots=snapshots)
 
     # --- internals -----------------------------------------------------------------------------------------
@@ -270,7 +276,7 @@ class QueryEngine:
         table = self.load(table_def)
         plan = _plan(table, table_def, row_filter)
         sql_params = dict(params)
-        paths = plan.local_paths
+        paths = plan.local_paths if self.direct_reads else None
         if not plan.data_files:
             read_path = "empty"
             result = table_def.arrow_schema.empty_table()
@@ -358,12 +364,14 @@ def _select(
 Source = QueryEngine | Catalog | Settings
 
 
-def _run(source: Source, namespace: str, query: str, *args: Any) -> pa.Table:
+def _run(source: Source, namespace: str, query: Callable[[QueryEngine], pa.Table]) -> pa.Table:
+    """Run `query` on an engine for `source`, closing any catalog opened here. With `Settings`, the namespace
+    comes from the settings."""
     if isinstance(source, QueryEngine):
-        return getattr(source, query)(*args)
+        return query(source)
     engine = QueryEngine.from_settings(source) if isinstance(source, Settings) else QueryEngine(source, namespace)
     with engine:
-        return getattr(engine, query)(*args)
+        return query(engine)
 
 
 def get_trades(
@@ -381,7 +389,7 @@ def get_trades(
     `source` is a `QueryEngine` (reuse it for many calls), a pyiceberg `Catalog`, or `Settings` (opens the
     catalog for this one call and checks `exchange` against the topic layout). Raises `QueryError` on bad input.
     """
-    return _run(source, namespace, "trades", symbol, exchange, start, end, limit)
+    return _run(source, namespace, lambda engine: engine.trades(symbol, exchange, start, end, limit))
 
 
 def get_quotes(
@@ -395,7 +403,7 @@ def get_quotes(
     namespace: str = DEFAULT_NAMESPACE,
 ) -> pa.Table:
     """Quotes of `symbol` on `exchange` in `[start, end)`; `source` as for `get_trades`."""
-    return _run(source, namespace, "quotes", symbol, exchange, start, end, limit)
+    return _run(source, namespace, lambda engine: engine.quotes(symbol, exchange, start, end, limit))
 
 
 def get_gaps(
@@ -407,4 +415,4 @@ def get_gaps(
     namespace: str = DEFAULT_NAMESPACE,
 ) -> pa.Table:
     """Sequence gaps, newest first, narrowed by any of exchange, symbol, status; `source` as for `get_trades`."""
-    return _run(source, namespace, "gaps", exchange, symbol, status)
+    return _run(source, namespace, lambda engine: engine.gaps(exchange, symbol, status))

@@ -94,7 +94,10 @@ def parse_time(value: datetime | str, parameter: str) -> datetime:
         raise QueryError(f"{parameter} must be an ISO-8601 string or a datetime; got {type(value).__name__}")
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise QueryError(f"{parameter} is out of range in UTC: {value!r}") from None
 
 
 def validate_time_range(
@@ -107,7 +110,12 @@ def validate_time_range(
     """Fill in the defaults (end = now, start = end - one day) so the common "latest ticks" query needs no
     arguments, then insist on a non-empty window: an inverted range is a caller mistake, not an empty result."""
     end_at = parse_time(end, "end") if end is not None else (now or datetime.now(UTC)).astimezone(UTC)
-    start_at = parse_time(start, "start") if start is not None else end_at - default_window
+    if start is not None:
+        start_at = parse_time(start, "start")
+    elif end_at - datetime.min.replace(tzinfo=UTC) < default_window:
+        raise QueryError(f"end is too early to look back {default_window} from (end={end_at.isoformat()})")
+    else:
+        start_at = end_at - default_window
     if start_at >= end_at:
         raise QueryError(
             f"start must be before end (start={start_at.isoformat()}, end={end_at.isoformat()}); "
