@@ -1,0 +1,133 @@
+"""The simulator's pure core: a seeded market that yields trade and quote records with faults applied.
+
+No Kafka and no sleeping here, so tests can check sequence numbers, ticks and faults exactly and the run
+loop (k2_stream.simulator.run) stays a thin pacing-and-producing shell.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from k2_core.topics import Kind
+from k2_stream.simulator.faults import Event, FaultConfig, FaultInjector, FaultStats, Stream
+from k2_stream.simulator.instruments import Instrument, instruments_for
+from k2_stream.simulator.prices import Fill, PriceWalk
+from k2_stream.simulator.recovery import RecoveryStore
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    exchange: str
+    symbols: tuple[str, ...] | None = None
+    quotes: bool = True
+    seed: int | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+
+class MarketSimulator:
+    """One exchange's feed. Each `step` is one trade on a randomly chosen symbol, preceded by the quote
+    update it trades against (when quotes are on), passed through the fault injector.
+
+    `ingestion_timestamp` is set to the generation time as a placeholder; whoever sends the record
+    overwrites it with the receive time, as a feed handler would.
+    """
+
+    def __init__(self, config: SimulatorConfig, clock: Clock = utc_now) -> None:
+        self.config = config
+        self.exchange = config.exchange
+        self.instruments: tuple[Instrument, ...] = instruments_for(config.exchange, config.symbols)
+        self.clock = clock
+        self.rng = random.Random(config.seed)  # noqa: S311  # a reproducible market, not a secret
+        self._walks = [PriceWalk(i, self.rng) for i in self.instruments]
+        self._weights = [i.activity for i in self.instruments]
+        self._next_seq: Counter[Stream] = Counter()
+        self.faults = FaultInjector(config.faults)
+        self.recovery = RecoveryStore(config.exchange)
+        self._unpersisted: list[Event] = []
+        self.trades_generated = 0
+        self.quotes_generated = 0
+
+    @property
+    def stats(self) -> FaultStats:
+        return self.faults.stats
+
+    def _sequence(self, symbol: str, kind: Kind) -> int:
+        stream = Stream(self.exchange, symbol, kind)
+        self._next_seq[stream] += 1
+        return self._next_seq[stream]
+
+    def _quote(self, symbol: str, fill: Fill) -> Event:
+        now = self.clock()
+        self.quotes_generated += 1
+        return Event(
+            "quotes",
+            {
+                "symbol": symbol,
+                "exchange": self.exchange,
+                "exchange_timestamp": now,
+                "exchange_sequence_number": self._sequence(symbol, "quotes"),
+                "bid_price": fill.book.bid_price,
+                "bid_size": fill.book.bid_size,
+                "ask_price": fill.book.ask_price,
+                "ask_size": fill.book.ask_size,
+                "ingestion_timestamp": now,
+            },
+        )
+
+    def _trade(self, symbol: str, fill: Fill) -> Event:
+        now = self.clock()
+        seq = self._sequence(symbol, "trades")
+        self.trades_generated += 1
+        record: dict[str, Any] = {
+            "symbol": symbol,
+            "exchange": self.exchange,
+            "exchange_timestamp": now,
+            "exchange_sequence_number": seq,
+            "price": fill.price,
+            "volume": fill.volume,
+            "side": fill.side,
+            "trade_id": f"{self.exchange}-{symbol}-{seq}",
+            "ingestion_timestamp": now,
+        }
+        return Event("trades", record)
+
+    def step(self) -> list[Event]:
+        """Generate one trade (and its quote) and return what the faulty feed sends for it, possibly nothing."""
+        walk = self.rng.choices(self._walks, weights=self._weights)[0]
+        symbol = walk.instrument.symbol
+        fill = walk.next_fill()
+        clean = [self._quote(symbol, fill)] if self.config.quotes else []
+        clean.append(self._trade(symbol, fill))
+        out = [sent for event in clean for sent in self.faults.apply(event)]
+        for event in self.faults.take_withheld():
+            self.recovery.add(event)
+            self._unpersisted.append(event)
+        return out
+
+    def finish(self) -> list[Event]:
+        """End of the feed: release messages still held back for reordering."""
+        return self.faults.finish()
+
+    def take_unpersisted(self) -> list[Event]:
+        """Withheld records not yet handed out, for the run loop to persist before it sends later messages."""
+        taken, self._unpersisted = self._unpersisted, []
+        return taken
+
+    def events(self, trades: int | None = None) -> Iterator[Event]:
+        """The whole faulty feed for `trades` trades (endless when None), then the held-back tail."""
+        done = 0
+        while trades is None or done < trades:
+            yield from self.step()
+            done += 1
+        yield from self.finish()
