@@ -37,7 +37,7 @@ def ensure_topics(settings: Settings, layout: TopicLayout | None = None) -> Topi
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise K2Error(f"cannot create topic {name}: {exc}") from exc
-    log.info("topics ensured", extra={"created": len(wanted)})
+    log.info("topics ensured", extra={"topics_created": len(wanted)})
     return layout
 
 

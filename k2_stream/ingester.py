@@ -132,10 +132,7 @@ class Ingester:
                     self._try_reset()
                     continue
                 batch = self._collect()
-                if self._rebalanced:
-                    self._rebalanced = False
-                    continue  # the assignment re-positioned every partition; re-read from there
-                if batch:
+                if batch and not self._needs_reset:
                     self._process_safely(batch)
         finally:
             self.consumer.close()
@@ -161,6 +158,7 @@ class Ingester:
             p.offset = start if start >= 0 else OFFSET_BEGINNING
             self.positions[(p.topic, p.partition)] = max(start, 0)
         consumer.assign(partitions)
+        self._needs_reset = False
         log.info("partitions assigned", extra={"count": len(partitions)})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -194,7 +192,9 @@ class Ingester:
             resume = self._resume_offsets(assignment)
         except (K2Error, KafkaException) as exc:
             log.warning("reset failed, backing off", extra={"error": str(exc), "wait_s": self._backoff})
-            self.consumer.poll(self._backoff)  # serves rebalance callbacks; paused partitions deliver nothing
+            msg = self.consumer.poll(self._backoff)  # serves rebalance callbacks
+            if msg is not None and msg.error() is None:  # a partition assigned meanwhile: un-read it
+                self.consumer.seek(TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
             self._backoff = min(self._backoff * 2, self.settings.ingest.max_backoff_seconds)
             return
         for p in assignment:
@@ -219,7 +219,10 @@ class Ingester:
                 break
             msgs = self.consumer.consume(min(ing.batch_max_rows - len(batch), 10_000), min(remaining, 0.5))
             if self._rebalanced:
-                return []
+                # The assignment inside that call re-positioned every partition at its committed offset:
+                # what was collected before is stale, what this call returned is already the new start.
+                self._rebalanced = False
+                batch.clear()
             for m in msgs:
                 err = m.error()
                 if err is not None:

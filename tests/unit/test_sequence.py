@@ -23,7 +23,15 @@ def test_duplicates_are_detected_and_gaps_reported_once() -> None:
     tracker = SequenceTracker(DAY_US)
     out = observe_all(tracker, [1, 2, 2, 3, 7, 7, 8])
     verdicts = [v for v, _ in out]
-    assert verdicts == [Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE, Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE, Verdict.NEW]
+    assert verdicts == [
+        Verdict.NEW,
+        Verdict.NEW,
+        Verdict.DUPLICATE,
+        Verdict.NEW,
+        Verdict.NEW,
+        Verdict.DUPLICATE,
+        Verdict.NEW,
+    ]
     gaps = [g for _, g in out if g is not None]
     assert [(g.first, g.last, g.missing) for g in gaps] == [(4, 6, 3)]
 
