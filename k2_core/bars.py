@@ -1,0 +1,136 @@
+"""OHLCV bars: the one definition of a bar, shared by the query layer and the Dagster assets that precompute
+`market.ohlcv_1m` / `market.ohlcv_1d`.
+
+A bar covers the trades with `bar_start <= exchange_timestamp < bar_start + interval`, where `bar_start` is
+aligned to the interval on the UTC epoch (so 1m bars start on whole UTC minutes, 1d bars at UTC midnight).
+Intervals without trades produce no bar: a gap in the output is a gap in the market, never a bar with zero
+volume and a carried-forward price.
+
+- open / close: the price of the first / last trade in exchange order `(exchange_timestamp,
+  exchange_sequence_number)`, so out-of-order arrival never changes a bar.
+- high / low: the highest / lowest price. volume: the sum of volumes. trade_count: the number of trades.
+- vwap: `sum(price * volume) / sum(volume)`, computed exactly in 128-bit integers and rounded half-even to
+  8 decimal places (the stored precision). Never a float.
+
+Writers of precomputed bar tables record which trades snapshot the bars were computed from, under
+`SOURCE_SNAPSHOT_PROPERTY` in the Iceberg snapshot summary (`source_snapshot_properties(...)` builds it). The
+query layer serves a day from a precomputed table only when the trades of that day have not changed since that
+snapshot; bars written without the property are never served (the reader cannot prove them fresh).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal, get_args
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.transforms import DayTransform
+from pyiceberg.types import DecimalType, LongType, NestedField, StringType, TimestamptzType
+
+Interval = Literal["1s", "5s", "1m", "5m", "15m", "1h", "1d"]
+
+INTERVALS: dict[Interval, timedelta] = {
+    "1s": timedelta(seconds=1),
+    "5s": timedelta(seconds=5),
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+}
+assert tuple(INTERVALS) == get_args(Interval)
+
+# The intervals with a precomputed Iceberg table, and that table's name in the K2 namespace.
+PRECOMPUTED_TABLES: dict[Interval, str] = {"1m": "ohlcv_1m", "1d": "ohlcv_1d"}
+
+# Snapshot-summary key under which a bar table's writer records the trades snapshot id it read.
+SOURCE_SNAPSHOT_PROPERTY = "k2.ohlcv.source-snapshot-id"
+
+_PRICE = DecimalType(18, 8)
+OHLCV_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "bar_start", TimestamptzType(), required=True),
+    NestedField(4, "open", _PRICE, required=True),
+    NestedField(5, "high", _PRICE, required=True),
+    NestedField(6, "low", _PRICE, required=True),
+    NestedField(7, "close", _PRICE, required=True),
+    NestedField(8, "volume", _PRICE, required=True),
+    NestedField(9, "vwap", _PRICE, required=True),
+    NestedField(10, "trade_count", LongType(), required=True),
+)
+OHLCV_PARTITION_SPEC = PartitionSpec(
+    PartitionField(source_id=3, field_id=1000, transform=DayTransform(), name="bar_day")
+)
+BARS_ARROW_SCHEMA: pa.Schema = schema_to_pyarrow(OHLCV_SCHEMA, include_field_ids=False)
+
+_SCALE = 100_000_000  # 10**8: decimal(18, 8) units
+
+
+def interval_micros(interval: Interval) -> int:
+    """The interval's width in microseconds (DuckDB's timestamp resolution)."""
+    return INTERVALS[interval] // timedelta(microseconds=1)
+
+
+def bars_sql(source: str, interval: Interval) -> str:
+    """The SQL computing bars from the trades in `source` (a table name, view or table function holding at least
+    symbol, exchange, exchange_timestamp, exchange_sequence_number, price, volume). Callers that want a filter
+    apply it inside `source`. The session's TimeZone does not matter: buckets are computed on epoch micros."""
+    width = interval_micros(interval)
+    return f"""
+    WITH t AS (
+        SELECT symbol, exchange, price, volume,
+               (epoch_us(exchange_timestamp) // {width}) * {width} AS bucket_us,
+               {{'ts': exchange_timestamp, 'seq': exchange_sequence_number}} AS ord,
+               CAST(CAST(price AS DECIMAL(38, 8)) * {_SCALE} AS HUGEINT) AS price_units,
+               CAST(CAST(volume AS DECIMAL(38, 8)) * {_SCALE} AS HUGEINT) AS volume_units
+        FROM {source}
+    ),
+    g AS (
+        SELECT symbol, exchange, bucket_us,
+               arg_min(price, ord) AS open, max(price) AS high, min(price) AS low, arg_max(price, ord) AS close,
+               sum(volume) AS volume, sum(volume_units) AS vol, sum(price_units * volume_units) AS pv,
+               count(*) AS trade_count
+        FROM t
+        GROUP BY symbol, exchange, bucket_us
+    ),
+    q AS (
+        SELECT *, pv // vol AS quot, pv % vol AS rem FROM g
+    )
+    SELECT symbol, exchange, make_timestamptz(bucket_us) AS bar_start, open, high, low, close,
+           CAST(volume AS DECIMAL(18, 8)) AS volume,
+           CAST(
+               CAST(quot + CASE WHEN 2 * rem > vol OR (2 * rem = vol AND quot % 2 = 1) THEN 1 ELSE 0 END
+                    AS DECIMAL(38, 0)) * CAST(0.00000001 AS DECIMAL(9, 8))
+               AS DECIMAL(18, 8)) AS vwap,
+           trade_count
+    FROM q
+    ORDER BY symbol, exchange, bar_start
+    """
+
+
+def compute_bars(trades: pa.Table | duckdb.DuckDBPyRelation, interval: Interval) -> pa.Table:
+    """OHLCV bars at `interval` from trades given as an Arrow table (e.g. `get_trades(...)`, a pyiceberg
+    `scan().to_arrow()`) or a DuckDB relation (evaluated on its own connection). Returns an Arrow table in
+    `BARS_ARROW_SCHEMA`, ordered by symbol, exchange, bar_start; one row per non-empty interval."""
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {', '.join(INTERVALS)}; got {interval!r}")
+    if isinstance(trades, duckdb.DuckDBPyRelation):
+        relation = trades.query("k2_trades", bars_sql("k2_trades", interval))
+        assert relation is not None  # a SELECT always yields a relation
+        result = relation.to_arrow_table()
+    else:
+        with duckdb.connect() as con:
+            con.register("k2_trades", trades)
+            result = con.sql(bars_sql("k2_trades", interval)).to_arrow_table()
+    return result.cast(BARS_ARROW_SCHEMA)
+
+
+def source_snapshot_properties(source_snapshot_id: int) -> dict[str, str]:
+    """Snapshot-summary properties a bar-table writer passes to `append`/`overwrite(snapshot_properties=...)`:
+    the id of the trades snapshot whose rows the bars were computed from."""
+    return {SOURCE_SNAPSHOT_PROPERTY: str(source_snapshot_id)}
