@@ -58,6 +58,24 @@ class ApiSettings(BaseModel):
     max_limit: int = Field(default=100_000, ge=1)
 
 
+class QuerySettings(BaseModel):
+    # Ranges ending inside this many seconds of now are served (partly) from the API's realtime tail.
+    realtime_window_seconds: float = Field(default=300.0, gt=0)
+    tail_enabled: bool = Field(default=True, description="The API consumes the market topics into a realtime tail.")
+    tail_max_messages: int = Field(default=200_000, ge=1, description="Per topic; the oldest are evicted first.")
+    max_range_days: float = Field(default=366.0, gt=0, description="Widest start..end window of one request.")
+    max_bars: int = Field(default=500_000, ge=1, description="Most bars one OHLCV request may span.")
+    lru_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="In-process result cache; 0 disables.")
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    enabled: bool = True
+    timeout_seconds: float = Field(default=0.1, gt=0, description="Connect and command timeout.")
+    ttl_seconds: int = Field(default=3600, ge=1)
+    retry_after_seconds: float = Field(default=5.0, ge=0, description="How long to skip Redis after a failure.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="K2_",
@@ -72,6 +90,8 @@ class Settings(BaseSettings):
     catalog: CatalogSettings = CatalogSettings()
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
+    query: QuerySettings = QuerySettings()
+    redis: RedisSettings = RedisSettings()
 
     @property
     def catalog_uri(self) -> str:
