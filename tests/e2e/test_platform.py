@@ -1,0 +1,94 @@
+"""`k2 run`: the whole embedded platform as a new user starts it, queried over HTTP, stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+from tests.e2e.support import wait_for
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) counts as stopped
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def _trade_count(api: str) -> int:
+    try:
+        resp = httpx.get(f"{api}/v1/trades", params={"symbol": "BHP", "exchange": "asx", "limit": 100000}, timeout=5)
+    except httpx.HTTPError:
+        return -1
+    return int(resp.json()["count"]) if resp.status_code == 200 else -1
+
+
+def _start(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "k2_cli.main", "run", "--rate", "20", *args],
+        env=env,
+        stdout=(home / "run.out").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> list[int]:
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    return children
+
+
+def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    env.update(
+        K2_HOME=str(home),
+        K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        K2_API_PORT=str(api_port),
+        K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_KAFKA_MAX_PARTITIONS="2",
+    )
+    api = f"http://127.0.0.1:{api_port}"
+
+    run = _start(home, env)
+    try:
+        wait_for(lambda: _trade_count(api) > 0, timeout=60)
+    finally:
+        children = _stop(run)
+    assert len(children) >= 6  # broker, ingester, api, three simulators
+    wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+    assert (home / "catalog.db").exists()
+
+    # Started again on the same home, the broker is new and empty (a new cluster): the old offsets must not be
+    # reused and the simulators' restarted sequence numbers are a new session, so new trades still land.
+    again = _start(home, env)
+    try:
+        wait_for(lambda: _trade_count(api) > 0, timeout=60)
+        first = _trade_count(api)
+        wait_for(lambda: _trade_count(api) > first, timeout=60)
+    finally:
+        _stop(again)
+
+    quiet = _start(home, env, "--no-simulators")
+    try:
+        wait_for(lambda: _trade_count(api) > 0, timeout=60)
+    finally:
+        children = _stop(quiet)
+    assert len(children) == 3  # broker, ingester, api
