@@ -6,6 +6,7 @@ Nothing else in K2 reads `os.environ`: build one `Settings` at the edge and pass
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -76,6 +77,55 @@ class RedisSettings(BaseModel):
     retry_after_seconds: float = Field(default=5.0, ge=0, description="How long to skip Redis after a failure.")
 
 
+class MarketHours(BaseModel):
+    """When an exchange trades, in its own time zone; `open == close` means around the clock."""
+
+    timezone: str = "UTC"
+    open: time = time(0, 0)
+    close: time = time(0, 0)
+    weekdays: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)  # Monday = 0
+
+
+class RecordedFile(BaseModel):
+    """A recorded exchange dump that gap backfill may re-read to recover one stream's missing sequences."""
+
+    exchange: str
+    symbol: str
+    path: Path
+    format: str = "binance-trades"
+
+
+def _default_market_hours() -> dict[str, MarketHours]:
+    weekdays = (0, 1, 2, 3, 4)
+    return {
+        "asx": MarketHours(timezone="Australia/Sydney", open=time(10, 0), close=time(16, 0), weekdays=weekdays),
+        "nyse": MarketHours(timezone="America/New_York", open=time(9, 30), close=time(16, 0), weekdays=weekdays),
+        "binance": MarketHours(),
+    }
+
+
+class MaintenanceSettings(BaseModel):
+    """The Dagster-run upkeep of the lake: compaction, gap backfill, snapshot expiry, quality checks, and where the
+    Dagster webserver listens."""
+
+    compaction_target_file_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    compaction_min_files: int = Field(default=16, ge=1, description="A closed day with more files is compacted.")
+    commit_retries: int = Field(default=8, ge=0)
+    retry_backoff_seconds: float = Field(default=0.2, gt=0)
+    snapshot_retention_hours: float = Field(default=7 * 24.0, gt=0)
+    keep_last_snapshots: int = Field(default=20, ge=1)
+    orphan_min_age_hours: float = Field(default=24.0, ge=0, description="Younger unreferenced files may be in flight.")
+    backfill_max_attempts: int = Field(default=5, ge=1)
+    backfill_batch_size: int = Field(default=100, ge=1)
+    backfill_min_gap_age_seconds: float = Field(default=30.0, ge=0, description="Lets late numbers arrive first.")
+    recorded_files: list[RecordedFile] = Field(default_factory=list)
+    freshness_max_lag_seconds: float = Field(default=300.0, gt=0)
+    future_tolerance_seconds: float = Field(default=60.0, ge=0, description="Clock skew allowed by the checks.")
+    market_hours: dict[str, MarketHours] = Field(default_factory=_default_market_hours)
+    dagster_host: str = "127.0.0.1"
+    dagster_port: int = Field(default=3000, ge=1, le=65535)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="K2_",
@@ -92,6 +142,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     query: QuerySettings = QuerySettings()
     redis: RedisSettings = RedisSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     @property
     def catalog_uri(self) -> str:
