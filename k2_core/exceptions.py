@@ -43,3 +43,11 @@ class ReplayFormatError(K2Error):
 
 class WriteError(K2Error):
     """An Iceberg write or commit failed (storage, catalog database); nothing was committed."""
+
+
+class MaintenanceError(K2Error):
+    """A maintenance job (compaction, backfill, expiry) cannot proceed safely; nothing was committed."""
+
+
+class CompactionError(MaintenanceError):
+    """Rewritten files do not hold exactly the rows they replace, or the day changed under the rewrite."""
