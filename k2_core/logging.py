@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Correlation id of the request being served (set by the API middleware); every log line in its context carries it.
+REQUEST_ID: ContextVar[str | None] = ContextVar("k2_request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,6 +27,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if (request_id := REQUEST_ID.get()) is not None:
+            payload["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 payload[key] = value
