@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from k2_api.models import ErrorResponse
+from k2_api.observability import install_observability
 from k2_api.routes import ROUTERS
 from k2_core.exceptions import QueryError
 from k2_core.logging import configure_logging
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     app.add_exception_handler(QueryError, _query_error)
+    install_observability(app)
     for router in ROUTERS:
         app.include_router(router)
     return app
@@ -71,4 +73,4 @@ def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     configure_logging("api", settings.log_level)
     # log_config=None: keep the JSON handler configured above instead of uvicorn's own formatters.
-    uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_config=None)
+    uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_config=None, access_log=False)
