@@ -52,6 +52,18 @@ class IngestSettings(BaseModel):
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the /metrics endpoint.")
 
 
+class DegradationSettings(BaseModel):
+    """Thresholds for levels 1, 2 and 3 of the degradation cascade (see k2_core.degradation)."""
+
+    lag_seconds: list[float] = Field(default_factory=lambda: [30.0, 60.0, 120.0], min_length=3, max_length=3)
+    write_seconds: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0], min_length=3, max_length=3)
+    recover_seconds: float = Field(default=30.0, ge=0)
+    batch_growth: int = Field(default=4, ge=1)
+    # Symbols kept at level 3, as SYMBOL or EXCHANGE:SYMBOL; everything else is shed to the DLQ.
+    critical_symbols: list[str] = Field(default_factory=lambda: ["BHP", "CBA", "IBM", "JPM", "BTCUSDT", "ETHUSDT"])
+    breaker_failures: int = Field(default=3, ge=1, description="Consecutive failed writes that open the breaker.")
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -139,6 +151,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     catalog: CatalogSettings = CatalogSettings()
     ingest: IngestSettings = IngestSettings()
+    degradation: DegradationSettings = DegradationSettings()
     api: ApiSettings = ApiSettings()
     query: QuerySettings = QuerySettings()
     redis: RedisSettings = RedisSettings()
