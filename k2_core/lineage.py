@@ -1,0 +1,127 @@
+"""What each new Iceberg snapshot of a table changed, per day partition: the feed behind Dagster's lineage events,
+the OHLCV trigger and the compaction trigger.
+
+A snapshot's own changes are the entries of the manifests it wrote (`added_snapshot_id` is the snapshot), so only
+those manifests are read, never the whole table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+
+from k2_core.days import from_partition_value
+from k2_core.offsets import OFFSETS_PROPERTY, WRITER_PROPERTY
+
+# Walking a chain longer than this in one call reports only the newest snapshots (a sensor that was off for days).
+MAX_WALK = 1000
+
+
+@dataclass
+class DayChange:
+    rows_added: int = 0
+    files_added: int = 0
+    rows_removed: int = 0
+    files_removed: int = 0
+
+
+@dataclass
+class SnapshotChange:
+    snapshot_id: int
+    parent_id: int | None
+    committed_at: datetime
+    operation: str
+    writer: str
+    carries_offsets: bool
+    days: dict[date, DayChange] = field(default_factory=dict)
+
+    @property
+    def rows_added(self) -> int:
+        return sum(d.rows_added for d in self.days.values())
+
+
+def new_snapshot_ids(table: Table, after: int | None, limit: int = MAX_WALK) -> list[int]:
+    """Ids of the current chain's snapshots newer than `after`, oldest first, at most `limit` (the newest).
+    `after=None`, or an id no longer on the chain (expired, rolled back), walks from the newest back."""
+    ids: list[int] = []
+    snapshot_id = table.metadata.current_snapshot_id
+    while snapshot_id is not None and snapshot_id != after and len(ids) < limit:
+        snapshot = table.metadata.snapshot_by_id(snapshot_id)
+        if snapshot is None:
+            break
+        ids.append(snapshot_id)
+        snapshot_id = snapshot.parent_snapshot_id
+    ids.reverse()
+    return ids
+
+
+def describe(table: Table, snapshot: Snapshot) -> SnapshotChange:
+    """Rows and files each day partition gained and lost in this snapshot."""
+    props = snapshot.summary.additional_properties if snapshot.summary else {}
+    change = SnapshotChange(
+        snapshot_id=snapshot.snapshot_id,
+        parent_id=snapshot.parent_snapshot_id,
+        committed_at=datetime.fromtimestamp(snapshot.timestamp_ms / 1000, tz=UTC),
+        operation=str(snapshot.summary.operation.value) if snapshot.summary else "unknown",
+        writer=props.get(WRITER_PROPERTY, ""),
+        carries_offsets=OFFSETS_PROPERTY in props,
+    )
+    for manifest in snapshot.manifests(table.io):
+        if manifest.added_snapshot_id != snapshot.snapshot_id:
+            continue
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+            if entry.snapshot_id != snapshot.snapshot_id or len(entry.data_file.partition) == 0:
+                continue
+            value = entry.data_file.partition[0]
+            if value is None:
+                continue
+            day = change.days.setdefault(from_partition_value(value), DayChange())
+            if entry.status == ManifestEntryStatus.ADDED:
+                day.rows_added += entry.data_file.record_count
+                day.files_added += 1
+            elif entry.status == ManifestEntryStatus.DELETED:
+                day.rows_removed += entry.data_file.record_count
+                day.files_removed += 1
+    return change
+
+
+def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> list[SnapshotChange]:
+    """`describe` for every snapshot `new_snapshot_ids` returns, oldest first."""
+    out = []
+    for snapshot_id in new_snapshot_ids(table, after, limit):
+        snapshot = table.metadata.snapshot_by_id(snapshot_id)
+        if snapshot is not None:
+            out.append(describe(table, snapshot))
+    return out
+
+
+@dataclass(frozen=True)
+class DayFiles:
+    day: date
+    files: int
+    rows: int
+    bytes: int
+
+
+def day_files(table: Table) -> list[DayFiles]:
+    """Data files, rows and bytes per day partition in the current snapshot, oldest day first."""
+    if table.metadata.current_snapshot_id is None:
+        return []
+    out = []
+    for row in table.inspect.partitions().to_pylist():
+        values = list(row["partition"].values())
+        if not values or values[0] is None:
+            continue
+        out.append(
+            DayFiles(
+                from_partition_value(values[0]),
+                row["file_count"],
+                row["record_count"],
+                row["total_data_file_size_in_bytes"],
+            )
+        )
+    return sorted(out, key=lambda d: d.day)

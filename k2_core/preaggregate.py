@@ -1,0 +1,183 @@
+"""Precomputed OHLCV tables `market.ohlcv_1m` / `market.ohlcv_1d`, rebuilt one UTC day at a time.
+
+The bar definition and table schema are `k2_core.bars`'; this module only stores them. A rebuild reads the day's
+trades as of one trades snapshot, computes the bars and replaces that day of the bar table in one commit, so
+re-running it is idempotent and a reader never sees half a day. Each commit records the trades snapshot it read
+(`bars.SOURCE_SNAPSHOT_PROPERTY`) and the day (`DAY_PROPERTY`): daily bars are computed from the very snapshot the
+minute bars of that day used, and checked to roll up from them exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
+from pyiceberg.transforms import IdentityTransform
+
+from k2_core.bars import (
+    BARS_ARROW_SCHEMA,
+    OHLCV_PARTITION_SPEC,
+    OHLCV_SCHEMA,
+    PRECOMPUTED_TABLES,
+    SOURCE_SNAPSHOT_PROPERTY,
+    Interval,
+    compute_bars,
+    source_snapshot_properties,
+)
+from k2_core.days import day_filter, day_key
+from k2_core.exceptions import CommitConflictError, MaintenanceError
+from k2_core.offsets import WRITER_PROPERTY
+from k2_core.retry import commit_with_retries
+from k2_core.rewrite import delete_uncommitted, replace_files, write_chunks
+from k2_core.tables import TableDef
+
+log = logging.getLogger(__name__)
+
+DAY_PROPERTY = "k2.ohlcv.day"
+TRADE_FIELDS = ("symbol", "exchange", "exchange_timestamp", "exchange_sequence_number", "price", "volume")
+
+
+def _sort_order() -> SortOrder:
+    return SortOrder(
+        *(
+            SortField(
+                source_id=i, transform=IdentityTransform(), direction=SortDirection.ASC, null_order=NullOrder.NULLS_LAST
+            )
+            for i in (1, 2, 3)  # symbol, exchange, bar_start: the order compute_bars returns
+        )
+    )
+
+
+OHLCV_TABLES: dict[Interval, TableDef] = {
+    interval: TableDef(name, OHLCV_SCHEMA, OHLCV_PARTITION_SPEC, _sort_order(), ("symbol", "exchange", "bar_start"))
+    for interval, name in PRECOMPUTED_TABLES.items()
+}
+
+
+@dataclass(frozen=True)
+class BarsBuild:
+    day: date
+    interval: Interval
+    bars: int
+    trades: int
+    source_snapshot_id: int | None
+    snapshot_id: int | None
+
+
+def trades_bars(trades: Table, day: date, interval: Interval, snapshot_id: int | None) -> tuple[pa.Table, int]:
+    """Bars of `day` from the trades as of `snapshot_id`, streamed through DuckDB; also the trade count."""
+    if snapshot_id is None:
+        return BARS_ARROW_SCHEMA.empty_table(), 0
+    scan = trades.scan(
+        row_filter=day_filter("exchange_timestamp", day), selected_fields=TRADE_FIELDS, snapshot_id=snapshot_id
+    )
+    with duckdb.connect() as con:
+        relation = con.from_arrow(scan.to_arrow_batch_reader())
+        bars = compute_bars(relation, interval)
+    return bars, sum(bars.column("trade_count").to_pylist())
+
+
+def source_snapshot(bars: Table, day: date) -> int | None:
+    """The trades snapshot the newest build of `day` in this bar table read, or None if the day was never built."""
+    key = day_key(day)
+    snapshot_id = bars.metadata.current_snapshot_id
+    while snapshot_id is not None:
+        snapshot = bars.metadata.snapshot_by_id(snapshot_id)
+        if snapshot is None:
+            return None
+        props = snapshot.summary.additional_properties if snapshot.summary else {}
+        if props.get(DAY_PROPERTY) == key and SOURCE_SNAPSHOT_PROPERTY in props:
+            return int(props[SOURCE_SNAPSHOT_PROPERTY])
+        snapshot_id = snapshot.parent_snapshot_id
+    return None
+
+
+def day_data_files(table: Table, column: str, day: date) -> list[DataFile]:
+    """The data files of `day`'s partition in the table's current snapshot."""
+    if table.metadata.current_snapshot_id is None:
+        return []
+    return [task.file for task in table.scan(row_filter=day_filter(column, day)).plan_files()]
+
+
+def replace_day(
+    bars_table: Table, day: date, bars: pa.Table, source_snapshot_id: int | None, *, retries: int, backoff: float
+) -> int | None:
+    """Replace `day` of a bar table with `bars` in one snapshot; returns its id."""
+    props = {DAY_PROPERTY: day_key(day), WRITER_PROPERTY: "ohlcv"}
+    if source_snapshot_id is not None:
+        props.update(source_snapshot_properties(source_snapshot_id))
+    written = write_chunks(bars_table, [OHLCV_TABLES["1m"].sort(bars.cast(BARS_ARROW_SCHEMA))])
+
+    def attempt(table: Table) -> int | None:
+        return replace_files(table, day_data_files(table, "bar_start", day), written, props)
+
+    try:
+        return commit_with_retries(bars_table, attempt, retries=retries, backoff_seconds=backoff, what="ohlcv rebuild")
+    except CommitConflictError:  # certainly not committed; other failures leave the files to orphan cleanup
+        delete_uncommitted(bars_table, written)
+        raise
+
+
+def rebuild_minute_bars(trades: Table, bars_1m: Table, day: date, *, retries: int, backoff: float) -> BarsBuild:
+    """Rebuild one day of `ohlcv_1m` from the current trades snapshot."""
+    trades.refresh()
+    source = trades.metadata.current_snapshot_id
+    bars, trade_count = trades_bars(trades, day, "1m", source)
+    snapshot_id = replace_day(bars_1m, day, bars, source, retries=retries, backoff=backoff)
+    log.info("ohlcv rebuilt", extra={"interval": "1m", "day": day_key(day), "bars": bars.num_rows, "source": source})
+    return BarsBuild(day, "1m", bars.num_rows, trade_count, source, snapshot_id)
+
+
+def rebuild_daily_bars(
+    trades: Table, bars_1m: Table, bars_1d: Table, day: date, *, retries: int, backoff: float
+) -> BarsBuild:
+    """Rebuild one day of `ohlcv_1d` from the trades snapshot that day's minute bars were built from, after checking
+    that the daily bars roll up from the minute bars exactly."""
+    bars_1m.refresh()
+    source = source_snapshot(bars_1m, day)
+    if source is None and bars_1m.metadata.current_snapshot_id is not None:
+        raise MaintenanceError(f"ohlcv_1m has no build of {day_key(day)}: materialize ohlcv_1m for that day first")
+    if source is not None and trades.metadata.snapshot_by_id(source) is None:
+        trades.refresh()
+        if trades.metadata.snapshot_by_id(source) is None:
+            raise MaintenanceError(
+                f"trades snapshot {source} behind ohlcv_1m {day_key(day)} has expired: rebuild ohlcv_1m first"
+            )
+    bars, trade_count = trades_bars(trades, day, "1d", source)
+    minute = bars_1m.scan(row_filter=day_filter("bar_start", day)).to_arrow()
+    check_rollup(minute, bars)
+    snapshot_id = replace_day(bars_1d, day, bars, source, retries=retries, backoff=backoff)
+    log.info("ohlcv rebuilt", extra={"interval": "1d", "day": day_key(day), "bars": bars.num_rows, "source": source})
+    return BarsBuild(day, "1d", bars.num_rows, trade_count, source, snapshot_id)
+
+
+_ROLLUP_SQL = """
+SELECT symbol, exchange,
+       arg_min(open, bar_start) AS open, max(high) AS high, min(low) AS low, arg_max(close, bar_start) AS close,
+       sum(volume) AS volume, sum(trade_count) AS trade_count
+FROM minute GROUP BY symbol, exchange
+"""
+
+
+def check_rollup(minute: pa.Table, daily: pa.Table) -> None:
+    """Raise MaintenanceError unless the daily bars' open/high/low/close/volume/count equal the minute bars'."""
+    with duckdb.connect() as con:
+        con.register("minute", minute)
+        con.register("daily", daily)
+        mismatches = con.execute(
+            f"""
+            WITH r AS ({_ROLLUP_SQL})
+            SELECT count(*) FROM r FULL OUTER JOIN daily d USING (symbol, exchange)
+            WHERE r.open IS DISTINCT FROM d.open OR r.high IS DISTINCT FROM d.high OR r.low IS DISTINCT FROM d.low
+               OR r.close IS DISTINCT FROM d.close OR r.volume IS DISTINCT FROM d.volume
+               OR r.trade_count IS DISTINCT FROM d.trade_count
+            """
+        ).fetchone()
+    if mismatches is not None and mismatches[0]:
+        raise MaintenanceError(f"daily bars disagree with minute bars for {mismatches[0]} (symbol, exchange) pairs")
