@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install services clean
+.PHONY: run test lint format install services system-deps clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# Debian tools the tests run for real: promtool and prometheus (the packaged service is left stopped).
+system-deps:
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && (systemctl disable --now prometheus >/dev/null 2>&1 || true))
 
 # Local services the tests use for real (PostgreSQL, Redis); started only if they are down.
 services:
@@ -34,7 +38,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install services lint
+test: install system-deps services lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
