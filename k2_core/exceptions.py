@@ -51,3 +51,31 @@ class MaintenanceError(K2Error):
 
 class CompactionError(MaintenanceError):
     """Rewritten files do not hold exactly the rows they replace, or the day changed under the rewrite."""
+
+
+class MessageTooLargeError(ValidationError):
+    """A Kafka message exceeds the configured maximum size; it is dead-lettered without being decoded."""
+
+
+class AuthenticationError(K2Error):
+    """Credentials are missing, malformed, unknown, expired or revoked (the API answers 401)."""
+
+
+class AuthorizationError(K2Error):
+    """The caller is authenticated but its scopes do not cover the request (the API answers 403)."""
+
+
+class RateLimitError(K2Error):
+    """The caller spent its request budget; `retry_after` is the seconds until one request is allowed again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ApiKeyError(K2Error):
+    """An API-key operation is invalid: unknown key id, malformed scope, or an expiry in the past."""
+
+
+class AuditError(K2Error):
+    """The audit log cannot be written: data is not served without its audit record."""
