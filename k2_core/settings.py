@@ -6,10 +6,11 @@ Nothing else in K2 reads `os.environ`: build one `Settings` at the edge and pass
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import date, time
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +139,45 @@ class MaintenanceSettings(BaseModel):
     dagster_port: int = Field(default=3000, ge=1, le=65535)
 
 
+class RecordSettings(BaseModel):
+    """Limits every market record must meet before it is stored (k2_core.records); breaking one dead-letters it."""
+
+    earliest_date: date = Field(default=date(1990, 1, 1), description="Timestamps before this UTC date are refused.")
+    future_tolerance_seconds: float = Field(
+        default=300.0, ge=0, description="How far past the ingester's clock a timestamp may be (clock skew)."
+    )
+    max_message_bytes: int = Field(default=1024 * 1024, ge=64, description="Larger Kafka messages are refused.")
+
+
+class AuthSettings(BaseModel):
+    """API authentication (API keys, OAuth2 bearer JWTs), per-key rate limits. See docs/security.md.
+
+    `mode`: `on` requires credentials on every data route; `off` is refused unless the API binds to a loopback
+    address; `auto` (the default) is `off` on loopback (the embedded `k2 run`) and `on` on any other address."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 shared secret for bearer JWTs.")
+    jwt_secret_file: Path | None = Field(default=None, description="Read jwt_secret from this file instead.")
+    jwks_url: str = Field(default="", description="JWKS endpoint of an OAuth2 issuer (RS256/ES256 JWTs).")
+    jwt_audience: str = Field(default="k2", description="Required `aud` claim of bearer JWTs.")
+    jwt_issuer: str = Field(default="", description="Required `iss` claim of bearer JWTs; empty = not checked.")
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0)
+    rate_limit_per_second: float = Field(default=20.0, ge=0, description="Sustained requests per key; 0 = no limit.")
+    rate_limit_burst: int = Field(default=100, ge=1, description="Requests a key may make at once.")
+    key_default_ttl_days: float = Field(default=90.0, gt=0, description="Expiry of `k2 keys create` keys by default.")
+
+    @model_validator(mode="after")
+    def _secret_from_file(self) -> AuthSettings:
+        if self.jwt_secret_file is not None:
+            if self.jwt_secret is not None:
+                raise ValueError("set auth.jwt_secret or auth.jwt_secret_file, not both")
+            try:
+                self.jwt_secret = SecretStr(self.jwt_secret_file.read_text().strip())
+            except OSError as exc:
+                raise ValueError(f"cannot read auth.jwt_secret_file {self.jwt_secret_file}: {exc}") from exc
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="K2_",
@@ -156,6 +196,8 @@ class Settings(BaseSettings):
     query: QuerySettings = QuerySettings()
     redis: RedisSettings = RedisSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    records: RecordSettings = RecordSettings()
+    auth: AuthSettings = AuthSettings()
 
     @property
     def catalog_uri(self) -> str:
