@@ -56,8 +56,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 90.0, interval: flo
     raise AssertionError(f"condition not met within {timeout:.0f}s")
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The same settings, as the K2_ environment a child process reads."""
+def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
+    """The same settings, as the K2_ environment a child process reads; the ingester serves /metrics only on
+    `metrics_port` when one is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env.update(
         K2_HOME=str(settings.home),
@@ -69,13 +70,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
         K2_KAFKA_GROUP_ID=settings.kafka.group_id,
         K2_INGEST_BATCH_MAX_SECONDS=str(settings.ingest.batch_max_seconds),
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
-        K2_INGEST_METRICS_PORT="0",
+        K2_INGEST_METRICS_PORT=str(metrics_port),
     )
     return env
 
 
-def spawn_ingester(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def spawn_ingester(settings: Settings, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "k2_stream"], env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "k2_stream"],
+            env=settings_env(settings, metrics_port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
