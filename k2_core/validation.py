@@ -16,12 +16,19 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
+from k2_core.bars import INTERVALS, Interval
 from k2_core.exceptions import QueryError
 
 GapStatus = Literal["open", "filled", "unrecoverable"]
+
+
+class UnknownSymbolError(QueryError):
+    """A well-formed symbol with no data on the exchange (the API maps this to 404, other QueryErrors to 400)."""
+
+
 TimeInput = datetime | str | None
 
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,19}")
@@ -53,6 +60,15 @@ class MarketQuery:
     @property
     def window(self) -> TimeRange:
         return TimeRange(self.start, self.end)
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """A time-travel request: read a table as it was at one snapshot, or at the snapshot current at a time.
+    Exactly one of the two is set."""
+
+    snapshot_id: int | None = None
+    timestamp: datetime | None = None
 
 
 def validate_symbol(symbol: str, parameter: str = "symbol") -> str:
@@ -106,9 +122,11 @@ def validate_time_range(
     *,
     now: datetime | None = None,
     default_window: timedelta = DEFAULT_WINDOW,
+    max_window: timedelta | None = None,
 ) -> TimeRange:
     """Fill in the defaults (end = now, start = end - one day) so the common "latest ticks" query needs no
-    arguments, then insist on a non-empty window: an inverted range is a caller mistake, not an empty result."""
+    arguments, then insist on a non-empty window: an inverted range is a caller mistake, not an empty result.
+    `max_window` bounds how much one request may ask for."""
     end_at = parse_time(end, "end") if end is not None else (now or datetime.now(UTC)).astimezone(UTC)
     if start is not None:
         start_at = parse_time(start, "start")
@@ -121,7 +139,17 @@ def validate_time_range(
             f"start must be before end (start={start_at.isoformat()}, end={end_at.isoformat()}); "
             "the range is start <= t < end"
         )
+    if max_window is not None and end_at - start_at > max_window:
+        raise QueryError(
+            f"end must be at most {_days(max_window)} after start (range too large: start={start_at.isoformat()}, "
+            f"end={end_at.isoformat()}); split the request"
+        )
     return TimeRange(start_at, end_at)
+
+
+def _days(span: timedelta) -> str:
+    days = span / timedelta(days=1)
+    return f"{days:g} days" if days != 1 else "1 day"
 
 
 def validate_limit(limit: int | None, *, default: int, maximum: int) -> int:
@@ -151,11 +179,12 @@ def validate_market_query(
     default_limit: int,
     max_limit: int,
     now: datetime | None = None,
+    max_window: timedelta | None = None,
 ) -> MarketQuery:
     """Check a trades/quotes request in the order a caller reads it: what, where, when, how many."""
     symbol = validate_symbol(symbol)
     exchange = validate_exchange(exchange, exchanges)
-    window = validate_time_range(start, end, now=now)
+    window = validate_time_range(start, end, now=now, max_window=max_window)
     return MarketQuery(
         symbol=symbol,
         exchange=exchange,
@@ -163,3 +192,75 @@ def validate_market_query(
         end=window.end,
         limit=validate_limit(limit, default=default_limit, maximum=max_limit),
     )
+
+
+def validate_interval(interval: str) -> Interval:
+    """Bars come in a fixed set of widths, each dividing a UTC day, so bars of every width align on midnight."""
+    if interval not in INTERVALS:
+        raise QueryError(f"interval must be one of {', '.join(INTERVALS)}; got {interval!r}")
+    return interval
+
+
+def validate_bar_count(interval: Interval, window: TimeRange, max_bars: int) -> None:
+    """Bound the bars one request can span (each can become a row), naming the interval: a coarser interval
+    over the same window is the usual fix."""
+    width = INTERVALS[interval]
+    first = align_down(window.start, interval)
+    count = -((first - window.end) // width)  # ceil((end - first) / width)
+    if count > max_bars:
+        raise QueryError(
+            f"interval {interval} over {window.start.isoformat()}..{window.end.isoformat()} spans {count} bars, more "
+            f"than the maximum {max_bars} (range too large): use a coarser interval or a shorter range"
+        )
+
+
+def align_down(moment: datetime, interval: Interval) -> datetime:
+    """The start of the UTC-aligned bar holding `moment`."""
+    width = INTERVALS[interval]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return epoch + ((moment - epoch) // width) * width
+
+
+def validate_date(value: date | datetime | str, parameter: str = "date") -> TimeRange:
+    """A UTC calendar day (`2024-01-02`) as the half-open window `[midnight, next midnight)`."""
+    if isinstance(value, datetime):
+        raise QueryError(f"{parameter} must be a date (YYYY-MM-DD), not a datetime; got {value.isoformat()}")
+    if isinstance(value, date):
+        day = value
+    elif isinstance(value, str):
+        try:
+            day = date.fromisoformat(value.strip())
+        except ValueError:
+            raise QueryError(f"{parameter} must be a UTC date as YYYY-MM-DD; got {value!r}") from None
+    else:
+        raise QueryError(f"{parameter} must be a date or a YYYY-MM-DD string; got {type(value).__name__}")
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    try:
+        return TimeRange(start, start + timedelta(days=1))
+    except OverflowError:
+        raise QueryError(f"{parameter} is out of range: {value!r}") from None
+
+
+def validate_snapshot_id(value: int | str) -> int:
+    """Snapshot ids are 64-bit integers; the table check (does this snapshot exist?) happens when it is read."""
+    if isinstance(value, bool):
+        raise QueryError(f"as_of_snapshot must be an integer snapshot id; got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise QueryError(f"as_of_snapshot must be an integer snapshot id; got {value!r}") from None
+    if not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        raise QueryError(f"as_of_snapshot must be a 64-bit integer snapshot id; got {value!r}")
+    return value
+
+
+def validate_as_of(as_of_snapshot: int | str | None = None, as_of: TimeInput = None) -> AsOf | None:
+    """At most one way of choosing a past snapshot; None means the table's current state."""
+    if as_of_snapshot is not None and as_of is not None:
+        raise QueryError("as_of_snapshot and as_of are alternatives: give one or the other, not both")
+    if as_of_snapshot is not None:
+        return AsOf(snapshot_id=validate_snapshot_id(as_of_snapshot))
+    if as_of is not None:
+        return AsOf(timestamp=parse_time(as_of, "as_of"))
+    return None

@@ -17,7 +17,7 @@ from k2_core.exceptions import QueryError
 from k2_core.query import QueryEngine, get_gaps, get_quotes, get_trades, market_filter
 from k2_core.settings import Settings
 from k2_core.tables import GAPS, QUOTES, TRADES
-from k2_core.validation import TimeRange
+from k2_core.validation import TimeRange, UnknownSymbolError
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -161,8 +161,10 @@ def test_symbol_and_exchange_both_filter(engine: QueryEngine) -> None:
     window = (D1, D3 + timedelta(days=1))
     assert engine.trades("BHP", "nyse", *window).to_pylist() == expected(BHP_NYSE, *window)
     assert engine.trades("CBA", "asx", *window).to_pylist() == expected(CBA_ASX, *window)
-    assert engine.trades("CBA", "nyse", *window).num_rows == 0
-    assert engine.trades("BHP", "binance", *window).num_rows == 0
+    with pytest.raises(UnknownSymbolError, match=r"^symbol 'CBA' has no trades or quotes on exchange nyse"):
+        engine.trades("CBA", "nyse", *window)
+    with pytest.raises(UnknownSymbolError, match=r"^symbol 'BHP' .* on exchange binance; it has no data yet"):
+        engine.trades("BHP", "binance", *window)
 
 
 def test_decimals_stay_exact_and_schema_is_the_tables(engine: QueryEngine) -> None:
@@ -194,6 +196,7 @@ def test_one_day_query_plans_fewer_files_than_the_whole_table(engine: QueryEngin
 
 def test_table_without_snapshot_returns_an_empty_typed_table(settings: Settings) -> None:
     with QueryEngine.from_settings(settings) as engine:
+        engine.check_symbols = False  # every symbol is unknown to an empty table
         trades = engine.trades("BHP", "asx", D1, D2)
         quotes = engine.quotes("BHP", "asx", D1, D2)
         gaps = engine.gaps()

@@ -1,0 +1,71 @@
+"""Which (exchange, symbol) pairs have ever had data: the basis of "unknown symbol" errors.
+
+A well-formed ticker that never traded would otherwise yield a silent empty answer, which hides typos. The
+index is built from the data files themselves (no reference-data table to keep in step) and grows
+incrementally: a refresh reads only the `exchange` and `symbol` columns of files it has not seen. It is only
+consulted for pairs it does not yet know, at most once per `min_refresh_seconds`, so neither a steady stream of
+known queries nor a burst of typos re-plans the table on every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.table import Table
+
+from k2_core import scan
+from k2_core.tables import TableDef
+
+logger = logging.getLogger(__name__)
+
+
+class SymbolIndex:
+    def __init__(self, min_refresh_seconds: float = 1.0) -> None:
+        self.min_refresh_seconds = min_refresh_seconds
+        self._pairs: set[tuple[str, str]] = set()
+        self._seen_files: set[str] = set()
+        self._snapshots: dict[str, int | None] = {}
+        self._last_refresh = float("-inf")
+        self._lock = threading.Lock()
+
+    def known(self, exchange: str, symbol: str) -> bool:
+        with self._lock:
+            return (exchange, symbol) in self._pairs
+
+    def symbols(self, exchange: str) -> list[str]:
+        with self._lock:
+            return sorted(s for ex, s in self._pairs if ex == exchange)
+
+    def refresh(self, tables: list[tuple[Table, TableDef]], *, direct_reads: bool = True) -> None:
+        """Index the files the tables' current snapshots added since the last refresh (rate-limited)."""
+        with self._lock:
+            if time.monotonic() - self._last_refresh < self.min_refresh_seconds:
+                return
+            self._last_refresh = time.monotonic()
+            unchanged = all(self._snapshots.get(d.name) == t.metadata.current_snapshot_id for t, d in tables)
+            if unchanged and self._snapshots:
+                return
+            for table, table_def in tables:
+                self._index(table, table_def, direct_reads)
+                self._snapshots[table_def.name] = table.metadata.current_snapshot_id
+
+    def _index(self, table: Table, table_def: TableDef, direct_reads: bool) -> None:
+        plan = scan.plan_scan(table, table_def, AlwaysTrue(), table.metadata.current_snapshot_id)
+        new_files = [f for f in plan.data_files if f not in self._seen_files]
+        if not new_files:
+            return
+        partial = scan.ScanPlan(plan.table, plan.snapshot_id, tuple(new_files), plan.delete_files)
+        with scan.connect() as con:
+            read_path = scan.register_scan(
+                con, "files", table, table_def, partial, AlwaysTrue(), direct_reads=direct_reads
+            )
+            pairs = con.sql("SELECT DISTINCT exchange, symbol FROM files").fetchall()
+        self._pairs.update((str(ex), str(sym)) for ex, sym in pairs)
+        self._seen_files.update(new_files)
+        logger.info(
+            "symbol index refreshed",
+            extra={"table": table_def.name, "new_files": len(new_files), "pairs": len(self._pairs), "path": read_path},
+        )
