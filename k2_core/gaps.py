@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import EqualTo
 from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
+from k2_core.exceptions import CommitConflictError, WriteError
 from k2_core.sequence import GapEvent, StreamKey
 from k2_core.tables import GAPS
 
@@ -50,9 +53,15 @@ class GapStore:
         self.grading = grading
 
     def open_gaps(self) -> list[tuple[StreamKey, int, int]]:
-        self.table.refresh()
-        rows = self.table.scan(row_filter=EqualTo(term="status", value=OPEN)).to_arrow().to_pylist()
+        rows = self._open_rows()
         return [((r["data_type"], r["exchange"], r["symbol"]), r["first_missing"], r["last_missing"]) for r in rows]
+
+    def _open_rows(self) -> list[dict[str, Any]]:
+        self._refresh()
+        try:
+            return self.table.scan(row_filter=EqualTo(term="status", value=OPEN)).to_arrow().to_pylist()
+        except (OSError, SQLAlchemyError) as exc:
+            raise WriteError(f"cannot read sequence_gaps: {exc}") from exc
 
     def record_detected(self, gaps: Iterable[GapEvent], now: datetime) -> None:
         rows = [
@@ -82,8 +91,7 @@ class GapStore:
             by_key[f.key].update(range(f.first, f.last + 1))
         if not by_key:
             return
-        self.table.refresh()
-        open_rows = self.table.scan(row_filter=EqualTo(term="status", value=OPEN)).to_arrow().to_pylist()
+        open_rows = self._open_rows()
         out: list[dict[str, Any]] = []
         for row in open_rows:
             key = (row["data_type"], row["exchange"], row["symbol"])
@@ -97,9 +105,27 @@ class GapStore:
             out.extend(_split(row, hit, now))
         self._upsert(out)
 
-    def _upsert(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self.table.upsert(GAPS.to_arrow(rows), join_cols=["gap_id"])
+    def _upsert(self, rows: list[dict[str, Any]], attempts: int = 5) -> None:
+        """Upsert by gap_id; a concurrent writer (the backfill job) makes us re-read and retry."""
+        if not rows:
+            return
+        data = GAPS.to_arrow(rows)
+        for attempt in range(attempts):
+            try:
+                self.table.upsert(data, join_cols=["gap_id"])
+                return
+            except CommitFailedException as exc:
+                if attempt == attempts - 1:
+                    raise CommitConflictError(f"sequence_gaps: gave up after {attempts} attempts") from exc
+                self._refresh()
+            except (OSError, SQLAlchemyError) as exc:
+                raise WriteError(f"cannot write sequence_gaps: {exc}") from exc
+
+    def _refresh(self) -> None:
+        try:
+            self.table.refresh()
+        except (OSError, SQLAlchemyError) as exc:
+            raise WriteError(f"cannot read sequence_gaps: {exc}") from exc
 
 
 def _split(row: dict[str, Any], filled: list[int], now: datetime) -> list[dict[str, Any]]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-from prometheus_client import start_http_server
-
 from k2_core.logging import configure_logging
 from k2_core.settings import Settings
 from k2_stream.ingester import Ingester
+from k2_stream.status import serve_status
 
 
 def run_ingester(settings: Settings) -> None:
@@ -21,9 +20,16 @@ def run_ingester(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    if settings.ingest.metrics_port:
-        start_http_server(settings.ingest.metrics_port, addr=settings.api.host)
-    ingester.run()
+    server = (
+        serve_status(ingester.health, settings.api.host, settings.ingest.metrics_port)
+        if settings.ingest.metrics_port
+        else None
+    )
+    try:
+        ingester.run()
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 if __name__ == "__main__":

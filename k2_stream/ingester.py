@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from k2_core.avro import Decoder
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.dedup import rebuild, to_us
+from k2_core.degradation import Degradation
 from k2_core.exceptions import (
     CommitConflictError,
     DecodeError,
@@ -95,6 +96,9 @@ class Ingester:
         self._rebalanced = False
         self._needs_reset = False
         self._backoff = ing.retry_backoff_seconds
+        self.degradation = Degradation(settings.degradation)
+        self._deferred_fills: list[GapEvent] = []
+        self._last_write_seconds = 0.0
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -184,40 +188,56 @@ class Ingester:
         log.info("sequence state rebuilt", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
 
     def _try_reset(self) -> None:
-        """After a failed write: rebuild from the table and rewind every partition to its committed position."""
+        """After a failed write: wait out the backoff, rebuild from the table and rewind every partition to its
+        committed position. While this fails, the breaker stays open and nothing is consumed."""
         assignment = self.consumer.assignment()
         self.consumer.pause(assignment)
+        if self.degradation.failures:
+            self._idle(self._backoff)
+            self._backoff = min(self._backoff * 2, self.settings.ingest.max_backoff_seconds)
+        self.degradation.probing()
+        self._export_state()
         try:
             self._rebuild_state()
             resume = self._resume_offsets(assignment)
+            for p in assignment:
+                tp = (p.topic, p.partition)
+                start = max(resume.get(tp, -1), self.positions.get(tp, -1))
+                self.positions[tp] = max(start, 0)
+                if tp not in self.halted:
+                    offset = start if start >= 0 else OFFSET_BEGINNING
+                    self.consumer.seek(TopicPartition(p.topic, p.partition, offset))
         except (K2Error, KafkaException) as exc:
             log.warning("reset failed, backing off", extra={"error": str(exc), "wait_s": self._backoff})
-            msg = self.consumer.poll(self._backoff)  # serves rebalance callbacks
-            if msg is not None and msg.error() is None:  # a partition assigned meanwhile: un-read it
-                self.consumer.seek(TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
-            self._backoff = min(self._backoff * 2, self.settings.ingest.max_backoff_seconds)
+            self.degradation.write_failed()
+            self._export_state()
             return
-        for p in assignment:
-            tp = (p.topic, p.partition)
-            start = max(resume.get(tp, -1), self.positions.get(tp, -1))
-            self.positions[tp] = max(start, 0)
-            if tp not in self.halted:
-                self.consumer.seek(TopicPartition(p.topic, p.partition, start if start >= 0 else OFFSET_BEGINNING))
         self.consumer.resume([p for p in assignment if (p.topic, p.partition) not in self.halted])
         self._needs_reset = False
         log.info("ingester resumed after reset")
+
+    def _idle(self, seconds: float) -> None:
+        """Wait while serving rebalance callbacks; paused partitions deliver nothing, and a message from a
+        partition assigned meanwhile is un-read."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            msg = self.consumer.poll(min(remaining, 0.5))
+            if msg is not None and msg.error() is None:
+                self.consumer.seek(TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
 
     # ---- the batch loop --------------------------------------------------------------------------------------
 
     def _collect(self) -> list[Message]:
         ing = self.settings.ingest
-        deadline = time.monotonic() + ing.batch_max_seconds
+        scale = self.degradation.batch_scale()
+        max_rows = ing.batch_max_rows * scale
+        deadline = time.monotonic() + ing.batch_max_seconds * scale
         batch: list[Message] = []
-        while len(batch) < ing.batch_max_rows and not self._stop.is_set():
+        while len(batch) < max_rows and not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            msgs = self.consumer.consume(min(ing.batch_max_rows - len(batch), 10_000), min(remaining, 0.5))
+            msgs = self.consumer.consume(min(max_rows - len(batch), 10_000), min(remaining, 0.5))
             if self._rebalanced:
                 # The assignment inside that call re-positioned every partition at its committed offset:
                 # what was collected before is stale, what this call returned is already the new start.
@@ -236,15 +256,31 @@ class Ingester:
 
     def _process_safely(self, batch: list[Message]) -> None:
         try:
-            self._process(batch)
-            self._backoff = self.settings.ingest.retry_backoff_seconds
+            lag = self._process(batch)
         except _RECOVERABLE as exc:
+            breaker = self.degradation.write_failed()
             log.error(
                 "batch not committed, rolling back",
-                extra={"error": str(exc), "error_type": type(exc).__name__, "messages": len(batch)},
+                extra={
+                    "error": str(exc),
+                    "error_type": type(exc).__name__,
+                    "messages": len(batch),
+                    "circuit_breaker": breaker.name,
+                },
             )
             self.stats["failed_batches"] += 1
             self._needs_reset = True
+        else:
+            self._backoff = self.settings.ingest.retry_backoff_seconds
+            self.degradation.write_succeeded()
+            before = self.degradation.level
+            level = self.degradation.observe(lag, self._last_write_seconds, time.monotonic())
+            if level != before:
+                log.warning(
+                    "degradation level changed",
+                    extra={"from": before.name, "to": level.name, "lag_s": lag, "write_s": self._last_write_seconds},
+                )
+        self._export_state()
 
     def _decode(self, batch: list[Message]) -> tuple[list[Pending], list[tuple[Message, str]], dict[TP, int]]:
         pending: list[Pending] = []
@@ -262,6 +298,11 @@ class Ingester:
                 validate(spec.kind, spec.exchange, record)
             except (DecodeError, ValidationError) as exc:
                 dead.append((m, f"{type(exc).__name__}: {exc}"))
+                continue
+            if self.degradation.sheds(spec.exchange, record["symbol"]):
+                dead.append((m, f"shed: degradation level {int(self.degradation.level)} keeps critical symbols only"))
+                metrics.SHED_MESSAGES.labels(spec.exchange).inc()
+                self.stats["shed"] += 1
                 continue
             pending.append(Pending(spec.kind, record, tp, offset))
         return pending, dead, next_offsets
@@ -310,8 +351,10 @@ class Ingester:
             plan.detected.extend(gap for _, gap in halts.values())
             return plan, txns
 
-    def _process(self, batch: list[Message]) -> None:
+    def _process(self, batch: list[Message]) -> float:
+        """Commit one batch; returns the consumer lag in seconds it measured."""
         now = datetime.now(UTC)
+        lag = self._measure_lag(batch, now)
         pending, dead, next_offsets = self._decode(batch)
         plan, txns = self._plan(pending, to_us(now))
         for tp, (offset, _) in plan.halts.items():
@@ -322,6 +365,7 @@ class Ingester:
         self._send_dead_letters(dead)
         if plan.detected:
             self.gaps.record_detected(plan.detected, now)
+        self._last_write_seconds = 0.0
         for kind in KINDS:
             offsets = {tp: o for tp, o in next_offsets.items() if self.layout.by_name[tp[0]].kind == kind}
             rows = plan.rows.get(kind, [])
@@ -330,7 +374,9 @@ class Ingester:
                 data = table_def.to_arrow(rows)
                 started = time.perf_counter()
                 self.writers[kind].append(data, offsets, {tp: self.positions[tp] for tp in offsets})
-                metrics.WRITE_DURATION.labels(table_def.name).observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self._last_write_seconds = max(self._last_write_seconds, elapsed)
+                metrics.WRITE_DURATION.labels(table_def.name).observe(elapsed)
                 metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(len(rows))
                 metrics.ROWS_WRITTEN.labels(table_def.name).inc(len(rows))
             if kind in txns:
@@ -339,20 +385,63 @@ class Ingester:
             self.stats[f"{kind}_written"] += len(rows)
             self.stats[f"{kind}_duplicates"] += plan.duplicates.get(kind, 0)
             metrics.DUPLICATES.labels(MARKET_TABLES[kind].name).inc(plan.duplicates.get(kind, 0))
-        if plan.filled:
+        self._deferred_fills.extend(plan.filled)
+        if self._deferred_fills and not self.degradation.skip_non_critical():
             try:
-                self.gaps.record_filled(plan.filled, now)
+                self.gaps.record_filled(self._deferred_fills, now)
+                self._deferred_fills = []
             except WriteError as exc:  # the rows are safe; an open gap whose rows exist is closed by backfill
-                log.warning("could not mark gaps filled", extra={"error": str(exc)})
+                log.warning("could not mark gaps filled yet", extra={"error": str(exc)})
         self._report_gaps(plan.detected, plan.halts)
         self._commit_kafka(next_offsets)
+        return lag
+
+    def _measure_lag(self, batch: list[Message], now: datetime) -> float:
+        """Age of the newest message per partition (from its Kafka timestamp); partitions with nothing new
+        are caught up. Message lag uses the cached high watermark, which the embedded broker may misreport."""
+        newest: dict[TP, tuple[int, int]] = {}
+        for m in batch:
+            kind, ts = m.timestamp()
+            newest[(m.topic() or "", m.partition() or 0)] = (ts if kind else 0, m.offset() or 0)
+        now_ms = to_us(now) // 1000
+        worst = 0.0
+        for tp in self.positions:
+            ts, offset = newest.get(tp, (0, -1))
+            lag = max(0.0, (now_ms - ts) / 1000) if ts else 0.0
+            worst = max(worst, lag)
+            metrics.CONSUMER_LAG_SECONDS.labels(tp[0], str(tp[1])).set(lag)
+            if offset >= 0:
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
+                except KafkaException:
+                    continue
+                metrics.CONSUMER_LAG_MESSAGES.labels(tp[0], str(tp[1])).set(max(0, high - offset - 1))
+        return worst
+
+    def _export_state(self) -> None:
+        metrics.CIRCUIT_BREAKER_STATE.set(int(self.degradation.breaker))
+        metrics.DEGRADATION_LEVEL.set(int(self.degradation.level))
+        metrics.HALTED_PARTITIONS.set(len(self.halted))
+
+    def health(self) -> dict[str, Any]:
+        """What /health of the ingester reports."""
+        level = self.degradation.level
+        return {
+            "status": "degraded" if level or self.halted else "ok",
+            "degradation_level": int(level),
+            "degradation": level.name.lower(),
+            "circuit_breaker": self.degradation.breaker.name.lower(),
+            "assigned_partitions": len(self.positions),
+            "halted_partitions": {f"{t}[{p}]": reason for (t, p), reason in self.halted.items()},
+            "stats": dict(self.stats),
+        }
 
     def _beyond_halt(self, m: Message, plan: BatchPlan) -> bool:
         halt = plan.halts.get((m.topic() or "", m.partition() or 0))
         return halt is not None and (m.offset() or 0) >= halt[0]
 
     def _send_dead_letters(self, dead: Iterable[tuple[Message, str]]) -> None:
-        sent = 0
+        sent = shed = 0
         for m, reason in dead:
             topic = m.topic() or ""
             self.dlq.produce(
@@ -368,8 +457,12 @@ class Ingester:
                 },
             )
             metrics.DLQ_MESSAGES.labels(topic).inc()
-            log.warning("message dead-lettered", extra={"topic": topic, "offset": m.offset(), "reason": reason})
+            if not reason.startswith("shed:"):  # shedding is summarised once per batch below
+                log.warning("message dead-lettered", extra={"topic": topic, "offset": m.offset(), "reason": reason})
+            shed += reason.startswith("shed:")
             sent += 1
+        if shed:
+            log.warning("non-critical messages shed to the DLQ", extra={"count": shed})
         if sent:
             if self.dlq.flush(30):
                 raise WriteError("dead-letter messages not delivered; batch not committed")

@@ -14,3 +14,16 @@ ROWS_PER_COMMIT = Histogram(
     "iceberg_rows_per_commit", "Rows per Iceberg commit", ["table"], buckets=(10, 100, 1e3, 1e4, 5e4, 1e5, 5e5)
 )
 HALTED_PARTITIONS = Gauge("k2_halted_partitions", "Partitions stopped on a large sequence gap")
+CONSUMER_LAG_SECONDS = Gauge(
+    "kafka_consumer_lag_seconds",
+    "Age of the newest message consumed per partition (0 when caught up)",
+    ["topic", "partition"],
+)
+CONSUMER_LAG_MESSAGES = Gauge(
+    "kafka_consumer_lag_messages", "High watermark minus position, per partition", ["topic", "partition"]
+)
+CIRCUIT_BREAKER_STATE = Gauge("circuit_breaker_state", "Write-path breaker: 0 closed, 1 half-open, 2 open")
+DEGRADATION_LEVEL = Gauge("k2_degradation_level", "Degradation cascade level 0-4")
+SHED_MESSAGES = Counter(
+    "k2_shed_messages_total", "Messages shed at degradation level 3 (sent to the DLQ)", ["exchange"]
+)
