@@ -48,6 +48,19 @@ def reason_class(reason: str) -> ReasonClass:
     return _REASON_CLASSES.get(reason.split(":", 1)[0].strip(), "other")
 
 
+# A dead letter must be producible: librdkafka refuses messages over ~1 MB by default, and a dead letter that
+# cannot be sent would stall its partition (the batch is retried forever). Larger bodies are cut to this.
+DEAD_LETTER_MAX_BODY = 512 * 1024
+
+
+def dead_letter_body(value: bytes | None) -> tuple[bytes | None, dict[str, bytes]]:
+    """The body a dead letter carries and the headers that say whether it was cut (`k2.truncated`,
+    `k2.original_bytes`); the untouched original stays at `k2.source.*` for the topic's retention."""
+    if value is None or len(value) <= DEAD_LETTER_MAX_BODY:
+        return value, {}
+    return value[:DEAD_LETTER_MAX_BODY], {"k2.truncated": b"true", "k2.original_bytes": str(len(value)).encode()}
+
+
 def check_size(payload: bytes | None, max_bytes: int) -> None:
     """Refuse a message before decoding it: a 10 MB blob is not a market record, whatever it decodes to."""
     size = len(payload or b"")

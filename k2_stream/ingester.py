@@ -36,7 +36,7 @@ from k2_core.exceptions import (
 )
 from k2_core.gaps import HALT, WARNING, GapGrading, GapStore
 from k2_core.offsets import TopicPartition as TP
-from k2_core.records import validate
+from k2_core.records import check_size, dead_letter_body, reason_class, validate
 from k2_core.sequence import GapEvent, SequenceTracker, Verdict
 from k2_core.settings import Settings
 from k2_core.tables import MARKET_TABLES
@@ -294,8 +294,9 @@ class Ingester:
             metrics.MESSAGES_CONSUMED.labels(topic).inc()
             spec = self.layout.by_name[topic]
             try:
+                check_size(m.value(), self.settings.records.max_message_bytes)
                 record = self.decoder.decode(m.value(), self.readers[spec.subject])
-                validate(spec.kind, spec.exchange, record)
+                validate(spec.kind, spec.exchange, record, self.settings.records)
             except (DecodeError, ValidationError) as exc:
                 dead.append((m, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -444,19 +445,22 @@ class Ingester:
         sent = shed = 0
         for m, reason in dead:
             topic = m.topic() or ""
+            body, cut = dead_letter_body(m.value())
             self.dlq.produce(
                 self.layout.by_name[topic].dlq,
                 key=m.key(),
-                value=m.value(),
+                value=body,
                 headers={
                     "k2.error": reason.encode(),
+                    "k2.error.class": reason_class(reason).encode(),
                     "k2.source.topic": topic.encode(),
                     "k2.source.partition": str(m.partition()).encode(),
                     "k2.source.offset": str(m.offset()).encode(),
                     "k2.failed_at": datetime.now(UTC).isoformat().encode(),
+                    **cut,
                 },
             )
-            metrics.DLQ_MESSAGES.labels(topic).inc()
+            metrics.DLQ_MESSAGES.labels(topic, reason_class(reason)).inc()
             if not reason.startswith("shed:"):  # shedding is summarised once per batch below
                 log.warning("message dead-lettered", extra={"topic": topic, "offset": m.offset(), "reason": reason})
             shed += reason.startswith("shed:")

@@ -7,7 +7,11 @@ from prometheus_client import Counter, Gauge, Histogram
 MESSAGES_CONSUMED = Counter("k2_messages_consumed_total", "Kafka messages consumed", ["topic"])
 ROWS_WRITTEN = Counter("k2_rows_written_total", "Rows committed to Iceberg", ["table"])
 DUPLICATES = Counter("k2_duplicates_dropped_total", "Messages dropped as duplicates", ["table"])
-DLQ_MESSAGES = Counter("k2_dlq_messages_total", "Messages sent to a dead-letter topic", ["topic"])
+DLQ_MESSAGES = Counter(
+    "k2_dlq_messages_total",
+    "Messages sent to a dead-letter topic, by reason class (decode_error, validation_error, too_large, shed)",
+    ["topic", "reason"],
+)
 SEQUENCE_GAPS = Counter("sequence_gaps_total", "Sequence gaps detected", ["exchange", "severity"])
 WRITE_DURATION = Histogram("iceberg_write_duration_seconds", "Iceberg append latency", ["table"])
 ROWS_PER_COMMIT = Histogram(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from k2_core.exceptions import MessageTooLargeError, ValidationError
-from k2_core.records import check_size, reason_class, validate
+from k2_core.records import DEAD_LETTER_MAX_BODY, check_size, dead_letter_body, reason_class, validate
 from k2_core.settings import RecordSettings
 
 NOW = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
@@ -163,3 +163,12 @@ def test_size_rule_refuses_before_decoding() -> None:
 )
 def test_reason_classes_are_a_short_bounded_set(reason: str, label: str) -> None:
     assert reason_class(reason) == label
+
+
+def test_dead_letter_bodies_are_cut_to_a_producible_size() -> None:
+    assert dead_letter_body(b"abc") == (b"abc", {})
+    assert dead_letter_body(None) == (None, {})
+    body, headers = dead_letter_body(b"x" * 10_000_000)
+    assert body is not None
+    assert len(body) == DEAD_LETTER_MAX_BODY
+    assert headers == {"k2.truncated": b"true", "k2.original_bytes": b"10000000"}
