@@ -1,0 +1,1 @@
+"""Dagster definitions, one module per kind: resources, assets, checks, jobs, sensors, schedules."""
