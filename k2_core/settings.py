@@ -41,6 +41,27 @@ class CatalogSettings(BaseModel):
     namespace: str = "market"
 
 
+class S3Settings(BaseModel):
+    """Object-store access for an `s3://` warehouse (MinIO, AWS S3), handed to pyiceberg's FileIO as catalog
+    properties. Unset keys fall back to pyiceberg's own defaults (the AWS credential chain)."""
+
+    endpoint: str = Field(default="", description="S3 API endpoint, e.g. http://minio:9000; empty for AWS.")
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: SecretStr = SecretStr("")
+    path_style_access: bool = Field(default=True, description="Path-style URLs (MinIO); False for virtual-host.")
+
+    def fileio_properties(self) -> dict[str, str]:
+        props = {"s3.region": self.region, "s3.force-virtual-addressing": str(not self.path_style_access).lower()}
+        if self.endpoint:
+            props["s3.endpoint"] = self.endpoint
+        if self.access_key_id:
+            props["s3.access-key-id"] = self.access_key_id
+        if secret := self.secret_access_key.get_secret_value():
+            props["s3.secret-access-key"] = secret
+        return props
+
+
 class IngestSettings(BaseModel):
     batch_max_rows: int = Field(default=50_000, ge=1)
     batch_max_seconds: float = Field(default=1.0, gt=0)
@@ -190,6 +211,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     kafka: KafkaSettings = KafkaSettings()
     catalog: CatalogSettings = CatalogSettings()
+    s3: S3Settings = S3Settings()
     ingest: IngestSettings = IngestSettings()
     degradation: DegradationSettings = DegradationSettings()
     api: ApiSettings = ApiSettings()
