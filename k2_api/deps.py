@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 
+from k2_api.formats import FORMATS, Format, negotiate
 from k2_core.query import QueryEngine
+from k2_core.realtime import RealtimeBuffer
 from k2_core.settings import Settings
+from k2_core.validation import AsOf, validate_as_of
 
 
 def get_settings(request: Request) -> Settings:
@@ -21,5 +24,34 @@ def get_reader(request: Request) -> QueryEngine:
     return reader
 
 
+def get_realtime(request: Request) -> RealtimeBuffer | None:
+    realtime: RealtimeBuffer | None = getattr(request.app.state, "realtime", None)
+    return realtime
+
+
+def output_format(
+    format: Annotated[
+        str | None,
+        Query(description=f"Response format: {', '.join(FORMATS)}. Default: from the Accept header, else json."),
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Format:
+    return negotiate(format, accept)
+
+
+def time_travel(
+    as_of_snapshot: Annotated[
+        str | None, Query(description="Read the table as of this snapshot id (GET /v1/snapshots lists them).")
+    ] = None,
+    as_of: Annotated[
+        str | None, Query(description="Read the table as of this ISO-8601 time (the snapshot current then).")
+    ] = None,
+) -> AsOf | None:
+    return validate_as_of(as_of_snapshot, as_of)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ReaderDep = Annotated[QueryEngine, Depends(get_reader)]
+RealtimeDep = Annotated[RealtimeBuffer | None, Depends(get_realtime)]
+FormatDep = Annotated[Format, Depends(output_format)]
+AsOfDep = Annotated[AsOf | None, Depends(time_travel)]

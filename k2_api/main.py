@@ -1,7 +1,8 @@
 """The FastAPI application factory and its server entry point.
 
 HTTP status codes are decided here and in the routes only: k2_core raises `QueryError` for bad input and this
-module turns it into a 400, so the query rules stay usable from Python and the CLI without HTTP baggage.
+module turns it into a 400 (404 for an unknown symbol), so the query rules stay usable from Python and the CLI
+without HTTP baggage.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from importlib.metadata import version
 
 import uvicorn
@@ -21,7 +23,10 @@ from k2_api.routes import ROUTERS
 from k2_core.exceptions import QueryError
 from k2_core.logging import configure_logging
 from k2_core.query import QueryEngine
+from k2_core.realtime import RealtimeBuffer
 from k2_core.settings import Settings
+from k2_core.validation import UnknownSymbolError
+from k2_stream.tail import TailConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +34,22 @@ logger = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the catalog once per process (creating missing tables) rather than per request; a catalog that is
-    down at startup fails the start, which an orchestrator can see and retry."""
+    down at startup fails the start, which an orchestrator can see and retry. With the realtime tail enabled,
+    start the API's own Kafka consumer so the last minutes are served before the ingester commits them."""
     settings: Settings = app.state.settings
-    reader = QueryEngine.from_settings(settings)
+    realtime, tail = None, None
+    if settings.query.tail_enabled:
+        window = timedelta(seconds=settings.query.realtime_window_seconds)
+        realtime = RealtimeBuffer(settings.query.tail_max_messages, retention=2 * window)
+        tail = TailConsumer(settings, realtime)
+        tail.start()
+    app.state.realtime = realtime
+    try:
+        reader = QueryEngine.from_settings(settings, realtime=realtime)
+    except BaseException:
+        if tail is not None:
+            tail.stop()
+        raise
     app.state.reader = reader
     logger.info(
         "api started",
@@ -39,24 +57,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "catalog": settings.catalog.name,
             "namespace": settings.catalog.namespace,
             "warehouse": settings.warehouse,
+            "realtime_tail": tail is not None,
         },
     )
     try:
         yield
     finally:
+        if tail is not None:
+            tail.stop()
         reader.close()
 
 
 async def _query_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.info("rejected query", extra={"path": request.url.path, "reason": str(exc)})
-    return JSONResponse(status_code=status.HTTP_400_BAD_REQUEST, content=ErrorResponse(detail=str(exc)).model_dump())
+    """Bad input is a 400, a symbol with no data a 404; the message names the parameter either way."""
+    code = status.HTTP_404_NOT_FOUND if isinstance(exc, UnknownSymbolError) else status.HTTP_400_BAD_REQUEST
+    logger.info("rejected query", extra={"path": request.url.path, "reason": str(exc), "status": code})
+    return JSONResponse(status_code=code, content=ErrorResponse(detail=str(exc)).model_dump())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; tests pass their own `Settings`, a deployment takes them from `K2_*` variables."""
     app = FastAPI(
         title="K2 market data",
-        summary="Trades, quotes and sequence gaps from K2's Iceberg tables.",
+        summary="Trades, quotes, bars, replay, snapshots and sequence gaps from K2's Iceberg tables and realtime tail.",
         version=version("k2"),
         lifespan=lifespan,
     )

@@ -6,6 +6,7 @@ client's binary float and lose the exactness the tables store. Timestamps are IS
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -68,24 +69,117 @@ class Gap(BaseModel):
     reason: str | None
 
 
-class _MarketResponse(BaseModel):
-    """The resolved query is echoed so a client that relied on defaults knows which window it got, and
-    `count == limit` tells it to page on from the last timestamp."""
+class TradeWithQuote(Trade):
+    """A trade and the quote in force at it (the latest at or before its time); quote fields are null when no
+    quote preceded the trade."""
+
+    quote_timestamp: AwareDatetime | None
+    quote_sequence_number: int | None
+    bid_price: DecimalString | None
+    bid_size: DecimalString | None
+    ask_price: DecimalString | None
+    ask_size: DecimalString | None
+
+
+class Bar(BaseModel):
+    symbol: str
+    exchange: str
+    bar_start: AwareDatetime = Field(
+        description="Start of the UTC-aligned interval; the bar covers [bar_start, +interval)."
+    )
+    open: DecimalString
+    high: DecimalString
+    low: DecimalString
+    close: DecimalString
+    volume: DecimalString
+    vwap: DecimalString = Field(description="sum(price * volume) / sum(volume), rounded half-even to 8 places.")
+    trade_count: int
+
+
+class Provenance(BaseModel):
+    """Where an answer came from: iceberg (committed tables), realtime (the API's Kafka tail), precomputed (the
+    OHLCV tables); the Iceberg snapshot read; and the cache tier that answered, if any."""
+
+    sources: list[str] = Field(examples=[["iceberg", "realtime"]])
+    snapshot_id: int | None = Field(
+        description="The trades/quotes snapshot read; pass it as as_of_snapshot to re-read."
+    )
+    cached: Literal["lru", "redis"] | None = None
+
+
+class _Page(Provenance):
+    """`next_cursor` is null on the last page; otherwise pass it back as `cursor` with the same parameters."""
 
     count: int
+    limit: int
+    next_cursor: str | None
+
+
+class _MarketResponse(_Page):
+    """The resolved query is echoed so a client that relied on defaults knows which window it got."""
+
     symbol: str
     exchange: str
     start: AwareDatetime
     end: AwareDatetime
-    limit: int
 
 
 class TradesResponse(_MarketResponse):
-    data: list[Trade]
+    data: list[TradeWithQuote] | list[Trade]
 
 
 class QuotesResponse(_MarketResponse):
     data: list[Quote]
+
+
+class BarsResponse(_MarketResponse):
+    interval: str
+    data: list[Bar]
+
+
+class SummaryResponse(Provenance):
+    symbol: str
+    exchange: str
+    date: date
+    open: DecimalString | None
+    high: DecimalString | None
+    low: DecimalString | None
+    close: DecimalString | None
+    volume: DecimalString
+    vwap: DecimalString | None
+    trade_count: int
+
+
+class LatestResponse(Provenance):
+    data: Trade
+
+
+class KafkaOffset(BaseModel):
+    topic: str
+    partition: int
+    next_offset: int = Field(description="The next offset to read: every message before it is in this snapshot.")
+
+
+class SnapshotInfo(BaseModel):
+    snapshot_id: int
+    parent_id: int | None
+    sequence_number: int
+    committed_at: AwareDatetime
+    operation: str | None
+    added_records: int | None
+    deleted_records: int | None
+    total_records: int | None
+    kafka_cluster: str | None
+    kafka_offsets: list[KafkaOffset]
+    is_current: bool
+
+
+class SnapshotsResponse(BaseModel):
+    table: str
+    count: int
+    limit: int
+    next_cursor: str | None
+    data: list[SnapshotInfo]
 
 
 class GapsResponse(BaseModel):
@@ -102,3 +196,6 @@ class HealthResponse(BaseModel):
     namespace: str
     snapshots: dict[str, int | None] = Field(description="Current snapshot id per table; null = never written.")
     error: str | None = None
+    realtime_topics: list[str] | None = Field(
+        default=None, description="Topics the realtime tail has caught up with; null when the tail is off."
+    )

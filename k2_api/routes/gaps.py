@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from k2_api.deps import ReaderDep
+from k2_api.deps import FormatDep, ReaderDep
+from k2_api.formats import ALTERNATE_CONTENT, table_response
 from k2_api.models import ErrorResponse, GapsResponse
 
-router = APIRouter(prefix="/v1", tags=["operations"], responses={400: {"model": ErrorResponse}})
+router = APIRouter(prefix="/v1", tags=["operations"], responses={400: {"model": ErrorResponse}, **ALTERNATE_CONTENT})
 
 
-@router.get("/gaps")
+@router.get("/gaps", response_model=GapsResponse)
 def gaps(
     reader: ReaderDep,
+    fmt: FormatDep,
     exchange: Annotated[str | None, Query(description="Only this exchange, e.g. asx.")] = None,
     symbol: Annotated[str | None, Query(description="Only this uppercase ticker.")] = None,
     status: Annotated[str | None, Query(description="Only gaps in this state: open, filled or unrecoverable.")] = None,
-) -> GapsResponse:
+) -> Any:
     """Sequence gaps, newest first, optionally narrowed by exchange, symbol and status."""
-    rows = reader.gaps(exchange=exchange, symbol=symbol, status=status).to_pylist()
+    table = reader.gaps(exchange=exchange, symbol=symbol, status=status)
+    if fmt != "json":
+        return table_response(table, fmt, {"K2-Sources": "iceberg"})
+    rows = table.to_pylist()
     return GapsResponse.model_validate(
         {"data": rows, "count": len(rows), "exchange": exchange, "symbol": symbol, "status": status}
     )

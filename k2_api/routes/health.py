@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from k2_api.deps import ReaderDep, SettingsDep
+from k2_api.deps import ReaderDep, RealtimeDep, SettingsDep
 from k2_api.models import HealthResponse
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": HealthResponse}})
-def health(reader: ReaderDep, settings: SettingsDep, response: Response) -> HealthResponse:
+def health(reader: ReaderDep, settings: SettingsDep, realtime: RealtimeDep, response: Response) -> HealthResponse:
     """Service status, whether the catalog is reachable, and each table's current snapshot id."""
     result = reader.health()
     if not result.reachable:
@@ -22,4 +22,7 @@ def health(reader: ReaderDep, settings: SettingsDep, response: Response) -> Heal
         namespace=settings.catalog.namespace,
         snapshots=result.snapshots,
         error=result.error,
+        realtime_topics=None
+        if realtime is None
+        else sorted(f"{kind}.{exchange}" for kind, exchange in realtime.topics()),
     )

@@ -1,36 +1,27 @@
-"""`/v1/trades` and `/v1/quotes`: one symbol on one exchange over a time window, oldest first."""
+"""`/v1/trades` and `/v1/quotes`: one symbol on one exchange over a time window, in exchange order, paged."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from k2_api.deps import ReaderDep
+from k2_api.deps import AsOfDep, FormatDep, ReaderDep
+from k2_api.formats import ALTERNATE_CONTENT
 from k2_api.models import ErrorResponse, QuotesResponse, TradesResponse
-from k2_core.query import QueryEngine
-from k2_core.topics import Kind
+from k2_api.params import Cursor, End, Exchange, Limit, Start, Symbol
+from k2_api.render import page
+from k2_core.validation import MarketQuery
 
-router = APIRouter(prefix="/v1", tags=["market data"], responses={400: {"model": ErrorResponse}})
-
-# Times are strings, not `datetime`, so that k2_core applies the one parsing rule (naive = UTC) for every client.
-Symbol = Annotated[str, Query(description="Uppercase ticker, e.g. BHP, BRK.B, BTCUSDT.")]
-Exchange = Annotated[str, Query(description="Exchange code from the topic layout, e.g. asx.")]
-Start = Annotated[
-    str | None, Query(description="Inclusive ISO-8601 start; no offset means UTC. Default: end minus one day.")
-]
-End = Annotated[str | None, Query(description="Exclusive ISO-8601 end; no offset means UTC. Default: now.")]
-Limit = Annotated[int | None, Query(description="Maximum rows (1..max_limit). Default: the server's default_limit.")]
+router = APIRouter(
+    prefix="/v1",
+    tags=["market data"],
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, **ALTERNATE_CONTENT},
+)
 
 
-def _market(
-    reader: QueryEngine, kind: Kind, symbol: str, exchange: str, start: str | None, end: str | None, limit: int | None
-) -> dict[str, Any]:
-    query = reader.market_query(symbol, exchange, start, end, limit)
-    rows = reader.read(kind, query).to_pylist()
+def _echo(query: MarketQuery) -> dict[str, Any]:
     return {
-        "data": rows,
-        "count": len(rows),
         "symbol": query.symbol,
         "exchange": query.exchange,
         "start": query.start,
@@ -39,27 +30,42 @@ def _market(
     }
 
 
-@router.get("/trades")
+@router.get("/trades", response_model=TradesResponse)
 def trades(
     reader: ReaderDep,
+    fmt: FormatDep,
+    as_of: AsOfDep,
+    response: Response,
     symbol: Symbol,
     exchange: Exchange,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
-) -> TradesResponse:
+    cursor: Cursor = None,
+    with_quote: Annotated[
+        bool, Query(description="Attach the quote in force at each trade (latest at or before it).")
+    ] = False,
+) -> Any:
     """Trades of one symbol on one exchange in [start, end), oldest first."""
-    return TradesResponse.model_validate(_market(reader, "trades", symbol, exchange, start, end, limit))
+    query = reader.market_query(symbol, exchange, start, end, limit)
+    result = reader.fetch("trades", query, cursor=cursor, with_quote=with_quote, as_of=as_of)
+    return page(TradesResponse, result, fmt, response, **_echo(query))
 
 
-@router.get("/quotes")
+@router.get("/quotes", response_model=QuotesResponse)
 def quotes(
     reader: ReaderDep,
+    fmt: FormatDep,
+    as_of: AsOfDep,
+    response: Response,
     symbol: Symbol,
     exchange: Exchange,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
-) -> QuotesResponse:
+    cursor: Cursor = None,
+) -> Any:
     """Quotes of one symbol on one exchange in [start, end), oldest first."""
-    return QuotesResponse.model_validate(_market(reader, "quotes", symbol, exchange, start, end, limit))
+    query = reader.market_query(symbol, exchange, start, end, limit)
+    result = reader.fetch("quotes", query, cursor=cursor, as_of=as_of)
+    return page(QuotesResponse, result, fmt, response, **_echo(query))

@@ -1,0 +1,64 @@
+"""`/v1/ohlcv`, `/v1/summary`, `/v1/latest`: bars, a day's summary and the last trade of one symbol."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from k2_api.deps import AsOfDep, FormatDep, ReaderDep
+from k2_api.formats import ALTERNATE_CONTENT, provenance_headers
+from k2_api.models import BarsResponse, ErrorResponse, LatestResponse, SummaryResponse
+from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol
+from k2_api.render import page, provenance
+from k2_core.bars import INTERVALS
+
+router = APIRouter(
+    prefix="/v1", tags=["bars"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+)
+
+Interval = Annotated[
+    str, Query(description=f"Bar width: {', '.join(INTERVALS)}. Bars are aligned to UTC (1d bars start at 00:00Z).")
+]
+
+
+@router.get("/ohlcv", response_model=BarsResponse, responses=ALTERNATE_CONTENT)
+def ohlcv(
+    reader: ReaderDep,
+    fmt: FormatDep,
+    as_of: AsOfDep,
+    response: Response,
+    symbol: Symbol,
+    exchange: Exchange,
+    interval: Interval = "1m",
+    start: Start = None,
+    end: End = None,
+    limit: Annotated[int | None, Query(description="Maximum bars per page (1..max_limit). Default: max_limit.")] = None,
+    cursor: Cursor = None,
+) -> Any:
+    """OHLCV, VWAP and trade count bars of one symbol; intervals without trades have no bar."""
+    result = reader.ohlcv(symbol, exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of)
+    assert result.window is not None
+    assert result.limit is not None
+    echo = {"symbol": symbol, "exchange": exchange, "interval": interval, "limit": result.limit}
+    return page(BarsResponse, result, fmt, response, start=result.window.start, end=result.window.end, **echo)
+
+
+@router.get("/summary")
+def summary(
+    reader: ReaderDep, as_of: AsOfDep, response: Response, symbol: Symbol, exchange: Exchange, date: Day
+) -> SummaryResponse:
+    """One UTC day of one symbol: open, high, low, close, volume, VWAP and trade count."""
+    result = reader.summary(symbol, exchange, date, as_of=as_of)
+    response.headers.update(provenance_headers(result))
+    return SummaryResponse.model_validate(result.table.to_pylist()[0] | provenance(result))
+
+
+@router.get("/latest")
+def latest(reader: ReaderDep, as_of: AsOfDep, response: Response, symbol: Symbol, exchange: Exchange) -> LatestResponse:
+    """The last trade of one symbol in exchange order: its price, volume and time."""
+    result = reader.latest(symbol, exchange, as_of=as_of)
+    if result.table.num_rows == 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"symbol {symbol} has no trades on {exchange} in this snapshot")
+    response.headers.update(provenance_headers(result))
+    return LatestResponse.model_validate({"data": result.table.to_pylist()[0]} | provenance(result))
