@@ -20,7 +20,9 @@ def open_catalog(settings: Settings) -> Catalog:
         Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     if settings.catalog_uri.startswith("sqlite:"):
         settings.home.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(settings.catalog.name, uri=settings.catalog_uri, warehouse=warehouse)
+    # An object-store warehouse needs the FileIO's endpoint and credentials (pyiceberg reads them from here).
+    io = settings.s3.fileio_properties() if warehouse.startswith(("s3://", "s3a://")) else {}
+    return SqlCatalog(settings.catalog.name, uri=settings.catalog_uri, warehouse=warehouse, **io)
 
 
 def ensure_table(catalog: Catalog, namespace: str, table_def: TableDef) -> Table:
