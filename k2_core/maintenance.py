@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pyarrow import fs as pafs
 from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
 
 from k2_core.exceptions import MaintenanceError
@@ -145,16 +146,20 @@ def referenced_files(table: Table) -> set[str]:
     return {_normalise(r) for r in refs}
 
 
-def _list_files(location: str) -> list[tuple[str, int]]:
-    """(uri, mtime in ns) of every file under `location`."""
-    filesystem, root = pafs.FileSystem.from_uri(location)
-    scheme = urlsplit(location).scheme or "file"
+def _list_files(table: Table, location: str) -> list[tuple[str, int]]:
+    """(uri, mtime in ns) of every file under `location`, through the table's own FileIO (same credentials)."""
+    io = table.io
+    if not isinstance(io, PyArrowFileIO):
+        raise MaintenanceError(
+            f"orphan removal needs pyiceberg's PyArrowFileIO, {table.name()} uses {type(io).__name__}"
+        )
+    scheme, netloc, root = PyArrowFileIO.parse_location(location, io.properties)
+    filesystem = io.fs_by_scheme(scheme, netloc)
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     out = []
     for info in filesystem.get_file_info(selector):
         if info.type == pafs.FileType.File:
-            uri = f"{scheme}://{info.path}" if scheme != "file" else "file://" + info.path
-            out.append((uri, info.mtime_ns or 0))
+            out.append((f"{scheme}://{info.path}", info.mtime_ns or 0))
     return out
 
 
@@ -164,7 +169,7 @@ def remove_orphans(table: Table, now: datetime, *, min_age: timedelta, dry_run: 
     location = table.metadata.location
     if not location:
         raise MaintenanceError(f"{table.name()} has no location")
-    listed = _list_files(location)
+    listed = _list_files(table, location)
     table.refresh()
     refs = referenced_files(table)
     cutoff_ns = int((now - min_age).timestamp() * 1_000_000_000)
