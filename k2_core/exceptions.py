@@ -79,3 +79,7 @@ class ApiKeyError(K2Error):
 
 class AuditError(K2Error):
     """The audit log cannot be written: data is not served without its audit record."""
+
+
+class CredentialStoreError(K2Error):
+    """API keys cannot be read from the catalog database: no request can be authenticated (the API answers 503)."""
