@@ -1,24 +1,19 @@
 """Output formats of list endpoints: JSON (the default), CSV, Arrow IPC stream and Parquet.
 
-Chosen by `format=` or, failing that, the Accept header. Non-JSON bodies carry the rows only; what JSON puts
-beside them (sources, snapshot, next cursor, cache tier) travels in `K2-*` response headers, which JSON
-responses carry too. CSV writes decimals in plain fixed-point ("0.00000001", never "1E-8") and times as
-ISO-8601 UTC with microseconds; Arrow and Parquet keep the tables' own types (decimal128(18, 8),
-timestamp[us, UTC]).
+Chosen by `format=` or, failing that, the Accept header. Non-JSON bodies carry the rows only (written by
+`k2_core.export`, as CLI exports are); what JSON puts beside them (sources, snapshot, next cursor, cache tier)
+travels in `K2-*` response headers, which JSON responses carry too.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
-import duckdb
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from fastapi import Response
 
 from k2_core.exceptions import QueryError
+from k2_core.export import to_bytes
 from k2_core.query import QueryResult
 
 Format = Literal["json", "csv", "arrow", "parquet"]
@@ -69,47 +64,6 @@ def provenance_headers(result: QueryResult) -> dict[str, str]:
 
 def table_response(table: pa.Table, fmt: Format, headers: dict[str, str]) -> Response:
     """The rows of `table` as a CSV, Arrow IPC stream or Parquet body (JSON goes through response models)."""
-    table = table.replace_schema_metadata(None)
-    if fmt == "csv":
-        body = to_csv(table)
-    elif fmt == "arrow":
-        body = to_arrow_stream(table)
-    elif fmt == "parquet":
-        body = to_parquet(table)
-    else:
-        raise ValueError(f"{fmt} bodies are rendered by response models")
-    return Response(content=body, media_type=MEDIA_TYPES[fmt], headers=headers)
-
-
-def to_csv(table: pa.Table) -> bytes:
-    columns = []
-    for column in table.schema:
-        name = '"' + column.name.replace('"', '""') + '"'
-        if pa.types.is_decimal(column.type) or pa.types.is_date(column.type):
-            columns.append(f"CAST({name} AS VARCHAR) AS {name}")
-        elif pa.types.is_timestamp(column.type):
-            columns.append(f"strftime({name}, '%Y-%m-%dT%H:%M:%S.%fZ') AS {name}")
-        elif pa.types.is_nested(column.type):
-            columns.append(f"CAST(to_json({name}) AS VARCHAR) AS {name}")
-        else:
-            columns.append(name)
-    with duckdb.connect() as con:
-        con.sql("SET TimeZone = 'UTC'")
-        con.register("rows", table)
-        text = con.sql(f"SELECT {', '.join(columns)} FROM rows").to_arrow_table()
-    sink = io.BytesIO()
-    pa_csv.write_csv(text, sink)
-    return sink.getvalue()
-
-
-def to_arrow_stream(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
-def to_parquet(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    if fmt == "json":
+        raise ValueError("JSON bodies are rendered by response models")
+    return Response(content=to_bytes(table, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)

@@ -1,17 +1,25 @@
-"""`k2 query trades|quotes|gaps`: read the Iceberg tables in-process, no API server needed.
+"""`k2 query trades|quotes|ohlcv|summary|latest|replay|snapshots|gaps`: read K2 in-process, no API server needed.
 
-The commands call k2_core's query engine directly, so they apply exactly the API's input rules. Bad input
-exits with code 2, the conventional "usage error" status, so scripts can tell it from a failed read.
+The commands call k2_core's query engine directly, so they apply exactly the API's input rules. Without
+`--output` they print a Rich table (one page); with `--output FILE` (or `--format` other than table) they
+export every row of the window in that format, page by page, with a progress bar on stderr. Bad input exits
+with code 2, the conventional "usage error" status, so scripts can tell it from a failed read.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -20,8 +28,10 @@ from k2_core.exceptions import QueryError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from k2_core.query import QueryEngine
+    from k2_core.export import ExportFormat
+    from k2_core.query import QueryEngine, QueryResult
     from k2_core.topics import Kind
+    from k2_core.validation import AsOf
 
 app = typer.Typer(help="Query K2's tables (reads Iceberg directly, no API server needed).", no_args_is_help=True)
 
@@ -34,7 +44,18 @@ _HEADERS = {
     "first_missing": "first",
     "last_missing": "last",
     "missing_count": "missing",
+    "quote_timestamp": "quote time",
+    "quote_sequence_number": "quote seq",
 }
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    parquet = "parquet"
+    arrow = "arrow"
+    ndjson = "ndjson"
+
 
 SymbolArg = Annotated[str, typer.Argument(help="Uppercase ticker, e.g. BHP, BRK.B, BTCUSDT.", show_default=False)]
 ExchangeOpt = Annotated[str, typer.Option("--exchange", "-e", help="Exchange code, e.g. asx.", show_default=False)]
@@ -42,7 +63,16 @@ StartOpt = Annotated[
     str | None, typer.Option(help="Inclusive ISO-8601 start; no offset means UTC. Default: end minus one day.")
 ]
 EndOpt = Annotated[str | None, typer.Option(help="Exclusive ISO-8601 end; no offset means UTC. Default: now.")]
-LimitOpt = Annotated[int | None, typer.Option(help="Maximum rows. Default: settings.api.default_limit.")]
+LimitOpt = Annotated[
+    int | None, typer.Option(help="Rows to show (table) or the most to export. Default: one page / everything.")
+]
+DateOpt = Annotated[str, typer.Option("--date", "-d", help="UTC date, YYYY-MM-DD.", show_default=False)]
+SnapshotOpt = Annotated[str | None, typer.Option("--as-of-snapshot", help="Read as of this snapshot id.")]
+AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="Read as of this ISO-8601 time.")]
+FormatOpt = Annotated[
+    OutputFormat, typer.Option("--format", "-f", help="table prints; the others export (to --output or stdout).")
+]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Export to this file.", dir_okay=False)]
 
 
 def _engine() -> QueryEngine:
@@ -59,6 +89,12 @@ def _fail(exc: QueryError) -> typer.Exit:
     return typer.Exit(code=EXIT_BAD_INPUT)
 
 
+def _as_of(as_of_snapshot: str | None, as_of: str | None) -> AsOf | None:
+    from k2_core.validation import validate_as_of
+
+    return validate_as_of(as_of_snapshot, as_of)
+
+
 def _cell(value: object) -> str:
     if value is None:
         return ""
@@ -69,14 +105,11 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _render(rows: pa.Table, title: str, *, hide: tuple[str, ...] = (), limit: int | None = None) -> None:
+def _render(rows: pa.Table, title: str, *, hide: tuple[str, ...] = (), caption: str | None = None) -> None:
     import pyarrow as pa
 
     columns = [field for field in rows.schema if field.name not in hide]
-    caption = f"{rows.num_rows} rows"
-    if limit is not None and rows.num_rows >= limit:
-        caption += " (limit reached: narrow the window or raise --limit)"
-    table = Table(title=title, caption=caption)
+    table = Table(title=title, caption=caption or f"{rows.num_rows} rows")
     for field in columns:
         numeric = pa.types.is_integer(field.type) or pa.types.is_decimal(field.type)
         # fold: on a narrow terminal a value wraps onto a second line; an ellipsis would misstate a price.
@@ -86,16 +119,114 @@ def _render(rows: pa.Table, title: str, *, hide: tuple[str, ...] = (), limit: in
     Console().print(table)
 
 
-def _market(kind: Kind, symbol: str, exchange: str, start: str | None, end: str | None, limit: int | None) -> None:
+def _provenance(result: QueryResult) -> str:
+    text = f"sources: {', '.join(result.sources)}"
+    if result.snapshot_id is not None:
+        text += f"; snapshot {result.snapshot_id}"
+    return text
+
+
+@contextmanager
+def _sink(output: Path | None) -> Iterator[BinaryIO]:
+    if output is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with output.open("wb") as handle:
+        yield handle
+
+
+def _export(
+    pages: Callable[[str | None], QueryResult],
+    fmt: ExportFormat,
+    output: Path | None,
+    *,
+    total: int | None,
+    limit: int | None,
+    what: str,
+) -> None:
+    """Follow cursors from the first page to the last (or `limit` rows), writing each page as it arrives."""
+    from k2_core.export import Exporter
+
+    progress = Progress(
+        TextColumn(f"exporting {what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=output is None,
+    )
+    with progress, _sink(output) as sink:
+        task = progress.add_task(what, total=min(total, limit) if total is not None and limit else total)
+        cursor: str | None = None
+        exporter: Exporter | None = None
+        while True:
+            result = pages(cursor)
+            table = result.table if limit is None else result.table.slice(0, limit - (exporter.rows if exporter else 0))
+            if exporter is None:
+                exporter = Exporter(sink, fmt, table.schema)
+            exporter.write(table)
+            progress.advance(task, table.num_rows)
+            cursor = result.next_cursor
+            if cursor is None or (limit is not None and exporter.rows >= limit):
+                break
+        exporter.close()
+    if output is not None:
+        Console(stderr=True).print(f"wrote {exporter.rows} rows to {output} ({fmt})")
+
+
+def _market(
+    kind: Kind,
+    symbol: str,
+    exchange: str,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    fmt: OutputFormat,
+    output: Path | None,
+    as_of_snapshot: str | None,
+    as_of: str | None,
+    with_quote: bool = False,
+) -> None:
+    exporting = output is not None or fmt != OutputFormat.table
     try:
         with _engine() as engine:
-            query = engine.market_query(symbol, exchange, start, end, limit)
-            rows = engine.read(kind, query)
+            travel = _as_of(as_of_snapshot, as_of)
+            if not exporting:
+                query = engine.market_query(symbol, exchange, start, end, limit)
+                result = engine.fetch(kind, query, with_quote=with_quote, as_of=travel)
+            else:
+                query = engine.market_query(symbol, exchange, start, end, engine.max_limit)
+                total = engine.count(kind, query, as_of=travel)
+                _export(
+                    lambda cursor: engine.fetch(kind, query, cursor=cursor, with_quote=with_quote, as_of=travel),
+                    _export_format(fmt),
+                    output,
+                    total=total,
+                    limit=limit,
+                    what=kind,
+                )
+                return
     except QueryError as exc:
         raise _fail(exc) from None
     title = f"{kind} {query.symbol}@{query.exchange} [{_cell(query.start)}, {_cell(query.end)})"
+    caption = f"{result.table.num_rows} rows; {_provenance(result)}"
+    if result.next_cursor is not None:
+        caption += " (more rows: narrow the window, raise --limit, or export with --output)"
     # symbol and exchange are fixed by the query and already in the title.
-    _render(rows, title, hide=("symbol", "exchange"), limit=query.limit)
+    _render(result.table, title, hide=("symbol", "exchange"), caption=caption)
+
+
+def _export_format(fmt: OutputFormat) -> ExportFormat:
+    """`--format table` with `--output` exports CSV: a file cannot hold a Rich table."""
+    formats: dict[OutputFormat, ExportFormat] = {
+        OutputFormat.table: "csv",
+        OutputFormat.csv: "csv",
+        OutputFormat.parquet: "parquet",
+        OutputFormat.arrow: "arrow",
+        OutputFormat.ndjson: "ndjson",
+    }
+    return formats[fmt]
 
 
 @app.command()
@@ -105,9 +236,14 @@ def trades(
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = None,
+    with_quote: Annotated[bool, typer.Option("--with-quote", help="Attach the quote in force at each trade.")] = False,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
 ) -> None:
     """Trades of SYMBOL on one exchange in [start, end), oldest first."""
-    _market("trades", symbol, exchange, start, end, limit)
+    _market("trades", symbol, exchange, start, end, limit, fmt, output, as_of_snapshot, as_of, with_quote)
 
 
 @app.command()
@@ -117,9 +253,163 @@ def quotes(
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
 ) -> None:
     """Quotes of SYMBOL on one exchange in [start, end), oldest first."""
-    _market("quotes", symbol, exchange, start, end, limit)
+    _market("quotes", symbol, exchange, start, end, limit, fmt, output, as_of_snapshot, as_of)
+
+
+@app.command()
+def ohlcv(
+    symbol: SymbolArg,
+    exchange: ExchangeOpt,
+    interval: Annotated[str, typer.Option("--interval", "-i", help="1s, 5s, 1m, 5m, 15m, 1h or 1d.")] = "1m",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    limit: LimitOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """OHLCV + VWAP bars of SYMBOL, UTC-aligned; intervals without trades have no bar."""
+    try:
+        with _engine() as engine:
+            travel = _as_of(as_of_snapshot, as_of)
+            if output is not None or fmt != OutputFormat.table:
+                first = engine.ohlcv(symbol, exchange, interval, start, end, as_of=travel)
+                _export(
+                    lambda cursor: (
+                        first
+                        if cursor is None
+                        else engine.ohlcv(symbol, exchange, interval, start, end, cursor=cursor, as_of=travel)
+                    ),
+                    _export_format(fmt),
+                    output,
+                    total=None,
+                    limit=limit,
+                    what="bars",
+                )
+                return
+            result = engine.ohlcv(symbol, exchange, interval, start, end, limit=limit, as_of=travel)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    assert result.window is not None
+    title = f"{interval} bars {symbol}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
+    _render(
+        result.table, title, hide=("symbol", "exchange"), caption=f"{result.table.num_rows} bars; {_provenance(result)}"
+    )
+
+
+@app.command()
+def summary(
+    symbol: SymbolArg,
+    exchange: ExchangeOpt,
+    day: DateOpt,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """One UTC day of SYMBOL: open, high, low, close, volume, VWAP and trade count."""
+    try:
+        with _engine() as engine:
+            result = engine.summary(symbol, exchange, day, as_of=_as_of(as_of_snapshot, as_of))
+    except QueryError as exc:
+        raise _fail(exc) from None
+    _render(
+        result.table, f"summary {symbol}@{exchange} {day}", hide=("symbol", "exchange"), caption=_provenance(result)
+    )
+
+
+@app.command()
+def latest(
+    symbol: SymbolArg,
+    exchange: ExchangeOpt,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """The last trade of SYMBOL in exchange order."""
+    try:
+        with _engine() as engine:
+            result = engine.latest(symbol, exchange, as_of=_as_of(as_of_snapshot, as_of))
+    except QueryError as exc:
+        raise _fail(exc) from None
+    if result.table.num_rows == 0:
+        raise _fail(QueryError(f"symbol {symbol} has no trades on {exchange} in this snapshot"))
+    _render(result.table, f"latest trade {symbol}@{exchange}", hide=("symbol", "exchange"), caption=_provenance(result))
+
+
+@app.command()
+def replay(
+    symbol: SymbolArg,
+    exchange: ExchangeOpt,
+    day: DateOpt,
+    kind: Annotated[str, typer.Option(help="trades or quotes.")] = "trades",
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="ndjson (default), csv, parquet or arrow.")] = (
+        OutputFormat.ndjson
+    ),
+    output: OutputOpt = None,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Every trade (or quote) of one UTC day in exchange order, streamed: NDJSON to stdout or a file."""
+    from k2_core.export import Exporter
+    from k2_core.tables import MARKET_TABLES
+
+    if kind not in ("trades", "quotes"):
+        raise _fail(QueryError(f"kind must be trades or quotes; got {kind!r}"))
+    stream_kind: Kind = "trades" if kind == "trades" else "quotes"
+    export_fmt = _export_format(fmt)
+    try:
+        with _engine() as engine:
+            stream = engine.replay(
+                symbol, exchange, day, kind=stream_kind, as_of=_as_of(as_of_snapshot, as_of), count=output is not None
+            )
+            progress = Progress(
+                TextColumn(f"replaying {kind}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=Console(stderr=True),
+                disable=output is None,
+            )
+            schema = MARKET_TABLES[stream_kind].arrow_schema
+            with progress, _sink(output) as sink, Exporter(sink, export_fmt, schema) as exporter:
+                task = progress.add_task(kind, total=stream.total)
+                for batch in stream:
+                    exporter.write(batch)
+                    progress.advance(task, batch.num_rows)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    if output is not None:
+        Console(stderr=True).print(f"wrote {exporter.rows} rows to {output} ({export_fmt})")
+
+
+@app.command()
+def snapshots(
+    table: Annotated[str, typer.Option("--table", "-t", help="trades, quotes, sequence_gaps, ohlcv_1m, ohlcv_1d.")] = (
+        "trades"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Most recent snapshots to show.")] = None,
+) -> None:
+    """A table's snapshots, newest first, with the Kafka offsets each commit covered."""
+    try:
+        with _engine() as engine:
+            result = engine.snapshots(table, limit=limit)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    rows = result.table
+    offsets = [
+        ", ".join(f"{o['topic']}[{o['partition']}]={o['next_offset']}" for o in row)
+        for row in rows.column("kafka_offsets").to_pylist()
+    ]
+    import pyarrow as pa
+
+    shown = rows.drop_columns(["kafka_offsets", "parent_id", "sequence_number"]).append_column(
+        "kafka offsets (next)", pa.array(offsets, pa.string())
+    )
+    _render(shown, f"snapshots of {table}")
 
 
 @app.command()

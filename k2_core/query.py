@@ -161,6 +161,7 @@ class Replay:
     sources: tuple[str, ...]
     snapshot_id: int | None
     _batches: Iterator[pa.RecordBatch] = field(repr=False)
+    total: int | None = None  # the row count, when asked for (a progress bar's target)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         return self._batches
@@ -541,9 +542,11 @@ class QueryEngine:
         kind: Kind = "trades",
         as_of: AsOf | None = None,
         batch_size: int = 10_000,
+        count: bool = False,
     ) -> Replay:
         """A UTC day of one stream in exchange order, streamed in record batches: DuckDB sorts (spilling to
-        disk if it must) and hands batches over one at a time, so the day is never held in Python."""
+        disk if it must) and hands batches over one at a time, so the day is never held in Python. `count` also
+        counts the rows first, for a progress bar."""
         symbol = validate_symbol(symbol)
         exchange = validate_exchange(exchange, self.exchanges)
         window = validate_date(day)
@@ -569,7 +572,13 @@ class QueryEngine:
                         schema=table_def.arrow_schema,
                     )
 
-        return Replay(route.sources, choice.snapshot_id, batches())
+        total = None
+        if count:
+            with scan.connect() as con:
+                self._market_view(con, table, table_def, symbol, exchange, window, choice, route)
+                row = con.execute("SELECT count(*) FROM market").fetchone()
+                total = int(row[0]) if row else 0
+        return Replay(route.sources, choice.snapshot_id, batches(), total)
 
     def snapshots(self, table_name: str, *, limit: int | None = None, cursor: str | None = None) -> QueryResult:
         """A table's snapshot log, newest first, with the Kafka offsets each commit covered."""

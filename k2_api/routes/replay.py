@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -14,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from k2_api.deps import AsOfDep, ReaderDep
 from k2_api.models import ErrorResponse
 from k2_api.params import Day, Exchange, Symbol
+from k2_core.export import ndjson_lines
 from k2_core.query import Replay
 
 router = APIRouter(
@@ -23,21 +21,13 @@ router = APIRouter(
 NDJSON = "application/x-ndjson"
 
 
-def _json_value(value: object) -> str:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
 def ndjson(replay: Replay) -> Iterator[bytes]:
     """One JSON object per line, one chunk per record batch; decimals as strings, as in every K2 JSON body."""
     try:
         for batch in replay:
-            lines = [json.dumps(row, default=_json_value, separators=(",", ":")) for row in batch.to_pylist()]
-            if lines:
-                yield ("\n".join(lines) + "\n").encode()
+            chunk = ndjson_lines(batch)
+            if chunk:
+                yield chunk
     finally:
         replay.close()
 
