@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import signal
 import threading
@@ -14,18 +15,21 @@ from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.run import run_simulation
 from tests.e2e.support import produced_keys, spawn_ingester, table_rows, wait_for
 
-KILLS = 6
+KILLS = 20  # issue 6: twenty kill -9s under continuous load
 
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     broker: str, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings(bootstrap=broker, batch_max_seconds=0.2, batch_max_rows=500, metrics_port=0)
+    # a killed member holds its partitions until its session expires: keep that short so 20 kills fit
+    settings.kafka.session_timeout_ms = 2000
+    settings.kafka.heartbeat_interval_ms = 300
     rng = random.Random(20261125)
     feed = threading.Thread(
         target=run_simulation,
         args=(settings, SimulatorConfig("binance", seed=3, faults=FaultConfig(gap_every=101, duplicate_every=17))),
-        kwargs={"rate": 600, "count": 6000},
+        kwargs={"rate": 500, "count": 12000},
         daemon=True,
     )
     feed.start()
@@ -33,7 +37,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     killed_with_rows = []
     for _ in range(KILLS):
         proc = spawn_ingester(settings, log)
-        time.sleep(rng.uniform(2.5, 6.0))  # assignment takes ~3 s; kills land before, during and after commits
+        time.sleep(rng.uniform(1.5, 4.0))  # assignment takes 1-3 s: kills land before, during and after commits
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_with_rows.append(len(table_rows(settings, "trades")))
@@ -52,5 +56,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     keys = [(r["exchange"], r["symbol"], r["exchange_sequence_number"]) for r in rows]
     assert len(keys) == len(set(keys)), "duplicates stored"
     assert set(keys) == distinct, "trades lost or invented"
-    assert killed_with_rows[-1] > 0  # the kills really interrupted a running ingester that had committed
+    # the kills really interrupted running ingesters that were committing
+    # (a kill before the group assignment settles interrupts nothing, so not every one counts)
+    assert sum(b > a for a, b in itertools.pairwise(killed_with_rows)) >= 3, killed_with_rows
     assert final.returncode == 0  # SIGTERM: a clean stop
