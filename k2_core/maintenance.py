@@ -95,15 +95,17 @@ def expire_snapshots(
     keep_last: int,
     retries: int,
     backoff_seconds: float,
+    dry_run: bool = False,
 ) -> ExpiryResult:
-    """Expire snapshots older than `retention` (metadata only: orphan removal reclaims their files)."""
+    """Expire snapshots older than `retention` (metadata only: orphan removal reclaims their files). A dry run
+    reports what would be expired and commits nothing."""
     held = 0
 
     def attempt(current: Table) -> list[int]:
         nonlocal held
         expire, held = plan_expiry(current, now, retention, keep_last)
-        if not expire:
-            return []
+        if not expire or dry_run:
+            return expire
         try:
             current.maintenance.expire_snapshots().by_ids(expire).commit()
         except ValueError as exc:  # a snapshot vanished (a concurrent expiry): re-plan on the new metadata
@@ -112,10 +114,17 @@ def expire_snapshots(
 
     table.refresh()
     expired = commit_with_retries(table, attempt, retries=retries, backoff_seconds=backoff_seconds, what="expiry")
-    result = ExpiryResult(".".join(table.name()), expired, len(table.metadata.snapshots), held)
+    retained = len(table.metadata.snapshots) - (len(expired) if dry_run else 0)
+    result = ExpiryResult(".".join(table.name()), expired, retained, held)
     log.info(
         "snapshots expired",
-        extra={"table": result.table, "expired": len(expired), "retained": result.retained, "offsets_chain": held},
+        extra={
+            "table": result.table,
+            "expired": len(expired),
+            "retained": result.retained,
+            "offsets_chain": held,
+            "dry_run": dry_run,
+        },
     )
     return result
 

@@ -98,7 +98,8 @@ def compaction_job() -> None:
 
 
 class MaintenanceConfig(Config):
-    """`dry_run` lists the orphan files that would be deleted without deleting them."""
+    """`dry_run` reports the snapshots that would expire and the orphan files that are unreferenced now, and changes
+    nothing."""
 
     dry_run: bool = False
 
@@ -118,6 +119,7 @@ def expire_and_clean(context: OpExecutionContext, config: MaintenanceConfig, ice
             keep_last=m.keep_last_snapshots,
             retries=m.commit_retries,
             backoff_seconds=m.retry_backoff_seconds,
+            dry_run=config.dry_run,
         )
         orphans = remove_orphans(table, now, min_age=timedelta(hours=m.orphan_min_age_hours), dry_run=config.dry_run)
         deleted += len(orphans.deleted)
