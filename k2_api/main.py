@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from k2_api.models import ErrorResponse
 from k2_api.observability import install_observability
 from k2_api.routes import ROUTERS
+from k2_api.security import install_security
 from k2_core.exceptions import QueryError
 from k2_core.logging import configure_logging
 from k2_core.query import QueryEngine
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     app.add_exception_handler(QueryError, _query_error)
+    install_security(app)
     install_observability(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -1,0 +1,455 @@
+"""API security: authentication, per-route and per-exchange scopes, per-key rate limits, and the audit log.
+
+`install_security(app)` wires it all into an app before its routers are included:
+
+* `authorize`, a dependency on every route, looks the matched route template up in `POLICY` to find the scope
+  it needs (`read:trades:<exchange>`, `read:gaps`, ...). Public routes (`PUBLIC`) need nothing; a route in
+  neither table needs `admin`, so a new route is never public by accident. It answers 401 with
+  `WWW-Authenticate` for missing or bad credentials, 429 with `Retry-After` once a key's budget is spent, and
+  403 naming the missing scope.
+* `AuditMiddleware` appends one `audit_log` row per request to a protected route, before the response leaves:
+  if the row cannot be written, the caller gets a 503 instead of the data.
+* The OpenAPI document gains the security schemes and the 401/403/429/503 answers.
+
+Credentials travel only in headers (`Authorization: Bearer <API key or JWT>`, or `X-API-Key`), never in the
+URL, so they never reach access logs or the audit log's parameters; nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from k2_core.audit import AuditEntry, AuditLog
+from k2_core.auth import (
+    ADMIN,
+    PER_EXCHANGE,
+    JwtVerifier,
+    KeyStore,
+    Principal,
+    allows,
+    auth_banner,
+    auth_required,
+)
+from k2_core.exceptions import AuditError, AuthenticationError, CredentialStoreError, RateLimitError
+from k2_core.logging import REQUEST_ID
+from k2_core.ratelimit import RateLimiter
+from k2_core.settings import Settings
+from k2_core.sqldb import catalog_engine
+
+logger = logging.getLogger(__name__)
+
+REALM = "k2"
+AUDIT_SCOPE_KEY = "k2.audit"  # where `authorize` leaves the request's audit context for the middleware
+PUBLIC = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+ANONYMOUS = Principal(subject="anonymous", method="none")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The scope a route needs: `read:<resource>[:<exchange>]`. `resource_param` names a query parameter that
+    picks the resource (replay's `kind=quotes` reads quotes)."""
+
+    resource: str
+    per_exchange: bool = True
+    resource_param: str | None = None
+
+
+POLICY: dict[str, Rule] = {
+    "/v1/trades": Rule("trades"),
+    "/v1/quotes": Rule("quotes"),
+    # Bars, day summaries and the last trade are computed from trades.
+    "/v1/ohlcv": Rule("trades"),
+    "/v1/summary": Rule("trades"),
+    "/v1/latest": Rule("trades"),
+    "/v1/replay": Rule("trades", resource_param="kind"),
+    "/v1/gaps": Rule("gaps", per_exchange=False),
+    "/v1/snapshots": Rule("snapshots", per_exchange=False),
+}
+
+
+def required_scopes(route: str, request: Request) -> list[str]:
+    rule = POLICY.get(route)
+    if rule is None:
+        return [ADMIN]
+    resource = rule.resource
+    if rule.resource_param is not None:
+        chosen = request.query_params.get(rule.resource_param)
+        if chosen in PER_EXCHANGE:  # anything else is refused by the route's own validation
+            resource = chosen
+    if not rule.per_exchange:
+        return [f"read:{resource}"]
+    # Every value counts, not just the one the route reads: `?exchange=asx&exchange=nyse` needs both.
+    exchanges = request.query_params.getlist("exchange") or ["*"]
+    return [f"read:{resource}:{exchange}" for exchange in dict.fromkeys(exchanges)]
+
+
+# ---- per-app state ---------------------------------------------------------------------------------------------
+
+
+class Security:
+    """What `authorize` and the audit middleware share, opened once per app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.required = auth_required(settings)
+        self.engine = catalog_engine(settings)
+        self.audit = AuditLog(self.engine)
+        self.keys = KeyStore(self.engine) if self.required else None
+        self.jwt = JwtVerifier(settings.auth) if self.required else None
+        auth = settings.auth
+        self.limiter = RateLimiter(auth.rate_limit_per_second, auth.rate_limit_burst, settings.redis)
+
+    def close(self) -> None:
+        self.limiter.close()
+        self.engine.dispose()
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+def security_of(app: FastAPI) -> Security:
+    """The app's `Security`, opened by the lifespan, or here on first use when an app runs without one."""
+    found: Security | None = getattr(app.state, "security", None)
+    if found is None:
+        with _OPEN_LOCK:
+            found = getattr(app.state, "security", None)
+            if found is None:
+                found = app.state.security = Security(app.state.settings)
+    return found
+
+
+# ---- authentication and authorisation --------------------------------------------------------------------------
+
+
+@dataclass
+class AuditContext:
+    """The request as the audit log sees it; `authorize` fills in the principal once it is known."""
+
+    route: str
+    method: str
+    params: dict[str, Any]
+    client: str | None
+    principal: Principal = ANONYMOUS
+    began: float = field(default_factory=time.perf_counter)
+
+
+def _challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> str:
+    parts = [f'Bearer realm="{REALM}"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append('error_description="' + description.replace('"', "'").replace("\\", "/") + '"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return ", ".join(parts)
+
+
+def _unauthorized(detail: str, error: str | None = "invalid_token") -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": _challenge(error, detail if error else None)},
+    )
+
+
+def _credential(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _unauthorized("use `Authorization: Bearer <API key or JWT>`", error="invalid_request")
+        return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+def authenticate(security: Security, request: Request) -> Principal:
+    token = _credential(request)
+    if token is None:
+        raise _unauthorized(
+            "credentials required: send an API key or JWT as `Authorization: Bearer <token>`", error=None
+        )
+    assert security.keys is not None
+    assert security.jwt is not None
+    try:
+        if token.startswith("k2_"):
+            return security.keys.verify(token)
+        if not security.jwt.enabled:
+            raise AuthenticationError("bearer JWTs are not configured here (auth.jwt_secret / auth.jwks_url)")
+        return security.jwt.verify(token)
+    except AuthenticationError as exc:
+        logger.info("authentication refused", extra={"reason": str(exc), "path": request.url.path})
+        raise _unauthorized(str(exc)) from None
+    except CredentialStoreError as exc:
+        logger.error("credential store unavailable", extra={"error": str(exc)})
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "credentials cannot be checked right now") from None
+
+
+def authorize(request: Request) -> Principal:
+    """The dependency on every route: who is calling, and may they call this route with these parameters?"""
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    if route in PUBLIC:
+        return ANONYMOUS
+    params: dict[str, Any] = {k: v[0] if len(v) == 1 else v for k, v in _multi(request).items()}
+    params.update(request.path_params)
+    context = AuditContext(route, request.method, params, request.client.host if request.client else None)
+    request.scope[AUDIT_SCOPE_KEY] = context
+    security = security_of(request.app)
+    if not security.required:
+        return ANONYMOUS
+    principal = context.principal = authenticate(security, request)
+    try:
+        security.limiter.check(principal.rate_key)
+    except RateLimitError as exc:
+        logger.warning("rate limited", extra={"principal": principal.subject, "route": route})
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
+        ) from None
+    for scope in required_scopes(route, request):
+        if not allows(principal.scopes, scope):
+            granted = " ".join(sorted(principal.scopes)) or "no scopes"
+            logger.info("scope refused", extra={"principal": principal.subject, "route": route, "scope": scope})
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"missing scope {scope} for {route} (this {principal.method.replace('_', ' ')} grants: {granted})",
+                headers={"WWW-Authenticate": _challenge("insufficient_scope", scope=scope)},
+            )
+    return principal
+
+
+def _multi(request: Request) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        out.setdefault(key, []).append(value)
+    return out
+
+
+# ---- audit -----------------------------------------------------------------------------------------------------
+
+
+def count_rows(content_type: str, body: bytes) -> int | None:
+    """Rows in a complete response body, for the audit log; None when the body does not say."""
+    media = content_type.split(";")[0].strip().lower()
+    try:
+        if media == "application/json":
+            data = json.loads(body)
+            if isinstance(data, dict):
+                if isinstance(data.get("count"), int):
+                    return int(data["count"])
+                if isinstance(data.get("data"), list):
+                    return len(data["data"])
+                return 1 if "data" in data else None
+            return len(data) if isinstance(data, list) else None
+        if media == "text/csv":
+            return max(body.count(b"\n") - 1, 0)  # minus the header line
+        if media == "application/x-ndjson":
+            return body.count(b"\n")
+        if media.startswith("application/vnd.apache.arrow"):
+            return int(pa.ipc.open_stream(body).read_all().num_rows)
+        if media in ("application/vnd.apache.parquet", "application/x-parquet"):
+            return int(pq.ParquetFile(io.BytesIO(body)).metadata.num_rows)
+    except (ValueError, pa.ArrowException):
+        return None
+    return None
+
+
+class AuditMiddleware:
+    """Holds a protected route's response until its audit row is written; a stream's row is written when the
+    stream starts and its row count filled in when it ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        stream: dict[str, Any] = {}  # entry id, rows counted so far, and whether its audit row failed
+        sent_any = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal held, sent_any
+            context: AuditContext | None = scope.get(AUDIT_SCOPE_KEY)
+            if context is None:
+                sent_any = True
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                held = message
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            if held is not None:
+                start, held = held, None
+                sent_any = True
+                code = int(start["status"])
+                body = message.get("body", b"")
+                if message.get("more_body", False):
+                    media = _header(start, b"content-type")
+                    entry_id = await self._append(scope, context, code, None)
+                    if entry_id is None and code < 400:
+                        stream["failed"] = True
+                        await _send_unavailable(send)
+                        return
+                    stream.update(id=entry_id, rows=0, ndjson=media.startswith("application/x-ndjson"))
+                else:
+                    rows = count_rows(_header(start, b"content-type"), body) if code < 300 else None
+                    if await self._append(scope, context, code, rows) is None and code < 400:
+                        await _send_unavailable(send)
+                        return
+                await send(start)
+                await send(message)
+                self._count(stream, body)
+                return
+            if stream.get("failed"):
+                return  # the 503 was sent; the rest of the stream is dropped
+            await send(message)
+            self._count(stream, message.get("body", b""))
+            if not message.get("more_body", False) and stream.get("id") is not None:
+                await self._finish(scope, context, stream)
+
+        try:
+            await self.app(scope, receive, audited_send)
+        except Exception:
+            context = scope.get(AUDIT_SCOPE_KEY)
+            if context is not None and not sent_any:
+                await self._append(scope, context, 500, None)
+            raise
+
+    @staticmethod
+    def _count(stream: dict[str, Any], body: bytes) -> None:
+        if stream.get("ndjson"):
+            stream["rows"] += body.count(b"\n")
+
+    @staticmethod
+    async def _append(scope: Scope, context: AuditContext, code: int, rows: int | None) -> int | None:
+        """The new entry's id, or None (logged) when the audit log cannot be written."""
+        app: FastAPI = scope["app"]
+        entry = AuditEntry(
+            at=datetime.now(UTC),
+            principal=context.principal.subject,
+            auth=context.principal.method,
+            method=context.method,
+            route=context.route,
+            params=context.params,
+            status=code,
+            rows=rows,
+            duration_ms=round((time.perf_counter() - context.began) * 1000, 2),
+            client=context.client,
+            request_id=REQUEST_ID.get(),
+        )
+        try:
+            security = security_of(app)
+            return int(await anyio.to_thread.run_sync(security.audit.append, entry))
+        except AuditError as exc:
+            logger.error("audit log unavailable", extra={"error": str(exc), "route": context.route, "status": code})
+            return None
+
+    @staticmethod
+    async def _finish(scope: Scope, context: AuditContext, stream: dict[str, Any]) -> None:
+        security = security_of(scope["app"])
+        rows = stream["rows"] if stream.get("ndjson") else None
+        duration = round((time.perf_counter() - context.began) * 1000, 2)
+        try:
+            await anyio.to_thread.run_sync(security.audit.finish, stream["id"], rows, duration)
+        except AuditError as exc:  # the entry exists; only its row count is missing
+            logger.error("audit entry not completed", extra={"error": str(exc), "entry": stream["id"]})
+
+
+def _header(start: Message, name: bytes) -> str:
+    for key, value in start.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+async def _send_unavailable(send: Send) -> None:
+    body = json.dumps({"detail": "the audit log cannot be written; no data is served without it"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status.HTTP_503_SERVICE_UNAVAILABLE,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- wiring ----------------------------------------------------------------------------------------------------
+
+_ERROR = {
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+        }
+    }
+}
+
+
+def _document(app: FastAPI, required: bool) -> Callable[[], dict[str, Any]]:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        for path, operations in schema.get("paths", {}).items():
+            if path in PUBLIC:
+                continue
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("503", {"description": "The audit log cannot be written", **_ERROR})
+                if not required:
+                    continue
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                responses.setdefault("401", {"description": "Missing or invalid credentials", **_ERROR})
+                responses.setdefault("403", {"description": "The credentials lack the scope this needs", **_ERROR})
+                responses.setdefault("429", {"description": "Rate limit exceeded; see Retry-After", **_ERROR})
+        if required:
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (k2_...) or a JWT."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+        return schema
+
+    return openapi
+
+
+def install_security(app: FastAPI) -> None:
+    """Call in `create_app` after `app.state.settings` is set and before the routers are included. Raises
+    `ConfigError` when authentication is off on a non-loopback address."""
+    settings: Settings = app.state.settings
+    required = auth_required(settings)
+    app.router.dependencies.append(Depends(authorize))
+    app.add_middleware(AuditMiddleware)
+    app.openapi = _document(app, required)  # type: ignore[method-assign]
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        async with inner(app_) as state:
+            security = app.state.security = Security(settings)
+            (logger.info if required else logger.warning)(auth_banner(settings), extra={"auth": required})
+            try:
+                yield state
+            finally:
+                app.state.security = None
+                security.close()
+
+    app.router.lifespan_context = lifespan

@@ -1,0 +1,41 @@
+"""K2's own tables (`api_keys`, `audit_log`) in the catalog database, beside pyiceberg's.
+
+The catalog database (K2_CATALOG_URI: SQLite under K2_HOME by default, or PostgreSQL) is already the one piece
+of state every K2 deployment has and backs up, so credentials and the audit trail live there too. Times are
+stored as UTC; SQLite hands them back naive, so every read goes through `utc`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from k2_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+METADATA = MetaData()
+
+
+def catalog_engine(settings: Settings) -> Engine:
+    """An engine on the catalog database; the caller disposes of it."""
+    if settings.catalog_uri.startswith("sqlite:"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return create_engine(settings.catalog_uri, pool_pre_ping=True)
+
+
+def create_tables(engine: Engine, *names: str) -> None:
+    """Create the named K2 tables if missing; two processes racing to create one is not an error."""
+    tables = [METADATA.tables[name] for name in names]
+    try:
+        METADATA.create_all(engine, tables=tables, checkfirst=True)
+    except SQLAlchemyError as exc:  # PostgreSQL: the other creator won between our check and our CREATE
+        log.info("table creation raced, re-checking", extra={"tables": names, "error": str(exc).splitlines()[0]})
+        METADATA.create_all(engine, tables=tables, checkfirst=True)
+
+
+def utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
