@@ -1,0 +1,449 @@
+"""docker-compose.yml, the Dockerfile and the files they mount, checked against the compose specification (the
+JSON schema vendored by check-jsonschema) and against the code: every K2 command parses with the real CLI, every
+K2_ variable is a Settings field and the environment builds valid Settings, ports agree end to end, images are
+pinned, secrets are required rather than defaulted. There is no Docker engine here to run the stack itself."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import tomllib
+from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import jsonschema
+import pytest
+import typer.main
+import yaml
+from pydantic import BaseModel
+
+from k2_core.settings import REPO_ROOT, Settings
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+K2_IMAGE_COMMANDS = {"k2", "dagster-webserver", "dagster-daemon"}
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([?-])([^}]*))?\}")
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return loaded
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return dict(compose()["services"])
+
+
+def k2_services() -> dict[str, dict[str, Any]]:
+    """Services built from our Dockerfile."""
+    return {name: svc for name, svc in services().items() if "build" in svc}
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def interpolate(value: str, variables: Mapping[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}`, as `docker compose` resolves them."""
+
+    def sub(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if variables.get(name):
+            return variables[name]
+        if op == "?":
+            raise AssertionError(f"required variable {name} is unset: {arg}")
+        return arg if op == "-" else ""
+
+    return _INTERPOLATION.sub(sub, value)
+
+
+def example_env() -> dict[str, str]:
+    """.env.example with a stand-in for every secret left empty, as an operator fills it in."""
+    env = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value or f"filled-{name.lower()}"
+    return env
+
+
+def settings_env_names() -> set[str]:
+    """Every K2_ variable Settings reads: K2_<FIELD>, or K2_<SECTION>_<FIELD> for nested sections."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= {f"K2_{name}_{sub}".upper() for sub in annotation.model_fields}
+        else:
+            names.add(f"K2_{name}".upper())
+    return names
+
+
+def settings_for(service: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings a K2 container would build: its interpolated environment and nothing else."""
+    variables = example_env()
+    for name in [n for n in os.environ if n.startswith("K2_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment(services()[service]).items():
+        monkeypatch.setenv(name, interpolate(value, variables))
+    return Settings()
+
+
+def container_ports(service: Mapping[str, Any]) -> set[int]:
+    ports = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
+    return ports | {int(p) for p in service.get("expose", [])}
+
+
+def healthcheck_port(service: Mapping[str, Any]) -> int | None:
+    match = re.search(r"https?://(?:127\.0\.0\.1|localhost):(\d+)", " ".join(service["healthcheck"]["test"]))
+    return int(match.group(1)) if match else None
+
+
+# --- the compose specification -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.protocols.Validator:
+    schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def test_compose_file_matches_the_compose_specification(validator: jsonschema.protocols.Validator) -> None:
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose())]
+    assert errors == []
+
+
+def descendants(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
+    yield error
+    for sub in error.context or ():
+        yield from descendants(sub)
+
+
+def test_the_schema_really_rejects_a_broken_file(validator: jsonschema.protocols.Validator) -> None:
+    broken = compose()
+    broken["services"]["api"]["healthcheck"]["intervall"] = "5s"
+    broken["services"]["kafka"]["ports"] = {"9094": "9094"}
+    messages = " ".join(e.message for error in validator.iter_errors(broken) for e in descendants(error))
+    assert "'intervall' does not match any of the regexes" in messages
+    assert "is not of type 'array'" in messages
+
+
+def test_the_stack_has_the_services_issue_5_asks_for() -> None:
+    assert set(services()) == {
+        "kafka",
+        "schema-registry",
+        "postgres",
+        "minio",
+        "minio-init",
+        "prometheus",
+        "grafana",
+        "dagster-webserver",
+        "dagster-daemon",
+        "api",
+        "ingester",
+    }
+    assert services()["postgres"]["image"].startswith("postgres:16.")
+    kafka = environment(services()["kafka"])
+    assert "controller" in kafka["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper
+
+
+# --- images and health --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(services()))
+def test_images_are_pinned_and_every_long_running_service_has_a_healthcheck(name: str) -> None:
+    service = services()[name]
+    if "build" in service:
+        assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+        assert service["image"] == "k2:local"
+    else:
+        repository, _, tag = service["image"].rpartition(":")
+        assert repository
+        assert "/" not in tag
+        assert tag
+        assert tag != "latest"
+        assert re.search(r"\d", tag), f"{name}: tag {tag!r} is not a version"
+    check = service["healthcheck"]
+    if check.get("disable"):  # only one-shots, which others wait for to complete
+        assert service["restart"] == "no"
+        waiting = [
+            other
+            for other in services().values()
+            if isinstance(other.get("depends_on"), dict)
+            and other["depends_on"].get(name, {}).get("condition") == "service_completed_successfully"
+        ]
+        assert waiting, f"{name}: no service waits for this one-shot"
+    else:
+        assert check["test"][0] in {"CMD", "CMD-SHELL"}
+        assert check["interval"]
+
+
+def test_dependencies_wait_for_health() -> None:
+    for name, service in services().items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services(), f"{name} depends on unknown {dependency}"
+            assert condition["condition"] in {
+                "service_healthy",
+                "service_completed_successfully",
+                "service_started",
+            }
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+
+class CommandRejected(Exception):
+    """The CLI would exit with a usage error (click's exit code 2)."""
+
+
+def click_command(executable: str) -> Any:
+    """The click command behind a console script of ours (`k2`, a Typer app: Typer carries its own copy of
+    click, so commands are duck-typed here) or of our dependencies (Dagster's entry points are `main()` wrappers
+    around their module's click `cli`)."""
+    if executable == "k2":
+        from k2_cli.main import app
+
+        return typer.main.get_command(app)
+    (entry,) = entry_points(group="console_scripts", name=executable)
+    command = entry.load()
+    if not isinstance(command, click.Command):
+        command = importlib.import_module(entry.module).cli
+    assert isinstance(command, click.Command)
+    return command
+
+
+def parse(command: Any, argv: list[str]) -> list[str]:
+    """Parse argv as the real CLI would (options, types, choices), descending through groups (ours take no
+    group-level options); returns the subcommand path. Raises CommandRejected where the CLI would refuse."""
+    path: list[str] = []
+    parent = None
+    while hasattr(command, "list_commands"):  # a group
+        ctx = command.context_class(command, info_name=command.name, parent=parent)
+        sub = command.get_command(ctx, argv[0]) if argv else None
+        if sub is None:
+            raise CommandRejected(f"{command.name}: no such command {argv[:1]}")
+        path.append(argv[0])
+        command, argv, parent = sub, argv[1:], ctx
+    try:
+        command.make_context(command.name, list(argv), parent=parent)
+    except Exception as exc:
+        if getattr(exc, "exit_code", None) == 2:
+            raise CommandRejected(f"{command.name}: {exc}") from exc
+        raise
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(k2_services()))
+def test_k2_service_commands_parse_with_the_real_cli(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = [str(a) for a in k2_services()[name]["command"]]
+    assert argv[0] in K2_IMAGE_COMMANDS
+    monkeypatch.chdir(REPO_ROOT)  # the image's WORKDIR: workspace.yaml is resolved relative to it
+    path = parse(click_command(argv[0]), argv[1:])
+    if argv[0] == "k2":
+        assert path == [argv[1]]
+    if "-w" in argv:
+        assert (REPO_ROOT / argv[argv.index("-w") + 1]).is_file()
+
+
+def test_the_parser_rejects_what_the_cli_rejects() -> None:
+    with pytest.raises(CommandRejected):
+        parse(click_command("k2"), ["no-such-command"])
+    with pytest.raises(CommandRejected):
+        parse(click_command("dagster-webserver"), ["-p", "not-a-port"])
+
+
+# --- settings -----------------------------------------------------------------------------------------------
+
+
+def test_every_k2_variable_in_the_stack_is_a_settings_field() -> None:
+    valid = settings_env_names()
+    assert {"K2_CATALOG_URI", "K2_KAFKA_BOOTSTRAP_SERVERS", "K2_S3_ENDPOINT", "K2_HOME"} <= valid
+    used = {var for svc in services().values() for var in environment(svc) if var.startswith("K2_")}
+    used |= {var for var in example_env() if var.startswith("K2_")}
+    assert used
+    assert used - valid == set()
+
+
+@pytest.mark.parametrize("name", sorted(k2_services()))
+def test_k2_service_environment_builds_the_production_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(name, monkeypatch)
+    variables = example_env()
+    assert urlsplit(settings.catalog_uri).scheme == "postgresql+psycopg"
+    assert settings.warehouse == f"s3://{variables['WAREHOUSE_BUCKET']}/warehouse"
+    assert settings.s3.access_key_id == variables["K2_S3_ACCESS_KEY_ID"]
+    assert settings.s3.secret_access_key.get_secret_value() == variables["K2_S3_SECRET_ACCESS_KEY"]
+    assert settings.kafka.schema_registry_url.startswith("http://schema-registry:")
+
+
+def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatch: pytest.MonkeyPatch) -> None:
+    svcs = services()
+    api = settings_for("api", monkeypatch)
+    assert api.api.host == "0.0.0.0"
+    assert api.api.port in container_ports(svcs["api"])
+    assert healthcheck_port(svcs["api"]) == api.api.port
+    ingester = settings_for("ingester", monkeypatch)
+    assert ingester.api.host == "0.0.0.0"  # the ingester's /metrics binds the API host setting
+    assert ingester.ingest.metrics_port in container_ports(svcs["ingester"])
+    assert healthcheck_port(svcs["ingester"]) == ingester.ingest.metrics_port
+
+    prometheus = yaml.safe_load((REPO_ROOT / "config/prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]}
+    assert targets["k2-api"] == [f"api:{api.api.port}"]
+    assert targets["k2-ingester"] == [f"ingester:{ingester.ingest.metrics_port}"]
+
+    webserver = [str(a) for a in svcs["dagster-webserver"]["command"]]
+    dagster_port = int(webserver[webserver.index("-p") + 1])
+    assert dagster_port in container_ports(svcs["dagster-webserver"])
+    assert dagster_port == Settings().maintenance.dagster_port
+    assert healthcheck_port(svcs["dagster-webserver"]) == dagster_port
+
+    # Addresses the K2 services dial are the ports those services listen on.
+    kafka = environment(svcs["kafka"])
+    assert f"PLAINTEXT://{api.kafka.bootstrap_servers}" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    registry = urlsplit(api.kafka.schema_registry_url)
+    assert environment(svcs["schema-registry"])["SCHEMA_REGISTRY_LISTENERS"].endswith(f":{registry.port}")
+    assert urlsplit(api.s3.endpoint).hostname == "minio"
+    assert urlsplit(api.s3.endpoint).port in container_ports(svcs["minio"])
+    catalog = urlsplit(api.catalog_uri)
+    assert (catalog.hostname, catalog.port, catalog.path) == ("postgres", 5432, "/k2")
+
+    datasource = yaml.safe_load((REPO_ROOT / "config/grafana/provisioning/datasources/prometheus.yaml").read_text())
+    url = urlsplit(datasource["datasources"][0]["url"])
+    assert url.hostname == "prometheus"
+    assert f"--web.listen-address=:{url.port}" in svcs["prometheus"]["command"]
+
+
+# --- secrets ------------------------------------------------------------------------------------------------
+
+
+def test_secrets_are_required_from_the_environment_and_documented() -> None:
+    text = COMPOSE_FILE.read_text()
+    required = {m.group(1) for m in _INTERPOLATION.finditer(text) if m.group(2) == "?"}
+    defaulted = {m.group(1) for m in _INTERPOLATION.finditer(text) if m.group(2) == "-"}
+    secret_words = ("PASSWORD", "SECRET")
+    assert {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "K2_S3_SECRET_ACCESS_KEY", "GRAFANA_ADMIN_PASSWORD"} <= required
+    assert not any(word in name for name in defaulted for word in secret_words)
+    for service in services().values():
+        for name, value in environment(service).items():
+            if any(word in name for word in secret_words):
+                assert value.startswith("${"), f"{name} must come from the environment"
+                assert ":?" in value, f"{name} must be required: ${{VAR:?message}}"
+    example = {line.partition("=")[0]: line.partition("=")[2] for line in ENV_EXAMPLE.read_text().splitlines()}
+    assert required <= set(example)  # every required variable is documented ...
+    assert all(example[name] == "" for name in required)  # ... and shipped without a value
+    dockerfile = DOCKERFILE.read_text()
+    assert not re.search(r"(?im)^\s*(ENV|ARG)\b.*(PASSWORD|SECRET)", dockerfile)
+
+
+def test_interpolation_fails_like_compose_when_a_secret_is_missing() -> None:
+    with pytest.raises(AssertionError, match="POSTGRES_PASSWORD"):
+        interpolate("${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}", {})
+    assert interpolate("s3://${WAREHOUSE_BUCKET:-k2-lake}/warehouse", {}) == "s3://k2-lake/warehouse"
+
+
+# --- the Dockerfile -----------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    logical = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in logical.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_builds_one_pinned_non_root_image_running_the_k2_cli() -> None:
+    instructions = dockerfile_instructions()
+    (base,) = [rest for keyword, rest in instructions if keyword == "FROM"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base)
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users
+    assert users[-1] not in {"root", "0"}
+    (cmd,) = [json.loads(rest) for keyword, rest in instructions if keyword == "CMD"]
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert cmd[0] in pyproject["project"]["scripts"]
+    assert parse(click_command(cmd[0]), cmd[1:]) == [cmd[1]]
+    copied = {rest.split()[0] for keyword, rest in instructions if keyword == "COPY"}
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages | {"config", "schemas", "workspace.yaml", "pyproject.toml"} <= copied
+    exposed = {int(p) for keyword, rest in instructions if keyword == "EXPOSE" for p in rest.split()}
+    defaults = Settings()
+    assert {defaults.api.port, defaults.ingest.metrics_port, defaults.maintenance.dagster_port} <= exposed
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
+    ignored = (REPO_ROOT / ".dockerignore").read_text().split()
+    assert {".env", ".venv", ".k2", ".git"} <= set(ignored)
+
+
+# --- mounted configuration ----------------------------------------------------------------------------------
+
+
+def mounts(service: str) -> dict[str, str]:
+    """container path -> host path (relative to the repo) for bind mounts of `service`."""
+    out = {}
+    for volume in services()[service].get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("./"):
+            out[target] = source.removeprefix("./")
+    return out
+
+
+def test_bind_mounts_exist_and_prometheus_grafana_find_their_files() -> None:
+    for name in services():
+        for source in mounts(name).values():
+            assert (REPO_ROOT / source).exists(), f"{name}: {source}"
+    prometheus = mounts("prometheus")
+    config_flag = next(a for a in services()["prometheus"]["command"] if a.startswith("--config.file="))
+    config_path = Path(config_flag.split("=", 1)[1])
+    host_dir = REPO_ROOT / prometheus[str(config_path.parent)]
+    assert (host_dir / config_path.name).is_file()
+    for rule_file in yaml.safe_load((host_dir / config_path.name).read_text())["rule_files"]:
+        assert (host_dir / rule_file).is_file()
+    provider = yaml.safe_load((REPO_ROOT / "config/grafana/provisioning/dashboards/k2.yaml").read_text())
+    dashboards_dir = mounts("grafana")[provider["providers"][0]["options"]["path"]]
+    assert sorted((REPO_ROOT / dashboards_dir).glob("*.json"))
+    assert mounts("grafana")["/etc/grafana/provisioning"] == "config/grafana/provisioning"
+    home = environment(services()["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (REPO_ROOT / dashboards_dir / Path(home).name).is_file()
+
+
+def test_dagster_instance_config_is_valid_and_matches_the_embedded_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    from k2_dagster.launcher import DAGSTER_YAML
+
+    for service in ("dagster-webserver", "dagster-daemon"):
+        env = environment(services()[service])
+        assert mounts(service)[f"{env['DAGSTER_HOME']}/dagster.yaml"] == "config/dagster/dagster.yaml"
+        for name, value in env.items():
+            if name.startswith("DAGSTER_PG_"):
+                monkeypatch.setenv(name, interpolate(value, example_env()))
+    shutil.copy(REPO_ROOT / "config/dagster/dagster.yaml", tmp_path / "dagster.yaml")
+    config, custom_class = dagster_instance_config(str(tmp_path))  # Dagster's own schema validation
+    assert custom_class is None
+    assert config["storage"]["postgres"]["postgres_db"]["db_name"] == {"env": "DAGSTER_PG_DB"}
+    compose_only = {"storage", "local_artifact_storage", "compute_logs"}
+    ours = yaml.safe_load((REPO_ROOT / "config/dagster/dagster.yaml").read_text())
+    assert {k: v for k, v in ours.items() if k not in compose_only} == yaml.safe_load(DAGSTER_YAML)
+    init_sql = (REPO_ROOT / "config/dagster/postgres-init.sql").read_text()
+    assert f"CREATE DATABASE {environment(services()['dagster-daemon'])['DAGSTER_PG_DB']};" in init_sql
