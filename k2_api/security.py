@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -313,16 +314,17 @@ class AuditMiddleware:
                     if await self._append(scope, context, code, rows) is None and code < 400:
                         await _send_unavailable(send)
                         return
+                self._count(stream, body)
                 await send(start)
                 await send(message)
-                self._count(stream, body)
                 return
             if stream.get("failed"):
                 return  # the 503 was sent; the rest of the stream is dropped
-            await send(message)
             self._count(stream, message.get("body", b""))
             if not message.get("more_body", False) and stream.get("id") is not None:
+                # Before the last chunk: once the client has it, the server may cancel this task.
                 await self._finish(scope, context, stream)
+            await send(message)
 
         try:
             await self.app(scope, receive, audited_send)
@@ -356,7 +358,8 @@ class AuditMiddleware:
         )
         try:
             security = security_of(app)
-            return int(await anyio.to_thread.run_sync(security.audit.append, entry))
+            with anyio.CancelScope(shield=True):
+                return int(await anyio.to_thread.run_sync(security.audit.append, entry))
         except AuditError as exc:
             logger.error("audit log unavailable", extra={"error": str(exc), "route": context.route, "status": code})
             return None
@@ -367,7 +370,8 @@ class AuditMiddleware:
         rows = stream["rows"] if stream.get("ndjson") else None
         duration = round((time.perf_counter() - context.began) * 1000, 2)
         try:
-            await anyio.to_thread.run_sync(security.audit.finish, stream["id"], rows, duration)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(security.audit.finish, stream["id"], rows, duration)
         except AuditError as exc:  # the entry exists; only its row count is missing
             logger.error("audit entry not completed", extra={"error": str(exc), "entry": stream["id"]})
 

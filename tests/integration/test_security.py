@@ -1,0 +1,624 @@
+"""API security over real HTTP (TestClient), real SQLite/PostgreSQL catalog databases and the real Redis:
+API keys and JWTs (401 + WWW-Authenticate), scopes per route and exchange (403), rate limits (429 +
+Retry-After), the fail-closed audit log, `k2 keys` / `k2 audit tail`, and secrets kept out of logs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import redis
+import sqlalchemy
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.responses import StreamingResponse
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from k2_api.main import create_app
+from k2_core.audit import AUDIT_LOG, AuditLog
+from k2_core.auth import API_KEYS, KeyStore, auth_banner, hash_token
+from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.exceptions import ConfigError
+from k2_core.logging import JsonFormatter
+from k2_core.settings import REPO_ROOT, AuthSettings, Settings
+from k2_core.sqldb import catalog_engine
+from k2_core.tables import GAPS, QUOTES, TRADES
+
+SettingsFactory = Callable[..., Settings]
+SECRET = "k2-test-hs256-secret-of-at-least-32-bytes!"
+DAY = datetime(2024, 1, 2, tzinfo=UTC)
+WINDOW = {"symbol": "BHP", "start": "2024-01-02", "end": "2024-01-03"}
+
+
+def seed(settings: Settings) -> None:
+    trades = [
+        {
+            "symbol": "BHP",
+            "exchange": exchange,
+            "exchange_timestamp": DAY + timedelta(hours=1, seconds=seq),
+            "exchange_sequence_number": seq,
+            "price": Decimal("45.12"),
+            "volume": Decimal("1"),
+            "side": "buy",
+            "trade_id": f"t{seq}",
+            "ingestion_timestamp": DAY + timedelta(hours=2),
+        }
+        for exchange, count in (("asx", 3), ("nyse", 2))
+        for seq in range(1, count + 1)
+    ]
+    quote = {
+        "symbol": "BHP",
+        "exchange": "asx",
+        "exchange_timestamp": DAY + timedelta(hours=1),
+        "exchange_sequence_number": 1,
+        "bid_price": Decimal("45.1"),
+        "bid_size": Decimal("1"),
+        "ask_price": Decimal("45.2"),
+        "ask_size": Decimal("1"),
+        "ingestion_timestamp": DAY + timedelta(hours=2),
+    }
+    gap = {
+        "gap_id": "g1",
+        "data_type": "trades",
+        "exchange": "asx",
+        "symbol": "BHP",
+        "first_missing": 5,
+        "last_missing": 6,
+        "missing_count": 2,
+        "severity": "warning",
+        "status": "open",
+        "detected_at": DAY,
+        "resolved_at": None,
+        "attempts": 0,
+        "reason": None,
+    }
+    catalog = open_catalog(settings)
+    try:
+        tables = ensure_tables(catalog, settings.catalog.namespace)
+        tables["trades"].append(TRADES.to_arrow(trades))
+        tables["quotes"].append(QUOTES.to_arrow([quote]))
+        tables["sequence_gaps"].append(GAPS.to_arrow([gap]))
+    finally:
+        catalog.close()
+
+
+def secured(make_settings: SettingsFactory, catalog: str = "sqlite", **auth: Any) -> Settings:
+    settings = make_settings(catalog=catalog)
+    settings.query.tail_enabled = False
+    settings.auth = AuthSettings(mode="on", **auth)
+    seed(settings)
+    return settings
+
+
+@pytest.fixture
+def keys() -> Iterator[Callable[[Settings], KeyStore]]:
+    engines: list[sqlalchemy.Engine] = []
+
+    def open_store(settings: Settings) -> KeyStore:
+        engines.append(engine := catalog_engine(settings))
+        return KeyStore(engine)
+
+    yield open_store
+    for engine in engines:
+        engine.dispose()
+
+
+def new_key(store: KeyStore, *scopes: str, name: str | None = None) -> tuple[str, str]:
+    key, token = store.create(name or f"tester-{uuid.uuid4().hex[:6]}", scopes, datetime.now(UTC) + timedelta(days=1))
+    return key.key_id, token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def hs256(sub: str, scope: str, *, secret: str = SECRET, **claims: Any) -> str:
+    payload = {"sub": sub, "scope": scope, "aud": "k2", "exp": datetime.now(UTC) + timedelta(minutes=5), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def audit_entries(settings: Settings, after_id: int = 0) -> list[dict[str, Any]]:
+    """Entries appended after `after_id`, oldest first (PostgreSQL's audit_log is shared with other tests)."""
+    engine = catalog_engine(settings)
+    try:
+        return [e.as_dict() for e in AuditLog(engine).tail(100_000, after_id=after_id)]
+    finally:
+        engine.dispose()
+
+
+def last_audit_id(settings: Settings) -> int:
+    entries = audit_entries_tail(settings)
+    return int(entries[-1]["id"]) if entries else 0
+
+
+def audit_entries_tail(settings: Settings) -> list[dict[str, Any]]:
+    engine = catalog_engine(settings)
+    try:
+        return [e.as_dict() for e in AuditLog(engine).tail(1)]
+    finally:
+        engine.dispose()
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------
+
+
+def test_auth_off_is_refused_unless_bound_to_loopback(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    settings.api.host = "0.0.0.0"
+    settings.auth.mode = "off"
+    with pytest.raises(ConfigError, match=r"K2_AUTH_MODE=off is refused: the API binds to 0\.0\.0\.0"):
+        create_app(settings)
+    settings.auth.mode = "auto"  # the default: on, because the address is reachable from elsewhere
+    assert auth_banner(settings).startswith("auth ON")
+    settings.api.host = "127.0.0.1"
+    assert auth_banner(settings).startswith("auth OFF: loopback only (127.0.0.1)")
+    settings.auth.mode = "off"
+    create_app(settings)  # allowed on loopback
+
+
+def test_the_server_refuses_to_start_with_auth_off_on_a_public_address(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "K2_HOME": str(tmp_path),
+        "K2_API_HOST": "0.0.0.0",
+        "K2_API_PORT": "1",
+        "K2_AUTH_MODE": "off",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "k2_api"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "K2_AUTH_MODE=off is refused" in proc.stderr
+
+
+# ---- authentication --------------------------------------------------------------------------------------------
+
+
+def test_missing_or_bad_credentials_get_401_with_a_challenge(
+    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+) -> None:
+    settings = secured(make_settings, jwt_secret=SECRET)
+    store = keys(settings)
+    key_id, token = new_key(store, "read:trades:asx")
+    revoked_id, revoked = new_key(store, "read:trades:asx")
+    store.revoke(revoked_id)
+    expired_id, expired = new_key(store, "read:trades:asx")
+    with store.engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.update(API_KEYS)
+            .where(API_KEYS.c.key_id == expired_id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    params = {**WINDOW, "exchange": "asx"}
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").status_code == 200  # public
+
+        none = client.get("/v1/trades", params=params)
+        assert none.status_code == 401
+        assert none.headers["www-authenticate"] == 'Bearer realm="k2"'
+
+        cases = {
+            "wrong secret": (bearer(token[:-4] + "AAAA"), f"invalid API key {key_id}"),
+            "revoked": (bearer(revoked), f"API key {revoked_id} is revoked"),
+            "expired": (bearer(expired), f"API key {expired_id} is expired"),
+            "malformed": (bearer("k2_nothex_x"), "malformed API key"),
+            "basic auth": ({"Authorization": "Basic YWxpY2U6cHc="}, "use `Authorization: Bearer"),
+            "bad JWT signature": (bearer(hs256("eve", "admin", secret="x" * 40)), "Signature verification failed"),
+            "expired JWT": (
+                bearer(hs256("eve", "admin", exp=datetime.now(UTC) - timedelta(minutes=5))),
+                "Signature has expired",
+            ),
+            "wrong audience": (bearer(hs256("eve", "admin", aud="other")), "Audience doesn't match"),
+            "unsigned JWT": (bearer(jwt.encode({"sub": "eve", "aud": "k2"}, None, algorithm="none")), "'none'"),
+        }
+        for case, (headers, reason) in cases.items():
+            response = client.get("/v1/trades", params=params, headers=headers)
+            assert response.status_code == 401, case
+            assert reason in response.json()["detail"], (case, response.json())
+            assert response.headers["www-authenticate"].startswith('Bearer realm="k2", error="'), case
+
+        ok = client.get("/v1/trades", params=params, headers={"X-API-Key": token})
+        assert ok.status_code == 200
+        assert ok.json()["count"] == 3
+
+
+def test_keys_are_stored_hashed(make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]) -> None:
+    settings = make_settings()
+    store = keys(settings)
+    key_id, token = new_key(store, "admin", name="ops")
+    assert token.startswith(f"k2_{key_id}_")
+    with store.engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.select(API_KEYS)).mappings().all()
+    stored = json.dumps([dict(r) for r in rows], default=str)
+    assert token not in stored
+    assert token.split("_", 2)[2] not in stored
+    assert rows[0]["token_sha256"] == hash_token(token) == hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_hs256_bearer_jwts_carry_scopes(make_settings: SettingsFactory) -> None:
+    settings = secured(make_settings, jwt_secret=SECRET)
+    with TestClient(create_app(settings)) as client:
+        token = hs256("alice", "read:trades:asx read:gaps")
+        assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token)).status_code == 200
+        assert client.get("/v1/gaps", headers=bearer(token)).status_code == 200
+        refused = client.get("/v1/trades", params={**WINDOW, "exchange": "nyse"}, headers=bearer(token))
+        assert refused.status_code == 403
+        scp = jwt.encode(
+            {"sub": "bob", "scp": ["read:quotes:*"], "aud": "k2", "exp": datetime.now(UTC) + timedelta(minutes=1)},
+            SECRET,
+            algorithm="HS256",
+        )
+        assert client.get("/v1/quotes", params={**WINDOW, "exchange": "asx"}, headers=bearer(scp)).status_code == 200
+    assert {e["principal"] for e in audit_entries(settings)} == {"jwt:alice", "jwt:bob"}
+
+
+@pytest.fixture
+def jwks_issuer() -> Iterator[tuple[str, rsa.RSAPrivateKey]]:
+    """A real HTTP server publishing one RSA signing key as a JWKS document."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    document = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json", private
+    server.shutdown()
+    server.server_close()
+
+
+def test_rs256_jwts_are_verified_against_the_issuers_jwks(
+    make_settings: SettingsFactory, jwks_issuer: tuple[str, rsa.RSAPrivateKey]
+) -> None:
+    url, private = jwks_issuer
+    settings = secured(make_settings, jwks_url=url, jwt_issuer="https://issuer.test")
+    claims = {"sub": "svc", "scope": "read:trades:*", "aud": "k2", "iss": "https://issuer.test"}
+    params = {**WINDOW, "exchange": "nyse"}
+    with TestClient(create_app(settings)) as client:
+        good = jwt.encode(
+            {**claims, "exp": datetime.now(UTC) + timedelta(minutes=5)},
+            private,
+            algorithm="RS256",
+            headers={"kid": "k1"},
+        )
+        response = client.get("/v1/trades", params=params, headers=bearer(good))
+        assert response.status_code == 200
+        assert response.json()["count"] == 2
+
+        wrong_issuer = jwt.encode(
+            {**claims, "iss": "https://evil.test", "exp": datetime.now(UTC) + timedelta(minutes=5)},
+            private,
+            algorithm="RS256",
+            headers={"kid": "k1"},
+        )
+        assert client.get("/v1/trades", params=params, headers=bearer(wrong_issuer)).status_code == 401
+
+        # Algorithm confusion: an HS256 token "signed" with the issuer's public key must not pass.
+        public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        signing_input = (
+            b64(json.dumps({"alg": "HS256", "kid": "k1"}).encode())
+            + "."
+            + b64(json.dumps({**claims, "exp": int(time.time()) + 300}).encode())
+        )
+        forged = signing_input + "." + b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())
+        refused = client.get("/v1/trades", params=params, headers=bearer(forged))
+        assert refused.status_code == 401
+        assert "algorithm 'HS256' is not accepted" in refused.json()["detail"]
+
+
+# ---- authorisation ---------------------------------------------------------------------------------------------
+
+
+def test_scopes_per_route_and_exchange(make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]) -> None:
+    settings = secured(make_settings)
+    store = keys(settings)
+    tokens = {
+        scope: new_key(store, *scope.split())[1]
+        for scope in ("read:trades:asx", "read:trades:*", "read:quotes:asx", "read:gaps", "admin")
+    }
+    routes = {
+        "trades@asx": ("/v1/trades", {**WINDOW, "exchange": "asx"}),
+        "trades@nyse": ("/v1/trades", {**WINDOW, "exchange": "nyse"}),
+        "quotes@asx": ("/v1/quotes", {**WINDOW, "exchange": "asx"}),
+        "gaps": ("/v1/gaps", {}),
+    }
+    allowed = {
+        "read:trades:asx": {"trades@asx"},
+        "read:trades:*": {"trades@asx", "trades@nyse"},
+        "read:quotes:asx": {"quotes@asx"},
+        "read:gaps": {"gaps"},
+        "admin": set(routes),
+    }
+    with TestClient(create_app(settings)) as client:
+        for scope, token in tokens.items():
+            for name, (path, params) in routes.items():
+                response = client.get(path, params=params, headers=bearer(token))
+                if name in allowed[scope]:
+                    assert response.status_code == 200, (scope, name, response.text)
+                else:
+                    assert response.status_code == 403, (scope, name, response.text)
+                    assert response.json()["detail"].startswith("missing scope read:"), response.text
+                    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+
+        # Every exchange asked for must be granted, not only the one the route happens to read.
+        both = client.get(
+            "/v1/trades",
+            params=[*WINDOW.items(), ("exchange", "asx"), ("exchange", "nyse")],
+            headers=bearer(tokens["read:trades:asx"]),
+        )
+        assert both.status_code == 403
+        assert "missing scope read:trades:nyse" in both.json()["detail"]
+        # No exchange at all needs the wildcard; the route's own validation then answers for the rest.
+        assert client.get("/v1/trades", params=WINDOW, headers=bearer(tokens["read:trades:asx"])).status_code == 403
+        assert client.get("/v1/trades", params=WINDOW, headers=bearer(tokens["read:trades:*"])).status_code == 422
+
+
+def test_a_route_missing_from_the_policy_needs_admin(
+    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+) -> None:
+    settings = secured(make_settings)
+    store = keys(settings)
+    reader, admin = new_key(store, "read:trades:*", "read:gaps")[1], new_key(store, "admin")[1]
+    app = create_app(settings)
+
+    @app.get("/v1/new-thing")
+    def new_thing() -> dict[str, int]:
+        return {"count": 0}
+
+    with TestClient(app) as client:
+        refused = client.get("/v1/new-thing", headers=bearer(reader))
+        assert refused.status_code == 403
+        assert refused.json()["detail"].startswith("missing scope admin for /v1/new-thing")
+        assert client.get("/v1/new-thing", headers=bearer(admin)).status_code == 200
+
+
+# ---- rate limits -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis", "redis-down"])
+def test_rate_limit_per_key_answers_429_with_retry_after(
+    redis_up: bool, make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+) -> None:
+    settings = secured(make_settings, rate_limit_per_second=0.5, rate_limit_burst=3)
+    if not redis_up:
+        settings.redis.url = "redis://127.0.0.1:1/0"  # nothing listens there: each process counts for itself
+    store = keys(settings)
+    limited_id, limited = new_key(store, "read:gaps")
+    other = new_key(store, "read:gaps")[1]
+    with TestClient(create_app(settings)) as client:
+        codes = [client.get("/v1/gaps", headers=bearer(limited)).status_code for _ in range(3)]
+        assert codes == [200, 200, 200]
+        refused = client.get("/v1/gaps", headers=bearer(limited))
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) == 2  # one token at 0.5/s
+        assert "rate limit of 0.5 requests/s (burst 3) exceeded" in refused.json()["detail"]
+        assert client.get("/v1/gaps", headers=bearer(other)).status_code == 200, "limits are per key"
+    if redis_up:
+        bucket = redis.Redis.from_url(settings.redis.url).hgetall(f"k2:ratelimit:key:{limited_id}")
+        assert float(bucket[b"tokens"]) < 1
+
+
+# ---- audit -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_every_data_access_is_audited(
+    catalog: str, make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore], request: pytest.FixtureRequest
+) -> None:
+    if catalog == "postgres":
+        request.getfixturevalue("postgres_uri")
+    settings = secured(make_settings, catalog=catalog)
+    store = keys(settings)
+    name = f"auditor-{uuid.uuid4().hex[:8]}"
+    key_id, token = new_key(store, "read:trades:asx", name=name)
+    tag = "T" + uuid.uuid4().hex[:8].upper()
+    began = datetime.now(UTC)
+    with TestClient(create_app(settings)) as client:
+        after = last_audit_id(settings)
+        assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token)).status_code == 200
+        assert client.get("/v1/trades", params={**WINDOW, "exchange": "nyse"}, headers=bearer(token)).status_code == 403
+        assert client.get("/v1/gaps", params={"symbol": tag}).status_code == 401
+        client.get("/health")
+    who = f"key:{key_id}:{name}"
+    entries = audit_entries(settings, after_id=after)
+    mine = [e for e in entries if e["principal"] == who or e["params"].get("symbol") == tag]
+    assert len(mine) == 3
+    ok, denied, anonymous = mine
+    assert ok["principal"] == denied["principal"] == who
+    assert ok["auth"] == "api_key"
+    assert (ok["method"], ok["route"], ok["status"], ok["rows"]) == ("GET", "/v1/trades", 200, 3)
+    assert ok["params"] == {**WINDOW, "exchange": "asx"}
+    assert ok["at"] >= began
+    assert ok["at"].tzinfo is not None
+    assert ok["duration_ms"] > 0
+    assert ok["request_id"]
+    assert (denied["status"], denied["rows"], denied["params"]["exchange"]) == (403, None, "nyse")
+    assert (anonymous["principal"], anonymous["route"], anonymous["status"]) == ("anonymous", "/v1/gaps", 401)
+    assert all(e["route"] != "/health" for e in entries)
+
+
+def test_no_data_is_served_when_the_audit_log_cannot_be_written(make_settings: SettingsFactory) -> None:
+    settings = make_settings()  # auth off on loopback: still audited
+    settings.query.tail_enabled = False
+    seed(settings)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}).status_code == 200
+        engine = catalog_engine(settings)
+        AUDIT_LOG.drop(engine)
+        engine.dispose()
+        response = client.get("/v1/trades", params={**WINDOW, "exchange": "asx"})
+        assert response.status_code == 503
+        assert response.json() == {"detail": "the audit log cannot be written; no data is served without it"}
+        assert client.get("/health").status_code == 200  # public routes are not audited
+
+
+def test_streamed_responses_are_audited_with_their_row_count(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    app = create_app(settings)
+
+    @app.get("/v1/stream-test")
+    def stream_test() -> StreamingResponse:
+        def lines() -> Iterator[bytes]:
+            for chunk in range(3):
+                yield b"".join(b'{"n":%d}\n' % (chunk * 10 + i) for i in range(chunk + 1))
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    with TestClient(app) as client:
+        response = client.get("/v1/stream-test", params={"date": "2024-01-02"})
+        assert response.status_code == 200
+        assert len(response.text.splitlines()) == 6
+    (entry,) = [e for e in audit_entries(settings) if e["route"] == "/v1/stream-test"]
+    assert (entry["principal"], entry["auth"], entry["rows"], entry["params"]) == (
+        "anonymous",
+        "none",
+        6,
+        {"date": "2024-01-02"},
+    )
+
+
+# ---- secrets stay out of logs ----------------------------------------------------------------------------------
+
+
+def test_tokens_never_reach_the_json_logs(make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]) -> None:
+    settings = secured(make_settings, jwt_secret=SECRET, rate_limit_per_second=0.1, rate_limit_burst=2)
+    store = keys(settings)
+    _, token = new_key(store, "read:trades:asx")
+    jwt_token = hs256("carol", "read:gaps")
+    secrets = [token, token.split("_", 2)[2], jwt_token, jwt_token.split(".")[2], SECRET]
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(JsonFormatter("api"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        with TestClient(create_app(settings)) as client:
+            params = {**WINDOW, "exchange": "asx"}
+            for headers in (
+                bearer(token),  # 200
+                bearer(token[:-3] + "xyz"),  # 401 wrong secret
+                {"X-API-Key": token},  # 200
+                bearer(token),  # 429 (burst 2)
+                bearer(jwt_token),  # 403 (scope) on trades
+                bearer(jwt_token[:-2] + "AA"),  # 401 bad signature
+            ):
+                client.get("/v1/trades", params=params, headers=headers)
+            client.get("/v1/gaps", headers=bearer(jwt_token))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    logged = sink.getvalue()
+    assert "authentication refused" in logged
+    assert "rate limited" in logged
+    for secret in secrets:
+        assert secret not in logged
+    assert SECRET not in repr(settings)
+    assert SECRET not in settings.model_dump_json()
+    audit = json.dumps(audit_entries(settings), default=str)
+    for secret in secrets:
+        assert secret not in audit
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------
+
+
+def test_keys_and_audit_cli(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    from k2_cli.main import app as cli
+
+    settings = secured(make_settings)
+    env = {"K2_HOME": str(settings.home)}
+    runner = CliRunner()
+
+    created = runner.invoke(cli, ["keys", "create", "--name", "dana", "--scope", "read:trades:asx,read:gaps"], env=env)
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("k2_")
+    assert "shown" not in created.stdout  # the notice goes to stderr; stdout is the token alone
+    key_id = token.split("_")[1]
+
+    listed = runner.invoke(cli, ["keys", "list"], env=env)
+    assert listed.exit_code == 0
+    assert key_id in listed.stdout
+    assert "active" in listed.stdout
+    assert token not in listed.stdout
+
+    bad = runner.invoke(cli, ["keys", "create", "--name", "x", "--scope", "read:everything"], env=env)
+    assert bad.exit_code == 2
+    assert "unknown scope 'read:everything'" in bad.stderr
+    past = runner.invoke(cli, ["keys", "create", "--name", "x", "--scope", "admin", "--expires", "2001-01-01"], env=env)
+    assert past.exit_code == 2
+    assert "is in the past" in past.stderr
+
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/gaps", headers=bearer(token)).status_code == 200
+        assert runner.invoke(cli, ["keys", "revoke", key_id], env=env).exit_code == 0
+        assert client.get("/v1/gaps", headers=bearer(token)).status_code == 401
+    again = runner.invoke(cli, ["keys", "revoke", key_id], env=env)
+    assert again.exit_code == 2
+    assert "already revoked" in again.stderr
+
+    tail = runner.invoke(cli, ["audit", "tail", "-n", "2"], env=env)
+    assert tail.exit_code == 0, tail.output
+    lines = tail.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert f"key:{key_id}:dana GET /v1/gaps {{}} -> 200 rows=1" in lines[0]
+    assert "anonymous GET /v1/gaps {} -> 401 rows=-" in lines[1]
+
+    # --follow prints entries appended after it started.
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "k2_cli.main", "audit", "tail", "-n", "1", "--follow", "--interval", "0.2"],
+        env={**os.environ, **env, "COLUMNS": "300"},
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert "/v1/gaps" in follower.stdout.readline()
+        with TestClient(create_app(settings)) as client:
+            client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token))
+        followed = follower.stdout.readline()
+        assert "GET /v1/trades" in followed
+        assert "-> 401" in followed
+    finally:
+        follower.terminate()
+        follower.wait(10)
