@@ -359,10 +359,11 @@ class AuditMiddleware:
         try:
             security = security_of(app)
             with anyio.CancelScope(shield=True):
-                return int(await anyio.to_thread.run_sync(security.audit.append, entry))
+                entry_id = await anyio.to_thread.run_sync(security.audit.append, entry)
         except AuditError as exc:
             logger.error("audit log unavailable", extra={"error": str(exc), "route": context.route, "status": code})
             return None
+        return int(entry_id)
 
     @staticmethod
     async def _finish(scope: Scope, context: AuditContext, stream: dict[str, Any]) -> None:
