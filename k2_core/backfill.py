@@ -365,7 +365,8 @@ def backfill(
             group_work.append(w)
         if recovered:
             written = _append_once(table, kind, recovered, retries=retries, backoff=backoff_seconds)
-            report.rows_written[kind] = report.rows_written.get(kind, 0) + len(written)
+            if written:
+                report.rows_written[kind] = report.rows_written.get(kind, 0) + len(written)
             for w in group_work:
                 w.outcome.written += sum(1 for r in w.rows if _key(r) in written)
         work.extend(group_work)
