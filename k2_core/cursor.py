@@ -29,9 +29,12 @@ class Cursor:
     after: tuple[int, ...]
     snapshot_id: int | None
     fingerprint: str
+    quote_snapshot_id: int | None = None  # the quotes snapshot a with_quote listing joins
 
     def encode(self) -> str:
         body = {"v": _VERSION, "a": list(self.after), "s": self.snapshot_id, "f": self.fingerprint}
+        if self.quote_snapshot_id is not None:
+            body["q"] = self.quote_snapshot_id
         raw = json.dumps(body, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -54,10 +57,12 @@ def decode_cursor(text: str, expected_fingerprint: str, key_length: int) -> Curs
         and isinstance(body.get("a"), list)
         and len(body["a"]) == key_length
         and all(isinstance(v, int) and not isinstance(v, bool) for v in body["a"])
-        and (body.get("s") is None or (isinstance(body["s"], int) and not isinstance(body["s"], bool)))
+        and all(body.get(k) is None or (isinstance(body[k], int) and not isinstance(body[k], bool)) for k in "sq")
         and isinstance(body.get("f"), str)
     ):
         raise QueryError("cursor is malformed (pass next_cursor from a previous page unchanged)")
     if body["f"] != expected_fingerprint:
         raise QueryError("cursor belongs to a different query: keep every other parameter as it was on the first page")
-    return Cursor(after=tuple(body["a"]), snapshot_id=body["s"], fingerprint=body["f"])
+    return Cursor(
+        after=tuple(body["a"]), snapshot_id=body.get("s"), fingerprint=body["f"], quote_snapshot_id=body.get("q")
+    )

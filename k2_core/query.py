@@ -368,14 +368,15 @@ class QueryEngine:
             choice = choose_snapshot(table, as_of, table_def.name)
         pinned = as_of is not None or (position is not None and position.snapshot_id is not None)
         route = self._route(kind, query.exchange, query.window, pinned=pinned)
+        quote_choice = self._quote_snapshot(choice, as_of, position) if with_quote else None
 
         def compute() -> pa.Table:
             page = self._page(table, table_def, query, choice, route, position)
-            if with_quote:
-                page = self._attach_quotes(page, query, choice, pinned=pinned)
+            if quote_choice is not None:
+                page = self._attach_quotes(page, query, quote_choice, realtime=route.realtime)
             return page
 
-        quote_snapshot = self.load(QUOTES).metadata.current_snapshot_id if with_quote and not pinned else None
+        quote_snapshot = quote_choice.snapshot_id if quote_choice is not None else None
         cache_key = (
             "page", *key_parts[:5], with_quote, choice.snapshot_id, quote_snapshot, position and position.after,
             query.limit,
@@ -389,10 +390,25 @@ class QueryEngine:
                 after=(_micros(last[_TIME_COLUMN]), last["exchange_sequence_number"]),
                 snapshot_id=None if route.realtime else choice.snapshot_id,
                 fingerprint=fingerprint(*key_parts),
+                quote_snapshot_id=None if route.realtime else quote_snapshot,
             ).encode()
         return QueryResult(
             page, route.sources, choice.snapshot_id, next_cursor, cached, window=query.window, limit=query.limit
         )
+
+    def _quote_snapshot(self, trades: SnapshotChoice, as_of: AsOf | None, position: Cursor | None) -> SnapshotChoice:
+        """The quotes snapshot to join: the one a cursor pinned; for time travel, the one current at the
+        requested time (for a trades snapshot id: at that snapshot's commit); else the current one."""
+        quotes = self.load(QUOTES)
+        if position is not None and position.quote_snapshot_id is not None:
+            return self._pinned(quotes, QUOTES, position.quote_snapshot_id)
+        if as_of is not None and as_of.timestamp is not None:
+            return choose_snapshot(quotes, as_of, QUOTES.name)
+        if as_of is not None:
+            if trades.committed_at is None:
+                return SnapshotChoice(None, None)
+            return choose_snapshot(quotes, AsOf(timestamp=trades.committed_at), QUOTES.name)
+        return choose_snapshot(quotes, None, QUOTES.name)
 
     def read(self, kind: Kind, query: MarketQuery, *, as_of: AsOf | None = None) -> pa.Table:
         """The first page of a validated trades/quotes query as a table."""
@@ -789,24 +805,21 @@ class QueryEngine:
             ).to_arrow_table()
         return scan.cast_to(result, table_def.arrow_schema)
 
-    def _attach_quotes(self, trades: pa.Table, query: MarketQuery, choice: SnapshotChoice, *, pinned: bool) -> pa.Table:
+    def _attach_quotes(
+        self, trades: pa.Table, query: MarketQuery, quote_choice: SnapshotChoice, *, realtime: bool
+    ) -> pa.Table:
         """ASOF-join each trade to the latest quote of its stream at or before it. Quotes are read for the page's
         time span only, plus the one quote in force when the page starts. Several quotes at one timestamp: the
-        highest sequence number is the one in force. A time-travel read joins the quotes as of the same time."""
+        highest sequence number is the one in force. With `realtime`, the tail's quotes count too."""
         if trades.num_rows == 0:
             return TRADES_WITH_QUOTE_SCHEMA.empty_table()
         times = trades.column(_TIME_COLUMN)
         first, last = times[0].as_py(), times[trades.num_rows - 1].as_py()
         span = TimeRange(first, last + timedelta(microseconds=1))
         quotes = self.load(QUOTES)
-        if pinned:
-            as_of = AsOf(timestamp=choice.committed_at) if choice.committed_at is not None else None
-            quote_choice = choose_snapshot(quotes, as_of, QUOTES.name) if as_of else SnapshotChoice(None, None)
-        else:
-            quote_choice = choose_snapshot(quotes, None, QUOTES.name)
-        route = self._route("quotes", query.exchange, span, pinned=pinned)
+        route = self._route("quotes", query.exchange, span, pinned=not realtime)
         prior = self._latest_committed(quotes, QUOTES, query.symbol, query.exchange, quote_choice.snapshot_id, first)
-        if not pinned and self.realtime is not None:
+        if realtime and self.realtime is not None:
             recent = self.realtime.rows("quotes", query.symbol, query.exchange, datetime.min.replace(tzinfo=UTC), first)
             prior = pa.concat_tables([prior, recent])
         with scan.connect() as con:

@@ -29,7 +29,7 @@ class UnknownSymbolError(QueryError):
     """A well-formed symbol with no data on the exchange (the API maps this to 404, other QueryErrors to 400)."""
 
 
-TimeInput = datetime | str | None
+TimeInput = datetime | date | str | None
 
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,19}")
 # Only used when no topic layout is at hand to name the real exchanges.
@@ -94,8 +94,9 @@ def validate_exchange(exchange: str, known: Collection[str] | None, parameter: s
     return exchange
 
 
-def parse_time(value: datetime | str, parameter: str) -> datetime:
-    """An ISO-8601 string or datetime -> an aware UTC datetime (naive input is taken as UTC)."""
+def parse_time(value: datetime | date | str, parameter: str) -> datetime:
+    """An ISO-8601 string, datetime or date -> an aware UTC datetime (naive input is taken as UTC, a date is its
+    UTC midnight)."""
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
@@ -106,8 +107,10 @@ def parse_time(value: datetime | str, parameter: str) -> datetime:
             ) from None
     elif isinstance(value, datetime):
         parsed = value
+    elif isinstance(value, date):  # a whole UTC day starts at its midnight
+        parsed = datetime.combine(value, time())
     else:
-        raise QueryError(f"{parameter} must be an ISO-8601 string or a datetime; got {type(value).__name__}")
+        raise QueryError(f"{parameter} must be an ISO-8601 string, a datetime or a date; got {type(value).__name__}")
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     try:
