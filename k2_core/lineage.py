@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.conversions import from_bytes
+from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntryStatus
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.types import IntegerType
 
-from k2_core.days import from_partition_value
+from k2_core.days import EPOCH_DAY, from_partition_value
 from k2_core.offsets import OFFSETS_PROPERTY, WRITER_PROPERTY
 
 # Walking a chain longer than this in one call reports only the newest snapshots (a sensor that was off for days).
@@ -96,6 +98,29 @@ def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> lis
         snapshot = table.metadata.snapshot_by_id(snapshot_id)
         if snapshot is not None:
             out.append(describe(table, snapshot))
+    return out
+
+
+def partition_data_files(table: Table, day: date) -> list[DataFile]:
+    """The data files whose day partition is `day` in the current snapshot, chosen by partition value only (a scan's
+    row filter would also prune by column statistics, hiding a file whose rows do not belong to its partition)."""
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return []
+    wanted = (day - EPOCH_DAY).days
+    out = []
+    for manifest in snapshot.manifests(table.io):
+        if manifest.content != ManifestContent.DATA:
+            continue
+        summary = manifest.partitions[0] if manifest.partitions else None
+        if summary is not None and summary.lower_bound is not None and summary.upper_bound is not None:
+            low, high = from_bytes(IntegerType(), summary.lower_bound), from_bytes(IntegerType(), summary.upper_bound)
+            if not low <= wanted <= high:  # type: ignore[operator]
+                continue
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            data_file = entry.data_file
+            if len(data_file.partition) and data_file.partition[0] == wanted:
+                out.append(data_file)
     return out
 
 

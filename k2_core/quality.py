@@ -22,7 +22,8 @@ from pandera.errors import SchemaErrors
 from pyiceberg.expressions import GreaterThanOrEqual
 from pyiceberg.table import Table
 
-from k2_core.days import day_filter, from_partition_value
+from k2_core.days import from_partition_value
+from k2_core.lineage import partition_data_files
 from k2_core.settings import MarketHours
 from k2_core.tables import DEDUP_KEY
 from k2_core.topics import Kind
@@ -114,10 +115,10 @@ def read_day(table: Table, kind: Kind, day: date) -> pd.DataFrame:
     """Every row of the day's partition files, each with the partition day of the file it is in."""
     parts = []
     if table.metadata.current_snapshot_id is not None:
-        for task in table.scan(row_filter=day_filter("exchange_timestamp", day)).plan_files():
-            with table.io.new_input(task.file.file_path).open() as stream:
+        for data_file in partition_data_files(table, day):
+            with table.io.new_input(data_file.file_path).open() as stream:
                 data = pq.read_table(stream, columns=list(COLUMNS[kind]))
-            part_day = from_partition_value(task.file.partition[0])
+            part_day = from_partition_value(data_file.partition[0])
             parts.append(data.append_column(PARTITION_DAY, pa.array([part_day] * data.num_rows, pa.date32())))
     if not parts:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in (*COLUMNS[kind], PARTITION_DAY)})

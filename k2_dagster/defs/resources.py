@@ -78,7 +78,7 @@ class KafkaResource(ConfigurableResource):
     def bootstrap_servers(self) -> str:
         return self.k2.get().kafka.bootstrap_servers
 
-    def cluster_id(self, timeout: float = 5.0) -> str | None:
+    def cluster_id(self, timeout: float = 3.0) -> str | None:
         """The cluster id, or None when the broker cannot be reached within `timeout` seconds."""
         from k2_stream.admin import cluster_id
 
