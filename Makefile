@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# Debian tools the tests run for real: promtool and prometheus (the packaged service is left stopped).
+# Debian tools the tests run for real: promtool and prometheus (the packaged service is left stopped), chromium.
 system-deps:
 	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && (systemctl disable --now prometheus >/dev/null 2>&1 || true))
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 # Local services the tests use for real (PostgreSQL, Redis); started only if they are down.
 services:
