@@ -1,0 +1,205 @@
+"""Realtime/hybrid routing against a real Tansu broker: the tail consumer, the 5-minute boundary (shortened to
+two here), duplicates between the tail and Iceberg, late arrivals, and the API serving a trade before any
+ingester commits it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from k2_api.main import create_app
+from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.query import QueryEngine
+from k2_core.realtime import RealtimeBuffer
+from k2_core.settings import Settings
+from k2_core.tables import TRADES
+from k2_stream.admin import ensure_topics
+from k2_stream.producer import FeedProducer
+from k2_stream.registry_confluent import make_registry
+from k2_stream.tail import TailConsumer
+from tests import query_oracle as oracle
+
+SettingsFactory = Callable[..., Settings]
+WINDOW = timedelta(seconds=120)
+
+
+def trade(at: datetime, seq: int, price: str = "45.10") -> dict[str, Any]:
+    return {
+        "symbol": "BHP",
+        "exchange": "asx",
+        "exchange_timestamp": at,
+        "exchange_sequence_number": seq,
+        "price": Decimal(price) + Decimal(seq) / 100,
+        "volume": Decimal(seq % 7 + 1),
+        "side": "buy" if seq % 2 else "sell",
+        "trade_id": f"t{seq}",
+        "ingestion_timestamp": at + timedelta(milliseconds=3),
+    }
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@dataclass
+class Scene:
+    now: datetime
+    committed: list[dict[str, Any]]  # in Iceberg
+    streamed: list[dict[str, Any]]  # sent through Kafka (a duplicate included)
+    engine: QueryEngine
+
+    @property
+    def everything(self) -> list[dict[str, Any]]:
+        seen = {r["exchange_sequence_number"]: r for r in self.streamed}
+        seen.update({r["exchange_sequence_number"]: r for r in self.committed})
+        return oracle.in_order(seen.values())
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory, broker: str) -> Settings:
+    settings = make_settings(bootstrap=broker)
+    settings.query.realtime_window_seconds = WINDOW.total_seconds()
+    return settings
+
+
+@pytest.fixture
+def scene(settings: Settings) -> Iterator[Scene]:
+    """Trades every 5 s over the last 8 minutes. Iceberg holds those older than a minute (the ingester is
+    "behind"); Kafka carries those of the last 4 minutes (so 3 minutes are in both), plus a late trade from
+    before the boundary that Iceberg does not have yet, and one message delivered twice."""
+    now = datetime.now(UTC)
+    rows = [trade(now - timedelta(seconds=480 - 5 * i), i + 1) for i in range(95)]
+    committed = [r for r in rows if r["exchange_timestamp"] < now - timedelta(seconds=60)]
+    late = trade(now - WINDOW - timedelta(seconds=12), 500)
+    streamed = [r for r in rows if r["exchange_timestamp"] >= now - timedelta(seconds=240)]
+    streamed = [*streamed[:5], late, streamed[3], *streamed[5:]]
+    catalog = open_catalog(settings)
+    ensure_tables(catalog, settings.catalog.namespace)["trades"].append(TRADES.to_arrow(committed))
+    catalog.close()
+
+    layout = ensure_topics(settings)
+    producer = FeedProducer(settings, layout, make_registry("", settings.kafka.schemas_dir))
+    for record in streamed:
+        producer.send("trades", record)
+    producer.flush()
+    buffer = RealtimeBuffer(10_000, retention=2 * WINDOW)
+    tail = TailConsumer(settings, buffer, layout)
+    tail.start()
+    try:
+        wait_until(lambda: buffer.covers_from("trades", "asx") is not None and buffer.size() >= len(streamed) - 1)
+        assert buffer.duplicates == 1
+        with QueryEngine.from_settings(settings, realtime=buffer, cache=False) as engine:
+            yield Scene(now, committed, streamed, engine)
+    finally:
+        tail.stop()
+
+
+def test_a_range_across_the_boundary_merges_both_sources_without_duplicates(scene: Scene) -> None:
+    start, end = scene.now - timedelta(minutes=10), scene.now + timedelta(seconds=5)
+    result = scene.engine.fetch("trades", scene.engine.market_query("BHP", "asx", start, end, 1000))
+    assert result.sources == ("iceberg", "realtime")
+    got = result.table.to_pylist()
+    assert got == scene.everything
+    keys = [r["exchange_sequence_number"] for r in got]
+    assert len(keys) == len(set(keys))
+    assert 500 in keys  # the late trade only the tail has, from before the boundary
+    assert 95 in keys  # the newest trades only the tail has
+
+
+def test_paging_across_the_boundary_loses_and_repeats_nothing(scene: Scene) -> None:
+    query = scene.engine.market_query("BHP", "asx", scene.now - timedelta(minutes=10), scene.now, 7)
+    rows, cursor = [], None
+    while True:
+        page = scene.engine.fetch("trades", query, cursor=cursor)
+        rows += page.table.to_pylist()
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert rows == [r for r in scene.everything if r["exchange_timestamp"] < scene.now]
+
+
+def test_an_old_range_is_served_from_iceberg_alone(scene: Scene) -> None:
+    start, end = scene.now - timedelta(minutes=10), scene.now - WINDOW - timedelta(seconds=30)
+    result = scene.engine.fetch("trades", scene.engine.market_query("BHP", "asx", start, end, 1000))
+    assert result.sources == ("iceberg",)
+    assert result.table.to_pylist() == oracle.window(scene.committed, start, end)
+
+
+def test_a_recent_range_is_served_from_the_tail_alone(scene: Scene) -> None:
+    start, end = scene.now - timedelta(seconds=60), scene.now + timedelta(seconds=5)
+    result = scene.engine.fetch("trades", scene.engine.market_query("BHP", "asx", start, end, 1000))
+    assert result.sources == ("realtime",)
+    assert result.table.to_pylist() == oracle.window(scene.streamed, start, end)
+    committed = {r["exchange_sequence_number"] for r in scene.committed}
+    assert result.table.num_rows > 5
+    assert not committed & set(result.table.column("exchange_sequence_number").to_pylist())  # none committed yet
+
+
+def test_bars_and_latest_price_include_the_tail(scene: Scene) -> None:
+    start, end = scene.now - timedelta(minutes=10), scene.now + timedelta(minutes=1)
+    bars = scene.engine.ohlcv("BHP", "asx", "1m", start, end)
+    assert bars.sources == ("iceberg", "realtime")
+    assert bars.table.to_pylist() == oracle.bars(scene.everything, "1m")
+    latest = scene.engine.latest("BHP", "asx")
+    assert latest.sources == ("realtime",)
+    assert latest.table.to_pylist() == [scene.everything[-1]]
+
+
+def test_time_travel_never_reads_the_tail(scene: Scene) -> None:
+    start, end = scene.now - timedelta(minutes=10), scene.now + timedelta(seconds=5)
+    snapshot = scene.engine.load(TRADES).metadata.current_snapshot_id
+    result = scene.engine.trades("BHP", "asx", start, end, 1000, as_of_snapshot=snapshot)
+    assert result.to_pylist() == oracle.in_order(scene.committed)
+
+
+def test_the_api_serves_a_trade_before_it_is_committed(settings: Settings) -> None:
+    """The API's own consumer, started in its lifespan: a trade produced after startup becomes visible with
+    nothing but the broker between producer and API (no ingester runs here)."""
+    layout = ensure_topics(settings)
+    producer = FeedProducer(settings, layout, make_registry("", settings.kafka.schemas_dir))
+    producer.send("quotes", _quote(datetime.now(UTC) - timedelta(seconds=1), 1))
+    producer.flush()
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: "trades.asx" in (client.get("/health").json()["realtime_topics"] or []))
+        at = datetime.now(UTC)
+        producer.send("trades", trade(at, 1))
+        producer.flush()
+        params = {"symbol": "BHP", "exchange": "asx", "start": (at - timedelta(seconds=30)).isoformat()}
+
+        def visible() -> bool:
+            response = client.get("/v1/trades", params=params | {"with_quote": "true"})
+            return response.status_code == 200 and response.json()["count"] == 1
+
+        wait_until(visible)
+        response = client.get("/v1/trades", params=params | {"with_quote": "true"})
+        body = response.json()
+        assert body["sources"] == ["realtime"]
+        assert response.headers["K2-Sources"] == "realtime"
+        assert body["data"][0]["trade_id"] == "t1"
+        assert body["data"][0]["bid_price"] == "45.00000000"  # the quote, also only in the tail
+        latest = client.get("/v1/latest", params={"symbol": "BHP", "exchange": "asx"}).json()
+        assert (latest["sources"], latest["data"]["trade_id"]) == (["realtime"], "t1")
+
+
+def _quote(at: datetime, seq: int) -> dict[str, Any]:
+    return {
+        "symbol": "BHP",
+        "exchange": "asx",
+        "exchange_timestamp": at,
+        "exchange_sequence_number": seq,
+        "bid_price": Decimal("45"),
+        "bid_size": Decimal("10"),
+        "ask_price": Decimal("45.02"),
+        "ask_size": Decimal("12"),
+        "ingestion_timestamp": at,
+    }
