@@ -268,3 +268,26 @@ def test_recorded_file_is_re_read_to_recover_a_gap(tmp_path: Path, make_settings
     assert str(by_seq[13]["price"]) == "30013.50000000"
     assert lake.rows("sequence_gaps")[0]["status"] == FILLED
     assert resolver(settings)("binance", "ETHUSDT") == []  # no file, no simulator store for that stream
+
+
+@pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)
+def test_gap_sensor_keeps_a_cursor_and_launches_each_attempt_once(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    settings.maintenance.backfill_min_gap_age_seconds = 0
+    lake = seeded(settings, [s for s in range(1, 21) if s != 8], [(8, 8)])
+    resources = k2_resources(settings)
+    with dg.build_sensor_context(cursor=None, resources=resources) as ctx:
+        first = gap_backfill_sensor(ctx)
+    assert isinstance(first, dg.SensorResult)
+    [request] = first.run_requests or []
+    assert request.run_config == {"ops": {"sequence_gaps": {"config": {"gap_ids": ["trades/asx/BHP/8"]}}}}
+    with dg.build_sensor_context(cursor=first.cursor, resources=resources) as ctx:
+        assert isinstance(gap_backfill_sensor(ctx), dg.SkipReason)  # nothing changed since
+
+    run(lake, [], max_attempts=3)  # an attempt that finds nothing: the gap stays open, one attempt counted
+    with dg.build_sensor_context(cursor=first.cursor, resources=resources) as ctx:
+        second = gap_backfill_sensor(ctx)
+    assert isinstance(second, dg.SensorResult)
+    [retry] = second.run_requests or []
+    assert retry.run_config == request.run_config
+    assert retry.run_key != request.run_key  # a new attempt is a new run; the same attempt is never launched twice

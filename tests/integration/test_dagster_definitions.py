@@ -185,3 +185,22 @@ def test_snapshot_sensor_records_each_new_snapshot(catalog: str, make_settings: 
     assert isinstance(empty, dg.SensorResult)
     assert not empty.asset_events
     assert definitions(lake.settings).resolve_sensor_def("iceberg_snapshot_sensor").name == "iceberg_snapshot_sensor"
+
+
+@pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)
+def test_schedules_launch_their_jobs(make_settings: Callable[..., Settings]) -> None:
+    defs = definitions(make_settings())
+    expected = {
+        "gap_sweep_schedule": ("gap_backfill_job", "15 1 * * *"),
+        "maintenance_schedule": ("maintenance_job", "45 2 * * *"),
+        "quality_schedule": ("quality_job", "*/15 * * * *"),
+    }
+    for name, (job_name, cron) in expected.items():
+        schedule = defs.resolve_schedule_def(name)
+        assert schedule.job_name == job_name
+        assert schedule.cron_schedule == cron
+        assert schedule.execution_timezone == "UTC"
+        with dg.build_schedule_context() as ctx:
+            data = schedule.evaluate_tick(ctx)
+        assert data.run_requests is not None
+        assert len(data.run_requests) == 1
