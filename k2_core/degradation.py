@@ -92,7 +92,8 @@ class Degradation:
         return self.level >= Level.SKIP_NON_CRITICAL
 
     def sheds(self, exchange: str, symbol: str) -> bool:
-        if self.level < Level.SHED_SYMBOLS:
+        """Only at level 3: while the breaker is open nothing is consumed, and its probe batch must not shed."""
+        if self.level != Level.SHED_SYMBOLS:
             return False
         critical = self.policy.critical_symbols
         return symbol not in critical and f"{exchange}:{symbol}" not in critical

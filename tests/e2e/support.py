@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
+from pyiceberg.exceptions import NoSuchTableError
 
 from k2_core.avro import Decoder
 from k2_core.catalog import open_catalog
@@ -43,7 +44,11 @@ def produced_keys(settings: Settings, kind: str = "trades") -> list[Key]:
 
 
 def table_rows(settings: Settings, name: str) -> list[dict[str, Any]]:
-    table = open_catalog(settings).load_table((settings.catalog.namespace, name))
+    """All rows of a table; none while the ingester has not created it yet."""
+    try:
+        table = open_catalog(settings).load_table((settings.catalog.namespace, name))
+    except NoSuchTableError:
+        return []
     return table.scan().to_arrow().to_pylist()
 
 
@@ -64,6 +69,7 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_HOME=str(settings.home),
         K2_CATALOG_NAME=settings.catalog.name,
         K2_CATALOG_URI=settings.catalog_uri,
+        K2_CATALOG_WAREHOUSE=settings.warehouse,
         K2_KAFKA_BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
         K2_KAFKA_MAX_PARTITIONS=str(settings.kafka.max_partitions),
         K2_KAFKA_REPLICATION_FACTOR="1",
