@@ -947,10 +947,9 @@ class QueryEngine:
         use_precomputed: bool,
     ) -> pa.Table:
         """Bars from Iceberg: the provably fresh days from the precomputed table, the rest from trades."""
-        iceberg_only = Route(window.end, realtime=False)
         bars_table = self._precomputed_table(interval) if use_precomputed else None
         if bars_table is None or choice.snapshot_id is None:
-            bars = self._computed_bars(table, symbol, exchange, interval, window, choice, iceberg_only)
+            bars = self._computed_bars(table, symbol, exchange, interval, window, choice, Route(window.end, False))
             return _with_sources(bars, (ICEBERG,))
         days = precomputed.days_between(window.start, window.end)
         fresh = precomputed.fresh_days(table, bars_table, days, choice.snapshot_id)
@@ -963,7 +962,7 @@ class QueryEngine:
             lo = max(window.start, datetime.combine(run[0], datetime.min.time(), tzinfo=UTC))
             hi = min(window.end, datetime.combine(run[-1], datetime.min.time(), tzinfo=UTC) + timedelta(days=1))
             parts.append(
-                self._computed_bars(table, symbol, exchange, interval, TimeRange(lo, hi), choice, iceberg_only)
+                self._computed_bars(table, symbol, exchange, interval, TimeRange(lo, hi), choice, Route(hi, False))
             )
             if ICEBERG not in sources:
                 sources.append(ICEBERG)

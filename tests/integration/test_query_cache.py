@@ -1,0 +1,201 @@
+"""The three caching tiers against real components: the in-process LRU, the real Redis (and the API without
+it), and the precomputed OHLCV tables built by `k2_core.preaggregate`, served only while provably fresh."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from k2_api.main import create_app
+from k2_core.catalog import ensure_table, ensure_tables, open_catalog
+from k2_core.preaggregate import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
+from k2_core.query import QueryEngine
+from k2_core.settings import Settings
+from k2_core.tables import TRADES
+from k2_core.validation import AsOf
+from tests import query_oracle as oracle
+
+SettingsFactory = Callable[..., Settings]
+D1 = datetime(2024, 3, 4, tzinfo=UTC)
+DAYS = [D1 + timedelta(days=i) for i in range(3)]
+END = DAYS[-1] + timedelta(days=1)
+
+
+def make_trades(seed: int = 1) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    for symbol in ("BHP", "CBA"):
+        at = D1 + timedelta(hours=9)
+        for seq in range(1, 301):
+            at += timedelta(seconds=rng.randrange(1, 800))
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "exchange": "asx",
+                    "exchange_timestamp": at,
+                    "exchange_sequence_number": seq,
+                    "price": Decimal(rng.randrange(4000_0000, 4600_0000)) / 10**6,
+                    "volume": Decimal(rng.randrange(1, 10**9)) / 10**6,
+                    "side": "buy",
+                    "trade_id": f"{symbol}{seq}",
+                    "ingestion_timestamp": at,
+                }
+            )
+    return rows
+
+
+TRADE_ROWS = make_trades()
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    catalog = open_catalog(settings)
+    try:
+        tables = ensure_tables(catalog, settings.catalog.namespace)
+        for day in DAYS:  # one commit per day, as a day's ingest would leave it
+            tables["trades"].append(
+                TRADES.to_arrow([r for r in TRADE_ROWS if r["exchange_timestamp"].date() == day.date()])
+            )
+    finally:
+        catalog.close()
+    return settings
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[QueryEngine]:
+    with QueryEngine.from_settings(settings) as engine:
+        yield engine
+
+
+def append(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    catalog = open_catalog(settings)
+    try:
+        catalog.load_table((settings.catalog.namespace, "trades")).append(TRADES.to_arrow(rows))
+    finally:
+        catalog.close()
+
+
+def late_trade(day: datetime, seq: int = 1000, price: str = "99.5") -> dict[str, Any]:
+    at = day + timedelta(hours=23, minutes=59)
+    return TRADE_ROWS[0] | {
+        "exchange_timestamp": at,
+        "exchange_sequence_number": seq,
+        "price": Decimal(price),
+        "trade_id": f"late{seq}",
+    }
+
+
+def test_a_repeated_query_comes_from_the_lru_then_from_redis_in_another_process(
+    engine: QueryEngine, settings: Settings
+) -> None:
+    first = engine.ohlcv("BHP", "asx", "5m", D1, END)
+    again = engine.ohlcv("BHP", "asx", "5m", D1, END)
+    assert (first.cached, again.cached) == (None, "lru")
+    assert again.table.equals(first.table)
+    with QueryEngine.from_settings(settings) as other:  # its own LRU is empty: the shared Redis answers
+        shared = other.ohlcv("BHP", "asx", "5m", D1, END)
+    assert shared.cached == "redis"
+    assert shared.table.equals(first.table)
+    assert shared.table.to_pylist() == oracle.bars([r for r in TRADE_ROWS if r["symbol"] == "BHP"], "5m")
+
+
+def test_a_commit_is_never_hidden_by_a_cached_answer(engine: QueryEngine, settings: Settings) -> None:
+    engine.ohlcv("BHP", "asx", "1h", D1, END)
+    engine.latest("BHP", "asx")
+    assert engine.latest("BHP", "asx").cached == "lru"
+    newest = late_trade(DAYS[-1])
+    append(settings, [newest])
+    bars = engine.ohlcv("BHP", "asx", "1h", D1, END)
+    latest = engine.latest("BHP", "asx")
+    assert (bars.cached, latest.cached) == (None, None)
+    bhp = [r for r in TRADE_ROWS if r["symbol"] == "BHP"] + [newest]
+    assert bars.table.to_pylist() == oracle.bars(bhp, "1h")
+    assert latest.table.to_pylist() == [newest]
+
+
+def test_trade_pages_are_cached_per_snapshot_and_cursor(engine: QueryEngine) -> None:
+    query = engine.market_query("CBA", "asx", D1, END, 100)
+    one = engine.fetch("trades", query)
+    two = engine.fetch("trades", query, cursor=one.next_cursor)
+    assert (one.cached, two.cached) == (None, None)
+    assert engine.fetch("trades", query, cursor=one.next_cursor).cached == "lru"
+    assert two.table.to_pylist() == oracle.in_order(r for r in TRADE_ROWS if r["symbol"] == "CBA")[100:200]
+
+
+def test_queries_work_without_redis(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    settings.redis.url = "redis://127.0.0.1:1/0"  # nothing listens there
+    caplog.set_level(logging.WARNING, logger="k2_core.cache")
+    with QueryEngine.from_settings(settings) as engine:
+        first = engine.ohlcv("CBA", "asx", "15m", D1, END)
+        second = engine.ohlcv("CBA", "asx", "15m", D1, END)
+        third = engine.ohlcv("CBA", "asx", "1h", D1, END)
+    assert (first.cached, second.cached, third.cached) == (None, "lru", None)
+    assert first.table.to_pylist() == oracle.bars([r for r in TRADE_ROWS if r["symbol"] == "CBA"], "15m")
+    warnings = [r for r in caplog.records if r.getMessage() == "redis unavailable, caching in-process only"]
+    assert len(warnings) == 1  # the breaker stops retrying (and timing out) on every query
+    with TestClient(create_app(settings)) as client:
+        response = client.get(
+            "/v1/ohlcv",
+            params={"symbol": "CBA", "exchange": "asx", "interval": "1d", "start": "2024-03-04", "end": "2024-03-07"},
+        )
+    assert response.status_code == 200
+    assert [bar["trade_count"] for bar in response.json()["data"]] == [
+        b["trade_count"] for b in oracle.bars([r for r in TRADE_ROWS if r["symbol"] == "CBA"], "1d")
+    ]
+
+
+def _build(settings: Settings, days: list[datetime]) -> None:
+    catalog = open_catalog(settings)
+    try:
+        trades = catalog.load_table((settings.catalog.namespace, "trades"))
+        minute = ensure_table(catalog, settings.catalog.namespace, OHLCV_TABLES["1m"])
+        daily = ensure_table(catalog, settings.catalog.namespace, OHLCV_TABLES["1d"])
+        for day in days:
+            rebuild_minute_bars(trades, minute, day.date(), retries=2, backoff=0.01)
+            rebuild_daily_bars(trades, minute, daily, day.date(), retries=2, backoff=0.01)
+    finally:
+        catalog.close()
+
+
+def test_precomputed_bars_are_served_for_fresh_days_only(settings: Settings) -> None:
+    _build(settings, DAYS[:2])  # the third day has no precomputed bars
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for interval in ("1m", "1d"):
+            result = engine.ohlcv("BHP", "asx", interval, D1, END)
+            assert result.sources == ("precomputed", "iceberg")
+            assert result.table.to_pylist() == oracle.bars([r for r in TRADE_ROWS if r["symbol"] == "BHP"], interval)
+        only_built = engine.ohlcv("CBA", "asx", "1m", D1, DAYS[2])
+        assert only_built.sources == ("precomputed",)
+        assert engine.summary("CBA", "asx", "2024-03-05").sources == ("precomputed",)
+        assert engine.ohlcv("CBA", "asx", "5m", D1, DAYS[2]).sources == ("iceberg",)  # no 5m table
+
+        # A late trade lands on day one: that day's bars are stale, day two's are not.
+        late = late_trade(DAYS[0])
+        append(settings, [late])
+        bhp = [r for r in TRADE_ROWS if r["symbol"] == "BHP"] + [late]
+        stale = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2])
+        assert stale.sources == ("precomputed", "iceberg")
+        assert stale.table.to_pylist() == oracle.bars([r for r in bhp if r["exchange_timestamp"] < DAYS[2]], "1m")
+        (day_one,) = engine.summary("BHP", "asx", D1.date()).table.to_pylist()
+        assert day_one["close"] == Decimal("99.5")
+        assert engine.ohlcv("BHP", "asx", "1m", DAYS[1], DAYS[2]).sources == ("precomputed",)
+
+        _build(settings, DAYS[:1])  # rebuilt from the new snapshot: fresh again
+        rebuilt = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2])
+        assert rebuilt.sources == ("precomputed",)
+        assert rebuilt.table.equals(stale.table)
+
+        travel = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2], as_of=None)
+        snapshot = engine.load(TRADES).metadata.current_snapshot_id
+        pinned = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2], as_of=AsOf(snapshot_id=snapshot))
+        assert pinned.sources == ("iceberg",)  # time travel always computes from the trades it reads
+        assert pinned.table.equals(travel.table)
