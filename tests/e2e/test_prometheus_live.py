@@ -172,6 +172,12 @@ def test_prometheus_scrapes_consumed_messages_and_api_requests(
 
     up = {r["metric"]["job"]: r["value"][1] for r in query(prometheus, 'up{job=~"k2-.*"}')}
     assert up == {"k2-api": "1", "k2-ingester": "1"}
+    # The cascade's gauges are scraped too, and a healthy run sits at level 0 with the breaker closed.
+    lag = query(prometheus, "kafka_consumer_lag_seconds")
+    assert {r["metric"]["topic"] for r in lag} >= topics
+    assert scalar(prometheus, "max(k2_degradation_level)") == 0
+    assert len(query(prometheus, "k2_degradation_level")) == 1
+    assert query(prometheus, "circuit_breaker_state")[0]["value"][1] == "0"
 
     # The shipped alert rules load and evaluate cleanly against live series.
     def rules_evaluated() -> bool:

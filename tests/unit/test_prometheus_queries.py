@@ -23,17 +23,6 @@ DASHBOARDS = REPO_ROOT / "config" / "grafana" / "dashboards"
 METRIC_MODULES = ("k2_stream.metrics", "k2_api.observability")
 # Made by Prometheus itself for every target.
 SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"})
-# Ingester metrics that issue 5's degradation cascade adds to k2_stream/metrics.py (the alerts and dashboards
-# already use them). Remove each name here once the code defines it.
-PENDING_INGESTER_METRICS = frozenset(
-    {
-        "kafka_consumer_lag_seconds",
-        "kafka_consumer_lag_messages",
-        "circuit_breaker_state",
-        "k2_degradation_level",
-        "k2_shed_messages_total",
-    }
-)
 SAMPLE_SUFFIXES = {
     "counter": ("_total", "_created"),
     "gauge": ("",),
@@ -81,7 +70,7 @@ def code_metric_names() -> frozenset[str]:
 
 
 def known_metrics() -> frozenset[str]:
-    return code_metric_names() | SYNTHETIC | PENDING_INGESTER_METRICS
+    return code_metric_names() | SYNTHETIC
 
 
 def alert_rules() -> list[dict[str, Any]]:
