@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
 from k2_core.exceptions import QueryError
 from k2_core.validation import (
+    AsOf,
+    TimeRange,
     parse_time,
+    validate_as_of,
+    validate_bar_count,
+    validate_date,
     validate_exchange,
     validate_gap_status,
+    validate_interval,
     validate_limit,
     validate_market_query,
+    validate_snapshot_id,
     validate_symbol,
     validate_time_range,
 )
@@ -148,3 +155,56 @@ def test_market_query_reports_the_first_bad_parameter_in_reading_order() -> None
         validate_market_query(
             "BHP", "asx", "2024-01-01", "2024-01-02", 0, exchanges=EXCHANGES, default_limit=1, max_limit=1
         )
+
+
+# --- intervals, dates, time travel, range limits (issue 3) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("interval", ["1s", "5s", "1m", "5m", "15m", "1h", "1d"])
+def test_supported_intervals(interval: str) -> None:
+    assert validate_interval(interval) == interval
+
+
+@pytest.mark.parametrize("interval", ["", "2m", "1M", "60s", "1w", "1 m"])
+def test_unsupported_interval_lists_the_supported_ones(interval: str) -> None:
+    with pytest.raises(QueryError, match=r"^interval must be one of 1s, 5s, 1m, 5m, 15m, 1h, 1d; got"):
+        validate_interval(interval)
+
+
+def test_bar_count_limit_names_the_interval() -> None:
+    day = TimeRange(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
+    validate_bar_count("1s", day, max_bars=86_400)
+    with pytest.raises(QueryError, match=r"^interval 1s over .* spans 86400 bars, more than the maximum 86399"):
+        validate_bar_count("1s", day, max_bars=86_399)
+
+
+def test_window_longer_than_the_maximum_is_rejected_naming_end() -> None:
+    validate_time_range("2024-01-01", "2024-01-31", max_window=timedelta(days=30))
+    with pytest.raises(QueryError, match=r"^end must be at most 30 days after start \(range too large"):
+        validate_time_range("2024-01-01", "2024-01-31T00:00:01", max_window=timedelta(days=30))
+
+
+def test_dates_are_utc_days() -> None:
+    assert validate_date("2024-02-29") == TimeRange(datetime(2024, 2, 29, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC))
+    assert validate_date(date(2024, 1, 1)).start == datetime(2024, 1, 1, tzinfo=UTC)
+    assert parse_time(date(2024, 1, 1), "start") == datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["2024-02-30", "yesterday", "2024-01-01T10:00", ""])
+def test_bad_dates_name_the_parameter(text: str) -> None:
+    with pytest.raises(QueryError, match=r"^date must be a UTC date as YYYY-MM-DD"):
+        validate_date(text)
+
+
+def test_time_travel_takes_one_of_snapshot_or_time() -> None:
+    assert validate_as_of() is None
+    assert validate_as_of(" 123 ") == AsOf(snapshot_id=123)
+    assert validate_as_of(None, "2024-01-02T10:00:00+10:00") == AsOf(timestamp=datetime(2024, 1, 2, tzinfo=UTC))
+    with pytest.raises(QueryError, match=r"^as_of_snapshot and as_of are alternatives"):
+        validate_as_of(1, "2024-01-01")
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", str(2**63), True])
+def test_bad_snapshot_ids_name_the_parameter(value: object) -> None:
+    with pytest.raises(QueryError, match=r"^as_of_snapshot must be"):
+        validate_snapshot_id(value)  # type: ignore[arg-type]
