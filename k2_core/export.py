@@ -21,8 +21,6 @@ import pyarrow.parquet as pq
 
 ExportFormat = Literal["csv", "arrow", "parquet", "ndjson"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "arrow", "parquet", "ndjson")
-# Quote only values that need it: numbers-as-text stay bare, so spreadsheets read prices as numbers.
-_CSV_OPTIONS = pa_csv.WriteOptions(quoting_style="needed")
 
 
 def csv_ready(table: pa.Table) -> pa.Table:
@@ -89,14 +87,12 @@ class Exporter:
         else:
             text = csv_ready(table)
             if self._csv is None:
-                self._csv = pa_csv.CSVWriter(self.sink, text.schema, write_options=_CSV_OPTIONS)
+                self._csv = pa_csv.CSVWriter(self.sink, text.schema)
             self._csv.write_table(text)
 
     def close(self) -> None:
         if self.fmt == "csv" and self._csv is None:  # no rows: still write the header
-            self._csv = pa_csv.CSVWriter(
-                self.sink, csv_ready(self.schema.empty_table()).schema, write_options=_CSV_OPTIONS
-            )
+            self._csv = pa_csv.CSVWriter(self.sink, csv_ready(self.schema.empty_table()).schema)
         for writer in (self._csv, self._ipc, self._parquet):
             if writer is not None:
                 writer.close()
