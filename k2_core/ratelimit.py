@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 _PREFIX = "k2:ratelimit:"
 # KEYS[1] bucket; ARGV rate, burst. Returns {allowed (0/1), seconds until a token as a string}.
-_TOKEN_BUCKET = """
+_BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -88,7 +88,7 @@ class RateLimiter:
             if settings.enabled and rate > 0
             else None
         )
-        self._script = self._client.register_script(_TOKEN_BUCKET) if self._client is not None else None
+        self._script = self._client.register_script(_BUCKET_SCRIPT) if self._client is not None else None
         self._down_until = 0.0
         self._lock = threading.Lock()
 
