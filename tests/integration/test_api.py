@@ -3,17 +3,22 @@ process for the server entry point."""
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
@@ -21,6 +26,7 @@ from k2_api.main import create_app
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.settings import REPO_ROOT, Settings
 from k2_core.tables import GAPS, QUOTES, TRADES
+from tests import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -95,6 +101,7 @@ def seed(settings: Settings) -> None:
 @pytest.fixture
 def settings(make_settings: SettingsFactory) -> Settings:
     settings = make_settings()
+    settings.query.tail_enabled = False  # no broker here; tests/integration/test_realtime.py covers the tail
     seed(settings)
     return settings
 
@@ -194,11 +201,20 @@ def test_trades_default_window_is_the_last_day(client: TestClient) -> None:
     assert body["count"] == 0  # the seeded trades are from 2024
 
 
-def test_the_widest_window_works(client: TestClient) -> None:
-    params = {"symbol": "BHP", "exchange": "asx", "start": "0001-01-01", "end": "9999-12-31T23:59:59.999999"}
+def test_the_widest_window_works(client: TestClient, settings: Settings) -> None:
+    days = settings.query.max_range_days
+    params = {
+        "symbol": "BHP",
+        "exchange": "asx",
+        "start": "2023-12-01",
+        "end": str(date(2023, 12, 1) + timedelta(days)),
+    }
     response = client.get("/v1/trades", params=params)
     assert response.status_code == 200, response.text
     assert [row["trade_id"] for row in response.json()["data"]] == ["t1", "t2", "t3", "t4", "t7"]
+    too_wide = client.get("/v1/trades", params={**params, "end": params["end"] + "T00:00:00.000001"})
+    assert too_wide.status_code == 400
+    assert too_wide.json()["detail"].startswith(f"end must be at most {days:g} days after start (range too large")
 
 
 def test_quotes(client: TestClient) -> None:
@@ -278,6 +294,39 @@ BAD_REQUESTS = [
     ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "start": "yesterday"}, 400, "start is not an ISO-8601 time"),
     ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "end": "2024-02-30"}, 400, "end is not an ISO-8601 time"),
     ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "end": "0001-01-01"}, 400, "end is too early"),
+    ("/v1/trades", {"symbol": "RIO", "exchange": "asx"}, 404, "symbol 'RIO' has no trades or quotes on exchange asx"),
+    ("/v1/trades", {"symbol": "CBA", "exchange": "nyse"}, 404, "symbol 'CBA' has no trades or quotes on exchange nyse"),
+    ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "cursor": "garbage"}, 400, "cursor is not a cursor"),
+    ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "as_of_snapshot": "12"}, 400, "as_of_snapshot 12 is not a"),
+    ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "as_of_snapshot": "x"}, 400, "as_of_snapshot must be"),
+    ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "as_of": "soon"}, 400, "as_of is not an ISO-8601 time"),
+    (
+        "/v1/trades",
+        {"symbol": "BHP", "exchange": "asx", "as_of": "2024-01-01", "as_of_snapshot": "1"},
+        400,
+        "as_of_snapshot and as_of are alternatives",
+    ),
+    ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "format": "xml"}, 400, "format must be one of json, csv"),
+    ("/v1/ohlcv", {"symbol": "BHP", "exchange": "asx", "interval": "2m"}, 400, "interval must be one of 1s, 5s"),
+    (
+        "/v1/ohlcv",
+        {"symbol": "BHP", "exchange": "asx", "interval": "1s", "start": "2024-01-01", "end": "2024-01-10"},
+        400,
+        "interval 1s over",
+    ),
+    (
+        "/v1/ohlcv",
+        {"symbol": "BHP", "exchange": "asx", "start": "2024-01-03", "end": "2024-01-02"},
+        400,
+        "start must be before end",
+    ),
+    ("/v1/summary", {"symbol": "BHP", "exchange": "asx", "date": "2024-13-01"}, 400, "date must be a UTC date"),
+    ("/v1/summary", {"symbol": "BHP", "exchange": "asx"}, 422, "query.date"),
+    ("/v1/latest", {"symbol": "ZZZ", "exchange": "asx"}, 404, "symbol 'ZZZ' has no trades"),
+    ("/v1/replay", {"symbol": "BHP", "exchange": "asx", "date": "x"}, 400, "date must be a UTC date"),
+    ("/v1/replay", {"symbol": "bhp", "exchange": "asx", "date": "2024-01-02"}, 400, "symbol must be"),
+    ("/v1/snapshots", {"table": "orders"}, 400, "table must be one of trades, quotes"),
+    ("/v1/snapshots", {"table": "trades", "cursor": "e30"}, 400, "cursor is malformed"),
     (
         "/v1/trades",
         {"symbol": "BHP", "exchange": "asx", "start": "0001-01-01T00:00+01:00"},
@@ -313,12 +362,163 @@ def test_bad_input_is_a_4xx_naming_the_parameter(
 
 def test_openapi_documents_routes_and_decimal_strings(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    assert set(spec["paths"]) == {"/health", "/v1/trades", "/v1/quotes", "/v1/gaps"}
+    assert {"/health", "/v1/trades", "/v1/quotes", "/v1/gaps"} <= set(spec["paths"])
+    assert {"/v1/ohlcv", "/v1/summary", "/v1/latest", "/v1/replay", "/v1/snapshots"} <= set(spec["paths"])
+    for path in ("/v1/trades", "/v1/quotes", "/v1/ohlcv", "/v1/snapshots", "/v1/gaps"):
+        content = spec["paths"][path]["get"]["responses"]["200"]["content"]
+        assert {"application/json", "text/csv", "application/vnd.apache.parquet"} <= set(content), path
+    assert "application/x-ndjson" in spec["paths"]["/v1/replay"]["get"]["responses"]["200"]["content"]
     trades = spec["paths"]["/v1/trades"]["get"]
     assert trades["description"] == "Trades of one symbol on one exchange in [start, end), oldest first."
     assert "400" in trades["responses"]
     trade_schema = spec["components"]["schemas"]["Trade"]["properties"]
     assert trade_schema["price"]["type"] == "string"
+
+
+# --- issue 3: formats, paging, time travel, bars, replay, snapshots -------------------------------------------
+
+WINDOW = {"symbol": "BHP", "exchange": "asx", "start": "2024-01-01", "end": "2024-01-04"}
+BHP_ASX = [r for r in TRADE_ROWS if (r["symbol"], r["exchange"]) == ("BHP", "asx")]
+
+
+@pytest.mark.parametrize("path", ["/v1/trades", "/v1/ohlcv", "/v1/snapshots", "/v1/gaps"])
+def test_every_list_endpoint_speaks_csv_arrow_and_parquet(client: TestClient, path: str) -> None:
+    params = {"table": "trades"} if path == "/v1/snapshots" else {} if path == "/v1/gaps" else WINDOW
+    as_json = client.get(path, params=params).json()["data"]
+    for fmt, media in (
+        ("csv", "text/csv"),
+        ("arrow", "application/vnd.apache.arrow.stream"),
+        ("parquet", "application/vnd.apache.parquet"),
+    ):
+        by_param = client.get(path, params={**params, "format": fmt})
+        by_accept = client.get(path, params=params, headers={"Accept": f"{media}, application/json;q=0.5"})
+        assert by_param.status_code == by_accept.status_code == 200, by_param.text
+        assert by_param.headers["content-type"].startswith(media)
+        assert by_param.content == by_accept.content
+        if fmt == "arrow":
+            table = pa.ipc.open_stream(by_param.content).read_all()
+        elif fmt == "parquet":
+            table = pq.read_table(io.BytesIO(by_param.content))
+        else:
+            table = pa_csv.read_csv(
+                io.BytesIO(by_param.content),
+                convert_options=pa_csv.ConvertOptions(
+                    strings_can_be_null=False, column_types={n: pa.string() for n in as_json[0]}
+                ),
+            )
+        assert table.num_rows == len(as_json)
+        if fmt != "csv":
+            assert [str(v) for v in table.column(next(iter(as_json[0]))).to_pylist()] == [
+                str(r[next(iter(as_json[0]))]) for r in as_json
+            ]
+    if path == "/v1/trades":
+        csv_rows = pa_csv.read_csv(
+            io.BytesIO(client.get(path, params={**params, "format": "csv"}).content),
+            convert_options=pa_csv.ConvertOptions(column_types={"price": pa.string()}),
+        ).to_pylist()
+        assert [r["price"] for r in csv_rows] == [r["price"] for r in as_json]  # exact decimal text, "0.00000000" too
+
+
+def test_pages_follow_the_cursor_in_json_and_headers(client: TestClient) -> None:
+    first = client.get("/v1/trades", params={**WINDOW, "limit": 2})
+    body = first.json()
+    assert [r["trade_id"] for r in body["data"]] == ["t1", "t2"]
+    assert body["next_cursor"] == first.headers["K2-Next-Cursor"]
+    assert body["sources"] == ["iceberg"]
+    assert first.headers["K2-Sources"] == "iceberg"
+    second = client.get("/v1/trades", params={**WINDOW, "limit": 2, "cursor": body["next_cursor"], "format": "csv"})
+    assert [r["trade_id"] for r in pa_csv.read_csv(io.BytesIO(second.content)).to_pylist()] == ["t3", "t4"]
+    last = client.get("/v1/trades", params={**WINDOW, "limit": 2, "cursor": second.headers["K2-Next-Cursor"]}).json()
+    assert [r["trade_id"] for r in last["data"]] == ["t7"]
+    assert last["next_cursor"] is None
+    moved = client.get("/v1/trades", params={**WINDOW, "end": "2024-01-05", "cursor": body["next_cursor"]})
+    assert moved.status_code == 400
+    assert moved.json()["detail"].startswith("cursor belongs to a different query")
+
+
+def test_time_travel_over_http(client: TestClient, settings: Settings) -> None:
+    before = client.get("/v1/snapshots", params={"table": "trades"}).json()["data"][0]
+    catalog = open_catalog(settings)
+    try:
+        extra = trade("BHP", "asx", D2 + timedelta(hours=12), 8, "47")
+        catalog.load_table(("market", "trades")).append(TRADES.to_arrow([extra]))
+    finally:
+        catalog.close()
+    now = client.get("/v1/trades", params=WINDOW).json()
+    then = client.get("/v1/trades", params={**WINDOW, "as_of_snapshot": before["snapshot_id"]}).json()
+    at_time = client.get("/v1/trades", params={**WINDOW, "as_of": before["committed_at"]}).json()
+    assert len(now["data"]) == len(then["data"]) + 1
+    assert (
+        then["data"]
+        == at_time["data"]
+        == client.get("/v1/trades", params=WINDOW | {"as_of_snapshot": str(before["snapshot_id"])}).json()["data"]
+    )
+    assert then["snapshot_id"] == before["snapshot_id"] != now["snapshot_id"]
+    log = client.get("/v1/snapshots", params={"table": "trades"}).json()
+    assert [s["snapshot_id"] for s in log["data"]][1] == before["snapshot_id"]
+    assert log["data"][0]["added_records"] == 1
+    assert log["data"][0]["is_current"]
+    paged = client.get("/v1/snapshots", params={"table": "trades", "limit": 1}).json()
+    rest = client.get("/v1/snapshots", params={"table": "trades", "limit": 1, "cursor": paged["next_cursor"]}).json()
+    assert [paged["data"][0]["snapshot_id"], rest["data"][0]["snapshot_id"]] == [s["snapshot_id"] for s in log["data"]]
+
+
+def test_ohlcv_summary_and_latest(client: TestClient) -> None:
+    bars = client.get("/v1/ohlcv", params={**WINDOW, "interval": "1h"}).json()
+    want = oracle.bars(BHP_ASX, "1h")
+    assert [(b["bar_start"], b["open"], b["close"], b["vwap"], b["trade_count"]) for b in bars["data"]] == [
+        (
+            w["bar_start"].isoformat().replace("+00:00", "Z"),
+            format(w["open"], ".8f"),
+            format(w["close"], ".8f"),
+            format(w["vwap"], ".8f"),
+            w["trade_count"],
+        )
+        for w in want
+    ]
+    assert (bars["interval"], bars["count"], bars["sources"]) == ("1h", len(want), ["iceberg"])
+    summary = client.get("/v1/summary", params={"symbol": "BHP", "exchange": "asx", "date": "2024-01-02"}).json()
+    day = oracle.day_summary(BHP_ASX, date(2024, 1, 2))
+    assert (summary["open"], summary["high"], summary["low"], summary["close"]) == tuple(
+        format(day[k], ".8f") for k in ("open", "high", "low", "close")
+    )
+    assert (summary["volume"], summary["vwap"], summary["trade_count"]) == (
+        format(day["volume"], ".8f"),
+        format(day["vwap"], ".8f"),
+        3,
+    )
+    empty = client.get("/v1/summary", params={"symbol": "BHP", "exchange": "asx", "date": "2023-06-01"}).json()
+    assert (empty["trade_count"], empty["volume"], empty["open"], empty["vwap"]) == (0, "0.00000000", None, None)
+    latest = client.get("/v1/latest", params={"symbol": "BHP", "exchange": "asx"})
+    assert latest.json()["data"]["trade_id"] == "t7"
+    assert latest.headers["K2-Sources"] == "iceberg"
+    again = client.get("/v1/latest", params={"symbol": "BHP", "exchange": "asx"})
+    assert (again.json()["cached"], again.headers["K2-Cache"]) == ("lru", "lru")
+
+
+def test_with_quote_attaches_the_quote_in_force(client: TestClient) -> None:
+    rows = client.get("/v1/trades", params={**WINDOW, "with_quote": "true"}).json()["data"]
+    assert rows[0]["trade_id"] == "t1"
+    assert rows[0]["bid_price"] is None
+    assert all(r["bid_price"] == "45.10000000" and r["ask_size"] == "0.00000001" for r in rows[1:])
+    assert rows[1]["quote_timestamp"] == "2024-01-02T09:00:00Z"
+
+
+def test_replay_streams_ndjson_in_exchange_order(client: TestClient) -> None:
+    with client.stream(
+        "GET", "/v1/replay", params={"symbol": "BHP", "exchange": "asx", "date": "2024-01-02"}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        assert response.headers["K2-Sources"] == "iceberg"
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert [r["trade_id"] for r in lines] == ["t2", "t3", "t4"]
+    assert lines[2]["price"] == "0.00000000"
+    assert lines[2]["exchange_timestamp"] == "2024-01-02T11:00:00.000005Z"
+    quotes = client.get(
+        "/v1/replay", params={"symbol": "BHP", "exchange": "asx", "date": "2024-01-02", "kind": "quotes"}
+    )
+    assert [json.loads(line)["bid_size"] for line in quotes.text.splitlines()] == ["200.00000000"]
 
 
 def free_port() -> int:
