@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog import Catalog
 
@@ -18,6 +22,7 @@ from k2_core.query import QueryEngine, get_gaps, get_quotes, get_trades, market_
 from k2_core.settings import Settings
 from k2_core.tables import GAPS, QUOTES, TRADES
 from k2_core.validation import TimeRange, UnknownSymbolError
+from tests import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -323,7 +328,8 @@ def test_cli_trades_prints_a_table(engine: QueryEngine, settings: Settings) -> N
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "trades BHP@asx [2024-01-02T00:00:00Z, 2024-01-03T00:00:00Z)" in out
-    assert "3 rows (limit reached" in out
+    assert "3 rows; sources: iceberg; snapshot " in out
+    assert "(more rows:" in out
     want = expected(BHP_ASX, D2, D3)[:3]
     for row in want:
         assert row["trade_id"] in out
@@ -362,6 +368,12 @@ def test_cli_quotes_and_gaps(engine: QueryEngine, settings: Settings) -> None:
         (["trades", "BHP", "-e", "asx", "--end", "tomorrow"], "end is not an ISO-8601 time"),
         (["trades", "BHP", "-e", "asx", "--limit", "0"], "limit must be an integer between 1 and 100000"),
         (["gaps", "--status", "closed"], "status must be one of open, filled, unrecoverable"),
+        (["ohlcv", "BHP", "-e", "asx", "-i", "3m"], "interval must be one of 1s, 5s, 1m"),
+        (["summary", "BHP", "-e", "asx", "--date", "2024-02-31"], "date must be a UTC date"),
+        (["latest", "XYZ", "-e", "asx"], "symbol 'XYZ' has no trades or quotes on exchange asx"),
+        (["replay", "BHP", "-e", "asx", "--date", "2024-01-02", "--kind", "orders"], "kind must be trades or quotes"),
+        (["snapshots", "--table", "orders"], "table must be one of trades"),
+        (["trades", "BHP", "-e", "asx", "--as-of", "soon"], "as_of is not an ISO-8601 time"),
     ],
 )
 def test_cli_bad_input_exits_2_with_a_message(settings: Settings, args: list[str], text: str) -> None:
@@ -373,3 +385,108 @@ def test_cli_bad_input_exits_2_with_a_message(settings: Settings, args: list[str
     assert result.exit_code == 2
     assert f"error: {text}" in result.stderr
     assert result.stdout == ""
+
+
+def test_cli_exports_every_page_with_a_progress_bar(engine: QueryEngine, settings: Settings, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+
+    out = tmp_path / "bhp.parquet"
+    window = ["--start", "2024-01-01", "--end", "2024-01-04"]
+    env = cli_env(settings) | {"K2_API_MAX_LIMIT": "4"}  # pages of 4 rows: the export must follow the cursor
+    result = CliRunner().invoke(
+        app, ["query", "trades", "BHP", "-e", "asx", *window, "-f", "parquet", "-o", str(out)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    want = expected(BHP_ASX, D1, D3 + timedelta(days=1))
+    assert pq.read_table(out).to_pylist() == want
+    assert f"wrote {len(want)} rows to {out} (parquet)" in result.stderr
+    assert f"{len(want)}/{len(want)}" in result.stderr  # the progress bar reached its total
+
+    csv_out = tmp_path / "bhp.csv"
+    limited = CliRunner().invoke(
+        app, ["query", "trades", "BHP", "-e", "asx", *window, "--limit", "6", "-f", "csv", "-o", str(csv_out)], env=env
+    )
+    assert limited.exit_code == 0, limited.output
+    assert [r["trade_id"] for r in pa_csv.read_csv(csv_out).to_pylist()] == [r["trade_id"] for r in want[:6]]
+
+    arrow = CliRunner().invoke(app, ["query", "quotes", "CBA", "-e", "asx", *window, "-f", "arrow"], env=env)
+    assert arrow.exit_code == 0
+    assert pa.ipc.open_stream(arrow.stdout_bytes).read_all().to_pylist() == quote_rows("asx", "CBA")[:1] + expected(
+        quote_rows("asx", "CBA"), D2, D3 + timedelta(days=1)
+    )
+
+
+def test_cli_bars_summary_latest_snapshots(engine: QueryEngine, settings: Settings, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+
+    runner = CliRunner()
+    env = cli_env(settings)
+    bars = runner.invoke(
+        app, ["query", "ohlcv", "BHP", "-e", "asx", "-i", "1d", "--start", "2024-01-01", "--end", "2024-01-04"], env=env
+    )
+    assert bars.exit_code == 0, bars.output
+    assert "1d bars BHP@asx [2024-01-01T00:00:00Z, 2024-01-04T00:00:00Z)" in bars.stdout
+    assert "3 bars; sources: iceberg" in bars.stdout
+    exported = tmp_path / "bars.csv"
+    assert (
+        runner.invoke(
+            app,
+            [
+                "query",
+                "ohlcv",
+                "BHP",
+                "-e",
+                "asx",
+                "-i",
+                "1h",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-01-04",
+                "-o",
+                str(exported),
+            ],
+            env=env,
+        ).exit_code
+        == 0
+    )
+    assert pa_csv.read_csv(exported).num_rows == len(oracle.bars(BHP_ASX, "1h"))
+
+    summary = runner.invoke(app, ["query", "summary", "BHP", "-e", "asx", "--date", "2024-01-02"], env=env)
+    assert summary.exit_code == 0, summary.output
+    day = oracle.day_summary(BHP_ASX, D2.date())
+    for key in ("open", "high", "low", "close", "vwap"):
+        assert format(day[key], "f") in summary.stdout
+
+    latest = runner.invoke(app, ["query", "latest", "BHP", "-e", "asx"], env=env)
+    assert latest.exit_code == 0, latest.output
+    assert expected(BHP_ASX, D1, D3 + timedelta(days=1))[-1]["trade_id"] in latest.stdout
+
+    snaps = runner.invoke(app, ["query", "snapshots", "--table", "trades"], env=env)
+    assert snaps.exit_code == 0, snaps.output
+    assert str(engine.load(TRADES).metadata.current_snapshot_id) in snaps.stdout
+    assert "append" in snaps.stdout
+
+
+def test_cli_replay_streams_a_day(engine: QueryEngine, settings: Settings, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+
+    runner = CliRunner()
+    day = ["--date", "2024-01-02"]
+    stdout = runner.invoke(app, ["query", "replay", "BHP", "-e", "asx", *day], env=cli_env(settings))
+    assert stdout.exit_code == 0, stdout.output
+    lines = [json.loads(line) for line in stdout.stdout.splitlines()]
+    assert [r["trade_id"] for r in lines] == [r["trade_id"] for r in expected(BHP_ASX, D2, D3)]
+    out = tmp_path / "day.parquet"
+    to_file = runner.invoke(
+        app, ["query", "replay", "BHP", "-e", "asx", *day, "-f", "parquet", "-o", str(out)], env=cli_env(settings)
+    )
+    assert to_file.exit_code == 0, to_file.output
+    assert pq.read_table(out).to_pylist() == expected(BHP_ASX, D2, D3)
+    assert "5/5" in to_file.stderr
