@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from pyiceberg.conversions import from_bytes
-from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntryStatus
+from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntryStatus, ManifestFile
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import IntegerType
@@ -61,8 +61,14 @@ def new_snapshot_ids(table: Table, after: int | None, limit: int = MAX_WALK) -> 
     return ids
 
 
-def describe(table: Table, snapshot: Snapshot) -> SnapshotChange:
-    """Rows and files each day partition gained and lost in this snapshot."""
+def _summary_int(snapshot: Snapshot, key: str) -> int:
+    value = snapshot.summary.get(key) if snapshot.summary else None
+    return int(value) if value else 0
+
+
+def describe(table: Table, snapshot: Snapshot, manifests: list[ManifestFile] | None = None) -> SnapshotChange:
+    """Rows and files each day partition gained and lost in this snapshot. `manifests` are the ones it wrote, if
+    the caller already has them; otherwise its manifest list is read."""
     props = snapshot.summary.additional_properties if snapshot.summary else {}
     change = SnapshotChange(
         snapshot_id=snapshot.snapshot_id,
@@ -72,9 +78,9 @@ def describe(table: Table, snapshot: Snapshot) -> SnapshotChange:
         writer=props.get(WRITER_PROPERTY, ""),
         carries_offsets=OFFSETS_PROPERTY in props,
     )
-    for manifest in snapshot.manifests(table.io):
-        if manifest.added_snapshot_id != snapshot.snapshot_id:
-            continue
+    if manifests is None:
+        manifests = [m for m in snapshot.manifests(table.io) if m.added_snapshot_id == snapshot.snapshot_id]
+    for manifest in manifests:
         for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
             if entry.snapshot_id != snapshot.snapshot_id or len(entry.data_file.partition) == 0:
                 continue
@@ -92,12 +98,32 @@ def describe(table: Table, snapshot: Snapshot) -> SnapshotChange:
 
 
 def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> list[SnapshotChange]:
-    """`describe` for every snapshot `new_snapshot_ids` returns, oldest first."""
+    """`describe` for every snapshot `new_snapshot_ids` returns, oldest first.
+
+    Manifest lists hold every live manifest of the table, so reading one per new snapshot gets expensive; the newest
+    list is read once and each snapshot's own manifests are picked from it. A snapshot whose manifests are no longer
+    all there (a delete-only manifest is dropped by the next commit) falls back to its own list."""
+    ids = new_snapshot_ids(table, after, limit)
+    if not ids:
+        return []
+    newest = table.metadata.snapshot_by_id(ids[-1])
+    assert newest is not None  # new_snapshot_ids only returns ids it found
+    wanted = set(ids)
+    by_snapshot: dict[int, list[ManifestFile]] = {}
+    for manifest in newest.manifests(table.io):
+        if manifest.added_snapshot_id in wanted:
+            by_snapshot.setdefault(manifest.added_snapshot_id, []).append(manifest)
     out = []
-    for snapshot_id in new_snapshot_ids(table, after, limit):
+    for snapshot_id in ids:
         snapshot = table.metadata.snapshot_by_id(snapshot_id)
-        if snapshot is not None:
-            out.append(describe(table, snapshot))
+        if snapshot is None:
+            continue
+        manifests: list[ManifestFile] | None = by_snapshot.get(snapshot_id, [])
+        added = sum(m.added_files_count or 0 for m in manifests or [])
+        deleted = sum(m.deleted_files_count or 0 for m in manifests or [])
+        if added < _summary_int(snapshot, "added-data-files") or deleted < _summary_int(snapshot, "deleted-data-files"):
+            manifests = None
+        out.append(describe(table, snapshot, manifests))
     return out
 
 

@@ -172,13 +172,16 @@ def test_snapshot_sensor_records_each_new_snapshot(catalog: str, make_settings: 
         lake.append("trades", [trade("BHP", seq, at(D1, 10 + seq))])
     table = lake.table("trades")
     compacted = compact_day(table, TRADES, D1, target_file_bytes=10**9, retries=2, backoff_seconds=0.05)
+    after = lake.append("trades", [trade("BHP", 8, at(D1, 30))])  # the next commit drops the delete manifest
     with dg.build_sensor_context(cursor=cursor, resources=resources) as ctx:
         result = iceberg_snapshot_sensor(ctx)
     assert isinstance(result, dg.SensorResult)
     kinds = [(type(e).__name__, e.metadata["snapshot_id"].value) for e in result.asset_events]
-    assert kinds[-1] == ("AssetObservation", str(compacted.snapshot_id))
-    assert [k for k, _ in kinds[:-1]] == ["AssetMaterialization"] * 4
-    assert result.asset_events[-1].metadata["rows_removed"].value == 6  # BHP 1, 2 and the four single-row appends
+    assert kinds[-2:] == [("AssetObservation", str(compacted.snapshot_id)), ("AssetMaterialization", str(after))]
+    assert [k for k, _ in kinds[:-2]] == ["AssetMaterialization"] * 4
+    rewrite = result.asset_events[-2].metadata
+    assert rewrite["rows_removed"].value == 6  # BHP 1, 2 and the four single-row appends
+    assert rewrite["rows_added"].value == 6
 
     with dg.build_sensor_context(cursor=None, resources=k2_resources(open_lake(make_settings()).settings)) as ctx:
         empty = iceberg_snapshot_sensor(ctx)  # empty tables: nothing to report, but a cursor to start from
