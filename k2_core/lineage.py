@@ -7,6 +7,7 @@ those manifests are read, never the whole table.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -127,27 +128,40 @@ def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> lis
     return out
 
 
-def partition_data_files(table: Table, day: date) -> list[DataFile]:
-    """The data files whose day partition is `day` in the current snapshot, chosen by partition value only (a scan's
-    row filter would also prune by column statistics, hiding a file whose rows do not belong to its partition)."""
+def _day_range(manifest: ManifestFile) -> tuple[int, int] | None:
+    """The range of day partition values (days since the epoch) a manifest's summary says it covers."""
+    summary = manifest.partitions[0] if manifest.partitions else None
+    if summary is None or summary.lower_bound is None or summary.upper_bound is None:
+        return None
+    low = from_bytes(IntegerType(), summary.lower_bound)
+    high = from_bytes(IntegerType(), summary.upper_bound)
+    return int(low), int(high)
+
+
+def _data_entries(table: Table, keep: Callable[[int, int], bool]) -> Iterator[DataFile]:
+    """Live data files of the current snapshot, opening only manifests whose day range `keep(low, high)` accepts."""
     snapshot = table.current_snapshot()
     if snapshot is None:
-        return []
-    wanted = (day - EPOCH_DAY).days
-    out = []
+        return
     for manifest in snapshot.manifests(table.io):
         if manifest.content != ManifestContent.DATA:
             continue
-        summary = manifest.partitions[0] if manifest.partitions else None
-        if summary is not None and summary.lower_bound is not None and summary.upper_bound is not None:
-            low, high = from_bytes(IntegerType(), summary.lower_bound), from_bytes(IntegerType(), summary.upper_bound)
-            if not low <= wanted <= high:  # type: ignore[operator]
-                continue
+        days = _day_range(manifest)
+        if days is not None and not keep(*days):
+            continue
         for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
-            data_file = entry.data_file
-            if len(data_file.partition) and data_file.partition[0] == wanted:
-                out.append(data_file)
-    return out
+            yield entry.data_file
+
+
+def partition_data_files(table: Table, day: date) -> list[DataFile]:
+    """The data files whose day partition is `day` in the current snapshot, chosen by partition value only (a scan's
+    row filter would also prune by column statistics, hiding a file whose rows do not belong to its partition)."""
+    wanted = (day - EPOCH_DAY).days
+    return [
+        f
+        for f in _data_entries(table, lambda low, high: low <= wanted <= high)
+        if len(f.partition) and f.partition[0] == wanted
+    ]
 
 
 @dataclass(frozen=True)
@@ -158,21 +172,19 @@ class DayFiles:
     bytes: int
 
 
-def day_files(table: Table) -> list[DayFiles]:
-    """Data files, rows and bytes per day partition in the current snapshot, oldest day first."""
-    if table.metadata.current_snapshot_id is None:
-        return []
-    out = []
-    for row in table.inspect.partitions().to_pylist():
-        values = list(row["partition"].values())
-        if not values or values[0] is None:
+def day_files(table: Table, before: date | None = None) -> list[DayFiles]:
+    """Data files, rows and bytes per day partition in the current snapshot (only days before `before` if given,
+    without opening manifests of later days: today's many ingester manifests), oldest day first."""
+    limit = (before - EPOCH_DAY).days if before is not None else None
+    totals: dict[int, list[int]] = {}
+    for f in _data_entries(table, lambda low, high: limit is None or low < limit):
+        if not len(f.partition) or f.partition[0] is None:
             continue
-        out.append(
-            DayFiles(
-                from_partition_value(values[0]),
-                row["file_count"],
-                row["record_count"],
-                row["total_data_file_size_in_bytes"],
-            )
-        )
-    return sorted(out, key=lambda d: d.day)
+        value = int(f.partition[0])
+        if limit is not None and value >= limit:
+            continue
+        t = totals.setdefault(value, [0, 0, 0])
+        t[0] += 1
+        t[1] += f.record_count
+        t[2] += f.file_size_in_bytes
+    return [DayFiles(from_partition_value(v), *totals[v]) for v in sorted(totals)]

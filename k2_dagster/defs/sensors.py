@@ -119,8 +119,8 @@ def compaction_sensor(context: SensorEvaluationContext, iceberg: IcebergResource
         new_cursor[kind] = table.metadata.current_snapshot_id
         if new_cursor[kind] == cursor.get(kind):
             continue
-        for day in day_files(table):
-            if day.day < today and needs_compaction(day, m.compaction_target_file_bytes, m.compaction_min_files):
+        for day in day_files(table, before=today):
+            if needs_compaction(day, m.compaction_target_file_bytes, m.compaction_min_files):
                 due.setdefault(day.day, []).append(kind)
     if not due:
         return SensorResult(skip_reason=SkipReason("no closed day needs compaction"), cursor=json.dumps(new_cursor))
