@@ -8,14 +8,22 @@ the window) is accepted as new without inventing a gap, since K2 cannot know wha
 
 Changes are staged in a `SequenceTxn` and merged only after the Iceberg commit succeeds, so a failed commit
 leaves the tracker exactly as the table is.
+
+`observe_batch` classifies a whole sorted micro-batch at once: a stream whose numbers in the batch are a clean
+continuation of its top (consecutive, starting right above it, touching no recorded gap) is extended as one run
+without looking at its rows; any other stream falls back to `SequenceTxn.observe` row by row, so the outcome is
+the per-row reference's by construction (tests/unit/test_sequence_batch.py checks it on random streams).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
 
 StreamKey = tuple[str, str, str]  # (data_type, exchange, symbol)
 
@@ -190,6 +198,80 @@ class SequenceTxn:
         self.events.append(GapEvent(key, seq, seq, filled=True))
         return Verdict.FILL, None
 
+    def extend_run(self, key: StreamKey, first: int, last: int, last_ts_us: int, now_us: int) -> bool:
+        """Observe `first..last` (consecutive) as one run if that is a clean continuation of the stream: every
+        number NEW, no gap, no fill, no session reset. Returns False, changing nothing, if it is not."""
+        base = self.staged.get(key)
+        if base is None:
+            base = self.tracker.streams.get(key)
+        top = base.top if base is not None else 0
+        if first < 1 or (top and first != top + 1):
+            return False
+        if base is not None and base.recorded and max(last_gap for _, last_gap in base.recorded) >= first:
+            return False
+        st = self._state(key)
+        if top:
+            st.his[-1] = last
+            st.touched[-1] = now_us
+        else:
+            st.los.append(first)
+            st.his.append(last)
+            st.touched.append(now_us)
+        st.top_ts = last_ts_us
+        return True
+
     def commit(self) -> None:
         self.tracker.streams.update(self.staged)
         self.staged = {}
+
+
+VERDICT_CODES: dict[Verdict, int] = {Verdict.NEW: 0, Verdict.DUPLICATE: 1, Verdict.FILL: 2}
+NEW, DUPLICATE, FILL = 0, 1, 2
+
+
+@dataclass
+class BatchVerdicts:
+    """Per sorted row: 0 new, 1 duplicate, 2 fill (`VERDICT_CODES`). `halt` is the sorted position and the gap of
+    the first newly found gap `stops` accepted: rows from it on were not observed (and the txn is to be dropped)."""
+
+    codes: npt.NDArray[np.int8]
+    halt: tuple[int, GapEvent] | None = None
+    fast_streams: int = 0
+    slow_streams: int = 0
+
+
+def observe_batch(
+    txn: SequenceTxn,
+    keys: Sequence[StreamKey],
+    key_idx: npt.NDArray[np.int64],
+    seqs: npt.NDArray[np.int64],
+    ts_us: npt.NDArray[np.int64],
+    now_us: int,
+    stops: Callable[[GapEvent], bool] | None = None,
+) -> BatchVerdicts:
+    """Classify rows sorted by (key_idx, seq, ...), `keys[key_idx[i]]` being row i's stream, as the per-row loop
+    `txn.observe(...)` over them in that order would, stopping at the first new gap `stops` accepts."""
+    n = len(seqs)
+    out = BatchVerdicts(np.zeros(n, dtype=np.int8))
+    if n == 0:
+        return out
+    starts = np.flatnonzero(np.diff(key_idx)) + 1
+    bounds = np.concatenate(([0], starts, [n])).tolist()
+    # breaks[i]: row i+1 does not continue row i within its stream
+    breaks = np.concatenate(([0], np.cumsum((np.diff(seqs) != 1) & (np.diff(key_idx) == 0))))
+    for g in range(len(bounds) - 1):
+        lo, hi = bounds[g], bounds[g + 1]
+        key = keys[int(key_idx[lo])]
+        if breaks[hi - 1] == breaks[lo] and txn.extend_run(
+            key, int(seqs[lo]), int(seqs[hi - 1]), int(ts_us[hi - 1]), now_us
+        ):
+            out.fast_streams += 1
+            continue
+        out.slow_streams += 1
+        for i in range(lo, hi):
+            verdict, gap = txn.observe(key, int(seqs[i]), int(ts_us[i]), now_us)
+            out.codes[i] = VERDICT_CODES[verdict]
+            if gap is not None and stops is not None and stops(gap):
+                out.halt = (i, gap)
+                return out
+    return out

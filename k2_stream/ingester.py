@@ -18,32 +18,30 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from k2_core.avro import Decoder
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.dedup import rebuild, to_us
-from k2_core.degradation import Degradation
-from k2_core.exceptions import (
-    CommitConflictError,
-    DecodeError,
-    FencedError,
-    K2Error,
-    ValidationError,
-    WriteError,
-)
+from k2_core.degradation import Degradation, Level
+from k2_core.exceptions import CommitConflictError, FencedError, K2Error, WriteError
 from k2_core.gaps import HALT, WARNING, GapGrading, GapStore
 from k2_core.offsets import TopicPartition as TP
-from k2_core.records import check_size, dead_letter_body, reason_class, validate
-from k2_core.sequence import GapEvent, SequenceTracker, Verdict
+from k2_core.records import dead_letter_body, reason_class
+from k2_core.sequence import DUPLICATE, GapEvent, SequenceTracker, StreamKey, observe_batch
 from k2_core.settings import Settings
 from k2_core.tables import MARKET_TABLES
 from k2_core.topics import KINDS, Kind, TopicLayout
 from k2_core.writer import TableWriter
 from k2_stream import metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout
+from k2_stream.decode import BatchDecoder
 from k2_stream.registry_confluent import make_registry
 
 log = logging.getLogger(__name__)
@@ -52,18 +50,81 @@ _RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException)
 
 
 @dataclass
-class Pending:
-    """A decoded, valid record waiting for its batch to commit."""
+class BatchView:
+    """A batch's messages as columns: read each message's coordinates once."""
 
-    kind: Kind
-    record: dict[str, Any]
-    tp: TP
-    offset: int
+    topic_names: list[str]
+    topic_codes: npt.NDArray[np.int64]  # index into `topic_names`
+    values: list[bytes | None]
+    offsets: npt.NDArray[np.int64]
+    tp_codes: npt.NDArray[np.int64]  # index into `tps`
+    tps: list[TP]
+
+    @classmethod
+    def of(cls, batch: list[Message]) -> BatchView:
+        topics = [m.topic() or "" for m in batch]
+        partitions = np.fromiter([m.partition() or 0 for m in batch], dtype=np.int64, count=len(batch))
+        offsets = np.fromiter([m.offset() or 0 for m in batch], dtype=np.int64, count=len(batch))
+        topic_codes = pc.dictionary_encode(pa.array(topics, pa.string()))
+        combined = np.asarray(topic_codes.indices, dtype=np.int64) << 32 | partitions
+        found, tp_codes = np.unique(combined, return_inverse=True)
+        names = topic_codes.dictionary.to_pylist()
+        tps = [(names[int(c >> 32)], int(c & 0xFFFFFFFF)) for c in found]
+        topic_idx = np.asarray(topic_codes.indices, dtype=np.int64)
+        return cls(names, topic_idx, [m.value() for m in batch], offsets, tp_codes.astype(np.int64), tps)
+
+    def by_topic(self) -> list[tuple[str, npt.NDArray[np.int64]]]:
+        """(topic, indices of its messages in batch order) per topic."""
+        if len(self.topic_names) == 1:
+            return [(self.topic_names[0], np.arange(len(self.values), dtype=np.int64))]
+        order = np.argsort(self.topic_codes, kind="stable")
+        bounds = np.searchsorted(self.topic_codes[order], np.arange(len(self.topic_names) + 1))
+        return [(name, order[bounds[i] : bounds[i + 1]]) for i, name in enumerate(self.topic_names)]
+
+    def last_index(self) -> list[int]:
+        """Per partition (in `tps` order), the index of its last message in the batch."""
+        last = np.full(len(self.tps), -1, dtype=np.int64)
+        np.maximum.at(last, self.tp_codes, np.arange(len(self.tp_codes), dtype=np.int64))
+        return [int(i) for i in last]
+
+    def next_offsets(self) -> dict[TP, int]:
+        nxt = np.full(len(self.tps), -1, dtype=np.int64)
+        np.maximum.at(nxt, self.tp_codes, self.offsets)
+        return {tp: int(o) + 1 for tp, o in zip(self.tps, nxt, strict=True)}
+
+
+@dataclass
+class KindRows:
+    """The valid rows of one data type in a batch (unsorted) and, per row, its partition, offset and position."""
+
+    table: pa.Table
+    tp_codes: npt.NDArray[np.int64]
+    offsets: npt.NDArray[np.int64]
+    positions: npt.NDArray[np.int64]
+
+
+def _int64(column: pa.ChunkedArray) -> npt.NDArray[np.int64]:
+    return np.asarray(column.cast(pa.int64()), dtype=np.int64)
+
+
+def _stream_keys(kind: Kind, table: pa.Table) -> tuple[list[StreamKey], npt.NDArray[np.int64]]:
+    """The distinct (kind, exchange, symbol) streams of `table`, sorted, and each row's index into them."""
+    if table.num_rows == 0:
+        return [], np.zeros(0, dtype=np.int64)
+    exchange, symbol = table.column("exchange"), table.column("symbol")
+    joined = pc.binary_join_element_wise(exchange, symbol, pa.scalar("\x1f", symbol.type))
+    encoded = pc.dictionary_encode(joined).combine_chunks()
+    found = [(kind, *s.split("\x1f", 1)) for s in encoded.dictionary.to_pylist()]
+    order = sorted(range(len(found)), key=found.__getitem__)
+    rank = np.empty(len(found), dtype=np.int64)
+    rank[order] = np.arange(len(found))
+    keys = [cast(StreamKey, found[i]) for i in order]
+    return keys, rank[np.asarray(encoded.indices, dtype=np.int64)]
 
 
 @dataclass
 class BatchPlan:
-    rows: dict[Kind, list[dict[str, Any]]]
+    rows: dict[Kind, pa.Table]
     detected: list[GapEvent]
     filled: list[GapEvent]
     halts: dict[TP, tuple[int, GapEvent]]
@@ -77,7 +138,8 @@ class Ingester:
         self.writer_id = f"ingester-{uuid.uuid4().hex[:12]}"
         registry = make_registry(settings.kafka.schema_registry_url, settings.kafka.schemas_dir)
         self.decoder = Decoder(registry)
-        self.readers = {t.subject: registry.latest(t.subject)[1] for t in self.layout.topics}
+        self.readers = {t.subject: registry.latest(t.subject) for t in self.layout.topics}
+        self.batch_decoder = BatchDecoder(self.decoder, settings.records)
         tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
         self.tables = {kind: tables[MARKET_TABLES[kind].name] for kind in KINDS}
         ing = settings.ingest
@@ -282,67 +344,98 @@ class Ingester:
                 )
         self._export_state()
 
-    def _decode(self, batch: list[Message]) -> tuple[list[Pending], list[tuple[Message, str]], dict[TP, int]]:
-        pending: list[Pending] = []
-        dead: list[tuple[Message, str]] = []
-        next_offsets: dict[TP, int] = {}
-        for m in batch:
-            topic = m.topic() or ""
-            tp = (topic, m.partition() or 0)
-            offset = m.offset() or 0
-            next_offsets[tp] = offset + 1
-            metrics.MESSAGES_CONSUMED.labels(topic).inc()
+    def _decode(
+        self, batch: list[Message], view: BatchView, now: datetime
+    ) -> tuple[dict[Kind, KindRows], list[tuple[Message, str]]]:
+        """Decode and validate each topic's messages as one block (k2_stream.decode), then shed non-critical
+        symbols at degradation level 3. Returns the valid rows per data type and the dead letters, in batch order."""
+        parts: dict[Kind, list[tuple[pa.Table, npt.NDArray[np.int64]]]] = defaultdict(list)
+        dead: list[tuple[int, str]] = []
+        for topic, idx in view.by_topic():
+            metrics.MESSAGES_CONSUMED.labels(topic).inc(len(idx))
             spec = self.layout.by_name[topic]
-            try:
-                check_size(m.value(), self.settings.records.max_message_bytes)
-                record = self.decoder.decode(m.value(), self.readers[spec.subject])
-                validate(spec.kind, spec.exchange, record, self.settings.records)
-            except (DecodeError, ValidationError) as exc:
-                dead.append((m, f"{type(exc).__name__}: {exc}"))
-                continue
-            if self.degradation.sheds(spec.exchange, record["symbol"]):
-                dead.append((m, f"shed: degradation level {int(self.degradation.level)} keeps critical symbols only"))
-                metrics.SHED_MESSAGES.labels(spec.exchange).inc()
-                self.stats["shed"] += 1
-                continue
-            pending.append(Pending(spec.kind, record, tp, offset))
-        return pending, dead, next_offsets
+            reader_id, reader = self.readers[spec.subject]
+            values = view.values if len(idx) == len(batch) else [view.values[i] for i in idx.tolist()]
+            out = self.batch_decoder.decode(
+                spec.kind, spec.exchange, reader_id, reader, values, MARKET_TABLES[spec.kind].arrow_schema, now
+            )
+            self.stats["decoded_per_message"] += out.per_message
+            dead.extend((int(idx[p]), reason) for p, reason in out.dead)
+            table, positions = out.table, idx[out.positions]
+            if self.degradation.level >= Level.SHED_SYMBOLS and table.num_rows:
+                table, positions = self._shed(spec.exchange, table, positions, dead)
+            parts[spec.kind].append((table, positions))
+        rows: dict[Kind, KindRows] = {}
+        for kind, chunks in parts.items():
+            positions = np.concatenate([p for _, p in chunks])
+            rows[kind] = KindRows(
+                pa.concat_tables([t for t, _ in chunks]), view.tp_codes[positions], view.offsets[positions], positions
+            )
+        dead.sort(key=lambda d: d[0])
+        return rows, [(batch[i], reason) for i, reason in dead]
 
-    def _plan(self, pending: list[Pending], now_us: int) -> tuple[BatchPlan, dict[Kind, Any]]:
-        """Classify every row; a gap past the halt threshold cuts its partition at the revealing message and
-        the plan is recomputed without it (repeat until stable)."""
+    def _shed(
+        self, exchange: str, table: pa.Table, positions: npt.NDArray[np.int64], dead: list[tuple[int, str]]
+    ) -> tuple[pa.Table, npt.NDArray[np.int64]]:
+        symbols = table.column("symbol")
+        shed = [s for s in pc.unique(symbols).to_pylist() if self.degradation.sheds(exchange, s)]
+        if not shed:
+            return table, positions
+        mask = np.asarray(pc.is_in(symbols, value_set=pa.array(shed, symbols.type)), dtype=np.bool_)
+        reason = f"shed: degradation level {int(self.degradation.level)} keeps critical symbols only"
+        dead.extend((int(p), reason) for p in positions[mask])
+        count = int(mask.sum())
+        metrics.SHED_MESSAGES.labels(exchange).inc(count)
+        self.stats["shed"] += count
+        return table.filter(pa.array(~mask)), positions[~mask]
+
+    def _plan(self, decoded: dict[Kind, KindRows], tps: list[TP], now_us: int) -> tuple[BatchPlan, dict[Kind, Any]]:
+        """Classify every row (k2_core.sequence.observe_batch: whole runs at once, row by row only for streams
+        that need it); a gap past the halt threshold cuts its partition at the revealing message and the plan is
+        recomputed without it (repeat until stable)."""
         halts: dict[TP, tuple[int, GapEvent]] = {}
+        streams = {kind: _stream_keys(kind, rows.table) for kind, rows in decoded.items()}
         while True:
             txns: dict[Kind, Any] = {}
-            plan = BatchPlan(defaultdict(list), [], [], halts, defaultdict(int))
+            plan = BatchPlan({}, [], [], halts, defaultdict(int))
             new_halt = False
-            ordered = sorted(
-                (p for p in pending if p.tp not in halts or p.offset < halts[p.tp][0]),
-                key=lambda p: (
-                    p.kind,
-                    p.record["exchange"],
-                    p.record["symbol"],
-                    p.record["exchange_sequence_number"],
-                    p.offset,
-                ),
-            )
-            for p in ordered:
-                txn = txns.get(p.kind)
-                if txn is None:
-                    txn = txns[p.kind] = self.tracker.begin()
-                rec = p.record
-                key = (p.kind, rec["exchange"], rec["symbol"])
-                verdict, gap = txn.observe(
-                    key, rec["exchange_sequence_number"], to_us(rec["exchange_timestamp"]), now_us
+            for kind in sorted(decoded):  # the per-row order: data type, exchange, symbol, sequence, offset
+                rows = decoded[kind]
+                keys, key_idx = streams[kind]
+                seqs = _int64(rows.table.column("exchange_sequence_number"))
+                selected = np.arange(rows.table.num_rows)
+                if halts:
+                    cut = np.array([halts[tp][0] if tp in halts else np.iinfo(np.int64).max for tp in tps])
+                    selected = np.flatnonzero(rows.offsets < cut[rows.tp_codes])
+                order = selected[
+                    np.lexsort((rows.positions[selected], rows.offsets[selected], seqs[selected], key_idx[selected]))
+                ]
+                if order.size == 0:
+                    plan.rows[kind] = rows.table.slice(0, 0)
+                    continue
+                txn = txns[kind] = self.tracker.begin()
+                verdicts = observe_batch(
+                    txn,
+                    keys,
+                    key_idx[order],
+                    seqs[order],
+                    _int64(rows.table.column("exchange_timestamp"))[order],
+                    now_us,
+                    stops=lambda gap: self.grading(gap.missing) == HALT,
                 )
-                if gap is not None and self.grading(gap.missing) == HALT:
-                    halts[p.tp] = (min(p.offset, halts.get(p.tp, (p.offset, gap))[0]), gap)
+                if verdicts.halt is not None:
+                    at, gap = verdicts.halt
+                    row = order[at]
+                    tp, offset = tps[rows.tp_codes[row]], int(rows.offsets[row])
+                    halts[tp] = (min(offset, halts.get(tp, (offset, gap))[0]), gap)
                     new_halt = True
                     break
-                if verdict is Verdict.DUPLICATE:
-                    plan.duplicates[p.kind] += 1
-                else:
-                    plan.rows[p.kind].append(rec)
+                keep = np.zeros(rows.table.num_rows, dtype=np.bool_)
+                keep[order[verdicts.codes != DUPLICATE]] = True
+                plan.rows[kind] = rows.table if keep.all() else rows.table.filter(pa.array(keep))
+                plan.duplicates[kind] += int(order.size - keep.sum())
+                self.stats["streams_fast"] += verdicts.fast_streams
+                self.stats["streams_row_by_row"] += verdicts.slow_streams
             if new_halt:
                 continue
             for txn in txns.values():
@@ -355,9 +448,11 @@ class Ingester:
     def _process(self, batch: list[Message]) -> float:
         """Commit one batch; returns the consumer lag in seconds it measured."""
         now = datetime.now(UTC)
-        lag = self._measure_lag(batch, now)
-        pending, dead, next_offsets = self._decode(batch)
-        plan, txns = self._plan(pending, to_us(now))
+        view = BatchView.of(batch)
+        lag = self._measure_lag(batch, view, now)
+        decoded, dead = self._decode(batch, view, now)
+        plan, txns = self._plan(decoded, view.tps, to_us(now))
+        next_offsets = view.next_offsets()
         for tp, (offset, _) in plan.halts.items():
             next_offsets[tp] = offset
         dead = [(m, r) for m, r in dead if not self._beyond_halt(m, plan)]
@@ -369,21 +464,22 @@ class Ingester:
         self._last_write_seconds = 0.0
         for kind in KINDS:
             offsets = {tp: o for tp, o in next_offsets.items() if self.layout.by_name[tp[0]].kind == kind}
-            rows = plan.rows.get(kind, [])
-            if rows:
+            rows = plan.rows.get(kind)
+            written = rows.num_rows if rows is not None else 0
+            if rows is not None and written:
                 table_def = MARKET_TABLES[kind]
-                data = table_def.to_arrow(rows)
+                data = table_def.sort(rows)
                 started = time.perf_counter()
                 self.writers[kind].append(data, offsets, {tp: self.positions[tp] for tp in offsets})
                 elapsed = time.perf_counter() - started
                 self._last_write_seconds = max(self._last_write_seconds, elapsed)
                 metrics.WRITE_DURATION.labels(table_def.name).observe(elapsed)
-                metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(len(rows))
-                metrics.ROWS_WRITTEN.labels(table_def.name).inc(len(rows))
+                metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(written)
+                metrics.ROWS_WRITTEN.labels(table_def.name).inc(written)
             if kind in txns:
                 txns[kind].commit()
             self.positions.update(offsets)
-            self.stats[f"{kind}_written"] += len(rows)
+            self.stats[f"{kind}_written"] += written
             self.stats[f"{kind}_duplicates"] += plan.duplicates.get(kind, 0)
             metrics.DUPLICATES.labels(MARKET_TABLES[kind].name).inc(plan.duplicates.get(kind, 0))
         self._deferred_fills.extend(plan.filled)
@@ -397,13 +493,13 @@ class Ingester:
         self._commit_kafka(next_offsets)
         return lag
 
-    def _measure_lag(self, batch: list[Message], now: datetime) -> float:
+    def _measure_lag(self, batch: list[Message], view: BatchView, now: datetime) -> float:
         """Age of the newest message per partition (from its Kafka timestamp); partitions with nothing new
         are caught up. Message lag uses the cached high watermark, which the embedded broker may misreport."""
         newest: dict[TP, tuple[int, int]] = {}
-        for m in batch:
-            kind, ts = m.timestamp()
-            newest[(m.topic() or "", m.partition() or 0)] = (ts if kind else 0, m.offset() or 0)
+        for tp, i in zip(view.tps, view.last_index(), strict=True):
+            kind, ts = batch[i].timestamp()
+            newest[tp] = (ts if kind else 0, int(view.offsets[i]))
         now_ms = to_us(now) // 1000
         worst = 0.0
         for tp in self.positions:
