@@ -31,6 +31,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import DecimalType, LongType, NestedField, StringType, TimestamptzType
 
+from k2_core import duck
+
 Interval = Literal["1s", "5s", "1m", "5m", "15m", "1h", "1d"]
 
 INTERVALS: dict[Interval, timedelta] = {
@@ -124,7 +126,7 @@ def compute_bars(trades: pa.Table | duckdb.DuckDBPyRelation, interval: Interval)
         assert relation is not None  # a SELECT always yields a relation
         result = relation.to_arrow_table()
     else:
-        with duckdb.connect() as con:
+        with duck.connect() as con:
             con.register("k2_trades", trades)
             result = con.sql(bars_sql("k2_trades", interval)).to_arrow_table()
     return result.cast(BARS_ARROW_SCHEMA)

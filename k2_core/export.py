@@ -14,10 +14,11 @@ from decimal import Decimal
 from types import TracebackType
 from typing import BinaryIO, Literal
 
-import duckdb
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+from k2_core import duck
 
 ExportFormat = Literal["csv", "arrow", "parquet", "ndjson"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "arrow", "parquet", "ndjson")
@@ -36,8 +37,7 @@ def csv_ready(table: pa.Table) -> pa.Table:
             columns.append(f"CAST(to_json({name}) AS VARCHAR) AS {name}")
         else:
             columns.append(name)
-    with duckdb.connect() as con:
-        con.sql("SET TimeZone = 'UTC'")
+    with duck.connect() as con:
         con.register("rows", table)
         return con.sql(f"SELECT {', '.join(columns)} FROM rows").to_arrow_table()
 

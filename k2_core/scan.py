@@ -26,6 +26,7 @@ from pyiceberg.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from k2_core import duck
 from k2_core.tables import TableDef
 
 ReadPath = Literal["duckdb", "pyiceberg", "empty"]
@@ -107,10 +108,8 @@ def register_scan(
 
 
 def connect() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection for one query; timestamptz values come back labelled UTC whatever the host's zone."""
-    con = duckdb.connect()
-    con.sql("SET TimeZone = 'UTC'")
-    return con
+    """A DuckDB cursor for one query (`k2_core.duck`); timestamptz values come back labelled UTC."""
+    return duck.connect()
 
 
 def cast_to(result: pa.Table, schema: pa.Schema) -> pa.Table:
