@@ -148,14 +148,20 @@ class AuditContext:
     began: float = field(default_factory=time.perf_counter)
 
 
+def _quoted(text: str) -> str:
+    """A header-safe quoted string (RFC 6750 allows printable ASCII minus `"` and `\\`): the text may quote
+    caller input (an exchange, a JWT's `alg`), which must not break the header or inject another one."""
+    return '"' + "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text[:200]) + '"'
+
+
 def _challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> str:
     parts = [f'Bearer realm="{REALM}"']
     if error:
-        parts.append(f'error="{error}"')
+        parts.append(f"error={_quoted(error)}")
     if description:
-        parts.append('error_description="' + description.replace('"', "'").replace("\\", "/") + '"')
+        parts.append(f"error_description={_quoted(description)}")
     if scope:
-        parts.append(f'scope="{scope}"')
+        parts.append(f"scope={_quoted(scope)}")
     return ", ".join(parts)
 
 

@@ -622,3 +622,26 @@ def test_keys_and_audit_cli(make_settings: SettingsFactory, tmp_path: Path) -> N
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_caller_input_cannot_break_or_inject_response_headers(
+    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+) -> None:
+    settings = secured(make_settings, jwt_secret=SECRET)
+    token = new_key(keys(settings), "read:trades:asx")[1]
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    odd_alg = b64(json.dumps({"alg": 'x"\r\nX-Evil: 1\u00fc'}).encode()) + "." + b64(b"{}") + ".c2ln"
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        refused = client.get(
+            "/v1/trades", params={**WINDOW, "exchange": 'asx"\r\nX-Evil: 1\u00e9'}, headers=bearer(token)
+        )
+        assert refused.status_code == 403
+        assert "x-evil" not in refused.headers
+        assert refused.headers["www-authenticate"].endswith('scope="read:trades:asx???X-Evil: 1?"')
+        bad_jwt = client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(odd_alg))
+        assert bad_jwt.status_code == 401
+        assert "x-evil" not in bad_jwt.headers
+        assert "\r" not in bad_jwt.headers["www-authenticate"]
