@@ -72,6 +72,10 @@ class IngestSettings(BaseModel):
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
     max_backoff_seconds: float = Field(default=30.0, gt=0)
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the /metrics endpoint.")
+    # Snapshot retention as the ingester writes (k2_core.retention): every N commits to a table, checkpoint-tag and
+    # expire down to the newest `keep_snapshots` plus hourly/daily checkpoints. 0 = leave it to the Dagster job.
+    retention_every_commits: int = Field(default=100, ge=0)
+    keep_snapshots: int = Field(default=100, ge=1)
 
 
 class DegradationSettings(BaseModel):

@@ -31,6 +31,16 @@ TABLE_PROPERTIES = {
     "format-version": "2",
     # K2 retries commits itself, after re-checking partition ownership; pyiceberg's own retry would not.
     "commit.retry.num-retries": "0",
+    # Flat commit latency (docs/performance.md): every append merges small manifests once 16 pile up, so a snapshot's
+    # manifest list stays short; manifests are kept small so a merge rewrites little.
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "16",
+    "commit.manifest.target-size-bytes": str(1024 * 1024),
+    # Old metadata.json files are deleted as new ones are written (the metadata log keeps the newest 100).
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
+    # Query layout: row groups of 64k rows give row-group statistics something to prune (docs/performance.md).
+    "write.parquet.row-group-limit": str(64 * 1024),
 }
 
 TRADES_SCHEMA = Schema(

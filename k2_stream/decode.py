@@ -102,8 +102,18 @@ def _field_kinds(schema: ParsedSchema) -> list[tuple[str, str]] | None:
     return kinds
 
 
+WIRE_HEADER_FIELD = "__k2_wire_header"
+
+
 def _container_header(schema: ParsedSchema) -> bytes:
-    meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"null"}
+    """An object-container header whose record schema is `schema` behind a 5-byte `fixed` field: each framed
+    message (Confluent header included) is then one record as it stands, so a run of messages is a block as is."""
+    framed = dict(schema)
+    framed["fields"] = [
+        {"name": WIRE_HEADER_FIELD, "type": {"type": "fixed", "name": "K2WireHeader", "size": HEADER_BYTES}},
+        *schema["fields"],
+    ]
+    meta = {"avro.schema": json.dumps(framed).encode(), "avro.codec": b"null"}
     out = bytearray(b"Obj\x01")
     out += _zigzag_varint(len(meta))
     for key, value in meta.items():
@@ -227,13 +237,13 @@ class BatchDecoder:
             if len(part) < MIN_BLOCK:
                 slow.extend(part.tolist())
                 continue
-            body_lens = lens[part] - HEADER_BYTES
-            table = self._read_block(reader, reader_id, buf, starts[part] + HEADER_BYTES, body_lens)
+            body_lens = lens[part]
+            table = self._read_block(reader, reader_id, buf, starts[part], body_lens)
             if table is None:
                 mid = len(part) // 2
                 pending += [part[mid:], part[:mid]]
                 continue
-            mismatch = np.flatnonzero(self._encoded_sizes(table, fields) != body_lens)
+            mismatch = np.flatnonzero(self._encoded_sizes(table, fields) + HEADER_BYTES != body_lens)
             good = len(part) if mismatch.size == 0 else int(mismatch[0])
             if good < len(part):
                 slow.append(int(part[good]))
@@ -258,22 +268,26 @@ class BatchDecoder:
         reader: ParsedSchema,
         reader_id: int,
         buf: npt.NDArray[np.uint8],
-        body_starts: Int64Array,
+        starts: Int64Array,
         lens: Int64Array,
     ) -> pa.Table | None:
+        """Read whole framed messages (`starts`/`lens` into `buf`) as one container block."""
         header = self._headers.get(reader_id)
         if header is None:
             header = self._headers[reader_id] = _container_header(reader)
         total = int(lens.sum())
-        # Keep every body's bytes, in order: a mask that is 1 from each body's start to its end.
-        edges = np.zeros(len(buf) + 1, dtype=np.int8)
-        edges[body_starts] = 1
-        edges[body_starts + lens] -= 1
-        body = buf[np.cumsum(edges[:-1], dtype=np.int8).view(np.bool_)].tobytes()
+        first, end = int(starts[0]), int(starts[-1] + lens[-1])
+        if end - first == total:  # consecutive messages: the block is a slice of the batch's bytes
+            body = buf[first:end].tobytes()
+        else:  # keep each message's bytes, in order: a mask that is 1 from each message's start to its end
+            edges = np.zeros(len(buf) + 1, dtype=np.int8)
+            edges[starts] = 1
+            edges[starts + lens] -= 1
+            body = buf[np.cumsum(edges[:-1], dtype=np.int8).view(np.bool_)].tobytes()
         block = b"".join((header, _zigzag_varint(len(lens)), _zigzag_varint(total), body, _SYNC))
         try:
-            table = pl.read_avro(io.BytesIO(block)).to_arrow()
-        except (PolarsError, PanicException, ValueError, OverflowError, struct.error):
+            table = pl.read_avro(io.BytesIO(block), columns=[f["name"] for f in reader["fields"]]).to_arrow()
+        except (PolarsError, PanicException, OSError, ValueError, OverflowError, struct.error):
             return None
         return table if table.num_rows == len(lens) else None
 

@@ -34,6 +34,7 @@ from k2_core.exceptions import CommitConflictError, FencedError, K2Error, WriteE
 from k2_core.gaps import HALT, WARNING, GapGrading, GapStore
 from k2_core.offsets import TopicPartition as TP
 from k2_core.records import dead_letter_body, reason_class
+from k2_core.retention import RetentionPolicy, apply_retention
 from k2_core.sequence import DUPLICATE, GapEvent, SequenceTracker, StreamKey, observe_batch
 from k2_core.settings import Settings
 from k2_core.tables import MARKET_TABLES
@@ -62,16 +63,15 @@ class BatchView:
 
     @classmethod
     def of(cls, batch: list[Message]) -> BatchView:
-        topics = [m.topic() or "" for m in batch]
-        partitions = np.fromiter([m.partition() or 0 for m in batch], dtype=np.int64, count=len(batch))
-        offsets = np.fromiter([m.offset() or 0 for m in batch], dtype=np.int64, count=len(batch))
-        topic_codes = pc.dictionary_encode(pa.array(topics, pa.string()))
-        combined = np.asarray(topic_codes.indices, dtype=np.int64) << 32 | partitions
-        found, tp_codes = np.unique(combined, return_inverse=True)
-        names = topic_codes.dictionary.to_pylist()
+        # map over the C methods: no Python frame per message
+        topics = pc.dictionary_encode(pa.array(list(map(Message.topic, batch)), pa.string()))
+        partitions = np.fromiter(map(Message.partition, batch), dtype=np.int64, count=len(batch))
+        offsets = np.fromiter(map(Message.offset, batch), dtype=np.int64, count=len(batch))
+        topic_idx = np.asarray(topics.indices, dtype=np.int64)
+        found, tp_codes = np.unique(topic_idx << 32 | partitions, return_inverse=True)
+        names = topics.dictionary.to_pylist()
         tps = [(names[int(c >> 32)], int(c & 0xFFFFFFFF)) for c in found]
-        topic_idx = np.asarray(topic_codes.indices, dtype=np.int64)
-        return cls(names, topic_idx, [m.value() for m in batch], offsets, tp_codes.astype(np.int64), tps)
+        return cls(names, topic_idx, list(map(Message.value, batch)), offsets, tp_codes.astype(np.int64), tps)
 
     def by_topic(self) -> list[tuple[str, npt.NDArray[np.int64]]]:
         """(topic, indices of its messages in batch order) per topic."""
@@ -160,6 +160,10 @@ class Ingester:
         self._backoff = ing.retry_backoff_seconds
         self.degradation = Degradation(settings.degradation)
         self._deferred_fills: list[GapEvent] = []
+        self._commits: dict[Kind, int] = defaultdict(int)
+        self.retention = RetentionPolicy(
+            keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours
+        )
         self._last_write_seconds = 0.0
         self.consumer = Consumer(
             {
@@ -305,15 +309,22 @@ class Ingester:
                 # what was collected before is stale, what this call returned is already the new start.
                 self._rebalanced = False
                 batch.clear()
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
+            errors = list(map(Message.error, msgs))
+            if errors.count(None) != len(msgs):
+                for err in errors:
+                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer error", extra={"error": str(err)})
-                    continue
-                tp = (m.topic() or "", m.partition() or 0)
-                if tp in self.positions and tp not in self.halted:
-                    batch.append(m)
+                msgs = [m for m, err in zip(msgs, errors, strict=True) if err is None]
+            # Only owned, running partitions (checked per partition, not per message, when all are).
+            found = set(zip(map(Message.topic, msgs), map(Message.partition, msgs), strict=True))
+            if all(tp in self.positions and tp not in self.halted for tp in found):
+                batch.extend(msgs)
+            else:
+                batch.extend(
+                    m
+                    for m in msgs
+                    if (tp := (m.topic() or "", m.partition() or 0)) in self.positions and tp not in self.halted
+                )
         return batch
 
     def _process_safely(self, batch: list[Message]) -> None:
@@ -491,7 +502,34 @@ class Ingester:
                 log.warning("could not mark gaps filled yet", extra={"error": str(exc)})
         self._report_gaps(plan.detected, plan.halts)
         self._commit_kafka(next_offsets)
+        self._retain([kind for kind in KINDS if (rows := plan.rows.get(kind)) is not None and rows.num_rows])
         return lag
+
+    def _retain(self, appended: list[Kind]) -> None:
+        """Every `retention_every_commits` appends to a table, thin its snapshots (k2_core.retention), so commit
+        latency stays flat at any table age. Best effort: the batch is already committed."""
+        every = self.settings.ingest.retention_every_commits
+        if not every:
+            return
+        for kind in appended:
+            self._commits[kind] += 1
+            if self._commits[kind] % every:
+                continue
+            started = time.perf_counter()
+            try:
+                result = apply_retention(self.tables[kind], datetime.now(UTC), self.retention)
+            except K2Error as exc:
+                log.warning("snapshot retention failed; retried later", extra={"table": kind, "error": str(exc)})
+                continue
+            log.info(
+                "snapshot retention applied",
+                extra={
+                    "table": kind,
+                    "expired": result.expired,
+                    "retained": result.retained,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
 
     def _measure_lag(self, batch: list[Message], view: BatchView, now: datetime) -> float:
         """Age of the newest message per partition (from its Kafka timestamp); partitions with nothing new
