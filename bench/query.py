@@ -103,10 +103,23 @@ def generate(rows: int, symbols: int, days: int, seed: int = 7) -> pa.Table:
     return table.cast(TRADES.arrow_schema)
 
 
-def load(settings: Settings, table: pa.Table, days: int) -> tuple[int, int]:
-    """Two appends per day, then a late append of 1,000 rows; returns (snapshot before the late append, current)."""
+def load(settings: Settings, table: pa.Table, days: int, layout: str) -> tuple[int, int]:
+    """Two appends per day, then a late append of 1,000 rows; returns (snapshot before the late append, current).
+    `time`: files in the table's sort order (time, sequence) with pyiceberg's default row groups, as the ingester
+    and a plain compaction leave them. `symbol`: each file sorted by (symbol, time) in 128k-row row groups, as a
+    compaction that clusters by instrument would leave them (K2 reads both the same way)."""
     catalog = open_catalog(settings)
     trades = ensure_tables(catalog, settings.catalog.namespace)["trades"]
+    if layout == "symbol":
+        with trades.transaction() as tx:
+            tx.set_properties({"write.parquet.row-group-limit": "131072"})
+
+    def ordered(part: pa.Table) -> pa.Table:
+        if layout == "symbol":
+            keys = ["symbol", "exchange", "exchange_timestamp", "exchange_sequence_number"]
+            return part.sort_by([(k, "ascending") for k in keys])
+        return TRADES.sort(part)
+
     micros = pc.cast(table.column("exchange_timestamp"), pa.int64()).to_numpy()
     start_us = int(START.timestamp() * 1_000_000)
     late_rows = 1_000
@@ -118,9 +131,9 @@ def load(settings: Settings, table: pa.Table, days: int) -> tuple[int, int]:
         mid = (lo + hi) // 2
         for a, b in ((lo, mid), (mid, hi)):
             if b > a:
-                trades.append(TRADES.sort(body.slice(a, b - a)))
+                trades.append(ordered(body.slice(a, b - a)))
     before = trades.metadata.current_snapshot_id
-    trades.append(TRADES.sort(table.slice(table.num_rows - late_rows)))
+    trades.append(ordered(table.slice(table.num_rows - late_rows)))
     current = trades.metadata.current_snapshot_id
     catalog.close()
     assert before is not None
@@ -444,6 +457,7 @@ def main() -> None:
     parser.add_argument("--latest-reps", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary directory")
     parser.add_argument("--skip", default="", help="comma-separated: pandas,chdb,arcticdb")
+    parser.add_argument("--layout", choices=("time", "symbol"), default="time", help="file layout (see load())")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -460,7 +474,7 @@ def main() -> None:
     table = generate(args.rows, args.symbols, args.days)
     parquet = workdir / "trades.parquet"
     pq.write_table(table, parquet)
-    before, _ = load(settings, table, args.days)
+    before, _ = load(settings, table, args.days, args.layout)
     plan = Plan(table, args.symbols, before)
     symbols = [f"SYM{s:02d}" for s in range(args.symbols)]
     del table

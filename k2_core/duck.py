@@ -24,4 +24,5 @@ def connect() -> duckdb.DuckDBPyConnection:
             _database = duckdb.connect()
         cursor = _database.cursor()
     cursor.sql("SET TimeZone = 'UTC'")
+    cursor.sql("SET enable_progress_bar = false")  # it would draw on a CLI user's terminal
     return cursor
