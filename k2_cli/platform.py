@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def run(
         simulators: Annotated[bool, typer.Option(help="Start the ASX, NYSE and Binance feed simulators.")] = True,
+        dagster: Annotated[bool, typer.Option(help="Start the Dagster UI (:3000) and daemon.")] = True,
         rate: Annotated[int, typer.Option(min=1, help="Trades per second per simulated exchange.")] = 50,
         max_partitions: Annotated[
             int, typer.Option(min=1, help="Cap on partitions per topic for the embedded broker.")
@@ -35,4 +36,4 @@ def register(app: typer.Typer) -> None:
         """Start the whole platform on the embedded default: broker, catalog, feeds, ingester, API, Dagster."""
         from k2_cli.supervisor import Supervisor
 
-        Supervisor(Settings(), simulators=simulators, rate=rate, max_partitions=max_partitions).run()
+        Supervisor(Settings(), simulators=simulators, dagster=dagster, rate=rate, max_partitions=max_partitions).run()

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
+from k2_core.auth import auth_banner, auth_required
 from k2_core.settings import Settings
 from k2_stream.broker import start_tansu
 
@@ -23,6 +24,7 @@ EXCHANGES = ("asx", "nyse", "binance")
 class Supervisor:
     settings: Settings
     simulators: bool = True
+    dagster: bool = True
     rate: int = 50
     max_partitions: int = 4
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -46,7 +48,34 @@ class Supervisor:
                 start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
             )
 
+    def _spawn_dagster(self) -> None:
+        from k2_dagster.launcher import dagster_processes, webserver_url
+
+        processes = dagster_processes(self.settings, self._env())
+        # The webserver and the daemon would both create the instance's SQLite storage at start and race on its
+        # schema migration: create it once, before either starts.
+        subprocess.run(
+            [sys.executable, "-m", "dagster", "instance", "migrate"],
+            env=processes[0].env,
+            cwd=processes[0].cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        for proc in processes:
+            with (self.settings.home / "logs" / f"{proc.name}.log").open("ab") as log:
+                self.procs[proc.name] = subprocess.Popen(
+                    proc.argv,
+                    env=proc.env,
+                    cwd=proc.cwd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        console.print(f"dagster      {webserver_url(self.settings)}")
+
     def run(self) -> None:
+        auth_required(self.settings)  # a refused auth configuration stops `k2 run` before anything starts
         home = self.settings.home
         (home / "logs").mkdir(parents=True, exist_ok=True)
         bootstrap = urlsplit(f"//{self.settings.kafka.bootstrap_servers.split(',')[0]}")
@@ -60,6 +89,9 @@ class Supervisor:
         console.print(f"ingester     metrics on :{self.settings.ingest.metrics_port}")
         self._spawn("api", "api")
         console.print(f"api          http://{self.settings.api.host}:{self.settings.api.port}/docs")
+        console.print(f"auth         {auth_banner(self.settings).removeprefix('auth ')}")
+        if self.dagster:
+            self._spawn_dagster()
         if self.simulators:
             for exchange in EXCHANGES:
                 self._spawn(f"simulator-{exchange}", "simulate", "--exchange", exchange, "--rate", str(self.rate))
@@ -82,8 +114,10 @@ class Supervisor:
             time.sleep(0.5)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Feeds first, then the ingester (which commits its last batch), then the API and the broker."""
-        order = [n for n in self.procs if n.startswith("simulator")] + ["ingester", "api", "broker"]
+        """Feeds and the Dagster daemon first, then the ingester (which commits its last batch), then the API, the
+        Dagster UI and the broker."""
+        order = [n for n in self.procs if n.startswith("simulator")]
+        order += ["dagster-daemon", "ingester", "api", "dagster-webserver", "broker"]
         for name in order:
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:

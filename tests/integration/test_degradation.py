@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -108,26 +109,47 @@ def test_slow_writes_raise_the_level_shed_non_critical_symbols_and_recover(
     assert any(s == "CBA" for s, _ in stored())  # non-critical symbols are stored when not shedding
 
 
+@contextmanager
+def own_database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, so breaking its catalog cannot disturb anything else."""
+    name = f"k2_breaker_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URI, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield POSTGRES_URI.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 def test_a_catalog_that_refuses_writes_opens_the_breaker_and_nothing_is_lost(
     broker: str, make_settings: Callable[..., Settings]
 ) -> None:
-    settings = make_settings(catalog="postgres", bootstrap=broker, batch_max_seconds=0.2, metrics_port=0)
-    settings.ingest.retry_backoff_seconds = 0.2
-    settings.ingest.max_backoff_seconds = 1.0
-    engine = sqlalchemy.create_engine(POSTGRES_URI, isolation_level="AUTOCOMMIT")
-    with feeding(settings, ("BHP",), rate=20), ingesting(settings) as ingester:
-        wait_for(lambda: len(table_rows(settings, "trades")) > 0, timeout=60)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("ALTER TABLE iceberg_tables RENAME TO iceberg_tables_away"))
-        try:
-            wait_for(lambda: ingester.health()["circuit_breaker"] in {"open", "half_open"}, timeout=30)
-            assert ingester.health()["degradation_level"] == 4
-            time.sleep(2)
-        finally:
+    with own_database() as uri:
+        settings = make_settings(catalog="postgres", bootstrap=broker, batch_max_seconds=0.2, metrics_port=0)
+        settings.catalog.uri = uri
+        settings.ingest.retry_backoff_seconds = 0.2
+        settings.ingest.max_backoff_seconds = 1.0
+        engine = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")
+        with feeding(settings, ("BHP",), rate=20), ingesting(settings) as ingester:
+            wait_for(lambda: len(table_rows(settings, "trades")) > 0, timeout=60)
             with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("ALTER TABLE iceberg_tables_away RENAME TO iceberg_tables"))
-        wait_for(lambda: ingester.health()["circuit_breaker"] == "closed", timeout=30)
-    engine.dispose()
+                conn.execute(sqlalchemy.text("ALTER TABLE iceberg_tables RENAME TO iceberg_tables_away"))
+            try:
+                wait_for(lambda: ingester.health()["circuit_breaker"] in {"open", "half_open"}, timeout=30)
+                assert ingester.health()["degradation_level"] == 4
+                time.sleep(2)
+            finally:
+                with engine.connect() as conn:
+                    conn.execute(sqlalchemy.text("ALTER TABLE iceberg_tables_away RENAME TO iceberg_tables"))
+            wait_for(lambda: ingester.health()["circuit_breaker"] == "closed", timeout=30)
+        engine.dispose()
+        _drain_and_check(settings)
+
+
+def _drain_and_check(settings: Settings) -> None:
     distinct = set(produced_keys(settings))
     settings.kafka.group_id += "-final"  # drain whatever the last run had not reached yet
     with ingesting(settings):
