@@ -669,9 +669,10 @@ class QueryEngine:
         split = max(self.clock() - self.realtime_window, covers)
         if window.end <= split:
             return Route(window.end, realtime=False)
-        if window.start >= split:
-            return Route(None, realtime=True, split=split)
-        return Route(split, realtime=True, split=split)
+        # Iceberg is read to the window's end too: the tail only holds what its broker still has (a restarted
+        # broker, or retention, can leave committed rows the tail never saw), so it adds what Iceberg does not
+        # have yet, key-checked, instead of standing in for Iceberg after `split`.
+        return Route(window.end, realtime=True, split=window.end)
 
     def _pinned(self, table: Table, table_def: TableDef, snapshot_id: int) -> SnapshotChoice:
         """The snapshot a cursor pinned; gone (expired) means the listing cannot continue consistently."""

@@ -37,6 +37,13 @@ def _trade_count(api: str) -> int:
     return int(resp.json()["count"]) if resp.status_code == 200 else -1
 
 
+def _serves(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _start(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "k2_cli.main", "run", "--rate", "20", *args],
@@ -56,7 +63,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> list[int]:
 def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    api_port = free_port()
+    api_port, dagster_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env.update(
         K2_HOME=str(home),
@@ -64,21 +71,23 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         K2_API_PORT=str(api_port),
         K2_INGEST_METRICS_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
+        K2_MAINTENANCE_DAGSTER_PORT=str(dagster_port),
     )
     api = f"http://127.0.0.1:{api_port}"
 
     run = _start(home, env)
     try:
         wait_for(lambda: _trade_count(api) > 0, timeout=60)
+        wait_for(lambda: _serves(f"http://127.0.0.1:{dagster_port}/server_info"), timeout=120)
     finally:
         children = _stop(run)
-    assert len(children) >= 6  # broker, ingester, api, three simulators
+    assert len(children) == 8  # broker, ingester, api, three simulators, Dagster webserver and daemon
     wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
     assert (home / "catalog.db").exists()
 
     # Started again on the same home, the broker is new and empty (a new cluster): the old offsets must not be
     # reused and the simulators' restarted sequence numbers are a new session, so new trades still land.
-    again = _start(home, env)
+    again = _start(home, env, "--no-dagster")
     try:
         wait_for(lambda: _trade_count(api) > 0, timeout=60)
         first = _trade_count(api)
@@ -86,7 +95,7 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
     finally:
         _stop(again)
 
-    quiet = _start(home, env, "--no-simulators")
+    quiet = _start(home, env, "--no-simulators", "--no-dagster")
     try:
         wait_for(lambda: _trade_count(api) > 0, timeout=60)
     finally:

@@ -8,8 +8,6 @@ from typing import Any
 
 from k2_core.realtime import RealtimeBuffer
 
-NOW = datetime.now(UTC)
-
 
 def trade(seq: int, at: datetime, symbol: str = "BHP") -> dict[str, Any]:
     return {
@@ -26,6 +24,7 @@ def trade(seq: int, at: datetime, symbol: str = "BHP") -> dict[str, Any]:
 
 
 def test_not_ready_until_marked_then_vouches_from_the_start_point() -> None:
+    NOW = datetime.now(UTC)  # per test: the buffer compares against the real clock
     buffer = RealtimeBuffer(100, timedelta(minutes=10))
     buffer.add("trades", trade(1, NOW), NOW)
     assert buffer.covers_from("trades", "asx") is None
@@ -35,6 +34,7 @@ def test_not_ready_until_marked_then_vouches_from_the_start_point() -> None:
 
 
 def test_duplicates_are_held_once_and_rows_come_back_in_exchange_order() -> None:
+    NOW = datetime.now(UTC)  # per test: the buffer compares against the real clock
     buffer = RealtimeBuffer(100, timedelta(minutes=10))
     for seq, offset in ((3, 2), (1, 0), (2, 2), (1, 0)):
         buffer.add("trades", trade(seq, NOW + timedelta(seconds=offset)), NOW)
@@ -47,6 +47,7 @@ def test_duplicates_are_held_once_and_rows_come_back_in_exchange_order() -> None
 
 
 def test_evicting_by_count_moves_coverage_past_the_evicted_rows() -> None:
+    NOW = datetime.now(UTC)  # per test: the buffer compares against the real clock
     buffer = RealtimeBuffer(3, timedelta(minutes=10))
     buffer.mark_ready("trades", "asx", None)
     for seq in range(1, 6):
@@ -59,6 +60,7 @@ def test_evicting_by_count_moves_coverage_past_the_evicted_rows() -> None:
 
 
 def test_old_records_are_not_held_and_expire() -> None:
+    NOW = datetime.now(UTC)  # per test: the buffer compares against the real clock
     buffer = RealtimeBuffer(100, timedelta(minutes=1))
     buffer.mark_ready("trades", "asx", None)
     assert not buffer.add("trades", trade(1, NOW - timedelta(minutes=5)), NOW - timedelta(minutes=5))
