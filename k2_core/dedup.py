@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import duckdb
-from pyiceberg.expressions import GreaterThanOrEqual
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThanOrEqual
 from pyiceberg.table import Table
 
 from k2_core.sequence import SequenceTracker, StreamKey
@@ -71,3 +75,32 @@ def rebuild(
         con.close()
     tracker.load(islands, open_gaps)
     return rows_read
+
+
+def already_stored(table: Table, rows: pa.Table) -> npt.NDArray[np.bool_]:
+    """Which of `rows` (late numbers about to fill a gap) the table already holds: the gap backfill job may have
+    written them since the ingester's state was built. Late fills are rare, so this narrow read is cheap."""
+    table.refresh()
+    if table.metadata.current_snapshot_id is None or rows.num_rows == 0:
+        return np.zeros(rows.num_rows, dtype=np.bool_)
+    times = pc.min_max(rows.column("exchange_timestamp")).as_py()
+    row_filter = And(
+        And(
+            GreaterThanOrEqual(term="exchange_timestamp", value=times["min"].isoformat()),
+            LessThanOrEqual(term="exchange_timestamp", value=times["max"].isoformat()),
+        ),
+        In(term="exchange_sequence_number", literals=set(rows.column("exchange_sequence_number").to_pylist())),
+    )
+    stored = table.scan(row_filter=row_filter, selected_fields=("exchange", "symbol", "exchange_sequence_number"))
+    con = duckdb.connect()
+    try:
+        con.register("stored", stored.to_arrow())
+        late = rows.select(["exchange", "symbol", "exchange_sequence_number"])
+        con.register("late", late.append_column("i", pa.array(np.arange(late.num_rows))))
+        hits = con.sql(
+            "SELECT EXISTS (SELECT 1 FROM stored s WHERE s.exchange = l.exchange AND s.symbol = l.symbol "
+            "AND s.exchange_sequence_number = l.exchange_sequence_number) FROM late l ORDER BY l.i"
+        ).fetchall()
+    finally:
+        con.close()
+    return np.array([h[0] for h in hits], dtype=np.bool_)

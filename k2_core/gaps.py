@@ -23,6 +23,7 @@ from k2_core.sequence import GapEvent, StreamKey
 from k2_core.tables import GAPS
 
 OPEN, FILLED, UNRECOVERABLE = "open", "filled", "unrecoverable"
+SHED_GAP_REASON = "shed under load (degradation level 3): the messages are in the DLQ; replay them to fill the gap"
 WARNING, ALERT, HALT = "warning", "alert", "halt"
 
 
@@ -63,7 +64,9 @@ class GapStore:
         except (OSError, SQLAlchemyError) as exc:
             raise WriteError(f"cannot read sequence_gaps: {exc}") from exc
 
-    def record_detected(self, gaps: Iterable[GapEvent], now: datetime) -> None:
+    def record_detected(self, gaps: Iterable[GapEvent], now: datetime, reasons: dict[int, str] | None = None) -> None:
+        """`reasons` by id() of the gap event, for gaps K2 made itself (shedding), which never halt."""
+        reasons = reasons or {}
         rows = [
             {
                 "gap_id": gap_id(g.key, g.first),
@@ -78,7 +81,7 @@ class GapStore:
                 "detected_at": now,
                 "resolved_at": None,
                 "attempts": 0,
-                "reason": None,
+                "reason": reasons.get(id(g)),
             }
             for g in gaps
         ]

@@ -28,14 +28,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from k2_core.avro import Decoder
 from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.dedup import rebuild, to_us
+from k2_core.dedup import already_stored, rebuild, to_us
 from k2_core.degradation import Degradation, Level
 from k2_core.exceptions import CommitConflictError, FencedError, K2Error, WriteError
-from k2_core.gaps import HALT, WARNING, GapGrading, GapStore
+from k2_core.gaps import HALT, SHED_GAP_REASON, WARNING, GapGrading, GapStore
 from k2_core.offsets import TopicPartition as TP
 from k2_core.records import dead_letter_body, reason_class
 from k2_core.retention import RetentionPolicy, apply_retention
-from k2_core.sequence import DUPLICATE, GapEvent, SequenceTracker, StreamKey, observe_batch
+from k2_core.sequence import DUPLICATE, FILL, GapEvent, SequenceTracker, StreamKey, observe_batch
 from k2_core.settings import Settings
 from k2_core.tables import MARKET_TABLES
 from k2_core.topics import KINDS, Kind, TopicLayout
@@ -160,6 +160,7 @@ class Ingester:
         self._backoff = ing.retry_backoff_seconds
         self.degradation = Degradation(settings.degradation)
         self._deferred_fills: list[GapEvent] = []
+        self._shed_streams: set[StreamKey] = set()
         self._commits: dict[Kind, int] = defaultdict(int)
         self.retention = RetentionPolicy(
             keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours
@@ -180,6 +181,7 @@ class Ingester:
             }
         )
         self.dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True})
+        self._dlq_errors: list[str] = []
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -374,7 +376,7 @@ class Ingester:
             dead.extend((int(idx[p]), reason) for p, reason in out.dead)
             table, positions = out.table, idx[out.positions]
             if self.degradation.level >= Level.SHED_SYMBOLS and table.num_rows:
-                table, positions = self._shed(spec.exchange, table, positions, dead)
+                table, positions = self._shed(spec.kind, spec.exchange, table, positions, dead)
             parts[spec.kind].append((table, positions))
         rows: dict[Kind, KindRows] = {}
         for kind, chunks in parts.items():
@@ -386,12 +388,19 @@ class Ingester:
         return rows, [(batch[i], reason) for i, reason in dead]
 
     def _shed(
-        self, exchange: str, table: pa.Table, positions: npt.NDArray[np.int64], dead: list[tuple[int, str]]
+        self,
+        kind: Kind,
+        exchange: str,
+        table: pa.Table,
+        positions: npt.NDArray[np.int64],
+        dead: list[tuple[int, str]],
     ) -> tuple[pa.Table, npt.NDArray[np.int64]]:
         symbols = table.column("symbol")
         shed = [s for s in pc.unique(symbols).to_pylist() if self.degradation.sheds(exchange, s)]
         if not shed:
             return table, positions
+        # The shed numbers will show as a gap once the symbol is ingested again: recorded, but never a halt.
+        self._shed_streams.update((kind, exchange, s) for s in shed)
         mask = np.asarray(pc.is_in(symbols, value_set=pa.array(shed, symbols.type)), dtype=np.bool_)
         reason = f"shed: degradation level {int(self.degradation.level)} keeps critical symbols only"
         dead.extend((int(p), reason) for p in positions[mask])
@@ -432,7 +441,7 @@ class Ingester:
                     seqs[order],
                     _int64(rows.table.column("exchange_timestamp"))[order],
                     now_us,
-                    stops=lambda gap: self.grading(gap.missing) == HALT,
+                    stops=lambda gap: self.grading(gap.missing) == HALT and gap.key not in self._shed_streams,
                 )
                 if verdicts.halt is not None:
                     at, gap = verdicts.halt
@@ -443,6 +452,10 @@ class Ingester:
                     break
                 keep = np.zeros(rows.table.num_rows, dtype=np.bool_)
                 keep[order[verdicts.codes != DUPLICATE]] = True
+                fills = order[verdicts.codes == FILL]
+                if fills.size:  # a late number may have been written meanwhile by the gap backfill job
+                    stored = already_stored(self.tables[kind], rows.table.take(pa.array(fills)))
+                    keep[fills[stored]] = False
                 plan.rows[kind] = rows.table if keep.all() else rows.table.filter(pa.array(keep))
                 plan.duplicates[kind] += int(order.size - keep.sum())
                 self.stats["streams_fast"] += verdicts.fast_streams
@@ -471,7 +484,9 @@ class Ingester:
         # Dead letters first (at least once): if anything below fails, the batch is re-read and re-sent.
         self._send_dead_letters(dead)
         if plan.detected:
-            self.gaps.record_detected(plan.detected, now)
+            shed = [g for g in plan.detected if g.key in self._shed_streams]
+            self.gaps.record_detected(plan.detected, now, reasons={id(g): SHED_GAP_REASON for g in shed})
+            self._shed_streams.difference_update(g.key for g in shed)
         self._last_write_seconds = 0.0
         for kind in KINDS:
             offsets = {tp: o for tp, o in next_offsets.items() if self.layout.by_name[tp[0]].kind == kind}
@@ -580,7 +595,7 @@ class Ingester:
         for m, reason in dead:
             topic = m.topic() or ""
             body, cut = dead_letter_body(m.value())
-            self.dlq.produce(
+            self._produce_dead_letter(
                 self.layout.by_name[topic].dlq,
                 key=m.key(),
                 value=body,
@@ -604,7 +619,28 @@ class Ingester:
         if sent:
             if self.dlq.flush(30):
                 raise WriteError("dead-letter messages not delivered; batch not committed")
+            if self._dlq_errors:
+                errors, self._dlq_errors = self._dlq_errors, []
+                raise WriteError(f"{len(errors)} dead letters refused by the broker ({errors[0]}); batch not committed")
             self.stats["dead_lettered"] += sent
+
+    def _produce_dead_letter(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: dict[str, str | bytes | None]
+    ) -> None:
+        """Queue one dead letter; its delivery is confirmed by the flush before the batch commits."""
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._dlq_errors.append(str(err))
+
+        while True:
+            try:
+                self.dlq.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
+                return
+            except BufferError:
+                self.dlq.poll(0.1)  # the local queue is full: let deliveries drain
+            except KafkaException as exc:
+                raise WriteError(f"cannot dead-letter to {topic}: {exc}") from exc
 
     def _report_gaps(self, detected: list[GapEvent], halts: dict[TP, tuple[int, GapEvent]]) -> None:
         halting = {id(g) for _, g in halts.values()}

@@ -16,6 +16,7 @@ from k2_core.catalog import open_catalog
 from k2_core.offsets import OFFSETS_PROPERTY, decode_offsets
 from k2_core.registry import FileSchemaRegistry
 from k2_core.settings import Settings
+from k2_core.tables import TRADES
 from k2_stream.admin import ensure_topics
 from k2_stream.ingester import Ingester
 from k2_stream.producer import FeedProducer
@@ -194,3 +195,21 @@ def test_large_gap_halts_the_partition_until_restart(
     running_ingester(settings)  # the operator's go-ahead: the recorded gap is passed, not re-halted
     wait_for(lambda: len(table_rows(settings, "trades")) == 20)
     assert len(table_rows(settings, "sequence_gaps")) == 1
+
+
+def test_a_late_number_already_written_by_the_backfill_is_not_stored_twice(
+    broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[..., Ingester]
+) -> None:
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.3, metrics_port=0)
+    produce(settings, [("trades", trade("BHP", s)) for s in [*range(1, 11), *range(13, 21)]])
+    running_ingester(settings)
+    wait_for(lambda: len(table_rows(settings, "trades")) == 18)
+    # the gap backfill job recovers 11 and 12 from the exchange and writes them straight to the table ...
+    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    table.append(TRADES.to_arrow([trade("BHP", 11), trade("BHP", 12)]))
+    # ... and then the feed delivers them late after all
+    produce(settings, [("trades", trade("BHP", 11)), ("trades", trade("BHP", 12)), ("trades", trade("BHP", 21))])
+    wait_for(lambda: len(table_rows(settings, "trades")) >= 21)
+    time.sleep(1.0)
+    seqs = sorted(r["exchange_sequence_number"] for r in table_rows(settings, "trades"))
+    assert seqs == list(range(1, 22))
