@@ -21,12 +21,11 @@ from k2_api.models import ErrorResponse
 from k2_api.observability import install_observability
 from k2_api.routes import ROUTERS
 from k2_api.security import install_security
-from k2_core.exceptions import QueryError
+from k2_core.exceptions import QueryError, UnknownSymbolError
 from k2_core.logging import configure_logging
 from k2_core.query import QueryEngine
 from k2_core.realtime import RealtimeBuffer
 from k2_core.settings import Settings
-from k2_core.validation import UnknownSymbolError
 from k2_stream.tail import TailConsumer
 
 logger = logging.getLogger(__name__)

@@ -37,6 +37,10 @@ class QueryError(K2Error):
     """A query's parameters are invalid (the API maps this to 4xx)."""
 
 
+class UnknownSymbolError(QueryError):
+    """A well-formed symbol with no data on the exchange (the API maps this to 404, other QueryErrors to 400)."""
+
+
 class ReplayFormatError(K2Error):
     """A line of a recorded file cannot be parsed."""
 

@@ -48,7 +48,7 @@ from k2_core.bars import BARS_ARROW_SCHEMA, INTERVALS, PRECOMPUTED_TABLES, Inter
 from k2_core.cache import RedisTier, ResultCache, Tier
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.cursor import Cursor, decode_cursor, fingerprint
-from k2_core.exceptions import QueryError
+from k2_core.exceptions import QueryError, UnknownSymbolError
 from k2_core.realtime import RealtimeBuffer
 from k2_core.scan import ScanPlan
 from k2_core.settings import ApiSettings, CatalogSettings, QuerySettings, Settings
@@ -61,7 +61,6 @@ from k2_core.validation import (
     MarketQuery,
     TimeInput,
     TimeRange,
-    UnknownSymbolError,
     align_down,
     validate_as_of,
     validate_bar_count,

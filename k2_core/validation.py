@@ -25,10 +25,6 @@ from k2_core.exceptions import QueryError
 GapStatus = Literal["open", "filled", "unrecoverable"]
 
 
-class UnknownSymbolError(QueryError):
-    """A well-formed symbol with no data on the exchange (the API maps this to 404, other QueryErrors to 400)."""
-
-
 TimeInput = datetime | date | str | None
 
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,19}")

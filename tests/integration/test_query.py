@@ -17,11 +17,11 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.exceptions import QueryError
+from k2_core.exceptions import QueryError, UnknownSymbolError
 from k2_core.query import QueryEngine, get_gaps, get_quotes, get_trades, market_filter
 from k2_core.settings import Settings
 from k2_core.tables import GAPS, QUOTES, TRADES
-from k2_core.validation import TimeRange, UnknownSymbolError
+from k2_core.validation import TimeRange
 from tests import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
