@@ -54,6 +54,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         final.terminate()
         final.wait(30)
     keys = [(r["exchange"], r["symbol"], r["exchange_sequence_number"]) for r in rows]
+    print(
+        f"RELIABILITY kill -9 x{KILLS}: produced={len(produced_keys(settings))} distinct={len(distinct)} "
+        f"stored={len(keys)} duplicates={len(keys) - len(set(keys))} lost={len(distinct - set(keys))}"
+    )
     assert len(keys) == len(set(keys)), "duplicates stored"
     assert set(keys) == distinct, "trades lost or invented"
     # the kills really interrupted running ingesters that were committing
