@@ -250,6 +250,8 @@ class RunResult:
     peak_rss_bytes: int
     commit_ms: list[float] = field(default_factory=list)
     batch_rows: list[int] = field(default_factory=list)
+    first_at: float = 0.0  # wall clock (time.time) of the first batch in hand, comparable across processes
+    last_at: float = 0.0  # wall clock of the last commit done
 
     @property
     def rows_per_second(self) -> float:
@@ -267,7 +269,7 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any) -> None:
+def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any, shared: Any = None) -> None:
     from bench.per_message import PerMessageIngester
     from k2_stream.ingester import Ingester
 
@@ -290,13 +292,22 @@ def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any) -> N
         writer.append = timed  # type: ignore[method-assign]
     process = ingester._process
 
+    def done() -> int:
+        return stats["trades_written"] + stats["trades_duplicates"] + stats["dead_lettered"]
+
     def measured(batch: Any) -> float:
         if "first" not in marks:
             marks["first"] = time.perf_counter()
+            marks["first_at"] = time.time()
             marks["cpu0"] = _cpu()
+        before = done()
         out = process(batch)
         marks["last"] = time.perf_counter()
+        marks["last_at"] = time.time()
         marks["cpu1"] = _cpu()
+        if shared is not None:
+            with shared.get_lock():
+                shared.value += done() - before
         return out
 
     ingester._process = measured  # type: ignore[method-assign]
@@ -304,7 +315,7 @@ def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any) -> N
     started = time.perf_counter()
     thread.start()
     stats = ingester.stats
-    while stats["trades_written"] + stats["trades_duplicates"] + stats["dead_lettered"] < expected:
+    while (shared.value if shared is not None else done()) < expected:
         if not thread.is_alive():
             raise SystemExit(f"{mode} ingester died: {dict(stats)}")
         time.sleep(0.02)
@@ -321,20 +332,38 @@ def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any) -> N
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         commit_ms,
         batch_rows,
+        marks["first_at"],
+        marks["last_at"],
     )
     queue.put(asdict(result))
 
 
 def run_ingester(settings: Settings, expected: int, mode: str, timeout: float = 1800) -> RunResult:
+    return run_ingesters(settings, expected, mode, 1, timeout)[0]
+
+
+def run_ingesters(
+    settings: Settings, expected: int, mode: str, processes: int, timeout: float = 1800
+) -> list[RunResult]:
+    """`processes` ingester processes in one consumer group, until together they have handled `expected` rows."""
+    from k2_core.catalog import ensure_tables, open_catalog
+
+    ensure_tables(open_catalog(settings), settings.catalog.namespace)  # not concurrently from two processes
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_run_ingester, args=(settings.model_dump_json(), expected, mode, queue))
-    proc.start()
+    shared = ctx.Value("q", 0)
+    procs = [
+        ctx.Process(target=_run_ingester, args=(settings.model_dump_json(), expected, mode, queue, shared))
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
     try:
-        data = queue.get(timeout=timeout)
+        data = [queue.get(timeout=timeout) for _ in procs]
     finally:
-        proc.join(60)
-    return RunResult(**data)
+        for proc in procs:
+            proc.join(60)
+    return [RunResult(**d) for d in data]
 
 
 def files_per_commit(settings: Settings, table: str = "trades") -> float:

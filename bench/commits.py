@@ -61,8 +61,10 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=10_000)
     parser.add_argument("--rows", type=int, default=100, help="rows per append")
     parser.add_argument("--window", type=int, default=500, help="commits per printed line")
-    parser.add_argument("--every", type=int, default=100, help="apply retention every N commits")
-    parser.add_argument("--keep-last", type=int, default=100)
+    parser.add_argument(
+        "--every", type=int, default=50, help="apply retention every N commits (K2_INGEST_RETENTION_EVERY_COMMITS)"
+    )
+    parser.add_argument("--keep-last", type=int, default=20, help="K2_INGEST_KEEP_SNAPSHOTS")
     parser.add_argument("--plain", action="store_true")
     args = parser.parse_args()
 

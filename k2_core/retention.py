@@ -1,7 +1,8 @@
 """Snapshot retention as part of normal operation: checkpoint tags, then expiry, so metadata stays small at any age.
 
-pyiceberg's commit cost grows with the snapshots a table's metadata holds, and a busy ingester commits once a
-second or more. So the snapshots are thinned as the table is written, keeping time travel where it is promised:
+pyiceberg's commit cost grows with the size of a table's metadata (an append deep-copies it about twenty times), and
+a busy ingester commits once a second or more. So the snapshots are thinned as the table is written, keeping time
+travel where it is promised:
 
 * every commit of the newest `keep_last` snapshots (the last minutes of an active table);
 * one **hourly checkpoint** (tag `k2-hour-YYYYMMDDTHH`: the current snapshot when the hour was first seen) for the
@@ -36,8 +37,8 @@ DAY_TAG = "k2-day-"
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    keep_last: int = 100
-    hourly_hours: float = 24.0
+    keep_last: int = 20
+    hourly_hours: float = 6.0
     daily_hours: float = 7 * 24.0
 
 

@@ -36,9 +36,9 @@ TABLE_PROPERTIES = {
     "commit.manifest-merge.enabled": "true",
     "commit.manifest.min-count-to-merge": "16",
     "commit.manifest.target-size-bytes": str(1024 * 1024),
-    # Old metadata.json files are deleted as new ones are written (the metadata log keeps the newest 100).
+    # Old metadata.json files are deleted as new ones are written; the metadata log (copied on every commit) keeps 10.
     "write.metadata.delete-after-commit.enabled": "true",
-    "write.metadata.previous-versions-max": "100",
+    "write.metadata.previous-versions-max": "10",
     # Query layout: row groups of 64k rows give row-group statistics something to prune (docs/performance.md).
     "write.parquet.row-group-limit": str(64 * 1024),
 }
