@@ -35,7 +35,7 @@ TABLE_PROPERTIES = {
     # manifest list stays short; manifests are kept small so a merge rewrites little.
     "commit.manifest-merge.enabled": "true",
     "commit.manifest.min-count-to-merge": "16",
-    "commit.manifest.target-size-bytes": str(1024 * 1024),
+    "commit.manifest.target-size-bytes": str(256 * 1024),
     # Old metadata.json files are deleted as new ones are written; the metadata log (copied on every commit) keeps 10.
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "10",

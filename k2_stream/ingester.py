@@ -496,7 +496,10 @@ class Ingester:
                 table_def = MARKET_TABLES[kind]
                 data = table_def.sort(rows)
                 started = time.perf_counter()
-                self.writers[kind].append(data, offsets, {tp: self.positions[tp] for tp in offsets})
+                # Every owned partition of this data type rides along at its position, so the newest snapshot holds
+                # each one's offset and snapshot expiry never keeps a long chain behind an idle partition.
+                covered = {**self._carried(kind, offsets), **offsets}
+                self.writers[kind].append(data, covered, {tp: self.positions[tp] for tp in covered})
                 elapsed = time.perf_counter() - started
                 self._last_write_seconds = max(self._last_write_seconds, elapsed)
                 metrics.WRITE_DURATION.labels(table_def.name).observe(elapsed)
@@ -519,6 +522,14 @@ class Ingester:
         self._commit_kafka(next_offsets)
         self._retain([kind for kind in KINDS if (rows := plan.rows.get(kind)) is not None and rows.num_rows])
         return lag
+
+    def _carried(self, kind: Kind, offsets: dict[TP, int]) -> dict[TP, int]:
+        """Owned partitions of `kind` this batch has nothing from, at their committed positions."""
+        return {
+            tp: pos
+            for tp, pos in self.positions.items()
+            if pos >= 0 and tp not in offsets and self.layout.by_name[tp[0]].kind == kind
+        }
 
     def _retain(self, appended: list[Kind]) -> None:
         """Every `retention_every_commits` appends to a table, thin its snapshots (k2_core.retention), so commit
