@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import sqlalchemy
 
 from k2_core.settings import CatalogSettings, IngestSettings, KafkaSettings, Settings
 from k2_stream.broker import start_tansu
+from k2_stream.ingester import Ingester
 
 POSTGRES_URI = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -72,3 +74,21 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
         )
 
     return factory
+
+
+@pytest.fixture
+def running_ingester() -> Iterator[Callable[[Settings], Ingester]]:
+    """Start in-process ingesters (each on a thread); every one is stopped cleanly when the test ends."""
+    started: list[tuple[Ingester, threading.Thread]] = []
+
+    def start(settings: Settings) -> Ingester:
+        ingester = Ingester(settings)
+        thread = threading.Thread(target=ingester.run, daemon=True)
+        thread.start()
+        started.append((ingester, thread))
+        return ingester
+
+    yield start
+    for ingester, thread in started:
+        ingester.stop()
+        thread.join(30)

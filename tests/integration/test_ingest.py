@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -58,23 +57,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
             return
         time.sleep(0.25)
     raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-def running_ingester() -> Iterator[Callable[[Settings], Ingester]]:
-    started: list[tuple[Ingester, threading.Thread]] = []
-
-    def start(settings: Settings) -> Ingester:
-        ingester = Ingester(settings)
-        thread = threading.Thread(target=ingester.run, daemon=True)
-        thread.start()
-        started.append((ingester, thread))
-        return ingester
-
-    yield start
-    for ingester, thread in started:
-        ingester.stop()
-        thread.join(30)
 
 
 @pytest.mark.parametrize("catalog", ["sqlite", "postgres"])

@@ -3,11 +3,8 @@ so expiry keeps almost nothing and a restart (with no Kafka-committed offsets) s
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from k2_core.catalog import open_catalog
 from k2_core.offsets import OFFSETS_PROPERTY, decode_offsets
@@ -18,25 +15,8 @@ from tests.integration.test_ingest import produce, table_rows, trade, wait_for
 SYMBOLS = ("BHP", "CBA", "CSL", "NAB", "WBC", "ANZ", "RIO", "FMG")
 
 
-@pytest.fixture
-def start_ingester() -> Iterator[Callable[[Settings], Ingester]]:
-    started: list[tuple[Ingester, threading.Thread]] = []
-
-    def start(settings: Settings) -> Ingester:
-        ingester = Ingester(settings)
-        thread = threading.Thread(target=ingester.run, daemon=True)
-        thread.start()
-        started.append((ingester, thread))
-        return ingester
-
-    yield start
-    for ingester, thread in started:
-        ingester.stop()
-        thread.join(30)
-
-
 def test_idle_partitions_ride_along_and_resume_survives_retention_after_every_commit(
-    broker: str, make_settings: Callable[..., Settings], start_ingester: Callable[[Settings], Ingester]
+    broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[[Settings], Ingester]
 ) -> None:
     settings = make_settings(
         bootstrap=broker,
@@ -47,7 +27,7 @@ def test_idle_partitions_ride_along_and_resume_survives_retention_after_every_co
         keep_snapshots=1,
     )
     produce(settings, [("trades", trade(s, n)) for n in range(1, 21) for s in SYMBOLS])
-    first = start_ingester(settings)
+    first = running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) == 160)
     # only BHP from now on: its partition moves, the other one idles through many commits
     produce(settings, [("trades", trade("BHP", n)) for n in range(21, 221)])
@@ -64,7 +44,7 @@ def test_idle_partitions_ride_along_and_resume_survives_retention_after_every_co
 
     settings.kafka.group_id += "-fresh"  # no Kafka-committed offsets: only the table can resume it
     produce(settings, [("trades", trade(s, 21)) for s in SYMBOLS if s != "BHP"])
-    start_ingester(settings)
+    running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) >= 367)
     time.sleep(1.5)
     keys = [(r["symbol"], r["exchange_sequence_number"]) for r in table_rows(settings, "trades")]

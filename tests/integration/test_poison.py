@@ -4,9 +4,8 @@ around it are stored exactly once."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -83,23 +82,6 @@ def read_dlq(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -
     return dead
 
 
-@pytest.fixture
-def ingester_thread() -> Iterator[Callable[[Settings], Ingester]]:
-    started: list[tuple[Ingester, threading.Thread]] = []
-
-    def start(settings: Settings) -> Ingester:
-        ingester = Ingester(settings)
-        thread = threading.Thread(target=ingester.run, daemon=True)
-        thread.start()
-        started.append((ingester, thread))
-        return ingester
-
-    yield start
-    for ingester, thread in started:
-        ingester.stop()
-        thread.join(30)
-
-
 def test_feed_producer_refuses_a_10mb_message_with_a_clear_error(
     broker: str, make_settings: Callable[..., Settings]
 ) -> None:
@@ -122,7 +104,7 @@ def test_values_avro_decimal_cannot_carry_never_reach_the_wire(make_settings: Ca
 
 
 def test_poison_messages_are_dead_lettered_with_a_reason_and_the_stream_goes_on(
-    broker: str, make_settings: Callable[..., Settings], ingester_thread: Callable[[Settings], Ingester]
+    broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[[Settings], Ingester]
 ) -> None:
     settings = make_settings(bootstrap=broker, batch_max_seconds=0.3, metrics_port=0)
     layout = ensure_topics(settings)
@@ -168,7 +150,7 @@ def test_poison_messages_are_dead_lettered_with_a_reason_and_the_stream_goes_on(
     assert raw.flush(30) == 0
     assert errors == []
 
-    ingester_thread(settings)
+    running_ingester(settings)
     dead = read_dlq(broker, topic + ".dlq", expected=len(poison))
     deadline = time.monotonic() + 30
     while stored_seqs(settings) != [1, 2, 3, 4, 5] and time.monotonic() < deadline:
