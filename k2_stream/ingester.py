@@ -157,6 +157,7 @@ class Ingester:
         self._stop = threading.Event()
         self._rebalanced = False
         self._needs_reset = False
+        self._retry: list[Message] = []  # a batch whose commit failed, kept to be committed again
         self._backoff = ing.retry_backoff_seconds
         self.degradation = Degradation(settings.degradation)
         self._deferred_fills: list[GapEvent] = []
@@ -203,7 +204,7 @@ class Ingester:
                 if self._needs_reset:
                     self._try_reset()
                     continue
-                batch = self._collect()
+                batch, self._retry = self._retry or self._collect(), []
                 if batch and not self._needs_reset:
                     self._process_safely(batch)
         finally:
@@ -215,6 +216,7 @@ class Ingester:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalanced = True
+        self._retry = []  # re-read from the committed positions instead
         try:
             resume = self._resume_offsets(partitions)
             self._rebuild_state()
@@ -230,11 +232,13 @@ class Ingester:
             p.offset = start if start >= 0 else OFFSET_BEGINNING
             self.positions[(p.topic, p.partition)] = max(start, 0)
         consumer.assign(partitions)
+        consumer.resume(partitions)  # a pause from a failed-write reset must not outlive the assignment
         self._needs_reset = False
         log.info("partitions assigned", extra={"count": len(partitions)})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalanced = True
+        self._retry = []
         for p in partitions:
             self.positions.pop((p.topic, p.partition), None)
             self.halted.pop((p.topic, p.partition), None)
@@ -256,8 +260,9 @@ class Ingester:
         log.info("sequence state rebuilt", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
 
     def _try_reset(self) -> None:
-        """After a failed write: wait out the backoff, rebuild from the table and rewind every partition to its
-        committed position. While this fails, the breaker stays open and nothing is consumed."""
+        """After a failed write: wait out the backoff, rebuild the state from the table and keep the failed batch
+        to commit again (no rewind: a seek on a paused or not yet fetching partition is refused). While this fails,
+        the breaker stays open and nothing new is consumed."""
         assignment = self.consumer.assignment()
         self.consumer.pause(assignment)
         if self.degradation.failures:
@@ -270,11 +275,7 @@ class Ingester:
             resume = self._resume_offsets(assignment)
             for p in assignment:
                 tp = (p.topic, p.partition)
-                start = max(resume.get(tp, -1), self.positions.get(tp, -1))
-                self.positions[tp] = max(start, 0)
-                if tp not in self.halted:
-                    offset = start if start >= 0 else OFFSET_BEGINNING
-                    self.consumer.seek(TopicPartition(p.topic, p.partition, offset))
+                self.positions[tp] = max(resume.get(tp, -1), self.positions.get(tp, -1), 0)
         except (K2Error, KafkaException) as exc:
             log.warning("reset failed, backing off", extra={"error": str(exc), "wait_s": self._backoff})
             self.degradation.write_failed()
@@ -286,12 +287,12 @@ class Ingester:
 
     def _idle(self, seconds: float) -> None:
         """Wait while serving rebalance callbacks; paused partitions deliver nothing, and a message from a
-        partition assigned meanwhile is un-read."""
+        partition assigned meanwhile joins the batch to commit."""
         deadline = time.monotonic() + seconds
         while not self._stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
             msg = self.consumer.poll(min(remaining, 0.5))
             if msg is not None and msg.error() is None:
-                self.consumer.seek(TopicPartition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+                self._retry.append(msg)
 
     # ---- the batch loop --------------------------------------------------------------------------------------
 
@@ -344,6 +345,7 @@ class Ingester:
                 },
             )
             self.stats["failed_batches"] += 1
+            self._retry = batch
             self._needs_reset = True
         else:
             self._backoff = self.settings.ingest.retry_backoff_seconds
