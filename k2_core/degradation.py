@@ -47,15 +47,19 @@ class Degradation:
     breaker: Breaker = Breaker.CLOSED
     failures: int = 0
     _calm_since: float | None = field(default=None, repr=False)
+    _last_lag: float = field(default=float("inf"), repr=False)  # no trend before the second batch
 
     def observe(self, lag_seconds: float, write_seconds: float, now: float) -> Level:
         """Update the level from one batch's measurements (monotonic `now`)."""
         if self.breaker is not Breaker.CLOSED:
             return self.level
-        target = max(
-            _level_for(lag_seconds, self.policy.lag_seconds),
-            _level_for(write_seconds, self.policy.write_seconds),
-        )
+        by_lag = _level_for(lag_seconds, self.policy.lag_seconds)
+        if by_lag == Level.SHED_SYMBOLS and lag_seconds <= self._last_lag:
+            # Old messages alone are not overload: a backlog being caught up (after downtime, a replay) shrinks
+            # its lag batch by batch. Shed only while the ingester is falling further behind.
+            by_lag = Level.SKIP_NON_CRITICAL
+        self._last_lag = lag_seconds
+        target = max(by_lag, _level_for(write_seconds, self.policy.write_seconds))
         if target >= self.level:
             self.level = Level(target)
             self._calm_since = None
