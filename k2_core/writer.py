@@ -3,7 +3,8 @@
 A writer must still own every partition it commits. Ownership is checked against the offsets already in the
 table: if another writer has committed a partition past where this batch started, this writer lost it in a
 rebalance and must not commit (`FencedError`). Commits are optimistic: a concurrent commit makes ours fail
-(the table property disables pyiceberg's blind retry), so we refresh, re-check ownership and try again.
+(the table property disables pyiceberg's blind retry), so we refresh, re-check ownership and commit the same
+data files again: the batch's Parquet is written once however many writers race for the table.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from k2_core.offsets import (
     TopicPartition,
     encode_offsets,
 )
+from k2_core.rewrite import append_files, delete_uncommitted, write_files
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,21 @@ class TableWriter:
             CLUSTER_PROPERTY: self.cluster_id,
             WRITER_PROPERTY: self.writer_id,
         }
-        for attempt in range(self.retries + 1):
+        try:
             self._check_owner(positions)
+            files = write_files(self.table, data)
+        except OSError as exc:
+            raise WriteError(f"writing data files for {self.table.name()} failed: {exc}") from exc
+        for attempt in range(self.retries + 1):
             try:
-                self.table.append(data, snapshot_properties=props)
+                self._check_owner(positions)
+                snapshot_id = append_files(self.table, files, props)
+            except FencedError:
+                delete_uncommitted(self.table, files)
+                raise
             except CommitFailedException as exc:
                 if attempt == self.retries:
+                    delete_uncommitted(self.table, files)
                     raise CommitConflictError(f"{self.table.name()}: gave up after {attempt + 1} attempts") from exc
                 wait = self.backoff_seconds * (2**attempt) * (1 + random.random() / 10)  # noqa: S311 - jitter
                 log.warning("commit conflict, retrying", extra={"table": str(self.table.name()), "wait_s": wait})
@@ -84,8 +95,8 @@ class TableWriter:
                 self.committed_offsets()
                 continue
             except (OSError, SQLAlchemyError, CommitStateUnknownException) as exc:
+                # The commit may have landed: the files are left for orphan cleanup, never deleted here.
                 raise WriteError(f"append to {self.table.name()} failed: {exc}") from exc
-            snapshot_id = self.table.metadata.current_snapshot_id
             if snapshot_id is not None:
                 self.index.advance(snapshot_id, offsets)
             return snapshot_id

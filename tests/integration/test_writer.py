@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
+from pyiceberg.table import Table
 
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.exceptions import FencedError
@@ -16,6 +19,7 @@ from k2_core.tables import TRADES
 from k2_core.writer import TableWriter
 
 TP = ("market.equities.trades.asx", 0)
+TP2 = ("market.equities.trades.asx", 1)
 
 
 def rows(*seqs: int) -> list[dict[str, object]]:
@@ -55,6 +59,36 @@ def test_a_writer_that_lost_its_partition_is_fenced(catalog: str, make_settings:
     table = open_catalog(settings).load_table("market.trades")
     assert sorted(r["exchange_sequence_number"] for r in table.scan().to_arrow().to_pylist()) == [1, 2, 3]
     assert OffsetIndex("cluster-1").refresh(table) == {TP: 3}
+    # the fenced batch's written file was removed, not left behind
+    assert parquet_on_disk(table) == referenced(table)
+
+
+def parquet_on_disk(table: Table) -> set[str]:
+    return {str(p) for p in (Path(urlparse(table.location()).path) / "data").rglob("*.parquet")}
+
+
+def referenced(table: Table) -> set[str]:
+    return {urlparse(task.file.file_path).path for task in table.scan().plan_files()}
+
+
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_a_conflict_commits_the_same_files_again(catalog: str, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(catalog=catalog)
+    ensure_tables(open_catalog(settings), "market")
+    a = TableWriter(open_catalog(settings).load_table("market.trades"), "a", "cluster-1", backoff_seconds=0.01)
+    b = TableWriter(open_catalog(settings).load_table("market.trades"), "b", "cluster-1", backoff_seconds=0.01)
+    a.committed_offsets()
+    b.committed_offsets()
+
+    a.append(TRADES.to_arrow(rows(1, 2)), {TP: 2}, {TP: 0})
+    # b owns another partition; its stale commit conflicts, and the retry commits the file it already wrote
+    b.append(TRADES.to_arrow(rows(7)), {TP2: 1}, {TP2: 0})
+    table = open_catalog(settings).load_table("market.trades")
+    assert sorted(r["exchange_sequence_number"] for r in table.scan().to_arrow().to_pylist()) == [1, 2, 7]
+    assert OffsetIndex("cluster-1").refresh(table) == {TP: 2, TP2: 1}
+    assert len(table.history()) == 2
+    assert parquet_on_disk(table) == referenced(table)
+    assert len(referenced(table)) == 2
 
 
 def test_offsets_survive_snapshots_without_them_and_ignore_other_clusters(
