@@ -1,19 +1,23 @@
-"""Query latency (issue 3): K2's read path against a plain pyiceberg+pandas baseline, chdb and ArcticDB (LMDB),
+"""Query latency (issues 3 and 7): K2's read path against a plain pyiceberg+pandas baseline, chdb and ArcticDB (LMDB),
 all holding the same generated trades, measured in the same run.
 
     .venv/bin/python -m bench.query                          # 10M trades, 20 symbols, 5 days
     .venv/bin/python -m bench.query --rows 2000000 --reps 10  # smaller
     .venv/bin/pip install -e '.[bench]'                      # chdb; ArcticDB gets its own venv (it needs pandas<3)
 
-The trades are written to a fresh SQLite catalog and local warehouse the way the ingester leaves them (two appends
-per day, then one late append, so time travel has a past snapshot to read). One symbol carries 20% of the rows,
-as the busiest instrument of a venue does; the other 19 share the rest.
+The trades are written to a fresh SQLite catalog and local warehouse the way K2 lays them out (see load(): the
+ingester's micro-batches, then each closed day compacted and its minute bars precomputed as the Dagster jobs do, then
+a late append so time travel has a past snapshot to read). One symbol carries 20% of the rows, as the busiest
+instrument of a venue does; the other 19 share the rest.
 
 Queries (p50/p99 over --reps runs after one warm-up run; the baselines use --baseline-reps):
   fetch_100k     100,000 trades of one symbol from a 1.5-day window, in exchange order
   travel_1m      1,000,000 trades of the busiest symbol as of the snapshot before the last commit
-  ohlcv_1m_all   1-minute OHLCV + VWAP of every symbol over all rows
-  ohlcv_1m_sym   1-minute bars of the busiest symbol over all five days (K2: get_ohlcv, uncached)
+  ohlcv_1m_all   1-minute OHLCV + VWAP of every symbol over all rows (K2: DuckDB over the planned files)
+  symbol_day     one symbol's trades over one whole day (~84k rows)
+  ohlcv_1m_day   1-minute bars of the busiest symbol over one closed day (K2: get_ohlcv, no result cache)
+  symbol_agg     per-symbol count, volume, low, high, VWAP over all rows (K2: DuckDB over the planned files)
+  ohlcv_1m_sym   1-minute bars of the busiest symbol over all five days (K2: get_ohlcv, no result cache)
   latest_cached  the last trade of one symbol, repeated (K2: in-process LRU keyed by snapshot)
   latest_redis   the same from a fresh LRU with the shared Redis tier (K2 only)
 
@@ -42,13 +46,14 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 
 from k2_core.bars import compute_bars
 from k2_core.cache import RedisTier, ResultCache
-from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.catalog import ensure_table, ensure_tables, open_catalog
+from k2_core.compaction import compact_day
+from k2_core.preaggregate import OHLCV_TABLES, rebuild_minute_bars
 from k2_core.query import QueryEngine
 from k2_core.settings import CatalogSettings, Settings
 from k2_core.tables import TRADES
@@ -104,36 +109,37 @@ def generate(rows: int, symbols: int, days: int, seed: int = 7) -> pa.Table:
 
 
 def load(settings: Settings, table: pa.Table, days: int, layout: str) -> tuple[int, int]:
-    """Two appends per day, then a late append of 1,000 rows; returns (snapshot before the late append, current).
-    `time`: files in the table's sort order (time, sequence) with pyiceberg's default row groups, as the ingester
-    and a plain compaction leave them. `symbol`: each file sorted by (symbol, time) in 128k-row row groups, as a
-    compaction that clusters by instrument would leave them (K2 reads both the same way)."""
+    """Lay the trades out as K2 does; returns (snapshot before the last append, current snapshot).
+    The ingester appends time-ordered micro-batches (its default 50k rows) while a day is open. For `compacted`
+    (the default), each day is then closed the way the Dagster jobs close it: compacted (`k2_core.compaction`,
+    clustered by instrument) and its 1-minute bars precomputed (`k2_core.preaggregate`). A last append of 1,000 late
+    trades to the final day leaves a past snapshot to time-travel to and that day's bars stale. `ingested` stops
+    after the appends (every day still open)."""
     catalog = open_catalog(settings)
-    trades = ensure_tables(catalog, settings.catalog.namespace)["trades"]
-    if layout == "symbol":
-        with trades.transaction() as tx:
-            tx.set_properties({"write.parquet.row-group-limit": "131072"})
-
-    def ordered(part: pa.Table) -> pa.Table:
-        if layout == "symbol":
-            keys = ["symbol", "exchange", "exchange_timestamp", "exchange_sequence_number"]
-            return part.sort_by([(k, "ascending") for k in keys])
-        return TRADES.sort(part)
-
-    micros = pc.cast(table.column("exchange_timestamp"), pa.int64()).to_numpy()
-    start_us = int(START.timestamp() * 1_000_000)
+    ns = settings.catalog.namespace
+    trades = ensure_tables(catalog, ns)["trades"]
+    batch = settings.ingest.batch_max_rows
     late_rows = 1_000
     body = table.slice(0, table.num_rows - late_rows)
-    for day in range(days):
-        lo = int(np.searchsorted(micros, start_us + day * 86_400_000_000))
-        hi = int(np.searchsorted(micros, start_us + (day + 1) * 86_400_000_000))
-        hi = min(hi, body.num_rows)
-        mid = (lo + hi) // 2
-        for a, b in ((lo, mid), (mid, hi)):
-            if b > a:
-                trades.append(ordered(body.slice(a, b - a)))
+    for offset in range(0, body.num_rows, batch):
+        trades.append(TRADES.sort(body.slice(offset, batch)))
+    if layout == "compacted":
+        m = settings.maintenance
+        bars_1m = ensure_table(catalog, ns, OHLCV_TABLES["1m"])
+        for day in range(days):
+            when = (START + timedelta(days=day)).date()
+            compact_day(
+                trades,
+                TRADES,
+                when,
+                target_file_bytes=m.compaction_target_file_bytes,
+                retries=m.commit_retries,
+                backoff_seconds=m.retry_backoff_seconds,
+            )
+            rebuild_minute_bars(trades, bars_1m, when, retries=m.commit_retries, backoff=m.retry_backoff_seconds)
+    trades.refresh()
     before = trades.metadata.current_snapshot_id
-    trades.append(ordered(table.slice(table.num_rows - late_rows)))
+    trades.append(TRADES.sort(table.slice(table.num_rows - late_rows)))
     current = trades.metadata.current_snapshot_id
     catalog.close()
     assert before is not None
@@ -171,8 +177,18 @@ class Plan:
     def __init__(self, table: pa.Table, symbols: int, before: int) -> None:
         self.busy, self.other, self.latest_symbol = "SYM00", "SYM01", f"SYM{symbols - 1:02d}"
         self.fetch_window = (START + timedelta(hours=36), START + timedelta(days=3))
+        self.day_window = (START + timedelta(days=1), START + timedelta(days=2))
         self.travel_window = (START, START + timedelta(days=4))
         self.before = before
+
+
+# Per-symbol aggregation over every row: what a researcher asks first of a venue's history.
+SYMBOL_AGG = """
+    SELECT symbol, exchange, count(*) AS trade_count, sum(volume) AS volume, min(price) AS low, max(price) AS high,
+           sum(price::DECIMAL(38, 8) * volume) / sum(volume) AS vwap,
+           min(exchange_timestamp) AS first_trade, max(exchange_timestamp) AS last_trade
+    FROM {trades} GROUP BY symbol, exchange ORDER BY symbol, exchange
+"""
 
 
 def k2(settings: Settings, plan: Plan, reps: int, latest_reps: int) -> tuple[Timings, dict[str, int]]:
@@ -188,6 +204,14 @@ def k2(settings: Settings, plan: Plan, reps: int, latest_reps: int) -> tuple[Tim
         )
         times["travel_1m"], rows["travel_1m"] = t, out.num_rows
 
+        t, out = timed(lambda: engine.trades(plan.other, "asx", *plan.day_window, limit=1_000_000), reps)
+        times["symbol_day"], rows["symbol_day"] = t, out.num_rows
+
+        def over_all_rows(sql: str) -> pa.Table:
+            files = engine.plan(TRADES).local_paths
+            with duckdb.connect() as con:
+                return con.sql(sql.format(trades=f"read_parquet({files!r})")).to_arrow_table()
+
         def all_bars() -> pa.Table:
             files = engine.plan(TRADES).local_paths
             with duckdb.connect() as con:
@@ -195,6 +219,10 @@ def k2(settings: Settings, plan: Plan, reps: int, latest_reps: int) -> tuple[Tim
 
         t, out = timed(all_bars, max(3, reps // 4))
         times["ohlcv_1m_all"], rows["ohlcv_1m_all"] = t, out.num_rows
+        t, out = timed(lambda: over_all_rows(SYMBOL_AGG), max(3, reps // 4))
+        times["symbol_agg"], rows["symbol_agg"] = t, out.num_rows
+        t, out = timed(lambda: engine.ohlcv(plan.busy, "asx", "1m", *plan.day_window).table, reps)
+        times["ohlcv_1m_day"], rows["ohlcv_1m_day"] = t, out.num_rows
         t, out = timed(
             lambda: engine.ohlcv(plan.busy, "asx", "1m", START, START + timedelta(days=5)).table, max(3, reps // 4)
         )
@@ -421,8 +449,27 @@ def arctic_baseline(parquet: Path, workdir: Path, plan: Plan, symbols: list[str]
 
 # --- main ------------------------------------------------------------------------------------------------------
 
-QUERIES = ("fetch_100k", "travel_1m", "ohlcv_1m_all", "ohlcv_1m_sym", "latest_cached", "latest_redis")
-GOALS = {"fetch_100k": 100, "travel_1m": 500, "ohlcv_1m_all": 1000, "latest_cached": 5}
+QUERIES = (
+    "fetch_100k",
+    "travel_1m",
+    "ohlcv_1m_all",
+    "symbol_day",
+    "ohlcv_1m_day",
+    "symbol_agg",
+    "ohlcv_1m_sym",
+    "latest_cached",
+    "latest_redis",
+)
+# Issue 3's goals, then issue 7's (the tighter latest-price goal is issue 7's).
+GOALS = {
+    "fetch_100k": 100,
+    "travel_1m": 500,
+    "ohlcv_1m_all": 1000,
+    "symbol_day": 20,
+    "ohlcv_1m_day": 20,
+    "symbol_agg": 300,
+    "latest_cached": 2,
+}
 
 
 def report(results: dict[str, Timings], rows: dict[str, int]) -> None:
@@ -457,7 +504,7 @@ def main() -> None:
     parser.add_argument("--latest-reps", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary directory")
     parser.add_argument("--skip", default="", help="comma-separated: pandas,chdb,arcticdb")
-    parser.add_argument("--layout", choices=("time", "symbol"), default="time", help="file layout (see load())")
+    parser.add_argument("--layout", choices=("compacted", "ingested"), default="compacted", help="see load()")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))

@@ -1,9 +1,10 @@
 """Compaction of a closed day partition: the ingester's many small files rewritten into a few near a target size.
 
-One compaction reads every data file of the day as of one snapshot, sorts the rows by the table's sort order
-(out of core, in DuckDB), writes them in chunks sized so each file lands near the target, reads the written keys
-back and compares them with the source's (row count and the exact multiset of keys), and only then commits one
-`overwrite` snapshot that removes exactly the files it read and adds the ones it wrote.
+One compaction reads every data file of the day as of one snapshot, sorts the rows by the table's compaction keys
+(out of core, in DuckDB; trades and quotes by instrument, then in exchange order: see `TableDef.cluster_keys`),
+writes them in chunks sized so each file lands near the target, reads the written keys back and compares them with
+the source's (row count and the exact multiset of keys), and only then commits one `overwrite` snapshot that removes
+exactly the files it read and adds the ones it wrote.
 
 A concurrent append (late data for that day) fails the commit; the retry keeps the files already written and
 re-commits against the new snapshot, so the appended file stays in the table untouched. If a file the compaction
@@ -137,7 +138,8 @@ def compact_day(
         return CompactionResult(name, day, len(source), 0, len(source), rows, size, 0, base, skipped="nothing to merge")
     rows_per_file = math.ceil(rows / expected_files(size, target_file_bytes))
 
-    order = ", ".join([*table_def.sort_keys, *(k for k in DEDUP_KEY if k not in table_def.sort_keys)])
+    keys = table_def.compaction_keys
+    order = ", ".join([*keys, *(k for k in DEDUP_KEY if k not in keys)])
     with duckdb.connect() as con:
         con.register("day_rows", scan.to_arrow_batch_reader())
         sorted_rows = con.sql(f"SELECT * FROM day_rows ORDER BY {order}").to_arrow_reader(rows_per_file)

@@ -267,6 +267,7 @@ class QueryEngine:
         self.clock = clock
         self.symbol_index = SymbolIndex()
         self._loader = scan.TableLoader(catalog, namespace)
+        self._plans = scan.PlanCache()
         self._owns_catalog = owns_catalog
         # Identifies this catalog in shared cache keys (several catalogs may share one Redis).
         self._cache_scope = (getattr(catalog, "name", ""), str(getattr(catalog, "properties", {}).get("uri", "")))
@@ -644,7 +645,7 @@ class QueryEngine:
     def plan(self, table_def: TableDef, row_filter: BooleanExpression | None = None) -> ScanPlan:
         """Ask Iceberg which data files of the current snapshot can hold rows matching `row_filter`."""
         table = self.load(table_def)
-        return scan.plan_scan(table, table_def, row_filter or AlwaysTrue(), table.metadata.current_snapshot_id)
+        return self._plans.plan(table, table_def, row_filter or AlwaysTrue(), table.metadata.current_snapshot_id)
 
     def health(self) -> CatalogHealth:
         """Load every table; a failure is reported, not raised, because the caller is a health probe."""
@@ -714,7 +715,7 @@ class QueryEngine:
         filters: Mapping[str, object],
     ) -> ScanPlan:
         began = time.perf_counter()
-        plan = scan.plan_scan(table, table_def, row_filter, snapshot_id)
+        plan = self._plans.plan(table, table_def, row_filter, snapshot_id)
         read_path = scan.register_scan(con, name, table, table_def, plan, row_filter, direct_reads=self.direct_reads)
         logger.info(
             "query",

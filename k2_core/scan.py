@@ -13,6 +13,7 @@ whether the table changed, which saves re-reading metadata JSON that grows with 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlparse
@@ -62,6 +63,35 @@ def plan_scan(table: Table, table_def: TableDef, row_filter: BooleanExpression, 
         data_files=tuple(task.file.file_path for task in tasks),
         delete_files=sum(len(task.delete_files) for task in tasks),
     )
+
+
+class PlanCache:
+    """Scan plans by (table, snapshot, filter), least recently used first out. A snapshot never changes, so a plan
+    never goes stale; planning re-reads the snapshot's manifest list and manifests, which costs more than reading
+    one instrument's rows from a compacted day. Thread-safe."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._plans: OrderedDict[tuple[str, int, str], ScanPlan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def plan(
+        self, table: Table, table_def: TableDef, row_filter: BooleanExpression, snapshot_id: int | None
+    ) -> ScanPlan:
+        if snapshot_id is None:
+            return plan_scan(table, table_def, row_filter, snapshot_id)
+        key = (str(table.metadata.table_uuid), snapshot_id, repr(row_filter))
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = plan_scan(table, table_def, row_filter, snapshot_id)
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > self.max_entries:
+                self._plans.popitem(last=False)
+        return plan
 
 
 def local_path(uri: str) -> str | None:

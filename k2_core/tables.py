@@ -113,6 +113,11 @@ class TableDef:
     partition_spec: PartitionSpec
     sort_order: SortOrder
     sort_keys: tuple[str, ...]
+    # The order compaction rewrites a closed day in. Market tables cluster by instrument: every K2 query names one
+    # (symbol, exchange), so its rows then sit in a few adjacent row groups that the Parquet statistics select,
+    # and within an instrument the rows keep the declared sort order. The ingester's own files, written while the
+    # day is open, follow the declared order alone. Empty: the declared sort keys.
+    cluster_keys: tuple[str, ...] = ()
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -124,18 +129,20 @@ class TableDef:
         table = pa.Table.from_pylist(rows, schema=self.arrow_schema)
         return self.sort(table)
 
+    @property
+    def compaction_keys(self) -> tuple[str, ...]:
+        return self.cluster_keys or self.sort_keys
+
     def sort(self, table: pa.Table) -> pa.Table:
         if not self.sort_keys or table.num_rows < 2:
             return table
         return table.sort_by([(k, "ascending") for k in self.sort_keys])
 
 
-TRADES = TableDef(
-    "trades", TRADES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number")
-)
-QUOTES = TableDef(
-    "quotes", QUOTES_SCHEMA, _day_spec(), _time_order(), ("exchange_timestamp", "exchange_sequence_number")
-)
+_TIME_KEYS = ("exchange_timestamp", "exchange_sequence_number")
+_INSTRUMENT_KEYS = ("symbol", "exchange", *_TIME_KEYS)
+TRADES = TableDef("trades", TRADES_SCHEMA, _day_spec(), _time_order(), _TIME_KEYS, _INSTRUMENT_KEYS)
+QUOTES = TableDef("quotes", QUOTES_SCHEMA, _day_spec(), _time_order(), _TIME_KEYS, _INSTRUMENT_KEYS)
 GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
 
 MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}

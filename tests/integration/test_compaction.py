@@ -1,5 +1,6 @@
-"""Compaction of a closed day on real Iceberg tables: rows and sort order kept, files reduced, a concurrent append
-that lands mid-compaction survives, offsets stay out of the compaction snapshot; the sensor and job drive it."""
+"""Compaction of a closed day on real Iceberg tables: rows kept and clustered by instrument, files reduced, a
+concurrent append that lands mid-compaction survives, offsets stay out of the compaction snapshot; the sensor and job
+drive it."""
 
 from __future__ import annotations
 
@@ -130,18 +131,21 @@ def test_compaction_keeps_rows_and_order_while_a_concurrent_append_lands(
     assert OFFSETS_PROPERTY not in compaction.summary.additional_properties
     assert OffsetIndex("cluster-1").refresh(lake_table) == {(TOPIC, 0): offset + len(late), (TOPIC, 1): 30}
 
-    # Every rewritten file is sorted by (exchange_timestamp, exchange_sequence_number), and files do not overlap.
+    # Every rewritten file is clustered by instrument and in exchange order within it, and the files do not overlap
+    # in that order: one instrument's rows sit in adjacent row groups, whatever the day's interleaving was.
     rewritten = file_paths(lake_table, DAY) - file_paths(lake_table, DAY, snapshot_id=raced[0])
     assert len(rewritten) == result.files_written
+    columns = ["symbol", "exchange", "exchange_timestamp", "exchange_sequence_number"]
     ranges = []
     for path in rewritten:
         with lake_table.io.new_input(path).open() as stream:
-            data = pq.read_table(stream, columns=["exchange_timestamp", "exchange_sequence_number"]).to_pylist()
-        order = [(r["exchange_timestamp"], r["exchange_sequence_number"]) for r in data]
+            data = pq.read_table(stream, columns=columns).to_pylist()
+        order = [tuple(r[c] for c in columns) for r in data]
         assert order == sorted(order)
         ranges.append((order[0], order[-1]))
     ranges.sort()
     assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))
+    assert len({r[0][0] for r in ranges}) > 1  # three interleaved symbols now start different files
 
     # Time travel to before the compaction still reads the original files.
     assert keys(day_rows(lake, DAY, snapshot_id=raced[0])) == keys(original + late)

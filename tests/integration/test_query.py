@@ -235,6 +235,20 @@ def test_a_long_lived_engine_sees_later_commits(engine: QueryEngine) -> None:
     assert after[-2] == late  # in time order, before the 23:59:59.999999 trade
 
 
+def test_plans_are_reused_per_snapshot_and_replanned_after_a_commit(engine: QueryEngine) -> None:
+    window = market_filter("BHP", "asx", TimeRange(D3, D3 + timedelta(days=1)))
+    first = engine.plan(TRADES, window)
+    assert engine.plan(TRADES, window) is first  # same snapshot, same filter: planned once
+    other = engine.plan(TRADES, market_filter("CBA", "asx", TimeRange(D3, D3 + timedelta(days=1))))
+    assert other is not first
+    assert set(other.data_files) != set(first.data_files)
+    late = BHP_ASX[-1] | {"exchange_timestamp": D3 + timedelta(hours=23), "exchange_sequence_number": 999}
+    engine.load(TRADES).append(TRADES.to_arrow([late]))
+    after = engine.plan(TRADES, window)
+    assert after.snapshot_id != first.snapshot_id
+    assert len(after.data_files) == len(first.data_files) + 1  # the new file is planned, not hidden by the cache
+
+
 def test_one_engine_serves_concurrent_queries(engine: QueryEngine) -> None:
     """FastAPI runs sync routes on a threadpool against the one engine on app.state."""
     from concurrent.futures import ThreadPoolExecutor
