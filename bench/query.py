@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 
+from k2_core import scan
 from k2_core.bars import compute_bars
 from k2_core.cache import RedisTier, ResultCache
 from k2_core.catalog import ensure_table, ensure_tables, open_catalog
@@ -209,12 +210,12 @@ def k2(settings: Settings, plan: Plan, reps: int, latest_reps: int) -> tuple[Tim
 
         def over_all_rows(sql: str) -> pa.Table:
             files = engine.plan(TRADES).local_paths
-            with duckdb.connect() as con:
+            with scan.connect() as con:
                 return con.sql(sql.format(trades=f"read_parquet({files!r})")).to_arrow_table()
 
         def all_bars() -> pa.Table:
             files = engine.plan(TRADES).local_paths
-            with duckdb.connect() as con:
+            with scan.connect() as con:
                 return compute_bars(con.sql("SELECT * FROM read_parquet($files)", params={"files": files}), "1m")
 
         t, out = timed(all_bars, max(3, reps // 4))

@@ -25,7 +25,7 @@ def connect() -> duckdb.DuckDBPyConnection:
             # Iceberg data files are immutable, so their Parquet footers can be kept: a one-symbol read of a
             # compacted day otherwise spends as long re-reading footers as reading its rows.
             _database.sql("SET GLOBAL parquet_metadata_cache = true")
+            _database.sql("SET GLOBAL TimeZone = 'UTC'")
         cursor = _database.cursor()
-    cursor.sql("SET TimeZone = 'UTC'")
-    cursor.sql("SET enable_progress_bar = false")  # it would draw on a CLI user's terminal
+    cursor.sql("SET enable_progress_bar = false")  # it would draw on a CLI user's terminal (a per-connection option)
     return cursor

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
@@ -743,14 +744,16 @@ class QueryEngine:
         route: Route,
         *,
         name: str = "market",
-    ) -> None:
+    ) -> ScanPlan | None:
         """Define view `name` on `con`: the stream's rows in `window`, from Iceberg and/or the tail as routed,
-        without duplicates. Only a handful of tail rows (late arrivals) need the key check against Iceberg."""
+        without duplicates. Only a handful of tail rows (late arrivals) need the key check against Iceberg.
+        Returns the Iceberg scan plan (None when the tail alone serves)."""
         keep = f"symbol = {_text(symbol)} AND exchange = {_text(exchange)}"
         parts: list[str] = []
+        plan = None
         if route.iceberg_end is not None:
             ice_window = TimeRange(window.start, route.iceberg_end)
-            self._register(
+            plan = self._register(
                 con,
                 f"{name}_ice",
                 table,
@@ -779,6 +782,7 @@ class QueryEngine:
             elif late.num_rows:
                 parts.append(f"SELECT * FROM {name}_tail WHERE {_TIME_COLUMN} < {_ts(route.split)}")
         con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL ".join(parts))
+        return plan
 
     def _page(
         self,
@@ -791,18 +795,31 @@ class QueryEngine:
     ) -> pa.Table:
         """Up to limit + 1 rows after the cursor (the extra row says whether another page exists)."""
         where = "TRUE"
-        params: dict[str, Any] = {"n": query.limit + 1}
+        params: dict[str, Any] = {}
         if position is not None:
             after_ts, after_seq = position.after
             params |= {"after_ts": _from_micros(after_ts), "after_seq": after_seq}
             where = (
                 f"{_TIME_COLUMN} >= $after_ts AND ({_TIME_COLUMN} > $after_ts OR exchange_sequence_number > $after_seq)"
             )
+        n = query.limit + 1
         with scan.connect() as con:
-            self._market_view(con, table, table_def, query.symbol, query.exchange, query.window, choice, route)
+            plan = self._market_view(con, table, table_def, query.symbol, query.exchange, query.window, choice, route)
+            if not route.realtime and plan is not None and len(plan.data_files) == 1:
+                # One file, and the rest of the window fits in the page: read it whole in file order, unsorted and
+                # unlimited (both cost DuckDB more than the read). Every file K2 writes holds each instrument's
+                # rows in exchange order, so the sort below is a check that almost never has to sort.
+                (count,) = con.sql(f"SELECT count(*) FROM market WHERE {where}", params=params).fetchall()[0]
+                if count < n:
+                    result = con.sql(f"SELECT * FROM market WHERE {where}", params=params).to_arrow_table()
+                    if not _in_exchange_order(result):
+                        result = result.sort_by(
+                            [(_TIME_COLUMN, "ascending"), ("exchange_sequence_number", "ascending")]
+                        )
+                    return scan.cast_to(result, table_def.arrow_schema)
             result = con.sql(
                 f"SELECT * FROM market WHERE {where} ORDER BY {_TIME_COLUMN}, exchange_sequence_number LIMIT $n",
-                params=params,
+                params=params | {"n": n},
             ).to_arrow_table()
         return scan.cast_to(result, table_def.arrow_schema)
 
@@ -982,6 +999,16 @@ class QueryEngine:
             return self._loader.load(name)
         except (NoSuchTableError, NoSuchNamespaceError):
             return None
+
+
+def _in_exchange_order(rows: pa.Table) -> bool:
+    """True if `rows` are sorted by (exchange_timestamp, exchange_sequence_number)."""
+    if rows.num_rows < 2:
+        return True
+    ts = pc.cast(rows.column(_TIME_COLUMN), pa.int64()).to_numpy()
+    seq = rows.column("exchange_sequence_number").to_numpy()
+    later, same = ts[1:] > ts[:-1], ts[1:] == ts[:-1]
+    return bool(np.all(later | (same & (seq[1:] >= seq[:-1]))))
 
 
 def _order_key(row: Mapping[str, Any]) -> tuple[datetime, int]:

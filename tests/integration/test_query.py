@@ -249,6 +249,22 @@ def test_plans_are_reused_per_snapshot_and_replanned_after_a_commit(engine: Quer
     assert len(after.data_files) == len(first.data_files) + 1  # the new file is planned, not hidden by the cache
 
 
+def test_a_file_out_of_exchange_order_is_still_read_in_order(engine: QueryEngine) -> None:
+    """K2's own files hold each instrument's rows in exchange order and a one-file read skips the sort; a file some
+    other tool wrote in another order must still come back sorted, whole or page by page."""
+    rows = trade_rows("asx", "XYZ", "7.5")
+    shuffled = [rows[i] for i in (3, 0, 2, 1)]  # D1's four trades, two of them sharing a timestamp
+    engine.load(TRADES).append(pa.Table.from_pylist(shuffled, schema=TRADES.arrow_schema))
+    want = expected(rows, D1, D2)
+    assert len(engine.plan(TRADES, market_filter("XYZ", "asx", TimeRange(D1, D2))).data_files) == 1
+    assert engine.trades("XYZ", "asx", D1, D2).to_pylist() == want
+    query = engine.market_query("XYZ", "asx", D1, D2, 3)
+    first = engine.fetch("trades", query)
+    second = engine.fetch("trades", query, cursor=first.next_cursor)
+    assert second.next_cursor is None
+    assert first.table.to_pylist() + second.table.to_pylist() == want
+
+
 def test_one_engine_serves_concurrent_queries(engine: QueryEngine) -> None:
     """FastAPI runs sync routes on a threadpool against the one engine on app.state."""
     from concurrent.futures import ThreadPoolExecutor
