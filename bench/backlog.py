@@ -343,9 +343,15 @@ def run_ingester(settings: Settings, expected: int, mode: str, timeout: float = 
 
 
 def run_ingesters(
-    settings: Settings, expected: int, mode: str, processes: int, timeout: float = 1800
+    settings: Settings,
+    expected: int,
+    mode: str,
+    processes: int,
+    timeout: float = 1800,
+    cores: list[set[int]] | None = None,
 ) -> list[RunResult]:
-    """`processes` ingester processes in one consumer group, until together they have handled `expected` rows."""
+    """`processes` ingester processes in one consumer group, until together they have handled `expected` rows.
+    `cores[i]`, when given, pins process i to those CPUs."""
     from k2_core.catalog import ensure_tables, open_catalog
 
     ensure_tables(open_catalog(settings), settings.catalog.namespace)  # not concurrently from two processes
@@ -356,8 +362,10 @@ def run_ingesters(
         ctx.Process(target=_run_ingester, args=(settings.model_dump_json(), expected, mode, queue, shared))
         for _ in range(processes)
     ]
-    for proc in procs:
+    for i, proc in enumerate(procs):
         proc.start()
+        if cores is not None and proc.pid is not None:
+            os.sched_setaffinity(proc.pid, cores[i])
     try:
         data = [queue.get(timeout=timeout) for _ in procs]
     finally:

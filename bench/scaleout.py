@@ -2,7 +2,11 @@
 local Tansu broker; prints each run's throughput, the ratio, and how long a process waits for its group assignment
 at several session timeouts (Tansu settles a group in about half of `session.timeout.ms`).
 
-    .venv/bin/python -m bench.scaleout --messages 2000000
+With `--pin`, each ingester process gets a core of its own (one process on CPU 0; two on CPUs 0 and 1; the broker and
+this script float): the question "does a second process with a core of its own double throughput" asked on a machine
+whose second core would otherwise be shared by both ingesters and the broker.
+
+    .venv/bin/python -m bench.scaleout --messages 2000000 [--pin]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--partitions", type=int, default=4, help="per topic (three trade topics)")
     parser.add_argument("--batch-rows", type=int, default=None)
+    parser.add_argument("--pin", action="store_true", help="one core per ingester process (see above)")
     parser.add_argument("--session-timeouts", default="6000,3000,2000", help="ms, for the assignment-time runs")
     args = parser.parse_args()
     ingest = {"batch_max_rows": args.batch_rows} if args.batch_rows else {}
@@ -38,13 +43,14 @@ def main() -> None:
         print(
             f"# bench.scaleout {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {len(os.sched_getaffinity(0))} cores, "
             f"load {os.getloadavg()[0]:.1f}; {args.messages:,} trades, 3 topics x {args.partitions} partitions; "
-            f"batch <= {base.ingest.batch_max_rows:,} rows"
+            f"batch <= {base.ingest.batch_max_rows:,} rows{'; one core per ingester' if args.pin else ''}"
         )
         fill(base, layout, args.messages, 10)
         throughput = {}
         for processes in (1, 2):
             settings = bench_settings(broker.bootstrap, root / f"p{processes}", args.partitions, **ingest)
-            results = run_ingesters(settings, args.messages, "batch", processes)
+            cores = [{i} for i in range(processes)] if args.pin else None
+            results = run_ingesters(settings, args.messages, "batch", processes, cores=cores)
             throughput[processes] = aggregate(results)
             per = ", ".join(
                 f"{r.rows:,} rows {r.rows_per_second:,.0f}/s assign {r.seconds_to_first_batch:.1f} s" for r in results
