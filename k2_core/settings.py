@@ -71,6 +71,9 @@ class IngestSettings(BaseModel):
     commit_retries: int = Field(default=8, ge=0)
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
     max_backoff_seconds: float = Field(default=30.0, gt=0)
+    # A commit conflict means another writer has just committed: the written files are committed again almost at once
+    # (a random wait up to this, doubling per attempt), not after a failed write's backoff.
+    conflict_backoff_seconds: float = Field(default=0.02, gt=0)
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the /metrics endpoint.")
     # Snapshot retention as the ingester writes (k2_core.retention): every N commits to a table, checkpoint-tag and
     # expire down to the newest `keep_snapshots` plus hourly/daily checkpoints. 0 = leave it to the Dagster job.

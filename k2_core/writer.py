@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class TableWriter:
     def __init__(
-        self, table: Table, writer_id: str, cluster_id: str, retries: int = 8, backoff_seconds: float = 0.2
+        self, table: Table, writer_id: str, cluster_id: str, retries: int = 8, backoff_seconds: float = 0.02
     ) -> None:
         self.table = table
         self.writer_id = writer_id
@@ -89,7 +89,8 @@ class TableWriter:
                 if attempt == self.retries:
                     delete_uncommitted(self.table, files)
                     raise CommitConflictError(f"{self.table.name()}: gave up after {attempt + 1} attempts") from exc
-                wait = self.backoff_seconds * (2**attempt) * (1 + random.random() / 10)  # noqa: S311 - jitter
+                # Full jitter: writers that collided spread out instead of colliding again in step.
+                wait = random.uniform(0, self.backoff_seconds * 2**attempt)  # noqa: S311 - jitter
                 log.warning("commit conflict, retrying", extra={"table": str(self.table.name()), "wait_s": wait})
                 time.sleep(wait)
                 self.committed_offsets()

@@ -145,7 +145,7 @@ class Ingester:
         ing = settings.ingest
         self.cluster_id = cluster_id(settings.kafka.bootstrap_servers)
         self.writers = {
-            kind: TableWriter(t, self.writer_id, self.cluster_id, ing.commit_retries, ing.retry_backoff_seconds)
+            kind: TableWriter(t, self.writer_id, self.cluster_id, ing.commit_retries, ing.conflict_backoff_seconds)
             for kind, t in self.tables.items()
         }
         self.grading = GapGrading(ing.gap_alert_threshold, ing.gap_halt_threshold)
