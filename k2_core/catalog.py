@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.table import Table
 
 from k2_core.settings import Settings
 from k2_core.tables import ALL_TABLES, TABLE_PROPERTIES, TableDef
+
+log = logging.getLogger(__name__)
 
 
 def open_catalog(settings: Settings) -> Catalog:
@@ -25,10 +28,16 @@ def open_catalog(settings: Settings) -> Catalog:
     return SqlCatalog(settings.catalog.name, uri=settings.catalog_uri, warehouse=warehouse, **io)
 
 
+# Set at creation only: Iceberg upgrades a table's format by its own procedure, not by a property.
+_CREATE_ONLY = {"format-version"}
+
+
 def ensure_table(catalog: Catalog, namespace: str, table_def: TableDef) -> Table:
+    """The table, created if missing. An existing table gets K2's current `TABLE_PROPERTIES` (commit retries,
+    manifest merging, metadata log, row groups): a table created by an older K2 would otherwise keep the old ones."""
     identifier = (namespace, table_def.name)
     if catalog.table_exists(identifier):
-        return catalog.load_table(identifier)
+        return _with_current_properties(catalog.load_table(identifier))
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
     try:
@@ -41,6 +50,21 @@ def ensure_table(catalog: Catalog, namespace: str, table_def: TableDef) -> Table
         )
     except TableAlreadyExistsError:  # another process created it between our check and create
         return catalog.load_table(identifier)
+
+
+def _with_current_properties(table: Table, attempts: int = 5) -> Table:
+    for _ in range(attempts):
+        stale = {k: v for k, v in TABLE_PROPERTIES.items() if k not in _CREATE_ONLY and table.properties.get(k) != v}
+        if not stale:
+            return table
+        try:
+            with table.transaction() as txn:
+                txn.set_properties(stale)
+            return table
+        except CommitFailedException:  # another writer committed first (perhaps the same upgrade): look again
+            table.refresh()
+    log.warning("table properties not updated: commits kept conflicting", extra={"table": str(table.name())})
+    return table
 
 
 def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:

@@ -11,11 +11,11 @@ from urllib.parse import urlparse
 import pytest
 from pyiceberg.table import Table
 
-from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.exceptions import FencedError
 from k2_core.offsets import OffsetIndex
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
+from k2_core.tables import TABLE_PROPERTIES, TRADES
 from k2_core.writer import TableWriter
 
 TP = ("market.equities.trades.asx", 0)
@@ -109,3 +109,22 @@ def test_offsets_survive_snapshots_without_them_and_ignore_other_clusters(
     # incremental refresh reads only what is new
     new.append(TRADES.to_arrow(rows(4)), {TP: 9}, {TP: 7})
     assert index.refresh(table) == {TP: 9}
+
+
+def test_an_existing_table_gets_the_current_table_properties(make_settings: Callable[..., Settings]) -> None:
+    catalog = open_catalog(make_settings())
+    catalog.create_namespace("market")
+    old = catalog.create_table(
+        ("market", "trades"),
+        schema=TRADES.schema,
+        partition_spec=TRADES.partition_spec,
+        properties={"write.parquet.row-group-limit": "1048576", "commit.retry.num-retries": "4"},
+    )
+    assert old.properties.get("commit.manifest-merge.enabled") is None
+    upgraded = ensure_table(catalog, "market", TRADES)
+    for key, value in TABLE_PROPERTIES.items():
+        if key != "format-version":
+            assert upgraded.properties[key] == value
+    location = catalog.load_table(("market", "trades")).metadata_location
+    ensure_table(catalog, "market", TRADES)  # already current: no new metadata
+    assert catalog.load_table(("market", "trades")).metadata_location == location
