@@ -30,6 +30,7 @@ from k2_core.registry import FileSchemaRegistry
 from k2_core.settings import CatalogSettings, DegradationSettings, IngestSettings, KafkaSettings, Settings
 from k2_core.topics import TopicLayout
 from k2_stream.broker import start_tansu
+from k2_stream.decode import zigzag_varint
 from k2_stream.simulator.instruments import instruments_for
 
 EXCHANGES = ("asx", "nyse", "binance")
@@ -44,18 +45,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def zigzag(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z & ~0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def avro_str(s: bytes) -> bytes:
-    return zigzag(len(s)) + s
+    return zigzag_varint(len(s)) + s
 
 
 def avro_decimal(d: Decimal) -> bytes:
@@ -101,11 +92,11 @@ class TradeEncoder:
         return b"".join(
             (
                 self.head,
-                zigzag(ts_us),
-                zigzag(seq),
+                zigzag_varint(ts_us),
+                zigzag_varint(seq),
                 self.middles[seq % self.TEMPLATES],
                 avro_str(tid),
-                zigzag(ingested_us),
+                zigzag_varint(ingested_us),
             )
         )
 

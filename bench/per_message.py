@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Message
 
 from k2_core.dedup import to_us
 from k2_core.exceptions import DecodeError, ValidationError, WriteError
@@ -169,17 +169,4 @@ class PerMessageIngester(Ingester):
         for m in batch:
             kind, ts = m.timestamp()
             newest[(m.topic() or "", m.partition() or 0)] = (ts if kind else 0, m.offset() or 0)
-        now_ms = to_us(now) // 1000
-        worst = 0.0
-        for tp in self.positions:
-            ts, offset = newest.get(tp, (0, -1))
-            lag = max(0.0, (now_ms - ts) / 1000) if ts else 0.0
-            worst = max(worst, lag)
-            metrics.CONSUMER_LAG_SECONDS.labels(tp[0], str(tp[1])).set(lag)
-            if offset >= 0:
-                try:
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
-                except KafkaException:
-                    continue
-                metrics.CONSUMER_LAG_MESSAGES.labels(tp[0], str(tp[1])).set(max(0, high - offset - 1))
-        return worst
+        return self._export_lag(newest, now)

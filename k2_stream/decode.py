@@ -54,7 +54,7 @@ _MAX_UNSCALED = 10**18  # DECIMAL(18,8): |value| < 10^10, i.e. |unscaled| < 10^1
 _STRING, _LONG, _DECIMAL = "string", "long", "decimal"
 
 
-def _zigzag_varint(n: int) -> bytes:
+def zigzag_varint(n: int) -> bytes:
     z = (n << 1) ^ (n >> 63)
     out = bytearray()
     while z & ~0x7F:
@@ -115,10 +115,10 @@ def _container_header(schema: ParsedSchema) -> bytes:
     ]
     meta = {"avro.schema": json.dumps(framed).encode(), "avro.codec": b"null"}
     out = bytearray(b"Obj\x01")
-    out += _zigzag_varint(len(meta))
+    out += zigzag_varint(len(meta))
     for key, value in meta.items():
-        out += _zigzag_varint(len(key)) + key.encode() + _zigzag_varint(len(value)) + value
-    out += _zigzag_varint(0) + _SYNC
+        out += zigzag_varint(len(key)) + key.encode() + zigzag_varint(len(value)) + value
+    out += zigzag_varint(0) + _SYNC
     return bytes(out)
 
 
@@ -284,7 +284,7 @@ class BatchDecoder:
             edges[starts] = 1
             edges[starts + lens] -= 1
             body = buf[np.cumsum(edges[:-1], dtype=np.int8).view(np.bool_)].tobytes()
-        block = b"".join((header, _zigzag_varint(len(lens)), _zigzag_varint(total), body, _SYNC))
+        block = b"".join((header, zigzag_varint(len(lens)), zigzag_varint(total), body, _SYNC))
         try:
             table = pl.read_avro(io.BytesIO(block), columns=[f["name"] for f in reader["fields"]]).to_arrow()
         except (PolarsError, PanicException, OSError, ValueError, OverflowError, struct.error):

@@ -566,6 +566,11 @@ class Ingester:
         for tp, i in zip(view.tps, view.last_index(), strict=True):
             kind, ts = batch[i].timestamp()
             newest[tp] = (ts if kind else 0, int(view.offsets[i]))
+        return self._export_lag(newest, now)
+
+    def _export_lag(self, newest: dict[TP, tuple[int, int]], now: datetime) -> float:
+        """Set the lag gauges of every owned partition from (newest Kafka timestamp ms, its offset) per partition
+        that had messages; returns the worst lag in seconds."""
         now_ms = to_us(now) // 1000
         worst = 0.0
         for tp in self.positions:
