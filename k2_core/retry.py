@@ -31,17 +31,20 @@ def commit_with_retries(
     retries: int,
     backoff_seconds: float,
     what: str,
+    full_jitter: bool = False,
 ) -> T:
     """Run `attempt(table)` until it commits. A `CommitFailedException` (another writer won the race) refreshes the
     table and tries again, at most `retries` more times, then raises `CommitConflictError`. Storage and catalog
-    failures raise `WriteError`."""
+    failures raise `WriteError`. The wait before retry n is `backoff_seconds * 2**n`, plus up to 10%; with
+    `full_jitter`, a random share of it, so writers that keep colliding spread out."""
     for n in range(retries + 1):
         try:
             return attempt(table)
         except CommitFailedException as exc:
             if n == retries:
                 raise CommitConflictError(f"{what} on {table.name()}: gave up after {n + 1} attempts") from exc
-            wait = backoff_seconds * (2**n) * (1 + random.random() / 10)  # noqa: S311 - jitter
+            cap = backoff_seconds * 2**n
+            wait = random.uniform(0, cap) if full_jitter else cap * (1 + random.random() / 10)  # noqa: S311 - jitter
             log.info("commit conflict, retrying", extra={"table": str(table.name()), "what": what, "wait_s": wait})
             time.sleep(wait)
             try:

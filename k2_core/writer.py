@@ -10,12 +10,9 @@ data files again: the batch's Parquet is written once however many writers race 
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Mapping
 
 import pyarrow as pa
-from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,6 +25,7 @@ from k2_core.offsets import (
     TopicPartition,
     encode_offsets,
 )
+from k2_core.retry import commit_with_retries
 from k2_core.rewrite import append_files, delete_uncommitted, write_files
 
 log = logging.getLogger(__name__)
@@ -78,27 +76,25 @@ class TableWriter:
             files = write_files(self.table, data)
         except OSError as exc:
             raise WriteError(f"writing data files for {self.table.name()} failed: {exc}") from exc
-        for attempt in range(self.retries + 1):
-            try:
-                self._check_owner(positions)
-                snapshot_id = append_files(self.table, files, props)
-            except FencedError:
-                delete_uncommitted(self.table, files)
-                raise
-            except CommitFailedException as exc:
-                if attempt == self.retries:
-                    delete_uncommitted(self.table, files)
-                    raise CommitConflictError(f"{self.table.name()}: gave up after {attempt + 1} attempts") from exc
-                # Full jitter: writers that collided spread out instead of colliding again in step.
-                wait = random.uniform(0, self.backoff_seconds * 2**attempt)  # noqa: S311 - jitter
-                log.warning("commit conflict, retrying", extra={"table": str(self.table.name()), "wait_s": wait})
-                time.sleep(wait)
-                self.committed_offsets()
-                continue
-            except (OSError, SQLAlchemyError, CommitStateUnknownException) as exc:
-                # The commit may have landed: the files are left for orphan cleanup, never deleted here.
-                raise WriteError(f"append to {self.table.name()} failed: {exc}") from exc
-            if snapshot_id is not None:
-                self.index.advance(snapshot_id, offsets)
-            return snapshot_id
-        return None  # unreachable: the loop returns or raises
+
+        def attempt(table: Table) -> int | None:
+            self.index.refresh(table)  # walks only the snapshots committed since it last looked
+            self._check_owner(positions)
+            return append_files(table, files, props)
+
+        try:
+            snapshot_id = commit_with_retries(
+                self.table,
+                attempt,
+                retries=self.retries,
+                backoff_seconds=self.backoff_seconds,
+                what="append",
+                full_jitter=True,
+            )
+        except (FencedError, CommitConflictError):
+            delete_uncommitted(self.table, files)  # certainly not committed
+            raise
+        # After any other failure the commit may have landed: the files are left for orphan cleanup.
+        if snapshot_id is not None:
+            self.index.advance(snapshot_id, offsets)
+        return snapshot_id
