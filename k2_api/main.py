@@ -7,7 +7,6 @@ without HTTP baggage.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -22,13 +21,13 @@ from k2_api.observability import install_observability
 from k2_api.routes import ROUTERS
 from k2_api.security import install_security
 from k2_core.exceptions import QueryError, UnknownSymbolError
-from k2_core.logging import configure_logging
+from k2_core.logging import configure_logging, get_logger
 from k2_core.query import QueryEngine
 from k2_core.realtime import RealtimeBuffer
 from k2_core.settings import Settings
 from k2_stream.tail import TailConsumer
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @asynccontextmanager

@@ -17,9 +17,9 @@ from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from k2_core.logging import REQUEST_ID
+from k2_core.logging import REQUEST_ID, get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 UNMATCHED = "<unmatched>"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,12 +46,12 @@ from k2_core.auth import (
     auth_required,
 )
 from k2_core.exceptions import AuditError, AuthenticationError, CredentialStoreError, RateLimitError
-from k2_core.logging import REQUEST_ID
+from k2_core.logging import REQUEST_ID, get_logger
 from k2_core.ratelimit import RateLimiter
 from k2_core.settings import Settings
 from k2_core.sqldb import catalog_engine
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 REALM = "k2"
 AUDIT_SCOPE_KEY = "k2.audit"  # where `authorize` leaves the request's audit context for the middleware

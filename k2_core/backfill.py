@@ -15,7 +15,6 @@ recovered or already-stored runs become `filled`, the rest stay `open` with one 
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,13 +34,14 @@ from pyiceberg.table import Table
 
 from k2_core.exceptions import ValidationError
 from k2_core.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
+from k2_core.logging import get_logger
 from k2_core.offsets import WRITER_PROPERTY
 from k2_core.records import validate
 from k2_core.retry import commit_with_retries
 from k2_core.tables import GAPS, MARKET_TABLES
 from k2_core.topics import Kind
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 WRITER = "backfill"
 STORED_FIELDS = ("symbol", "exchange", "exchange_sequence_number", "exchange_timestamp", "ingestion_timestamp")

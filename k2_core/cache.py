@@ -14,7 +14,6 @@ Redis is an accelerator, not a dependency: any Redis failure is logged, Redis is
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -24,9 +23,10 @@ import pyarrow as pa
 import redis
 from cachetools import LRUCache
 
+from k2_core.logging import get_logger
 from k2_core.settings import RedisSettings
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 Tier = Literal["lru", "redis"]
 _PREFIX = "k2:query:v1:"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 from pyiceberg.catalog import Catalog
@@ -11,10 +10,11 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.table import Table
 
+from k2_core.logging import get_logger
 from k2_core.settings import Settings
 from k2_core.tables import ALL_TABLES, TABLE_PROPERTIES, TableDef
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def open_catalog(settings: Settings) -> Catalog:

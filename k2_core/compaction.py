@@ -14,7 +14,6 @@ Kafka offsets: the ingester's offset walk passes over it.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,12 +29,13 @@ from pyiceberg.table import Table
 from k2_core.days import day_filter, day_key
 from k2_core.exceptions import CommitConflictError, CompactionError
 from k2_core.lineage import DayFiles
+from k2_core.logging import get_logger
 from k2_core.offsets import WRITER_PROPERTY
 from k2_core.retry import commit_with_retries
 from k2_core.rewrite import delete_uncommitted, replace_files, write_chunks
 from k2_core.tables import DEDUP_KEY, TableDef
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 WRITER = "compaction"
 DAY_PROPERTY = "k2.compaction.day"

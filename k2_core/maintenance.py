@@ -13,7 +13,6 @@ files older than a minimum age, so a file written by an in-flight commit is neve
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -24,10 +23,11 @@ from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
 
 from k2_core.exceptions import MaintenanceError
+from k2_core.logging import get_logger
 from k2_core.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
 from k2_core.retry import commit_with_retries
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ICEBERG_SUFFIXES = (".parquet", ".avro", ".metadata.json", ".puffin", ".stats")
 

@@ -9,7 +9,6 @@ minute bars of that day used, and checked to roll up from them exactly.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import date
 
@@ -32,12 +31,13 @@ from k2_core.bars import (
 )
 from k2_core.days import day_filter, day_key
 from k2_core.exceptions import CommitConflictError, MaintenanceError
+from k2_core.logging import get_logger
 from k2_core.offsets import WRITER_PROPERTY
 from k2_core.retry import commit_with_retries
 from k2_core.rewrite import delete_uncommitted, replace_files, write_chunks
 from k2_core.tables import TableDef
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DAY_PROPERTY = "k2.ohlcv.day"
 TRADE_FIELDS = ("symbol", "exchange", "exchange_timestamp", "exchange_sequence_number", "price", "volume")

@@ -10,7 +10,6 @@ trades instead. Days never built, or whose source snapshot has expired, are comp
 
 from __future__ import annotations
 
-import logging
 from datetime import date, datetime, timedelta
 
 import pyarrow as pa
@@ -25,9 +24,10 @@ from pyiceberg.types import DateType
 
 from k2_core.bars import BARS_ARROW_SCHEMA
 from k2_core.days import EPOCH_DAY, day_bounds
+from k2_core.logging import get_logger
 from k2_core.preaggregate import source_snapshot
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def days_between(start: datetime, end: datetime) -> list[date]:

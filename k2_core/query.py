@@ -19,7 +19,6 @@ raises `QueryError`, whose message starts with the offending parameter, for anyt
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from k2_core.cache import RedisTier, ResultCache, Tier
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.cursor import Cursor, decode_cursor, fingerprint
 from k2_core.exceptions import QueryError, UnknownSymbolError
+from k2_core.logging import get_logger
 from k2_core.realtime import RealtimeBuffer
 from k2_core.scan import ScanPlan
 from k2_core.settings import ApiSettings, CatalogSettings, QuerySettings, Settings
@@ -75,7 +75,7 @@ from k2_core.validation import (
     validate_time_range,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_NAMESPACE = CatalogSettings().namespace
 _API_DEFAULTS = ApiSettings()

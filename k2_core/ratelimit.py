@@ -9,7 +9,6 @@ process rather than shared.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -18,9 +17,10 @@ from dataclasses import dataclass
 import redis
 
 from k2_core.exceptions import RateLimitError
+from k2_core.logging import get_logger
 from k2_core.settings import RedisSettings
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _PREFIX = "k2:ratelimit:"
 # KEYS[1] bucket; ARGV rate, burst. Returns {allowed (0/1), seconds until a token as a string}.

@@ -18,7 +18,6 @@ removal reclaims the released files after its minimum age, so a reader mid-scan 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,10 +25,11 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 
+from k2_core.logging import get_logger
 from k2_core.maintenance import expire_snapshots
 from k2_core.retry import commit_with_retries
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HOUR_TAG = "k2-hour-"
 DAY_TAG = "k2-day-"

@@ -9,7 +9,6 @@ its batch once and, when another writer commits first, commits the same files ag
 from __future__ import annotations
 
 import itertools
-import logging
 import uuid
 from collections.abc import Iterable
 
@@ -19,7 +18,9 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.utils.properties import property_as_bool
 
-log = logging.getLogger(__name__)
+from k2_core.logging import get_logger
+
+log = get_logger(__name__)
 
 # One output file per chunk: the chunking already decided the sizes.
 _NO_SPLIT = str(2**62)

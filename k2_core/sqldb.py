@@ -7,15 +7,15 @@ stored as UTC; SQLite hands them back naive, so every read goes through `utc`.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, MetaData, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from k2_core.logging import get_logger
 from k2_core.settings import Settings
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 METADATA = MetaData()
 

@@ -9,7 +9,6 @@ known queries nor a burst of typos re-plans the table on every request.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
@@ -17,9 +16,10 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
 from k2_core import scan
+from k2_core.logging import get_logger
 from k2_core.tables import TableDef
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class SymbolIndex:

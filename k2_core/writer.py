@@ -9,7 +9,6 @@ data files again: the batch's Parquet is written once however many writers race 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -17,6 +16,7 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, FencedError, WriteError
+from k2_core.logging import get_logger
 from k2_core.offsets import (
     CLUSTER_PROPERTY,
     OFFSETS_PROPERTY,
@@ -28,7 +28,7 @@ from k2_core.offsets import (
 from k2_core.retry import commit_with_retries
 from k2_core.rewrite import append_files, delete_uncommitted, write_files
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class TableWriter:

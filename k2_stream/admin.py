@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2_core.exceptions import K2Error
+from k2_core.logging import get_logger
 from k2_core.settings import Settings
 from k2_core.topics import TopicLayout
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def load_layout(settings: Settings) -> TopicLayout:

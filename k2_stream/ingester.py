@@ -10,7 +10,6 @@ the tracker is rebuilt from the table and consumption resumes from the committed
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from k2_core.dedup import already_stored, rebuild, to_us
 from k2_core.degradation import Degradation, Level
 from k2_core.exceptions import CommitConflictError, FencedError, K2Error, WriteError
 from k2_core.gaps import HALT, SHED_GAP_REASON, WARNING, GapGrading, GapStore
+from k2_core.logging import get_logger
 from k2_core.offsets import TopicPartition as TP
 from k2_core.records import dead_letter_body, reason_class
 from k2_core.retention import RetentionPolicy, apply_retention
@@ -45,7 +45,7 @@ from k2_stream.admin import cluster_id, ensure_topics, load_layout
 from k2_stream.decode import BatchDecoder
 from k2_stream.registry_confluent import make_registry
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException)
 

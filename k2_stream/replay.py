@@ -9,7 +9,6 @@ should not cost the millions around it.
 from __future__ import annotations
 
 import io
-import logging
 import re
 import time
 import zipfile
@@ -22,12 +21,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from k2_core.exceptions import ConfigError, K2Error, ReplayFormatError
+from k2_core.logging import get_logger
 from k2_core.registry import SchemaRegistry
 from k2_core.settings import Settings
 from k2_core.topics import Kind
 from k2_stream.simulator.session import GracefulStop, open_producer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{1,20}$")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

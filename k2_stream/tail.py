@@ -10,7 +10,6 @@ are picked up from metadata every few seconds.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ from confluent_kafka import (
 
 from k2_core.avro import Decoder
 from k2_core.exceptions import DecodeError, ValidationError
+from k2_core.logging import get_logger
 from k2_core.realtime import RealtimeBuffer
 from k2_core.records import validate
 from k2_core.settings import Settings
@@ -35,7 +35,7 @@ from k2_core.topics import TopicLayout, TopicSpec
 from k2_stream.admin import load_layout
 from k2_stream.registry_confluent import make_registry
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _METADATA_REFRESH_SECONDS = 3.0
 _BATCH = 5000

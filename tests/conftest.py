@@ -12,11 +12,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
+from k2_core.logging import configure_logging
 from k2_core.settings import CatalogSettings, IngestSettings, KafkaSettings, Settings
 from k2_stream.broker import start_tansu
 from k2_stream.ingester import Ingester
 
 POSTGRES_URI = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def production_logging() -> None:
+    """Every test logs as K2 does in production: JSON at INFO, so every log call is really formatted (a field
+    that cannot be rendered, or collides with the log record, fails here before it fails a running process)."""
+    configure_logging("test", "INFO")
 
 
 def free_port() -> int:

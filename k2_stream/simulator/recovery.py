@@ -9,7 +9,6 @@ Runs append; when two runs reuse a sequence number, the later line wins.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -17,11 +16,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from k2_core.exceptions import ReplayFormatError
+from k2_core.logging import get_logger
 from k2_core.settings import Settings
 from k2_core.topics import KINDS, Kind
 from k2_stream.simulator.faults import Event
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Field types that JSON cannot carry; tests check these against the Avro schemas so they cannot drift.
 DECIMAL_FIELDS: dict[Kind, frozenset[str]] = {

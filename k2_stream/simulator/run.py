@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from k2_core.exceptions import ConfigError
+from k2_core.logging import get_logger
 from k2_core.registry import SchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.simulator.faults import Event, Stream
@@ -16,7 +16,7 @@ from k2_stream.simulator.generator import MarketSimulator, SimulatorConfig
 from k2_stream.simulator.recovery import append_recovery, recovery_path
 from k2_stream.simulator.session import GracefulStop, open_producer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Pacing granularity: small enough that the rate looks steady to a consumer, large enough that sleeping
 # is not most of the work at thousands of trades per second.

@@ -7,7 +7,6 @@ die with records in the producer's buffer or half a line in the recovery file.
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from types import FrameType, TracebackType
@@ -16,13 +15,14 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from k2_core.exceptions import ConfigError, K2Error
+from k2_core.logging import get_logger
 from k2_core.registry import SchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.admin import ensure_topics, load_layout
 from k2_stream.producer import FeedProducer
 from k2_stream.registry_confluent import make_registry
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
