@@ -36,4 +36,7 @@ def register(app: typer.Typer) -> None:
         """Start the whole platform on the embedded default: broker, catalog, feeds, ingester, API, Dagster."""
         from k2_cli.supervisor import Supervisor
 
-        Supervisor(Settings(), simulators=simulators, dagster=dagster, rate=rate, max_partitions=max_partitions).run()
+        supervisor = Supervisor(
+            Settings(), simulators=simulators, dagster=dagster, rate=rate, max_partitions=max_partitions
+        )
+        raise typer.Exit(supervisor.run())

@@ -1,23 +1,119 @@
-"""`k2 run`: starts every K2 process on the embedded default and stops them all, cleanly, on Ctrl-C."""
+"""`k2 run`: starts every K2 process on the embedded default, keeps them up, and stops them all, cleanly.
+
+A process that exits unexpectedly is restarted after a backoff that doubles while it keeps failing soon after
+start; after `max_fast_failures` such exits in a row the supervisor gives up, says why, and stops the platform.
+The embedded broker keeps messages in memory only: when it has to be restarted, what it held and the ingester had
+not yet committed to Iceberg is gone, so that restart is announced loudly and the processes that talk to it start
+again with it. Ctrl-C, SIGTERM and SIGHUP all stop everything in order (feeds, Dagster's daemon, the ingester's
+last commit, the API and UI, the broker); a second signal kills what is left at once. Every child runs in a
+process group of its own, killed whole at the end, and dies with the supervisor if the supervisor is killed.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from rich.console import Console
 
 from k2_core.auth import auth_banner, auth_required
-from k2_core.settings import Settings
-from k2_stream.broker import start_tansu
+from k2_core.exceptions import K2Error
+from k2_core.logging import configure_logging, get_logger
+from k2_core.settings import Settings, SupervisorSettings
+from k2_dagster.launcher import DagsterProcess, dagster_processes, webserver_url
+from k2_stream.broker import tansu_argv, wait_for_port
+from k2_stream.status import serve_status
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one line per message, greppable
+log = get_logger(__name__)
 EXCHANGES = ("asx", "nyse", "binance")
+BROKER = "broker"
+BROKER_LOST_GRACE_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+class GiveUp(Exception):
+    """A process kept failing soon after every start."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to restart a process that exited, and when to stop trying. Pure, so it is tested on its own."""
+
+    backoff: float
+    max_backoff: float
+    stable: float
+    max_fast_failures: int
+
+    @classmethod
+    def of(cls, s: SupervisorSettings) -> RestartPolicy:
+        return cls(s.restart_backoff_seconds, s.max_backoff_seconds, s.stable_seconds, s.max_fast_failures)
+
+    def after_exit(self, ran_for: float, fast_failures: int) -> tuple[int, float]:
+        """(fast failures in a row counting this exit, seconds to wait before the restart); raises GiveUp."""
+        failures = fast_failures + 1 if ran_for < self.stable else 1
+        if failures > self.max_fast_failures:
+            raise GiveUp(f"exited {failures - 1} times in a row, each within {self.stable:.0f}s of starting")
+        return failures, min(self.backoff * 2 ** (failures - 1), self.max_backoff)
+
+
+@dataclass
+class Child:
+    """One supervised process and its history."""
+
+    name: str
+    start: Callable[[], subprocess.Popen[bytes]]
+    needs_broker: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.monotonic() of the current start
+    started_wall: float = 0.0
+    restarts: int = 0
+    fast_failures: int = 0
+    restart_at: float | None = None
+    last_exit: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+# Resolved before any fork: the child only calls it.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """Run in the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL (Linux prctl)."""
+
+    def preexec() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 @dataclass
@@ -27,7 +123,30 @@ class Supervisor:
     dagster: bool = True
     rate: int = 50
     max_partitions: int = 4
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    children: dict[str, Child] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.policy = RestartPolicy.of(self.settings.supervisor)
+        self.logs = self.settings.home / "logs"
+        self.run_dir = self.settings.home / "run"
+        self._signal: int | None = None
+        self._force = False
+        self._lock: IO[str] | None = None
+        self.registry = CollectorRegistry()
+        self._up = Gauge("k2_process_up", "1 while a K2 process runs", ["process"], registry=self.registry)
+        self._restarts = Counter(
+            "k2_process_restarts", "Restarts of a K2 process by k2 run", ["process"], registry=self.registry
+        )
+        self._started = Gauge(
+            "k2_process_start_time_seconds",
+            "Unix time of the process's last start",
+            ["process"],
+            registry=self.registry,
+        )
+        bootstrap = urlsplit(f"//{self.settings.kafka.bootstrap_servers.split(',')[0]}")
+        self.broker_host, self.broker_port = bootstrap.hostname or "127.0.0.1", bootstrap.port or 9092
+
+    # ---- the processes ---------------------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
         """Children read the same settings; only the embedded defaults below are added when unset."""
@@ -37,96 +156,308 @@ class Supervisor:
         env.setdefault("K2_KAFKA_REPLICATION_FACTOR", "1")
         return env
 
-    def _spawn(self, name: str, *args: str) -> None:
-        log_path = self.settings.home / "logs" / f"{name}.log"
-        with log_path.open("ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "k2_cli.main", *args],
-                env=self._env(),
-                stdout=log,
+    def _popen(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("ab") as out:
+            return subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+                start_new_session=True,  # a group of its own: Ctrl-C reaches only us, and the group is killed whole
+                preexec_fn=_die_with_parent(os.getpid()),
             )
 
-    def _spawn_dagster(self) -> None:
-        from k2_dagster.launcher import dagster_processes, webserver_url
+    def _k2(self, name: str, *args: str, needs_broker: bool = True) -> Child:
+        argv = [sys.executable, "-m", "k2_cli.main", *args]
+        return Child(name, lambda: self._popen(name, argv, self._env()), needs_broker=needs_broker)
 
-        processes = dagster_processes(self.settings, self._env())
-        # The webserver and the daemon would both create the instance's SQLite storage at start and race on its
-        # schema migration: create it once, before either starts.
+    def _dagster(self, p: DagsterProcess) -> Child:
+        return Child(p.name, lambda: self._popen(p.name, p.argv, p.env, p.cwd))
+
+    def _broker(self) -> subprocess.Popen[bytes]:
+        proc = self._popen(
+            BROKER, tansu_argv(self.broker_host, self.broker_port, self.settings.kafka.broker_binary), {}
+        )
+        wait_for_port(self.broker_host, self.broker_port)
+        return proc
+
+    def _plan(self) -> list[Child]:
+        """Every process in start order."""
+        children = [
+            Child(BROKER, self._broker),
+            self._k2("ingester", "ingest"),
+            self._k2("api", "api"),
+        ]
+        if self.dagster:
+            children += [self._dagster(p) for p in dagster_processes(self.settings, self._env())]
+        if self.simulators:
+            for exchange in EXCHANGES:
+                name = f"simulator-{exchange}"
+                children.append(self._k2(name, "simulate", "--exchange", exchange, "--rate", str(self.rate)))
+        return children
+
+    def _ports(self) -> dict[str, tuple[str, int]]:
+        s = self.settings
+        ports = {
+            "broker": (self.broker_host, self.broker_port),
+            "api": (s.api.host, s.api.port),
+        }
+        if s.ingest.metrics_port:
+            ports["ingester metrics"] = (s.api.host, s.ingest.metrics_port)
+        if s.supervisor.port:
+            ports["k2 run status"] = (s.api.host, s.supervisor.port)
+        if self.dagster:
+            ports["dagster"] = (s.maintenance.dagster_host, s.maintenance.dagster_port)
+        return ports
+
+    # ---- start -----------------------------------------------------------------------------------------------
+
+    def _claim_home(self) -> None:
+        """One `k2 run` per K2_HOME: a second would fight the first over ports, catalog and logs."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = (self.run_dir / "k2-run.lock").open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock.seek(0)
+            raise SystemExit(
+                f"k2 run is already running on {self.settings.home} ({self._lock.read().strip()})"
+            ) from exc
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()}")
+        self._lock.flush()
+
+    def _check_ports(self) -> None:
+        taken = [f"{what} {host}:{port}" for what, (host, port) in self._ports().items() if port_in_use(host, port)]
+        if taken:
+            raise SystemExit(
+                f"cannot start: in use: {', '.join(taken)}. Is another K2 running? "
+                "Stop it, or choose other ports (K2_KAFKA_BOOTSTRAP_SERVERS, K2_API_PORT, K2_INGEST_METRICS_PORT, "
+                "K2_SUPERVISOR_PORT, K2_MAINTENANCE_DAGSTER_PORT)."
+            )
+
+    def _start(self, child: Child) -> None:
+        child.proc = child.start()
+        child.started_at, child.started_wall = time.monotonic(), time.time()
+        child.restart_at = None
+        self._up.labels(child.name).set(1)
+        self._started.labels(child.name).set(child.started_wall)
+        log.info("process started", extra={"process": child.name, "pid": child.proc.pid, "restarts": child.restarts})
+
+    def run(self) -> int:
+        """Start everything and supervise until a signal (exit code 0) or a process that cannot stay up (1)."""
+        auth_required(self.settings)  # a refused auth configuration stops `k2 run` before anything starts
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._claim_home()
+        self._check_ports()
+        configure_logging("supervisor", self.settings.log_level, path=self.logs / "supervisor.log")
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        server = None
+        if self.settings.supervisor.port:
+            server = serve_status(self.health, self.settings.api.host, self.settings.supervisor.port, self.registry)
+        code = 0
+        try:
+            self._start_all()
+            self._watch()
+        except GiveUp as exc:
+            console.print(f"[bold red]giving up: {exc}[/]")
+            code = 1
+        finally:
+            self.stop()
+            if server is not None:
+                server.shutdown()
+        return code
+
+    def _start_all(self) -> None:
+        s = self.settings
+        console.print(f"[bold]K2[/] home: {s.home}  (logs in {self.logs})")
+        for child in self._plan():
+            if self._signal is not None:
+                return
+            self.children[child.name] = child
+            if child.name == "dagster-webserver":
+                self._migrate_dagster()
+            self._start(child)
+        console.print(f"broker       kafka://{self.broker_host}:{self.broker_port} (Tansu, in memory)")
+        console.print(f"ingester     metrics on :{s.ingest.metrics_port}")
+        console.print(f"api          http://{s.api.host}:{s.api.port}/docs")
+        console.print(f"auth         {auth_banner(s).removeprefix('auth ')}")
+        if self.dagster:
+            console.print(f"dagster      {webserver_url(s)}")
+        if self.simulators:
+            console.print(f"simulators   {', '.join(EXCHANGES)} at {self.rate} trades/s each")
+        if s.supervisor.port:
+            console.print(f"status       k2 status  (http://{s.api.host}:{s.supervisor.port}/health)")
+        console.print("Ctrl-C stops everything; processes that exit are restarted.")
+
+    def _migrate_dagster(self) -> None:
+        """The webserver and the daemon would both create the instance's SQLite storage at start and race on its
+        schema migration: create it once, before either starts."""
+        proc = dagster_processes(self.settings, self._env())[0]
         subprocess.run(
             [sys.executable, "-m", "dagster", "instance", "migrate"],
-            env=processes[0].env,
-            cwd=processes[0].cwd,
+            env=proc.env,
+            cwd=proc.cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
         )
-        for proc in processes:
-            with (self.settings.home / "logs" / f"{proc.name}.log").open("ab") as log:
-                self.procs[proc.name] = subprocess.Popen(
-                    proc.argv,
-                    env=proc.env,
-                    cwd=proc.cwd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        console.print(f"dagster      {webserver_url(self.settings)}")
 
-    def run(self) -> None:
-        auth_required(self.settings)  # a refused auth configuration stops `k2 run` before anything starts
-        home = self.settings.home
-        (home / "logs").mkdir(parents=True, exist_ok=True)
-        bootstrap = urlsplit(f"//{self.settings.kafka.bootstrap_servers.split(',')[0]}")
-        host, port = bootstrap.hostname or "127.0.0.1", bootstrap.port or 9092
-        console.print(f"[bold]K2[/] home: {home}  (logs in {home / 'logs'})")
-        self.procs["broker"] = start_tansu(
-            host, port, self.settings.kafka.broker_binary, home / "logs" / "broker.log", new_session=True
-        )
-        console.print(f"broker       kafka://{host}:{port} (Tansu, in memory)")
-        self._spawn("ingester", "ingest")
-        console.print(f"ingester     metrics on :{self.settings.ingest.metrics_port}")
-        self._spawn("api", "api")
-        console.print(f"api          http://{self.settings.api.host}:{self.settings.api.port}/docs")
-        console.print(f"auth         {auth_banner(self.settings).removeprefix('auth ')}")
-        if self.dagster:
-            self._spawn_dagster()
-        if self.simulators:
-            for exchange in EXCHANGES:
-                self._spawn(f"simulator-{exchange}", "simulate", "--exchange", exchange, "--rate", str(self.rate))
-            console.print(f"simulators   {', '.join(EXCHANGES)} at {self.rate} trades/s each")
-        console.print("Ctrl-C stops everything.")
-        try:
-            self._watch()
-        except KeyboardInterrupt:
-            console.print("stopping ...")
-        finally:
-            self.stop()
+    # ---- supervision -----------------------------------------------------------------------------------------
 
     def _watch(self) -> None:
-        while True:
-            for name, proc in self.procs.items():
-                code = proc.poll()
-                if code is not None and not name.startswith("simulator"):
-                    console.print(f"[red]{name} exited with code {code}; see {self.settings.home / 'logs'}[/]")
-                    return
-            time.sleep(0.5)
+        while self._signal is None:
+            now = time.monotonic()
+            for child in list(self.children.values()):
+                if child.proc is not None and child.restart_at is None and not child.running:
+                    self._exited(child, now)
+                elif child.restart_at is not None and now >= child.restart_at:
+                    self._restart(child)
+            time.sleep(0.2)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Feeds and the Dagster daemon first, then the ingester (which commits its last batch), then the API, the
-        Dagster UI and the broker."""
-        order = [n for n in self.procs if n.startswith("simulator")]
-        order += ["dagster-daemon", "ingester", "api", "dagster-webserver", "broker"]
-        for name in order:
-            proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
+    def _exited(self, child: Child, now: float) -> None:
+        assert child.proc is not None
+        child.last_exit = child.proc.returncode
+        ran_for = now - child.started_at
+        self._up.labels(child.name).set(0)
+        self._kill_group(child)  # whatever it left behind in its group
+        child.fast_failures, delay = self.policy.after_exit(ran_for, child.fast_failures)  # may give up
+        child.restart_at = now + delay
+        log.error(
+            "process exited; restarting",
+            extra={"process": child.name, "exit_code": child.last_exit, "ran_s": round(ran_for, 1), "in_s": delay},
+        )
+        console.print(
+            f"[red]{child.name} exited with code {child.last_exit} after {ran_for:.0f}s; restarting in {delay:.0f}s "
+            f"(restart {child.restarts + 1}); see {self.logs / (child.name + '.log')}[/]"
+        )
+        if child.name == BROKER:
+            self._broker_lost()
+
+    def _broker_lost(self) -> None:
+        """The broker's memory is gone: say so loudly, and stop its clients until it is back. They get a short
+        grace (the ingester commits the batch in hand to Iceberg), not the full stop timeout: a feed would wait for
+        a broker that is not there."""
+        console.print(
+            "[bold red]The embedded broker stopped. It keeps messages in memory only: what it held that the ingester "
+            "had not yet committed to Iceberg is lost. Re-run any replay-file or import that was in flight (dedup "
+            "makes re-running safe); `k2 replay-file` reports what was lost and exits non-zero.[/]"
+        )
+        log.critical("embedded broker lost; uncommitted messages are gone", extra={"process": BROKER})
+        clients = [c for c in self.children.values() if c.needs_broker]
+        self._stop_together(clients, BROKER_LOST_GRACE_SECONDS)
+        for child in clients:
+            child.restart_at = float("inf")  # held until the broker is back
+
+    def _restart(self, child: Child) -> None:
+        child.restarts += 1
+        self._restarts.labels(child.name).inc()
+        try:
+            self._start(child)
+        except (OSError, K2Error) as exc:
+            child.fast_failures, delay = self.policy.after_exit(0.0, child.fast_failures)  # may give up
+            child.restart_at = time.monotonic() + delay
+            console.print(f"[red]{child.name} could not start ({exc}); trying again in {delay:.0f}s[/]")
+            log.error("process could not start", extra={"process": child.name, "error": str(exc)})
+            return
+        if child.name == BROKER:
+            console.print("[bold yellow]broker restarted (a new, empty cluster); its clients start again[/]")
+            for other in self.children.values():
+                if other.needs_broker and other.restart_at == float("inf"):
+                    other.restarts += 1
+                    self._restarts.labels(other.name).inc()
+                    self._start(other)
+        else:
+            console.print(f"[yellow]{child.name} restarted (restart {child.restarts})[/]")
+
+    def health(self) -> dict[str, Any]:
+        """What the supervisor's /health reports: every process, its uptime and restarts."""
+        now = time.monotonic()
+        processes = {
+            c.name: {
+                "pid": c.proc.pid if c.proc is not None else None,
+                "up": c.running,
+                "uptime_seconds": round(now - c.started_at, 1) if c.running else 0.0,
+                "started_at": datetime.fromtimestamp(c.started_wall, UTC).isoformat() if c.started_wall else None,
+                "restarts": c.restarts,
+                "last_exit_code": c.last_exit,
+            }
+            for c in self.children.values()
+        }
+        down = [name for name, p in processes.items() if not p["up"]]
+        return {
+            "status": "stopping" if self._signal is not None else ("down" if down else "ok"),
+            "pid": os.getpid(),
+            "home": str(self.settings.home),
+            "processes": processes,
+            "down": down,
+        }
+
+    # ---- stop ------------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._signal is not None:
+            self._force = True
+            return
+        self._signal = signum
+
+    def _stop_tiers(self) -> list[list[Child]]:
+        """Feeds and the Dagster daemon first, then the ingester (which commits its last batch), then the API and the
+        Dagster UI, then the broker. Each tier stops together."""
+        tiers = [
+            [n for n in self.children if n.startswith("simulator")] + ["dagster-daemon"],
+            ["ingester"],
+            ["api", "dagster-webserver"],
+            [BROKER],
+        ]
+        return [[self.children[n] for n in tier if n in self.children] for tier in tiers]
+
+    def _stop_together(self, children: list[Child], timeout: float) -> None:
+        """SIGTERM to each, then wait for all; whatever is left at the timeout (or a second signal) is killed."""
+        running = [c for c in children if c.running]
+        for child in running:
+            assert child.proc is not None
+            child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(c.running for c in running) and not self._force and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for child in running:
+            assert child.proc is not None
+            if child.proc.poll() is None:
+                if not self._force:
+                    console.print(f"[yellow]{child.name} did not stop within {timeout:.0f}s; killing it[/]")
+                os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+        for child in children:
+            self._kill_group(child)
+            self._up.labels(child.name).set(0)
+
+    @staticmethod
+    def _kill_group(child: Child) -> None:
+        """Whatever the process left in its group (Dagster's run workers, code servers) goes with it."""
+        if child.proc is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                console.print(f"[yellow]{name} did not stop in {timeout:.0f}s; killing it[/]")
-                proc.kill()
-                proc.wait()
+                os.killpg(child.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        why = signal.Signals(self._signal).name if self._signal is not None else "a process cannot stay up"
+        console.print(f"stopping ({why}); a second signal kills what is left at once ...")
+        log.info("stopping", extra={"reason": why})
+        for tier in self._stop_tiers():
+            for child in tier:
+                child.restart_at = None
+            self._stop_together(tier, self.settings.supervisor.stop_timeout_seconds)
+        log.info("all K2 processes stopped")
         console.print("all K2 processes stopped.")
+        if self._lock is not None:
+            self._lock.close()

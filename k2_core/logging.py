@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 # The record attribute that carries an event's fields.
@@ -95,9 +96,9 @@ class _StderrHandler(logging.StreamHandler[Any]):
         pass
 
 
-def configure_logging(component: str, level: str = "INFO") -> None:
-    """Route every logger to stderr as JSON; call once at a process's entry point."""
-    handler = _StderrHandler()
+def configure_logging(component: str, level: str = "INFO", path: Path | None = None) -> None:
+    """Route every logger to stderr (or to the file `path`) as JSON; call once at a process's entry point."""
+    handler: logging.Handler = _StderrHandler() if path is None else logging.FileHandler(path)
     handler.setFormatter(JsonFormatter(component))
     root = logging.getLogger()
     root.handlers[:] = [handler]

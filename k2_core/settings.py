@@ -167,6 +167,18 @@ class MaintenanceSettings(BaseModel):
     dagster_port: int = Field(default=3000, ge=1, le=65535)
 
 
+class SupervisorSettings(BaseModel):
+    """`k2 run`'s supervision of its processes: restarts with backoff, when to give up, how long a stop may take."""
+
+    port: int = Field(default=9109, ge=0, le=65535, description="Its /health and /metrics (0 = off).")
+    restart_backoff_seconds: float = Field(default=1.0, gt=0, description="First wait before a restart; doubles.")
+    max_backoff_seconds: float = Field(default=30.0, gt=0)
+    # A process that ran this long had a good start: its next exit begins the backoff (and the count) anew.
+    stable_seconds: float = Field(default=30.0, gt=0)
+    max_fast_failures: int = Field(default=5, ge=1, description="Exits in a row, each soon after start: give up.")
+    stop_timeout_seconds: float = Field(default=20.0, gt=0, description="Then the process is killed.")
+
+
 class RecordSettings(BaseModel):
     """Limits every market record must meet before it is stored (k2_core.records); breaking one dead-letters it."""
 
@@ -227,6 +239,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     records: RecordSettings = RecordSettings()
     auth: AuthSettings = AuthSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
 
     @property
     def catalog_uri(self) -> str:

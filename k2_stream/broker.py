@@ -31,29 +31,31 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     raise K2Error(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
+def tansu_argv(host: str, port: int, binary: Path | None = None) -> list[str]:
+    """The command line of an in-memory Tansu broker on host:port. Each start is a new cluster (new id): its
+    offsets restart at 0, and offsets stored for an earlier one must not be reused."""
+    url = f"tcp://{host}:{port}"
+    return [
+        str(tansu_binary(binary)),
+        "broker",
+        "--cluster-id",
+        f"k2-{uuid.uuid4().hex[:12]}",
+        "--storage-engine",
+        "memory://tansu/",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+    ]
+
+
 def start_tansu(
     host: str, port: int, binary: Path | None = None, log_path: Path | None = None, new_session: bool = False
 ) -> subprocess.Popen[bytes]:
-    """Start an in-memory Tansu broker and return once it accepts connections. Each start is a new cluster
-    (new id): its offsets restart at 0, and offsets stored for an earlier one must not be reused."""
-    url = f"tcp://{host}:{port}"
+    """Start an in-memory Tansu broker and return once it accepts connections."""
     log = log_path.open("ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [
-            str(tansu_binary(binary)),
-            "broker",
-            "--cluster-id",
-            f"k2-{uuid.uuid4().hex[:12]}",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=new_session,
+        tansu_argv(host, port, binary), stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
     )
     try:
         wait_for_port(host, port)
