@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -60,6 +61,39 @@ def _check_exchange(layout: TopicLayout, exchange: str) -> None:
         )
 
 
+WAIT_HELP = (
+    "Wait until the ingester has committed every message produced (the embedded broker keeps messages in memory "
+    "only, so they are safe only then). Default: on for a run that ends by itself."
+)
+WAIT_TIMEOUT_HELP = "Give up waiting after this many seconds (exit code 1: not yet committed)."
+
+
+def _acknowledge(
+    settings: Settings, delivered: dict[tuple[str, int], array[int]], cluster: str, timeout: float, err: Console
+) -> None:
+    """Wait for the ingester to commit what was produced; print "N produced, N committed" or what went wrong and
+    exit non-zero (re-running the same command is safe: dedup drops what was already stored)."""
+    from k2_stream.acks import wait_until_committed
+
+    def progress(committed: int, produced: int) -> None:
+        err.print(f"waiting for the ingester: {committed:,} of {produced:,} committed (is `k2 run` running?)")
+
+    ack = wait_until_committed(settings, delivered, cluster, timeout, progress)
+    err.print(f"{ack.produced:,} produced, {ack.committed:,} committed")
+    if ack.broker_restarted:
+        err.print(
+            f"[red]the broker restarted before the ingester committed everything: {ack.lost:,} messages were lost "
+            "with it. Run the same command again; what was already stored is dropped as duplicates.[/red]"
+        )
+        raise typer.Exit(1)
+    if ack.timed_out:
+        err.print(
+            f"[red]{ack.produced - ack.committed:,} messages not committed after {timeout:.0f}s: they are in Kafka "
+            "but not yet in Iceberg; is the ingester running? (--wait-timeout, --no-wait)[/red]"
+        )
+        raise typer.Exit(1)
+
+
 def _numbers(values: list[int]) -> str:
     shown = ", ".join(str(v) for v in values[:SHOWN_NUMBERS])
     return shown + (f", … ({len(values) - SHOWN_NUMBERS} more)" if len(values) > SHOWN_NUMBERS else "")
@@ -95,6 +129,8 @@ def simulate(
     gap_every: Annotated[int, typer.Option(min=0, help="Withhold every Nth sequence number of each stream.")] = 0,
     duplicate_every: Annotated[int, typer.Option(min=0, help="Send every Nth message of a stream twice.")] = 0,
     reorder_every: Annotated[int, typer.Option(min=0, help="Swap every Nth message with its stream's next.")] = 0,
+    wait: Annotated[bool | None, typer.Option("--wait/--no-wait", help=WAIT_HELP)] = None,
+    wait_timeout: Annotated[float, typer.Option(min=0, help=WAIT_TIMEOUT_HELP)] = 300.0,
 ) -> None:
     """Produce a simulated exchange feed with optional injected faults.
 
@@ -122,12 +158,16 @@ def simulate(
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
     config = SimulatorConfig(exchange=exchange, symbols=wanted, quotes=quotes, seed=seed, faults=faults)
+    if wait is None:
+        wait = count is not None or duration is not None
     try:
-        summary = run_simulation(settings, config, rate=rate, duration=duration, count=count)
+        summary = run_simulation(settings, config, rate=rate, duration=duration, count=count, track_deliveries=wait)
     except K2Error as exc:
         err.print(f"[red]simulation failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     _print_simulation(out, summary)
+    if wait:
+        _acknowledge(settings, summary.delivered, summary.cluster_id, wait_timeout, err)
 
 
 def _print_replay(console: Console, summary: ReplaySummary) -> None:
@@ -147,11 +187,15 @@ def replay_file(
     exchange: Annotated[str, typer.Option("--exchange", "-e", help="Exchange to publish as.")] = "binance",
     fmt: Annotated[str, typer.Option("--format", help="File format.")] = "binance-trades",
     rate: Annotated[float | None, typer.Option(min=0, help="Rows per second (default: as fast as possible).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help=WAIT_HELP)] = True,
+    wait_timeout: Annotated[float, typer.Option(min=0, help=WAIT_TIMEOUT_HELP)] = 300.0,
 ) -> None:
-    """Replay a recorded exchange file into Kafka.
+    """Replay a recorded exchange file into Kafka, then wait until the ingester has committed it.
 
-    Malformed lines are reported with their line numbers and skipped; the exit code is 0 whenever the file
-    could be read, so one broken row in a public dump does not fail a pipeline.
+    Malformed lines are reported with their line numbers and skipped; they do not change the exit code, so one
+    broken row in a public dump does not fail a pipeline. The exit code is 1 when the file cannot be read, or
+    when what was produced is not committed (the broker restarted, or the wait timed out): run it again, dedup
+    makes that safe.
     """
     from k2_stream.replay import FORMATS, SYMBOL_PATTERN
     from k2_stream.replay import replay_file as run_replay
@@ -173,6 +217,8 @@ def replay_file(
         err.print(f"[red]replay failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     _print_replay(out, summary)
+    if wait:
+        _acknowledge(settings, summary.delivered, summary.cluster_id, wait_timeout, err)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,6 +40,11 @@ def get_logger(name: str) -> Logger:
     return _FieldsAdapter(logging.getLogger(name), {})
 
 
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a record was logged with (through `get_logger`)."""
+    return dict(getattr(record, FIELDS, None) or {})
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
         super().__init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -16,10 +17,16 @@ from k2_core.topics import Kind, TopicLayout
 class FeedProducer:
     """Idempotent producer (no broker-side duplicates on retry) for the market topics."""
 
-    def __init__(self, settings: Settings, layout: TopicLayout, registry: SchemaRegistry) -> None:
+    def __init__(
+        self, settings: Settings, layout: TopicLayout, registry: SchemaRegistry, track_deliveries: bool = False
+    ) -> None:
         self.layout = layout
+        self.track_deliveries = track_deliveries
         self.registry = registry
         self._errors: list[str] = []
+        # With `track_deliveries`, the offsets the broker acknowledged, per partition (ascending: an idempotent
+        # producer keeps order), so a finite feed can wait until the ingester has committed them (k2_stream.acks).
+        self.delivered: dict[tuple[str, int], array[int]] = {}
         self._producer = Producer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -30,10 +37,23 @@ class FeedProducer:
                 "compression.type": "lz4",
             }
         )
+        try:
+            # The cluster the messages go to: a broker that restarts empty is a new one (k2_stream.acks).
+            self.cluster_id = str(self._producer.list_topics(timeout=10).cluster_id or "unknown")
+        except KafkaException as exc:
+            raise K2Error(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._errors.append(str(err))
+            return
+        if not self.track_deliveries:
+            return
+        tp = (msg.topic(), msg.partition())
+        offsets = self.delivered.get(tp)
+        if offsets is None:
+            offsets = self.delivered[tp] = array("q")
+        offsets.append(msg.offset())
 
     def send(self, kind: Kind, record: dict[str, Any]) -> None:
         spec = self.layout.spec(record["exchange"], kind)

@@ -12,6 +12,7 @@ import io
 import re
 import time
 import zipfile
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -209,6 +210,9 @@ class ReplaySummary:
     skipped: list[BadLine] = field(default_factory=list)
     elapsed_seconds: float = 0.0
     interrupted: bool = False
+    # what the broker acknowledged, per partition, and its cluster: for waiting on the ingester (k2_stream.acks)
+    delivered: dict[tuple[str, int], array[int]] = field(default_factory=dict)
+    cluster_id: str = ""
 
     @property
     def skipped_lines(self) -> list[int]:
@@ -236,7 +240,7 @@ def replay_file(
     summary = ReplaySummary(path)
     start = time.monotonic()
     with open_lines(path) as lines, GracefulStop() as stop:
-        producer = open_producer(settings, exchange, registry)
+        producer = open_producer(settings, exchange, registry, track_deliveries=True)
         for parsed in spec.parse(lines, exchange, symbol):
             if stop.requested:
                 summary.interrupted = True
@@ -257,6 +261,7 @@ def replay_file(
                 if pause > MIN_PAUSE_SECONDS:
                     time.sleep(pause)
         producer.flush()
+    summary.delivered, summary.cluster_id = producer.delivered, producer.cluster_id
     summary.elapsed_seconds = time.monotonic() - start
     log.info(
         "replay finished",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from array import array
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,9 @@ class SimulationSummary:
     elapsed_seconds: float = 0.0
     recovery_file: Path | None = None
     interrupted: bool = False
+    # with `track_deliveries`: what the broker acknowledged, per partition, and its cluster (k2_stream.acks)
+    delivered: dict[tuple[str, int], array[int]] = field(default_factory=dict)
+    cluster_id: str = ""
 
     @property
     def messages_sent(self) -> int:
@@ -51,6 +55,7 @@ def run_simulation(
     duration: float | None = None,
     count: int | None = None,
     registry: SchemaRegistry | None = None,
+    track_deliveries: bool = False,
 ) -> SimulationSummary:
     """Produce the simulated feed at `rate` trades per second (0 = as fast as possible) until `count`
     trades were generated or `duration` seconds passed, whichever comes first (neither: until SIGINT or
@@ -64,7 +69,7 @@ def run_simulation(
     if count is not None and count < 0:
         raise ConfigError(f"count must be >= 0, got {count}")
     simulator = MarketSimulator(config)
-    producer = open_producer(settings, config.exchange, registry)
+    producer = open_producer(settings, config.exchange, registry, track_deliveries)
     recovery = recovery_path(settings, config.exchange)
     summary = SimulationSummary(config.exchange)
 
@@ -110,6 +115,7 @@ def run_simulation(
     summary.reorders = stats.reorders
     summary.elapsed_seconds = time.monotonic() - start
     summary.recovery_file = recovery if summary.withheld else None
+    summary.delivered, summary.cluster_id = producer.delivered, producer.cluster_id
     log.info(
         "simulation finished",
         extra={

@@ -27,7 +27,9 @@ log = get_logger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def open_producer(settings: Settings, exchange: str, registry: SchemaRegistry | None = None) -> FeedProducer:
+def open_producer(
+    settings: Settings, exchange: str, registry: SchemaRegistry | None = None, track_deliveries: bool = False
+) -> FeedProducer:
     """Check the exchange has topics, create them, and return a producer. Broker trouble becomes a K2Error
     the CLI can report (the admin client raises KafkaException when the broker is unreachable)."""
     layout = load_layout(settings)
@@ -36,7 +38,7 @@ def open_producer(settings: Settings, exchange: str, registry: SchemaRegistry | 
     try:
         layout = ensure_topics(settings, layout)
         registry = registry or make_registry(settings.kafka.schema_registry_url, settings.kafka.schemas_dir)
-        return FeedProducer(settings, layout, registry)
+        return FeedProducer(settings, layout, registry, track_deliveries)
     except KafkaException as exc:
         raise K2Error(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
 

@@ -18,6 +18,7 @@ from pyiceberg.catalog import Catalog
 
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.exceptions import QueryError, UnknownSymbolError
+from k2_core.logging import fields_of
 from k2_core.query import QueryEngine, get_gaps, get_quotes, get_trades, market_filter
 from k2_core.settings import Settings
 from k2_core.tables import GAPS, QUOTES, TRADES
@@ -222,7 +223,7 @@ def test_pyiceberg_read_path_gives_the_same_rows(
     assert via_pyiceberg.schema == direct.schema
     assert via_pyiceberg.to_pylist() == direct.to_pylist() == expected(BHP_ASX, D2, D3)[:3]
     assert fallback.gaps(status="open").to_pylist() == engine.gaps(status="open").to_pylist()
-    paths = [getattr(r, "read_path", None) for r in caplog.records if r.getMessage() == "query"]
+    paths = [fields_of(r).get("read_path") for r in caplog.records if r.getMessage() == "query"]
     assert paths == ["duckdb", "pyiceberg", "pyiceberg", "duckdb"]
 
 
