@@ -178,9 +178,8 @@ class Supervisor:
         return Child(p.name, lambda: self._popen(p.name, p.argv, p.env, p.cwd))
 
     def _broker(self) -> subprocess.Popen[bytes]:
-        proc = self._popen(
-            BROKER, tansu_argv(self.broker_host, self.broker_port, self.settings.kafka.broker_binary), {}
-        )
+        argv = tansu_argv(self.broker_host, self.broker_port, self.settings.kafka.broker_binary)
+        proc = self._popen(BROKER, argv, {"K2_HOME": str(self.settings.home)})  # K2_HOME marks it as ours
         wait_for_port(self.broker_host, self.broker_port)
         return proc
 

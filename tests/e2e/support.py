@@ -93,3 +93,132 @@ def spawn_ingester(settings: Settings, log: Path, metrics_port: int = 0) -> subp
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def k2_processes(home: Path) -> list[int]:
+    """Live processes of the platform rooted at `home`: every K2 process (broker included) carries its K2_HOME,
+    and so do their children (Dagster's code servers and run workers)."""
+    marker = f"K2_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Platform:
+    """`k2 run` as the README starts it, in a home and on ports of its own; `env` adds or overrides K2_ settings."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        from tests.conftest import free_port
+
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.ports = {
+            "kafka": free_port(),
+            "api": free_port(),
+            "ingester": free_port(),
+            "supervisor": free_port(),
+            "dagster": free_port(),
+        }
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+        self.env.update(
+            K2_HOME=str(home),
+            K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{self.ports['kafka']}",
+            K2_API_PORT=str(self.ports["api"]),
+            K2_INGEST_METRICS_PORT=str(self.ports["ingester"]),
+            K2_SUPERVISOR_PORT=str(self.ports["supervisor"]),
+            K2_MAINTENANCE_DAGSTER_PORT=str(self.ports["dagster"]),
+            K2_KAFKA_MAX_PARTITIONS="2",
+        )
+        self.env.update(env)
+        self.api = f"http://127.0.0.1:{self.ports['api']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = home / "run.out"
+
+    def start(self, *args: str) -> Platform:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "k2_cli.main", "run", *args],
+            env=self.env,
+            stdout=self.output.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.health() is not None, timeout=60)
+        return self
+
+    def health(self) -> dict[str, Any] | None:
+        import httpx
+
+        try:
+            return dict(httpx.get(f"http://127.0.0.1:{self.ports['supervisor']}/health", timeout=5).json())
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def process(self, name: str) -> dict[str, Any]:
+        health = self.health()
+        assert health is not None, "the supervisor does not answer"
+        return dict(health["processes"][name])
+
+    def api_up(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.api}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def trades(self, symbol: str, exchange: str, **window: str) -> int:
+        """Trades the API returns (its default window, the last 24 h, unless `start`/`end` are given); -1 if it
+        does not answer."""
+        import httpx
+
+        params = {"symbol": symbol, "exchange": exchange, "limit": 100000, **window}
+        try:
+            resp = httpx.get(f"{self.api}/v1/trades", params=params, timeout=10)
+        except httpx.HTTPError:
+            return -1
+        return int(resp.json()["count"]) if resp.status_code == 200 else -1
+
+    def run_k2(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "k2_cli.main", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self, sig: int = 2) -> int:
+        """Signal `k2 run` (SIGINT by default) and wait for it; returns its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(90)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def out(self) -> str:
+        return self.output.read_text()

@@ -1,0 +1,128 @@
+"""`k2 run` keeps the platform up and stops it whole: a killed ingester comes back and resumes exactly once while
+a replay runs; SIGTERM and SIGHUP stop everything like Ctrl-C, a second signal at once; a process that cannot
+stay up makes it give up, saying why."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.support import Platform, k2_processes, port_free, table_rows, wait_for
+
+HEADER = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
+
+
+def _gone(platform: Platform) -> None:
+    """No process of the platform left, every port free."""
+    wait_for(lambda: not k2_processes(platform.home), timeout=15)
+    assert all(port_free(port) for port in platform.ports.values()), platform.ports
+
+
+@pytest.mark.parametrize(("sig", "args"), [(signal.SIGTERM, ()), (signal.SIGHUP, ("--no-dagster",))])
+def test_sigterm_and_sighup_stop_every_process(tmp_path: Path, sig: signal.Signals, args: tuple[str, ...]) -> None:
+    platform = Platform(tmp_path / "home").start("--rate", "20", *args)
+    try:
+        wait_for(lambda: platform.trades("BHP", "asx") > 0, timeout=90)
+        if "--no-dagster" not in args:  # Dagster up, with its own children (code server)
+            wait_for(lambda: platform.process("dagster-webserver")["up"] and len(k2_processes(platform.home)) > 9)
+        running = k2_processes(platform.home)
+    finally:
+        code = platform.stop(sig)
+    assert code == 0, platform.out()
+    assert f"stopping ({sig.name})" in platform.out()
+    assert len(running) >= 6  # broker, ingester, api, three feeds (and Dagster's)
+    _gone(platform)
+
+
+def test_a_second_signal_kills_what_is_left_at_once(tmp_path: Path) -> None:
+    platform = Platform(tmp_path / "home", K2_SUPERVISOR_STOP_TIMEOUT_SECONDS="300")
+    platform.start("--no-dagster", "--no-simulators")
+    assert platform.proc is not None
+    wait_for(platform.api_up, timeout=90)
+    api = platform.process("api")["pid"]
+    os.kill(api, signal.SIGSTOP)  # a process that will not stop by itself
+    try:
+        platform.proc.send_signal(signal.SIGTERM)
+        time.sleep(4)
+        assert platform.proc.poll() is None  # waiting for the API (up to 300 s)
+        platform.proc.send_signal(signal.SIGTERM)
+        assert platform.proc.wait(15) == 0
+    finally:
+        platform.stop()
+    _gone(platform)
+
+
+def test_kill_9_of_the_ingester_during_a_replay_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    platform = Platform(tmp_path / "home", K2_SUPERVISOR_RESTART_BACKOFF_SECONDS="0.5")
+    platform.start("--no-dagster", "--no-simulators")
+    rows = 60_000
+    dump = tmp_path / "BTCUSDT-trades.csv"
+    dump.write_text(
+        "\n".join([HEADER, *(f"{i},100.5,0.25,25.125,{1732492800000 + i},true,true" for i in range(1, rows + 1))])
+        + "\n"
+    )
+    try:
+        wait_for(lambda: platform.process("ingester")["uptime_seconds"] > 3, timeout=60)
+        command = ["replay-file", str(dump), "-e", "binance", "--symbol", "BTCUSDT", "--rate", "3000"]
+        replay = subprocess.Popen(
+            [sys.executable, "-m", "k2_cli.main", *command, "--wait-timeout", "240"],
+            env=platform.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        api = platform.process("api")
+        for kill in range(3):
+            # the ingester is back (restarted and consuming) before each kill
+            wait_for(lambda k=kill: platform.process("ingester")["restarts"] == k, timeout=60)
+            time.sleep(4)
+            os.kill(platform.process("ingester")["pid"], signal.SIGKILL)
+        out, _ = replay.communicate(timeout=300)
+        assert replay.returncode == 0, out
+        assert f"{rows:,} produced, {rows:,} committed" in out
+        ingester = platform.process("ingester")
+        assert ingester["up"]
+        assert ingester["restarts"] == 3
+        assert platform.process("api")["pid"] == api["pid"]  # the API kept serving throughout
+        assert platform.trades("BTCUSDT", "binance", start="2024-11-25", end="2024-11-26") == rows
+    finally:
+        assert platform.stop() == 0
+    stored = table_rows_of(platform)
+    assert sorted(stored) == list(range(1, rows + 1))  # each row exactly once
+    assert platform.out().count("ingester exited with code -9") == 3
+    _gone(platform)
+
+
+def table_rows_of(platform: Platform) -> list[int]:
+    from k2_core.settings import Settings
+
+    settings = Settings(home=platform.home)
+    return [r["exchange_sequence_number"] for r in table_rows(settings, "trades")]
+
+
+def test_a_process_that_cannot_stay_up_makes_k2_run_give_up(tmp_path: Path) -> None:
+    platform = Platform(
+        tmp_path / "home",
+        K2_SUPERVISOR_RESTART_BACKOFF_SECONDS="0.2",
+        K2_SUPERVISOR_MAX_FAST_FAILURES="2",
+        K2_CATALOG_URI="postgresql+psycopg://nobody@127.0.0.1:1/none",  # nothing listens there
+    )
+    assert platform.proc is None
+    platform.proc = subprocess.Popen(
+        [sys.executable, "-m", "k2_cli.main", "run", "--no-dagster", "--no-simulators"],
+        env=platform.env,
+        stdout=platform.output.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    assert platform.proc.wait(120) == 1
+    out = platform.out()
+    assert "giving up:" in out
+    assert "exited 2 times in a row" in out
+    assert "all K2 processes stopped" in out
+    _gone(platform)
