@@ -15,7 +15,9 @@ from importlib.metadata import version
 import uvicorn
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
+from k2_api.docs import DOCS_URL, REDOC_URL, STATIC_URL, install_docs_policy
 from k2_api.models import ErrorResponse
 from k2_api.observability import install_observability
 from k2_api.routes import ROUTERS
@@ -75,8 +77,12 @@ async def _query_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; tests pass their own `Settings`, a deployment takes them from `K2_*` variables."""
-    app = FastAPI(
+    """Build the app; tests pass their own `Settings`, a deployment takes them from `K2_*` variables. Its
+    `/docs` and `/redoc` pages need no internet (see `k2_api.docs`)."""
+    app = FastAPIOffline(
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
+        static_url=STATIC_URL,
         title="K2 market data",
         summary="Trades, quotes, bars, replay, snapshots and sequence gaps from K2's Iceberg tables and realtime tail.",
         version=version("k2"),
@@ -86,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(QueryError, _query_error)
     install_security(app)
     install_observability(app)
+    install_docs_policy(app)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -239,6 +240,23 @@ def test_missing_or_bad_credentials_get_401_with_a_challenge(
         ok = client.get("/v1/trades", params=params, headers={"X-API-Key": token})
         assert ok.status_code == 200
         assert ok.json()["count"] == 3
+
+
+def test_the_docs_pages_and_their_bundled_assets_are_public(make_settings: SettingsFactory) -> None:
+    # The assets come from the installed fastapi-offline wheel, so they are served by the API itself, and a
+    # browser must get them without credentials for the public /docs and /redoc to work with auth on.
+    with TestClient(create_app(secured(make_settings))) as client:
+        for page in ("/docs", "/redoc"):
+            response = client.get(page)
+            assert response.status_code == 200, page
+            assert response.headers["content-security-policy"].startswith("default-src 'self'"), page
+            referenced = re.findall(r'(?:src|href|spec-url|url:)\s*=?\s*["\']([^"\']+)', response.text)
+            assert "/openapi.json" in referenced, page
+            assert any(url.endswith(".js") for url in referenced), page
+            for url in referenced:
+                assert url.startswith("/"), (page, url)  # nothing from another host
+                assert client.get(url).status_code == 200, (page, url)
+        assert client.get("/v1/snapshots").status_code == 401  # while the data still needs a credential
 
 
 def test_keys_are_stored_hashed(make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]) -> None:
