@@ -6,11 +6,11 @@ the gap's *window* runs from the exchange time of the stored row just below it (
 row just above it (`last + 1`, the one whose arrival revealed the gap, recognised by its ingestion time nearest the
 detection time). Rows count as the gap's, whether already stored or recovered, only inside that window.
 
-Each data append re-reads what is stored and drops what is already there, and commits only if no other writer
-committed meanwhile (otherwise it re-reads and tries again), so a row is written exactly once even when the
-ingester, a rerun or a concurrent backfill races it. Gap records are then split like the ingester's late fills:
-recovered or already-stored runs become `filled`, the rest stay `open` with one more attempt counted, and turn
-`unrecoverable`, with the reason, once `max_attempts` attempts found nothing more.
+Each data append reads what is stored and drops what is already there, then commits only after re-checking the
+files other writers committed meanwhile (a conflict re-checks the newer ones and tries again), so a row is written
+exactly once even when the ingester, a rerun or a concurrent backfill races it. Gap records are then split like
+the ingester's late fills: recovered or already-stored runs become `filled`, the rest stay `open` with one more
+attempt counted, and turn `unrecoverable`, with the reason, once `max_attempts` attempts found nothing more.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import pyarrow as pa
 from pyiceberg.expressions import (
     And,
     BooleanExpression,
@@ -32,12 +33,15 @@ from pyiceberg.expressions import (
 )
 from pyiceberg.table import Table
 
-from k2_core.exceptions import ValidationError
+from k2_core.dedup import keys_in_files
+from k2_core.exceptions import CommitConflictError, ValidationError
 from k2_core.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
+from k2_core.lineage import files_added_since
 from k2_core.logging import get_logger
 from k2_core.offsets import WRITER_PROPERTY
 from k2_core.records import validate
 from k2_core.retry import commit_with_retries
+from k2_core.rewrite import append_files, delete_uncommitted, write_files
 from k2_core.tables import GAPS, MARKET_TABLES
 from k2_core.topics import Kind
 
@@ -234,26 +238,47 @@ def _key(row: dict[str, Any]) -> Key:
     return row["exchange"], row["symbol"], row["exchange_sequence_number"], row["exchange_timestamp"]
 
 
+_KEY = ("exchange", "symbol", "exchange_sequence_number", "exchange_timestamp")
+
+
 def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retries: int, backoff: float) -> set[Key]:
-    """Append the rows not already stored (same exchange, symbol, sequence number and exchange time), re-checked
-    against the refreshed table on every attempt; returns the keys written."""
+    """Append the rows not already stored (same exchange, symbol, sequence number and exchange time); returns the
+    keys written. The table is checked once and the files written once; each commit attempt then re-checks only the
+    files other writers (the ingester, every second) added since, so the window between looking and committing
+    stays short and a busy table does not starve the backfill."""
+    checked_at = table.metadata.current_snapshot_id
+    by_exchange: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_exchange[r["exchange"]].append(r)
+    stored: set[Key] = set()
+    for exchange, recs in by_exchange.items():
+        seqs = [{"symbol": r["symbol"], "first_missing": r["exchange_sequence_number"]} for r in recs]
+        for q in seqs:
+            q["last_missing"] = q["first_missing"]
+        stored |= {_key(s) for s in _stored(table, exchange, seqs, pad=0)}
+    fresh = MARKET_TABLES[kind].to_arrow([r for r in rows if _key(r) not in stored])
+    files = write_files(table, fresh)
 
     def attempt(current: Table) -> set[Key]:
-        by_exchange: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            by_exchange[r["exchange"]].append(r)
-        fresh: list[dict[str, Any]] = []
-        for exchange, recs in by_exchange.items():
-            seqs = [{"symbol": r["symbol"], "first_missing": r["exchange_sequence_number"]} for r in recs]
-            for q in seqs:
-                q["last_missing"] = q["first_missing"]
-            stored = {_key(s) for s in _stored(current, exchange, seqs, pad=0)}
-            fresh.extend(r for r in recs if _key(r) not in stored)
-        if fresh:
-            current.append(MARKET_TABLES[kind].to_arrow(fresh), snapshot_properties={WRITER_PROPERTY: WRITER})
-        return {_key(r) for r in fresh}
+        nonlocal checked_at, fresh, files
+        added = files_added_since(current, checked_at)
+        if added is None:  # what we checked against is gone from the chain: check the whole table
+            added = [task.file for task in current.scan().plan_files()]
+        seen = keys_in_files(current, added, fresh, _KEY)
+        checked_at = current.metadata.current_snapshot_id
+        if seen.any():
+            delete_uncommitted(current, files)
+            fresh = fresh.filter(pa.array(~seen))
+            files = write_files(current, fresh)
+        if files:
+            append_files(current, files, {WRITER_PROPERTY: WRITER})
+        return {_key(r) for r in fresh.to_pylist()}
 
-    return commit_with_retries(table, attempt, retries=retries, backoff_seconds=backoff, what="backfill append")
+    try:
+        return commit_with_retries(table, attempt, retries=retries, backoff_seconds=backoff, what="backfill append")
+    except CommitConflictError:  # certainly not committed
+        delete_uncommitted(table, files)
+        raise
 
 
 def _gap_rows(work: _Work, row: dict[str, Any], now: datetime, max_attempts: int) -> list[dict[str, Any]]:

@@ -16,7 +16,9 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThanOrEqual
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import FileScanTask, Table
 
 from k2_core.sequence import SequenceTracker, StreamKey
 from k2_core.topics import Kind
@@ -75,6 +77,27 @@ def rebuild(
         con.close()
     tracker.load(islands, open_gaps)
     return rows_read
+
+
+def keys_in_files(table: Table, files: list[DataFile], rows: pa.Table, key: tuple[str, ...]) -> npt.NDArray[np.bool_]:
+    """Which of `rows` have their `key` columns' values in one of `files` (data files of `table`): the re-check a
+    writer makes against only what other writers committed since it last looked, inside its commit attempt."""
+    if not files or rows.num_rows == 0:
+        return np.zeros(rows.num_rows, dtype=np.bool_)
+    row_filter = In(term="exchange_sequence_number", literals=set(rows.column("exchange_sequence_number").to_pylist()))
+    scan = ArrowScan(table.metadata, table.io, table.schema().select(*key), row_filter)
+    found = scan.to_table([FileScanTask(f) for f in files]).select(list(key))
+    if found.num_rows == 0:
+        return np.zeros(rows.num_rows, dtype=np.bool_)
+    con = duckdb.connect()
+    try:
+        con.register("found", found)
+        con.register("candidate", rows.select(list(key)).append_column("i", pa.array(np.arange(rows.num_rows))))
+        on = " AND ".join(f"f.{k} = c.{k}" for k in key)
+        hits = con.sql(f"SELECT EXISTS (SELECT 1 FROM found f WHERE {on}) FROM candidate c ORDER BY c.i").fetchall()
+    finally:
+        con.close()
+    return np.array([h[0] for h in hits], dtype=np.bool_)
 
 
 def already_stored(table: Table, rows: pa.Table) -> npt.NDArray[np.bool_]:

@@ -98,15 +98,11 @@ def describe(table: Table, snapshot: Snapshot, manifests: list[ManifestFile] | N
     return change
 
 
-def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> list[SnapshotChange]:
-    """`describe` for every snapshot `new_snapshot_ids` returns, oldest first.
-
-    Manifest lists hold every live manifest of the table, so reading one per new snapshot gets expensive; the newest
-    list is read once and each snapshot's own manifests are picked from it. A snapshot whose manifests are no longer
-    all there (a delete-only manifest is dropped by the next commit) falls back to its own list."""
-    ids = new_snapshot_ids(table, after, limit)
-    if not ids:
-        return []
+def _own_manifests(table: Table, ids: list[int]) -> dict[int, list[ManifestFile] | None]:
+    """The manifests each of `ids` wrote (None: read that snapshot's own list). Manifest lists hold every live
+    manifest of the table, so reading one per new snapshot gets expensive; the newest list is read once and each
+    snapshot's own manifests are picked from it. A snapshot whose manifests are no longer all there (a delete-only
+    manifest is dropped by the next commit, merging rewrites small ones) falls back to its own list."""
     newest = table.metadata.snapshot_by_id(ids[-1])
     assert newest is not None  # new_snapshot_ids only returns ids it found
     wanted = set(ids)
@@ -114,18 +110,55 @@ def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> lis
     for manifest in newest.manifests(table.io):
         if manifest.added_snapshot_id in wanted:
             by_snapshot.setdefault(manifest.added_snapshot_id, []).append(manifest)
-    out = []
+    out: dict[int, list[ManifestFile] | None] = {}
     for snapshot_id in ids:
         snapshot = table.metadata.snapshot_by_id(snapshot_id)
         if snapshot is None:
             continue
-        manifests: list[ManifestFile] | None = by_snapshot.get(snapshot_id, [])
-        added = sum(m.added_files_count or 0 for m in manifests or [])
-        deleted = sum(m.deleted_files_count or 0 for m in manifests or [])
-        if added < _summary_int(snapshot, "added-data-files") or deleted < _summary_int(snapshot, "deleted-data-files"):
-            manifests = None
+        manifests = by_snapshot.get(snapshot_id, [])
+        added = sum(m.added_files_count or 0 for m in manifests)
+        deleted = sum(m.deleted_files_count or 0 for m in manifests)
+        complete = added >= _summary_int(snapshot, "added-data-files")
+        out[snapshot_id] = manifests if complete and deleted >= _summary_int(snapshot, "deleted-data-files") else None
+    return out
+
+
+def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> list[SnapshotChange]:
+    """`describe` for every snapshot `new_snapshot_ids` returns, oldest first."""
+    ids = new_snapshot_ids(table, after, limit)
+    if not ids:
+        return []
+    out = []
+    for snapshot_id, manifests in _own_manifests(table, ids).items():
+        snapshot = table.metadata.snapshot_by_id(snapshot_id)
+        assert snapshot is not None
         out.append(describe(table, snapshot, manifests))
     return out
+
+
+def files_added_since(table: Table, after: int | None) -> list[DataFile] | None:
+    """The data files the snapshots after `after` added (in the table's current metadata), or None when `after` is
+    no longer on the current chain (expired, rolled back, or too far back): then only the whole table tells.
+    What a writer checked at snapshot `after` needs re-checking against exactly these files before it commits."""
+    ids = new_snapshot_ids(table, after)
+    if not ids:
+        return [] if table.metadata.current_snapshot_id == after else None
+    first = table.metadata.snapshot_by_id(ids[0])
+    if first is None or first.parent_snapshot_id != after:
+        return None
+    files: list[DataFile] = []
+    for snapshot_id, manifests in _own_manifests(table, ids).items():
+        if manifests is None:
+            snapshot = table.metadata.snapshot_by_id(snapshot_id)
+            assert snapshot is not None
+            manifests = [m for m in snapshot.manifests(table.io) if m.added_snapshot_id == snapshot_id]
+        for manifest in manifests:
+            if manifest.content != ManifestContent.DATA:
+                continue
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                if entry.snapshot_id == snapshot_id and entry.status == ManifestEntryStatus.ADDED:
+                    files.append(entry.data_file)
+    return files
 
 
 def _day_range(manifest: ManifestFile) -> tuple[int, int] | None:

@@ -134,6 +134,30 @@ def rebuild_minute_bars(trades: Table, bars_1m: Table, day: date, *, retries: in
     return BarsBuild(day, "1m", bars.num_rows, trade_count, source, snapshot_id)
 
 
+def rebuild_day(
+    trades: Table, bars_1m: Table, bars_1d: Table, day: date, *, retries: int, backoff: float
+) -> tuple[BarsBuild, BarsBuild]:
+    """Rebuild one day of `ohlcv_1m` and of `ohlcv_1d` from one trades snapshot, read twice in one go. A busy
+    ingester's retention may expire that snapshot from the table's metadata meanwhile; the metadata read here still
+    holds it, and expiry deletes no file (orphan removal waits hours), so the daily bars always come from exactly
+    what the minute bars did, however long the minute build took."""
+    trades.refresh()
+    source = trades.metadata.current_snapshot_id
+    minute, trade_count = trades_bars(trades, day, "1m", source)
+    minute_id = replace_day(bars_1m, day, minute, source, retries=retries, backoff=backoff)
+    daily, _ = trades_bars(trades, day, "1d", source)
+    check_rollup(minute, daily)
+    daily_id = replace_day(bars_1d, day, daily, source, retries=retries, backoff=backoff)
+    log.info(
+        "ohlcv rebuilt",
+        extra={"day": day_key(day), "bars_1m": minute.num_rows, "bars_1d": daily.num_rows, "source": source},
+    )
+    return (
+        BarsBuild(day, "1m", minute.num_rows, trade_count, source, minute_id),
+        BarsBuild(day, "1d", daily.num_rows, trade_count, source, daily_id),
+    )
+
+
 def rebuild_daily_bars(
     trades: Table, bars_1m: Table, bars_1d: Table, day: date, *, retries: int, backoff: float
 ) -> BarsBuild:

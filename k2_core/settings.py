@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A five-field cron expression (minute hour day month weekday), as Dagster's schedules take.
+CRON = r"^\S+( \S+){4}$"
 
 
 class KafkaSettings(BaseModel):
@@ -165,6 +167,15 @@ class MaintenanceSettings(BaseModel):
     market_hours: dict[str, MarketHours] = Field(default_factory=_default_market_hours)
     dagster_host: str = "127.0.0.1"
     dagster_port: int = Field(default=3000, ge=1, le=65535)
+    # When the upkeep runs: the schedules' UTC crons and how often each sensor looks. Read when Dagster loads the
+    # code location; the platform soak test compresses them to minutes and seconds.
+    gap_sweep_cron: str = Field(default="15 1 * * *", pattern=CRON)
+    maintenance_cron: str = Field(default="45 2 * * *", pattern=CRON, description="Snapshot expiry, orphan files.")
+    quality_cron: str = Field(default="*/15 * * * *", pattern=CRON)
+    snapshot_sensor_seconds: int = Field(default=30, ge=1)
+    ohlcv_sensor_seconds: int = Field(default=120, ge=1)
+    compaction_sensor_seconds: int = Field(default=600, ge=1)
+    backfill_sensor_seconds: int = Field(default=60, ge=1)
 
 
 class SupervisorSettings(BaseModel):

@@ -1,6 +1,7 @@
 """The asset graph: `trades`, `quotes` (written by the stream ingester) -> `ohlcv_1m` -> `ohlcv_1d`, plus
 `sequence_gaps`, whose materialization is a backfill pass."""
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
@@ -11,11 +12,12 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
+    multi_asset,
 )
 
 from k2_core.backfill import backfill
 from k2_core.days import day_key, parse_day
-from k2_core.preaggregate import OHLCV_TABLES, BarsBuild, rebuild_daily_bars, rebuild_minute_bars
+from k2_core.preaggregate import OHLCV_TABLES, BarsBuild, rebuild_day
 from k2_core.tables import GAPS
 from k2_dagster.defs.resources import IcebergResource, RecoveryResource
 
@@ -43,37 +45,45 @@ quotes = AssetSpec(
 )
 
 
-def _bars_result(build: BarsBuild) -> MaterializeResult:
+def _bars_result(asset_key: str, build: BarsBuild) -> MaterializeResult:
     return MaterializeResult(
+        asset_key=asset_key,
         metadata={
             "day": day_key(build.day),
             "bars": build.bars,
             "trades": build.trades,
             "source_trades_snapshot_id": MetadataValue.text(str(build.source_snapshot_id)),
             "snapshot_id": MetadataValue.text(str(build.snapshot_id)),
-        }
+        },
     )
 
 
-@asset(partitions_def=DAILY, deps=[trades], group_name=BARS_GROUP, kinds={"iceberg"})
-def ohlcv_1m(context: AssetExecutionContext, iceberg: IcebergResource) -> MaterializeResult:
-    """One-minute OHLCV bars (Iceberg market.ohlcv_1m), the day rebuilt from its trades in one snapshot."""
+@multi_asset(
+    specs=[
+        AssetSpec(
+            "ohlcv_1m",
+            deps=[trades],
+            description="One-minute OHLCV bars (Iceberg market.ohlcv_1m), the day rebuilt from its trades in one "
+            "snapshot.",
+            partitions_def=DAILY,
+            group_name=BARS_GROUP,
+            kinds={"iceberg"},
+        ),
+        AssetSpec(
+            "ohlcv_1d",
+            deps=["ohlcv_1m"],
+            description="Daily OHLCV bars (Iceberg market.ohlcv_1d), from the trades snapshot the day's minute bars "
+            "used, checked to roll up from them exactly.",
+            partitions_def=DAILY,
+            group_name=BARS_GROUP,
+            kinds={"iceberg"},
+        ),
+    ],
+)
+def ohlcv_bars(context: AssetExecutionContext, iceberg: IcebergResource) -> Iterator[MaterializeResult]:
+    """Both bar tables of a day from one read of one trades snapshot (k2_core.preaggregate.rebuild_day)."""
     m = iceberg.settings.maintenance
-    build = rebuild_minute_bars(
-        iceberg.market("trades"),
-        iceberg.table(OHLCV_TABLES["1m"]),
-        parse_day(context.partition_key),
-        retries=m.commit_retries,
-        backoff=m.retry_backoff_seconds,
-    )
-    return _bars_result(build)
-
-
-@asset(partitions_def=DAILY, deps=[ohlcv_1m], group_name=BARS_GROUP, kinds={"iceberg"})
-def ohlcv_1d(context: AssetExecutionContext, iceberg: IcebergResource) -> MaterializeResult:
-    """Daily OHLCV bars (Iceberg market.ohlcv_1d), from the trades snapshot the day's minute bars used."""
-    m = iceberg.settings.maintenance
-    build = rebuild_daily_bars(
+    minute, daily = rebuild_day(
         iceberg.market("trades"),
         iceberg.table(OHLCV_TABLES["1m"]),
         iceberg.table(OHLCV_TABLES["1d"]),
@@ -81,7 +91,8 @@ def ohlcv_1d(context: AssetExecutionContext, iceberg: IcebergResource) -> Materi
         retries=m.commit_retries,
         backoff=m.retry_backoff_seconds,
     )
-    return _bars_result(build)
+    yield _bars_result("ohlcv_1m", minute)
+    yield _bars_result("ohlcv_1d", daily)
 
 
 class BackfillConfig(Config):

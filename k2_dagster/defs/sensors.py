@@ -18,6 +18,7 @@ from dagster import (
     DefaultSensorStatus,
     MetadataValue,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -28,6 +29,7 @@ from k2_core.backfill import open_gaps
 from k2_core.compaction import needs_compaction
 from k2_core.days import day_key, parse_day, utc_today
 from k2_core.lineage import SnapshotChange, changes_since, day_files
+from k2_core.settings import MaintenanceSettings
 from k2_core.tables import GAPS, MARKET_TABLES
 from k2_core.topics import KINDS
 from k2_dagster.defs.assets import PARTITIONS_START
@@ -68,8 +70,7 @@ def _events(kind: str, change: SnapshotChange, now: datetime) -> list[AssetMater
     return out
 
 
-@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
-def iceberg_snapshot_sensor(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
+def record_snapshots(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
     """Record each new trades/quotes Iceberg snapshot as an asset event of the day partitions it touched."""
     cursor = _cursor(context)
     now = datetime.now(UTC)
@@ -85,8 +86,7 @@ def iceberg_snapshot_sensor(context: SensorEvaluationContext, iceberg: IcebergRe
     return SensorResult(asset_events=events, cursor=json.dumps(new_cursor))
 
 
-@sensor(job=ohlcv_job, minimum_interval_seconds=120, default_status=DefaultSensorStatus.RUNNING)
-def ohlcv_sensor(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
+def rebuild_changed_days(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
     """Rebuild OHLCV for every day whose trades changed since the last tick."""
     cursor = _cursor(context)
     now = datetime.now(UTC)
@@ -106,8 +106,7 @@ def ohlcv_sensor(context: SensorEvaluationContext, iceberg: IcebergResource) -> 
     return SensorResult(run_requests=requests, cursor=json.dumps({"trades": current}))
 
 
-@sensor(job=compaction_job, minimum_interval_seconds=600, default_status=DefaultSensorStatus.RUNNING)
-def compaction_sensor(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
+def compact_closed_days(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
     """Compact closed days (before today, UTC) holding more than the configured number of small files."""
     cursor = _cursor(context)
     m = iceberg.settings.maintenance
@@ -135,8 +134,7 @@ def compaction_sensor(context: SensorEvaluationContext, iceberg: IcebergResource
     return SensorResult(run_requests=requests, cursor=json.dumps(new_cursor))
 
 
-@sensor(job=gap_backfill_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
-def gap_backfill_sensor(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
+def backfill_open_gaps(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
     """Launch a backfill run per batch of open sequence gaps (each gap attempt gets its own run)."""
     cursor = _cursor(context)
     m = iceberg.settings.maintenance
@@ -167,4 +165,30 @@ def gap_backfill_sensor(context: SensorEvaluationContext, iceberg: IcebergResour
     return SensorResult(run_requests=requests, cursor=new_cursor)
 
 
-SENSORS = [iceberg_snapshot_sensor, ohlcv_sensor, compaction_sensor, gap_backfill_sensor]
+def build_sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
+    """The sensors, each looking as often as `K2_MAINTENANCE_*_SENSOR_SECONDS` says."""
+    running = DefaultSensorStatus.RUNNING
+    return [
+        sensor(
+            name="iceberg_snapshot_sensor", minimum_interval_seconds=m.snapshot_sensor_seconds, default_status=running
+        )(record_snapshots),
+        sensor(
+            name="ohlcv_sensor", job=ohlcv_job, minimum_interval_seconds=m.ohlcv_sensor_seconds, default_status=running
+        )(rebuild_changed_days),
+        sensor(
+            name="compaction_sensor",
+            job=compaction_job,
+            minimum_interval_seconds=m.compaction_sensor_seconds,
+            default_status=running,
+        )(compact_closed_days),
+        sensor(
+            name="gap_backfill_sensor",
+            job=gap_backfill_job,
+            minimum_interval_seconds=m.backfill_sensor_seconds,
+            default_status=running,
+        )(backfill_open_gaps),
+    ]
+
+
+SENSORS = build_sensors(MaintenanceSettings())
+iceberg_snapshot_sensor, ohlcv_sensor, compaction_sensor, gap_backfill_sensor = SENSORS

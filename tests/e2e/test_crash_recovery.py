@@ -35,9 +35,14 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     feed.start()
     log = tmp_path / "ingester.log"
     killed_with_rows = []
-    for _ in range(KILLS):
+    for n in range(KILLS):
+        before = _assignments(log)
         proc = spawn_ingester(settings, log)
-        time.sleep(rng.uniform(1.5, 4.0))  # assignment takes 1-3 s: kills land before, during and after commits
+        if n % 4:  # most kills land once the ingester consumes (before, during and after its commits) ...
+            wait_for(lambda b=before: _assignments(log) > b, timeout=60, interval=0.1)
+            time.sleep(rng.uniform(0.1, 2.0))
+        else:  # ... some while it is still starting or joining the group
+            time.sleep(rng.uniform(0.5, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_with_rows.append(len(table_rows(settings, "trades")))
@@ -64,3 +69,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     # (a kill before the group assignment settles interrupts nothing, so not every one counts)
     assert sum(b > a for a, b in itertools.pairwise(killed_with_rows)) >= 3, killed_with_rows
     assert final.returncode == 0  # SIGTERM: a clean stop
+
+
+def _assignments(log: Path) -> int:
+    """How many times ingesters writing to `log` were assigned partitions."""
+    return log.read_text().count('"partitions assigned"') if log.exists() else 0

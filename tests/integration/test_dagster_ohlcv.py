@@ -17,7 +17,7 @@ import pytest
 from k2_core.bars import SOURCE_SNAPSHOT_PROPERTY
 from k2_core.days import day_filter
 from k2_core.settings import Settings
-from k2_dagster.defs.assets import ohlcv_1d, ohlcv_1m
+from k2_dagster.defs.assets import ohlcv_bars
 from k2_dagster.defs.sensors import ohlcv_sensor
 from tests.integration.test_dagster_support import (
     DAGSTER_OWNERS_BETA,
@@ -110,9 +110,7 @@ def test_ohlcv_assets_equal_pandas_reference_and_rebuild_idempotently(
     resources = k2_resources(lake.settings)
 
     for day in (D1, D2):
-        result = dg.materialize(
-            [ohlcv_1m, ohlcv_1d], partition_key=day.isoformat(), resources=resources, instance=instance
-        )
+        result = dg.materialize([ohlcv_bars], partition_key=day.isoformat(), resources=resources, instance=instance)
         assert result.success
     for day in (D1, D2):
         assert stored_bars(lake, "ohlcv_1m", day) == reference_bars(on_day(trades, day), "1min")
