@@ -308,30 +308,17 @@ def read_catalog(settings: Settings) -> CatalogState:
     return CatalogState(reachable=True, uri=uri, tables=tables, open_gaps=open_gaps)
 
 
-class _CatalogJob:
-    """`read_catalog` on its own thread. Its timeout counts from when the imports are done (pyiceberg, pyarrow and
-    DuckDB take a second or more, longer on a busy machine), so it measures the catalog, not this machine."""
+def read_catalog_within(settings: Settings, timeout: float) -> CatalogState:
+    """`read_catalog`, given up after `timeout` seconds. The timeout counts once the catalog client is imported
+    (pyiceberg, pyarrow and DuckDB take a second or more, longer on a busy machine), so it measures the catalog, not
+    this machine; the import runs here, not on the thread that may be abandoned (an import cut short by the
+    interpreter's exit can abort it)."""
+    import k2_core.query  # noqa: F401
 
-    IMPORT_BUDGET = 60.0
-
-    def __init__(self, settings: Settings) -> None:
-        self._imported = threading.Event()
-        self._settings = settings
-        self._job = _Job(self._read)
-
-    def _read(self) -> CatalogState:
-        try:
-            import k2_core.query  # noqa: F401  (the slow part)
-        finally:
-            self._imported.set()
-        return read_catalog(self._settings)
-
-    def result(self, timeout: float | None) -> CatalogState:
-        """Raises TimeoutError; `timeout=None` does not wait at all."""
-        if timeout is None:
-            return self._job.result(0.0)
-        self._imported.wait(self.IMPORT_BUDGET)
-        return self._job.result(time.monotonic() + timeout)
+    try:
+        return _Job(lambda: read_catalog(settings)).result(time.monotonic() + timeout)
+    except TimeoutError:
+        return CatalogState(reachable=False, uri=redact(settings.catalog_uri), error=f"no answer within {timeout:g}s")
 
 
 # ---- putting it together -----------------------------------------------------------------------------------------
@@ -356,8 +343,8 @@ class Endpoints:
 
 
 def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagster: bool = True) -> Report:
-    """Ask everything at once; no endpoint is waited for longer than `timeout`, the catalog no longer than
-    `catalog_timeout` (once its client is imported), and not at all when nothing is running."""
+    """Ask every endpoint at once, then the catalog; no endpoint is waited for longer than `timeout`, the catalog
+    no longer than `catalog_timeout` (once its client is imported), and not at all when nothing is running."""
     started = time.monotonic()
     ends = Endpoints.of(settings)
 
@@ -370,7 +357,6 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     jobs_api_health, jobs_api_metrics = get(f"{ends.api}/health"), get(f"{ends.api}/metrics")
     jobs_dagster = get(ends.dagster)
     job_broker = _Job(lambda: _connects(settings.kafka.bootstrap_servers, timeout))
-    job_catalog = _CatalogJob(settings)
 
     http_deadline = started + timeout + 0.5
 
@@ -421,16 +407,12 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     if api_health is not None and api_health.status == 503:
         api_catalog_error = (api_health.json() or {}).get("error") or "catalog unreachable"
 
-    # With nothing running there is no reason to wait long for the catalog: that is the news, and it is given at once.
-    nothing_runs = not supervised and all(p.up is False for p in processes)
-    try:
-        catalog = job_catalog.result(None if nothing_runs else catalog_timeout)
-    except TimeoutError:
-        uri = redact(settings.catalog_uri)
-        if nothing_runs:
-            catalog = CatalogState(reachable=None, uri=uri, error="not read: nothing is running")
-        else:
-            catalog = CatalogState(reachable=False, uri=uri, error=f"no answer within {catalog_timeout:g}s")
+    # With nothing running, that is the news, given at once: the catalog is not read (its client alone takes a
+    # second or more to load).
+    if not supervised and all(p.up is False for p in processes):
+        catalog = CatalogState(reachable=None, uri=redact(settings.catalog_uri), error="not read: nothing is running")
+    else:
+        catalog = read_catalog_within(settings, catalog_timeout)
     return Report(
         checked_at=datetime.now(UTC),
         supervisor=supervisor,

@@ -26,19 +26,22 @@ SHEDDING_LEVEL = int(Level.SHED_SYMBOLS)
 LAG_WARN_SECONDS = 60.0  # KafkaConsumerLagHigh's threshold: shown in red, judged by the alert
 GAP_SEVERITIES = ("warning", "alert", "halt")  # k2_core.gaps' grades (that module loads pyiceberg: slow)
 
-HELP = """One screen of what is running: each process with its uptime and restarts, consumer lag per topic, the last
-commit and snapshot count per table, open gaps by severity, halted partitions and the degradation level.
-
-It reads `k2 run`'s /health (K2_SUPERVISOR_PORT), the ingester's /health and /metrics (K2_INGEST_METRICS_PORT),
-the API's /health, Dagster's /server_info and the catalog, so it works the same whether `k2 run` started the
-platform or the processes run on their own (docker compose). The processes expected are those `k2 run` reports;
-without `k2 run`, the broker, ingester, API and Dagster webserver (--no-dagster leaves Dagster out).
-
-Exit code 0 when everything expected is up and healthy; 1 when anything is wrong, and the output says what:
-a process is down or its endpoint does not answer, `k2 run` is stopping, the ingester's circuit breaker is open
-or half-open, a partition is halted on a sequence gap, the degradation level is 3 or more (shedding symbols),
-or the catalog cannot be read (by this command or by the API). Lag, open gaps and restarts are shown, not
-judged: the alerts in config/prometheus/alerts.yml judge those over time."""
+HELP = "\n\n".join(
+    [
+        "One screen of what is running: each process with its uptime and restarts, consumer lag per topic, the last "
+        "commit and snapshot count per table, open gaps by severity, halted partitions and the degradation level.",
+        "It reads `k2 run`'s /health (K2_SUPERVISOR_PORT), the ingester's /health and /metrics "
+        "(K2_INGEST_METRICS_PORT), the API's /health, Dagster's /server_info and the catalog, so it works the same "
+        "whether `k2 run` started the platform or the processes run on their own (docker compose). The processes "
+        "expected are those `k2 run` reports; without `k2 run`, the broker, ingester, API and Dagster webserver "
+        "(--no-dagster leaves Dagster out).",
+        "Exit code 0 when everything expected is up and healthy; 1 when anything is wrong, and the output says what: "
+        "a process is down or its endpoint does not answer, `k2 run` is stopping, the ingester's circuit breaker is "
+        "open or half-open, a partition is halted on a sequence gap, the degradation level is 3 or more (shedding "
+        "symbols), or the catalog cannot be read (by this command or by the API). Lag, open gaps and restarts are "
+        "shown, not judged: the alerts in config/prometheus/alerts.yml judge those over time.",
+    ]
+)
 
 
 def problems(report: Report) -> list[str]:
@@ -108,7 +111,7 @@ def _where(endpoint: str | None) -> str:
 def _processes(report: Report) -> list[Table | Text]:
     """The table, then a note on each process that is neither plainly up nor down (why a down one is down is said
     among the problems at the end)."""
-    table = Table(title="processes", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(title="processes", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("process", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("pid", justify="right")
@@ -142,19 +145,12 @@ def _ingester(report: Report) -> list[Text]:
     return [line] + [Text(f"  halted {tp}: {why}", style="red") for tp, why in sorted(ing.halted_partitions.items())]
 
 
-def _lag(report: Report) -> Table | Text:
+def _lag(report: Report) -> list[Table | Text]:
     if not report.lag:
         if report.ingester is None:
-            return Text("consumer lag: unknown (the ingester's /metrics does not answer)")
-        return Text("consumer lag: none measured yet (no batch consumed)")
-    table = Table(
-        title="consumer lag",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        caption="seconds: age of the newest message consumed, worst partition (0 = caught up). messages: from the "
-        "broker's high watermark, which the embedded broker may misreport",
-        caption_justify="left",
-    )
+            return [Text("consumer lag: unknown (the ingester's /metrics does not answer)")]
+        return [Text("consumer lag: none measured yet (no batch consumed)")]
+    table = Table(title="consumer lag", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("topic", overflow="fold")
     table.add_column("partitions", justify="right")
     table.add_column("lag s", justify="right")
@@ -166,7 +162,12 @@ def _lag(report: Report) -> Table | Text:
             Text(f"{topic.lag_seconds:.1f}", style="red" if topic.lag_seconds >= LAG_WARN_SECONDS else ""),
             "-" if topic.lag_messages is None else str(topic.lag_messages),
         )
-    return table
+    note = Text(
+        "lag s: age of the newest message consumed, worst partition (0 = caught up); lag msgs: behind the broker's "
+        "high watermark, which the embedded broker can misreport",
+        style="dim",
+    )
+    return [table, note]
 
 
 def _catalog(report: Report) -> list[Table | Text]:
@@ -175,7 +176,7 @@ def _catalog(report: Report) -> list[Table | Text]:
         return [Text(f"catalog {cat.uri}: {cat.error}")]
     if not cat.reachable:
         return [Text(f"catalog {cat.uri}: unreachable: {cat.error}", style="bold red")]
-    table = Table(title=f"tables ({cat.uri})", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(title=f"tables ({cat.uri})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("table", no_wrap=True)
     table.add_column("snapshots", justify="right")
     table.add_column("last commit", overflow="fold")
@@ -217,7 +218,8 @@ def render(report: Report, found: list[str]) -> Group:
         parts.append(Text(f"k2 run: pid {sup.pid}, {sup.status}, home {sup.home} ({_where(sup.url)})"))
     else:
         parts.append(Text(f"k2 run: not answering at {_where(sup.url)} ({sup.error}); asked each process"))
-    parts += [*_processes(report), *_ingester(report), _lag(report), *_catalog(report)]
+    gap = Text("")
+    parts += [gap, *_processes(report), gap, *_ingester(report), *_lag(report), gap, *_catalog(report), gap]
     if found:
         parts += [Text(f"PROBLEM: {problem}", style="bold red") for problem in found]
     else:
