@@ -351,11 +351,11 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     def get(url: str | None) -> _Job[Answer | None]:
         return _Job(lambda: _get(url, timeout) if url is not None else None)
 
-    jobs_supervisor = get(ends.supervisor)
-    jobs_ingester_health = get(ends.ingester and f"{ends.ingester}/health")
-    jobs_ingester_metrics = get(ends.ingester and f"{ends.ingester}/metrics")
-    jobs_api_health, jobs_api_metrics = get(f"{ends.api}/health"), get(f"{ends.api}/metrics")
-    jobs_dagster = get(ends.dagster)
+    job_supervisor = get(ends.supervisor)
+    job_ingester_health = get(ends.ingester and f"{ends.ingester}/health")
+    job_ingester_metrics = get(ends.ingester and f"{ends.ingester}/metrics")
+    job_api_health, job_api_metrics = get(f"{ends.api}/health"), get(f"{ends.api}/metrics")
+    job_dagster = get(ends.dagster)
     job_broker = _Job(lambda: _connects(settings.kafka.bootstrap_servers, timeout))
 
     http_deadline = started + timeout + 0.5
@@ -367,21 +367,22 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
             return Answer(url or "", None, error="no answer in time")
 
     now_wall = time.time()
-    sup_answer = answer(jobs_supervisor, ends.supervisor)
+    sup_answer = answer(job_supervisor, ends.supervisor)
     supervisor = _supervisor(ends.supervisor, sup_answer)
-    ing_health = answer(jobs_ingester_health, ends.ingester)
-    ing_metrics = answer(jobs_ingester_metrics, ends.ingester)
-    api_health = answer(jobs_api_health, ends.api)
-    api_metrics = answer(jobs_api_metrics, ends.api)
-    dagster_answer = answer(jobs_dagster, ends.dagster)
+    ing_health = answer(job_ingester_health, ends.ingester)
+    ing_metrics = answer(job_ingester_metrics, ends.ingester)
+    api_health = answer(job_api_health, ends.api)
+    api_metrics = answer(job_api_metrics, ends.api)
+    dagster_answer = answer(job_dagster, ends.dagster)
     try:
         broker_error = job_broker.result(http_deadline)
     except TimeoutError:
         broker_error = "no answer in time"
 
     # Which processes to expect: those `k2 run` reports; without it, the platform's servers.
+    by_k2_run = supervisor is not None and supervisor.reachable and sup_answer is not None
     supervised: dict[str, dict[str, Any]] = {}
-    if supervisor is not None and supervisor.reachable and sup_answer is not None:
+    if by_k2_run and sup_answer is not None:
         supervised = (sup_answer.json() or {}).get("processes") or {}
         names = list(supervised)
     else:
@@ -409,7 +410,7 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
 
     # With nothing running, that is the news, given at once: the catalog is not read (its client alone takes a
     # second or more to load).
-    if not supervised and all(p.up is False for p in processes):
+    if not by_k2_run and all(p.up is False for p in processes):
         catalog = CatalogState(reachable=None, uri=redact(settings.catalog_uri), error="not read: nothing is running")
     else:
         catalog = read_catalog_within(settings, catalog_timeout)
