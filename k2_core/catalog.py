@@ -1,4 +1,7 @@
-"""The only module that opens an Iceberg catalog. Tables are created on first use, idempotently."""
+"""The only module that opens an Iceberg catalog. Tables are created on first use, idempotently and safely when
+several processes start at the same instant on an empty catalog (`k2 run` starts the ingester and the API together,
+a deployment starts many ingesters): pyiceberg's SQL catalog creates its own tables and namespaces check-then-insert,
+so the loser of such a race gets a database error that here means "someone else just created it"."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.table import Table
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from k2_core.logging import get_logger
 from k2_core.settings import Settings
@@ -25,7 +29,24 @@ def open_catalog(settings: Settings) -> Catalog:
         settings.home.mkdir(parents=True, exist_ok=True)
     # An object-store warehouse needs the FileIO's endpoint and credentials (pyiceberg reads them from here).
     io = settings.s3.fileio_properties() if warehouse.startswith(("s3://", "s3a://")) else {}
-    return SqlCatalog(settings.catalog.name, uri=settings.catalog_uri, warehouse=warehouse, **io)
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            return SqlCatalog(settings.catalog.name, uri=settings.catalog_uri, warehouse=warehouse, **io)
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            # another process created the catalog's tables between pyiceberg's check and its CREATE: look again
+            if attempt == _CREATE_ATTEMPTS - 1 or not _already_exists(exc):
+                raise
+            log.info("catalog tables created concurrently, opening again", extra={"error": str(exc).splitlines()[0]})
+    raise AssertionError("unreachable")
+
+
+_CREATE_ATTEMPTS = 3
+
+
+def _already_exists(exc: Exception) -> bool:
+    """A database's way of saying that what we were creating exists (SQLite's message, PostgreSQL's duplicates)."""
+    text = str(exc).lower()
+    return isinstance(exc, IntegrityError) or "already exists" in text or "duplicate" in text
 
 
 # Set at creation only: Iceberg upgrades a table's format by its own procedure, not by a property.
@@ -38,7 +59,7 @@ def ensure_table(catalog: Catalog, namespace: str, table_def: TableDef) -> Table
     identifier = (namespace, table_def.name)
     if catalog.table_exists(identifier):
         return _with_current_properties(catalog.load_table(identifier))
-    with contextlib.suppress(NamespaceAlreadyExistsError):
+    with contextlib.suppress(NamespaceAlreadyExistsError, IntegrityError):  # IntegrityError: created concurrently
         catalog.create_namespace(namespace)
     try:
         return catalog.create_table(
