@@ -7,21 +7,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
-    K2_HOME=/var/lib/k2 \
-    DAGSTER_HOME=/opt/dagster/home
+    K2_HOME=/var/lib/k2
 
 RUN python -m venv /opt/venv && pip install pip==25.3
 
 WORKDIR /app
 
-# Dependencies first (pinned in pyproject.toml), so code changes do not reinstall them. Then PostgreSQL run storage
-# for Dagster (config/dagster/dagster.yaml): the newest dagster-postgres on PyPI pins the previous dagster patch
-# release, so it is installed without its dependencies (all already satisfied).
+# Dependencies first (pinned in pyproject.toml, dagster-postgres among them), so code changes do not reinstall them.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
-    && pip install --no-deps dagster-postgres==0.29.27 \
     && rm /tmp/requirements.txt
 
 # The code, installed in place: K2 finds config/, schemas/ and workspace.yaml next to its packages.
@@ -33,10 +29,12 @@ COPY k2_stream ./k2_stream
 COPY k2_api ./k2_api
 COPY k2_cli ./k2_cli
 COPY k2_dagster ./k2_dagster
+# $K2_HOME/dagster is DAGSTER_HOME (k2_dagster.launcher); compose mounts the dagster-storage volume there, and a new
+# volume takes the ownership of the image's directory.
 RUN pip install --no-deps -e . \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/k2 --shell /usr/sbin/nologin k2 \
-    && mkdir -p /var/lib/k2 /opt/dagster/home /opt/dagster/storage \
-    && chown -R k2:k2 /var/lib/k2 /opt/dagster
+    && mkdir -p /var/lib/k2/dagster \
+    && chown -R k2:k2 /var/lib/k2
 
 USER k2
 

@@ -10,7 +10,7 @@ from datetime import date, time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -148,8 +148,8 @@ def _default_market_hours() -> dict[str, MarketHours]:
 
 
 class MaintenanceSettings(BaseModel):
-    """The Dagster-run upkeep of the lake: compaction, gap backfill, snapshot expiry, quality checks, and where the
-    Dagster webserver listens."""
+    """The Dagster-run upkeep of the lake: compaction, gap backfill, snapshot expiry, quality checks, where the
+    Dagster webserver listens and where Dagster keeps its runs."""
 
     compaction_target_file_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     compaction_min_files: int = Field(default=16, ge=1, description="A closed day with more files is compacted.")
@@ -176,6 +176,19 @@ class MaintenanceSettings(BaseModel):
     ohlcv_sensor_seconds: int = Field(default=120, ge=1)
     compaction_sensor_seconds: int = Field(default=600, ge=1)
     backfill_sensor_seconds: int = Field(default=60, ge=1)
+
+    # Dagster's run, event-log and schedule storage (k2_dagster.launcher writes the instance's dagster.yaml from it),
+    # e.g. postgresql://k2:secret@postgres:5432/dagster; None keeps them in SQLite under K2_HOME/dagster.
+    dagster_postgres_url: SecretStr | None = None
+
+    @field_validator("dagster_postgres_url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgresql+")):
+            raise ValueError("maintenance.dagster_postgres_url must be a postgresql:// URL")
+        return value
 
 
 class SupervisorSettings(BaseModel):

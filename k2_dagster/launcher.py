@@ -1,52 +1,57 @@
-"""How the platform supervisor starts Dagster: the webserver (UI on `settings.maintenance.dagster_host:port`,
-127.0.0.1:3000 by default) and the daemon (sensors, schedules, run queue), both loading `workspace.yaml`, with
-`DAGSTER_HOME` under `settings.home / "dagster"`.
+"""How K2 starts Dagster: the webserver (UI on `settings.maintenance.dagster_host:port`, 127.0.0.1:3000 by default)
+and the daemon (sensors, schedules, run queue), both loading `workspace.yaml`, with `DAGSTER_HOME` under
+`settings.home / "dagster"`. `k2 run` starts both (`dagster_processes`); the compose services run one each with
+`k2 dagster webserver` and `k2 dagster daemon` (`dagster_process`).
 
-`dagster_processes(settings, env)` returns what to spawn; the caller owns the processes (logs, stop order). Both
-stop cleanly on SIGTERM. Runs launched by the daemon inherit the environment, so they read the same `K2_*` settings.
+The instance configuration, `$DAGSTER_HOME/dagster.yaml`, is written here from the settings and nowhere else. Runs,
+event logs and schedule state live in PostgreSQL when `K2_MAINTENANCE_DAGSTER_POSTGRES_URL` is set (compose), in
+SQLite under DAGSTER_HOME otherwise (the embedded default). The URL reaches Dagster through the child's environment
+(`DAGSTER_POSTGRES_URL`), never the file, so the file and the UI's view of it hold no password.
+
+The caller owns the processes (logs, stop order). Both stop cleanly on SIGTERM. Runs launched by the daemon inherit
+the environment, so they read the same `K2_*` settings and reach the same storage.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from sqlalchemy.engine import make_url
 
 from k2_core.settings import REPO_ROOT, Settings
 
 WORKSPACE = REPO_ROOT / "workspace.yaml"
+# The environment variable the launcher hands the storage URL over in; set by the launcher, not a setting.
+POSTGRES_URL_ENV = "DAGSTER_POSTGRES_URL"
 
-# Instance configuration written to DAGSTER_HOME: no telemetry, bounded concurrency per kind of K2 job (the
+Role = Literal["webserver", "daemon", "liveness-check"]
+
+# Instance configuration shared by both storages: no telemetry, bounded concurrency per kind of K2 job (the
 # `k2/job` tag), and sensor/schedule tick history pruned (the sensors tick every 30 s to 10 min).
-DAGSTER_YAML = """\
-# Written by k2_dagster.launcher; edits are overwritten on the next start.
-telemetry:
-  enabled: false
-run_queue:
-  max_concurrent_runs: 4
-  tag_concurrency_limits:
-    - key: k2/job
-      value: compaction
-      limit: 1
-    - key: k2/job
-      value: gap_backfill
-      limit: 1
-    - key: k2/job
-      value: maintenance
-      limit: 1
-    - key: k2/job
-      value: ohlcv
-      limit: 2
-retention:
-  schedule:
-    purge_after_days: 30
-  sensor:
-    purge_after_days:
-      skipped: 1
-      failure: 30
-      success: 7
-"""
+INSTANCE: dict[str, Any] = {
+    "telemetry": {"enabled": False},
+    "run_queue": {
+        "max_concurrent_runs": 4,
+        "tag_concurrency_limits": [
+            {"key": "k2/job", "value": "compaction", "limit": 1},
+            {"key": "k2/job", "value": "gap_backfill", "limit": 1},
+            {"key": "k2/job", "value": "maintenance", "limit": 1},
+            {"key": "k2/job", "value": "ohlcv", "limit": 2},
+        ],
+    },
+    "retention": {
+        "schedule": {"purge_after_days": 30},
+        "sensor": {"purge_after_days": {"skipped": 1, "failure": 30, "success": 7}},
+    },
+}
+HEADER = "# Written by k2_dagster.launcher from K2's settings; edits are overwritten on the next start.\n"
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,36 @@ def dagster_home(settings: Settings) -> Path:
     return settings.home / "dagster"
 
 
+def storage_url(settings: Settings) -> str | None:
+    """The PostgreSQL URL of Dagster's storage, with the psycopg2 driver dagster-postgres is written for (SQLAlchemy
+    2.1 picks psycopg 3 for a bare postgresql://, and psycopg 3 rejects Dagster's parameterised NOTIFY); None when
+    Dagster keeps its storage in SQLite."""
+    url = settings.maintenance.dagster_postgres_url
+    if url is None:
+        return None
+    return make_url(url.get_secret_value()).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+def instance_config(settings: Settings) -> dict[str, Any]:
+    """The contents of `dagster.yaml` for these settings."""
+    config = dict(INSTANCE)
+    if settings.maintenance.dagster_postgres_url is not None:
+        # One `storage` block: run, event-log and schedule storage all in that database.
+        config = {"storage": {"postgres": {"postgres_url": {"env": POSTGRES_URL_ENV}}}, **config}
+    return config
+
+
 def prepare_home(settings: Settings) -> Path:
-    """Create DAGSTER_HOME with K2's instance configuration; returns its path."""
+    """Create DAGSTER_HOME with K2's instance configuration; returns its path. The file is replaced atomically, so
+    processes starting together (compose's webserver and daemon share the directory) never read half of it."""
     home = dagster_home(settings)
     home.mkdir(parents=True, exist_ok=True)
+    text = HEADER + yaml.safe_dump(instance_config(settings), sort_keys=False)
     config = home / "dagster.yaml"
-    if not config.exists() or config.read_text() != DAGSTER_YAML:
-        config.write_text(DAGSTER_YAML)
+    if not config.exists() or config.read_text() != text:
+        with tempfile.NamedTemporaryFile("w", dir=home, prefix=".dagster.yaml.", delete=False) as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, config)
     return home
 
 
@@ -76,22 +104,29 @@ def webserver_url(settings: Settings) -> str:
     return f"http://{m.dagster_host}:{m.dagster_port}"
 
 
-def dagster_processes(settings: Settings, env: Mapping[str, str]) -> list[DagsterProcess]:
-    """The webserver and the daemon, in start order. `env` is the environment the other K2 processes get (it must
-    carry the same `K2_*` settings); `DAGSTER_HOME` and `K2_HOME` are added."""
+def _argv(settings: Settings, role: Role) -> list[str]:
+    m = settings.maintenance
+    workspace = ["-w", str(WORKSPACE)]
+    if role == "webserver":
+        return [sys.executable, "-m", "dagster_webserver", "-h", m.dagster_host, "-p", str(m.dagster_port), *workspace]
+    if role == "daemon":
+        return [sys.executable, "-m", "dagster._daemon", "run", *workspace]
+    return [sys.executable, "-m", "dagster._daemon", "liveness-check"]
+
+
+def dagster_process(settings: Settings, env: Mapping[str, str], role: Role) -> DagsterProcess:
+    """One Dagster process on K2's instance. `env` is the environment the other K2 processes get (it must carry the
+    same `K2_*` settings); `DAGSTER_HOME`, `K2_HOME` and the storage URL are added."""
     home = prepare_home(settings)
     child_env = {**env, "DAGSTER_HOME": str(home)}
     child_env.setdefault("K2_HOME", str(settings.home))
-    m = settings.maintenance
-    workspace = ["-w", str(WORKSPACE)]
-    return [
-        DagsterProcess(
-            "dagster-webserver",
-            [sys.executable, "-m", "dagster_webserver", "-h", m.dagster_host, "-p", str(m.dagster_port), *workspace],
-            child_env,
-            REPO_ROOT,
-        ),
-        DagsterProcess(
-            "dagster-daemon", [sys.executable, "-m", "dagster._daemon", "run", *workspace], child_env, REPO_ROOT
-        ),
-    ]
+    child_env.pop(POSTGRES_URL_ENV, None)
+    if (url := storage_url(settings)) is not None:
+        child_env[POSTGRES_URL_ENV] = url
+    name = "dagster-webserver" if role == "webserver" else f"dagster-{role}"
+    return DagsterProcess(name, _argv(settings, role), child_env, REPO_ROOT)
+
+
+def dagster_processes(settings: Settings, env: Mapping[str, str]) -> list[DagsterProcess]:
+    """The webserver and the daemon, in start order."""
+    return [dagster_process(settings, env, "webserver"), dagster_process(settings, env, "daemon")]

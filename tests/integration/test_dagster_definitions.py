@@ -14,13 +14,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from pydantic import SecretStr, ValidationError
 
 from k2_core.compaction import compact_day
-from k2_core.settings import REPO_ROOT, Settings
+from k2_core.settings import REPO_ROOT, MaintenanceSettings, Settings
 from k2_core.tables import TRADES
 from k2_dagster.defs.resources import K2Settings
 from k2_dagster.defs.sensors import iceberg_snapshot_sensor
-from k2_dagster.launcher import dagster_processes
+from k2_dagster.launcher import POSTGRES_URL_ENV, dagster_processes
 from tests.integration.test_dagster_support import (
     DAGSTER_OWNERS_BETA,
     at,
@@ -113,6 +114,22 @@ def test_launcher_builds_webserver_and_daemon(make_settings: Callable[..., Setti
         assert p.argv[p.argv.index("-w") + 1] == str(REPO_ROOT / "workspace.yaml")
     config = yaml.safe_load((settings.home / "dagster" / "dagster.yaml").read_text())
     assert config["telemetry"] == {"enabled": False}
+    assert "storage" not in config  # the embedded default: SQLite under DAGSTER_HOME
+
+
+def test_launcher_puts_dagster_storage_in_postgresql_when_configured(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    settings.maintenance.dagster_postgres_url = SecretStr("postgresql+psycopg://k2:s3cret@db:5432/dagster")
+    inherited = {"PATH": "/usr/bin", POSTGRES_URL_ENV: "postgresql://stale@elsewhere/x"}
+    for proc in dagster_processes(settings, inherited):
+        # psycopg2, the driver dagster-postgres is written for, whatever driver the setting names
+        assert proc.env[POSTGRES_URL_ENV] == "postgresql+psycopg2://k2:s3cret@db:5432/dagster"
+    text = (settings.home / "dagster" / "dagster.yaml").read_text()
+    assert yaml.safe_load(text)["storage"] == {"postgres": {"postgres_url": {"env": POSTGRES_URL_ENV}}}
+    assert "s3cret" not in text
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(ValidationError, match="postgresql"):
+        MaintenanceSettings(dagster_postgres_url=SecretStr("sqlite:///dagster.db"))
 
 
 @pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)

@@ -1,67 +1,37 @@
-"""An `s3://` warehouse, as docker-compose runs it on MinIO: a real S3-API server process (moto's server) holds
-the data and metadata files, K2 reaches it only through `K2_S3_*` settings, and trades go in and come back out
-through k2_core (the catalog, the table definitions, the query engine's remote read path)."""
+"""An `s3://` warehouse, as docker-compose runs it on MinIO: a real S3 server (SeaweedFS) holds the data and
+metadata files, K2 reaches it only through `K2_S3_*` settings with credentials allowed nothing but the warehouse
+bucket, and trades go in and come back out through k2_core (the catalog, the table definitions, the query engine's
+remote read path)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
-import httpx
 import pytest
+from pyarrow import fs
 from pydantic import SecretStr
 
 from k2_core.catalog import ensure_tables, open_catalog
 from k2_core.query import QueryEngine
 from k2_core.settings import S3Settings, Settings
 from k2_core.tables import TRADES
-from tests.conftest import free_port
-from tests.e2e.support import wait_for
+from tests.seaweedfs import S3Server, seaweedfs
 
 BUCKET = "k2-lake"
 AT = datetime(2024, 3, 4, 10, tzinfo=UTC)
-# moto accepts any credentials; these only prove that K2 passes them through.
-ACCESS_KEY, SECRET_KEY = "k2-test-access", "k2-test-secret"
+ADMIN = ("k2-test-admin", "k2-test-admin-secret")  # creates the bucket, as minio-init does with MinIO's root user
+K2_USER = ("k2-test-access", "k2-test-secret")  # K2's own credentials: the warehouse bucket only
 
 
 @pytest.fixture
-def s3_endpoint(tmp_path: Path) -> Iterator[str]:
-    """A real S3-API server process on a free local port, stopped after the test."""
-    port = free_port()
-    with (tmp_path / "s3.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{endpoint}/moto-api/", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(up, timeout=30, interval=0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def s3_client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    )
+def s3(tmp_path: Path) -> Iterator[S3Server]:
+    """SeaweedFS on free local ports with the warehouse bucket created, stopped after the test."""
+    with seaweedfs(tmp_path / "seaweedfs", ADMIN, K2_USER, BUCKET, tmp_path / "seaweedfs.log") as server:
+        yield server
 
 
 def rows(count: int) -> list[dict[str, Any]]:
@@ -83,15 +53,13 @@ def rows(count: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
 def test_trades_round_trip_through_an_s3_warehouse(
-    catalog: str, s3_endpoint: str, make_settings: Callable[..., Settings], request: pytest.FixtureRequest
+    catalog: str, s3: S3Server, make_settings: Callable[..., Settings], request: pytest.FixtureRequest
 ) -> None:
     if catalog == "postgres":
         request.getfixturevalue("postgres_uri")
-    s3 = s3_client(s3_endpoint)
-    s3.create_bucket(Bucket=BUCKET)
     settings = make_settings(catalog=catalog)
     settings.catalog.warehouse = f"s3://{BUCKET}/warehouse"
-    settings.s3 = S3Settings(endpoint=s3_endpoint, access_key_id=ACCESS_KEY, secret_access_key=SecretStr(SECRET_KEY))
+    settings.s3 = S3Settings(endpoint=s3.endpoint, access_key_id=K2_USER[0], secret_access_key=SecretStr(K2_USER[1]))
     written = rows(25)
 
     cat = open_catalog(settings)
@@ -112,12 +80,22 @@ def test_trades_round_trip_through_an_s3_warehouse(
     assert [tuple(r[k] for k in key) for r in served.to_pylist()] == expected  # in exchange order
 
     # The files really are in the bucket: metadata and Parquet data under the warehouse prefix.
-    objects = [
-        o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page["Contents"]
-    ]
-    trades_prefix = f"warehouse/{settings.catalog.namespace}/trades/"
+    objects = s3.keys(*K2_USER, BUCKET)
+    trades_prefix = f"{BUCKET}/warehouse/{settings.catalog.namespace}/trades/"
     assert any(k.startswith(trades_prefix + "data/") and k.endswith(".parquet") for k in objects)
     assert any(k.startswith(trades_prefix + "metadata/") and k.endswith(".metadata.json") for k in objects)
+
+
+def test_the_s3_server_checks_credentials_and_bucket_scope(s3: S3Server) -> None:
+    """What makes the round trip above meaningful: the server refuses a wrong secret, and K2's credentials reach
+    only the warehouse bucket."""
+    with pytest.raises(OSError, match="SIGNATURE_DOES_NOT_MATCH"):
+        s3.filesystem(K2_USER[0], "not-the-secret").get_file_info(fs.FileSelector(BUCKET))
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        s3.filesystem(*K2_USER).create_dir("another-bucket")
+    with s3.filesystem(*K2_USER).open_output_stream(f"{BUCKET}/probe.txt") as out:
+        out.write(b"k2")
+    assert s3.keys(*K2_USER, BUCKET) == [f"{BUCKET}/probe.txt"]
 
 
 def test_s3_settings_come_from_k2_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import re
-import shutil
 import tomllib
 from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
@@ -30,7 +29,7 @@ from k2_core.settings import REPO_ROOT, Settings
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-K2_IMAGE_COMMANDS = {"k2", "dagster-webserver", "dagster-daemon"}
+K2_IMAGE_COMMANDS = {"k2"}  # every role of the image, Dagster's included, is a `k2` command
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([?-])([^}]*))?\}")
 
 
@@ -251,12 +250,13 @@ def parse(command: Any, argv: list[str]) -> list[str]:
 def test_k2_service_commands_parse_with_the_real_cli(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     argv = [str(a) for a in k2_services()[name]["command"]]
     assert argv[0] in K2_IMAGE_COMMANDS
-    monkeypatch.chdir(REPO_ROOT)  # the image's WORKDIR: workspace.yaml is resolved relative to it
+    monkeypatch.chdir(REPO_ROOT)  # the image's WORKDIR
     path = parse(click_command(argv[0]), argv[1:])
-    if argv[0] == "k2":
-        assert path == [argv[1]]
-    if "-w" in argv:
-        assert (REPO_ROOT / argv[argv.index("-w") + 1]).is_file()
+    assert path
+    assert path == argv[1 : 1 + len(path)]
+    check = [str(a) for a in k2_services()[name]["healthcheck"]["test"]]
+    if check[:2] == ["CMD", "k2"]:  # a healthcheck that is a K2 command parses too
+        assert parse(click_command("k2"), check[2:])
 
 
 def test_the_parser_rejects_what_the_cli_rejects() -> None:
@@ -305,11 +305,10 @@ def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatc
     assert targets["k2-api"] == [f"api:{api.api.port}"]
     assert targets["k2-ingester"] == [f"ingester:{ingester.ingest.metrics_port}"]
 
-    webserver = [str(a) for a in svcs["dagster-webserver"]["command"]]
-    dagster_port = int(webserver[webserver.index("-p") + 1])
-    assert dagster_port in container_ports(svcs["dagster-webserver"])
-    assert dagster_port == Settings().maintenance.dagster_port
-    assert healthcheck_port(svcs["dagster-webserver"]) == dagster_port
+    dagster = settings_for("dagster-webserver", monkeypatch).maintenance
+    assert dagster.dagster_host == "0.0.0.0"
+    assert dagster.dagster_port in container_ports(svcs["dagster-webserver"])
+    assert healthcheck_port(svcs["dagster-webserver"]) == dagster.dagster_port
 
     # Addresses the K2 services dial are the ports those services listen on.
     kafka = environment(svcs["kafka"])
@@ -425,25 +424,34 @@ def test_bind_mounts_exist_and_prometheus_grafana_find_their_files() -> None:
     assert (REPO_ROOT / dashboards_dir / Path(home).name).is_file()
 
 
-def test_dagster_instance_config_is_valid_and_matches_the_embedded_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_dagster_services_share_one_instance_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The webserver and the daemon write the same dagster.yaml (k2_dagster.launcher, from their K2 settings) into
+    the volume they share; Dagster's own schema accepts it; the storage is database `dagster` of the postgres
+    service, which postgres-init.sql creates, and no password is written to the file."""
     from dagster._core.instance.config import dagster_instance_config
 
-    from k2_dagster.launcher import DAGSTER_YAML
+    from k2_dagster.launcher import POSTGRES_URL_ENV, dagster_home, dagster_process, storage_url
 
+    texts, urls = set(), set()
     for service in ("dagster-webserver", "dagster-daemon"):
-        env = environment(services()[service])
-        assert mounts(service)[f"{env['DAGSTER_HOME']}/dagster.yaml"] == "config/dagster/dagster.yaml"
-        for name, value in env.items():
-            if name.startswith("DAGSTER_PG_"):
-                monkeypatch.setenv(name, interpolate(value, example_env()))
-    shutil.copy(REPO_ROOT / "config/dagster/dagster.yaml", tmp_path / "dagster.yaml")
-    config, custom_class = dagster_instance_config(str(tmp_path))  # Dagster's own schema validation
-    assert custom_class is None
-    assert config["storage"]["postgres"]["postgres_db"]["db_name"] == {"env": "DAGSTER_PG_DB"}
-    compose_only = {"storage", "local_artifact_storage", "compute_logs"}
-    ours = yaml.safe_load((REPO_ROOT / "config/dagster/dagster.yaml").read_text())
-    assert {k: v for k, v in ours.items() if k not in compose_only} == yaml.safe_load(DAGSTER_YAML)
+        settings = settings_for(service, monkeypatch)
+        volumes = [str(v) for v in services()[service]["volumes"]]
+        assert f"dagster-storage:{dagster_home(settings)}" in volumes
+        settings.home = tmp_path / service
+        proc = dagster_process(settings, {}, "webserver" if service == "dagster-webserver" else "daemon")
+        config_file = Path(proc.env["DAGSTER_HOME"]) / "dagster.yaml"
+        texts.add(config_file.read_text())
+        urls.add(proc.env[POSTGRES_URL_ENV])
+        monkeypatch.setenv(POSTGRES_URL_ENV, proc.env[POSTGRES_URL_ENV])
+        config, custom_class = dagster_instance_config(proc.env["DAGSTER_HOME"])  # Dagster's own validation
+        assert custom_class is None
+        assert config["storage"] == {"postgres": {"postgres_url": {"env": POSTGRES_URL_ENV}}}
+        assert storage_url(settings) == proc.env[POSTGRES_URL_ENV]
+    assert len(texts) == 1
+    assert example_env()["POSTGRES_PASSWORD"] not in texts.pop()
+    (url,) = urls
+    parsed = urlsplit(url)
+    assert (parsed.scheme, parsed.hostname, parsed.port) == ("postgresql+psycopg2", "postgres", 5432)
+    assert parsed.password == example_env()["POSTGRES_PASSWORD"]
     init_sql = (REPO_ROOT / "config/dagster/postgres-init.sql").read_text()
-    assert f"CREATE DATABASE {environment(services()['dagster-daemon'])['DAGSTER_PG_DB']};" in init_sql
+    assert f"CREATE DATABASE {parsed.path.lstrip('/')};" in init_sql

