@@ -406,8 +406,6 @@ class Stack:
         params = {
             "selector": {"repositoryLocationName": "k2", "repositoryName": "__repository__", "jobName": "ohlcv_job"},
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
-            # Steps in the run worker itself: a process per step costs seconds of imports on two busy cores.
-            "runConfigData": {"execution": {"config": {"in_process": {}}}},
         }
         launched = graphql(self.dagster_url, LAUNCH_RUN, params=params)["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
