@@ -89,7 +89,8 @@ def _acknowledge(
     if ack.timed_out:
         err.print(
             f"[red]{ack.produced - ack.committed:,} messages not committed after {timeout:.0f}s: they are in Kafka "
-            "but not yet in Iceberg; is the ingester running? (--wait-timeout, --no-wait)[/red]"
+            "but not yet in Iceberg. Is the ingester running, or its partition halted on a gap? `k2 status` says. "
+            "(--wait-timeout, --no-wait)[/red]"
         )
         raise typer.Exit(1)
 

@@ -11,6 +11,7 @@ process group of its own, killed whole at the end, and dies with the supervisor 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -104,6 +105,32 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+def _group_alive(child: Child) -> bool:
+    """Whether any process of the child's process group still runs (its leader reaped or not)."""
+    if child.proc is None:
+        return False
+    try:
+        os.killpg(child.proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a group of only zombies (the leader not reaped yet) counts as gone
+    return any(_in_group(pid, child.proc.pid) for pid in _pids())
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[2]) == pgid
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -425,12 +452,16 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while any(c.running for c in running) and not self._force and time.monotonic() < deadline:
             time.sleep(0.05)
+        # What the process started and left behind (Dagster's run workers) may finish, within the same deadline.
+        while any(_group_alive(c) for c in running) and not self._force and time.monotonic() < deadline:
+            time.sleep(0.1)
         for child in running:
             assert child.proc is not None
-            if child.proc.poll() is None:
+            if child.proc.poll() is None or _group_alive(child):
                 if not self._force:
                     console.print(f"[yellow]{child.name} did not stop within {timeout:.0f}s; killing it[/]")
-                os.killpg(child.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()
         for child in children:
             self._kill_group(child)

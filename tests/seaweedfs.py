@@ -151,8 +151,9 @@ def seaweedfs(
         stop(proc)
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """SIGTERM to the process group, then SIGKILL to whatever is left of it after `timeout` seconds."""
+def stop(proc: subprocess.Popen[bytes], timeout: float = 2) -> None:
+    """SIGTERM to the process group, then SIGKILL to whatever is left of it after `timeout` seconds (`weed mini`
+    takes its time to stop, and a test server holds nothing worth waiting for)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -134,7 +134,7 @@ def test_status_names_what_runs_and_exits_non_zero_on_what_is_wrong(tmp_path: Pa
         dump = tmp_path / "HALTUSDT-trades.csv"
         dump.write_text("\n".join(HALTING_DUMP) + "\n")
         subprocess.run(
-            [sys.executable, "-m", "k2_cli.main", "replay-file", str(dump), "--symbol", "HALTUSDT"],
+            [sys.executable, "-m", "k2_cli.main", "replay-file", str(dump), "--symbol", "HALTUSDT", "--no-wait"],
             env=env,
             capture_output=True,
             check=True,
