@@ -238,9 +238,6 @@ def _key(row: dict[str, Any]) -> Key:
     return row["exchange"], row["symbol"], row["exchange_sequence_number"], row["exchange_timestamp"]
 
 
-_KEY = ("exchange", "symbol", "exchange_sequence_number", "exchange_timestamp")
-
-
 def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retries: int, backoff: float) -> set[Key]:
     """Append the rows not already stored (same exchange, symbol, sequence number and exchange time); returns the
     keys written. The table is checked once and the files written once; each commit attempt then re-checks only the
@@ -264,7 +261,7 @@ def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retrie
         added = files_added_since(current, checked_at)
         if added is None:  # what we checked against is gone from the chain: check the whole table
             added = [task.file for task in current.scan().plan_files()]
-        seen = keys_in_files(current, added, fresh, _KEY)
+        seen = keys_in_files(current, added, fresh)
         checked_at = current.metadata.current_snapshot_id
         if seen.any():
             delete_uncommitted(current, files)
@@ -302,7 +299,7 @@ def _gap_rows(work: _Work, row: dict[str, Any], now: datetime, max_attempts: int
         out.append(
             {
                 **row,
-                "gap_id": gap_id(key, first),
+                "gap_id": gap_id(key, first, row.get("window_end")),
                 "first_missing": first,
                 "last_missing": last,
                 "missing_count": n,

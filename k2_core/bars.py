@@ -53,6 +53,7 @@ PRECOMPUTED_TABLES: dict[Interval, str] = {"1m": "ohlcv_1m", "1d": "ohlcv_1d"}
 SOURCE_SNAPSHOT_PROPERTY = "k2.ohlcv.source-snapshot-id"
 
 _PRICE = DecimalType(18, 8)
+_VOLUME = DecimalType(38, 8)
 OHLCV_SCHEMA = Schema(
     NestedField(1, "symbol", StringType(), required=True),
     NestedField(2, "exchange", StringType(), required=True),
@@ -61,7 +62,8 @@ OHLCV_SCHEMA = Schema(
     NestedField(5, "high", _PRICE, required=True),
     NestedField(6, "low", _PRICE, required=True),
     NestedField(7, "close", _PRICE, required=True),
-    NestedField(8, "volume", _PRICE, required=True),
+    # A day of a busy instrument trades more than DECIMAL(18, 8) holds (10 billion DOGE): sums are (38, 8).
+    NestedField(8, "volume", _VOLUME, required=True),
     NestedField(9, "vwap", _PRICE, required=True),
     NestedField(10, "trade_count", LongType(), required=True),
 )
@@ -106,7 +108,7 @@ def bars_sql(source: str, interval: Interval) -> str:
         SELECT *, pv // vol AS quot, pv % vol AS rem FROM units
     )
     SELECT symbol, exchange, make_timestamptz(bucket_us) AS bar_start, open, high, low, close,
-           CAST(volume AS DECIMAL(18, 8)) AS volume,
+           CAST(volume AS DECIMAL(38, 8)) AS volume,
            CAST(
                CAST(quot + CASE WHEN 2 * rem > vol OR (2 * rem = vol AND quot % 2 = 1) THEN 1 ELSE 0 END
                     AS DECIMAL(38, 0)) * CAST(0.00000001 AS DECIMAL(9, 8))

@@ -14,6 +14,7 @@ from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsEr
 from pyiceberg.table import Table
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from k2_core.exceptions import CommitConflictError
 from k2_core.logging import get_logger
 from k2_core.settings import Settings
 from k2_core.tables import ALL_TABLES, TABLE_PROPERTIES, TableDef
@@ -58,7 +59,7 @@ def ensure_table(catalog: Catalog, namespace: str, table_def: TableDef) -> Table
     manifest merging, metadata log, row groups): a table created by an older K2 would otherwise keep the old ones."""
     identifier = (namespace, table_def.name)
     if catalog.table_exists(identifier):
-        return _with_current_properties(catalog.load_table(identifier))
+        return _with_current_properties(_with_current_schema(catalog.load_table(identifier), table_def))
     with contextlib.suppress(NamespaceAlreadyExistsError, IntegrityError):  # IntegrityError: created concurrently
         catalog.create_namespace(namespace)
     try:
@@ -71,6 +72,23 @@ def ensure_table(catalog: Catalog, namespace: str, table_def: TableDef) -> Table
         )
     except TableAlreadyExistsError:  # another process created it between our check and create
         return catalog.load_table(identifier)
+
+
+def _with_current_schema(table: Table, table_def: TableDef, attempts: int = 5) -> Table:
+    """Bring a table created by an older K2 to K2's definition, by name, in one schema change: add the optional
+    columns it lacks and widen the types K2 widened (a decimal's precision). Concurrent starters either find the
+    change made or make it; re-running changes nothing."""
+    for _ in range(attempts):
+        have = {f.name: f.field_type for f in table.schema().fields}
+        if all(have.get(f.name) == f.field_type for f in table_def.schema.fields):
+            return table
+        try:
+            with table.update_schema() as update:
+                update.union_by_name(table_def.schema)
+            return table
+        except CommitFailedException:  # another process changed the table first: look again
+            table.refresh()
+    raise CommitConflictError(f"could not add the new columns of {table_def.name}: commits kept conflicting")
 
 
 def _with_current_properties(table: Table, attempts: int = 5) -> Table:

@@ -1,5 +1,8 @@
 """The `sequence_gaps` table: graded gap records, split as late numbers fill them.
 
+A gap belongs to a session of its stream (`k2_core.sequence`): its `window_end` (the exchange time of the number
+that revealed it) tells which, and is part of its id, since a new session reuses the numbers of the one before.
+
 Detected gaps are written *before* the data commit that reveals them, so a crash can never lose one (the replayed
 batch finds it already recorded). Fills are written after the data commit; one lost to a crash leaves a gap open
 whose rows are stored, which the backfill job closes when it finds nothing missing.
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException
@@ -19,12 +22,14 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, WriteError
-from k2_core.sequence import GapEvent, StreamKey
+from k2_core.sequence import GapEvent, Recorded, StreamKey
 from k2_core.tables import GAPS
 
 OPEN, FILLED, UNRECOVERABLE = "open", "filled", "unrecoverable"
 SHED_GAP_REASON = "shed under load (degradation level 3): the messages are in the DLQ; replay them to fill the gap"
 WARNING, ALERT, HALT = "warning", "alert", "halt"
+HEAD_GAP_REASON = "the session began above 1: its first numbers never arrived"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def grade(missing: int, alert_threshold: int, halt_threshold: int) -> str:
@@ -34,9 +39,20 @@ def grade(missing: int, alert_threshold: int, halt_threshold: int) -> str:
     return ALERT if missing >= alert_threshold else WARNING
 
 
-def gap_id(key: StreamKey, first: int) -> str:
+def gap_id(key: StreamKey, first: int, window_end: datetime | None = None) -> str:
+    """`trades/asx/BHP/101@2026-11-26T10:00:00.123456+00:00`; gaps recorded before sessions were told apart have
+    no window and keep their old id."""
     data_type, exchange, symbol = key
-    return f"{data_type}/{exchange}/{symbol}/{first}"
+    base = f"{data_type}/{exchange}/{symbol}/{first}"
+    return base if window_end is None else f"{base}@{window_end.isoformat()}"
+
+
+def _time(us: int | None) -> datetime | None:
+    return None if us is None else EPOCH + timedelta(microseconds=us)
+
+
+def _us(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - EPOCH) // timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -53,9 +69,15 @@ class GapStore:
         self.table = table
         self.grading = grading
 
-    def open_gaps(self) -> list[tuple[StreamKey, int, int]]:
-        rows = self._open_rows()
-        return [((r["data_type"], r["exchange"], r["symbol"]), r["first_missing"], r["last_missing"]) for r in rows]
+    def open_gaps(self) -> list[tuple[StreamKey, Recorded]]:
+        """Every open gap, as the sequence tracker holds it: (stream, (first, last, window start, window end))."""
+        return [
+            (
+                (r["data_type"], r["exchange"], r["symbol"]),
+                (r["first_missing"], r["last_missing"], _us(r.get("window_start")), _us(r.get("window_end"))),
+            )
+            for r in self._open_rows()
+        ]
 
     def _open_rows(self) -> list[dict[str, Any]]:
         self._refresh()
@@ -69,7 +91,7 @@ class GapStore:
         reasons = reasons or {}
         rows = [
             {
-                "gap_id": gap_id(g.key, g.first),
+                "gap_id": gap_id(g.key, g.first, _time(g.window_end)),
                 "data_type": g.key[0],
                 "exchange": g.key[1],
                 "symbol": g.key[2],
@@ -81,24 +103,27 @@ class GapStore:
                 "detected_at": now,
                 "resolved_at": None,
                 "attempts": 0,
-                "reason": reasons.get(id(g)),
+                "reason": reasons.get(id(g)) or (HEAD_GAP_REASON if g.head else None),
+                "window_start": _time(g.window_start),
+                "window_end": _time(g.window_end),
             }
             for g in gaps
         ]
         self._upsert(rows)
 
     def record_filled(self, fills: Iterable[GapEvent], now: datetime) -> None:
-        """Split each open gap that received numbers into its filled and still-open runs."""
-        by_key: dict[StreamKey, set[int]] = defaultdict(set)
+        """Split each open gap that received numbers into its filled and still-open runs (numbers of another
+        session never fill it)."""
+        by_session: dict[tuple[StreamKey, int | None], set[int]] = defaultdict(set)
         for f in fills:
-            by_key[f.key].update(range(f.first, f.last + 1))
-        if not by_key:
+            by_session[(f.key, f.window_end)].update(range(f.first, f.last + 1))
+        if not by_session:
             return
         open_rows = self._open_rows()
         out: list[dict[str, Any]] = []
         for row in open_rows:
             key = (row["data_type"], row["exchange"], row["symbol"])
-            seqs = by_key.get(key)
+            seqs = by_session.get((key, _us(row.get("window_end"))))
             if not seqs:
                 continue
             first, last = row["first_missing"], row["last_missing"]
@@ -149,7 +174,7 @@ def _split(row: dict[str, Any], filled: list[int], now: datetime) -> list[dict[s
     return [
         {
             **row,
-            "gap_id": gap_id(key, first),
+            "gap_id": gap_id(key, first, row.get("window_end")),
             "first_missing": first,
             "last_missing": last,
             "missing_count": last - first + 1,

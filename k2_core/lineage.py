@@ -136,10 +136,12 @@ def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> lis
     return out
 
 
-def files_added_since(table: Table, after: int | None) -> list[DataFile] | None:
+def files_added_since(table: Table, after: int | None, appends_only: bool = False) -> list[DataFile] | None:
     """The data files the snapshots after `after` added (in the table's current metadata), or None when `after` is
     no longer on the current chain (expired, rolled back, or too far back): then only the whole table tells.
-    What a writer checked at snapshot `after` needs re-checking against exactly these files before it commits."""
+    What a writer checked at snapshot `after` needs re-checking against exactly these files before it commits.
+    `appends_only`: only files of `append` snapshots, the ones that bring new rows (a compaction's rewrite brings
+    the same rows again)."""
     ids = new_snapshot_ids(table, after)
     if not ids:
         return [] if table.metadata.current_snapshot_id == after else None
@@ -148,9 +150,11 @@ def files_added_since(table: Table, after: int | None) -> list[DataFile] | None:
         return None
     files: list[DataFile] = []
     for snapshot_id, manifests in _own_manifests(table, ids).items():
+        snapshot = table.metadata.snapshot_by_id(snapshot_id)
+        assert snapshot is not None
+        if appends_only and snapshot.summary is not None and snapshot.summary.operation.value != "append":
+            continue
         if manifests is None:
-            snapshot = table.metadata.snapshot_by_id(snapshot_id)
-            assert snapshot is not None
             manifests = [m for m in snapshot.manifests(table.io) if m.added_snapshot_id == snapshot_id]
         for manifest in manifests:
             if manifest.content != ManifestContent.DATA:

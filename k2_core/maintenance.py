@@ -26,6 +26,7 @@ from k2_core.exceptions import MaintenanceError
 from k2_core.logging import get_logger
 from k2_core.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
 from k2_core.retry import commit_with_retries
+from k2_core.settings import ORPHAN_MIN_AGE_FLOOR_HOURS
 
 log = get_logger(__name__)
 
@@ -175,6 +176,11 @@ def _list_files(table: Table, location: str) -> list[tuple[str, int]]:
 def remove_orphans(table: Table, now: datetime, *, min_age: timedelta, dry_run: bool = False) -> OrphanResult:
     """Delete Iceberg files under the table's location that no live metadata refers to and that are older than
     `min_age`. Lists first, then reads the newest metadata, so a file committed meanwhile counts as referenced."""
+    if min_age < timedelta(hours=ORPHAN_MIN_AGE_FLOOR_HOURS):
+        raise MaintenanceError(
+            f"orphan files must be at least {ORPHAN_MIN_AGE_FLOOR_HOURS:g} h old to be removed (asked {min_age}): a "
+            "younger unreferenced file may belong to a commit or compaction still in flight"
+        )
     location = table.metadata.location
     if not location:
         raise MaintenanceError(f"{table.name()} has no location")

@@ -3,7 +3,9 @@
 Each ingester commit writes, under `k2.kafka.offsets`, the next offset to read for every partition that batch
 covered. A partition's resume point is the newest value found walking the snapshot parent chain from the
 current snapshot; snapshots without the property (compaction, maintenance) are walked past, and so are
-snapshots written against another Kafka cluster (an embedded broker restarted empty restarts its offsets).
+snapshots written against another Kafka cluster (an embedded broker restarted empty restarts its offsets). Each
+snapshot also records the topic ids (Kafka's topic UUIDs) its offsets belong to: a topic deleted and created again
+keeps its name and cluster but restarts its log at 0, so an offset of an earlier incarnation of a topic is ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pyiceberg.table import Table
 
 OFFSETS_PROPERTY = "k2.kafka.offsets"
 CLUSTER_PROPERTY = "k2.kafka.cluster"
+TOPIC_IDS_PROPERTY = "k2.kafka.topic-ids"
 WRITER_PROPERTY = "k2.writer"
 
 TopicPartition = tuple[str, int]
@@ -33,14 +36,27 @@ def decode_offsets(text: str | None) -> dict[TopicPartition, int]:
     return {(topic, int(p)): int(o) for topic, parts in json.loads(text).items() for p, o in parts.items()}
 
 
+def encode_topic_ids(topic_ids: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(topic_ids.items())), separators=(",", ":"))
+
+
 class OffsetIndex:
     """Newest committed offset per partition for one table, refreshed incrementally: only snapshots newer than
-    the last one indexed are read, unless that one left the chain (expired or rolled back)."""
+    the last one indexed are read, unless that one left the chain (expired or rolled back). `topic_ids` are the
+    topics' current ids: an offset recorded for another id of the same topic is not this log's (snapshots written
+    before topic ids were recorded count as the current incarnation)."""
 
-    def __init__(self, cluster_id: str) -> None:
+    def __init__(self, cluster_id: str, topic_ids: Mapping[str, str] | None = None) -> None:
         self.cluster_id = cluster_id
+        self.topic_ids = dict(topic_ids or {})
         self.offsets: dict[TopicPartition, int] = {}
         self.snapshot_id: int | None = None
+
+    def set_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        """The topics' ids as the broker reports them now; a change makes the next refresh walk the whole chain."""
+        if dict(topic_ids) != self.topic_ids:
+            self.topic_ids = dict(topic_ids)
+            self.offsets, self.snapshot_id = {}, None
 
     def refresh(self, table: Table) -> dict[TopicPartition, int]:
         current = table.metadata.current_snapshot_id
@@ -58,7 +74,11 @@ class OffsetIndex:
             if props.get(CLUSTER_PROPERTY) != self.cluster_id:
                 snapshot_id = snapshot.parent_snapshot_id
                 continue
+            recorded_ids = json.loads(props.get(TOPIC_IDS_PROPERTY) or "{}")
             for tp, offset in decode_offsets(props.get(OFFSETS_PROPERTY)).items():
+                recorded_id, current_id = recorded_ids.get(tp[0]), self.topic_ids.get(tp[0])
+                if recorded_id is not None and current_id is not None and recorded_id != current_id:
+                    continue  # an earlier incarnation of the topic
                 found.setdefault(tp, offset)
             snapshot_id = snapshot.parent_snapshot_id
         self.offsets = {**self.offsets, **found} if reached_known else found

@@ -109,7 +109,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("high", pa.decimal128(18, 8)),
         pa.field("low", pa.decimal128(18, 8)),
         pa.field("close", pa.decimal128(18, 8)),
-        pa.field("volume", pa.decimal128(18, 8), nullable=False),
+        pa.field("volume", pa.decimal128(38, 8), nullable=False),
         pa.field("vwap", pa.decimal128(18, 8)),
         pa.field("trade_count", pa.int64(), nullable=False),
     ]
@@ -522,7 +522,7 @@ class QueryEngine:
             row |= {k: found[k] for k in ("open", "high", "low", "close", "volume", "vwap", "trade_count")}
         else:
             row |= {"open": None, "high": None, "low": None, "close": None, "vwap": None}
-            row |= {"volume": pa.scalar(0, pa.decimal128(18, 8)).as_py(), "trade_count": 0}
+            row |= {"volume": pa.scalar(0, pa.decimal128(38, 8)).as_py(), "trade_count": 0}
         result = pa.Table.from_pylist([row], schema=SUMMARY_SCHEMA)
         return QueryResult(result, sources, choice.snapshot_id, cached=cached, window=window)
 

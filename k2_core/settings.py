@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Unreferenced files younger than this may belong to a commit or compaction in flight: never delete them.
+ORPHAN_MIN_AGE_FLOOR_HOURS = 1.0
 # A five-field cron expression (minute hour day month weekday), as Dagster's schedules take.
 CRON = r"^\S+( \S+){4}$"
 
@@ -157,7 +159,7 @@ class MaintenanceSettings(BaseModel):
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
     snapshot_retention_hours: float = Field(default=7 * 24.0, gt=0)
     keep_last_snapshots: int = Field(default=20, ge=1)
-    orphan_min_age_hours: float = Field(default=24.0, ge=0, description="Younger unreferenced files may be in flight.")
+    orphan_min_age_hours: float = Field(default=24.0, description="Younger unreferenced files may be in flight.")
     backfill_max_attempts: int = Field(default=5, ge=1)
     backfill_batch_size: int = Field(default=100, ge=1)
     backfill_min_gap_age_seconds: float = Field(default=30.0, ge=0, description="Lets late numbers arrive first.")
@@ -176,6 +178,17 @@ class MaintenanceSettings(BaseModel):
     ohlcv_sensor_seconds: int = Field(default=120, ge=1)
     compaction_sensor_seconds: int = Field(default=600, ge=1)
     backfill_sensor_seconds: int = Field(default=60, ge=1)
+
+    @field_validator("orphan_min_age_hours")
+    @classmethod
+    def _orphans_not_in_flight(cls, hours: float) -> float:
+        if hours < ORPHAN_MIN_AGE_FLOOR_HOURS:
+            raise ValueError(
+                f"maintenance.orphan_min_age_hours must be at least {ORPHAN_MIN_AGE_FLOOR_HOURS:g}: a younger "
+                "unreferenced file may belong to a commit or compaction still in flight, and deleting it would leave "
+                "that commit pointing at a missing file"
+            )
+        return hours
 
     # Dagster's run, event-log and schedule storage (k2_dagster.launcher writes the instance's dagster.yaml from it),
     # e.g. postgresql://k2:secret@postgres:5432/dagster; None keeps them in SQLite under K2_HOME/dagster.

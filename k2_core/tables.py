@@ -82,6 +82,10 @@ GAPS_SCHEMA = Schema(
     NestedField(11, "resolved_at", TimestamptzType(), required=False),
     NestedField(12, "attempts", IntegerType(), required=True),
     NestedField(13, "reason", StringType(), required=False),
+    # The gap's session, by exchange time: of the number before it (none for a session's missing head) and of the
+    # number that revealed it. Sessions restart their numbers, so a gap is known by its first number and window_end.
+    NestedField(14, "window_start", TimestamptzType(), required=False),
+    NestedField(15, "window_end", TimestamptzType(), required=False),
 )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2_core.exceptions import K2Error
@@ -48,3 +48,17 @@ def cluster_id(bootstrap_servers: str, timeout: float = 30.0) -> str:
     except KafkaException as exc:
         raise K2Error(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
     return str(metadata.cluster_id or "unknown")
+
+
+def topic_ids(bootstrap_servers: str, topics: list[str], timeout: float = 30.0) -> dict[str, str]:
+    """Kafka's id (UUID) of each topic that exists: it changes when a topic is deleted and created again, which its
+    name and the cluster id do not tell (the new log restarts at offset 0)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    ids: dict[str, str] = {}
+    for name, future in admin.describe_topics(TopicCollection(topics), request_timeout=timeout).items():
+        try:
+            ids[name] = str(future.result().topic_id)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise K2Error(f"cannot describe topic {name}: {exc}") from exc
+    return ids

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from k2_core.avro import Decoder
 from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.dedup import already_stored, rebuild, to_us
+from k2_core.dedup import already_stored, catch_up, load_history, rebuild, to_us
 from k2_core.degradation import Degradation, Level
 from k2_core.exceptions import CommitConflictError, FencedError, K2Error, WriteError
 from k2_core.gaps import HALT, SHED_GAP_REASON, WARNING, GapGrading, GapStore
@@ -35,19 +35,21 @@ from k2_core.logging import get_logger
 from k2_core.offsets import TopicPartition as TP
 from k2_core.records import dead_letter_body, reason_class
 from k2_core.retention import RetentionPolicy, apply_retention
-from k2_core.sequence import DUPLICATE, FILL, GapEvent, SequenceTracker, StreamKey, observe_batch
+from k2_core.sequence import DAY_US, DUPLICATE, FILL, GapEvent, SequenceTracker, StreamKey, observe_batch
 from k2_core.settings import Settings
 from k2_core.tables import MARKET_TABLES
 from k2_core.topics import KINDS, Kind, TopicLayout
 from k2_core.writer import TableWriter
 from k2_stream import metrics
-from k2_stream.admin import cluster_id, ensure_topics, load_layout
+from k2_stream.admin import cluster_id, ensure_topics, load_layout, topic_ids
 from k2_stream.decode import BatchDecoder
 from k2_stream.registry_confluent import make_registry
 
 log = get_logger(__name__)
 
 _RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException)
+EVICT_EVERY_SECONDS = 60.0
+TP_OFFSET = tuple[str, int, int]
 
 
 @dataclass
@@ -107,7 +109,10 @@ def _int64(column: pa.ChunkedArray) -> npt.NDArray[np.int64]:
     return np.asarray(column.cast(pa.int64()), dtype=np.int64)
 
 
-def _stream_keys(kind: Kind, table: pa.Table) -> tuple[list[StreamKey], npt.NDArray[np.int64]]:
+StreamIndex = tuple[list[StreamKey], npt.NDArray[np.int64]]
+
+
+def _stream_keys(kind: Kind, table: pa.Table) -> StreamIndex:
     """The distinct (kind, exchange, symbol) streams of `table`, sorted, and each row's index into them."""
     if table.num_rows == 0:
         return [], np.zeros(0, dtype=np.int64)
@@ -129,6 +134,8 @@ class BatchPlan:
     filled: list[GapEvent]
     halts: dict[TP, tuple[int, GapEvent]]
     duplicates: dict[Kind, int]
+    # rows filling recorded gaps, per data type, and the snapshot they were found not stored at
+    fills: dict[Kind, tuple[pa.Table, int | None]] = field(default_factory=dict)
 
 
 class Ingester:
@@ -167,6 +174,9 @@ class Ingester:
             keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours
         )
         self._last_write_seconds = 0.0
+        self._evicted_at = time.monotonic()
+        # The snapshot of each table the sequence state is right as of (None: never built).
+        self._state_at: dict[Kind, int | None] | None = None
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -183,6 +193,7 @@ class Ingester:
         )
         self.dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True})
         self._dlq_errors: list[str] = []
+        self._dead_lettered: set[TP_OFFSET] = set()  # dead letters of the batch in hand already delivered
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -218,6 +229,7 @@ class Ingester:
         self._rebalanced = True
         self._retry = []  # re-read from the committed positions instead
         try:
+            self._refresh_topic_ids()
             resume = self._resume_offsets(partitions)
             self._rebuild_state()
         except (K2Error, KafkaException) as exc:
@@ -244,6 +256,13 @@ class Ingester:
             self.halted.pop((p.topic, p.partition), None)
         metrics.HALTED_PARTITIONS.set(len(self.halted))
 
+    def _refresh_topic_ids(self) -> None:
+        """The topics' current ids: offsets stored for an earlier incarnation of a topic (deleted and created again,
+        its log restarted at 0) must not be resumed from."""
+        ids = topic_ids(self.settings.kafka.bootstrap_servers, [t.name for t in self.layout.topics])
+        for writer in self.writers.values():
+            writer.index.set_topic_ids(ids)
+
     def _resume_offsets(self, partitions: list[TopicPartition]) -> dict[TP, int]:
         """Newer of Kafka's committed offset and the table's: the table wins after a crash between commits."""
         committed = self.consumer.committed(partitions, timeout=30)
@@ -256,20 +275,40 @@ class Ingester:
         }
 
     def _rebuild_state(self) -> None:
-        rows = rebuild(self.tracker, self.tables, self.gaps.open_gaps(), datetime.now(UTC))
+        """Make the sequence state match the tables: catch up with what other writers committed since it was right
+        (a rebalance, a failed write), or, the first time or when that snapshot has expired, read the whole window."""
+        open_gaps = self.gaps.open_gaps()
+        if self._state_at is not None:
+            rows = catch_up(self.tracker, self.tables, self._state_at, open_gaps)
+            if rows is not None:
+                self._state_at = {kind: t.metadata.current_snapshot_id for kind, t in self.tables.items()}
+                log.info("sequence state caught up", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
+                return
+        for table in self.tables.values():
+            table.refresh()
+        state_at = {kind: t.metadata.current_snapshot_id for kind, t in self.tables.items()}
+        rows = rebuild(self.tracker, self.tables, open_gaps, datetime.now(UTC))
+        self._state_at = state_at
         log.info("sequence state rebuilt", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
 
     def _try_reset(self) -> None:
         """After a failed write: wait out the backoff, rebuild the state from the table and keep the failed batch
         to commit again (no rewind: a seek on a paused or not yet fetching partition is refused). While this fails,
         the breaker stays open and nothing new is consumed."""
-        assignment = self.consumer.assignment()
-        self.consumer.pause(assignment)
+        self.consumer.pause(self.consumer.assignment())
         if self.degradation.failures:
             self._idle(self._backoff)
             self._backoff = min(self._backoff * 2, self.settings.ingest.max_backoff_seconds)
         self.degradation.probing()
         self._export_state()
+        # The assignment as it is now: a rebalance during the wait may have moved partitions away, and a partition
+        # this ingester no longer owns must never be written (its new owner commits it; we would fence ourselves).
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        owned = {(p.topic, p.partition) for p in assignment}
+        for tp in [tp for tp in self.positions if tp not in owned]:
+            del self.positions[tp]
+        self._retry = [m for m in self._retry if (m.topic(), m.partition()) in owned]
         try:
             self._rebuild_state()
             resume = self._resume_offsets(assignment)
@@ -348,6 +387,7 @@ class Ingester:
             self._retry = batch
             self._needs_reset = True
         else:
+            self._dead_lettered.clear()
             self._backoff = self.settings.ingest.retry_backoff_seconds
             self.degradation.write_succeeded()
             before = self.degradation.level
@@ -411,12 +451,36 @@ class Ingester:
         self.stats["shed"] += count
         return table.filter(pa.array(~mask)), positions[~mask]
 
+    def _load_history(
+        self,
+        streams: dict[Kind, tuple[list[StreamKey], npt.NDArray[np.int64]]],
+        times: dict[Kind, npt.NDArray[np.int64]],
+    ) -> None:
+        """Rows older than the tracker's horizon (a replay or import of history) are checked against what the tables
+        hold for their stream-days: load those days first. Live rows never need this."""
+        wanted: set[tuple[StreamKey, int]] = set()
+        for kind, (keys, key_idx) in streams.items():
+            old = np.flatnonzero(times[kind] < self.tracker.horizon_us)
+            if old.size == 0:
+                continue
+            days = times[kind][old] // DAY_US
+            for k, day in set(zip(key_idx[old].tolist(), days.tolist(), strict=True)):
+                key = keys[k]
+                if not self.tracker.covers(key, day * DAY_US):
+                    wanted.add((key, day))
+        if wanted:
+            rows = load_history(self.tracker, self.tables, wanted, self.gaps.open_gaps(), datetime.now(UTC))
+            self.stats["history_days_loaded"] += len(wanted)
+            log.info("history loaded for older rows", extra={"stream_days": len(wanted), "keys_read": rows})
+
     def _plan(self, decoded: dict[Kind, KindRows], tps: list[TP], now_us: int) -> tuple[BatchPlan, dict[Kind, Any]]:
         """Classify every row (k2_core.sequence.observe_batch: whole runs at once, row by row only for streams
         that need it); a gap past the halt threshold cuts its partition at the revealing message and the plan is
         recomputed without it (repeat until stable)."""
         halts: dict[TP, tuple[int, GapEvent]] = {}
         streams = {kind: _stream_keys(kind, rows.table) for kind, rows in decoded.items()}
+        times = {kind: _int64(rows.table.column("exchange_timestamp")) for kind, rows in decoded.items()}
+        self._load_history(streams, times)
         while True:
             txns: dict[Kind, Any] = {}
             plan = BatchPlan({}, [], [], halts, defaultdict(int))
@@ -429,8 +493,18 @@ class Ingester:
                 if halts:
                     cut = np.array([halts[tp][0] if tp in halts else np.iinfo(np.int64).max for tp in tps])
                     selected = np.flatnonzero(rows.offsets < cut[rows.tp_codes])
+                ts = times[kind]
+                # per stream in exchange-time order, so rows of two sessions in one batch fall in their own sessions
                 order = selected[
-                    np.lexsort((rows.positions[selected], rows.offsets[selected], seqs[selected], key_idx[selected]))
+                    np.lexsort(
+                        (
+                            rows.positions[selected],
+                            rows.offsets[selected],
+                            seqs[selected],
+                            ts[selected],
+                            key_idx[selected],
+                        )
+                    )
                 ]
                 if order.size == 0:
                     plan.rows[kind] = rows.table.slice(0, 0)
@@ -441,9 +515,12 @@ class Ingester:
                     keys,
                     key_idx[order],
                     seqs[order],
-                    _int64(rows.table.column("exchange_timestamp"))[order],
+                    ts[order],
                     now_us,
-                    stops=lambda gap: self.grading(gap.missing) == HALT and gap.key not in self._shed_streams,
+                    # a session's missing head never halts: the rows after it are in order
+                    stops=lambda gap: (
+                        not gap.head and self.grading(gap.missing) == HALT and gap.key not in self._shed_streams
+                    ),
                 )
                 if verdicts.halt is not None:
                     at, gap = verdicts.halt
@@ -456,8 +533,10 @@ class Ingester:
                 keep[order[verdicts.codes != DUPLICATE]] = True
                 fills = order[verdicts.codes == FILL]
                 if fills.size:  # a late number may have been written meanwhile by the gap backfill job
-                    stored = already_stored(self.tables[kind], rows.table.take(pa.array(fills)))
+                    late = rows.table.take(pa.array(fills))
+                    stored, checked_at = already_stored(self.tables[kind], late)
                     keep[fills[stored]] = False
+                    plan.fills[kind] = (late.filter(pa.array(~stored)), checked_at)
                 plan.rows[kind] = rows.table if keep.all() else rows.table.filter(pa.array(keep))
                 plan.duplicates[kind] += int(order.size - keep.sum())
                 self.stats["streams_fast"] += verdicts.fast_streams
@@ -501,7 +580,11 @@ class Ingester:
                 # Every owned partition of this data type rides along at its position, so the newest snapshot holds
                 # each one's offset and snapshot expiry never keeps a long chain behind an idle partition.
                 covered = {**self._carried(kind, offsets), **offsets}
-                self.writers[kind].append(data, covered, {tp: self.positions[tp] for tp in covered})
+                fills, checked_at = plan.fills.get(kind, (None, None))
+                snapshot_id = self.writers[kind].append(
+                    data, covered, {tp: self.positions[tp] for tp in covered}, fills=fills, checked_at=checked_at
+                )
+                self._advance_state_at(kind, snapshot_id)
                 elapsed = time.perf_counter() - started
                 self._last_write_seconds = max(self._last_write_seconds, elapsed)
                 metrics.WRITE_DURATION.labels(table_def.name).observe(elapsed)
@@ -523,6 +606,7 @@ class Ingester:
         self._report_gaps(plan.detected, plan.halts)
         self._commit_kafka(next_offsets)
         self._retain([kind for kind in KINDS if (rows := plan.rows.get(kind)) is not None and rows.num_rows])
+        self._evict(now)
         return lag
 
     def _carried(self, kind: Kind, offsets: dict[TP, int]) -> dict[TP, int]:
@@ -532,6 +616,25 @@ class Ingester:
             for tp, pos in self.positions.items()
             if pos >= 0 and tp not in offsets and self.layout.by_name[tp[0]].kind == kind
         }
+
+    def _advance_state_at(self, kind: Kind, snapshot_id: int | None) -> None:
+        """Our own commit keeps the state right as of it when nobody committed between (its parent is the state's
+        snapshot); otherwise the next catch-up reads what the other writer added (and our rows again: harmless)."""
+        if self._state_at is None or snapshot_id is None:
+            return
+        snapshot = self.tables[kind].metadata.snapshot_by_id(snapshot_id)
+        if snapshot is not None and snapshot.parent_snapshot_id == self._state_at.get(kind):
+            self._state_at[kind] = snapshot_id
+
+    def _evict(self, now: datetime) -> None:
+        """Once a minute, let sessions and loaded days older than the window age out of the sequence state (deferred
+        at degradation level 2 and above)."""
+        if time.monotonic() - self._evicted_at < EVICT_EVERY_SECONDS or self.degradation.skip_non_critical():
+            return
+        self._evicted_at = time.monotonic()
+        dropped = self.tracker.evict(to_us(now))
+        if dropped:
+            log.info("sequence state aged out", extra={"sessions": dropped, "streams": len(self.tracker.streams)})
 
     def _retain(self, appended: list[Kind]) -> None:
         """Every `retention_every_commits` appends to a table, thin its snapshots (k2_core.retention), so commit
@@ -609,8 +712,15 @@ class Ingester:
         return halt is not None and (m.offset() or 0) >= halt[0]
 
     def _send_dead_letters(self, dead: Iterable[tuple[Message, str]]) -> None:
+        """Produce the batch's dead letters and wait for their delivery. A batch retried after a failed write sends
+        only those not delivered before (`_dead_lettered` is cleared once the batch commits)."""
         sent = shed = 0
+        delivered: list[TP_OFFSET] = []
         for m, reason in dead:
+            where = (m.topic() or "", m.partition() or 0, m.offset() or 0)
+            if where in self._dead_lettered:
+                continue
+            delivered.append(where)
             topic = m.topic() or ""
             body, cut = dead_letter_body(m.value())
             self._produce_dead_letter(
@@ -640,6 +750,7 @@ class Ingester:
             if self._dlq_errors:
                 errors, self._dlq_errors = self._dlq_errors, []
                 raise WriteError(f"{len(errors)} dead letters refused by the broker ({errors[0]}); batch not committed")
+            self._dead_lettered.update(delivered)
             self.stats["dead_lettered"] += sent
 
     def _produce_dead_letter(

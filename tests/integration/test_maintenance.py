@@ -16,9 +16,10 @@ import pytest
 from pyiceberg.table import Table
 
 from k2_core.compaction import compact_day
+from k2_core.exceptions import MaintenanceError
 from k2_core.maintenance import expire_snapshots, offsets_chain, remove_orphans
 from k2_core.offsets import OffsetIndex
-from k2_core.settings import Settings
+from k2_core.settings import MaintenanceSettings, Settings
 from k2_core.tables import TRADES
 from k2_core.writer import TableWriter
 from tests.integration.test_dagster_support import (
@@ -165,12 +166,15 @@ def test_maintenance_job_cleans_every_table(make_settings: Callable[..., Setting
         lake.append("quotes", [quote("BHP", seq, at(DAY, seq))])
     settings.maintenance.snapshot_retention_hours = 1e-6
     settings.maintenance.keep_last_snapshots = 1
-    settings.maintenance.orphan_min_age_hours = 0
+    settings.maintenance.orphan_min_age_hours = 1  # the floor: younger files may be in flight
     time.sleep(0.05)
     job = definitions(settings).resolve_job_def("maintenance_job")
     counts = {name: len(lake.table(name).metadata.snapshots) for name in ("trades", "quotes")}
     warehouse = settings.home / "warehouse"
     before = {p for p in warehouse.rglob("*") if p.is_file()}
+    two_hours_ago = time.time() - 2 * 3600
+    for path in before:  # the history was written two hours ago
+        os.utime(path, (two_hours_ago, two_hours_ago))
     with dg.instance_for_test() as instance:
         dry = job.execute_in_process(instance=instance, run_config=_config(dry_run=True))
         assert dry.success
@@ -188,3 +192,13 @@ def test_maintenance_job_cleans_every_table(make_settings: Callable[..., Setting
 
 def _config(dry_run: bool) -> dict[str, Any]:
     return {"ops": {"expire_and_clean": {"config": {"dry_run": dry_run}}}}
+
+
+def test_orphan_removal_refuses_an_age_below_the_floor(make_settings: Callable[..., Settings]) -> None:
+    """F6: files written but not yet committed (a compaction in flight) are unreferenced; age is what protects them."""
+    lake = open_lake(make_settings())
+    build_history(lake)
+    with pytest.raises(MaintenanceError, match="at least 1 h old"):
+        remove_orphans(lake.table("trades"), datetime.now(UTC), min_age=timedelta(minutes=5))
+    with pytest.raises(ValueError, match="orphan_min_age_hours must be at least 1"):
+        MaintenanceSettings(orphan_min_age_hours=0)
