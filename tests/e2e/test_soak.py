@@ -54,10 +54,12 @@ def _runs(platform: Platform) -> list[dict[str, Any]]:
 def _log_problems(logs: Path) -> list[str]:
     problems = []
     for path in sorted(logs.glob("*.log")):
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        lines = path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
             where = f"{path.name}:{number}: {line[:400]}"
             if "Traceback" in line:
-                problems.append(where)
+                # the whole traceback, so that a failure in CI says what went wrong
+                problems.append("\n".join([where, *lines[number : number + 40]]))
             elif line.startswith("{"):
                 try:
                     record = json.loads(line)
@@ -138,4 +140,6 @@ def test_the_platform_runs_every_periodic_path_for_minutes(tmp_path: Path) -> No
     assert closed.get(yesterday, 0) <= 2, closed
     # the ingester thinned its snapshots as it wrote (the retention pass that once crashed it)
     assert "snapshot retention applied" in (platform.home / "logs" / "ingester.log").read_text()
-    assert _log_problems(platform.home / "logs") == []
+    problems = _log_problems(platform.home / "logs")
+    print("\n\n".join(problems))  # shown in full with the failure; an assertion diff would be truncated
+    assert problems == []
