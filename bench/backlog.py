@@ -1,6 +1,6 @@
 """Shared by the ingest benchmarks: a local Tansu broker, a fast trade-backlog producer and a measured ingester run.
 
-The backlog is real Confluent-framed Avro, byte for byte what `k2_core.avro.encode` writes (checked at start), but
+The backlog is real Confluent-framed Avro, byte for byte what `k2_core.model.avro.encode` writes (checked at start), but
 built from per-symbol pre-encoded pieces with only the timestamps, sequence number and trade id encoded per
 message, by two producer processes: filling 5M messages takes seconds, not minutes.
 """
@@ -24,11 +24,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from k2_core.avro import encode
-from k2_core.dedup import to_us
-from k2_core.registry import FileSchemaRegistry
+from k2_core.ingest.dedup import to_us
+from k2_core.model.avro import encode
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.topics import TopicLayout
 from k2_core.settings import CatalogSettings, DegradationSettings, IngestSettings, KafkaSettings, Settings
-from k2_core.topics import TopicLayout
 from k2_stream.broker import start_tansu
 from k2_stream.decode import zigzag_varint
 from k2_stream.simulator.instruments import instruments_for
@@ -343,7 +343,7 @@ def run_ingesters(
 ) -> list[RunResult]:
     """`processes` ingester processes in one consumer group, until together they have handled `expected` rows.
     `cores[i]`, when given, pins process i to those CPUs."""
-    from k2_core.catalog import ensure_tables, open_catalog
+    from k2_core.lake.catalog import ensure_tables, open_catalog
 
     ensure_tables(open_catalog(settings), settings.catalog.namespace)  # not concurrently from two processes
     ctx = mp.get_context("spawn")
@@ -366,7 +366,7 @@ def run_ingesters(
 
 
 def files_per_commit(settings: Settings, table: str = "trades") -> float:
-    from k2_core.catalog import open_catalog
+    from k2_core.lake.catalog import open_catalog
 
     t = open_catalog(settings).load_table((settings.catalog.namespace, table))
     added = [

@@ -19,11 +19,11 @@ from decimal import Decimal
 import pyarrow as pa
 
 from bench.backlog import workdir
-from k2_core.catalog import ensure_table, open_catalog
-from k2_core.retention import RetentionPolicy, apply_retention
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.catalog import ensure_table, open_catalog
+from k2_core.model.tables import TABLE_PROPERTIES, TRADES
 from k2_core.settings import CatalogSettings, Settings
-from k2_core.tables import TABLE_PROPERTIES, TRADES
-from k2_core.writer import TableWriter
+from k2_core.upkeep.retention import RetentionPolicy, apply_retention
 
 TOPIC = "market.equities.trades.asx"
 
@@ -72,12 +72,12 @@ def main() -> None:
     settings = Settings(home=root, catalog=CatalogSettings(name=f"bench{uuid.uuid4().hex[:8]}"))
     catalog = open_catalog(settings)
     if args.plain:
-        import k2_core.tables as tables
+        import k2_core.model.tables as tables
 
         tables.TABLE_PROPERTIES = {
             k: v for k, v in TABLE_PROPERTIES.items() if not k.startswith("commit.manifest")
         }  # pyiceberg defaults
-        import k2_core.catalog as cat
+        import k2_core.lake.catalog as cat
 
         cat.TABLE_PROPERTIES = tables.TABLE_PROPERTIES
     table = ensure_table(catalog, settings.catalog.namespace, TRADES)

@@ -23,10 +23,10 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.backlog import Broker, Stream, TradeEncoder, bench_settings, streams, workdir
-from k2_core.catalog import open_catalog
-from k2_core.dedup import to_us
-from k2_core.offsets import OffsetIndex
-from k2_core.registry import FileSchemaRegistry
+from k2_core.ingest.dedup import to_us
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.offsets import OffsetIndex
+from k2_core.model.registry import FileSchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.admin import cluster_id, ensure_topics
 

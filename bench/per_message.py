@@ -13,14 +13,14 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from k2_core.dedup import to_us
 from k2_core.exceptions import DecodeError, ValidationError, WriteError
-from k2_core.gaps import HALT
-from k2_core.offsets import TopicPartition as TP
-from k2_core.records import check_size, validate
-from k2_core.sequence import GapEvent, Verdict
-from k2_core.tables import MARKET_TABLES
-from k2_core.topics import KINDS, Kind
+from k2_core.ingest.dedup import to_us
+from k2_core.ingest.gaps import HALT
+from k2_core.ingest.sequence import GapEvent, Verdict
+from k2_core.lake.offsets import TopicPartition as TP
+from k2_core.model.records import check_size, validate
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import KINDS, Kind
 from k2_stream import metrics
 from k2_stream.ingester import Ingester, log
 

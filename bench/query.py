@@ -49,15 +49,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 
-from k2_core import scan
-from k2_core.bars import compute_bars
-from k2_core.cache import RedisTier, ResultCache
-from k2_core.catalog import ensure_table, ensure_tables, open_catalog
-from k2_core.compaction import compact_day
-from k2_core.preaggregate import OHLCV_TABLES, rebuild_minute_bars
-from k2_core.query import QueryEngine
+from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
+from k2_core.model.bars import compute_bars
+from k2_core.model.tables import TRADES
+from k2_core.read import scan
+from k2_core.read.cache import RedisTier, ResultCache
+from k2_core.read.engine import QueryEngine
 from k2_core.settings import CatalogSettings, Settings
-from k2_core.tables import TRADES
+from k2_core.upkeep.compaction import compact_day
+from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_minute_bars
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 ARCTIC_PIN = ["arcticdb==6.28.2", "pyarrow==26.0.1", "pandas==2.3.3"]
@@ -112,8 +112,8 @@ def generate(rows: int, symbols: int, days: int, seed: int = 7) -> pa.Table:
 def load(settings: Settings, table: pa.Table, days: int, layout: str) -> tuple[int, int]:
     """Lay the trades out as K2 does; returns (snapshot before the last append, current snapshot).
     The ingester appends time-ordered micro-batches (its default 50k rows) while a day is open. For `compacted`
-    (the default), each day is then closed the way the Dagster jobs close it: compacted (`k2_core.compaction`,
-    clustered by instrument) and its 1-minute bars precomputed (`k2_core.preaggregate`). A last append of 1,000 late
+    (the default), each day is then closed the way the Dagster jobs close it: compacted (`k2_core.upkeep.compaction`,
+    clustered by instrument) and its 1-minute bars precomputed (`k2_core.upkeep.ohlcv`). A last append of 1,000 late
     trades to the final day leaves a past snapshot to time-travel to and that day's bars stale. `ingested` stops
     after the appends (every day still open)."""
     catalog = open_catalog(settings)

@@ -33,10 +33,10 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from k2_core.catalog import open_catalog
-from k2_core.lineage import day_files
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.lineage import day_files
+from k2_core.model.tables import ALL_TABLES
 from k2_core.settings import Settings
-from k2_core.tables import ALL_TABLES
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # K2's JSON error lines, tracebacks, and Dagster's own error lines.

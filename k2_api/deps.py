@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from k2_api.formats import FORMATS, Format, negotiate
-from k2_core.query import QueryEngine
-from k2_core.realtime import RealtimeBuffer
+from k2_core.read.engine import QueryEngine
+from k2_core.read.params import AsOf, validate_as_of
+from k2_core.read.realtime import RealtimeBuffer
 from k2_core.settings import Settings
-from k2_core.validation import AsOf, validate_as_of
 
 
 def get_settings(request: Request) -> Settings:

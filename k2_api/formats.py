@@ -1,7 +1,7 @@
 """Output formats of list endpoints: JSON (the default), CSV, Arrow IPC stream and Parquet.
 
 Chosen by `format=` or, failing that, the Accept header. Non-JSON bodies carry the rows only (written by
-`k2_core.export`, as CLI exports are); what JSON puts beside them (sources, snapshot, next cursor, cache tier)
+`k2_core.read.export`, as CLI exports are); what JSON puts beside them (sources, snapshot, next cursor, cache tier)
 travels in `K2-*` response headers, which JSON responses carry too.
 """
 
@@ -13,8 +13,8 @@ import pyarrow as pa
 from fastapi import Response
 
 from k2_core.exceptions import QueryError
-from k2_core.export import to_bytes
-from k2_core.query import QueryResult
+from k2_core.read.engine import QueryResult
+from k2_core.read.export import to_bytes
 
 Format = Literal["json", "csv", "arrow", "parquet"]
 FORMATS: tuple[Format, ...] = ("json", "csv", "arrow", "parquet")

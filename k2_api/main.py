@@ -24,8 +24,8 @@ from k2_api.routes import ROUTERS
 from k2_api.security import install_security
 from k2_core.exceptions import QueryError, UnknownSymbolError
 from k2_core.logging import configure_logging, get_logger
-from k2_core.query import QueryEngine
-from k2_core.realtime import RealtimeBuffer
+from k2_core.read.engine import QueryEngine
+from k2_core.read.realtime import RealtimeBuffer
 from k2_core.settings import Settings
 from k2_stream.tail import TailConsumer
 

@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from k2_core.audit import AuditEntry, AuditLog
-from k2_core.auth import (
+from k2_core.access.audit import AuditEntry, AuditLog
+from k2_core.access.auth import (
     ADMIN,
     PER_EXCHANGE,
     JwtVerifier,
@@ -45,11 +45,11 @@ from k2_core.auth import (
     auth_banner,
     auth_required,
 )
+from k2_core.access.ratelimit import RateLimiter
 from k2_core.exceptions import AuditError, AuthenticationError, CredentialStoreError, RateLimitError
+from k2_core.lake.sqldb import catalog_engine
 from k2_core.logging import REQUEST_ID, get_logger
-from k2_core.ratelimit import RateLimiter
 from k2_core.settings import Settings
-from k2_core.sqldb import catalog_engine
 
 logger = get_logger(__name__)
 

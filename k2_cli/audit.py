@@ -14,7 +14,7 @@ from rich.text import Text
 from k2_core.exceptions import AuditError
 
 if TYPE_CHECKING:
-    from k2_core.audit import AuditEntry
+    from k2_core.access.audit import AuditEntry
 
 app = typer.Typer(help="The API's audit log in the catalog database.", no_args_is_help=True)
 
@@ -38,9 +38,9 @@ def tail(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls with --follow.")] = 1.0,
 ) -> None:
     """The latest audit entries, oldest first; with --follow, new ones as they are appended."""
-    from k2_core.audit import AuditLog
+    from k2_core.access.audit import AuditLog
+    from k2_core.lake.sqldb import catalog_engine
     from k2_core.settings import Settings
-    from k2_core.sqldb import catalog_engine
 
     console = Console(soft_wrap=True)
     engine = catalog_engine(Settings())

@@ -18,7 +18,7 @@ from k2_core.logging import configure_logging
 from k2_core.settings import Settings
 
 if TYPE_CHECKING:
-    from k2_core.topics import TopicLayout
+    from k2_core.model.topics import TopicLayout
     from k2_stream.replay import BadLine, ReplaySummary
     from k2_stream.simulator.run import SimulationSummary
 

@@ -19,7 +19,7 @@ from rich.text import Text
 from k2_core.exceptions import ApiKeyError
 
 if TYPE_CHECKING:
-    from k2_core.auth import KeyStore
+    from k2_core.access.auth import KeyStore
 
 app = typer.Typer(help="API keys: create (the token is shown once), list, revoke.", no_args_is_help=True)
 EXIT_BAD_INPUT = 2
@@ -28,9 +28,9 @@ err = Console(stderr=True)
 
 @contextmanager
 def _store() -> Iterator[KeyStore]:
-    from k2_core.auth import KeyStore
+    from k2_core.access.auth import KeyStore
+    from k2_core.lake.sqldb import catalog_engine
     from k2_core.settings import Settings
-    from k2_core.sqldb import catalog_engine
 
     engine = catalog_engine(Settings())
     try:
@@ -63,7 +63,7 @@ def create(
     ] = None,
 ) -> None:
     """Create a key and print its token (once)."""
-    from k2_core.auth import parse_expiry
+    from k2_core.access.auth import parse_expiry
     from k2_core.settings import Settings
 
     now = datetime.now(UTC)

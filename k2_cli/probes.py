@@ -2,7 +2,7 @@
 
 Sources: `k2 run`'s `/health` (which processes it runs, their pids, uptimes and restarts), the ingester's `/health`
 (degradation level, breaker, halted partitions) and `/metrics` (consumer lag), the API's `/health` and `/metrics`,
-Dagster's `/server_info`, a TCP connect to the broker, and the catalog through `k2_core.query` (snapshot log per
+Dagster's `/server_info`, a TCP connect to the broker, and the catalog through `k2_core.read.engine` (snapshot log per
 table, open gaps). Nothing here decides what is wrong: `k2_cli.status` does, from the `Report` built here.
 """
 
@@ -261,9 +261,9 @@ def read_catalog(settings: Settings) -> CatalogState:
     from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from k2_core.catalog import open_catalog
     from k2_core.exceptions import QueryError
-    from k2_core.query import SNAPSHOT_TABLES, QueryEngine
+    from k2_core.lake.catalog import open_catalog
+    from k2_core.read.engine import SNAPSHOT_TABLES, QueryEngine
 
     uri = redact(settings.catalog_uri)
     if not settings.catalog.uri and not (settings.home / "catalog.db").exists():
@@ -313,7 +313,7 @@ def read_catalog_within(settings: Settings, timeout: float) -> CatalogState:
     (pyiceberg, pyarrow and DuckDB take a second or more, longer on a busy machine), so it measures the catalog, not
     this machine; the import runs here, not on the thread that may be abandoned (an import cut short by the
     interpreter's exit can abort it)."""
-    import k2_core.query  # noqa: F401
+    import k2_core.read.engine  # noqa: F401
 
     try:
         return _Job(lambda: read_catalog(settings)).result(time.monotonic() + timeout)

@@ -28,10 +28,10 @@ from k2_core.exceptions import QueryError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from k2_core.export import ExportFormat
-    from k2_core.query import QueryEngine, QueryResult
-    from k2_core.topics import Kind
-    from k2_core.validation import AsOf
+    from k2_core.model.topics import Kind
+    from k2_core.read.engine import QueryEngine, QueryResult
+    from k2_core.read.export import ExportFormat
+    from k2_core.read.params import AsOf
 
 app = typer.Typer(help="Query K2's tables (reads Iceberg directly, no API server needed).", no_args_is_help=True)
 
@@ -77,7 +77,7 @@ OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Export t
 
 def _engine() -> QueryEngine:
     # Deferred: pyiceberg/DuckDB/pyarrow imports would slow every other `k2` command.
-    from k2_core.query import QueryEngine
+    from k2_core.read.engine import QueryEngine
     from k2_core.settings import Settings
 
     return QueryEngine.from_settings(Settings())
@@ -90,7 +90,7 @@ def _fail(exc: QueryError) -> typer.Exit:
 
 
 def _as_of(as_of_snapshot: str | None, as_of: str | None) -> AsOf | None:
-    from k2_core.validation import validate_as_of
+    from k2_core.read.params import validate_as_of
 
     return validate_as_of(as_of_snapshot, as_of)
 
@@ -146,7 +146,7 @@ def _export(
     what: str,
 ) -> None:
     """Follow cursors from the first page to the last (or `limit` rows), writing each page as it arrives."""
-    from k2_core.export import Exporter
+    from k2_core.read.export import Exporter
 
     progress = Progress(
         TextColumn(f"exporting {what}"),
@@ -355,8 +355,8 @@ def replay(
     as_of: AsOfOpt = None,
 ) -> None:
     """Every trade (or quote) of one UTC day in exchange order, streamed: NDJSON to stdout or a file."""
-    from k2_core.export import Exporter
-    from k2_core.tables import MARKET_TABLES
+    from k2_core.model.tables import MARKET_TABLES
+    from k2_core.read.export import Exporter
 
     if kind not in ("trades", "quotes"):
         raise _fail(QueryError(f"kind must be trades or quotes; got {kind!r}"))

@@ -18,13 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from k2_cli.probes import Report, gather
-from k2_core.degradation import Level
+from k2_core.ingest.degradation import Level
 from k2_core.settings import Settings
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
 SHEDDING_LEVEL = int(Level.SHED_SYMBOLS)
 LAG_WARN_SECONDS = 60.0  # KafkaConsumerLagHigh's threshold: shown in red, judged by the alert
-GAP_SEVERITIES = ("warning", "alert", "halt")  # k2_core.gaps' grades (that module loads pyiceberg: slow)
+GAP_SEVERITIES = ("warning", "alert", "halt")  # k2_core.ingest.gaps' grades (that module loads pyiceberg: slow)
 
 HELP = "\n\n".join(
     [

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from rich.console import Console
 
-from k2_core.auth import auth_banner, auth_required
+from k2_core.access.auth import auth_banner, auth_required
 from k2_core.exceptions import K2Error
 from k2_core.logging import configure_logging, get_logger
 from k2_core.settings import Settings, SupervisorSettings

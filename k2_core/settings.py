@@ -79,14 +79,15 @@ class IngestSettings(BaseModel):
     # (a random wait up to this, doubling per attempt), not after a failed write's backoff.
     conflict_backoff_seconds: float = Field(default=0.02, gt=0)
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the /metrics endpoint.")
-    # Snapshot retention as the ingester writes (k2_core.retention): every N commits to a table, checkpoint-tag and
-    # expire down to the newest `keep_snapshots` plus hourly/daily checkpoints. 0 = leave it to the Dagster job.
+    # Snapshot retention as the ingester writes (k2_core.upkeep.retention): every N commits to a table,
+    # checkpoint-tag and expire down to the newest `keep_snapshots` plus hourly/daily checkpoints.
+    # 0 = leave it to the Dagster job.
     retention_every_commits: int = Field(default=50, ge=0)
     keep_snapshots: int = Field(default=20, ge=1)
 
 
 class DegradationSettings(BaseModel):
-    """Thresholds for levels 1, 2 and 3 of the degradation cascade (see k2_core.degradation)."""
+    """Thresholds for levels 1, 2 and 3 of the degradation cascade (see k2_core.ingest.degradation)."""
 
     lag_seconds: list[float] = Field(default_factory=lambda: [30.0, 60.0, 120.0], min_length=3, max_length=3)
     write_seconds: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0], min_length=3, max_length=3)
@@ -217,7 +218,8 @@ class SupervisorSettings(BaseModel):
 
 
 class RecordSettings(BaseModel):
-    """Limits every market record must meet before it is stored (k2_core.records); breaking one dead-letters it."""
+    """Limits every market record must meet before it is stored (k2_core.model.records); breaking one
+    dead-letters it."""
 
     earliest_date: date = Field(default=date(1990, 1, 1), description="Timestamps before this UTC date are refused.")
     future_tolerance_seconds: float = Field(

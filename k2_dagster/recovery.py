@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from k2_core.backfill import RecoverySource, SourceResolver
 from k2_core.logging import get_logger
+from k2_core.model.topics import Kind
 from k2_core.settings import RecordedFile, Settings
-from k2_core.topics import Kind
+from k2_core.upkeep.backfill import RecoverySource, SourceResolver
 from k2_stream.replay import BadLine, open_lines, replay_format
 from k2_stream.simulator.recovery import RecoveryStore, load_recovery, recovery_path
 

@@ -4,7 +4,7 @@ duplicate or dead-lettered) and its offset past the ingester's committed positio
 The embedded broker keeps messages in memory only, so a feed that exits as soon as the broker acknowledged its
 messages can lose them with the broker. Producing commands therefore wait, by default, until every message they
 produced is committed, and say so ("N produced, N committed"). A partition's committed position is the newer of
-the offset stored in the table's snapshots (k2_core.offsets) and the ingester group's Kafka commit (made only
+the offset stored in the table's snapshots (k2_core.lake.offsets) and the ingester group's Kafka commit (made only
 after the Iceberg commit; it also covers batches that wrote no rows). A broker that restarted meanwhile is a new
 cluster: what it had not committed by then is reported as lost.
 """
@@ -21,13 +21,13 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pyiceberg.exceptions import NoSuchTableError
 from sqlalchemy.exc import SQLAlchemyError
 
-from k2_core.catalog import open_catalog
 from k2_core.exceptions import K2Error
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.offsets import OffsetIndex
 from k2_core.logging import get_logger
-from k2_core.offsets import OffsetIndex
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import TopicLayout
 from k2_core.settings import Settings
-from k2_core.tables import MARKET_TABLES
-from k2_core.topics import TopicLayout
 from k2_stream.admin import cluster_id, load_layout
 
 log = get_logger(__name__)

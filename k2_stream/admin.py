@@ -7,8 +7,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2_core.exceptions import K2Error
 from k2_core.logging import get_logger
+from k2_core.model.topics import TopicLayout
 from k2_core.settings import Settings
-from k2_core.topics import TopicLayout
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Batch decode: one topic's messages of a micro-batch decoded as a single columnar Avro block, then validated with
-vector checks, with the per-message path (`k2_core.avro.Decoder` + `k2_core.records.validate`) as the reference
-for every message the fast path cannot vouch for.
+vector checks, with the per-message path (`k2_core.model.avro.Decoder` + `k2_core.model.records.validate`) as the
+reference for every message the fast path cannot vouch for.
 
 The message bodies (Confluent header stripped) are framed as one block of an Avro object container file and read
 by polars' columnar Avro reader. A block read has no message boundaries, so each decoded record's encoded length
@@ -35,13 +35,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from polars.exceptions import PanicException, PolarsError
 
-from k2_core.avro import Decoder
-from k2_core.dedup import to_us
 from k2_core.exceptions import DecodeError, MessageTooLargeError, ValidationError
-from k2_core.records import _PRICE_FIELDS, _SIZE_FIELDS, SIDES, SYMBOL_RE, TRADE_ID_RE, check_size, validate
-from k2_core.registry import ParsedSchema
+from k2_core.ingest.dedup import to_us
+from k2_core.model.avro import Decoder
+from k2_core.model.records import _PRICE_FIELDS, _SIZE_FIELDS, SIDES, SYMBOL_RE, TRADE_ID_RE, check_size, validate
+from k2_core.model.registry import ParsedSchema
+from k2_core.model.topics import Kind
 from k2_core.settings import RecordSettings
-from k2_core.topics import Kind
 
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]

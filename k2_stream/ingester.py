@@ -25,21 +25,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from k2_core.avro import Decoder
-from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.dedup import already_stored, catch_up, load_history, rebuild, to_us
-from k2_core.degradation import Degradation, Level
 from k2_core.exceptions import CommitConflictError, FencedError, K2Error, WriteError
-from k2_core.gaps import HALT, SHED_GAP_REASON, WARNING, GapGrading, GapStore
+from k2_core.ingest.dedup import already_stored, catch_up, load_history, rebuild, to_us
+from k2_core.ingest.degradation import Degradation, Level
+from k2_core.ingest.gaps import HALT, SHED_GAP_REASON, WARNING, GapGrading, GapStore
+from k2_core.ingest.sequence import DAY_US, DUPLICATE, FILL, GapEvent, SequenceTracker, StreamKey, observe_batch
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.logging import get_logger
-from k2_core.offsets import TopicPartition as TP
-from k2_core.records import dead_letter_body, reason_class
-from k2_core.retention import RetentionPolicy, apply_retention
-from k2_core.sequence import DAY_US, DUPLICATE, FILL, GapEvent, SequenceTracker, StreamKey, observe_batch
+from k2_core.model.avro import Decoder
+from k2_core.model.records import dead_letter_body, reason_class
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import KINDS, Kind, TopicLayout
 from k2_core.settings import Settings
-from k2_core.tables import MARKET_TABLES
-from k2_core.topics import KINDS, Kind, TopicLayout
-from k2_core.writer import TableWriter
+from k2_core.upkeep.retention import RetentionPolicy, apply_retention
 from k2_stream import metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout, topic_ids
 from k2_stream.decode import BatchDecoder
@@ -474,7 +474,7 @@ class Ingester:
             log.info("history loaded for older rows", extra={"stream_days": len(wanted), "keys_read": rows})
 
     def _plan(self, decoded: dict[Kind, KindRows], tps: list[TP], now_us: int) -> tuple[BatchPlan, dict[Kind, Any]]:
-        """Classify every row (k2_core.sequence.observe_batch: whole runs at once, row by row only for streams
+        """Classify every row (k2_core.ingest.sequence.observe_batch: whole runs at once, row by row only for streams
         that need it); a gap past the halt threshold cuts its partition at the revealing message and the plan is
         recomputed without it (repeat until stable)."""
         halts: dict[TP, tuple[int, GapEvent]] = {}
@@ -637,7 +637,7 @@ class Ingester:
             log.info("sequence state aged out", extra={"sessions": dropped, "streams": len(self.tracker.streams)})
 
     def _retain(self, appended: list[Kind]) -> None:
-        """Every `retention_every_commits` appends to a table, thin its snapshots (k2_core.retention), so commit
+        """Every `retention_every_commits` appends to a table, thin its snapshots (k2_core.upkeep.retention), so commit
         latency stays flat at any table age. Best effort: the batch is already committed."""
         every = self.settings.ingest.retention_every_commits
         if not every:

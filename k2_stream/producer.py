@@ -7,11 +7,11 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from k2_core.avro import encode
 from k2_core.exceptions import K2Error
-from k2_core.registry import SchemaRegistry
+from k2_core.model.avro import encode
+from k2_core.model.registry import SchemaRegistry
+from k2_core.model.topics import Kind, TopicLayout
 from k2_core.settings import Settings
-from k2_core.topics import Kind, TopicLayout
 
 
 class FeedProducer:

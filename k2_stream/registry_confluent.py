@@ -11,7 +11,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError as ConfluentRegistryError
 
 from k2_core.exceptions import SchemaRegistryError
-from k2_core.registry import FileSchemaRegistry, ParsedSchema, SchemaRegistry, parse
+from k2_core.model.registry import FileSchemaRegistry, ParsedSchema, SchemaRegistry, parse
 
 
 class ConfluentSchemaRegistry:

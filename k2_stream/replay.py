@@ -23,9 +23,9 @@ from typing import Any, TextIO
 
 from k2_core.exceptions import ConfigError, K2Error, ReplayFormatError
 from k2_core.logging import get_logger
-from k2_core.registry import SchemaRegistry
+from k2_core.model.registry import SchemaRegistry
+from k2_core.model.topics import Kind
 from k2_core.settings import Settings
-from k2_core.topics import Kind
 from k2_stream.simulator.session import GracefulStop, open_producer
 
 log = get_logger(__name__)

@@ -1,4 +1,4 @@
-"""The API's own Kafka consumer: keeps `k2_core.realtime.RealtimeBuffer` filled with the newest market records.
+"""The API's own Kafka consumer: keeps `k2_core.read.realtime.RealtimeBuffer` filled with the newest market records.
 
 It is not in the ingester's consumer group and commits nothing: it assigns itself every partition of every
 market topic, starting at the offsets for `now - realtime_window` (so a freshly started API can serve the
@@ -25,13 +25,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from k2_core.avro import Decoder
 from k2_core.exceptions import DecodeError, ValidationError
 from k2_core.logging import get_logger
-from k2_core.realtime import RealtimeBuffer
-from k2_core.records import validate
+from k2_core.model.avro import Decoder
+from k2_core.model.records import validate
+from k2_core.model.topics import TopicLayout, TopicSpec
+from k2_core.read.realtime import RealtimeBuffer
 from k2_core.settings import Settings
-from k2_core.topics import TopicLayout, TopicSpec
 from k2_stream.admin import load_layout
 from k2_stream.registry_confluent import make_registry
 

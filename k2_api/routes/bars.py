@@ -11,7 +11,7 @@ from k2_api.formats import ALTERNATE_CONTENT, provenance_headers
 from k2_api.models import BarsResponse, ErrorResponse, LatestResponse, SummaryResponse
 from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol
 from k2_api.render import page, provenance
-from k2_core.bars import INTERVALS
+from k2_core.model.bars import INTERVALS
 
 router = APIRouter(
     prefix="/v1", tags=["bars"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}

@@ -11,7 +11,7 @@ from k2_api.formats import ALTERNATE_CONTENT
 from k2_api.models import ErrorResponse, QuotesResponse, TradesResponse
 from k2_api.params import Cursor, End, Exchange, Limit, Start, Symbol
 from k2_api.render import page
-from k2_core.validation import MarketQuery
+from k2_core.read.params import MarketQuery
 
 router = APIRouter(
     prefix="/v1",

@@ -15,10 +15,10 @@ from dagster import (
     multi_asset,
 )
 
-from k2_core.backfill import backfill
-from k2_core.days import day_key, parse_day
-from k2_core.preaggregate import OHLCV_TABLES, BarsBuild, rebuild_day
-from k2_core.tables import GAPS
+from k2_core.model.days import day_key, parse_day
+from k2_core.model.tables import GAPS
+from k2_core.upkeep.backfill import backfill
+from k2_core.upkeep.ohlcv import OHLCV_TABLES, BarsBuild, rebuild_day
 from k2_dagster.defs.resources import IcebergResource, RecoveryResource
 
 # Day partitions (UTC), today's included: bars of the running day are rebuilt as its trades land.
@@ -81,7 +81,7 @@ def _bars_result(asset_key: str, build: BarsBuild) -> MaterializeResult:
     ],
 )
 def ohlcv_bars(context: AssetExecutionContext, iceberg: IcebergResource) -> Iterator[MaterializeResult]:
-    """Both bar tables of a day from one read of one trades snapshot (k2_core.preaggregate.rebuild_day)."""
+    """Both bar tables of a day from one read of one trades snapshot (k2_core.upkeep.ohlcv.rebuild_day)."""
     m = iceberg.settings.maintenance
     minute, daily = rebuild_day(
         iceberg.market("trades"),

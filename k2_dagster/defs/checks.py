@@ -1,4 +1,4 @@
-"""Data-quality checks on `trades` and `quotes`: the pandera rules of `k2_core.quality`, one check per rule, plus
+"""Data-quality checks on `trades` and `quotes`: the pandera rules of `k2_core.upkeep.quality`, one check per rule, plus
 trade freshness during market hours. A failure reports the offending row count and a sample of the rows."""
 
 from collections.abc import Iterator
@@ -16,9 +16,9 @@ from dagster import (
     multi_asset_check,
 )
 
-from k2_core.days import day_key, parse_day, utc_today
-from k2_core.quality import RULES, Finding, check_day, freshness
-from k2_core.topics import Kind
+from k2_core.model.days import day_key, parse_day, utc_today
+from k2_core.model.topics import Kind
+from k2_core.upkeep.quality import RULES, Finding, check_day, freshness
 from k2_dagster.defs.resources import IcebergResource, KafkaResource
 
 

@@ -18,11 +18,11 @@ from dagster import (
     op,
 )
 
-from k2_core.compaction import compact_day
-from k2_core.days import parse_day
-from k2_core.maintenance import expire_snapshots, remove_orphans
-from k2_core.tables import MARKET_TABLES
-from k2_core.topics import KINDS
+from k2_core.model.days import parse_day
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import KINDS
+from k2_core.upkeep.compaction import compact_day
+from k2_core.upkeep.expiry import expire_snapshots, remove_orphans
 from k2_dagster.defs.assets import DAILY, ohlcv_bars, quotes, sequence_gaps, trades
 from k2_dagster.defs.resources import IcebergResource
 

@@ -13,12 +13,12 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
-from k2_core.backfill import SourceResolver
-from k2_core.catalog import ensure_table, open_catalog
 from k2_core.exceptions import K2Error
+from k2_core.lake.catalog import ensure_table, open_catalog
+from k2_core.model.tables import MARKET_TABLES, TableDef
+from k2_core.model.topics import Kind
 from k2_core.settings import Settings
-from k2_core.tables import MARKET_TABLES, TableDef
-from k2_core.topics import Kind
+from k2_core.upkeep.backfill import SourceResolver
 
 
 class K2Settings(ConfigurableResource):

@@ -25,13 +25,13 @@ from dagster import (
     sensor,
 )
 
-from k2_core.backfill import open_gaps
-from k2_core.compaction import needs_compaction
-from k2_core.days import day_key, parse_day, utc_today
-from k2_core.lineage import SnapshotChange, changes_since, day_files
+from k2_core.lake.lineage import SnapshotChange, changes_since, day_files
+from k2_core.model.days import day_key, parse_day, utc_today
+from k2_core.model.tables import GAPS, MARKET_TABLES
+from k2_core.model.topics import KINDS
 from k2_core.settings import MaintenanceSettings
-from k2_core.tables import GAPS, MARKET_TABLES
-from k2_core.topics import KINDS
+from k2_core.upkeep.backfill import open_gaps
+from k2_core.upkeep.compaction import needs_compaction
 from k2_dagster.defs.assets import PARTITIONS_START
 from k2_dagster.defs.jobs import compaction_job, gap_backfill_job, ohlcv_job
 from k2_dagster.defs.resources import IcebergResource

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from k2_core.exceptions import ConfigError
-from k2_core.topics import Kind
+from k2_core.model.topics import Kind
 
 
 class Stream(NamedTuple):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from k2_core.topics import Kind
+from k2_core.model.topics import Kind
 from k2_stream.simulator.faults import Event, FaultConfig, FaultInjector, FaultStats, Stream
 from k2_stream.simulator.instruments import Instrument, instruments_for
 from k2_stream.simulator.prices import Fill, PriceWalk

@@ -17,8 +17,8 @@ from typing import Any, cast
 
 from k2_core.exceptions import ReplayFormatError
 from k2_core.logging import get_logger
+from k2_core.model.topics import KINDS, Kind
 from k2_core.settings import Settings
-from k2_core.topics import KINDS, Kind
 from k2_stream.simulator.faults import Event
 
 log = get_logger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from k2_core.exceptions import ConfigError
 from k2_core.logging import get_logger
-from k2_core.registry import SchemaRegistry
+from k2_core.model.registry import SchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.simulator.faults import Event, Stream
 from k2_stream.simulator.generator import MarketSimulator, SimulatorConfig

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException
 
 from k2_core.exceptions import ConfigError, K2Error
 from k2_core.logging import get_logger
-from k2_core.registry import SchemaRegistry
+from k2_core.model.registry import SchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.admin import ensure_topics, load_layout
 from k2_stream.producer import FeedProducer

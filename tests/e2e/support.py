@@ -13,9 +13,9 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from pyiceberg.exceptions import NoSuchTableError
 
-from k2_core.avro import Decoder
-from k2_core.catalog import open_catalog
-from k2_core.registry import FileSchemaRegistry
+from k2_core.lake.catalog import open_catalog
+from k2_core.model.avro import Decoder
+from k2_core.model.registry import FileSchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.admin import load_layout
 

@@ -39,7 +39,7 @@ import sqlalchemy
 import yaml
 from dagster import DagsterEventType
 
-from k2_core.catalog import open_catalog
+from k2_core.lake.catalog import open_catalog
 from k2_core.settings import REPO_ROOT, Settings
 from tests.conftest import free_port
 from tests.e2e.support import table_rows

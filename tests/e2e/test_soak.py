@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from k2_core.catalog import open_catalog
-from k2_core.lineage import day_files
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.lineage import day_files
 from k2_core.settings import Settings
 from tests.e2e.support import Platform, k2_processes, table_rows, wait_for
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.support import wait_for

@@ -23,9 +23,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from k2_api.main import create_app
-from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.model.tables import GAPS, QUOTES, TRADES
 from k2_core.settings import REPO_ROOT, Settings
-from k2_core.tables import GAPS, QUOTES, TRADES
 from tests import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)

@@ -13,11 +13,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from k2_core.backfill import backfill
-from k2_core.gaps import FILLED, OPEN, UNRECOVERABLE, GapGrading, GapStore
-from k2_core.sequence import GapEvent
+from k2_core.ingest.gaps import FILLED, OPEN, UNRECOVERABLE, GapGrading, GapStore
+from k2_core.ingest.sequence import GapEvent
+from k2_core.model.topics import Kind
 from k2_core.settings import RecordedFile, Settings
-from k2_core.topics import Kind
+from k2_core.upkeep.backfill import backfill
 from k2_dagster.defs.sensors import gap_backfill_sensor
 from k2_dagster.recovery import RecordedFileSource, resolver
 from k2_stream.ingester import Ingester

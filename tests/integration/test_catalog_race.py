@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.model.tables import ALL_TABLES
 from k2_core.settings import CatalogSettings, Settings
-from k2_core.tables import ALL_TABLES
 from tests.conftest import POSTGRES_URI
 
 PROCESSES = 6

@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.table import Table
 
-from k2_core.compaction import _verify, compact_day
-from k2_core.days import day_filter
 from k2_core.exceptions import CompactionError
-from k2_core.lineage import day_files
-from k2_core.offsets import OFFSETS_PROPERTY, OffsetIndex
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.lineage import day_files
+from k2_core.lake.offsets import OFFSETS_PROPERTY, OffsetIndex
+from k2_core.model.days import day_filter
+from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
-from k2_core.writer import TableWriter
+from k2_core.upkeep.compaction import _verify, compact_day
 from k2_dagster.defs.sensors import compaction_sensor
 from tests.integration.test_dagster_support import (
     DAGSTER_OWNERS_BETA,

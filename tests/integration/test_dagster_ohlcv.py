@@ -14,8 +14,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from k2_core.bars import SOURCE_SNAPSHOT_PROPERTY
-from k2_core.days import day_filter
+from k2_core.model.bars import SOURCE_SNAPSHOT_PROPERTY
+from k2_core.model.days import day_filter
 from k2_core.settings import Settings
 from k2_dagster.defs.assets import ohlcv_bars
 from k2_dagster.defs.sensors import ohlcv_sensor

@@ -12,10 +12,10 @@ import dagster as dg
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from k2_core.catalog import ensure_table, ensure_tables, open_catalog
-from k2_core.preaggregate import OHLCV_TABLES
+from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
+from k2_core.model.tables import MARKET_TABLES
 from k2_core.settings import Settings
-from k2_core.tables import MARKET_TABLES
+from k2_core.upkeep.ohlcv import OHLCV_TABLES
 from k2_dagster.definitions import build_definitions
 from k2_dagster.defs.resources import K2Settings, resources
 

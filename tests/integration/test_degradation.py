@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import sqlalchemy
 
-from k2_core.gaps import SHED_GAP_REASON
+from k2_core.ingest.gaps import SHED_GAP_REASON
 from k2_core.settings import DegradationSettings, Settings
 from k2_stream.ingester import Ingester
 from tests.conftest import POSTGRES_URI

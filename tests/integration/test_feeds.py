@@ -20,11 +20,11 @@ from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from k2_cli.main import app
-from k2_core.avro import Decoder
 from k2_core.logging import fields_of
-from k2_core.registry import FileSchemaRegistry
+from k2_core.model.avro import Decoder
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.topics import topic_name
 from k2_core.settings import Settings
-from k2_core.topics import topic_name
 from k2_stream.replay import replay_file
 from k2_stream.simulator import FaultConfig, SimulatorConfig, Stream, load_recovery
 from k2_stream.simulator.run import run_simulation

@@ -32,11 +32,11 @@ from typing import Any
 import httpx
 import pytest
 
-from k2_core.auth import KeyStore
-from k2_core.bars import INTERVALS
+from k2_core.access.auth import KeyStore
+from k2_core.lake.sqldb import catalog_engine
+from k2_core.model.bars import INTERVALS
+from k2_core.read.params import GAP_STATUSES
 from k2_core.settings import REPO_ROOT, Settings
-from k2_core.sqldb import catalog_engine
-from k2_core.validation import GAP_STATUSES
 from tests.conftest import free_port
 from tests.integration.test_security import seed
 
@@ -98,7 +98,7 @@ def api_server(make_settings: SettingsFactory, tmp_path: Path) -> Iterator[Serve
 
 
 def with_input_grammar(spec: dict[str, Any], max_limit: int) -> dict[str, Any]:
-    """The published document with the rules k2_core.validation applies written into the parameters."""
+    """The published document with the rules k2_core.read.params applies written into the parameters."""
     # Mostly the seeded data (BHP on asx and nyse, 2024-01-02) so requests reach the query engine; the first run
     # already fuzzes free-form strings. ZZZ9 is a valid ticker without data.
     moments = ["2024-01-01", "2024-01-02T00:00:00Z", "2024-01-02T01:00:01.5+00:00", "2024-01-02T12:00:00+10:00"]

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from k2_core.catalog import open_catalog
-from k2_core.offsets import OFFSETS_PROPERTY, decode_offsets
-from k2_core.registry import FileSchemaRegistry
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.offsets import OFFSETS_PROPERTY, decode_offsets
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
 from k2_stream.admin import ensure_topics
 from k2_stream.ingester import Ingester
 from k2_stream.producer import FeedProducer

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from k2_core.catalog import open_catalog
-from k2_core.offsets import OFFSETS_PROPERTY, decode_offsets
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.offsets import OFFSETS_PROPERTY, decode_offsets
 from k2_core.settings import Settings
 from k2_stream.ingester import Ingester
 from tests.integration.test_ingest import produce, table_rows, trade, wait_for

@@ -19,12 +19,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.dedup import already_stored
-from k2_core.registry import FileSchemaRegistry
+from k2_core.ingest.dedup import already_stored
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
-from k2_core.writer import TableWriter
 from k2_stream.admin import ensure_topics
 from k2_stream.ingester import Ingester
 from k2_stream.producer import FeedProducer

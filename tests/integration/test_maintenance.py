@@ -15,13 +15,13 @@ import dagster as dg
 import pytest
 from pyiceberg.table import Table
 
-from k2_core.compaction import compact_day
 from k2_core.exceptions import MaintenanceError
-from k2_core.maintenance import expire_snapshots, offsets_chain, remove_orphans
-from k2_core.offsets import OffsetIndex
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.offsets import OffsetIndex
+from k2_core.model.tables import TRADES
 from k2_core.settings import MaintenanceSettings, Settings
-from k2_core.tables import TRADES
-from k2_core.writer import TableWriter
+from k2_core.upkeep.compaction import compact_day
+from k2_core.upkeep.expiry import expire_snapshots, offsets_chain, remove_orphans
 from tests.integration.test_dagster_support import (
     DAGSTER_OWNERS_BETA,
     Lake,

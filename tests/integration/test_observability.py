@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from k2_api.main import create_app
 from k2_api.observability import UNMATCHED
-from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.logging import JsonFormatter
+from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
 
 SettingsFactory = Callable[..., Settings]
 AT = datetime(2024, 1, 2, 10, tzinfo=UTC)

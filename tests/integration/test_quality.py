@@ -12,11 +12,11 @@ import dagster as dg
 import pytest
 from pyiceberg.table import Table
 
-from k2_core.days import EPOCH_DAY
-from k2_core.quality import RULES, market_open
-from k2_core.rewrite import write_chunks
+from k2_core.lake.files import write_chunks
+from k2_core.model.days import EPOCH_DAY
+from k2_core.model.tables import MARKET_TABLES
 from k2_core.settings import MarketHours, Settings
-from k2_core.tables import MARKET_TABLES
+from k2_core.upkeep.quality import RULES, market_open
 from tests.integration.test_dagster_support import (
     DAGSTER_OWNERS_BETA,
     Lake,

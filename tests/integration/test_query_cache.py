@@ -1,5 +1,5 @@
 """The three caching tiers against real components: the in-process LRU, the real Redis (and the API without
-it), and the precomputed OHLCV tables built by `k2_core.preaggregate`, served only while provably fresh."""
+it), and the precomputed OHLCV tables built by `k2_core.upkeep.ohlcv`, served only while provably fresh."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from k2_api.main import create_app
-from k2_core.catalog import ensure_table, ensure_tables, open_catalog
-from k2_core.preaggregate import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
-from k2_core.query import QueryEngine
+from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
+from k2_core.model.tables import TRADES
+from k2_core.read.engine import QueryEngine
+from k2_core.read.params import AsOf
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
-from k2_core.validation import AsOf
+from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
 from tests import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]
@@ -133,7 +133,7 @@ def test_trade_pages_are_cached_per_snapshot_and_cursor(engine: QueryEngine) -> 
 
 def test_queries_work_without_redis(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     settings.redis.url = "redis://127.0.0.1:1/0"  # nothing listens there
-    caplog.set_level(logging.WARNING, logger="k2_core.cache")
+    caplog.set_level(logging.WARNING, logger="k2_core.read.cache")
     with QueryEngine.from_settings(settings) as engine:
         first = engine.ohlcv("CBA", "asx", "15m", D1, END)
         second = engine.ohlcv("CBA", "asx", "15m", D1, END)

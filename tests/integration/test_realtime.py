@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from k2_api.main import create_app
-from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.query import QueryEngine
-from k2_core.realtime import RealtimeBuffer
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.model.tables import TRADES
+from k2_core.read.engine import QueryEngine
+from k2_core.read.realtime import RealtimeBuffer
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
 from k2_stream.admin import ensure_topics
 from k2_stream.producer import FeedProducer
 from k2_stream.registry_confluent import make_registry

@@ -9,12 +9,12 @@ from decimal import Decimal
 
 import pyarrow as pa
 
-from k2_core.catalog import ensure_table, open_catalog
-from k2_core.offsets import OffsetIndex
-from k2_core.retention import DAY_TAG, HOUR_TAG, RetentionPolicy, apply_retention
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.catalog import ensure_table, open_catalog
+from k2_core.lake.offsets import OffsetIndex
+from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
-from k2_core.tables import TRADES
-from k2_core.writer import TableWriter
+from k2_core.upkeep.retention import DAY_TAG, HOUR_TAG, RetentionPolicy, apply_retention
 
 ASX = "market.equities.trades.asx"
 NYSE = "market.equities.trades.nyse"

@@ -15,10 +15,10 @@ import pytest
 from pyarrow import fs
 from pydantic import SecretStr
 
-from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.query import QueryEngine
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.model.tables import TRADES
+from k2_core.read.engine import QueryEngine
 from k2_core.settings import S3Settings, Settings
-from k2_core.tables import TRADES
 from tests.seaweedfs import S3Server, seaweedfs
 
 BUCKET = "k2-lake"

@@ -35,14 +35,14 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
-from k2_core.audit import AUDIT_LOG, AuditLog
-from k2_core.auth import API_KEYS, KeyStore, auth_banner, hash_token
-from k2_core.catalog import ensure_tables, open_catalog
+from k2_core.access.audit import AUDIT_LOG, AuditLog
+from k2_core.access.auth import API_KEYS, KeyStore, auth_banner, hash_token
 from k2_core.exceptions import ConfigError
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.sqldb import catalog_engine
 from k2_core.logging import JsonFormatter
+from k2_core.model.tables import GAPS, QUOTES, TRADES
 from k2_core.settings import REPO_ROOT, AuthSettings, Settings
-from k2_core.sqldb import catalog_engine
-from k2_core.tables import GAPS, QUOTES, TRADES
 
 SettingsFactory = Callable[..., Settings]
 SECRET = "k2-test-hs256-secret-of-at-least-32-bytes!"

@@ -11,12 +11,12 @@ from urllib.parse import urlparse
 import pytest
 from pyiceberg.table import Table
 
-from k2_core.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.exceptions import FencedError
-from k2_core.offsets import OffsetIndex
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
+from k2_core.lake.offsets import OffsetIndex
+from k2_core.model.tables import TABLE_PROPERTIES, TRADES
 from k2_core.settings import Settings
-from k2_core.tables import TABLE_PROPERTIES, TRADES
-from k2_core.writer import TableWriter
 
 TP = ("market.equities.trades.asx", 0)
 TP2 = ("market.equities.trades.asx", 1)

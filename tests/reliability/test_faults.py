@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from k2_core.catalog import open_catalog
-from k2_core.offsets import WRITER_PROPERTY
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.settings import Settings
 from k2_stream.broker import start_tansu
 from k2_stream.simulator import FaultConfig, SimulatorConfig

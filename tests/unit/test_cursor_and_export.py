@@ -13,10 +13,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from k2_core.cursor import Cursor, decode_cursor, fingerprint
 from k2_core.exceptions import QueryError
-from k2_core.export import Exporter, to_bytes
-from k2_core.tables import TRADES
+from k2_core.model.tables import TRADES
+from k2_core.read.cursor import Cursor, decode_cursor, fingerprint
+from k2_core.read.export import Exporter, to_bytes
 
 ROWS = [
     {

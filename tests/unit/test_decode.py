@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k2_core.avro import Decoder, encode
 from k2_core.exceptions import DecodeError, ValidationError
-from k2_core.records import check_size, validate
-from k2_core.registry import FileSchemaRegistry
+from k2_core.model.avro import Decoder, encode
+from k2_core.model.records import check_size, validate
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import Kind
 from k2_core.settings import RecordSettings, Settings
-from k2_core.tables import MARKET_TABLES
-from k2_core.topics import Kind
 from k2_stream.decode import BatchDecoder, varint_size
 
 REGISTRY = FileSchemaRegistry(Settings().kafka.schemas_dir)

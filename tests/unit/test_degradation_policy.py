@@ -1,4 +1,4 @@
-from k2_core.degradation import Breaker, Degradation, Level
+from k2_core.ingest.degradation import Breaker, Degradation, Level
 from k2_core.settings import DegradationSettings
 
 POLICY = DegradationSettings(lag_seconds=[10, 20, 30], write_seconds=[1, 2, 3], recover_seconds=5)

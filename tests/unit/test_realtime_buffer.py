@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from k2_core.realtime import RealtimeBuffer
+from k2_core.read.realtime import RealtimeBuffer
 
 
 def trade(seq: int, at: datetime, symbol: str = "BHP") -> dict[str, Any]:

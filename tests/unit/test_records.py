@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from k2_core.exceptions import MessageTooLargeError, ValidationError
-from k2_core.records import DEAD_LETTER_MAX_BODY, check_size, dead_letter_body, reason_class, validate
+from k2_core.model.records import DEAD_LETTER_MAX_BODY, check_size, dead_letter_body, reason_class, validate
 from k2_core.settings import RecordSettings
 
 NOW = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from k2_core.avro import Decoder, encode
 from k2_core.exceptions import ConfigError, K2Error, ReplayFormatError
-from k2_core.registry import FileSchemaRegistry
+from k2_core.model.avro import Decoder, encode
+from k2_core.model.registry import FileSchemaRegistry
 from k2_core.settings import REPO_ROOT
 from k2_stream.replay import (
     FORMATS,

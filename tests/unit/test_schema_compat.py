@@ -12,8 +12,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from k2_core.avro import Decoder, encode
-from k2_core.registry import FileSchemaRegistry, parse
+from k2_core.model.avro import Decoder, encode
+from k2_core.model.registry import FileSchemaRegistry, parse
 from k2_core.settings import KafkaSettings
 
 SCHEMAS_DIR = KafkaSettings().schemas_dir

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from k2_core.sequence import DAY_US, GapEvent, SequenceTracker, Session, Verdict
+from k2_core.ingest.sequence import DAY_US, GapEvent, SequenceTracker, Session, Verdict
 
 KEY = ("trades", "asx", "BHP")
 DAY1, DAY2 = 20_000 * DAY_US, 20_001 * DAY_US  # two exchange days (µs), the second's numbers restart

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from k2_core.sequence import (
+from k2_core.ingest.sequence import (
     VERDICT_CODES,
     GapEvent,
     SequenceTracker,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from k2_core.avro import Decoder, encode
 from k2_core.exceptions import ConfigError, ReplayFormatError
-from k2_core.registry import FileSchemaRegistry
+from k2_core.model.avro import Decoder, encode
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.topics import KINDS, Kind, TopicLayout
 from k2_core.settings import REPO_ROOT, Settings
-from k2_core.topics import KINDS, Kind, TopicLayout
 from k2_stream.simulator import (
     CATALOG,
     Event,

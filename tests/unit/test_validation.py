@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 
 from k2_core.exceptions import QueryError
-from k2_core.validation import (
+from k2_core.read.params import (
     AsOf,
     TimeRange,
     parse_time,

@@ -1,6 +1,6 @@
 """Precomputed OHLCV tables `market.ohlcv_1m` / `market.ohlcv_1d`, rebuilt one UTC day at a time.
 
-The bar definition and table schema are `k2_core.bars`'; this module only stores them. A rebuild reads the day's
+The bar definition and table schema are `k2_core.model.bars`'; this module only stores them. A rebuild reads the day's
 trades as of one trades snapshot, computes the bars and replaces that day of the bar table in one commit, so
 re-running it is idempotent and a reader never sees half a day. Each commit records the trades snapshot it read
 (`bars.SOURCE_SNAPSHOT_PROPERTY`) and the day (`DAY_PROPERTY`): daily bars are computed from the very snapshot the
@@ -19,27 +19,27 @@ from pyiceberg.table import Table
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 
-from k2_core.bars import (
+from k2_core.exceptions import CommitConflictError, MaintenanceError
+from k2_core.lake.files import delete_uncommitted, replace_files, write_chunks
+from k2_core.lake.offsets import WRITER_PROPERTY
+from k2_core.lake.retry import commit_with_retries
+from k2_core.logging import get_logger
+from k2_core.model.bars import (
     BARS_ARROW_SCHEMA,
+    DAY_PROPERTY,
     OHLCV_PARTITION_SPEC,
     OHLCV_SCHEMA,
     PRECOMPUTED_TABLES,
-    SOURCE_SNAPSHOT_PROPERTY,
     Interval,
     compute_bars,
+    source_snapshot,
     source_snapshot_properties,
 )
-from k2_core.days import day_filter, day_key
-from k2_core.exceptions import CommitConflictError, MaintenanceError
-from k2_core.logging import get_logger
-from k2_core.offsets import WRITER_PROPERTY
-from k2_core.retry import commit_with_retries
-from k2_core.rewrite import delete_uncommitted, replace_files, write_chunks
-from k2_core.tables import TableDef
+from k2_core.model.days import day_filter, day_key
+from k2_core.model.tables import TableDef
 
 log = get_logger(__name__)
 
-DAY_PROPERTY = "k2.ohlcv.day"
 TRADE_FIELDS = ("symbol", "exchange", "exchange_timestamp", "exchange_sequence_number", "price", "volume")
 
 
@@ -81,21 +81,6 @@ def trades_bars(trades: Table, day: date, interval: Interval, snapshot_id: int |
         relation = con.from_arrow(scan.to_arrow_batch_reader())
         bars = compute_bars(relation, interval)
     return bars, sum(bars.column("trade_count").to_pylist())
-
-
-def source_snapshot(bars: Table, day: date) -> int | None:
-    """The trades snapshot the newest build of `day` in this bar table read, or None if the day was never built."""
-    key = day_key(day)
-    snapshot_id = bars.metadata.current_snapshot_id
-    while snapshot_id is not None:
-        snapshot = bars.metadata.snapshot_by_id(snapshot_id)
-        if snapshot is None:
-            return None
-        props = snapshot.summary.additional_properties if snapshot.summary else {}
-        if props.get(DAY_PROPERTY) == key and SOURCE_SNAPSHOT_PROPERTY in props:
-            return int(props[SOURCE_SNAPSHOT_PROPERTY])
-        snapshot_id = snapshot.parent_snapshot_id
-    return None
 
 
 def day_data_files(table: Table, column: str, day: date) -> list[DataFile]:

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from k2_core import duck
-from k2_core.tables import TableDef
+from k2_core.model.tables import TableDef
 
 ReadPath = Literal["duckdb", "pyiceberg", "empty"]
 

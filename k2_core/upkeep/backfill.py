@@ -33,17 +33,17 @@ from pyiceberg.expressions import (
 )
 from pyiceberg.table import Table
 
-from k2_core.dedup import keys_in_files
 from k2_core.exceptions import CommitConflictError, ValidationError
-from k2_core.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
-from k2_core.lineage import files_added_since
+from k2_core.ingest.dedup import keys_in_files
+from k2_core.ingest.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
+from k2_core.lake.files import append_files, delete_uncommitted, write_files
+from k2_core.lake.lineage import files_added_since
+from k2_core.lake.offsets import WRITER_PROPERTY
+from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
-from k2_core.offsets import WRITER_PROPERTY
-from k2_core.records import validate
-from k2_core.retry import commit_with_retries
-from k2_core.rewrite import append_files, delete_uncommitted, write_files
-from k2_core.tables import GAPS, MARKET_TABLES
-from k2_core.topics import Kind
+from k2_core.model.records import validate
+from k2_core.model.tables import GAPS, MARKET_TABLES
+from k2_core.model.topics import Kind
 
 log = get_logger(__name__)
 

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import AuditError
-from k2_core.sqldb import METADATA, create_tables, utc
+from k2_core.lake.sqldb import METADATA, create_tables, utc
 
 MAX_PARAMS_CHARS = 2000
 

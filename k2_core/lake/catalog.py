@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from k2_core.exceptions import CommitConflictError
 from k2_core.logging import get_logger
+from k2_core.model.tables import ALL_TABLES, TABLE_PROPERTIES, TableDef
 from k2_core.settings import Settings
-from k2_core.tables import ALL_TABLES, TABLE_PROPERTIES, TableDef
 
 log = get_logger(__name__)
 

@@ -21,7 +21,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from k2_core.topics import Kind
+from k2_core.model.topics import Kind
 
 PRICE = DecimalType(18, 8)
 DEDUP_KEY = ("exchange", "symbol", "exchange_sequence_number")

@@ -3,17 +3,17 @@
 Where rows come from (the response says which):
 
 - `iceberg`: Iceberg plans the data files of one snapshot (current, or chosen by time travel), DuckDB reads
-  them (`k2_core.scan`).
+  them (`k2_core.read.scan`).
 - `realtime`: ranges reaching into the last `realtime_window` (5 minutes by default) are read from the API's
-  in-memory tail of the Kafka topics (`k2_core.realtime`), because the ingester commits only about once a
+  in-memory tail of the Kafka topics (`k2_core.read.realtime`), because the ingester commits only about once a
   second. A range that spans the boundary reads Iceberg before it and the tail after it; tail rows older than
   the boundary (late arrivals not yet committed) are added unless Iceberg already has their
   (exchange, symbol, sequence) key, so nothing is counted twice. Time-travel reads never use the tail.
 - `precomputed`: 1m and 1d bars come from `market.ohlcv_1m` / `market.ohlcv_1d` for the days those tables
-  provably hold the current answer for (`k2_core.precomputed`); other days are computed from trades.
+  provably hold the current answer for (`k2_core.read.precomputed`); other days are computed from trades.
 
-Answers read purely from Iceberg are cached (`k2_core.cache`) under keys holding the snapshot id(s), so a
-commit is never hidden by a cached answer. Every function validates its input (`k2_core.validation`) and
+Answers read purely from Iceberg are cached (`k2_core.read.cache`) under keys holding the snapshot id(s), so a
+commit is never hidden by a cached answer. Every function validates its input (`k2_core.read.params`) and
 raises `QueryError`, whose message starts with the offending parameter, for anything it cannot answer.
 """
 
@@ -43,21 +43,16 @@ from pyiceberg.expressions import (
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from k2_core import precomputed, scan
-from k2_core.bars import BARS_ARROW_SCHEMA, INTERVALS, PRECOMPUTED_TABLES, Interval, compute_bars
-from k2_core.cache import RedisTier, ResultCache, Tier
-from k2_core.catalog import ensure_tables, open_catalog
-from k2_core.cursor import Cursor, decode_cursor, fingerprint
 from k2_core.exceptions import QueryError, UnknownSymbolError
+from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.logging import get_logger
-from k2_core.realtime import RealtimeBuffer
-from k2_core.scan import ScanPlan
-from k2_core.settings import ApiSettings, CatalogSettings, QuerySettings, Settings
-from k2_core.snapshots import SnapshotChoice, choose_snapshot, snapshot_log
-from k2_core.symbols import SymbolIndex
-from k2_core.tables import ALL_TABLES, GAPS, MARKET_TABLES, QUOTES, TRADES, TableDef
-from k2_core.topics import Kind, TopicLayout
-from k2_core.validation import (
+from k2_core.model.bars import BARS_ARROW_SCHEMA, INTERVALS, PRECOMPUTED_TABLES, Interval, compute_bars
+from k2_core.model.tables import ALL_TABLES, GAPS, MARKET_TABLES, QUOTES, TRADES, TableDef
+from k2_core.model.topics import Kind, TopicLayout
+from k2_core.read import precomputed, scan
+from k2_core.read.cache import RedisTier, ResultCache, Tier
+from k2_core.read.cursor import Cursor, decode_cursor, fingerprint
+from k2_core.read.params import (
     AsOf,
     MarketQuery,
     TimeInput,
@@ -74,6 +69,11 @@ from k2_core.validation import (
     validate_symbol,
     validate_time_range,
 )
+from k2_core.read.realtime import RealtimeBuffer
+from k2_core.read.scan import ScanPlan
+from k2_core.read.snapshots import SnapshotChoice, choose_snapshot, snapshot_log
+from k2_core.read.symbols import SymbolIndex
+from k2_core.settings import ApiSettings, CatalogSettings, QuerySettings, Settings
 
 logger = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The `sequence_gaps` table: graded gap records, split as late numbers fill them.
 
-A gap belongs to a session of its stream (`k2_core.sequence`): its `window_end` (the exchange time of the number
+A gap belongs to a session of its stream (`k2_core.ingest.sequence`): its `window_end` (the exchange time of the number
 that revealed it) tells which, and is part of its id, since a new session reuses the numbers of the one before.
 
 Detected gaps are written *before* the data commit that reveals them, so a crash can never lose one (the replayed
@@ -22,8 +22,8 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, WriteError
-from k2_core.sequence import GapEvent, Recorded, StreamKey
-from k2_core.tables import GAPS
+from k2_core.ingest.sequence import GapEvent, Recorded, StreamKey
+from k2_core.model.tables import GAPS
 
 OPEN, FILLED, UNRECOVERABLE = "open", "filled", "unrecoverable"
 SHED_GAP_REASON = "shed under load (degradation level 3): the messages are in the DLQ; replay them to fill the gap"

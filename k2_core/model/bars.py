@@ -20,7 +20,7 @@ snapshot; bars written without the property are never served (the reader cannot 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Literal, get_args
 
 import duckdb
@@ -28,10 +28,12 @@ import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import DecimalType, LongType, NestedField, StringType, TimestamptzType
 
 from k2_core import duck
+from k2_core.model.days import day_key
 
 Interval = Literal["1s", "5s", "1m", "5m", "15m", "1h", "1d"]
 
@@ -51,6 +53,7 @@ PRECOMPUTED_TABLES: dict[Interval, str] = {"1m": "ohlcv_1m", "1d": "ohlcv_1d"}
 
 # Snapshot-summary key under which a bar table's writer records the trades snapshot id it read.
 SOURCE_SNAPSHOT_PROPERTY = "k2.ohlcv.source-snapshot-id"
+DAY_PROPERTY = "k2.ohlcv.day"  # the day a bar-table snapshot rebuilt
 
 _PRICE = DecimalType(18, 8)
 _VOLUME = DecimalType(38, 8)
@@ -140,3 +143,18 @@ def source_snapshot_properties(source_snapshot_id: int) -> dict[str, str]:
     """Snapshot-summary properties a bar-table writer passes to `append`/`overwrite(snapshot_properties=...)`:
     the id of the trades snapshot whose rows the bars were computed from."""
     return {SOURCE_SNAPSHOT_PROPERTY: str(source_snapshot_id)}
+
+
+def source_snapshot(bars: Table, day: date) -> int | None:
+    """The trades snapshot the newest build of `day` in this bar table read, or None if the day was never built."""
+    key = day_key(day)
+    snapshot_id = bars.metadata.current_snapshot_id
+    while snapshot_id is not None:
+        snapshot = bars.metadata.snapshot_by_id(snapshot_id)
+        if snapshot is None:
+            return None
+        props = snapshot.summary.additional_properties if snapshot.summary else {}
+        if props.get(DAY_PROPERTY) == key and SOURCE_SNAPSHOT_PROPERTY in props:
+            return int(props[SOURCE_SNAPSHOT_PROPERTY])
+        snapshot_id = snapshot.parent_snapshot_id
+    return None

@@ -14,8 +14,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from k2_core.exceptions import MessageTooLargeError, ValidationError
+from k2_core.model.topics import Kind
 from k2_core.settings import RecordSettings
-from k2_core.topics import Kind
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,19}$")
 # Printable, no control characters: a body decoded with the wrong schema turns binary into strings, and this

@@ -8,9 +8,9 @@ travel where it is promised:
 * one **hourly checkpoint** (tag `k2-hour-YYYYMMDDTHH`: the current snapshot when the hour was first seen) for the
   last `hourly_hours` hours, and one **daily checkpoint** (tag `k2-day-YYYYMMDD`) for `daily_hours` hours (the
   snapshot retention, `K2_MAINTENANCE_SNAPSHOT_RETENTION_HOURS`); older checkpoint tags are removed;
-* the ingester's resume chain (`k2_core.maintenance.offsets_chain`) and every branch or tag head.
+* the ingester's resume chain (`k2_core.upkeep.expiry.offsets_chain`) and every branch or tag head.
 
-Everything else is expired with `k2_core.maintenance.expire_snapshots` (the Dagster job's expiry: it never removes a
+Everything else is expired with `k2_core.upkeep.expiry.expire_snapshots` (the Dagster job's expiry: it never removes a
 tag head or the offsets chain). Time travel to a moment between checkpoints reads the checkpoint before it (the
 snapshot log loses expired entries with them). Expiry only edits metadata: the Dagster maintenance job's orphan
 removal reclaims the released files after its minimum age, so a reader mid-scan never loses a file.
@@ -25,9 +25,9 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 
+from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
-from k2_core.maintenance import expire_snapshots
-from k2_core.retry import commit_with_retries
+from k2_core.upkeep.expiry import expire_snapshots
 
 log = get_logger(__name__)
 

@@ -17,7 +17,7 @@ its seq 1 loses nothing more, and says so. Head gaps are graded like any gap but
 after them are in order.
 
 The tracker holds every session whose rows have exchange times from `horizon_us` on (rebuilt from the tables) and
-whole stream-days before it that were loaded on demand (`k2_core.dedup.load_history`): a replay or import of
+whole stream-days before it that were loaded on demand (`k2_core.ingest.dedup.load_history`): a replay or import of
 history is checked against what the tables hold for those days, however long ago it was stored. Sessions and days
 older than the horizon age out (`evict`).
 

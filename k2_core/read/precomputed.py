@@ -1,7 +1,7 @@
 """Serving bars from the precomputed OHLCV tables (`market.ohlcv_1m`, `market.ohlcv_1d`) when provably fresh.
 
-The Dagster assets (`k2_core.preaggregate`) rebuild one UTC day of a bar table per commit and record the
-trades snapshot they read. A day's precomputed bars equal what `k2_core.bars` would compute now exactly when no
+The Dagster assets (`k2_core.upkeep.ohlcv`) rebuild one UTC day of a bar table per commit and record the
+trades snapshot they read. A day's precomputed bars equal what `k2_core.model.bars` would compute now exactly when no
 trades commit since that snapshot touched the day. That is checked on the manifest list of the trades snapshot
 being read, without opening a data file: a manifest newer than the source snapshot whose day-partition range
 includes the day means the day changed (or may have: the check is conservative) and the day is computed from
@@ -22,10 +22,9 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import DateType
 
-from k2_core.bars import BARS_ARROW_SCHEMA
-from k2_core.days import EPOCH_DAY, day_bounds
 from k2_core.logging import get_logger
-from k2_core.preaggregate import source_snapshot
+from k2_core.model.bars import BARS_ARROW_SCHEMA, source_snapshot
+from k2_core.model.days import EPOCH_DAY, day_bounds
 
 logger = get_logger(__name__)
 

@@ -17,8 +17,8 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import IntegerType
 
-from k2_core.days import EPOCH_DAY, from_partition_value
-from k2_core.offsets import OFFSETS_PROPERTY, WRITER_PROPERTY
+from k2_core.lake.offsets import OFFSETS_PROPERTY, WRITER_PROPERTY
+from k2_core.model.days import EPOCH_DAY, from_partition_value
 
 # Walking a chain longer than this in one call reports only the newest snapshots (a sensor that was off for days).
 MAX_WALK = 1000

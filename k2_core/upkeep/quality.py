@@ -22,11 +22,11 @@ from pandera.errors import SchemaErrors
 from pyiceberg.expressions import GreaterThanOrEqual
 from pyiceberg.table import Table
 
-from k2_core.days import from_partition_value
-from k2_core.lineage import partition_data_files
+from k2_core.lake.lineage import partition_data_files
+from k2_core.model.days import from_partition_value
+from k2_core.model.tables import DEDUP_KEY
+from k2_core.model.topics import Kind
 from k2_core.settings import MarketHours
-from k2_core.tables import DEDUP_KEY
-from k2_core.topics import Kind
 
 SAMPLE_SIZE = 5
 PARTITION_DAY = "partition_day"

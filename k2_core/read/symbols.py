@@ -15,9 +15,9 @@ import time
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
-from k2_core import scan
 from k2_core.logging import get_logger
-from k2_core.tables import TableDef
+from k2_core.model.tables import TableDef
+from k2_core.read import scan
 
 logger = get_logger(__name__)
 

@@ -26,14 +26,14 @@ from pyiceberg.exceptions import ValidationException
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
-from k2_core.days import day_filter, day_key
 from k2_core.exceptions import CommitConflictError, CompactionError
-from k2_core.lineage import DayFiles
+from k2_core.lake.files import delete_uncommitted, replace_files, write_chunks
+from k2_core.lake.lineage import DayFiles
+from k2_core.lake.offsets import WRITER_PROPERTY
+from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
-from k2_core.offsets import WRITER_PROPERTY
-from k2_core.retry import commit_with_retries
-from k2_core.rewrite import delete_uncommitted, replace_files, write_chunks
-from k2_core.tables import DEDUP_KEY, TableDef
+from k2_core.model.days import day_filter, day_key
+from k2_core.model.tables import DEDUP_KEY, TableDef
 
 log = get_logger(__name__)
 

@@ -31,8 +31,8 @@ from sqlalchemy import Column, DateTime, Engine, String, Table, Text, insert, se
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import ApiKeyError, AuthenticationError, ConfigError, CredentialStoreError
+from k2_core.lake.sqldb import METADATA, create_tables, utc
 from k2_core.settings import AuthSettings, Settings
-from k2_core.sqldb import METADATA, create_tables, utc
 
 ADMIN = "admin"
 PER_EXCHANGE = ("trades", "quotes")  # resources whose scopes name an exchange (or `*`)

@@ -23,9 +23,9 @@ from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
 
 from k2_core.exceptions import MaintenanceError
+from k2_core.lake.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
+from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
-from k2_core.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
-from k2_core.retry import commit_with_retries
 from k2_core.settings import ORPHAN_MIN_AGE_FLOOR_HOURS
 
 log = get_logger(__name__)

@@ -1,6 +1,6 @@
 """Query-result caching in two tiers: an in-process LRU bounded by bytes, then Redis shared by API workers.
 
-(The third tier, precomputed OHLCV tables, is data rather than a cache: `k2_core.precomputed`.)
+(The third tier, precomputed OHLCV tables, is data rather than a cache: `k2_core.read.precomputed`.)
 
 Keys always carry the Iceberg snapshot id(s) a result was read from. A commit makes a new snapshot, so a cached
 answer can never hide newer data: a query after the commit looks up a different key. Nothing needs

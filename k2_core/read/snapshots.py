@@ -14,8 +14,8 @@ import pyarrow as pa
 from pyiceberg.table import Table
 
 from k2_core.exceptions import QueryError
-from k2_core.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
-from k2_core.validation import AsOf
+from k2_core.lake.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
+from k2_core.read.params import AsOf
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 
 from k2_core.exceptions import DecodeError, SchemaRegistryError
-from k2_core.registry import ParsedSchema, SchemaRegistry
+from k2_core.model.registry import ParsedSchema, SchemaRegistry
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")

@@ -15,11 +15,11 @@ import pyarrow as pa
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from k2_core.dedup import STORED_KEY, key_mask, keys_in_files
 from k2_core.exceptions import CommitConflictError, FencedError, WriteError
-from k2_core.lineage import files_added_since
-from k2_core.logging import get_logger
-from k2_core.offsets import (
+from k2_core.ingest.dedup import STORED_KEY, key_mask, keys_in_files
+from k2_core.lake.files import append_files, delete_uncommitted, write_files
+from k2_core.lake.lineage import files_added_since
+from k2_core.lake.offsets import (
     CLUSTER_PROPERTY,
     OFFSETS_PROPERTY,
     TOPIC_IDS_PROPERTY,
@@ -29,8 +29,8 @@ from k2_core.offsets import (
     encode_offsets,
     encode_topic_ids,
 )
-from k2_core.retry import commit_with_retries
-from k2_core.rewrite import append_files, delete_uncommitted, write_files
+from k2_core.lake.retry import commit_with_retries
+from k2_core.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
-from k2_core.bars import INTERVALS, Interval
 from k2_core.exceptions import QueryError
+from k2_core.model.bars import INTERVALS, Interval
 
 GapStatus = Literal["open", "filled", "unrecoverable"]
 

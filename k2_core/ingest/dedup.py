@@ -33,9 +33,9 @@ from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import FileScanTask, Table
 
-from k2_core.lineage import files_added_since
-from k2_core.sequence import DAY_US, Recorded, SequenceTracker, Session, StreamKey
-from k2_core.topics import Kind
+from k2_core.ingest.sequence import DAY_US, Recorded, SequenceTracker, Session, StreamKey
+from k2_core.lake.lineage import files_added_since
+from k2_core.model.topics import Kind
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KEY_FIELDS = ("exchange", "symbol", "exchange_sequence_number", "exchange_timestamp", "ingestion_timestamp")
@@ -44,7 +44,7 @@ STORED_KEY = ("exchange", "symbol", "exchange_sequence_number", "exchange_timest
 OpenGaps = list[tuple[StreamKey, Recorded]]
 
 # Islands of consecutive numbers per session: in (exchange time, number) order, a number not above the one before,
-# at a later time, starts a new session of its stream (k2_core.sequence).
+# at a later time, starts a new session of its stream (k2_core.ingest.sequence).
 _SESSIONS_SQL = """
 WITH r AS (
     SELECT exchange, symbol, exchange_sequence_number AS seq,

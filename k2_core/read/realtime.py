@@ -23,8 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from k2_core.tables import MARKET_TABLES
-from k2_core.topics import Kind
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import Kind
 
 _Topic = tuple[Kind, str]  # (kind, exchange)
 _Stream = tuple[Kind, str, str]  # (kind, exchange, symbol)

@@ -1,0 +1,1 @@
+"""Who may read what: API keys and JWTs with scopes, the audit log, rate limits."""
