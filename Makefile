@@ -40,8 +40,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two workers (the tests wait on brokers and processes more than they compute), then the `serial` tests alone.
 test: install system-deps services lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .k2 .pytest_cache .mypy_cache .ruff_cache

@@ -79,6 +79,7 @@ class Child:
     name: str
     start: Callable[[], subprocess.Popen[bytes]]
     needs_broker: bool = False
+    stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0  # time.monotonic() of the current start
     started_wall: float = 0.0
@@ -213,7 +214,8 @@ class Supervisor:
     def _plan(self) -> list[Child]:
         """Every process in start order."""
         children = [
-            Child(BROKER, self._broker),
+            # Tansu exits at once on SIGINT; on SIGTERM it waits ~5 s for clients to leave (nothing to flush: memory)
+            Child(BROKER, self._broker, stop_signal=signal.SIGINT),
             self._k2("ingester", "ingest"),
             self._k2("api", "api"),
         ]
@@ -444,11 +446,11 @@ class Supervisor:
         return [[self.children[n] for n in tier if n in self.children] for tier in tiers]
 
     def _stop_together(self, children: list[Child], timeout: float) -> None:
-        """SIGTERM to each, then wait for all; whatever is left at the timeout (or a second signal) is killed."""
+        """Its stop signal to each, then wait for all; whatever is left at the timeout (or a second signal) is killed."""
         running = [c for c in children if c.running]
         for child in running:
             assert child.proc is not None
-            child.proc.send_signal(signal.SIGTERM)
+            child.proc.send_signal(child.stop_signal)
         deadline = time.monotonic() + timeout
         while any(c.running for c in running) and not self._force and time.monotonic() < deadline:
             time.sleep(0.05)

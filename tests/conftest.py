@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -40,7 +41,7 @@ def broker(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = start_tansu("127.0.0.1", port, log_path=tmp_path / "tansu.log")
     yield f"127.0.0.1:{port}"
-    proc.terminate()
+    proc.send_signal(signal.SIGINT)  # at once; SIGTERM waits ~5 s for connected clients
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:

@@ -74,6 +74,7 @@ def _log_problems(logs: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the whole platform for minutes: alone, so its timings are the platform's own
 def test_the_platform_runs_every_periodic_path_for_minutes(tmp_path: Path) -> None:
     holes, complete = _history(tmp_path)
     every_minute = "* * * * *"

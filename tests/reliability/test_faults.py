@@ -103,6 +103,7 @@ def _pg(action: str) -> None:
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True)
 
 
+@pytest.mark.serial  # stops the machine's PostgreSQL: no other test may run meanwhile
 def test_catalog_database_stopped_and_restarted_mid_run(
     broker: str, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
