@@ -446,7 +446,7 @@ class Supervisor:
         return [[self.children[n] for n in tier if n in self.children] for tier in tiers]
 
     def _stop_together(self, children: list[Child], timeout: float) -> None:
-        """Its stop signal to each, then wait for all; whatever is left at the timeout (or a second signal) is killed."""
+        """Its stop signal to each, then wait for all; what is left at the timeout (or a second signal) is killed."""
         running = [c for c in children if c.running]
         for child in running:
             assert child.proc is not None
