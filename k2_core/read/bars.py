@@ -19,12 +19,11 @@ from pyiceberg.table import Table
 from k2_core.lake import scan
 from k2_core.logging import get_logger
 from k2_core.model.bars import BARS_ARROW_SCHEMA, INTERVALS, PRECOMPUTED_TABLES, Interval, compute_bars
-from k2_core.model.tables import SUMMARY_SCHEMA, TRADES
+from k2_core.model.tables import SUMMARY_SCHEMA
 from k2_core.read import precomputed
 from k2_core.read.params import TimeRange, align_down
 from k2_core.read.result import ICEBERG, PRECOMPUTED
-from k2_core.read.routing import Route, Sources
-from k2_core.read.snapshots import SnapshotChoice
+from k2_core.read.routing import Route, Sources, Stream
 
 logger = get_logger(__name__)
 
@@ -42,57 +41,41 @@ def widen(window: TimeRange, interval: Interval) -> TimeRange:
 
 
 def read_bars(
-    sources: Sources,
-    table: Table,
-    symbol: str,
-    exchange: str,
-    interval: Interval,
-    window: TimeRange,
-    choice: SnapshotChoice,
-    route: Route,
-    *,
-    use_precomputed: bool,
+    sources: Sources, stream: Stream, interval: Interval, window: TimeRange, route: Route, *, use_precomputed: bool
 ) -> pa.Table:
-    """Bars of one stream in `window`, from the sources `route` allows, labelled with the sources that served."""
+    """Bars of one stream of trades in `window`, from the sources `route` allows, labelled with the sources that
+    served."""
     if route.realtime:
-        return labelled(computed(sources, table, symbol, exchange, interval, window, choice, route), route.sources)
+        return labelled(computed(sources, stream, interval, window, route), route.sources)
     bars_table = _precomputed_table(sources, interval) if use_precomputed else None
-    if bars_table is None or choice.snapshot_id is None:
-        bars = computed(sources, table, symbol, exchange, interval, window, choice, Route(window.end, False))
-        return labelled(bars, (ICEBERG,))
+    snapshot_id = stream.choice.snapshot_id
+    if bars_table is None or snapshot_id is None:
+        return labelled(computed(sources, stream, interval, window, Route(window.end, False)), (ICEBERG,))
     days = precomputed.days_between(window.start, window.end)
-    fresh = precomputed.fresh_days(table, bars_table, days, choice.snapshot_id)
+    fresh = precomputed.fresh_days(stream.table, bars_table, days, snapshot_id)
     parts, served = [], []
     if fresh:
-        parts.append(precomputed.read_days(bars_table, symbol, exchange, fresh, window.start, window.end))
+        parts.append(precomputed.read_days(bars_table, stream.symbol, stream.exchange, fresh, window.start, window.end))
         served.append(PRECOMPUTED)
     fresh_set = set(fresh)
     for run in _runs([d for d in days if d not in fresh_set]):
         lo = max(window.start, datetime.combine(run[0], datetime.min.time(), tzinfo=UTC))
         hi = min(window.end, datetime.combine(run[-1], datetime.min.time(), tzinfo=UTC) + timedelta(days=1))
-        parts.append(computed(sources, table, symbol, exchange, interval, TimeRange(lo, hi), choice, Route(hi, False)))
+        parts.append(computed(sources, stream, interval, TimeRange(lo, hi), Route(hi, False)))
         if ICEBERG not in served:
             served.append(ICEBERG)
     logger.info(
-        "bars", extra={"interval": interval, "days": len(days), "precomputed_days": len(fresh), "symbol": symbol}
+        "bars",
+        extra={"interval": interval, "days": len(days), "precomputed_days": len(fresh), "symbol": stream.symbol},
     )
     bars = pa.concat_tables(parts).sort_by("bar_start") if parts else BARS_ARROW_SCHEMA.empty_table()
     return labelled(bars, tuple(served))
 
 
-def computed(
-    sources: Sources,
-    table: Table,
-    symbol: str,
-    exchange: str,
-    interval: Interval,
-    window: TimeRange,
-    choice: SnapshotChoice,
-    route: Route,
-) -> pa.Table:
+def computed(sources: Sources, stream: Stream, interval: Interval, window: TimeRange, route: Route) -> pa.Table:
     """Bars computed from the trades the route reads."""
     with scan.connect() as con:
-        sources.market_view(con, table, TRADES, symbol, exchange, window, choice, route)
+        sources.market_view(con, stream, window, route)
         return compute_bars(con.sql("SELECT * FROM market"), interval)
 
 

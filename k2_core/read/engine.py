@@ -29,7 +29,7 @@ from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, MARKET_TABLES, TableDef
+from k2_core.model.tables import ALL_TABLES, GAPS, TableDef
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import bars, joins, paging
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -53,8 +53,8 @@ from k2_core.read.params import (
 )
 from k2_core.read.realtime import RealtimeBuffer
 from k2_core.read.result import ICEBERG, REALTIME, CatalogHealth, QueryResult, Replay
-from k2_core.read.routing import DEFAULT_REALTIME_WINDOW, TIME_COLUMN, Sources, utcnow
-from k2_core.read.snapshots import SNAPSHOT_TABLES, SnapshotChoice, snapshot_log
+from k2_core.read.routing import DEFAULT_REALTIME_WINDOW, TIME_COLUMN, Sources, Stream, utcnow
+from k2_core.read.snapshots import SNAPSHOT_TABLES, snapshot_log
 from k2_core.read.symbols import SymbolIndex
 from k2_core.settings import CatalogSettings, Settings
 
@@ -193,12 +193,13 @@ class QueryEngine:
             raise QueryError("with_quote applies to trades only")
         key_parts = (kind, query.symbol, query.exchange, query.start, query.end, with_quote, as_of)
         position = decode_cursor(cursor, fingerprint(*key_parts), 2) if cursor else None
-        table_def, table, choice, pinned = self._open(kind, query.exchange, query.symbol, as_of, position)
+        stream, pinned = self._open(kind, query.exchange, query.symbol, as_of, position)
+        choice = stream.choice
         route = self.sources.route(kind, query.exchange, query.window, pinned=pinned)
         quote_choice = joins.quote_snapshot(self.sources, choice, as_of, position) if with_quote else None
 
         def compute() -> pa.Table:
-            rows = paging.page(self.sources, table, table_def, query, choice, route, position)
+            rows = paging.page(self.sources, stream, query.window, query.limit, route, position)
             if quote_choice is not None:
                 rows = joins.attach_quotes(self.sources, rows, query, quote_choice, realtime=route.realtime)
             return rows
@@ -261,9 +262,9 @@ class QueryEngine:
 
     def count(self, kind: Kind, query: MarketQuery, *, as_of: AsOf | None = None) -> int:
         """How many rows the whole (unpaged) query holds: what a long export's progress bar counts to."""
-        table_def, table, choice, pinned = self._open(kind, query.exchange, query.symbol, as_of)
+        stream, pinned = self._open(kind, query.exchange, query.symbol, as_of)
         route = self.sources.route(kind, query.exchange, query.window, pinned=pinned)
-        return self.sources.count(table, table_def, query.symbol, query.exchange, query.window, choice, route)
+        return self.sources.count(stream, query.window, route)
 
     # --- bars, summary, latest ------------------------------------------------------------------------------
 
@@ -294,8 +295,9 @@ class QueryEngine:
         limit = validate_limit(limit, default=self.limits.max_limit, maximum=self.limits.max_limit)
         key_parts = ("ohlcv", symbol, exchange, bar, window.start, window.end, travel)
         position = decode_cursor(cursor, fingerprint(*key_parts), 1) if cursor else None
-        _, table, choice, pinned = self._open("trades", exchange, symbol, travel, position)
-        rows, served, cached = self._bars(table, symbol, exchange, bar, window, choice, pinned=pinned)
+        stream, pinned = self._open("trades", exchange, symbol, travel, position)
+        choice = stream.choice
+        rows, served, cached = self._bars(stream, bar, window, pinned=pinned)
         if position is not None:
             after = pa.scalar(from_micros(position.after[0]), pa.timestamp("us", tz="UTC"))
             rows = rows.filter(pc.greater(rows.column("bar_start"), after))
@@ -324,10 +326,10 @@ class QueryEngine:
         symbol = validate_symbol(symbol)
         exchange = validate_exchange(exchange, self.exchanges)
         window = validate_date(day)
-        _, table, choice, pinned = self._open("trades", exchange, symbol, travel)
-        rows, served, cached = self._bars(table, symbol, exchange, "1d", window, choice, pinned=pinned)
+        stream, pinned = self._open("trades", exchange, symbol, travel)
+        rows, served, cached = self._bars(stream, "1d", window, pinned=pinned)
         summary = bars.day_summary(rows, symbol, exchange, window.start.date())
-        return QueryResult(summary, served, choice.snapshot_id, cached=cached, window=window)
+        return QueryResult(summary, served, stream.choice.snapshot_id, cached=cached, window=window)
 
     def latest(
         self,
@@ -343,10 +345,11 @@ class QueryEngine:
         travel = validate_as_of(as_of_snapshot, as_of)
         symbol = validate_symbol(symbol)
         exchange = validate_exchange(exchange, self.exchanges)
-        table_def, table, choice, _ = self._open(kind, exchange, symbol, travel)
+        stream, _ = self._open(kind, exchange, symbol, travel)
+        choice = stream.choice
         committed, cached = self._cached(
             ("latest", kind, symbol, exchange, choice.snapshot_id),
-            lambda: self.sources.latest_committed(table, table_def, symbol, exchange, choice.snapshot_id, before=None),
+            lambda: self.sources.latest_committed(stream, before=None),
         )
         realtime = self.sources.realtime
         if travel is None and realtime is not None:
@@ -354,7 +357,7 @@ class QueryEngine:
             if recent is not None and (
                 committed.num_rows == 0 or paging.order_key(recent) > paging.order_key(committed.to_pylist()[0])
             ):
-                return QueryResult(table_def.to_arrow([recent]), (REALTIME,), choice.snapshot_id)
+                return QueryResult(stream.table_def.to_arrow([recent]), (REALTIME,), choice.snapshot_id)
         return QueryResult(committed, (ICEBERG,), choice.snapshot_id, cached=cached)
 
     # --- replay, snapshots, gaps ----------------------------------------------------------------------------
@@ -377,13 +380,11 @@ class QueryEngine:
         symbol = validate_symbol(symbol)
         exchange = validate_exchange(exchange, self.exchanges)
         window = validate_date(day)
-        table_def, table, choice, pinned = self._open(kind, exchange, symbol, travel)
+        stream, pinned = self._open(kind, exchange, symbol, travel)
         route = self.sources.route(kind, exchange, window, pinned=pinned)
-        batches = paging.day_batches(
-            self.sources, table, table_def, symbol, exchange, window, choice, route, batch_size
-        )
-        total = self.sources.count(table, table_def, symbol, exchange, window, choice, route) if count else None
-        return Replay(route.sources, choice.snapshot_id, batches, total)
+        batches = paging.day_batches(self.sources, stream, window, route, batch_size)
+        total = self.sources.count(stream, window, route) if count else None
+        return Replay(route.sources, stream.choice.snapshot_id, batches, total)
 
     def snapshots(self, table: str = "trades", limit: int | None = None, *, cursor: str | None = None) -> QueryResult:
         """A table's snapshots, newest first: time, operation, rows added and the Kafka offsets each commit
@@ -442,15 +443,12 @@ class QueryEngine:
 
     def _open(
         self, kind: Kind, exchange: str, symbol: str, as_of: AsOf | None, position: Cursor | None = None
-    ) -> tuple[TableDef, Table, SnapshotChoice, bool]:
-        """What every stream query starts with: the symbol known, the table loaded, the snapshot chosen (and whether
-        the read is pinned to it)."""
+    ) -> tuple[Stream, bool]:
+        """What every stream query starts with: the symbol known, the stream at the snapshot to read (and whether the
+        read is pinned to it)."""
         if self.check_symbols:
             self.symbol_index.require(exchange, symbol, self.sources)
-        table_def = MARKET_TABLES[kind]
-        table = self.load(table_def)
-        choice, pinned = self.sources.snapshot(table, table_def, as_of, position)
-        return table_def, table, choice, pinned
+        return self.sources.stream(kind, symbol, exchange, as_of, position)
 
     def _cached(
         self, key: tuple[Any, ...], compute: Callable[[], pa.Table], *, cacheable: bool = True
@@ -460,24 +458,14 @@ class QueryEngine:
         return self.cache.get_or_compute(ResultCache.key(*self._cache_scope, self.namespace, *key), compute)
 
     def _bars(
-        self,
-        table: Table,
-        symbol: str,
-        exchange: str,
-        interval: Interval,
-        window: TimeRange,
-        choice: SnapshotChoice,
-        *,
-        pinned: bool,
+        self, stream: Stream, interval: Interval, window: TimeRange, *, pinned: bool
     ) -> tuple[pa.Table, tuple[str, ...], Tier | None]:
         """Bars as routed, cached unless the tail served; the sources travel with cached bars in their metadata."""
-        route = self.sources.route("trades", exchange, window, pinned=pinned)
-        key = ("bars", symbol, exchange, interval, window.start, window.end, choice.snapshot_id)
+        route = self.sources.route("trades", stream.exchange, window, pinned=pinned)
+        key = ("bars", stream.symbol, stream.exchange, interval, window.start, window.end, stream.choice.snapshot_id)
         found, cached = self._cached(
             key,
-            lambda: bars.read_bars(
-                self.sources, table, symbol, exchange, interval, window, choice, route, use_precomputed=not pinned
-            ),
+            lambda: bars.read_bars(self.sources, stream, interval, window, route, use_precomputed=not pinned),
             cacheable=not route.realtime,
         )
         return bars.unlabelled(found), bars.sources_of(found, route.sources), cached

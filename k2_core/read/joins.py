@@ -16,7 +16,7 @@ from k2_core.lake import scan
 from k2_core.model.tables import QUOTES, TRADES_WITH_QUOTE_SCHEMA
 from k2_core.read.cursor import Cursor
 from k2_core.read.params import AsOf, MarketQuery, TimeRange
-from k2_core.read.routing import TIME_COLUMN, Sources
+from k2_core.read.routing import TIME_COLUMN, Sources, Stream
 from k2_core.read.snapshots import SnapshotChoice, choose_snapshot
 
 
@@ -47,14 +47,14 @@ def attach_quotes(
     times = trades.column(TIME_COLUMN)
     first, last = times[0].as_py(), times[trades.num_rows - 1].as_py()
     span = TimeRange(first, last + timedelta(microseconds=1))
-    quotes = sources.load(QUOTES)
+    quotes = Stream("quotes", sources.load(QUOTES), query.symbol, query.exchange, quote_choice)
     route = sources.route("quotes", query.exchange, span, pinned=not realtime)
-    prior = sources.latest_committed(quotes, QUOTES, query.symbol, query.exchange, quote_choice.snapshot_id, first)
+    prior = sources.latest_committed(quotes, first)
     if realtime and sources.realtime is not None:
         recent = sources.realtime.rows("quotes", query.symbol, query.exchange, datetime.min.replace(tzinfo=UTC), first)
         prior = pa.concat_tables([prior, recent])
     with scan.connect() as con:
-        sources.market_view(con, quotes, QUOTES, query.symbol, query.exchange, span, quote_choice, route, name="q")
+        sources.market_view(con, quotes, span, route, name="q")
         con.register("prior", prior)
         con.register("page", trades)
         result = con.sql(

@@ -14,24 +14,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.table import Table
 
 from k2_core.lake import scan
-from k2_core.model.tables import TableDef
 from k2_core.read.cursor import Cursor, from_micros
-from k2_core.read.params import MarketQuery, TimeRange
-from k2_core.read.routing import EXCHANGE_ORDER, TIME_COLUMN, Route, Sources
-from k2_core.read.snapshots import SnapshotChoice
+from k2_core.read.params import TimeRange
+from k2_core.read.routing import EXCHANGE_ORDER, TIME_COLUMN, Route, Sources, Stream
 
 
 def page(
-    sources: Sources,
-    table: Table,
-    table_def: TableDef,
-    query: MarketQuery,
-    choice: SnapshotChoice,
-    route: Route,
-    position: Cursor | None,
+    sources: Sources, stream: Stream, window: TimeRange, limit: int, route: Route, position: Cursor | None
 ) -> pa.Table:
     """Up to limit + 1 rows after the cursor (the extra row says whether another page exists)."""
     where = "TRUE"
@@ -40,9 +31,10 @@ def page(
         after_ts, after_seq = position.after
         params |= {"after_ts": from_micros(after_ts), "after_seq": after_seq}
         where = f"{TIME_COLUMN} >= $after_ts AND ({TIME_COLUMN} > $after_ts OR exchange_sequence_number > $after_seq)"
-    n = query.limit + 1
+    n = limit + 1
+    schema = stream.table_def.arrow_schema
     with scan.connect() as con:
-        plan = sources.market_view(con, table, table_def, query.symbol, query.exchange, query.window, choice, route)
+        plan = sources.market_view(con, stream, window, route)
         if not route.realtime and plan is not None and len(plan.data_files) == 1:
             # One file, and the rest of the window fits in the page: read it whole in file order, unsorted and
             # unlimited (both cost DuckDB more than the read). Every file K2 writes holds each instrument's
@@ -52,11 +44,11 @@ def page(
                 result = con.sql(f"SELECT * FROM market WHERE {where}", params=params).to_arrow_table()
                 if not in_exchange_order(result):
                     result = result.sort_by([(TIME_COLUMN, "ascending"), ("exchange_sequence_number", "ascending")])
-                return scan.cast_to(result, table_def.arrow_schema)
+                return scan.cast_to(result, schema)
         result = con.sql(
             f"SELECT * FROM market WHERE {where} ORDER BY {EXCHANGE_ORDER} LIMIT $n", params=params | {"n": n}
         ).to_arrow_table()
-    return scan.cast_to(result, table_def.arrow_schema)
+    return scan.cast_to(result, schema)
 
 
 def cut(rows: pa.Table, limit: int) -> tuple[pa.Table, dict[str, Any] | None]:
@@ -69,20 +61,13 @@ def cut(rows: pa.Table, limit: int) -> tuple[pa.Table, dict[str, Any] | None]:
 
 
 def day_batches(
-    sources: Sources,
-    table: Table,
-    table_def: TableDef,
-    symbol: str,
-    exchange: str,
-    window: TimeRange,
-    choice: SnapshotChoice,
-    route: Route,
-    batch_size: int,
+    sources: Sources, stream: Stream, window: TimeRange, route: Route, batch_size: int
 ) -> Iterator[pa.RecordBatch]:
     """The stream's rows in `window` in exchange order, `batch_size` at a time: DuckDB sorts (spilling to disk if
     it must) and hands batches over one at a time."""
+    schema = stream.table_def.arrow_schema
     with scan.connect() as con:
-        sources.market_view(con, table, table_def, symbol, exchange, window, choice, route)
+        sources.market_view(con, stream, window, route)
         reader = con.sql(f"SELECT * FROM market ORDER BY {EXCHANGE_ORDER}").fetch_record_batch(batch_size)
         while True:
             try:
@@ -90,8 +75,7 @@ def day_batches(
             except StopIteration:
                 return
             yield pa.RecordBatch.from_arrays(
-                [batch.column(i).cast(f.type) for i, f in enumerate(table_def.arrow_schema)],
-                schema=table_def.arrow_schema,
+                [batch.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema
             )
 
 

@@ -14,7 +14,7 @@ they all route the same way and share its table loader and scan-plan cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +29,7 @@ from k2_core.duck import sql_text, sql_time
 from k2_core.exceptions import QueryError
 from k2_core.lake import scan
 from k2_core.lake.scan import ScanPlan
-from k2_core.model.tables import TRADES, TableDef
+from k2_core.model.tables import MARKET_TABLES, TableDef
 from k2_core.model.topics import Kind
 from k2_core.read.cursor import Cursor
 from k2_core.read.params import AsOf, TimeRange
@@ -73,6 +73,21 @@ class Route:
         return ((ICEBERG,) if self.iceberg_end is not None else ()) + ((REALTIME,) if self.realtime else ())
 
 
+@dataclass(frozen=True)
+class Stream:
+    """One instrument's rows in one market table, as of one snapshot: what every stream read is about."""
+
+    kind: Kind
+    table: Table
+    symbol: str
+    exchange: str
+    choice: SnapshotChoice
+
+    @property
+    def table_def(self) -> TableDef:
+        return MARKET_TABLES[self.kind]
+
+
 class Sources:
     """The catalog's tables and the realtime tail, and the rule choosing between them. Thread-safe: tables are
     re-checked per call (a long-lived reader sees every commit) and every read opens its own DuckDB cursor."""
@@ -110,14 +125,17 @@ class Sources:
 
     # --- which snapshot, which sources ---------------------------------------------------------------------
 
-    def snapshot(
-        self, table: Table, table_def: TableDef, as_of: AsOf | None, position: Cursor | None = None
-    ) -> tuple[SnapshotChoice, bool]:
-        """The snapshot to read: the one a cursor pinned, else the current one or the one `as_of` names; and whether
-        the read is pinned to it (then the realtime tail, which has no snapshots, must not serve it)."""
+    def stream(
+        self, kind: Kind, symbol: str, exchange: str, as_of: AsOf | None, position: Cursor | None = None
+    ) -> tuple[Stream, bool]:
+        """The stream at the snapshot to read: the one a cursor pinned, else the current one or the one `as_of`
+        names; and whether the read is pinned to it (then the realtime tail, which has no snapshots, must not serve
+        it)."""
+        table_def = MARKET_TABLES[kind]
+        table = self.load(table_def)
         if position is not None and position.snapshot_id is not None:
-            return self.pinned(table, table_def, position.snapshot_id), True
-        return choose_snapshot(table, as_of, table_def.name), as_of is not None
+            return Stream(kind, table, symbol, exchange, self.pinned(table, table_def, position.snapshot_id)), True
+        return Stream(kind, table, symbol, exchange, choose_snapshot(table, as_of, table_def.name)), as_of is not None
 
     def pinned(self, table: Table, table_def: TableDef, snapshot_id: int) -> SnapshotChoice:
         """The snapshot a cursor pinned; gone (expired) means the listing cannot continue consistently."""
@@ -144,57 +162,28 @@ class Sources:
 
     # --- reading ---------------------------------------------------------------------------------------------
 
-    def register(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        name: str,
-        table: Table,
-        table_def: TableDef,
-        row_filter: BooleanExpression,
-        snapshot_id: int | None,
-        filters: Mapping[str, object],
-    ) -> ScanPlan:
-        return scan.register(
-            con,
-            name,
-            table,
-            table_def,
-            row_filter,
-            snapshot_id,
-            filters,
-            plans=self.plans,
-            direct_reads=self.direct_reads,
-        )
-
     def market_view(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        table: Table,
-        table_def: TableDef,
-        symbol: str,
-        exchange: str,
-        window: TimeRange,
-        choice: SnapshotChoice,
-        route: Route,
-        *,
-        name: str = "market",
+        self, con: duckdb.DuckDBPyConnection, stream: Stream, window: TimeRange, route: Route, *, name: str = "market"
     ) -> ScanPlan | None:
         """Define view `name` on `con`: the stream's rows in `window`, from Iceberg and/or the tail as routed,
         without duplicates. Only a handful of tail rows (late arrivals) need the key check against Iceberg.
         Returns the Iceberg scan plan (None when the tail alone serves)."""
+        symbol, exchange = stream.symbol, stream.exchange
         keep = f"symbol = {sql_text(symbol)} AND exchange = {sql_text(exchange)}"
         parts: list[str] = []
         plan = None
         if route.iceberg_end is not None:
             ice_window = TimeRange(window.start, route.iceberg_end)
-            plan = self.register(
+            plan = scan.register(
                 con,
                 f"{name}_ice",
-                table,
-                table_def,
+                stream.table,
+                stream.table_def,
                 market_filter(symbol, exchange, ice_window),
-                choice.snapshot_id,
+                stream.choice.snapshot_id,
                 {"symbol": symbol, "exchange": exchange, "start": window.start, "end": route.iceberg_end},
+                plans=self.plans,
+                direct_reads=self.direct_reads,
             )
             parts.append(
                 f"SELECT * FROM {name}_ice WHERE {keep} AND {TIME_COLUMN} >= {sql_time(window.start)} "
@@ -203,8 +192,7 @@ class Sources:
         if route.realtime:
             assert self.realtime is not None
             assert route.split is not None
-            kind: Kind = "trades" if table_def is TRADES else "quotes"
-            tail = self.realtime.rows(kind, symbol, exchange, window.start, window.end)
+            tail = self.realtime.rows(stream.kind, symbol, exchange, window.start, window.end)
             con.register(f"{name}_tail", tail)
             parts.append(f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} >= {sql_time(route.split)}")
             late = tail.filter(pc.less(tail.column(TIME_COLUMN), pa.scalar(route.split)))
@@ -218,33 +206,18 @@ class Sources:
         con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL ".join(parts))
         return plan
 
-    def count(
-        self,
-        table: Table,
-        table_def: TableDef,
-        symbol: str,
-        exchange: str,
-        window: TimeRange,
-        choice: SnapshotChoice,
-        route: Route,
-    ) -> int:
+    def count(self, stream: Stream, window: TimeRange, route: Route) -> int:
         """How many rows the stream holds in `window` as routed: what a long export's progress bar counts to."""
         with scan.connect() as con:
-            self.market_view(con, table, table_def, symbol, exchange, window, choice, route)
+            self.market_view(con, stream, window, route)
             row = con.execute("SELECT count(*) FROM market").fetchone()
         return int(row[0]) if row else 0
 
-    def latest_committed(
-        self,
-        table: Table,
-        table_def: TableDef,
-        symbol: str,
-        exchange: str,
-        snapshot_id: int | None,
-        before: datetime | None,
-    ) -> pa.Table:
+    def latest_committed(self, stream: Stream, before: datetime | None) -> pa.Table:
         """The last committed row of a stream (before `before`, if given), searching day partitions newest
         first so that usually only the newest day's files are read."""
+        table, table_def, symbol, exchange = stream.table, stream.table_def, stream.symbol, stream.exchange
+        snapshot_id = stream.choice.snapshot_id
         if snapshot_id is None:
             return table_def.arrow_schema.empty_table()
         row_filter: BooleanExpression = And(
