@@ -31,6 +31,7 @@ def read_gaps(
     first. `plans` and `direct_reads` are the caller's scan settings (`k2_core.lake.scan`); callers refresh `table`."""
     row_filter: BooleanExpression = AlwaysTrue()
     params: dict[str, object] = dict(equal)
+    asked: dict[str, object] = dict(equal)  # what the read logs
     conditions = [f'"{column}" = ${column}' for column in equal]
     for column, value in equal.items():
         row_filter = And(row_filter, EqualTo(term=column, value=value))
@@ -40,10 +41,11 @@ def read_gaps(
             return GAPS.arrow_schema.empty_table()
         row_filter = And(row_filter, In(term="gap_id", literals=ids))
         params["gap_ids"] = ids
+        asked["gap_ids"] = f"{len(ids)} ids"
         conditions.append("list_contains($gap_ids, gap_id)")
     where = " AND ".join(conditions) or "TRUE"
     snapshot_id = table.metadata.current_snapshot_id
     with scan.connect() as con:
-        scan.register(con, "gaps", table, GAPS, row_filter, snapshot_id, equal, plans=plans, direct_reads=direct_reads)
+        scan.register(con, "gaps", table, GAPS, row_filter, snapshot_id, asked, plans=plans, direct_reads=direct_reads)
         result = con.sql(f"SELECT * FROM gaps WHERE {where} ORDER BY detected_at DESC, gap_id", params=params)
         return scan.cast_to(result.to_arrow_table(), GAPS.arrow_schema)
