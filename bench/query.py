@@ -49,10 +49,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 
+from k2_core.lake import scan
 from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.model.bars import compute_bars
 from k2_core.model.tables import TRADES
-from k2_core.read import scan
 from k2_core.read.cache import RedisTier, ResultCache
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import CatalogSettings, Settings
@@ -196,7 +196,7 @@ def k2(settings: Settings, plan: Plan, reps: int, latest_reps: int) -> tuple[Tim
     times: Timings = {}
     rows: dict[str, int] = {}
     with QueryEngine.from_settings(settings, cache=False) as engine:
-        engine.max_limit = 1_000_000
+        engine.limits.max_limit = 1_000_000
         t, out = timed(lambda: engine.trades(plan.other, "asx", *plan.fetch_window, limit=100_000), reps)
         times["fetch_100k"], rows["fetch_100k"] = t, out.num_rows
         t, out = timed(

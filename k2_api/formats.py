@@ -13,8 +13,8 @@ import pyarrow as pa
 from fastapi import Response
 
 from k2_core.exceptions import QueryError
-from k2_core.read.engine import QueryResult
 from k2_core.read.export import to_bytes
+from k2_core.read.result import QueryResult
 
 Format = Literal["json", "csv", "arrow", "parquet"]
 FORMATS: tuple[Format, ...] = ("json", "csv", "arrow", "parquet")

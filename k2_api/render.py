@@ -9,7 +9,7 @@ from fastapi import Response
 from pydantic import BaseModel
 
 from k2_api.formats import Format, provenance_headers, table_response
-from k2_core.read.engine import QueryResult
+from k2_core.read.result import QueryResult
 
 M = TypeVar("M", bound=BaseModel)
 

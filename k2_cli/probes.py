@@ -263,7 +263,8 @@ def read_catalog(settings: Settings) -> CatalogState:
 
     from k2_core.exceptions import QueryError
     from k2_core.lake.catalog import open_catalog
-    from k2_core.read.engine import SNAPSHOT_TABLES, QueryEngine
+    from k2_core.read.engine import QueryEngine
+    from k2_core.read.snapshots import SNAPSHOT_TABLES
 
     uri = redact(settings.catalog_uri)
     if not settings.catalog.uri and not (settings.home / "catalog.db").exists():
@@ -276,7 +277,7 @@ def read_catalog(settings: Settings) -> CatalogState:
             tables = []
             for name in SNAPSHOT_TABLES:
                 try:
-                    result = engine.snapshots(name, limit=engine.max_limit)
+                    result = engine.snapshots(name, limit=engine.limits.max_limit)
                 except QueryError:  # not created yet
                     tables.append(TableStatus(name, exists=False))
                     continue

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from k2_core.model.topics import Kind
-    from k2_core.read.engine import QueryEngine, QueryResult
+    from k2_core.read.engine import QueryEngine
     from k2_core.read.export import ExportFormat
     from k2_core.read.params import AsOf
+    from k2_core.read.result import QueryResult
 
 app = typer.Typer(help="Query K2's tables (reads Iceberg directly, no API server needed).", no_args_is_help=True)
 
@@ -196,7 +197,7 @@ def _market(
                 query = engine.market_query(symbol, exchange, start, end, limit)
                 result = engine.fetch(kind, query, with_quote=with_quote, as_of=travel)
             else:
-                query = engine.market_query(symbol, exchange, start, end, engine.max_limit)
+                query = engine.market_query(symbol, exchange, start, end, engine.limits.max_limit)
                 total = engine.count(kind, query, as_of=travel)
                 _export(
                     lambda cursor: engine.fetch(kind, query, cursor=cursor, with_quote=with_quote, as_of=travel),

@@ -1,4 +1,4 @@
-"""One in-memory DuckDB database per process; each query gets its own cursor.
+"""One in-memory DuckDB database per process; each query gets its own cursor; SQL literals for the values K2 inlines.
 
 Opening a DuckDB database costs tens of milliseconds (more than a typical K2 query), a cursor a fraction of one.
 A cursor is a separate connection to the shared database: temporary views and registered Arrow tables are its
@@ -8,6 +8,7 @@ own, so concurrent queries on different threads never see each other's names.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
 import duckdb
 
@@ -29,3 +30,13 @@ def connect() -> duckdb.DuckDBPyConnection:
         cursor = _database.cursor()
     cursor.sql("SET enable_progress_bar = false")  # it would draw on a CLI user's terminal (a per-connection option)
     return cursor
+
+
+def sql_text(value: str) -> str:
+    """A string literal. Only for SQL DuckDB cannot take parameters in (view definitions, a list of files)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_time(moment: datetime) -> str:
+    """A timestamptz literal, for the same cases; values come from validated datetimes, never raw input."""
+    return f"TIMESTAMPTZ '{moment.isoformat()}'"

@@ -11,8 +11,8 @@ from fastapi.responses import StreamingResponse
 from k2_api.deps import AsOfDep, ReaderDep
 from k2_api.models import ErrorResponse
 from k2_api.params import Day, Exchange, Symbol
-from k2_core.read.engine import Replay
 from k2_core.read.export import ndjson_lines
+from k2_core.read.result import Replay
 
 router = APIRouter(
     prefix="/v1", tags=["market data"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}

@@ -10,7 +10,7 @@ from k2_api.deps import FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT, provenance_headers, table_response
 from k2_api.models import ErrorResponse, SnapshotsResponse
 from k2_api.params import Cursor, Limit
-from k2_core.read.engine import SNAPSHOT_TABLES
+from k2_core.read.snapshots import SNAPSHOT_TABLES
 
 router = APIRouter(prefix="/v1", tags=["time travel"], responses={400: {"model": ErrorResponse}, **ALTERNATE_CONTENT})
 

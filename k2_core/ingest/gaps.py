@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import duckdb
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import EqualTo
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, WriteError
 from k2_core.ingest.sequence import GapEvent, Recorded, StreamKey
+from k2_core.lake.gaps import read_gaps
 from k2_core.model.tables import GAPS
 
 OPEN, FILLED, UNRECOVERABLE = "open", "filled", "unrecoverable"
@@ -82,8 +83,8 @@ class GapStore:
     def _open_rows(self) -> list[dict[str, Any]]:
         self._refresh()
         try:
-            return self.table.scan(row_filter=EqualTo(term="status", value=OPEN)).to_arrow().to_pylist()
-        except (OSError, SQLAlchemyError) as exc:
+            return read_gaps(self.table, status=OPEN).to_pylist()
+        except (OSError, SQLAlchemyError, duckdb.Error) as exc:
             raise WriteError(f"cannot read sequence_gaps: {exc}") from exc
 
     def record_detected(self, gaps: Iterable[GapEvent], now: datetime, reasons: dict[int, str] | None = None) -> None:

@@ -25,15 +25,11 @@ from typing import Literal, get_args
 
 import duckdb
 import pyarrow as pa
-from pyiceberg.io.pyarrow import schema_to_pyarrow
-from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.schema import Schema
 from pyiceberg.table import Table
-from pyiceberg.transforms import DayTransform
-from pyiceberg.types import DecimalType, LongType, NestedField, StringType, TimestamptzType
 
 from k2_core import duck
 from k2_core.model.days import day_key
+from k2_core.model.tables import OHLCV_1D, OHLCV_1M, TableDef
 
 Interval = Literal["1s", "5s", "1m", "5m", "15m", "1h", "1d"]
 
@@ -48,32 +44,15 @@ INTERVALS: dict[Interval, timedelta] = {
 }
 assert tuple(INTERVALS) == get_args(Interval)
 
-# The intervals with a precomputed Iceberg table, and that table's name in the K2 namespace.
-PRECOMPUTED_TABLES: dict[Interval, str] = {"1m": "ohlcv_1m", "1d": "ohlcv_1d"}
+# The intervals with a precomputed Iceberg table (`k2_core.model.tables` defines both).
+OHLCV_TABLES: dict[Interval, TableDef] = {"1m": OHLCV_1M, "1d": OHLCV_1D}
+PRECOMPUTED_TABLES: dict[Interval, str] = {interval: table.name for interval, table in OHLCV_TABLES.items()}
 
 # Snapshot-summary key under which a bar table's writer records the trades snapshot id it read.
 SOURCE_SNAPSHOT_PROPERTY = "k2.ohlcv.source-snapshot-id"
 DAY_PROPERTY = "k2.ohlcv.day"  # the day a bar-table snapshot rebuilt
 
-_PRICE = DecimalType(18, 8)
-_VOLUME = DecimalType(38, 8)
-OHLCV_SCHEMA = Schema(
-    NestedField(1, "symbol", StringType(), required=True),
-    NestedField(2, "exchange", StringType(), required=True),
-    NestedField(3, "bar_start", TimestamptzType(), required=True),
-    NestedField(4, "open", _PRICE, required=True),
-    NestedField(5, "high", _PRICE, required=True),
-    NestedField(6, "low", _PRICE, required=True),
-    NestedField(7, "close", _PRICE, required=True),
-    # A day of a busy instrument trades more than DECIMAL(18, 8) holds (10 billion DOGE): sums are (38, 8).
-    NestedField(8, "volume", _VOLUME, required=True),
-    NestedField(9, "vwap", _PRICE, required=True),
-    NestedField(10, "trade_count", LongType(), required=True),
-)
-OHLCV_PARTITION_SPEC = PartitionSpec(
-    PartitionField(source_id=3, field_id=1000, transform=DayTransform(), name="bar_day")
-)
-BARS_ARROW_SCHEMA: pa.Schema = schema_to_pyarrow(OHLCV_SCHEMA, include_field_ids=False)
+BARS_ARROW_SCHEMA: pa.Schema = OHLCV_1M.arrow_schema
 
 _SCALE = 100_000_000  # 10**8: decimal(18, 8) units
 

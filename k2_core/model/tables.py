@@ -1,5 +1,6 @@
-"""Iceberg table definitions: the one place that says what `market.trades`, `market.quotes` and
-`market.sequence_gaps` look like, how they are partitioned and sorted, and how rows become Arrow."""
+"""Iceberg table definitions: the one place that says what `market.trades`, `market.quotes`, `market.sequence_gaps`
+and the bar tables `market.ohlcv_1m` / `market.ohlcv_1d` look like, how they are partitioned and sorted, and how rows
+become Arrow; and the shapes of the query results built from them, derived here so that a column is written once."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from pyiceberg.types import (
 from k2_core.model.topics import Kind
 
 PRICE = DecimalType(18, 8)
+# A day of a busy instrument trades more than DECIMAL(18, 8) holds (10 billion DOGE): sums are (38, 8).
+VOLUME_SUM = DecimalType(38, 8)
 DEDUP_KEY = ("exchange", "symbol", "exchange_sequence_number")
 
 TABLE_PROPERTIES = {
@@ -89,24 +92,33 @@ GAPS_SCHEMA = Schema(
 )
 
 
-def _day_spec() -> PartitionSpec:
-    return PartitionSpec(PartitionField(source_id=3, field_id=1000, transform=DayTransform(), name="day"))
+OHLCV_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "bar_start", TimestamptzType(), required=True),
+    NestedField(4, "open", PRICE, required=True),
+    NestedField(5, "high", PRICE, required=True),
+    NestedField(6, "low", PRICE, required=True),
+    NestedField(7, "close", PRICE, required=True),
+    NestedField(8, "volume", VOLUME_SUM, required=True),
+    NestedField(9, "vwap", PRICE, required=True),
+    NestedField(10, "trade_count", LongType(), required=True),
+)
 
 
-def _time_order() -> SortOrder:
+def _day_spec(name: str = "day") -> PartitionSpec:
+    """Partitions by the UTC day of field 3, the time column of every table that has one."""
+    return PartitionSpec(PartitionField(source_id=3, field_id=1000, transform=DayTransform(), name=name))
+
+
+def _order(*source_ids: int) -> SortOrder:
     return SortOrder(
-        SortField(
-            source_id=3,
-            transform=IdentityTransform(),
-            direction=SortDirection.ASC,
-            null_order=NullOrder.NULLS_LAST,
-        ),
-        SortField(
-            source_id=4,
-            transform=IdentityTransform(),
-            direction=SortDirection.ASC,
-            null_order=NullOrder.NULLS_LAST,
-        ),
+        *(
+            SortField(
+                source_id=i, transform=IdentityTransform(), direction=SortDirection.ASC, null_order=NullOrder.NULLS_LAST
+            )
+            for i in source_ids
+        )
     )
 
 
@@ -145,9 +157,40 @@ class TableDef:
 
 _TIME_KEYS = ("exchange_timestamp", "exchange_sequence_number")
 _INSTRUMENT_KEYS = ("symbol", "exchange", *_TIME_KEYS)
-TRADES = TableDef("trades", TRADES_SCHEMA, _day_spec(), _time_order(), _TIME_KEYS, _INSTRUMENT_KEYS)
-QUOTES = TableDef("quotes", QUOTES_SCHEMA, _day_spec(), _time_order(), _TIME_KEYS, _INSTRUMENT_KEYS)
+_BAR_KEYS = ("symbol", "exchange", "bar_start")  # the order compute_bars returns
+TRADES = TableDef("trades", TRADES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS)
+QUOTES = TableDef("quotes", QUOTES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS)
 GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
+# Precomputed bars (`k2_core.model.bars` defines a bar, `k2_core.upkeep.ohlcv` rebuilds them a day at a time).
+OHLCV_1M = TableDef("ohlcv_1m", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)
+OHLCV_1D = TableDef("ohlcv_1d", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)
 
 MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}
 ALL_TABLES = (TRADES, QUOTES, GAPS)
+
+
+# --- query results built from the tables ---------------------------------------------------------------------------
+
+
+def _quote_in_force() -> list[pa.Field]:
+    """The quote columns a trade gets in an as-of join, named apart from the trade's own and null where no quote
+    preceded the trade."""
+    quotes = QUOTES.arrow_schema
+    renamed = {"exchange_timestamp": "quote_timestamp", "exchange_sequence_number": "quote_sequence_number"}
+    names = (*renamed, "bid_price", "bid_size", "ask_price", "ask_size")
+    return [quotes.field(name).with_name(renamed.get(name, name)).with_nullable(True) for name in names]
+
+
+def _day_summary() -> list[pa.Field]:
+    """One instrument's day as one bar; a day without trades still has its row, with no prices."""
+    bars = OHLCV_1D.arrow_schema
+    prices = {"open", "high", "low", "close", "vwap"}
+    return [
+        *(bars.field(name).with_type(pa.string()) for name in ("symbol", "exchange")),  # as it always was: not large
+        pa.field("date", pa.date32(), nullable=False),
+        *(f.with_nullable(True) if f.name in prices else f for f in bars if f.name not in _BAR_KEYS),
+    ]
+
+
+TRADES_WITH_QUOTE_SCHEMA = pa.schema([*TRADES.arrow_schema, *_quote_in_force()])
+SUMMARY_SCHEMA = pa.schema(_day_summary())

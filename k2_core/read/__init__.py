@@ -1,3 +1,4 @@
-"""Answering queries: the engine, input rules, snapshot pinning, DuckDB scans, paging cursors, caching, the realtime
-tail, precomputed bars and result export.
+"""Answering queries: the engine and the functions generated from it, input rules, routing between Iceberg and the
+realtime tail, paging, bars (precomputed or computed), the as-of join of quotes, snapshot pinning, cursors, caching and
+result export.
 """

@@ -14,11 +14,13 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from k2_core.exceptions import QueryError
 
 _VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,15 @@ class Cursor:
             body["q"] = self.quote_snapshot_id
         raw = json.dumps(body, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def micros(moment: datetime) -> int:
+    """A time as a cursor holds it: microseconds since the epoch, exact (a float timestamp would round)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def fingerprint(*parts: object) -> str:

@@ -21,6 +21,7 @@ from typing import Literal
 
 from k2_core.exceptions import QueryError
 from k2_core.model.bars import INTERVALS, Interval
+from k2_core.settings import ApiSettings, QuerySettings, Settings
 
 GapStatus = Literal["open", "filled", "unrecoverable"]
 
@@ -32,6 +33,8 @@ SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,19}")
 EXCHANGE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 GAP_STATUSES: tuple[GapStatus, ...] = ("open", "filled", "unrecoverable")
 DEFAULT_WINDOW = timedelta(days=1)
+_API_DEFAULTS = ApiSettings()
+_QUERY_DEFAULTS = QuerySettings()
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,26 @@ class MarketQuery:
     @property
     def window(self) -> TimeRange:
         return TimeRange(self.start, self.end)
+
+
+@dataclass
+class Limits:
+    """How much one request may ask for: rows per page (when not said, and at most), the widest window and the most
+    bars, so that no request can pull a whole table into a server's memory. Mutable, so that a tool may lift one."""
+
+    default_limit: int = _API_DEFAULTS.default_limit
+    max_limit: int = _API_DEFAULTS.max_limit
+    max_window: timedelta | None = timedelta(days=_QUERY_DEFAULTS.max_range_days)
+    max_bars: int = _QUERY_DEFAULTS.max_bars
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            default_limit=settings.api.default_limit,
+            max_limit=settings.api.max_limit,
+            max_window=timedelta(days=settings.query.max_range_days),
+            max_bars=settings.query.max_bars,
+        )
 
 
 @dataclass(frozen=True)
@@ -254,10 +277,13 @@ def validate_snapshot_id(value: int | str) -> int:
     return value
 
 
-def validate_as_of(as_of_snapshot: int | str | None = None, as_of: TimeInput = None) -> AsOf | None:
-    """At most one way of choosing a past snapshot; None means the table's current state."""
+def validate_as_of(as_of_snapshot: int | str | None = None, as_of: AsOf | TimeInput = None) -> AsOf | None:
+    """At most one way of choosing a past snapshot; None means the table's current state. An `AsOf` a front door
+    already validated passes as it is, so one query method serves both raw and validated input."""
     if as_of_snapshot is not None and as_of is not None:
         raise QueryError("as_of_snapshot and as_of are alternatives: give one or the other, not both")
+    if isinstance(as_of, AsOf):
+        return as_of
     if as_of_snapshot is not None:
         return AsOf(snapshot_id=validate_snapshot_id(as_of_snapshot))
     if as_of is not None:

@@ -15,9 +15,11 @@ import time
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
+from k2_core.exceptions import UnknownSymbolError
+from k2_core.lake import scan
 from k2_core.logging import get_logger
-from k2_core.model.tables import TableDef
-from k2_core.read import scan
+from k2_core.model.tables import QUOTES, TRADES, TableDef
+from k2_core.read.routing import Sources
 
 logger = get_logger(__name__)
 
@@ -38,6 +40,22 @@ class SymbolIndex:
     def symbols(self, exchange: str) -> list[str]:
         with self._lock:
             return sorted(s for ex, s in self._pairs if ex == exchange)
+
+    def require(self, exchange: str, symbol: str, sources: Sources) -> None:
+        """Raise `UnknownSymbolError` unless the pair has data: known already, in the realtime tail, or found by a
+        refresh; the message names some symbols the exchange does have."""
+        if self.known(exchange, symbol):
+            return
+        if sources.realtime is not None and symbol in sources.realtime.symbols(exchange):
+            return
+        self.refresh(
+            [(sources.load(TRADES), TRADES), (sources.load(QUOTES), QUOTES)], direct_reads=sources.direct_reads
+        )
+        if self.known(exchange, symbol):
+            return
+        known = self.symbols(exchange)
+        hint = f"; symbols there include {', '.join(known[:10])}" if known else "; it has no data yet"
+        raise UnknownSymbolError(f"symbol {symbol!r} has no trades or quotes on exchange {exchange}{hint}")
 
     def refresh(self, tables: list[tuple[Table, TableDef]], *, direct_reads: bool = True) -> None:
         """Index the files the tables' current snapshots added since the last refresh (rate-limited)."""

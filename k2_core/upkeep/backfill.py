@@ -27,7 +27,6 @@ from pyiceberg.expressions import (
     BooleanExpression,
     EqualTo,
     GreaterThanOrEqual,
-    In,
     LessThanOrEqual,
     Or,
 )
@@ -37,6 +36,7 @@ from k2_core.exceptions import CommitConflictError, ValidationError
 from k2_core.ingest.dedup import keys_in_files
 from k2_core.ingest.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
+from k2_core.lake.gaps import read_gaps
 from k2_core.lake.lineage import files_added_since
 from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
@@ -116,9 +116,7 @@ def open_gaps(
 ) -> list[dict[str, Any]]:
     """Open gaps detected at least `min_age` ago (all of `gap_ids` if given), oldest first, at most `limit`."""
     gaps_table.refresh()
-    if gaps_table.metadata.current_snapshot_id is None:
-        return []
-    rows = gaps_table.scan(row_filter=EqualTo(term="status", value=OPEN)).to_arrow().to_pylist()
+    rows = read_gaps(gaps_table, status=OPEN).to_pylist()
     if gap_ids is not None:
         wanted = set(gap_ids)
         rows = [r for r in rows if r["gap_id"] in wanted]
@@ -318,7 +316,7 @@ def _update_gaps(
     by_id = {w.gap["gap_id"]: w for w in work}
 
     def attempt(current: Table) -> None:
-        rows = current.scan(row_filter=In(term="gap_id", literals=list(by_id))).to_arrow().to_pylist()
+        rows = read_gaps(current, gap_ids=by_id).to_pylist()
         out: list[dict[str, Any]] = []
         for row in rows:
             w = by_id[row["gap_id"]]

@@ -1,10 +1,10 @@
 """Precomputed OHLCV tables `market.ohlcv_1m` / `market.ohlcv_1d`, rebuilt one UTC day at a time.
 
-The bar definition and table schema are `k2_core.model.bars`'; this module only stores them. A rebuild reads the day's
-trades as of one trades snapshot, computes the bars and replaces that day of the bar table in one commit, so
-re-running it is idempotent and a reader never sees half a day. Each commit records the trades snapshot it read
-(`bars.SOURCE_SNAPSHOT_PROPERTY`) and the day (`DAY_PROPERTY`): daily bars are computed from the very snapshot the
-minute bars of that day used, and checked to roll up from them exactly.
+The bar definition is `k2_core.model.bars`', the tables' `k2_core.model.tables`'; this module only stores bars. A
+rebuild reads the day's trades as of one trades snapshot, computes the bars and replaces that day of the bar table in
+one commit, so re-running it is idempotent and a reader never sees half a day. Each commit records the trades snapshot
+it read (`bars.SOURCE_SNAPSHOT_PROPERTY`) and the day (`DAY_PROPERTY`): daily bars are computed from the very snapshot
+the minute bars of that day used, and checked to roll up from them exactly.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import duckdb
 import pyarrow as pa
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
-from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
-from pyiceberg.transforms import IdentityTransform
 
 from k2_core.exceptions import CommitConflictError, MaintenanceError
 from k2_core.lake.files import delete_uncommitted, replace_files, write_chunks
@@ -27,37 +25,17 @@ from k2_core.logging import get_logger
 from k2_core.model.bars import (
     BARS_ARROW_SCHEMA,
     DAY_PROPERTY,
-    OHLCV_PARTITION_SPEC,
-    OHLCV_SCHEMA,
-    PRECOMPUTED_TABLES,
+    OHLCV_TABLES,
     Interval,
     compute_bars,
     source_snapshot,
     source_snapshot_properties,
 )
 from k2_core.model.days import day_filter, day_key
-from k2_core.model.tables import TableDef
 
 log = get_logger(__name__)
 
 TRADE_FIELDS = ("symbol", "exchange", "exchange_timestamp", "exchange_sequence_number", "price", "volume")
-
-
-def _sort_order() -> SortOrder:
-    return SortOrder(
-        *(
-            SortField(
-                source_id=i, transform=IdentityTransform(), direction=SortDirection.ASC, null_order=NullOrder.NULLS_LAST
-            )
-            for i in (1, 2, 3)  # symbol, exchange, bar_start: the order compute_bars returns
-        )
-    )
-
-
-OHLCV_TABLES: dict[Interval, TableDef] = {
-    interval: TableDef(name, OHLCV_SCHEMA, OHLCV_PARTITION_SPEC, _sort_order(), ("symbol", "exchange", "bar_start"))
-    for interval, name in PRECOMPUTED_TABLES.items()
-}
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ from k2_core.exceptions import QueryError, UnknownSymbolError
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.logging import fields_of
 from k2_core.model.tables import GAPS, QUOTES, TRADES
-from k2_core.read.engine import QueryEngine, get_gaps, get_quotes, get_trades, market_filter
+from k2_core.read.engine import QueryEngine
+from k2_core.read.functions import get_gaps, get_quotes, get_trades
 from k2_core.read.params import TimeRange
+from k2_core.read.routing import market_filter
 from k2_core.settings import Settings
 from tests import query_oracle as oracle
 
@@ -216,7 +218,7 @@ def test_table_without_snapshot_returns_an_empty_typed_table(settings: Settings)
 def test_pyiceberg_read_path_gives_the_same_rows(
     engine: QueryEngine, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="k2_core.read.engine")
+    caplog.set_level(logging.INFO, logger="k2_core.lake.scan")
     fallback = QueryEngine(engine.catalog, engine.namespace, direct_reads=False)
     direct = engine.trades("BHP", "asx", D2, D3, limit=3)
     via_pyiceberg = fallback.trades("BHP", "asx", D2, D3, limit=3)

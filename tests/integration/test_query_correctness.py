@@ -23,7 +23,8 @@ from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.lake.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets, encode_offsets
 from k2_core.model.bars import INTERVALS
 from k2_core.model.tables import QUOTES, TRADES
-from k2_core.read.engine import QueryEngine, get_latest_price, get_market_summary, get_ohlcv, get_trades, replay_day
+from k2_core.read.engine import QueryEngine
+from k2_core.read.functions import get_latest_price, get_market_summary, get_ohlcv, get_trades, replay_day
 from k2_core.read.params import AsOf
 from k2_core.settings import CatalogSettings, Settings
 from k2_stream.simulator import FaultConfig, SimulatorConfig

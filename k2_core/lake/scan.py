@@ -8,12 +8,17 @@ has no DuckDB credentials for) the rows come from pyiceberg's own reader and Duc
 
 `TableLoader` keeps loaded tables keyed by their metadata file: on a SQL catalog one indexed lookup tells
 whether the table changed, which saves re-reading metadata JSON that grows with every commit.
+
+It belongs to the lake layer, below the read path, the ingester and the upkeep jobs, so that every table read, the
+query API's and the ingester's alike, goes through one planner and one reader (`k2_core.lake.gaps` is one).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlparse
@@ -28,7 +33,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from k2_core import duck
+from k2_core.logging import get_logger
 from k2_core.model.tables import TableDef
+
+logger = get_logger(__name__)
 
 ReadPath = Literal["duckdb", "pyiceberg", "empty"]
 
@@ -105,10 +113,6 @@ def local_path(uri: str) -> str | None:
     return None
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def register_scan(
     con: duckdb.DuckDBPyConnection,
     name: str,
@@ -128,13 +132,46 @@ def register_scan(
         con.register(name, table_def.arrow_schema.empty_table())
         return "empty"
     if paths is not None:
-        files = ", ".join(_sql_text(p) for p in paths)
+        files = ", ".join(duck.sql_text(p) for p in paths)
         con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {columns} FROM read_parquet([{files}])")
         return "duckdb"
     # Delete files or remote storage: pyiceberg applies the deletes and has the storage credentials.
     scanned = table.scan(row_filter=row_filter, snapshot_id=plan.snapshot_id).to_arrow()
     con.register(name, scanned)
     return "pyiceberg"
+
+
+def register(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    table: Table,
+    table_def: TableDef,
+    row_filter: BooleanExpression,
+    snapshot_id: int | None,
+    filters: Mapping[str, object],
+    *,
+    plans: PlanCache | None = None,
+    direct_reads: bool = True,
+) -> ScanPlan:
+    """Plan and register a scan as `register_scan` does, and log it: one `query` line per table read, saying
+    what was asked (`filters`), how many files Iceberg planned and which path read them, so an operator can see
+    the pruning of every read, whichever component made it."""
+    began = time.perf_counter()
+    plan = (plans.plan if plans is not None else plan_scan)(table, table_def, row_filter, snapshot_id)
+    read_path = register_scan(con, name, table, table_def, plan, row_filter, direct_reads=direct_reads)
+    logger.info(
+        "query",
+        extra={
+            "table": table_def.name,
+            "snapshot_id": plan.snapshot_id,
+            "filters": {k: str(v) for k, v in filters.items()},
+            "planned_files": len(plan.data_files),
+            "delete_files": plan.delete_files,
+            "read_path": read_path,
+            "plan_ms": round((time.perf_counter() - began) * 1000, 2),
+        },
+    )
+    return plan
 
 
 def connect() -> duckdb.DuckDBPyConnection:

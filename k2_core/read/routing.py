@@ -1,0 +1,260 @@
+"""Which source answers a read, and reading a stream's rows from the sources chosen.
+
+- `iceberg`: Iceberg plans the data files of one snapshot (current, or chosen by time travel), DuckDB reads
+  them (`k2_core.lake.scan`).
+- `realtime`: ranges reaching into the last `realtime_window` (5 minutes by default) are read from the API's
+  in-memory tail of the Kafka topics (`k2_core.read.realtime`), because the ingester commits only about once a
+  second. A range that spans the boundary reads Iceberg before it and the tail after it; tail rows older than
+  the boundary (late arrivals not yet committed) are added unless Iceberg already has their
+  (exchange, symbol, sequence) key, so nothing is counted twice. Time-travel reads never use the tail.
+
+(`precomputed` bars are chosen per day, by `k2_core.read.bars`.) Every query module reads through one `Sources`, so
+they all route the same way and share its table loader and scan-plan cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
+from pyiceberg.table import Table
+
+from k2_core.duck import sql_text, sql_time
+from k2_core.exceptions import QueryError
+from k2_core.lake import scan
+from k2_core.lake.scan import ScanPlan
+from k2_core.model.tables import MARKET_TABLES, TableDef
+from k2_core.model.topics import Kind
+from k2_core.read.cursor import Cursor
+from k2_core.read.params import AsOf, TimeRange
+from k2_core.read.realtime import RealtimeBuffer
+from k2_core.read.result import ICEBERG, REALTIME
+from k2_core.read.snapshots import SnapshotChoice, choose_snapshot
+from k2_core.settings import QuerySettings
+
+TIME_COLUMN = "exchange_timestamp"
+EXCHANGE_ORDER = f"{TIME_COLUMN}, exchange_sequence_number"
+DEFAULT_REALTIME_WINDOW = timedelta(seconds=QuerySettings().realtime_window_seconds)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def market_filter(symbol: str, exchange: str, window: TimeRange) -> BooleanExpression:
+    """The Iceberg filter for a trades/quotes query: the time range prunes day partitions, the equalities prune
+    files by their symbol/exchange min-max stats."""
+    return And(
+        And(
+            GreaterThanOrEqual(term=TIME_COLUMN, value=window.start.isoformat()),
+            LessThan(term=TIME_COLUMN, value=window.end.isoformat()),
+        ),
+        And(EqualTo(term="symbol", value=symbol), EqualTo(term="exchange", value=exchange)),
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which sources serve a window: Iceberg for `[start, iceberg_end)` (no Iceberg part when None), the
+    realtime tail for the rest; tail rows before `split` may duplicate Iceberg rows and are deduplicated."""
+
+    iceberg_end: datetime | None
+    realtime: bool
+    split: datetime | None = None
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return ((ICEBERG,) if self.iceberg_end is not None else ()) + ((REALTIME,) if self.realtime else ())
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One instrument's rows in one market table, as of one snapshot: what every stream read is about."""
+
+    kind: Kind
+    table: Table
+    symbol: str
+    exchange: str
+    choice: SnapshotChoice
+
+    @property
+    def table_def(self) -> TableDef:
+        return MARKET_TABLES[self.kind]
+
+
+class Sources:
+    """The catalog's tables and the realtime tail, and the rule choosing between them. Thread-safe: tables are
+    re-checked per call (a long-lived reader sees every commit) and every read opens its own DuckDB cursor."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        namespace: str,
+        *,
+        direct_reads: bool = True,
+        realtime: RealtimeBuffer | None = None,
+        realtime_window: timedelta = DEFAULT_REALTIME_WINDOW,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """`direct_reads=False` always reads through pyiceberg, the path taken anyway for delete files or remote
+        storage; it exists to cross-check DuckDB's reading against pyiceberg's. `realtime` is the tail to route
+        recent ranges to (None: Iceberg only)."""
+        self.catalog = catalog
+        self.namespace = namespace
+        self.direct_reads = direct_reads
+        self.realtime = realtime
+        self.realtime_window = realtime_window
+        self.clock = clock
+        self.loader = scan.TableLoader(catalog, namespace)
+        self.plans = scan.PlanCache()
+
+    def load(self, table_def: TableDef) -> Table:
+        """The table at its latest commit; loading per call is how a long-lived reader sees new snapshots."""
+        return self.loader.load(table_def.name)
+
+    def plan(self, table_def: TableDef, row_filter: BooleanExpression | None = None) -> ScanPlan:
+        """Ask Iceberg which data files of the current snapshot can hold rows matching `row_filter`."""
+        table = self.load(table_def)
+        return self.plans.plan(table, table_def, row_filter or AlwaysTrue(), table.metadata.current_snapshot_id)
+
+    # --- which snapshot, which sources ---------------------------------------------------------------------
+
+    def stream(
+        self, kind: Kind, symbol: str, exchange: str, as_of: AsOf | None, position: Cursor | None = None
+    ) -> tuple[Stream, bool]:
+        """The stream at the snapshot to read: the one a cursor pinned, else the current one or the one `as_of`
+        names; and whether the read is pinned to it (then the realtime tail, which has no snapshots, must not serve
+        it)."""
+        table_def = MARKET_TABLES[kind]
+        table = self.load(table_def)
+        if position is not None and position.snapshot_id is not None:
+            return Stream(kind, table, symbol, exchange, self.pinned(table, table_def, position.snapshot_id)), True
+        return Stream(kind, table, symbol, exchange, choose_snapshot(table, as_of, table_def.name)), as_of is not None
+
+    def pinned(self, table: Table, table_def: TableDef, snapshot_id: int) -> SnapshotChoice:
+        """The snapshot a cursor pinned; gone (expired) means the listing cannot continue consistently."""
+        try:
+            return choose_snapshot(table, AsOf(snapshot_id=snapshot_id), table_def.name)
+        except QueryError:
+            raise QueryError(
+                f"cursor refers to snapshot {snapshot_id} of {table_def.name}, which has expired: start again"
+            ) from None
+
+    def route(self, kind: Kind, exchange: str, window: TimeRange, *, pinned: bool) -> Route:
+        if pinned or self.realtime is None:
+            return Route(window.end, realtime=False)
+        covers = self.realtime.covers_from(kind, exchange)
+        if covers is None:  # the tail has not caught up with the topic yet
+            return Route(window.end, realtime=False)
+        split = max(self.clock() - self.realtime_window, covers)
+        if window.end <= split:
+            return Route(window.end, realtime=False)
+        # Iceberg is read to the window's end too: the tail only holds what its broker still has (a restarted
+        # broker, or retention, can leave committed rows the tail never saw), so it adds what Iceberg does not
+        # have yet, key-checked, instead of standing in for Iceberg after `split`.
+        return Route(window.end, realtime=True, split=window.end)
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def market_view(
+        self, con: duckdb.DuckDBPyConnection, stream: Stream, window: TimeRange, route: Route, *, name: str = "market"
+    ) -> ScanPlan | None:
+        """Define view `name` on `con`: the stream's rows in `window`, from Iceberg and/or the tail as routed,
+        without duplicates. Only a handful of tail rows (late arrivals) need the key check against Iceberg.
+        Returns the Iceberg scan plan (None when the tail alone serves)."""
+        symbol, exchange = stream.symbol, stream.exchange
+        keep = f"symbol = {sql_text(symbol)} AND exchange = {sql_text(exchange)}"
+        parts: list[str] = []
+        plan = None
+        if route.iceberg_end is not None:
+            ice_window = TimeRange(window.start, route.iceberg_end)
+            plan = scan.register(
+                con,
+                f"{name}_ice",
+                stream.table,
+                stream.table_def,
+                market_filter(symbol, exchange, ice_window),
+                stream.choice.snapshot_id,
+                {"symbol": symbol, "exchange": exchange, "start": window.start, "end": route.iceberg_end},
+                plans=self.plans,
+                direct_reads=self.direct_reads,
+            )
+            parts.append(
+                f"SELECT * FROM {name}_ice WHERE {keep} AND {TIME_COLUMN} >= {sql_time(window.start)} "
+                f"AND {TIME_COLUMN} < {sql_time(route.iceberg_end)}"
+            )
+        if route.realtime:
+            assert self.realtime is not None
+            assert route.split is not None
+            tail = self.realtime.rows(stream.kind, symbol, exchange, window.start, window.end)
+            con.register(f"{name}_tail", tail)
+            parts.append(f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} >= {sql_time(route.split)}")
+            late = tail.filter(pc.less(tail.column(TIME_COLUMN), pa.scalar(route.split)))
+            if late.num_rows and route.iceberg_end is not None:
+                parts.append(
+                    f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} < {sql_time(route.split)} AND "
+                    f"exchange_sequence_number NOT IN (SELECT exchange_sequence_number FROM ({parts[0]}))"
+                )
+            elif late.num_rows:
+                parts.append(f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} < {sql_time(route.split)}")
+        con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL ".join(parts))
+        return plan
+
+    def count(self, stream: Stream, window: TimeRange, route: Route) -> int:
+        """How many rows the stream holds in `window` as routed: what a long export's progress bar counts to."""
+        with scan.connect() as con:
+            self.market_view(con, stream, window, route)
+            row = con.execute("SELECT count(*) FROM market").fetchone()
+        return int(row[0]) if row else 0
+
+    def latest_committed(self, stream: Stream, before: datetime | None) -> pa.Table:
+        """The last committed row of a stream (before `before`, if given), searching day partitions newest
+        first so that usually only the newest day's files are read."""
+        table, table_def, symbol, exchange = stream.table, stream.table_def, stream.symbol, stream.exchange
+        snapshot_id = stream.choice.snapshot_id
+        if snapshot_id is None:
+            return table_def.arrow_schema.empty_table()
+        row_filter: BooleanExpression = And(
+            EqualTo(term="symbol", value=symbol), EqualTo(term="exchange", value=exchange)
+        )
+        if before is not None:
+            row_filter = And(row_filter, LessThan(term=TIME_COLUMN, value=before.isoformat()))
+        tasks = list(table.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files())
+        if not tasks:
+            return table_def.arrow_schema.empty_table()
+        condition = f"symbol = {sql_text(symbol)} AND exchange = {sql_text(exchange)}"
+        if before is not None:
+            condition += f" AND {TIME_COLUMN} < {sql_time(before)}"
+        newest = (
+            f"SELECT * FROM latest_src WHERE {condition} "
+            f"ORDER BY {TIME_COLUMN} DESC, exchange_sequence_number DESC LIMIT 1"
+        )
+        whole = ScanPlan(
+            table_def.name,
+            snapshot_id,
+            tuple(t.file.file_path for t in tasks),
+            sum(len(t.delete_files) for t in tasks),
+        )
+        if whole.local_paths is None or not self.direct_reads:
+            plans = [whole]  # one pyiceberg read of everything planned
+        else:
+            by_day: dict[int, list[str]] = {}
+            for task in tasks:
+                by_day.setdefault(int(task.file.partition[0]), []).append(task.file.file_path)
+            plans = [ScanPlan(table_def.name, snapshot_id, tuple(files), 0) for _, files in sorted(by_day.items())]
+            plans.reverse()
+        with scan.connect() as con:
+            for plan in plans:
+                scan.register_scan(
+                    con, "latest_src", table, table_def, plan, row_filter, direct_reads=self.direct_reads
+                )
+                found = con.sql(newest).to_arrow_table()
+                if found.num_rows:
+                    return scan.cast_to(found, table_def.arrow_schema)
+        return table_def.arrow_schema.empty_table()
