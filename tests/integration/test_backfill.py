@@ -18,7 +18,7 @@ from k2_core.ingest.sequence import GapEvent
 from k2_core.model.topics import Kind
 from k2_core.settings import RecordedFile, Settings
 from k2_core.upkeep.backfill import backfill
-from k2_dagster.defs.sensors import gap_backfill_sensor
+from k2_dagster.defs.gaps import gap_backfill_sensor
 from k2_dagster.recovery import RecordedFileSource, resolver
 from k2_stream.ingester import Ingester
 from k2_stream.simulator import FaultConfig, SimulatorConfig

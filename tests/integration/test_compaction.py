@@ -23,7 +23,7 @@ from k2_core.model.days import day_filter
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
 from k2_core.upkeep.compaction import _verify, compact_day
-from k2_dagster.defs.sensors import compaction_sensor
+from k2_dagster.defs.upkeep import compaction_sensor
 from tests.integration.test_dagster_support import (
     DAGSTER_OWNERS_BETA,
     Lake,

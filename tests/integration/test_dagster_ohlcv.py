@@ -17,8 +17,7 @@ import pytest
 from k2_core.model.bars import SOURCE_SNAPSHOT_PROPERTY
 from k2_core.model.days import day_filter
 from k2_core.settings import Settings
-from k2_dagster.defs.assets import ohlcv_bars
-from k2_dagster.defs.sensors import ohlcv_sensor
+from k2_dagster.defs.bars import ohlcv_bars, ohlcv_sensor
 from tests.integration.test_dagster_support import (
     DAGSTER_OWNERS_BETA,
     Lake,
