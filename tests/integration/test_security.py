@@ -491,6 +491,27 @@ def test_every_data_access_is_audited(
     assert all(e["route"] != "/health" for e in entries)
 
 
+@pytest.mark.parametrize("fmt", ["json", "csv", "arrow", "parquet"])
+def test_audited_rows_come_from_where_the_answer_is_built_in_every_format(
+    fmt: str, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    seed(settings)
+    asks = [
+        ("/v1/trades", {**WINDOW, "exchange": "asx"}, 3),
+        ("/v1/gaps", {}, 1),
+        ("/v1/snapshots", {"table": "trades"}, 1),
+    ]
+    with TestClient(create_app(settings)) as client:
+        for route, params, _ in asks:
+            response = client.get(route, params={**params, "format": fmt})
+            assert response.status_code == 200
+            assert "k2-row-count" not in response.headers  # for the audit log only
+    entries = audit_entries(settings)
+    assert [(e["route"], e["rows"]) for e in entries] == [(route, rows) for route, _, rows in asks]
+
+
 def test_no_data_is_served_when_the_audit_log_cannot_be_written(make_settings: SettingsFactory) -> None:
     settings = make_settings()  # auth off on loopback: still audited
     settings.query.tail_enabled = False
