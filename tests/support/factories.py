@@ -18,7 +18,6 @@ def _decimal(value: str | int | Decimal) -> Decimal:
 
 
 def at(day: date, seconds: float) -> datetime:
-    """`seconds` after the start of `day` (UTC)."""
     return datetime.combine(day, time(0, 0), tzinfo=UTC) + timedelta(seconds=seconds)
 
 
