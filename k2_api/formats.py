@@ -32,6 +32,9 @@ _ACCEPTED: dict[str, Format] = {
     "application/vnd.apache.parquet": "parquet",
     "application/x-parquet": "parquet",
 }
+# How many rows a response carries, set where it is built for the audit log, which takes it off (k2_api.security):
+# counting them there would mean parsing every body again.
+ROW_COUNT = "K2-Row-Count"
 # For the OpenAPI document: what a 200 can carry besides JSON.
 ALTERNATE_CONTENT: dict[int | str, dict[str, object]] = {
     200: {"content": {MEDIA_TYPES[f].split(";")[0]: {} for f in FORMATS if f != "json"}}
@@ -66,4 +69,5 @@ def table_response(table: pa.Table, fmt: Format, headers: dict[str, str]) -> Res
     """The rows of `table` as a CSV, Arrow IPC stream or Parquet body (JSON goes through response models)."""
     if fmt == "json":
         raise ValueError("JSON bodies are rendered by response models")
+    headers = {**headers, ROW_COUNT: str(table.num_rows)}
     return Response(content=to_bytes(table, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)

@@ -17,7 +17,6 @@ URL, so they never reach access logs or the audit log's parameters; nothing here
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -29,11 +28,10 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import pyarrow as pa
-import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from k2_api.formats import ROW_COUNT
 from k2_core.access.audit import AuditEntry, AuditLog
 from k2_core.access.auth import (
     ADMIN,
@@ -57,6 +55,7 @@ REALM = "k2"
 AUDIT_SCOPE_KEY = "k2.audit"  # where `authorize` leaves the request's audit context for the middleware
 PUBLIC = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 ANONYMOUS = Principal(subject="anonymous", method="none")
+ROW_COUNT_KEY = ROW_COUNT.lower().encode()
 
 
 @dataclass(frozen=True)
@@ -247,32 +246,6 @@ def _multi(request: Request) -> dict[str, list[str]]:
 # ---- audit -----------------------------------------------------------------------------------------------------
 
 
-def count_rows(content_type: str, body: bytes) -> int | None:
-    """Rows in a complete response body, for the audit log; None when the body does not say."""
-    media = content_type.split(";")[0].strip().lower()
-    try:
-        if media == "application/json":
-            data = json.loads(body)
-            if isinstance(data, dict):
-                if isinstance(data.get("count"), int):
-                    return int(data["count"])
-                if isinstance(data.get("data"), list):
-                    return len(data["data"])
-                return 1 if "data" in data else None
-            return len(data) if isinstance(data, list) else None
-        if media == "text/csv":
-            return max(body.count(b"\n") - 1, 0)  # minus the header line
-        if media == "application/x-ndjson":
-            return body.count(b"\n")
-        if media.startswith("application/vnd.apache.arrow"):
-            return int(pa.ipc.open_stream(body).read_all().num_rows)
-        if media in ("application/vnd.apache.parquet", "application/x-parquet"):
-            return int(pq.ParquetFile(io.BytesIO(body)).metadata.num_rows)
-    except (ValueError, pa.ArrowException):
-        return None
-    return None
-
-
 class AuditMiddleware:
     """Holds a protected route's response until its audit row is written; a stream's row is written when the
     stream starts and its row count filled in when it ends."""
@@ -284,70 +257,76 @@ class AuditMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        held: Message | None = None
-        stream: dict[str, Any] = {}  # entry id, rows counted so far, and whether its audit row failed
-        sent_any = False
-
-        async def audited_send(message: Message) -> None:
-            nonlocal held, sent_any
-            context: AuditContext | None = scope.get(AUDIT_SCOPE_KEY)
-            if context is None:
-                sent_any = True
-                await send(message)
-                return
-            if message["type"] == "http.response.start":
-                held = message
-                return
-            if message["type"] != "http.response.body":
-                await send(message)
-                return
-            if held is not None:
-                start, held = held, None
-                sent_any = True
-                code = int(start["status"])
-                body = message.get("body", b"")
-                if message.get("more_body", False):
-                    media = _header(start, b"content-type")
-                    entry_id = await self._append(scope, context, code, None)
-                    if entry_id is None and code < 400:
-                        stream["failed"] = True
-                        await _send_unavailable(send)
-                        return
-                    stream.update(id=entry_id, rows=0, ndjson=media.startswith("application/x-ndjson"))
-                else:
-                    rows = count_rows(_header(start, b"content-type"), body) if code < 300 else None
-                    if await self._append(scope, context, code, rows) is None and code < 400:
-                        await _send_unavailable(send)
-                        return
-                self._count(stream, body)
-                await send(start)
-                await send(message)
-                return
-            if stream.get("failed"):
-                return  # the 503 was sent; the rest of the stream is dropped
-            self._count(stream, message.get("body", b""))
-            if not message.get("more_body", False) and stream.get("id") is not None:
-                # Before the last chunk: once the client has it, the server may cancel this task.
-                await self._finish(scope, context, stream)
-            await send(message)
-
+        response = AuditedResponse(scope, send)
         try:
-            await self.app(scope, receive, audited_send)
+            await self.app(scope, receive, response.send)
         except Exception:
             context = scope.get(AUDIT_SCOPE_KEY)
-            if context is not None and not sent_any:
-                await self._append(scope, context, 500, None)
+            if context is not None and not response.sent_any:
+                await response.append(context, 500)
             raise
 
-    @staticmethod
-    def _count(stream: dict[str, Any], body: bytes) -> None:
-        if stream.get("ndjson"):
-            stream["rows"] += body.count(b"\n")
 
-    @staticmethod
-    async def _append(scope: Scope, context: AuditContext, code: int, rows: int | None) -> int | None:
+class AuditedResponse:
+    """One response on its way out through `AuditMiddleware`. Its row count comes from where the response was built
+    (the `K2-Row-Count` header, taken off here: it is for the audit log, not the client), so no body is parsed
+    again; only NDJSON, streamed as it is produced, is counted as it passes, a row a line."""
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.scope = scope
+        self._send = send
+        self.held: Message | None = None  # the response start, until the audit row is written
+        self.rows: int | None = None  # as the response was built with (`K2-Row-Count`), or NDJSON lines so far
+        self.counting_lines = False  # NDJSON that came without a count
+        self.entry_id: int | None = None  # a stream's audit row, completed when the stream ends
+        self.refused = False  # the stream's audit row could not be written: a 503 went out instead
+        self.sent_any = False
+
+    async def send(self, message: Message) -> None:
+        context: AuditContext | None = self.scope.get(AUDIT_SCOPE_KEY)
+        if message["type"] == "http.response.start":
+            self.rows = _take_row_count(message)
+        if context is None:
+            self.sent_any = True
+            await self._send(message)
+        elif message["type"] == "http.response.start":
+            self.held = message
+        elif message["type"] != "http.response.body":
+            await self._send(message)
+        elif self.held is not None:
+            await self._first_body(context, self.held, message)
+        elif not self.refused:  # once refused, the rest of the stream is dropped
+            self._count(message.get("body", b""))
+            if not message.get("more_body", False) and self.entry_id is not None:
+                # Before the last chunk: once the client has it, the server may cancel this task.
+                await self._finish(context)
+            await self._send(message)
+
+    async def _first_body(self, context: AuditContext, start: Message, message: Message) -> None:
+        self.held = None
+        self.sent_any = True
+        code = int(start["status"])
+        if self.rows is None and _header(start, b"content-type").lower().startswith("application/x-ndjson"):
+            self.rows, self.counting_lines = 0, True
+        self._count(message.get("body", b""))
+        if message.get("more_body", False):
+            self.entry_id = await self.append(context, code)
+            if self.entry_id is None and code < 400:
+                self.refused = True
+                await _send_unavailable(self._send)
+                return
+        elif await self.append(context, code, self.rows if code < 300 else None) is None and code < 400:
+            await _send_unavailable(self._send)
+            return
+        await self._send(start)
+        await self._send(message)
+
+    def _count(self, body: bytes) -> None:
+        if self.counting_lines:
+            self.rows = (self.rows or 0) + body.count(b"\n")
+
+    async def append(self, context: AuditContext, code: int, rows: int | None = None) -> int | None:
         """The new entry's id, or None (logged) when the audit log cannot be written."""
-        app: FastAPI = scope["app"]
         entry = AuditEntry(
             at=datetime.now(UTC),
             principal=context.principal.subject,
@@ -357,12 +336,12 @@ class AuditMiddleware:
             params=context.params,
             status=code,
             rows=rows,
-            duration_ms=round((time.perf_counter() - context.began) * 1000, 2),
+            duration_ms=_elapsed_ms(context),
             client=context.client,
             request_id=REQUEST_ID.get(),
         )
         try:
-            security = security_of(app)
+            security = security_of(self.scope["app"])
             with anyio.CancelScope(shield=True):
                 entry_id = await anyio.to_thread.run_sync(security.audit.append, entry)
         except AuditError as exc:
@@ -370,16 +349,30 @@ class AuditMiddleware:
             return None
         return int(entry_id)
 
-    @staticmethod
-    async def _finish(scope: Scope, context: AuditContext, stream: dict[str, Any]) -> None:
-        security = security_of(scope["app"])
-        rows = stream["rows"] if stream.get("ndjson") else None
-        duration = round((time.perf_counter() - context.began) * 1000, 2)
+    async def _finish(self, context: AuditContext) -> None:
+        assert self.entry_id is not None
+        security = security_of(self.scope["app"])
         try:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(security.audit.finish, stream["id"], rows, duration)
+                await anyio.to_thread.run_sync(security.audit.finish, self.entry_id, self.rows, _elapsed_ms(context))
         except AuditError as exc:  # the entry exists; only its row count is missing
-            logger.error("audit entry not completed", extra={"error": str(exc), "entry": stream["id"]})
+            logger.error("audit entry not completed", extra={"error": str(exc), "entry": self.entry_id})
+
+
+def _elapsed_ms(context: AuditContext) -> float:
+    return round((time.perf_counter() - context.began) * 1000, 2)
+
+
+def _take_row_count(start: Message) -> int | None:
+    count: int | None = None
+    kept = []
+    for key, value in start.get("headers", []):
+        if bytes(key).lower() == ROW_COUNT_KEY:
+            count = int(value)
+        else:
+            kept.append((key, value))
+    start["headers"] = kept
+    return count
 
 
 def _header(start: Message, name: bytes) -> str:

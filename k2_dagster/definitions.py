@@ -1,14 +1,20 @@
 """The K2 code location: `dagster dev -w workspace.yaml` (or `k2 run`) loads `defs` from here."""
 
-from dagster import Definitions
+from dagster import Definitions, ScheduleDefinition, SensorDefinition
 
-from k2_core.settings import Settings
-from k2_dagster.defs.assets import ohlcv_bars, quotes, sequence_gaps, trades
-from k2_dagster.defs.checks import CHECKS
-from k2_dagster.defs.jobs import JOBS
+from k2_core.settings import MaintenanceSettings, Settings
+from k2_dagster.defs import bars, gaps, market, quality, upkeep
 from k2_dagster.defs.resources import K2Settings, resources
-from k2_dagster.defs.schedules import build_schedules
-from k2_dagster.defs.sensors import build_sensors
+
+
+def build_sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
+    """Every domain's sensors, each looking as often as `K2_MAINTENANCE_*_SENSOR_SECONDS` says."""
+    return [*market.sensors(m), *bars.sensors(m), *upkeep.sensors(m), *gaps.sensors(m)]
+
+
+def build_schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
+    """Every domain's schedules (UTC), each on the cron `K2_MAINTENANCE_*_CRON` sets."""
+    return [*gaps.schedules(m), *upkeep.schedules(m), *quality.schedules(m)]
 
 
 def build_definitions(k2: K2Settings | None = None) -> Definitions:
@@ -16,9 +22,15 @@ def build_definitions(k2: K2Settings | None = None) -> Definitions:
     here, when the code location loads, only for the schedules' crons and the sensors' intervals)."""
     maintenance = (k2.get() if k2 is not None else Settings()).maintenance
     return Definitions(
-        assets=[trades, quotes, ohlcv_bars, sequence_gaps],
-        asset_checks=CHECKS,
-        jobs=JOBS,
+        assets=[market.trades, market.quotes, bars.ohlcv_bars, gaps.sequence_gaps],
+        asset_checks=quality.CHECKS,
+        jobs=[
+            bars.ohlcv_job,
+            gaps.gap_backfill_job,
+            quality.quality_job,
+            upkeep.compaction_job,
+            upkeep.maintenance_job,
+        ],
         sensors=build_sensors(maintenance),
         schedules=build_schedules(maintenance),
         resources=resources(k2),

@@ -10,7 +10,7 @@ from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT, provenance_headers
 from k2_api.models import BarsResponse, ErrorResponse, LatestResponse, SummaryResponse
 from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol
-from k2_api.render import page, provenance
+from k2_api.render import counted, page, provenance
 from k2_core.model.bars import INTERVALS
 
 router = APIRouter(
@@ -61,4 +61,5 @@ def latest(reader: ReaderDep, as_of: AsOfDep, response: Response, symbol: Symbol
     if result.table.num_rows == 0:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"symbol {symbol} has no trades on {exchange} in this snapshot")
     response.headers.update(provenance_headers(result))
+    counted(response, 1)
     return LatestResponse.model_validate({"data": result.table.to_pylist()[0]} | provenance(result))

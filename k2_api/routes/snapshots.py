@@ -10,6 +10,7 @@ from k2_api.deps import FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT, provenance_headers, table_response
 from k2_api.models import ErrorResponse, SnapshotsResponse
 from k2_api.params import Cursor, Limit
+from k2_api.render import counted
 from k2_core.read.snapshots import SNAPSHOT_TABLES
 
 router = APIRouter(prefix="/v1", tags=["time travel"], responses={400: {"model": ErrorResponse}, **ALTERNATE_CONTENT})
@@ -31,5 +32,6 @@ def snapshots(
         return table_response(result.table, fmt, headers)
     response.headers.update(headers)
     rows = result.table.to_pylist()
+    counted(response, len(rows))
     body = {"table": table, "count": len(rows), "limit": result.limit, "next_cursor": result.next_cursor, "data": rows}
     return SnapshotsResponse.model_validate(body)

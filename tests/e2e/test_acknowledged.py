@@ -11,8 +11,10 @@ from pathlib import Path
 from k2_core.settings import Settings
 from k2_stream.broker import start_tansu
 from k2_stream.ingester import Ingester
-from tests.conftest import free_port
-from tests.e2e.support import settings_env, table_rows, wait_for
+from tests.support.lake import table_rows
+from tests.support.ports import free_port
+from tests.support.processes import settings_env
+from tests.support.waits import wait_for
 
 HEADER = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
 

@@ -41,10 +41,10 @@ from dagster import DagsterEventType
 
 from k2_core.lake.catalog import open_catalog
 from k2_core.settings import REPO_ROOT, Settings
-from tests.conftest import free_port
-from tests.e2e.support import table_rows
-from tests.seaweedfs import S3Server, seaweedfs
-from tests.unit.test_compose import ENV_EXAMPLE, environment, interpolate, k2_services, services
+from tests.support.compose import ENV_EXAMPLE, environment, interpolate, k2_services, services
+from tests.support.lake import table_rows
+from tests.support.ports import free_port
+from tests.support.seaweedfs import S3Server, seaweedfs
 
 TRADES = 200
 SYMBOL, EXCHANGE = "BHP", "asx"

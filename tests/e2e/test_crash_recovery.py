@@ -13,7 +13,10 @@ from pathlib import Path
 from k2_core.settings import Settings
 from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.run import run_simulation
-from tests.e2e.support import produced_keys, spawn_ingester, table_rows, wait_for
+from tests.support.kafka import produced_keys
+from tests.support.lake import table_rows
+from tests.support.processes import spawn_ingester
+from tests.support.waits import wait_for
 
 KILLS = 20  # issue 6: twenty kill -9s under continuous load
 

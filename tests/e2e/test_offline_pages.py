@@ -15,9 +15,9 @@ import pytest
 from playwright.sync_api import expect
 
 from k2_core.settings import Settings
-from tests.browser import OfflinePage, offline_page
-from tests.conftest import free_port
-from tests.e2e.support import settings_env
+from tests.support.browser import OfflinePage, offline_page
+from tests.support.ports import free_port
+from tests.support.processes import settings_env
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from k2_core.settings import Settings
 from k2_stream.ingester import Ingester
 from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.run import run_simulation
-from tests.e2e.support import produced_keys, table_rows, wait_for
+from tests.support.kafka import produced_keys
+from tests.support.lake import table_rows
+from tests.support.waits import wait_for
 
 
 @pytest.mark.parametrize("catalog", ["sqlite", "postgres"])

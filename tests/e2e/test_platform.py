@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
-from tests.e2e.support import wait_for
+from tests.support.ports import free_port
+from tests.support.waits import wait_for
 
 
 def _alive(pid: int) -> bool:

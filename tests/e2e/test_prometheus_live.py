@@ -20,9 +20,10 @@ import yaml
 from k2_core.settings import REPO_ROOT, Settings
 from k2_stream.simulator import SimulatorConfig
 from k2_stream.simulator.run import run_simulation
-from tests.conftest import free_port
-from tests.e2e.support import settings_env, spawn_ingester, wait_for
-from tests.unit.test_prometheus_queries import dashboard_queries, dashboards
+from tests.support.ports import free_port
+from tests.support.processes import settings_env, spawn_ingester
+from tests.support.prometheus import dashboard_queries, dashboards
+from tests.support.waits import wait_for
 
 PROMETHEUS_DIR = REPO_ROOT / "config" / "prometheus"
 TRADE_REQUESTS = 4

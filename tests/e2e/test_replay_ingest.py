@@ -10,7 +10,8 @@ from pathlib import Path
 from k2_core.settings import Settings
 from k2_stream.ingester import Ingester
 from k2_stream.replay import replay_file
-from tests.e2e.support import table_rows, wait_for
+from tests.support.lake import table_rows
+from tests.support.waits import wait_for
 
 LINES = [
     "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match",

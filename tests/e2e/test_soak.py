@@ -19,7 +19,9 @@ import pytest
 from k2_core.lake.catalog import open_catalog
 from k2_core.lake.lineage import day_files
 from k2_core.settings import Settings
-from tests.e2e.support import Platform, k2_processes, table_rows, wait_for
+from tests.support.lake import table_rows
+from tests.support.processes import Platform, k2_processes
+from tests.support.waits import wait_for
 
 SOAK_SECONDS = 120  # each every-minute schedule fires at least once, each sensor several times
 SYMBOL = "LINKUSDT"  # not simulated: yesterday's history, loaded while the feeds run

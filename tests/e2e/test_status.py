@@ -16,8 +16,8 @@ import httpx
 
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.settings import Settings
-from tests.conftest import free_port
-from tests.e2e.support import wait_for
+from tests.support.ports import free_port
+from tests.support.waits import wait_for
 
 PROCESSES = ("broker", "ingester", "api", "simulator-asx", "simulator-nyse", "simulator-binance")
 TABLES = ("trades", "quotes", "sequence_gaps", "ohlcv_1m", "ohlcv_1d")

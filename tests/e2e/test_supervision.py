@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import Platform, k2_processes, port_free, table_rows, wait_for
+from tests.support.lake import table_rows
+from tests.support.ports import port_free
+from tests.support.processes import Platform, k2_processes
+from tests.support.waits import wait_for
 
 HEADER = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
 

@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from k2_api.main import create_app
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.model.tables import GAPS, QUOTES, TRADES
 from k2_core.settings import REPO_ROOT, Settings
-from tests import query_oracle as oracle
+from tests.support import factories
+from tests.support import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -34,17 +34,9 @@ D1, D2, D3 = (datetime(2024, 1, day, tzinfo=UTC) for day in (1, 2, 3))
 
 
 def trade(symbol: str, exchange: str, at: datetime, seq: int, price: str) -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "exchange": exchange,
-        "exchange_timestamp": at,
-        "exchange_sequence_number": seq,
-        "price": Decimal(price),
-        "volume": Decimal("0.5"),
-        "side": "buy",
-        "trade_id": f"t{seq}",
-        "ingestion_timestamp": D3,
-    }
+    return factories.trade(
+        symbol, seq, at, price, "0.5", exchange, side="buy", trade_id=f"t{seq}", ingestion_timestamp=D3
+    )
 
 
 TRADE_ROWS = [
@@ -56,17 +48,9 @@ TRADE_ROWS = [
     trade("BHP", "nyse", D2 + timedelta(hours=10), 6, "58"),
     trade("BHP", "asx", D3 + timedelta(hours=10), 7, "46"),
 ]
-QUOTE_ROW = {
-    "symbol": "BHP",
-    "exchange": "asx",
-    "exchange_timestamp": D2 + timedelta(hours=9),
-    "exchange_sequence_number": 1,
-    "bid_price": Decimal("45.1"),
-    "bid_size": Decimal("200"),
-    "ask_price": Decimal("45.12"),
-    "ask_size": Decimal("0.00000001"),
-    "ingestion_timestamp": D3,
-}
+QUOTE_ROW = factories.quote(
+    "BHP", 1, D2 + timedelta(hours=9), "45.1", "45.12", "200", "0.00000001", ingestion_timestamp=D3
+)
 GAP_ROWS = [
     {
         "gap_id": gap_id,

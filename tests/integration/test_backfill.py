@@ -18,21 +18,16 @@ from k2_core.ingest.sequence import GapEvent
 from k2_core.model.topics import Kind
 from k2_core.settings import RecordedFile, Settings
 from k2_core.upkeep.backfill import backfill
-from k2_dagster.defs.sensors import gap_backfill_sensor
+from k2_dagster.defs.gaps import gap_backfill_sensor
 from k2_dagster.recovery import RecordedFileSource, resolver
 from k2_stream.ingester import Ingester
 from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.run import run_simulation
-from tests.e2e.support import produced_keys, wait_for
-from tests.integration.test_dagster_support import (
-    DAGSTER_OWNERS_BETA,
-    Lake,
-    at,
-    definitions,
-    k2_resources,
-    open_lake,
-    trade,
-)
+from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions, k2_resources
+from tests.support.factories import at, trade
+from tests.support.kafka import produced_keys
+from tests.support.lake import Lake, open_lake
+from tests.support.waits import wait_for
 
 DAY = date(2026, 11, 20)
 

@@ -12,7 +12,7 @@ import pytest
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.model.tables import ALL_TABLES
 from k2_core.settings import CatalogSettings, Settings
-from tests.conftest import POSTGRES_URI
+from tests.support.fixtures import POSTGRES_URI
 
 PROCESSES = 6
 

@@ -23,16 +23,10 @@ from k2_core.model.days import day_filter
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
 from k2_core.upkeep.compaction import _verify, compact_day
-from k2_dagster.defs.sensors import compaction_sensor
-from tests.integration.test_dagster_support import (
-    DAGSTER_OWNERS_BETA,
-    Lake,
-    at,
-    definitions,
-    k2_resources,
-    open_lake,
-    trade,
-)
+from k2_dagster.defs.upkeep import compaction_sensor
+from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions, k2_resources
+from tests.support.factories import at, trade
+from tests.support.lake import Lake, open_lake
 
 DAY = date(2026, 11, 20)
 TOPIC = "market.equities.trades.asx"

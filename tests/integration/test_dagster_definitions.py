@@ -19,18 +19,12 @@ from pydantic import SecretStr, ValidationError
 from k2_core.model.tables import TRADES
 from k2_core.settings import REPO_ROOT, MaintenanceSettings, Settings
 from k2_core.upkeep.compaction import compact_day
+from k2_dagster.defs.market import iceberg_snapshot_sensor
 from k2_dagster.defs.resources import K2Settings
-from k2_dagster.defs.sensors import iceberg_snapshot_sensor
 from k2_dagster.launcher import POSTGRES_URL_ENV, dagster_processes
-from tests.integration.test_dagster_support import (
-    DAGSTER_OWNERS_BETA,
-    at,
-    definitions,
-    k2_resources,
-    open_lake,
-    quote,
-    trade,
-)
+from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions, k2_resources
+from tests.support.factories import at, quote, trade
+from tests.support.lake import open_lake
 
 D1 = date(2026, 11, 20)
 D2 = date(2026, 11, 21)

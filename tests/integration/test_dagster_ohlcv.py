@@ -17,17 +17,10 @@ import pytest
 from k2_core.model.bars import SOURCE_SNAPSHOT_PROPERTY
 from k2_core.model.days import day_filter
 from k2_core.settings import Settings
-from k2_dagster.defs.assets import ohlcv_bars
-from k2_dagster.defs.sensors import ohlcv_sensor
-from tests.integration.test_dagster_support import (
-    DAGSTER_OWNERS_BETA,
-    Lake,
-    at,
-    definitions,
-    k2_resources,
-    open_lake,
-    trade,
-)
+from k2_dagster.defs.bars import ohlcv_bars, ohlcv_sensor
+from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions, k2_resources
+from tests.support.factories import at, trade
+from tests.support.lake import Lake, open_lake
 
 D1 = date(2026, 11, 20)
 D2 = date(2026, 11, 21)

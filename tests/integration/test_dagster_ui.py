@@ -19,8 +19,8 @@ from playwright.sync_api import expect
 
 from k2_core.settings import Settings
 from k2_dagster.launcher import dagster_processes, webserver_url
-from tests.browser import offline_page
-from tests.conftest import free_port
+from tests.support.browser import offline_page
+from tests.support.ports import free_port
 
 ASSETS = ("trades", "quotes", "ohlcv_1m", "ohlcv_1d", "sequence_gaps")
 

@@ -14,9 +14,11 @@ import sqlalchemy
 from k2_core.ingest.gaps import SHED_GAP_REASON
 from k2_core.settings import DegradationSettings, Settings
 from k2_stream.ingester import Ingester
-from tests.conftest import POSTGRES_URI
-from tests.e2e.support import produced_keys, table_rows, wait_for
-from tests.integration.test_ingest import produce, trade
+from tests.support.factories import feed_trade
+from tests.support.fixtures import POSTGRES_URI
+from tests.support.kafka import produce, produced_keys
+from tests.support.lake import table_rows
+from tests.support.waits import wait_for
 
 
 @contextmanager
@@ -28,7 +30,7 @@ def feeding(settings: Settings, symbols: tuple[str, ...], rate: float = 40.0) ->
         seq = 0
         while not stop.is_set():
             seq += 1
-            produce(settings, [("trades", trade(s, seq)) for s in symbols])
+            produce(settings, [("trades", feed_trade(s, seq)) for s in symbols])
             time.sleep(1 / rate)
 
     thread = threading.Thread(target=run, daemon=True)

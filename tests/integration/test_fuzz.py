@@ -37,8 +37,8 @@ from k2_core.lake.sqldb import catalog_engine
 from k2_core.model.bars import INTERVALS
 from k2_core.read.params import GAP_STATUSES
 from k2_core.settings import REPO_ROOT, Settings
-from tests.conftest import free_port
-from tests.integration.test_security import seed
+from tests.support.lake import seed
+from tests.support.ports import free_port
 
 SettingsFactory = Callable[..., Settings]
 CHECKS_EXCLUDED = "positive_data_acceptance"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,44 +18,10 @@ from k2_core.settings import Settings
 from k2_stream.admin import ensure_topics
 from k2_stream.ingester import Ingester
 from k2_stream.producer import FeedProducer
-
-T0 = datetime(2026, 11, 24, 23, 59, 0, tzinfo=UTC)  # the run crosses midnight: two day partitions
-
-
-def trade(symbol: str, seq: int, exchange: str = "asx") -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "exchange": exchange,
-        "exchange_timestamp": T0 + timedelta(milliseconds=250 * seq),
-        "exchange_sequence_number": seq,
-        "price": Decimal("45.10") + Decimal(seq % 7) / 100,
-        "volume": Decimal(100 + seq),
-        "side": "buy" if seq % 2 else "sell",
-        "trade_id": f"{exchange}-{symbol}-{seq}",
-        "ingestion_timestamp": datetime.now(UTC),
-    }
-
-
-def produce(settings: Settings, records: list[tuple[str, dict[str, Any]]]) -> None:
-    layout = ensure_topics(settings)
-    producer = FeedProducer(settings, layout, FileSchemaRegistry(settings.kafka.schemas_dir))
-    for kind, rec in records:
-        producer.send(kind, rec)  # type: ignore[arg-type]
-    producer.flush()
-
-
-def table_rows(settings: Settings, name: str) -> list[dict[str, Any]]:
-    table = open_catalog(settings).load_table((settings.catalog.namespace, name))
-    return table.scan().to_arrow().to_pylist()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError("condition not met in time")
+from tests.support.factories import feed_trade
+from tests.support.kafka import produce
+from tests.support.lake import table_rows
+from tests.support.waits import wait_for
 
 
 @pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
@@ -70,9 +35,9 @@ def test_gaps_duplicates_and_reorders_land_exactly_once(
         seqs = [s for s in range(1, 201) if (symbol, s) not in withheld]
         seqs[10], seqs[11] = seqs[11], seqs[10]  # reordered pair
         for i, s in enumerate(seqs):
-            stream.append(trade(symbol, s))
+            stream.append(feed_trade(symbol, s))
             if i % 25 == 0:
-                stream.append(trade(symbol, s))  # duplicate
+                stream.append(feed_trade(symbol, s))  # duplicate
     produce(settings, [("trades", r) for r in stream])
 
     running_ingester(settings)
@@ -97,7 +62,7 @@ def test_restart_resumes_from_table_offsets_without_duplicates(
     broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[..., Ingester]
 ) -> None:
     settings = make_settings(bootstrap=broker, batch_max_seconds=0.3, metrics_port=0)
-    produce(settings, [("trades", trade("BHP", s)) for s in range(1, 101)])
+    produce(settings, [("trades", feed_trade("BHP", s)) for s in range(1, 101)])
     first = running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) == 100)
     first.stop()
@@ -105,7 +70,7 @@ def test_restart_resumes_from_table_offsets_without_duplicates(
 
     # A new consumer group has no Kafka-committed offsets at all: only the table's summary can resume it.
     settings.kafka.group_id += "-fresh"
-    produce(settings, [("trades", trade("BHP", s)) for s in range(101, 151)])
+    produce(settings, [("trades", feed_trade("BHP", s)) for s in range(101, 151)])
     running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) >= 150)
     time.sleep(1.5)
@@ -124,11 +89,11 @@ def test_undecodable_and_invalid_messages_go_to_the_dlq(
     layout = ensure_topics(settings)
     producer = FeedProducer(settings, layout, FileSchemaRegistry(settings.kafka.schemas_dir))
     topic = layout.spec("asx", "trades").name
-    producer.send("trades", trade("BHP", 1))
+    producer.send("trades", feed_trade("BHP", 1))
     producer.send_raw(topic, b"BHP", b"\x00\x00\x00\x00\x01garbage")  # truncated Avro body
     producer.send_raw(topic, b"BHP", b"\x00\x00\x00\x03\xe7" + b"x" * 20)  # unknown schema id 999
-    producer.send("trades", {**trade("BHP", 2), "price": Decimal("-1")})  # negative price
-    producer.send("trades", trade("BHP", 3))
+    producer.send("trades", {**feed_trade("BHP", 2), "price": Decimal("-1")})  # negative price
+    producer.send("trades", feed_trade("BHP", 3))
     producer.flush()
 
     running_ingester(settings)
@@ -157,10 +122,10 @@ def test_large_gap_halts_the_partition_until_restart(
     broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[..., Ingester]
 ) -> None:
     settings = make_settings(bootstrap=broker, batch_max_seconds=0.3, metrics_port=0)
-    produce(settings, [("trades", trade("BHP", s)) for s in range(1, 11)])
+    produce(settings, [("trades", feed_trade("BHP", s)) for s in range(1, 11)])
     ingester = running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) == 10)
-    produce(settings, [("trades", trade("BHP", s)) for s in [*range(211, 221)]])  # 200 missing
+    produce(settings, [("trades", feed_trade("BHP", s)) for s in [*range(211, 221)]])  # 200 missing
     wait_for(lambda: bool(ingester.halted))
     time.sleep(1.0)
     assert len(table_rows(settings, "trades")) == 10
@@ -183,14 +148,17 @@ def test_a_late_number_already_written_by_the_backfill_is_not_stored_twice(
     broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[..., Ingester]
 ) -> None:
     settings = make_settings(bootstrap=broker, batch_max_seconds=0.3, metrics_port=0)
-    produce(settings, [("trades", trade("BHP", s)) for s in [*range(1, 11), *range(13, 21)]])
+    produce(settings, [("trades", feed_trade("BHP", s)) for s in [*range(1, 11), *range(13, 21)]])
     running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) == 18)
     # the gap backfill job recovers 11 and 12 from the exchange and writes them straight to the table ...
     table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
-    table.append(TRADES.to_arrow([trade("BHP", 11), trade("BHP", 12)]))
+    table.append(TRADES.to_arrow([feed_trade("BHP", 11), feed_trade("BHP", 12)]))
     # ... and then the feed delivers them late after all
-    produce(settings, [("trades", trade("BHP", 11)), ("trades", trade("BHP", 12)), ("trades", trade("BHP", 21))])
+    produce(
+        settings,
+        [("trades", feed_trade("BHP", 11)), ("trades", feed_trade("BHP", 12)), ("trades", feed_trade("BHP", 21))],
+    )
     wait_for(lambda: len(table_rows(settings, "trades")) >= 21)
     time.sleep(1.0)
     seqs = sorted(r["exchange_sequence_number"] for r in table_rows(settings, "trades"))

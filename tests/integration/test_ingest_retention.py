@@ -10,7 +10,10 @@ from k2_core.lake.catalog import open_catalog
 from k2_core.lake.offsets import OFFSETS_PROPERTY, decode_offsets
 from k2_core.settings import Settings
 from k2_stream.ingester import Ingester
-from tests.integration.test_ingest import produce, table_rows, trade, wait_for
+from tests.support.factories import feed_trade
+from tests.support.kafka import produce
+from tests.support.lake import table_rows
+from tests.support.waits import wait_for
 
 SYMBOLS = ("BHP", "CBA", "CSL", "NAB", "WBC", "ANZ", "RIO", "FMG")
 
@@ -26,11 +29,11 @@ def test_idle_partitions_ride_along_and_resume_survives_retention_after_every_co
         retention_every_commits=1,
         keep_snapshots=1,
     )
-    produce(settings, [("trades", trade(s, n)) for n in range(1, 21) for s in SYMBOLS])
+    produce(settings, [("trades", feed_trade(s, n)) for n in range(1, 21) for s in SYMBOLS])
     first = running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) == 160)
     # only BHP from now on: its partition moves, the other one idles through many commits
-    produce(settings, [("trades", trade("BHP", n)) for n in range(21, 221)])
+    produce(settings, [("trades", feed_trade("BHP", n)) for n in range(21, 221)])
     wait_for(lambda: len(table_rows(settings, "trades")) == 360)
     first.stop()
     time.sleep(1)
@@ -43,7 +46,7 @@ def test_idle_partitions_ride_along_and_resume_survives_retention_after_every_co
     assert {p for t, p in covered if t.endswith(".trades.asx")} == {0, 1}  # both partitions, one of them idle
 
     settings.kafka.group_id += "-fresh"  # no Kafka-committed offsets: only the table can resume it
-    produce(settings, [("trades", trade(s, 21)) for s in SYMBOLS if s != "BHP"])
+    produce(settings, [("trades", feed_trade(s, 21)) for s in SYMBOLS if s != "BHP"])
     running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) >= 367)
     time.sleep(1.5)

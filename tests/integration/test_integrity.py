@@ -28,23 +28,17 @@ from k2_core.settings import Settings
 from k2_stream.admin import ensure_topics
 from k2_stream.ingester import Ingester
 from k2_stream.producer import FeedProducer
+from tests.support import factories
 
 DAY1 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday session, then Tuesday's: the numbers restart
 DAY2 = DAY1 + timedelta(days=1)
 
 
 def trade(symbol: str, seq: int, start: datetime, exchange: str = "asx") -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "exchange": exchange,
-        "exchange_timestamp": start + timedelta(milliseconds=500 * seq),
-        "exchange_sequence_number": seq,
-        "price": Decimal("45.10") + Decimal(seq % 7) / 100,
-        "volume": Decimal(100 + seq),
-        "side": "buy" if seq % 2 else "sell",
-        "trade_id": f"{exchange}-{symbol}-{start:%d}-{seq}",
-        "ingestion_timestamp": datetime.now(UTC),
-    }
+    """Trade `seq` of a session that opened at `start`: half a second apart, prices cycling, volumes rising."""
+    ts = start + timedelta(milliseconds=500 * seq)
+    price, volume = Decimal("45.10") + Decimal(seq % 7) / 100, Decimal(100 + seq)
+    return factories.trade(symbol, seq, ts, price, volume, exchange, trade_id=f"{exchange}-{symbol}-{start:%d}-{seq}")
 
 
 def produce(settings: Settings, records: list[dict[str, Any]]) -> None:

@@ -22,15 +22,9 @@ from k2_core.model.tables import TRADES
 from k2_core.settings import MaintenanceSettings, Settings
 from k2_core.upkeep.compaction import compact_day
 from k2_core.upkeep.expiry import expire_snapshots, offsets_chain, remove_orphans
-from tests.integration.test_dagster_support import (
-    DAGSTER_OWNERS_BETA,
-    Lake,
-    at,
-    definitions,
-    open_lake,
-    quote,
-    trade,
-)
+from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions
+from tests.support.factories import at, quote, trade
+from tests.support.lake import Lake, open_lake
 
 DAY = date(2026, 11, 20)
 TOPIC = "market.equities.trades.asx"

@@ -22,6 +22,7 @@ from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.logging import JsonFormatter
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
+from tests.support import factories
 
 SettingsFactory = Callable[..., Settings]
 AT = datetime(2024, 1, 2, 10, tzinfo=UTC)
@@ -34,17 +35,7 @@ def client(make_settings: SettingsFactory) -> Iterator[TestClient]:
     catalog = open_catalog(settings)
     try:
         rows = [
-            {
-                "symbol": "BHP",
-                "exchange": "asx",
-                "exchange_timestamp": AT,
-                "exchange_sequence_number": seq,
-                "price": Decimal("45.1"),
-                "volume": Decimal(1),
-                "side": "buy",
-                "trade_id": f"t{seq}",
-                "ingestion_timestamp": AT,
-            }
+            factories.trade("BHP", seq, AT, "45.1", Decimal(1), side="buy", trade_id=f"t{seq}", ingestion_timestamp=AT)
             for seq in (1, 2, 3)
         ]
         ensure_tables(catalog, settings.catalog.namespace)["trades"].append(TRADES.to_arrow(rows))

@@ -23,41 +23,19 @@ from k2_core.settings import Settings
 from k2_stream.admin import ensure_topics
 from k2_stream.ingester import Ingester
 from k2_stream.producer import FeedProducer
+from tests.support import factories
 
 TEN_MB = 10 * 1024 * 1024
 
 
 def trade(seq: int, **overrides: Any) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    return {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": now,
-        "exchange_sequence_number": seq,
-        "price": Decimal("45.12"),
-        "volume": Decimal("100"),
-        "side": "buy",
-        "trade_id": f"asx-BHP-{seq}",
-        "ingestion_timestamp": now,
-        **overrides,
-    }
+    return factories.trade("BHP", seq, price="45.12", volume="100", side="buy") | overrides
 
 
 def quote(seq: int) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    return {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": now,
-        "exchange_sequence_number": seq,
-        "bid_price": Decimal("45.1"),
-        "bid_size": Decimal("200"),
-        # 65e-8 is the one-byte two's-complement integer 65: read as the trade's `side` string it is "A",
-        # valid UTF-8, so the body decodes as a trade and only the record rules can catch it.
-        "ask_price": Decimal("0.00000065"),
-        "ask_size": Decimal("0.00000066"),
-        "ingestion_timestamp": now,
-    }
+    # 65e-8 is the one-byte two's-complement integer 65: read as the trade's `side` string it is "A",
+    # valid UTF-8, so the body decodes as a trade and only the record rules can catch it.
+    return factories.quote("BHP", seq, bid="45.1", bid_size="200", ask="0.00000065", ask_size="0.00000066")
 
 
 def dlq_count(topic: str, reason: str) -> float:

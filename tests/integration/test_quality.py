@@ -17,15 +17,9 @@ from k2_core.model.days import EPOCH_DAY
 from k2_core.model.tables import MARKET_TABLES
 from k2_core.settings import MarketHours, Settings
 from k2_core.upkeep.quality import RULES, market_open
-from tests.integration.test_dagster_support import (
-    DAGSTER_OWNERS_BETA,
-    Lake,
-    at,
-    definitions,
-    open_lake,
-    quote,
-    trade,
-)
+from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions
+from tests.support.factories import at, quote, trade
+from tests.support.lake import Lake, open_lake
 
 DAY = date(2026, 11, 20)
 ALWAYS = MarketHours()

@@ -25,7 +25,8 @@ from k2_core.read.functions import get_gaps, get_quotes, get_trades
 from k2_core.read.params import TimeRange
 from k2_core.read.routing import market_filter
 from k2_core.settings import Settings
-from tests import query_oracle as oracle
+from tests.support import factories
+from tests.support import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -47,18 +48,9 @@ def trade_rows(exchange: str, symbol: str, base_price: str) -> list[dict[str, An
     for day in (D1, D2, D3):
         for offset in OFFSETS:
             seq += 1
+            price = Decimal(base_price) + Decimal(seq) / Decimal("100000000")
             rows.append(
-                {
-                    "symbol": symbol,
-                    "exchange": exchange,
-                    "exchange_timestamp": day + offset,
-                    "exchange_sequence_number": seq,
-                    "price": Decimal(base_price) + Decimal(seq) / Decimal("100000000"),
-                    "volume": Decimal("12.5"),
-                    "side": "buy" if seq % 2 else "sell",
-                    "trade_id": f"{exchange}-{symbol}-{seq}",
-                    "ingestion_timestamp": INGESTED,
-                }
+                factories.trade(symbol, seq, day + offset, price, "12.5", exchange, ingestion_timestamp=INGESTED)
             )
     # Exactly at D2 and D3 midnight: in [D2, D3) and not in it, respectively.
     for moment, seq_at in ((D2, 150), (D3, 160)):
@@ -70,17 +62,17 @@ def trade_rows(exchange: str, symbol: str, base_price: str) -> list[dict[str, An
 
 def quote_rows(exchange: str, symbol: str) -> list[dict[str, Any]]:
     return [
-        {
-            "symbol": symbol,
-            "exchange": exchange,
-            "exchange_timestamp": day + timedelta(hours=hour),
-            "exchange_sequence_number": i,
-            "bid_price": Decimal("45.10000000"),
-            "bid_size": Decimal("100"),
-            "ask_price": Decimal("45.12000000"),
-            "ask_size": Decimal("0.00000001"),
-            "ingestion_timestamp": INGESTED,
-        }
+        factories.quote(
+            symbol,
+            i,
+            day + timedelta(hours=hour),
+            "45.10000000",
+            "45.12000000",
+            "100",
+            "0.00000001",
+            exchange,
+            ingestion_timestamp=INGESTED,
+        )
         for i, (day, hour) in enumerate(((D1, 9), (D2, 9), (D2, 15), (D3, 9)), start=1)
     ]
 

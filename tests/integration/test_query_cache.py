@@ -20,7 +20,8 @@ from k2_core.read.engine import QueryEngine
 from k2_core.read.params import AsOf
 from k2_core.settings import Settings
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
-from tests import query_oracle as oracle
+from tests.support import factories
+from tests.support import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]
 D1 = datetime(2024, 3, 4, tzinfo=UTC)
@@ -35,18 +36,12 @@ def make_trades(seed: int = 1) -> list[dict[str, Any]]:
         at = D1 + timedelta(hours=9)
         for seq in range(1, 301):
             at += timedelta(seconds=rng.randrange(1, 800))
+            price = Decimal(rng.randrange(4000_0000, 4600_0000)) / 10**6
+            volume = Decimal(rng.randrange(1, 10**9)) / 10**6
             rows.append(
-                {
-                    "symbol": symbol,
-                    "exchange": "asx",
-                    "exchange_timestamp": at,
-                    "exchange_sequence_number": seq,
-                    "price": Decimal(rng.randrange(4000_0000, 4600_0000)) / 10**6,
-                    "volume": Decimal(rng.randrange(1, 10**9)) / 10**6,
-                    "side": "buy",
-                    "trade_id": f"{symbol}{seq}",
-                    "ingestion_timestamp": at,
-                }
+                factories.trade(
+                    symbol, seq, at, price, volume, side="buy", trade_id=f"{symbol}{seq}", ingestion_timestamp=at
+                )
             )
     return rows
 

@@ -29,7 +29,7 @@ from k2_core.read.params import AsOf
 from k2_core.settings import CatalogSettings, Settings
 from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.generator import MarketSimulator
-from tests import query_oracle as oracle
+from tests.support import query_oracle as oracle
 
 SYMBOLS = ("BHP", "CBA", "CSL")
 STEPS = 2500

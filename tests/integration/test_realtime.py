@@ -24,24 +24,19 @@ from k2_stream.admin import ensure_topics
 from k2_stream.producer import FeedProducer
 from k2_stream.registry_confluent import make_registry
 from k2_stream.tail import TailConsumer
-from tests import query_oracle as oracle
+from tests.support import factories
+from tests.support import query_oracle as oracle
 
 SettingsFactory = Callable[..., Settings]
 WINDOW = timedelta(seconds=120)
 
 
 def trade(at: datetime, seq: int, price: str = "45.10") -> dict[str, Any]:
-    return {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": at,
-        "exchange_sequence_number": seq,
-        "price": Decimal(price) + Decimal(seq) / 100,
-        "volume": Decimal(seq % 7 + 1),
-        "side": "buy" if seq % 2 else "sell",
-        "trade_id": f"t{seq}",
-        "ingestion_timestamp": at + timedelta(milliseconds=3),
-    }
+    price_at = Decimal(price) + Decimal(seq) / 100
+    received = at + timedelta(milliseconds=3)
+    return factories.trade(
+        "BHP", seq, at, price_at, Decimal(seq % 7 + 1), trade_id=f"t{seq}", ingestion_timestamp=received
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -194,14 +189,4 @@ def test_the_api_serves_a_trade_before_it_is_committed(settings: Settings) -> No
 
 
 def _quote(at: datetime, seq: int) -> dict[str, Any]:
-    return {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": at,
-        "exchange_sequence_number": seq,
-        "bid_price": Decimal("45"),
-        "bid_size": Decimal("10"),
-        "ask_price": Decimal("45.02"),
-        "ask_size": Decimal("12"),
-        "ingestion_timestamp": at,
-    }
+    return factories.quote("BHP", seq, at, "45", "45.02", "10", "12", ingestion_timestamp=at)

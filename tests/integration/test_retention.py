@@ -15,6 +15,7 @@ from k2_core.lake.offsets import OffsetIndex
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
 from k2_core.upkeep.retention import DAY_TAG, HOUR_TAG, RetentionPolicy, apply_retention
+from tests.support import factories
 
 ASX = "market.equities.trades.asx"
 NYSE = "market.equities.trades.nyse"
@@ -24,17 +25,16 @@ def rows(i: int) -> pa.Table:
     t0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
     return pa.Table.from_pylist(
         [
-            {
-                "symbol": "BHP",
-                "exchange": "asx",
-                "exchange_timestamp": t0 + timedelta(seconds=i),
-                "exchange_sequence_number": i + 1,
-                "price": Decimal("45.1"),
-                "volume": Decimal(1),
-                "side": "buy",
-                "trade_id": f"T{i}",
-                "ingestion_timestamp": t0 + timedelta(seconds=i),
-            }
+            factories.trade(
+                "BHP",
+                i + 1,
+                t0 + timedelta(seconds=i),
+                "45.1",
+                Decimal(1),
+                side="buy",
+                trade_id=f"T{i}",
+                ingestion_timestamp=t0 + timedelta(seconds=i),
+            )
         ],
         schema=TRADES.arrow_schema,
     )

@@ -19,7 +19,8 @@ from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.model.tables import TRADES
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import S3Settings, Settings
-from tests.seaweedfs import S3Server, seaweedfs
+from tests.support import factories
+from tests.support.seaweedfs import S3Server, seaweedfs
 
 BUCKET = "k2-lake"
 AT = datetime(2024, 3, 4, 10, tzinfo=UTC)
@@ -36,17 +37,15 @@ def s3(tmp_path: Path) -> Iterator[S3Server]:
 
 def rows(count: int) -> list[dict[str, Any]]:
     return [
-        {
-            "symbol": "BHP",
-            "exchange": "asx",
-            "exchange_timestamp": AT + timedelta(seconds=seq),
-            "exchange_sequence_number": seq,
-            "price": Decimal("45.12345678") + seq,
-            "volume": Decimal("0.00000001") * seq,
-            "side": "buy" if seq % 2 else "sell",
-            "trade_id": f"t{seq}",
-            "ingestion_timestamp": AT,
-        }
+        factories.trade(
+            "BHP",
+            seq,
+            AT + timedelta(seconds=seq),
+            Decimal("45.12345678") + seq,
+            Decimal("0.00000001") * seq,
+            trade_id=f"t{seq}",
+            ingestion_timestamp=AT,
+        )
         for seq in range(1, count + 1)
     ]
 

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -38,68 +37,14 @@ from k2_api.main import create_app
 from k2_core.access.audit import AUDIT_LOG, AuditLog
 from k2_core.access.auth import API_KEYS, KeyStore, auth_banner, hash_token
 from k2_core.exceptions import ConfigError
-from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.logging import JsonFormatter
-from k2_core.model.tables import GAPS, QUOTES, TRADES
 from k2_core.settings import REPO_ROOT, AuthSettings, Settings
+from tests.support.lake import seed
 
 SettingsFactory = Callable[..., Settings]
 SECRET = "k2-test-hs256-secret-of-at-least-32-bytes!"
-DAY = datetime(2024, 1, 2, tzinfo=UTC)
 WINDOW = {"symbol": "BHP", "start": "2024-01-02", "end": "2024-01-03"}
-
-
-def seed(settings: Settings) -> None:
-    trades = [
-        {
-            "symbol": "BHP",
-            "exchange": exchange,
-            "exchange_timestamp": DAY + timedelta(hours=1, seconds=seq),
-            "exchange_sequence_number": seq,
-            "price": Decimal("45.12"),
-            "volume": Decimal("1"),
-            "side": "buy",
-            "trade_id": f"t{seq}",
-            "ingestion_timestamp": DAY + timedelta(hours=2),
-        }
-        for exchange, count in (("asx", 3), ("nyse", 2))
-        for seq in range(1, count + 1)
-    ]
-    quote = {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": DAY + timedelta(hours=1),
-        "exchange_sequence_number": 1,
-        "bid_price": Decimal("45.1"),
-        "bid_size": Decimal("1"),
-        "ask_price": Decimal("45.2"),
-        "ask_size": Decimal("1"),
-        "ingestion_timestamp": DAY + timedelta(hours=2),
-    }
-    gap = {
-        "gap_id": "g1",
-        "data_type": "trades",
-        "exchange": "asx",
-        "symbol": "BHP",
-        "first_missing": 5,
-        "last_missing": 6,
-        "missing_count": 2,
-        "severity": "warning",
-        "status": "open",
-        "detected_at": DAY,
-        "resolved_at": None,
-        "attempts": 0,
-        "reason": None,
-    }
-    catalog = open_catalog(settings)
-    try:
-        tables = ensure_tables(catalog, settings.catalog.namespace)
-        tables["trades"].append(TRADES.to_arrow(trades))
-        tables["quotes"].append(QUOTES.to_arrow([quote]))
-        tables["sequence_gaps"].append(GAPS.to_arrow([gap]))
-    finally:
-        catalog.close()
 
 
 def secured(make_settings: SettingsFactory, catalog: str = "sqlite", **auth: Any) -> Settings:
@@ -489,6 +434,27 @@ def test_every_data_access_is_audited(
     assert (denied["status"], denied["rows"], denied["params"]["exchange"]) == (403, None, "nyse")
     assert (anonymous["principal"], anonymous["route"], anonymous["status"]) == ("anonymous", "/v1/gaps", 401)
     assert all(e["route"] != "/health" for e in entries)
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "arrow", "parquet"])
+def test_audited_rows_come_from_where_the_answer_is_built_in_every_format(
+    fmt: str, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    seed(settings)
+    asks = [
+        ("/v1/trades", {**WINDOW, "exchange": "asx"}, 3),
+        ("/v1/gaps", {}, 1),
+        ("/v1/snapshots", {"table": "trades"}, 1),
+    ]
+    with TestClient(create_app(settings)) as client:
+        for route, params, _ in asks:
+            response = client.get(route, params={**params, "format": fmt})
+            assert response.status_code == 200
+            assert "k2-row-count" not in response.headers  # for the audit log only
+    entries = audit_entries(settings)
+    assert [(e["route"], e["rows"]) for e in entries] == [(route, rows) for route, _, rows in asks]
 
 
 def test_no_data_is_served_when_the_audit_log_cannot_be_written(make_settings: SettingsFactory) -> None:

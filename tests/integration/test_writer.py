@@ -17,6 +17,7 @@ from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.lake.offsets import OffsetIndex
 from k2_core.model.tables import TABLE_PROPERTIES, TRADES
 from k2_core.settings import Settings
+from tests.support import factories
 
 TP = ("market.equities.trades.asx", 0)
 TP2 = ("market.equities.trades.asx", 1)
@@ -25,17 +26,7 @@ TP2 = ("market.equities.trades.asx", 1)
 def rows(*seqs: int) -> list[dict[str, object]]:
     now = datetime.now(UTC)
     return [
-        {
-            "symbol": "BHP",
-            "exchange": "asx",
-            "exchange_timestamp": now,
-            "exchange_sequence_number": s,
-            "price": Decimal("45.1"),
-            "volume": Decimal(1),
-            "side": "buy",
-            "trade_id": str(s),
-            "ingestion_timestamp": now,
-        }
+        factories.trade("BHP", s, now, "45.1", Decimal(1), side="buy", trade_id=str(s), ingestion_timestamp=now)
         for s in seqs
     ]
 

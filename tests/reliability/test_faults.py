@@ -20,8 +20,11 @@ from k2_core.settings import Settings
 from k2_stream.broker import start_tansu
 from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.run import run_simulation
-from tests.conftest import free_port
-from tests.e2e.support import produced_keys, spawn_ingester, table_rows, wait_for
+from tests.support.kafka import produced_keys
+from tests.support.lake import table_rows
+from tests.support.ports import free_port
+from tests.support.processes import spawn_ingester
+from tests.support.waits import wait_for
 
 
 def check_exactly_once(settings: Settings, fault: str) -> None:

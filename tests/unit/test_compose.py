@@ -25,47 +25,19 @@ import yaml
 from pydantic import BaseModel
 
 from k2_core.settings import REPO_ROOT, Settings
+from tests.support.compose import (
+    COMPOSE_FILE,
+    DOCKERFILE,
+    ENV_EXAMPLE,
+    INTERPOLATION,
+    compose,
+    environment,
+    interpolate,
+    k2_services,
+    services,
+)
 
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-DOCKERFILE = REPO_ROOT / "Dockerfile"
-ENV_EXAMPLE = REPO_ROOT / ".env.example"
 K2_IMAGE_COMMANDS = {"k2"}  # every role of the image, Dagster's included, is a `k2` command
-_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([?-])([^}]*))?\}")
-
-
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
-    return loaded
-
-
-def services() -> dict[str, dict[str, Any]]:
-    return dict(compose()["services"])
-
-
-def k2_services() -> dict[str, dict[str, Any]]:
-    """Services built from our Dockerfile."""
-    return {name: svc for name, svc in services().items() if "build" in svc}
-
-
-def environment(service: Mapping[str, Any]) -> dict[str, str]:
-    env = service.get("environment", {})
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {str(k): str(v) for k, v in env.items()}
-
-
-def interpolate(value: str, variables: Mapping[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}`, as `docker compose` resolves them."""
-
-    def sub(match: re.Match[str]) -> str:
-        name, op, arg = match.group(1), match.group(2), match.group(3)
-        if variables.get(name):
-            return variables[name]
-        if op == "?":
-            raise AssertionError(f"required variable {name} is unset: {arg}")
-        return arg if op == "-" else ""
-
-    return _INTERPOLATION.sub(sub, value)
 
 
 def example_env() -> dict[str, str]:
@@ -331,8 +303,8 @@ def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatc
 
 def test_secrets_are_required_from_the_environment_and_documented() -> None:
     text = COMPOSE_FILE.read_text()
-    required = {m.group(1) for m in _INTERPOLATION.finditer(text) if m.group(2) == "?"}
-    defaulted = {m.group(1) for m in _INTERPOLATION.finditer(text) if m.group(2) == "-"}
+    required = {m.group(1) for m in INTERPOLATION.finditer(text) if m.group(2) == "?"}
+    defaulted = {m.group(1) for m in INTERPOLATION.finditer(text) if m.group(2) == "-"}
     secret_words = ("PASSWORD", "SECRET")
     assert {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "K2_S3_SECRET_ACCESS_KEY", "GRAFANA_ADMIN_PASSWORD"} <= required
     assert not any(word in name for name in defaulted for word in secret_words)

@@ -17,19 +17,18 @@ from k2_core.exceptions import QueryError
 from k2_core.model.tables import TRADES
 from k2_core.read.cursor import Cursor, decode_cursor, fingerprint
 from k2_core.read.export import Exporter, to_bytes
+from tests.support import factories
 
 ROWS = [
-    {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": datetime(2024, 1, 2, 10, 0, 0, 5, tzinfo=UTC),
-        "exchange_sequence_number": 1,
-        "price": Decimal("0E-8"),
-        "volume": Decimal("0.00000001"),
-        "side": "buy",
-        "trade_id": 'a,"b"',
-        "ingestion_timestamp": datetime(2024, 1, 2, tzinfo=UTC),
-    }
+    factories.trade(
+        "BHP",
+        1,
+        datetime(2024, 1, 2, 10, 0, 0, 5, tzinfo=UTC),
+        Decimal("0E-8"),
+        "0.00000001",
+        trade_id='a,"b"',
+        ingestion_timestamp=datetime(2024, 1, 2, tzinfo=UTC),
+    )
 ]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ import yaml
 from prometheus_client import REGISTRY
 
 from k2_core.settings import REPO_ROOT
+from tests.support.prometheus import dashboard_queries, dashboards, panels
 
 ALERTS = REPO_ROOT / "config" / "prometheus" / "alerts.yml"
-DASHBOARDS = REPO_ROOT / "config" / "grafana" / "dashboards"
 METRIC_MODULES = ("k2_stream.metrics", "k2_api.observability")
 # Made by Prometheus itself for every target.
 SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"})
@@ -75,28 +74,6 @@ def known_metrics() -> frozenset[str]:
 
 def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
-
-
-def dashboards() -> list[Path]:
-    return sorted(DASHBOARDS.glob("*.json"))
-
-
-def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for item in items:
-        yield item
-        yield from panels(item.get("panels", []))  # rows hold their panels when collapsed
-
-
-def dashboard_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(where, PromQL) for every panel target and every query-driven template variable."""
-    for panel in panels(dashboard.get("panels", [])):
-        for target in panel.get("targets", []):
-            if "expr" in target:
-                yield f"panel {panel.get('title')!r}", target["expr"]
-    for variable in dashboard.get("templating", {}).get("list", []):
-        if variable.get("type") == "query":
-            query = variable["query"]
-            yield f"variable {variable['name']!r}", query["query"] if isinstance(query, dict) else query
 
 
 # --- the parser itself ------------------------------------------------------------------------------------

@@ -7,20 +7,11 @@ from decimal import Decimal
 from typing import Any
 
 from k2_core.read.realtime import RealtimeBuffer
+from tests.support import factories
 
 
 def trade(seq: int, at: datetime, symbol: str = "BHP") -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "exchange": "asx",
-        "exchange_timestamp": at,
-        "exchange_sequence_number": seq,
-        "price": Decimal("1.5"),
-        "volume": Decimal(seq),
-        "side": "buy",
-        "trade_id": str(seq),
-        "ingestion_timestamp": at,
-    }
+    return factories.trade(symbol, seq, at, "1.5", Decimal(seq), side="buy", trade_id=str(seq), ingestion_timestamp=at)
 
 
 def test_not_ready_until_marked_then_vouches_from_the_start_point() -> None:

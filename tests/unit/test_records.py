@@ -11,38 +11,19 @@ import pytest
 from k2_core.exceptions import MessageTooLargeError, ValidationError
 from k2_core.model.records import DEAD_LETTER_MAX_BODY, check_size, dead_letter_body, reason_class, validate
 from k2_core.settings import RecordSettings
+from tests.support import factories
 
 NOW = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
 
 
 def trade(**overrides: Any) -> dict[str, Any]:
-    return {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": NOW - timedelta(seconds=1),
-        "exchange_sequence_number": 1,
-        "price": Decimal("45.12"),
-        "volume": Decimal("100"),
-        "side": "buy",
-        "trade_id": "asx-BHP-1",
-        "ingestion_timestamp": NOW,
-        **overrides,
-    }
+    fields = {"exchange_timestamp": NOW - timedelta(seconds=1), "ingestion_timestamp": NOW}
+    return factories.trade(price="45.12", volume="100", **fields) | overrides
 
 
 def quote(**overrides: Any) -> dict[str, Any]:
-    return {
-        "symbol": "BHP",
-        "exchange": "asx",
-        "exchange_timestamp": NOW,
-        "exchange_sequence_number": 1,
-        "bid_price": Decimal("45.1"),
-        "bid_size": Decimal("0"),
-        "ask_price": Decimal("45.12"),
-        "ask_size": Decimal("0.00000001"),
-        "ingestion_timestamp": NOW,
-        **overrides,
-    }
+    fields = {"exchange_timestamp": NOW, "ingestion_timestamp": NOW}
+    return factories.quote(bid="45.1", ask="45.12", bid_size="0", ask_size="0.00000001", **fields) | overrides
 
 
 def test_good_records_pass() -> None:

@@ -1,59 +1,41 @@
-"""Jobs: OHLCV per day, gap backfill, quality checks (asset jobs), and the two table-upkeep jobs (op jobs, since
-they rewrite or clean tables rather than produce an asset): compaction of a day partition and snapshot expiry with
-orphan removal. Each can be launched by hand from the UI (compaction and OHLCV for any day or range of days)."""
+"""Table upkeep, as op jobs since they rewrite or clean tables rather than produce an asset: compaction of a closed day
+partition (launched by its sensor, or by hand for any day or range of days), and snapshot expiry with orphan-file
+removal on every table (daily, or by hand with `dry_run`)."""
 
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from dagster import (
-    AssetSelection,
     Config,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
     Failure,
     MetadataValue,
     OpExecutionContext,
     Output,
-    define_asset_job,
-    in_process_executor,
+    RunRequest,
+    ScheduleDefinition,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
     job,
     op,
+    sensor,
 )
 
-from k2_core.model.days import parse_day
+from k2_core.lake.lineage import day_files
+from k2_core.model.days import day_key, parse_day, utc_today
 from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import KINDS
-from k2_core.upkeep.compaction import compact_day
+from k2_core.settings import MaintenanceSettings
+from k2_core.upkeep.compaction import compact_day, needs_compaction
 from k2_core.upkeep.expiry import expire_snapshots, remove_orphans
-from k2_dagster.defs.assets import DAILY, ohlcv_bars, quotes, sequence_gaps, trades
+from k2_dagster.defs.market import DAILY, EXECUTOR, JOB_TAG, sensor_cursor
 from k2_dagster.defs.resources import IcebergResource
 
-JOB_TAG = "k2/job"
-# Each job is one or two steps of I/O-bound work: running them in the run's own process saves a Python start (and
-# K2's imports) per step, which is most of a small run's cost on a busy machine.
-EXECUTOR = in_process_executor
-
-ohlcv_job = define_asset_job(
-    "ohlcv_job",
-    selection=AssetSelection.assets(ohlcv_bars),
-    description="Rebuild one day of ohlcv_1m, then ohlcv_1d from the same trades snapshot.",
-    tags={JOB_TAG: "ohlcv"},
-    executor_def=EXECUTOR,
-)
-
-gap_backfill_job = define_asset_job(
-    "gap_backfill_job",
-    selection=AssetSelection.assets(sequence_gaps),
-    description="One backfill pass over open sequence gaps.",
-    tags={JOB_TAG: "gap_backfill"},
-    executor_def=EXECUTOR,
-)
-
-quality_job = define_asset_job(
-    "quality_job",
-    selection=AssetSelection.checks_for_assets(trades.key, quotes.key),
-    description="Run every data-quality check on trades and quotes.",
-    tags={JOB_TAG: "quality"},
-    executor_def=EXECUTOR,
-)
+# ---- compaction ------------------------------------------------------------------------------------------------
 
 
 class CompactionConfig(Config):
@@ -104,6 +86,37 @@ def compaction_job() -> None:
     compact_day_partition()
 
 
+def compact_closed_days(context: SensorEvaluationContext, iceberg: IcebergResource) -> SensorResult | SkipReason:
+    """Compact closed days (before today, UTC) holding more than the configured number of small files."""
+    cursor = sensor_cursor(context)
+    m = iceberg.settings.maintenance
+    today = utc_today(datetime.now(UTC))
+    due: dict[date, list[str]] = {}
+    new_cursor: dict[str, int | None] = {}
+    for kind in KINDS:
+        table = iceberg.table(MARKET_TABLES[kind])
+        new_cursor[kind] = table.metadata.current_snapshot_id
+        if new_cursor[kind] == cursor.get(kind):
+            continue
+        for day in day_files(table, before=today):
+            if needs_compaction(day, m.compaction_target_file_bytes, m.compaction_min_files):
+                due.setdefault(day.day, []).append(kind)
+    if not due:
+        return SensorResult(skip_reason=SkipReason("no closed day needs compaction"), cursor=json.dumps(new_cursor))
+    requests = [
+        RunRequest(
+            partition_key=day_key(day),
+            run_key=f"compact:{day_key(day)}:{'+'.join(kinds)}:{'+'.join(str(new_cursor[k]) for k in kinds)}",
+            run_config={"ops": {"compact_day_partition": {"config": {"tables": kinds}}}},
+        )
+        for day, kinds in sorted(due.items())
+    ]
+    return SensorResult(run_requests=requests, cursor=json.dumps(new_cursor))
+
+
+# ---- snapshot expiry and orphan files --------------------------------------------------------------------------
+
+
 class MaintenanceConfig(Config):
     """`dry_run` reports the snapshots that would expire and the orphan files that are unreferenced now, and changes
     nothing."""
@@ -147,4 +160,29 @@ def maintenance_job() -> None:
     expire_and_clean()
 
 
-JOBS = (ohlcv_job, gap_backfill_job, quality_job, compaction_job, maintenance_job)
+def sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
+    return [
+        sensor(
+            name="compaction_sensor",
+            job=compaction_job,
+            minimum_interval_seconds=m.compaction_sensor_seconds,
+            default_status=DefaultSensorStatus.RUNNING,
+        )(compact_closed_days)
+    ]
+
+
+def schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
+    return [
+        ScheduleDefinition(
+            name="maintenance_schedule",
+            job=maintenance_job,
+            cron_schedule=m.maintenance_cron,
+            execution_timezone="UTC",
+            description="Expire snapshots past the retention on every table, then remove orphan files.",
+            default_status=DefaultScheduleStatus.RUNNING,
+        )
+    ]
+
+
+(compaction_sensor,) = sensors(MaintenanceSettings())
+(maintenance_schedule,) = schedules(MaintenanceSettings())

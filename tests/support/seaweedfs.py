@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from pyarrow import fs
 
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 REGION = "us-east-1"
 GRPC_OFFSET = 10_000  # weed mini's admin server listens on its port + 10000 for its workers (gRPC)

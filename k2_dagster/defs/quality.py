@@ -1,5 +1,6 @@
-"""Data-quality checks on `trades` and `quotes`: the pandera rules of `k2_core.upkeep.quality`, one check per rule, plus
-trade freshness during market hours. A failure reports the offending row count and a sample of the rows."""
+"""Data quality of `trades` and `quotes`: the pandera rules of `k2_core.upkeep.quality`, one check per rule, plus
+trade freshness during market hours, run together by `quality_job` every 15 minutes (by default). A failure reports
+the offending row count and a sample of the rows."""
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -10,15 +11,21 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSpec,
+    AssetSelection,
     Config,
+    DefaultScheduleStatus,
     MetadataValue,
+    ScheduleDefinition,
     asset_check,
+    define_asset_job,
     multi_asset_check,
 )
 
 from k2_core.model.days import day_key, parse_day, utc_today
 from k2_core.model.topics import Kind
+from k2_core.settings import MaintenanceSettings
 from k2_core.upkeep.quality import RULES, Finding, check_day, freshness
+from k2_dagster.defs.market import EXECUTOR, JOB_TAG, quotes, trades
 from k2_dagster.defs.resources import IcebergResource, KafkaResource
 
 
@@ -106,3 +113,27 @@ def trades_freshness(iceberg: IcebergResource, kafka: KafkaResource) -> AssetChe
 
 
 CHECKS = [trades_quality, quotes_quality, trades_freshness]
+
+quality_job = define_asset_job(
+    "quality_job",
+    selection=AssetSelection.checks_for_assets(trades.key, quotes.key),
+    description="Run every data-quality check on trades and quotes.",
+    tags={JOB_TAG: "quality"},
+    executor_def=EXECUTOR,
+)
+
+
+def schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
+    return [
+        ScheduleDefinition(
+            name="quality_schedule",
+            job=quality_job,
+            cron_schedule=m.quality_cron,
+            execution_timezone="UTC",
+            description="Data-quality checks on yesterday's and today's trades and quotes, and freshness.",
+            default_status=DefaultScheduleStatus.RUNNING,
+        )
+    ]
+
+
+(quality_schedule,) = schedules(MaintenanceSettings())

@@ -1,64 +1,17 @@
-"""Helpers for end-to-end tests: ground truth read back from the broker, tables read from Iceberg."""
+"""K2 as separate processes, the way it runs: an ingester on the environment a container would give it, the whole
+platform under `k2 run`, and the processes a platform left behind."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-from pyiceberg.exceptions import NoSuchTableError
-
-from k2_core.lake.catalog import open_catalog
-from k2_core.model.avro import Decoder
-from k2_core.model.registry import FileSchemaRegistry
 from k2_core.settings import Settings
-from k2_stream.admin import load_layout
-
-Key = tuple[str, str, int]  # (exchange, symbol, sequence)
-
-
-def produced_keys(settings: Settings, kind: str = "trades") -> list[Key]:
-    """Every valid record on the market topics of `kind`, duplicates included: what the feeds really sent."""
-    layout = load_layout(settings)
-    decoder = Decoder(FileSchemaRegistry(settings.kafka.schemas_dir))
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "truth-reader"})
-    parts = [TopicPartition(t.name, p, 0) for t in layout.topics if t.kind == kind for p in range(t.partitions)]
-    consumer.assign(parts)
-    keys: list[Key] = []
-    idle_since = time.monotonic()
-    while time.monotonic() - idle_since < 3.0:
-        msgs = consumer.consume(10_000, 0.5)
-        if msgs:
-            idle_since = time.monotonic()
-        for m in msgs:
-            if m.error() is None:
-                rec = decoder.decode(m.value())
-                keys.append((rec["exchange"], rec["symbol"], rec["exchange_sequence_number"]))
-    consumer.close()
-    return keys
-
-
-def table_rows(settings: Settings, name: str) -> list[dict[str, Any]]:
-    """All rows of a table; none while the ingester has not created it yet."""
-    try:
-        table = open_catalog(settings).load_table((settings.catalog.namespace, name))
-    except NoSuchTableError:
-        return []
-    return table.scan().to_arrow().to_pylist()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 90.0, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout:.0f}s")
+from tests.support.ports import free_port
+from tests.support.waits import wait_for
 
 
 def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
@@ -113,24 +66,10 @@ def k2_processes(home: Path) -> list[int]:
     return found
 
 
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 class Platform:
     """`k2 run` as the README starts it, in a home and on ports of its own; `env` adds or overrides K2_ settings."""
 
     def __init__(self, home: Path, **env: str) -> None:
-        from tests.conftest import free_port
-
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.ports = {
