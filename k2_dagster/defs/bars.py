@@ -9,7 +9,6 @@ from dagster import (
     AssetExecutionContext,
     AssetSelection,
     AssetSpec,
-    DefaultSensorStatus,
     MaterializeResult,
     MetadataValue,
     RunRequest,
@@ -19,14 +18,13 @@ from dagster import (
     SkipReason,
     define_asset_job,
     multi_asset,
-    sensor,
 )
 
 from k2_core.lake.lineage import changes_since
 from k2_core.model.days import day_key, parse_day
 from k2_core.settings import MaintenanceSettings
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, BarsBuild, rebuild_day
-from k2_dagster.defs.market import DAILY, EXECUTOR, JOB_TAG, in_partitions, sensor_cursor, trades
+from k2_dagster.defs.market import DAILY, EXECUTOR, JOB_TAG, in_partitions, running_sensor, sensor_cursor, trades
 from k2_dagster.defs.resources import IcebergResource
 
 BARS_GROUP = "bars"
@@ -107,14 +105,7 @@ def rebuild_changed_days(context: SensorEvaluationContext, iceberg: IcebergResou
 
 
 def sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
-    return [
-        sensor(
-            name="ohlcv_sensor",
-            job=ohlcv_job,
-            minimum_interval_seconds=m.ohlcv_sensor_seconds,
-            default_status=DefaultSensorStatus.RUNNING,
-        )(rebuild_changed_days)
-    ]
+    return [running_sensor(rebuild_changed_days, "ohlcv_sensor", m.ohlcv_sensor_seconds, ohlcv_job)]
 
 
 (ohlcv_sensor,) = sensors(MaintenanceSettings())

@@ -10,8 +10,6 @@ from dagster import (
     AssetExecutionContext,
     AssetSelection,
     Config,
-    DefaultScheduleStatus,
-    DefaultSensorStatus,
     MaterializeResult,
     MetadataValue,
     RunRequest,
@@ -22,13 +20,21 @@ from dagster import (
     SkipReason,
     asset,
     define_asset_job,
-    sensor,
 )
 
 from k2_core.model.tables import GAPS
 from k2_core.settings import MaintenanceSettings
 from k2_core.upkeep.backfill import backfill, open_gaps
-from k2_dagster.defs.market import EXECUTOR, JOB_TAG, MARKET_GROUP, quotes, sensor_cursor, trades
+from k2_dagster.defs.market import (
+    EXECUTOR,
+    JOB_TAG,
+    MARKET_GROUP,
+    quotes,
+    running_sensor,
+    sensor_cursor,
+    trades,
+    utc_schedule,
+)
 from k2_dagster.defs.resources import IcebergResource, RecoveryResource
 
 
@@ -129,25 +135,16 @@ def backfill_open_gaps(context: SensorEvaluationContext, iceberg: IcebergResourc
 
 
 def sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
-    return [
-        sensor(
-            name="gap_backfill_sensor",
-            job=gap_backfill_job,
-            minimum_interval_seconds=m.backfill_sensor_seconds,
-            default_status=DefaultSensorStatus.RUNNING,
-        )(backfill_open_gaps)
-    ]
+    return [running_sensor(backfill_open_gaps, "gap_backfill_sensor", m.backfill_sensor_seconds, gap_backfill_job)]
 
 
 def schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
     return [
-        ScheduleDefinition(
-            name="gap_sweep_schedule",
-            job=gap_backfill_job,
-            cron_schedule=m.gap_sweep_cron,
-            execution_timezone="UTC",
-            description="One backfill pass over every open gap the sensor's runs left (failed runs, skipped batches).",
-            default_status=DefaultScheduleStatus.RUNNING,
+        utc_schedule(
+            "gap_sweep_schedule",
+            gap_backfill_job,
+            m.gap_sweep_cron,
+            "One backfill pass over every open gap the sensor's runs left (failed runs, skipped batches).",
         )
     ]
 

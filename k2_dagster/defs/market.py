@@ -7,16 +7,20 @@ ingester, backfill and compaction did without Dagster running the ingester.
 """
 
 import json
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     AssetMaterialization,
     AssetObservation,
     AssetSpec,
     DailyPartitionsDefinition,
+    DefaultScheduleStatus,
     DefaultSensorStatus,
+    JobDefinition,
     MetadataValue,
+    ScheduleDefinition,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -108,14 +112,31 @@ def record_snapshots(context: SensorEvaluationContext, iceberg: IcebergResource)
     return SensorResult(asset_events=events, cursor=json.dumps(new_cursor))
 
 
+if TYPE_CHECKING:  # what `define_asset_job` returns; dagster does not export the name
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+    AnyJob = JobDefinition | UnresolvedAssetJobDefinition
+
+
+def running_sensor(fn: Callable[..., Any], name: str, seconds: int, job: "AnyJob | None" = None) -> SensorDefinition:
+    """Every K2 sensor runs from the start: a platform that stores gaps but never backfills them is worse than none."""
+    return sensor(name=name, job=job, minimum_interval_seconds=seconds, default_status=DefaultSensorStatus.RUNNING)(fn)
+
+
+def utc_schedule(name: str, job: "AnyJob", cron: str, description: str) -> ScheduleDefinition:
+    """Every K2 schedule runs from the start, in UTC like the day partitions it works on."""
+    return ScheduleDefinition(
+        name=name,
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        description=description,
+        default_status=DefaultScheduleStatus.RUNNING,
+    )
+
+
 def sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
-    return [
-        sensor(
-            name="iceberg_snapshot_sensor",
-            minimum_interval_seconds=m.snapshot_sensor_seconds,
-            default_status=DefaultSensorStatus.RUNNING,
-        )(record_snapshots)
-    ]
+    return [running_sensor(record_snapshots, "iceberg_snapshot_sensor", m.snapshot_sensor_seconds)]
 
 
 # Built with the settings of the importing process, for tests and tools that want the sensor itself; the code

@@ -13,7 +13,6 @@ from dagster import (
     AssetCheckSpec,
     AssetSelection,
     Config,
-    DefaultScheduleStatus,
     MetadataValue,
     ScheduleDefinition,
     asset_check,
@@ -25,7 +24,7 @@ from k2_core.model.days import day_key, parse_day, utc_today
 from k2_core.model.topics import Kind
 from k2_core.settings import MaintenanceSettings
 from k2_core.upkeep.quality import RULES, Finding, check_day, freshness
-from k2_dagster.defs.market import EXECUTOR, JOB_TAG, quotes, trades
+from k2_dagster.defs.market import EXECUTOR, JOB_TAG, quotes, trades, utc_schedule
 from k2_dagster.defs.resources import IcebergResource, KafkaResource
 
 
@@ -125,13 +124,11 @@ quality_job = define_asset_job(
 
 def schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
     return [
-        ScheduleDefinition(
-            name="quality_schedule",
-            job=quality_job,
-            cron_schedule=m.quality_cron,
-            execution_timezone="UTC",
-            description="Data-quality checks on yesterday's and today's trades and quotes, and freshness.",
-            default_status=DefaultScheduleStatus.RUNNING,
+        utc_schedule(
+            "quality_schedule",
+            quality_job,
+            m.quality_cron,
+            "Data-quality checks on yesterday's and today's trades and quotes, and freshness.",
         )
     ]
 

@@ -8,8 +8,6 @@ from typing import Any
 
 from dagster import (
     Config,
-    DefaultScheduleStatus,
-    DefaultSensorStatus,
     Failure,
     MetadataValue,
     OpExecutionContext,
@@ -22,7 +20,6 @@ from dagster import (
     SkipReason,
     job,
     op,
-    sensor,
 )
 
 from k2_core.lake.lineage import day_files
@@ -32,7 +29,7 @@ from k2_core.model.topics import KINDS
 from k2_core.settings import MaintenanceSettings
 from k2_core.upkeep.compaction import compact_day, needs_compaction
 from k2_core.upkeep.expiry import expire_snapshots, remove_orphans
-from k2_dagster.defs.market import DAILY, EXECUTOR, JOB_TAG, sensor_cursor
+from k2_dagster.defs.market import DAILY, EXECUTOR, JOB_TAG, running_sensor, sensor_cursor, utc_schedule
 from k2_dagster.defs.resources import IcebergResource
 
 # ---- compaction ------------------------------------------------------------------------------------------------
@@ -161,25 +158,16 @@ def maintenance_job() -> None:
 
 
 def sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
-    return [
-        sensor(
-            name="compaction_sensor",
-            job=compaction_job,
-            minimum_interval_seconds=m.compaction_sensor_seconds,
-            default_status=DefaultSensorStatus.RUNNING,
-        )(compact_closed_days)
-    ]
+    return [running_sensor(compact_closed_days, "compaction_sensor", m.compaction_sensor_seconds, compaction_job)]
 
 
 def schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
     return [
-        ScheduleDefinition(
-            name="maintenance_schedule",
-            job=maintenance_job,
-            cron_schedule=m.maintenance_cron,
-            execution_timezone="UTC",
-            description="Expire snapshots past the retention on every table, then remove orphan files.",
-            default_status=DefaultScheduleStatus.RUNNING,
+        utc_schedule(
+            "maintenance_schedule",
+            maintenance_job,
+            m.maintenance_cron,
+            "Expire snapshots past the retention on every table, then remove orphan files.",
         )
     ]
 
