@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from k2_api.deps import FormatDep, ReaderDep
-from k2_api.formats import ALTERNATE_CONTENT, provenance_headers, table_response
+from k2_api.formats import ALTERNATE_CONTENT
 from k2_api.models import ErrorResponse, SnapshotsResponse
 from k2_api.params import Cursor, Limit
-from k2_api.render import counted
+from k2_api.render import page
 from k2_core.read.snapshots import SNAPSHOT_TABLES
 
 router = APIRouter(prefix="/v1", tags=["time travel"], responses={400: {"model": ErrorResponse}, **ALTERNATE_CONTENT})
@@ -27,11 +27,4 @@ def snapshots(
 ) -> Any:
     """A table's snapshots, newest first: time, operation, rows added and the Kafka offsets each covered."""
     result = reader.snapshots(table, limit=limit, cursor=cursor)
-    headers = provenance_headers(result)
-    if fmt != "json":
-        return table_response(result.table, fmt, headers)
-    response.headers.update(headers)
-    rows = result.table.to_pylist()
-    counted(response, len(rows))
-    body = {"table": table, "count": len(rows), "limit": result.limit, "next_cursor": result.next_cursor, "data": rows}
-    return SnapshotsResponse.model_validate(body)
+    return page(SnapshotsResponse, result, fmt, response, table=table, limit=result.limit)
