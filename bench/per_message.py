@@ -140,8 +140,5 @@ class PerMessagePreparer:
                     at = np.array(late[kind], dtype=np.int64)
                     plan.late[kind] = LateRows(table.take(pa.array(at)), at)
                     plan.fills[kind] = (plan.late[kind].table, None)
-            for txn in plan.txns.values():
-                plan.detected.extend(e for e in txn.events if not e.filled)
-                plan.filled.extend(e for e in txn.events if e.filled)
-            plan.detected.extend(halt.gap for halt in halts.values())
+            plan.take_events()
             return plan

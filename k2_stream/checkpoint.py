@@ -55,6 +55,7 @@ class Checkpoint:
         consumer: Consumer,
         dead_letters: DeadLetterSender,
         gaps: GapStore,
+        grading: GapGrading,
         writers: dict[Kind, TableWriter],
         state: SequenceState,
         degradation: Degradation,
@@ -67,6 +68,7 @@ class Checkpoint:
         self.consumer = consumer
         self.dead_letters = dead_letters
         self.gaps = gaps
+        self.grading = grading
         self.writers = writers
         self.state = state
         self.degradation = degradation
@@ -76,25 +78,21 @@ class Checkpoint:
         self.stats = stats
         self._unrecorded_fills: list[GapEvent] = []  # deferred under load, or their write failed
 
-    @property
-    def grading(self) -> GapGrading:
-        return self.gaps.grading
-
     def commit(self, batch: PreparedBatch, now: datetime) -> float:
         """Commit `batch`; returns the slowest table append, in seconds (what degradation watches)."""
         plan = batch.plan
-        self.dead_letters.send(batch.dead)
-        self._record_detected(plan.detected, now)
+        self.dead_letters.send(batch.dead)  # 1
+        self._record_detected(plan.detected, now)  # 2
         slowest = 0.0
         for kind in KINDS:
             offsets = {tp: o for tp, o in batch.offsets.items() if self.layout.by_name[tp[0]].kind == kind}
-            snapshot_id, seconds = self._append(kind, plan, offsets)
+            snapshot_id, seconds = self._append(kind, plan, offsets)  # 3
             slowest = max(slowest, seconds)
-            self.state.committed(kind, plan.txns.get(kind), snapshot_id)
+            self.state.committed(kind, plan.txns.get(kind), snapshot_id)  # 4
             self.positions.update(offsets)
         self._record_filled(plan.filled, now)
         self._report_gaps(plan.detected, plan.halts)
-        self._commit_offsets(batch.offsets)
+        self._commit_offsets(batch.offsets)  # 5
         self.dead_letters.batch_committed()
         return slowest
 

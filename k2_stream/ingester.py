@@ -100,9 +100,9 @@ class Ingester:
         ing = settings.ingest
         tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
         self.tables = {kind: tables[MARKET_TABLES[kind].name] for kind in KINDS}
-        self.cluster_id = cluster_id(settings.kafka.bootstrap_servers)
+        cluster = cluster_id(settings.kafka.bootstrap_servers)
         self.writers = {
-            kind: TableWriter(t, self.writer_id, self.cluster_id, ing.commit_retries, ing.conflict_backoff_seconds)
+            kind: TableWriter(t, self.writer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds)
             for kind, t in self.tables.items()
         }
         self.grading = GapGrading(ing.gap_alert_threshold, ing.gap_halt_threshold)
@@ -141,6 +141,7 @@ class Ingester:
             consumer=self.consumer,
             dead_letters=self.dead_letters,
             gaps=self.gaps,
+            grading=self.grading,
             writers=self.writers,
             state=self.state,
             degradation=self.degradation,

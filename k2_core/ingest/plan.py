@@ -114,6 +114,14 @@ class BatchPlan:
     fast_streams: int = 0  # streams classified as one run
     slow_streams: int = 0  # streams classified row by row
 
+    def take_events(self) -> None:
+        """Once the plan is final: the gaps its staged changes found and the numbers they filled, and the halting
+        gaps, which are recorded too (restarting the ingester is the operator's go-ahead to pass them)."""
+        for txn in self.txns.values():
+            self.detected.extend(e for e in txn.events if not e.filled)
+            self.filled.extend(e for e in txn.events if e.filled)
+        self.detected.extend(halt.gap for halt in self.halts.values())
+
     def drop_stored(self, kind: Kind, stored: npt.NDArray[np.bool_], checked_at: int | None) -> None:
         """`stored`: which of `late[kind]` the table holds as of snapshot `checked_at` (the gap backfill wrote them
         since the state was built). They become duplicates; the rest stay fills, which the writer re-checks against
@@ -180,11 +188,7 @@ def plan_batch(
                 halts[tp] = Halt(min(halt.offset, halts[tp].offset), halt.gap) if tp in halts else halt
                 break
         else:
-            for txn in plan.txns.values():
-                plan.detected.extend(e for e in txn.events if not e.filled)
-                plan.filled.extend(e for e in txn.events if e.filled)
-            # A halting gap is recorded too: restarting the ingester is the operator's go-ahead to pass it.
-            plan.detected.extend(halt.gap for halt in halts.values())
+            plan.take_events()
             return plan
 
 
