@@ -261,32 +261,31 @@ def _cpu() -> float:
 
 
 def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any, shared: Any = None) -> None:
-    from bench.per_message import PerMessageIngester
+    from bench.per_message import PerMessagePreparer
     from k2_stream.ingester import Ingester
 
     settings = Settings.model_validate_json(settings_json)
-    cls = Ingester if mode == "batch" else PerMessageIngester
-    ingester = cls(settings)
+    ingester = Ingester(settings) if mode == "batch" else Ingester(settings, preparer=PerMessagePreparer)
     commit_ms: list[float] = []
     batch_rows: list[int] = []
     marks: dict[str, float] = {}
     for writer in ingester.writers.values():
         original = writer.append
 
-        def timed(data: Any, offsets: Any, positions: Any, _orig: Any = original) -> Any:
+        def timed(data: Any, offsets: Any, positions: Any, _orig: Any = original, **kwargs: Any) -> Any:
             started = time.perf_counter()
-            out = _orig(data, offsets, positions)
+            out = _orig(data, offsets, positions, **kwargs)
             commit_ms.append((time.perf_counter() - started) * 1000)
             batch_rows.append(data.num_rows)
             return out
 
-        writer.append = timed  # type: ignore[method-assign]
-    process = ingester._process
+        writer.append = timed  # type: ignore[method-assign,assignment]
+    process = ingester.process
 
     def done() -> int:
         return stats["trades_written"] + stats["trades_duplicates"] + stats["dead_lettered"]
 
-    def measured(batch: Any) -> float:
+    def measured(batch: Any) -> Any:
         if "first" not in marks:
             marks["first"] = time.perf_counter()
             marks["first_at"] = time.time()
@@ -301,7 +300,7 @@ def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any, shar
                 shared.value += done() - before
         return out
 
-    ingester._process = measured  # type: ignore[method-assign]
+    ingester.process = measured  # type: ignore[method-assign]
     thread = threading.Thread(target=ingester.run, daemon=True)
     started = time.perf_counter()
     thread.start()

@@ -10,8 +10,9 @@ the rest is decoded again as a new block. A block the reader refuses is split in
 alone. A varint or decimal encoded in more bytes than the minimum counts as a mismatch too, which only costs the
 fast path. So a poison message costs a few re-reads, never the batch, and never lets a misaligned record through.
 
-The vector checks are at least as strict as `validate` (same limits, the batch's clock, which is earlier than the
-one `validate` would read): a record that passes them passes `validate`. A record that fails them is decoded and
+The vector checks apply the rule values `validate` applies (k2_core.model.records: the fields, bounds and
+`TimeWindow` are stated there once) and are at least as strict (the batch's clock is earlier than the one `validate`
+would read): a record that passes them passes `validate`. A record that fails them is decoded and
 validated again alone, so its fate and its dead-letter reason are exactly the per-message path's.
 
 Only messages whose writer schema is the subject's reader schema take the fast path; older writer schemas need
@@ -25,7 +26,7 @@ import json
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,22 @@ from polars.exceptions import PanicException, PolarsError
 from k2_core.exceptions import DecodeError, MessageTooLargeError, ValidationError
 from k2_core.ingest.dedup import to_us
 from k2_core.model.avro import Decoder
-from k2_core.model.records import _PRICE_FIELDS, _SIZE_FIELDS, SIDES, SYMBOL_RE, TRADE_ID_RE, check_size, validate
+from k2_core.model.records import (
+    DECIMAL_PRECISION,
+    DECIMAL_SCALE,
+    FIRST_SEQUENCE,
+    MAX_DECIMAL,
+    PRICE_FIELDS,
+    SIDES,
+    SIZE_FIELDS,
+    SYMBOL_RE,
+    TRADE_ID_BYTES,
+    TRADE_ID_MAX_CHARS,
+    TRADE_ID_RE,
+    TimeWindow,
+    check_size,
+    validate,
+)
 from k2_core.model.registry import ParsedSchema
 from k2_core.model.topics import Kind
 from k2_core.settings import RecordSettings
@@ -49,7 +65,7 @@ BoolArray = npt.NDArray[np.bool_]
 HEADER_BYTES = 5  # Confluent wire format: magic byte + 4-byte schema id
 MIN_BLOCK = 8  # a failing block this small is decoded message by message instead of split further
 _SYNC = b"\x00" * 16
-_MAX_UNSCALED = 10**18  # DECIMAL(18,8): |value| < 10^10, i.e. |unscaled| < 10^18
+_MAX_UNSCALED = int(MAX_DECIMAL.scaleb(DECIMAL_SCALE))  # the bound on |value|, on the unscaled integer
 # Field types the length check understands; a schema with any other type is decoded message by message.
 _STRING, _LONG, _DECIMAL = "string", "long", "decimal"
 
@@ -94,7 +110,7 @@ def _field_kinds(schema: ParsedSchema) -> list[tuple[str, str]] | None:
         ):
             kinds.append((f["name"], _LONG))
         elif isinstance(t, dict) and t.get("type") == "bytes" and t.get("logicalType") == "decimal":
-            if t.get("precision") != 18 or t.get("scale") != 8:
+            if t.get("precision") != DECIMAL_PRECISION or t.get("scale") != DECIMAL_SCALE:
                 return None
             kinds.append((f["name"], _DECIMAL))
         else:
@@ -156,14 +172,15 @@ def _decimal_size(unscaled: Int64Array) -> Int64Array:
 
 
 def _printable_ids(column: pa.ChunkedArray) -> BoolArray:
-    """`TRADE_ID_RE` (1-128 printable ASCII characters) per value; when every byte of the column is printable, a
-    length check decides, else the regex runs."""
+    """`TRADE_ID_RE` per value; when every byte of the column is in `TRADE_ID_BYTES`, a length check decides, else
+    the regex runs."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     lengths = _as_numpy_int64(pc.binary_length(column))
-    ok = (lengths >= 1) & (lengths <= 128)
+    ok = (lengths >= 1) & (lengths <= TRADE_ID_MAX_CHARS)
     offsets = np.frombuffer(column.buffers()[1], dtype=np.int64, count=len(column) + 1 + column.offset)
     data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[column.offset] : offsets[-1]]
-    if data.size and (data.min() < 0x21 or data.max() > 0x7E):
+    lowest, highest = TRADE_ID_BYTES
+    if data.size and (data.min() < lowest or data.max() > highest):
         ok &= np.asarray(
             pc.fill_null(pc.match_substring_regex(column, f"^{TRADE_ID_RE.pattern}\\z"), False), dtype=np.bool_
         )
@@ -314,10 +331,9 @@ class BatchDecoder:
         n = table.num_rows
         if n == 0:
             return np.zeros(0, dtype=np.bool_)
-        limits = self.limits
-        tolerance_us = timedelta(seconds=limits.future_tolerance_seconds) // timedelta(microseconds=1)
-        earliest_us = to_us(datetime.combine(limits.earliest_date, time(), tzinfo=UTC))
-        latest_us = to_us(now) + tolerance_us
+        window = TimeWindow.at(now, self.limits)
+        skew_us = window.skew // timedelta(microseconds=1)
+        earliest_us, latest_us = to_us(window.earliest), to_us(window.latest)
 
         def np_bool(arr: pa.ChunkedArray | pa.Array) -> BoolArray:
             return np.asarray(pc.fill_null(arr, False), dtype=np.bool_)
@@ -330,16 +346,16 @@ class BatchDecoder:
 
         ok = per_value(table.column("exchange"), lambda v: pc.equal(v, exchange))
         ok &= per_value(table.column("symbol"), lambda v: pc.match_substring_regex(v, SYMBOL_RE.pattern))
-        ok &= _as_numpy_int64(table.column("exchange_sequence_number")) >= 1
+        ok &= _as_numpy_int64(table.column("exchange_sequence_number")) >= FIRST_SEQUENCE
         ingested = _as_numpy_int64(table.column("ingestion_timestamp"))
         happened = _as_numpy_int64(table.column("exchange_timestamp"))
         for ts in (ingested, happened):
             ok &= (ts >= earliest_us) & (ts <= latest_us)
-        ok &= happened <= ingested + tolerance_us
-        for name in _PRICE_FIELDS[kind]:
+        ok &= happened <= ingested + skew_us
+        for name in PRICE_FIELDS[kind]:
             unscaled, fits = _unscaled(table.column(name))
             ok &= fits & (unscaled > 0) & (unscaled < _MAX_UNSCALED)
-        for name in _SIZE_FIELDS[kind]:
+        for name in SIZE_FIELDS[kind]:
             unscaled, fits = _unscaled(table.column(name))
             ok &= fits & (unscaled >= 0) & (unscaled < _MAX_UNSCALED)
         if kind == "trades":

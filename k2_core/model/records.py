@@ -1,17 +1,19 @@
 """Rules every market record must meet before it is stored; a record that breaks one is dead-lettered.
 
 The limits that are a matter of policy (how old, how far in the future, how large) come from `RecordSettings`
-(`K2_RECORDS_*`); callers that pass none get the defaults. A dead letter's reason is one line starting with the
-exception's class name (`DecodeError: ...`), and `reason_class` folds it into the short, bounded label the DLQ
-metric and the `k2.error.class` header carry.
+(`K2_RECORDS_*`); callers that pass none get the defaults. The rules are stated once, here, as public values
+(`SYMBOL_RE`, `PRICE_FIELDS`, `MAX_DECIMAL`, `TimeWindow`, ...): `validate` applies them to one record, and the batch
+decoder (`k2_stream.decode`) applies the same values to whole columns, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from k2_core.exceptions import MessageTooLargeError, ValidationError
 from k2_core.model.topics import Kind
@@ -20,45 +22,41 @@ from k2_core.settings import RecordSettings
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,19}$")
 # Printable, no control characters: a body decoded with the wrong schema turns binary into strings, and this
 # is where that shows.
-TRADE_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+TRADE_ID_BYTES = (0x21, 0x7E)  # the byte range a trade id's characters come from
+TRADE_ID_MAX_CHARS = 128
+TRADE_ID_RE = re.compile(f"[\\x{TRADE_ID_BYTES[0]:02x}-\\x{TRADE_ID_BYTES[1]:02x}]{{1,{TRADE_ID_MAX_CHARS}}}")
 SIDES = frozenset({"buy", "sell", "unknown"})
-_MAX_DECIMAL = Decimal(10) ** 10  # DECIMAL(18,8) holds 10 integer digits
-_PRICE_FIELDS: dict[str, tuple[str, ...]] = {
+FIRST_SEQUENCE = 1  # exchange sequence numbers start here; 0 or below is a garbled record
+# Prices and sizes are DECIMAL(18,8) end to end: 10 integer digits, 8 decimal places.
+DECIMAL_PRECISION, DECIMAL_SCALE = 18, 8
+MAX_DECIMAL = Decimal(10) ** (DECIMAL_PRECISION - DECIMAL_SCALE)  # exclusive bound on |value|
+PRICE_FIELDS: Mapping[Kind, tuple[str, ...]] = {  # each > 0
     "trades": ("price",),
     "quotes": ("bid_price", "ask_price"),
 }
-_SIZE_FIELDS: dict[str, tuple[str, ...]] = {
+SIZE_FIELDS: Mapping[Kind, tuple[str, ...]] = {  # each >= 0
     "trades": ("volume",),
     "quotes": ("bid_size", "ask_size"),
 }
+_QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
 _DEFAULT_LIMITS = RecordSettings()
 
-ReasonClass = Literal["decode_error", "validation_error", "too_large", "shed", "other"]
-_REASON_CLASSES: dict[str, ReasonClass] = {
-    "DecodeError": "decode_error",
-    "ValidationError": "validation_error",
-    "MessageTooLargeError": "too_large",
-    "shed": "shed",
-}
 
+@dataclass(frozen=True)
+class TimeWindow:
+    """When a record's timestamps may fall, as seen from the validating process's clock `now`: on or after
+    `earliest`, at most `latest`, and an exchange event may follow its own receipt by at most `skew`. Anything else
+    is a wrong clock or a unit mix-up (ms for µs), not a market event."""
 
-def reason_class(reason: str) -> ReasonClass:
-    """The bounded class of a dead letter's reason (`DecodeError: ...` -> `decode_error`), for metric labels:
-    the full reason quotes the bad value, so it belongs in the header and the log, never in a label."""
-    return _REASON_CLASSES.get(reason.split(":", 1)[0].strip(), "other")
+    earliest: datetime
+    latest: datetime
+    skew: timedelta
 
-
-# A dead letter must be producible: librdkafka refuses messages over ~1 MB by default, and a dead letter that
-# cannot be sent would stall its partition (the batch is retried forever). Larger bodies are cut to this.
-DEAD_LETTER_MAX_BODY = 512 * 1024
-
-
-def dead_letter_body(value: bytes | None) -> tuple[bytes | None, dict[str, bytes]]:
-    """The body a dead letter carries and the headers that say whether it was cut (`k2.truncated`,
-    `k2.original_bytes`); the untouched original stays at `k2.source.*` for the topic's retention."""
-    if value is None or len(value) <= DEAD_LETTER_MAX_BODY:
-        return value, {}
-    return value[:DEAD_LETTER_MAX_BODY], {"k2.truncated": b"true", "k2.original_bytes": str(len(value)).encode()}
+    @classmethod
+    def at(cls, now: datetime, limits: RecordSettings | None = None) -> TimeWindow:
+        limits = limits or _DEFAULT_LIMITS
+        skew = timedelta(seconds=limits.future_tolerance_seconds)
+        return cls(datetime.combine(limits.earliest_date, time(), tzinfo=UTC), now + skew, skew)
 
 
 def check_size(payload: bytes | None, max_bytes: int) -> None:
@@ -73,9 +71,10 @@ def check_size(payload: bytes | None, max_bytes: int) -> None:
 def _check_decimal(name: str, value: Any, positive: bool) -> None:
     if not isinstance(value, Decimal) or not value.is_finite():
         raise ValidationError(f"{name} is not a finite decimal: {value!r}")
-    if value.as_tuple().exponent < -8 and value != value.quantize(Decimal("1e-8")):  # type: ignore[operator]
-        raise ValidationError(f"{name} has more than 8 decimal places: {value}")
-    if abs(value) >= _MAX_DECIMAL:
+    exponent = value.as_tuple().exponent  # an int: the value is finite
+    if isinstance(exponent, int) and exponent < -DECIMAL_SCALE and value != value.quantize(_QUANTUM):
+        raise ValidationError(f"{name} has more than {DECIMAL_SCALE} decimal places: {value}")
+    if abs(value) >= MAX_DECIMAL:
         raise ValidationError(f"{name} does not fit DECIMAL(18,8): {value}")
     if positive and value <= 0:
         raise ValidationError(f"{name} must be > 0, got {value}")
@@ -83,17 +82,17 @@ def _check_decimal(name: str, value: Any, positive: bool) -> None:
         raise ValidationError(f"{name} must be >= 0, got {value}")
 
 
-def _check_time(name: str, value: Any, earliest: datetime, latest: datetime) -> datetime:
+def _check_time(name: str, value: Any, window: TimeWindow) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValidationError(f"{name} is missing or not a UTC timestamp")
-    if value < earliest:
+    if value < window.earliest:
         raise ValidationError(
-            f"{name} {value.isoformat()} is before {earliest.date().isoformat()} (K2_RECORDS_EARLIEST_DATE)"
+            f"{name} {value.isoformat()} is before {window.earliest.date().isoformat()} (K2_RECORDS_EARLIEST_DATE)"
         )
-    if value > latest:
+    if value > window.latest:
         raise ValidationError(
             f"{name} {value.isoformat()} is in the future (more than the allowed clock skew past "
-            f"{latest.isoformat()}, K2_RECORDS_FUTURE_TOLERANCE_SECONDS)"
+            f"{window.latest.isoformat()}, K2_RECORDS_FUTURE_TOLERANCE_SECONDS)"
         )
     return value
 
@@ -112,27 +111,25 @@ def validate(
     `now` (the validating process's clock), and the exchange event may not follow its own receipt by more
     than the tolerance either: either would be a wrong clock or a unit mix-up (ms for µs), not a market event."""
     limits = limits or _DEFAULT_LIMITS
+    window = TimeWindow.at(now or datetime.now(UTC), limits)
     if record.get("exchange") != exchange:
         raise ValidationError(f"record exchange {record.get('exchange')!r} does not match topic exchange {exchange!r}")
     symbol = record.get("symbol")
     if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
         raise ValidationError(f"invalid symbol {symbol!r}")
     seq = record.get("exchange_sequence_number")
-    if not isinstance(seq, int) or seq < 1:
-        raise ValidationError(f"exchange_sequence_number must be >= 1, got {seq!r}")
-    tolerance = timedelta(seconds=limits.future_tolerance_seconds)
-    earliest = datetime.combine(limits.earliest_date, time(), tzinfo=UTC)
-    latest = (now or datetime.now(UTC)) + tolerance
-    ingested = _check_time("ingestion_timestamp", record.get("ingestion_timestamp"), earliest, latest)
-    happened = _check_time("exchange_timestamp", record.get("exchange_timestamp"), earliest, latest)
-    if happened > ingested + tolerance:
+    if not isinstance(seq, int) or seq < FIRST_SEQUENCE:
+        raise ValidationError(f"exchange_sequence_number must be >= {FIRST_SEQUENCE}, got {seq!r}")
+    ingested = _check_time("ingestion_timestamp", record.get("ingestion_timestamp"), window)
+    happened = _check_time("exchange_timestamp", record.get("exchange_timestamp"), window)
+    if happened > ingested + window.skew:
         raise ValidationError(
             f"exchange_timestamp {happened.isoformat()} is after its ingestion_timestamp {ingested.isoformat()} by "
             f"more than {limits.future_tolerance_seconds:g}s (K2_RECORDS_FUTURE_TOLERANCE_SECONDS)"
         )
-    for name in _PRICE_FIELDS[kind]:
+    for name in PRICE_FIELDS[kind]:
         _check_decimal(name, record.get(name), positive=True)
-    for name in _SIZE_FIELDS[kind]:
+    for name in SIZE_FIELDS[kind]:
         _check_decimal(name, record.get(name), positive=False)
     if kind == "trades":
         side = record.get("side")
@@ -140,4 +137,6 @@ def validate(
             raise ValidationError(f"side must be one of {', '.join(sorted(SIDES))}; got {side!r}")
         trade_id = record.get("trade_id")
         if not isinstance(trade_id, str) or not TRADE_ID_RE.fullmatch(trade_id):
-            raise ValidationError(f"trade_id must be 1-128 printable ASCII characters; got {trade_id!r}")
+            raise ValidationError(
+                f"trade_id must be 1-{TRADE_ID_MAX_CHARS} printable ASCII characters; got {trade_id!r}"
+            )

@@ -15,9 +15,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
 from k2_core.exceptions import K2Error
+from k2_core.ingest.dead_letters import DEAD_LETTER_MAX_BODY
 from k2_core.lake.catalog import open_catalog
 from k2_core.model.avro import encode
-from k2_core.model.records import DEAD_LETTER_MAX_BODY
 from k2_core.model.registry import FileSchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.admin import ensure_topics

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from k2_core.exceptions import MessageTooLargeError, ValidationError
-from k2_core.model.records import DEAD_LETTER_MAX_BODY, check_size, dead_letter_body, reason_class, validate
+from k2_core.model.records import check_size, validate
 from k2_core.settings import RecordSettings
 from tests.support import factories
 
@@ -130,26 +130,3 @@ def test_size_rule_refuses_before_decoding() -> None:
     check_size(None, 1024)
     with pytest.raises(MessageTooLargeError, match=r"^message too large: 1025 bytes > 1024"):
         check_size(b"x" * 1025, 1024)
-
-
-@pytest.mark.parametrize(
-    ("reason", "label"),
-    [
-        ("DecodeError: undecodable Avro body for schema id 1: EOFError()", "decode_error"),
-        ("ValidationError: price must be > 0, got -1", "validation_error"),
-        ("MessageTooLargeError: message too large: 10485765 bytes > 1048576", "too_large"),
-        ("shed: degradation level 3 keeps critical symbols only", "shed"),
-        ("something new", "other"),
-    ],
-)
-def test_reason_classes_are_a_short_bounded_set(reason: str, label: str) -> None:
-    assert reason_class(reason) == label
-
-
-def test_dead_letter_bodies_are_cut_to_a_producible_size() -> None:
-    assert dead_letter_body(b"abc") == (b"abc", {})
-    assert dead_letter_body(None) == (None, {})
-    body, headers = dead_letter_body(b"x" * 10_000_000)
-    assert body is not None
-    assert len(body) == DEAD_LETTER_MAX_BODY
-    assert headers == {"k2.truncated": b"true", "k2.original_bytes": b"10000000"}

@@ -1,0 +1,75 @@
+"""The sequence state kept right: the tracker, and the snapshot of each table it matches.
+
+The tracker is derived from the tables, never stored on the side (k2_core.ingest.dedup), so what matters is knowing
+which snapshot it is right as of. After a rebalance or a failed write it is caught up from there (reading only the
+files other writers committed since), and read again whole only the first time or when that snapshot has left the
+chain. Our own commit keeps it right without a read, unless another writer committed in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from pyiceberg.table import Table
+
+from k2_core.ingest.dedup import OpenGaps, catch_up, load_history, rebuild, to_us
+from k2_core.ingest.sequence import SequenceTracker, SequenceTxn, StreamKey
+from k2_core.logging import get_logger
+from k2_core.model.topics import Kind
+
+log = get_logger(__name__)
+
+AGE_OUT_EVERY_SECONDS = 60.0
+
+
+class SequenceState:
+    def __init__(self, tables: Mapping[Kind, Table], open_gaps: Callable[[], OpenGaps], window_us: int) -> None:
+        self.tracker = SequenceTracker(window_us)
+        self.tables = tables
+        self._open_gaps = open_gaps
+        self._at: dict[Kind, int | None] | None = None  # the snapshot per table the tracker is right as of
+        self._aged_out_at = time.monotonic()
+
+    def sync(self) -> None:
+        """Make the tracker match the tables: catch up with what other writers committed since it was right (a
+        rebalance, a failed write), or, the first time or when that snapshot has expired, read the whole window."""
+        open_gaps = self._open_gaps()
+        if self._at is not None:
+            rows = catch_up(self.tracker, self.tables, self._at, open_gaps)
+            if rows is not None:
+                self._at = {kind: t.metadata.current_snapshot_id for kind, t in self.tables.items()}
+                log.info("sequence state caught up", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
+                return
+        for table in self.tables.values():
+            table.refresh()
+        at = {kind: t.metadata.current_snapshot_id for kind, t in self.tables.items()}
+        rows = rebuild(self.tracker, self.tables, open_gaps, datetime.now(UTC))
+        self._at = at
+        log.info("sequence state rebuilt", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
+
+    def load_history(self, wanted: set[tuple[StreamKey, int]]) -> None:
+        """Load stream-days from before the horizon (`k2_core.ingest.plan.history_wanted`) before planning."""
+        rows = load_history(self.tracker, self.tables, wanted, self._open_gaps(), datetime.now(UTC))
+        log.info("history loaded for older rows", extra={"stream_days": len(wanted), "keys_read": rows})
+
+    def committed(self, kind: Kind, txn: SequenceTxn | None, snapshot_id: int | None) -> None:
+        """`kind`'s rows are committed (as `snapshot_id`; None if there were none to write): merge what the plan
+        staged. The state stays right as of our snapshot when nobody committed between (its parent is the state's
+        snapshot); otherwise the next catch-up reads what the other writer added (and our rows again: harmless)."""
+        if self._at is not None and snapshot_id is not None:
+            snapshot = self.tables[kind].metadata.snapshot_by_id(snapshot_id)
+            if snapshot is not None and snapshot.parent_snapshot_id == self._at.get(kind):
+                self._at[kind] = snapshot_id
+        if txn is not None:
+            txn.commit()
+
+    def age_out(self, now: datetime) -> None:
+        """At most once a minute, let sessions and loaded days older than the window leave the tracker."""
+        if time.monotonic() - self._aged_out_at < AGE_OUT_EVERY_SECONDS:
+            return
+        self._aged_out_at = time.monotonic()
+        dropped = self.tracker.evict(to_us(now))
+        if dropped:
+            log.info("sequence state aged out", extra={"sessions": dropped, "streams": len(self.tracker.streams)})

@@ -1,0 +1,226 @@
+"""The checkpoint: one prepared batch committed in the only order that keeps ingestion exactly once.
+
+1. Dead letters, delivered: a refused message is on its DLQ before anything past it is committed.
+2. Detected gaps: recorded before the data that reveals them, so a crash never loses one (the replayed batch finds
+   it recorded).
+3. Data: one fenced append per table, carrying the offsets it covers (k2_core.ingest.writer). From here on the batch
+   is in: the table's offsets are the resume point (k2_core.ingest.resume).
+4. State: the sequence state merges what the plan staged, only now, so a failed commit leaves it as the table is.
+5. Kafka offsets: best effort, since the table already holds them.
+
+Steps 3 and 4 go table by table. Any failure before step 5 raises, and the ingester commits the same batch again
+after a reset; gap fills and halts come after the data (a fill lost to a crash leaves a gap open whose rows are
+stored, which the backfill closes). This is quix-streams' checkpoint idea (flush the sinks, then commit the offsets)
+with Iceberg as the sink.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from pyiceberg.table import Table
+
+from k2_core.exceptions import K2Error, WriteError
+from k2_core.ingest.degradation import Degradation
+from k2_core.ingest.gaps import SHED_GAP_REASON, WARNING, GapGrading, GapStore
+from k2_core.ingest.plan import BatchPlan, Halt
+from k2_core.ingest.sequence import GapEvent, StreamKey
+from k2_core.ingest.state import SequenceState
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.offsets import TopicPartition as TP
+from k2_core.logging import get_logger
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import KINDS, Kind, TopicLayout
+from k2_core.upkeep.retention import RetentionPolicy, apply_retention
+from k2_stream import metrics
+from k2_stream.dead_letters import DeadLetterSender
+from k2_stream.prepare import PreparedBatch
+
+log = get_logger(__name__)
+
+
+class Checkpoint:
+    """Long-lived: it holds what outlives one batch (gap fills not recorded yet, dead letters already delivered).
+    `positions` and `halted` are the ingester's own dicts: each table's commit moves its partitions' positions, and
+    a halt pauses its partition."""
+
+    def __init__(
+        self,
+        *,
+        layout: TopicLayout,
+        consumer: Consumer,
+        dead_letters: DeadLetterSender,
+        gaps: GapStore,
+        grading: GapGrading,
+        writers: dict[Kind, TableWriter],
+        state: SequenceState,
+        degradation: Degradation,
+        positions: dict[TP, int],
+        halted: dict[TP, str],
+        shed_streams: set[StreamKey],
+        stats: MutableMapping[str, int],
+    ) -> None:
+        self.layout = layout
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self.gaps = gaps
+        self.grading = grading
+        self.writers = writers
+        self.state = state
+        self.degradation = degradation
+        self.positions = positions
+        self.halted = halted
+        self.shed_streams = shed_streams
+        self.stats = stats
+        self._unrecorded_fills: list[GapEvent] = []  # deferred under load, or their write failed
+
+    def commit(self, batch: PreparedBatch, now: datetime) -> float:
+        """Commit `batch`; returns the slowest table append, in seconds (what degradation watches)."""
+        plan = batch.plan
+        self.dead_letters.send(batch.dead)  # 1
+        self._record_detected(plan.detected, now)  # 2
+        slowest = 0.0
+        for kind in KINDS:
+            offsets = {tp: o for tp, o in batch.offsets.items() if self.layout.by_name[tp[0]].kind == kind}
+            snapshot_id, seconds = self._append(kind, plan, offsets)  # 3
+            slowest = max(slowest, seconds)
+            self.state.committed(kind, plan.txns.get(kind), snapshot_id)  # 4
+            self.positions.update(offsets)
+        self._record_filled(plan.filled, now)
+        self._report_gaps(plan.detected, plan.halts)
+        self._commit_offsets(batch.offsets)  # 5
+        self.dead_letters.batch_committed()
+        return slowest
+
+    def _record_detected(self, detected: list[GapEvent], now: datetime) -> None:
+        if not detected:
+            return
+        shed = [g for g in detected if g.key in self.shed_streams]
+        self.gaps.record_detected(detected, now, reasons={id(g): SHED_GAP_REASON for g in shed})
+        self.shed_streams.difference_update(g.key for g in shed)
+
+    def _append(self, kind: Kind, plan: BatchPlan, offsets: dict[TP, int]) -> tuple[int | None, float]:
+        """One fenced append of `kind`'s rows; returns its snapshot (None if nothing to write) and its seconds."""
+        rows = plan.rows.get(kind)
+        written = rows.num_rows if rows is not None else 0
+        table_def = MARKET_TABLES[kind]
+        snapshot_id, elapsed = None, 0.0
+        if rows is not None and written:
+            data = table_def.sort(rows)
+            started = time.perf_counter()
+            # Every owned partition of this data type rides along at its position, so the newest snapshot holds
+            # each one's offset and snapshot expiry never keeps a long chain behind an idle partition.
+            covered = {**self._carried(kind, offsets), **offsets}
+            fills, checked_at = plan.fills.get(kind, (None, None))
+            snapshot_id = self.writers[kind].append(
+                data, covered, {tp: self.positions[tp] for tp in covered}, fills=fills, checked_at=checked_at
+            )
+            elapsed = time.perf_counter() - started
+            metrics.WRITE_DURATION.labels(table_def.name).observe(elapsed)
+            metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(written)
+            metrics.ROWS_WRITTEN.labels(table_def.name).inc(written)
+        self.stats[f"{kind}_written"] += written
+        self.stats[f"{kind}_duplicates"] += plan.duplicates.get(kind, 0)
+        metrics.DUPLICATES.labels(table_def.name).inc(plan.duplicates.get(kind, 0))
+        return snapshot_id, elapsed
+
+    def _carried(self, kind: Kind, offsets: dict[TP, int]) -> dict[TP, int]:
+        """Owned partitions of `kind` this batch has nothing from, at their committed positions."""
+        return {
+            tp: pos
+            for tp, pos in self.positions.items()
+            if pos >= 0 and tp not in offsets and self.layout.by_name[tp[0]].kind == kind
+        }
+
+    def _record_filled(self, filled: list[GapEvent], now: datetime) -> None:
+        """Best effort, and deferred at degradation level 2 and above: the rows are safe, and an open gap whose
+        rows exist is closed by the backfill."""
+        self._unrecorded_fills.extend(filled)
+        if not self._unrecorded_fills or self.degradation.skip_non_critical():
+            return
+        try:
+            self.gaps.record_filled(self._unrecorded_fills, now)
+            self._unrecorded_fills = []
+        except WriteError as exc:
+            log.warning("could not mark gaps filled yet", extra={"error": str(exc)})
+
+    def _report_gaps(self, detected: list[GapEvent], halts: dict[TP, Halt]) -> None:
+        halting = {id(halt.gap) for halt in halts.values()}
+        for gap in detected:
+            data_type, exchange, symbol = gap.key
+            severity = self.grading(gap.missing)
+            metrics.SEQUENCE_GAPS.labels(exchange, severity).inc()
+            self.stats["gaps"] += 1
+            extra = {
+                "data_type": data_type,
+                "exchange": exchange,
+                "symbol": symbol,
+                "first_missing": gap.first,
+                "last_missing": gap.last,
+                "missing": gap.missing,
+                "severity": severity,
+            }
+            if id(gap) in halting:
+                continue  # logged below, with the partition it stopped
+            if severity == WARNING:
+                log.warning("sequence gap", extra=extra)
+            else:
+                log.error("sequence gap alert", extra=extra)
+        for tp, (offset, gap) in halts.items():
+            reason = (
+                f"gap of {gap.missing} in {gap.key[0]} {gap.key[1]}:{gap.key[2]} (sequence {gap.first}..{gap.last}) "
+                f"exceeds {self.grading.halt_threshold}; partition {tp[0]}[{tp[1]}] stopped at offset {offset}. "
+                "The gap is recorded in sequence_gaps; restart the ingester to continue past it."
+            )
+            self.halted[tp] = reason
+            self.consumer.pause([TopicPartition(tp[0], tp[1])])
+            log.critical("partition halted", extra={"topic": tp[0], "partition": tp[1], "reason": reason})
+        metrics.HALTED_PARTITIONS.set(len(self.halted))
+
+    def _commit_offsets(self, offsets: dict[TP, int]) -> None:
+        """Best effort: the table already holds these offsets, so a failed Kafka commit only costs a re-read
+        that dedup absorbs."""
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            log.warning("kafka offset commit failed; offsets are safe in the table", extra={"error": str(exc)})
+
+
+class RetentionCadence:
+    """Every `every` appends to a table, thin its snapshots (k2_core.upkeep.retention), so commit latency stays flat
+    at any table age. Best effort, after the checkpoint: the batch is already committed."""
+
+    def __init__(self, tables: dict[Kind, Table], every: int, policy: RetentionPolicy) -> None:
+        self.tables = tables
+        self.every = every
+        self.policy = policy
+        self._appends: dict[Kind, int] = defaultdict(int)
+
+    def appended(self, kinds: list[Kind]) -> None:
+        if not self.every:
+            return
+        for kind in kinds:
+            self._appends[kind] += 1
+            if self._appends[kind] % self.every:
+                continue
+            started = time.perf_counter()
+            try:
+                result = apply_retention(self.tables[kind], datetime.now(UTC), self.policy)
+            except K2Error as exc:
+                log.warning("snapshot retention failed; retried later", extra={"table": kind, "error": str(exc)})
+                continue
+            log.info(
+                "snapshot retention applied",
+                extra={
+                    "table": kind,
+                    "expired": result.expired,
+                    "retained": result.retained,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
