@@ -72,6 +72,7 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         K2_INGEST_METRICS_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
         K2_MAINTENANCE_DAGSTER_PORT=str(dagster_port),
+        K2_SUPERVISOR_PORT=str(free_port()),  # a K2 of the machine's own may hold the default
     )
     api = f"http://127.0.0.1:{api_port}"
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from pyiceberg.exceptions import NoSuchTableError
 
 from k2_core.lake.catalog import open_catalog
 from k2_core.lake.offsets import WRITER_PROPERTY
@@ -129,10 +130,10 @@ def test_two_ingesters_one_killed_across_a_rebalance(
 ) -> None:
     settings = reliable_settings(make_settings, broker, catalog="postgres")
     settings.kafka.max_partitions = 4
-    with feed(settings, count=4000, rate=300):
+    with feed(settings, count=6000, rate=300):
         first = spawn_ingester(settings, tmp_path / "a.log")
         second = spawn_ingester(settings, tmp_path / "b.log")
-        time.sleep(8)
+        wait_for(lambda: len(_writers(settings)) == 2, timeout=60)  # both own partitions and have committed
         first.send_signal(signal.SIGKILL)  # its partitions move to the survivor in a rebalance
         first.wait()
     try:
@@ -140,9 +141,17 @@ def test_two_ingesters_one_killed_across_a_rebalance(
     finally:
         second.terminate()
         second.wait(30)
-    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    assert len(_writers(settings)) == 2  # both really wrote to the same table
+
+
+def _writers(settings: Settings) -> set[str]:
+    """The ingesters that have committed to the trades table (each commit names its writer)."""
+    try:
+        table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    except NoSuchTableError:
+        return set()
     writers = {s.summary.additional_properties.get(WRITER_PROPERTY) for s in table.snapshots() if s.summary}
-    assert len(writers - {None}) == 2  # both really wrote to the same table
+    return {w for w in writers if w is not None}
 
 
 def _mount_tmpfs(path: Path, size: str) -> None:
@@ -161,16 +170,19 @@ def test_full_warehouse_disk_opens_the_breaker_and_recovers(
         settings = reliable_settings(make_settings, broker)
         settings.catalog.warehouse = warehouse.as_uri()
         with ingester_process(settings, tmp_path / "ingester.log") as proc:
-            with feed(settings, count=1500, rate=150):
-                wait_for(lambda: len(table_rows(settings, "trades")) > 0, timeout=60)
-                ballast = warehouse / "ballast"
-                with ballast.open("wb", buffering=0) as f:  # fill the volume: new files fail with ENOSPC
-                    for chunk in (1 << 20, 4096, 1):
-                        for _ in itertools.count():
-                            try:
-                                f.write(b"\0" * chunk)
-                            except OSError:
-                                break
+            with feed(settings, count=300, rate=150):
+                pass
+            wait_for(lambda: len(table_rows(settings, "trades")) > 0, timeout=60)
+            ballast = warehouse / "ballast"
+            with ballast.open("wb", buffering=0) as f:  # fill the volume: new files fail with ENOSPC
+                for chunk in (1 << 20, 4096, 1):
+                    for _ in itertools.count():
+                        try:
+                            f.write(b"\0" * chunk)
+                        except OSError:
+                            break
+            # produced while the disk is full, however long the ingester took to start: its writes must fail
+            with feed(settings, count=900, rate=150, exchange="asx"):
                 time.sleep(1)  # a commit already past its file writes may still land
                 stuck = len(table_rows(settings, "trades"))
                 time.sleep(4)
