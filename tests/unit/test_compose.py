@@ -1,7 +1,9 @@
-"""docker-compose.yml, the Dockerfile and the files they mount, checked against the compose specification (the
-JSON schema vendored by check-jsonschema) and against the code: every K2 command parses with the real CLI, every
-K2_ variable is a Settings field and the environment builds valid Settings, ports agree end to end, images are
-pinned, secrets are required rather than defaulted. There is no Docker engine here to run the stack itself."""
+"""docker-compose.yml, its opt-in files, the Dockerfile and the files they mount, checked against the compose
+specification (the JSON schema vendored by check-jsonschema) and against the code: every K2 command parses with the
+real CLI, every K2_ variable is a Settings field and the environment builds valid Settings, ports agree end to end,
+images are pinned, secrets are required rather than defaulted, and nothing is published on the host but what
+authenticates its callers (on the operator's PUBLISH_HOST) or, opted into, the host's loopback. There is no Docker
+engine here to run the stack itself."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import importlib
 import json
 import os
 import re
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
@@ -30,11 +34,15 @@ from tests.support.compose import (
     DOCKERFILE,
     ENV_EXAMPLE,
     INTERPOLATION,
+    OPT_IN_FILES,
+    Publish,
     compose,
     environment,
     interpolate,
     k2_services,
+    published,
     services,
+    with_opt_in,
 )
 
 K2_IMAGE_COMMANDS = {"k2"}  # every role of the image, Dagster's included, is a `k2` command
@@ -93,9 +101,11 @@ def validator() -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def test_compose_file_matches_the_compose_specification(validator: jsonschema.protocols.Validator) -> None:
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose())]
-    assert errors == []
+@pytest.mark.parametrize("path", [COMPOSE_FILE, *OPT_IN_FILES], ids=lambda p: p.name)
+def test_compose_files_match_the_compose_specification(path: Path, validator: jsonschema.protocols.Validator) -> None:
+    for stack in (compose(path), with_opt_in(path)):
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(stack)]
+        assert errors == []
 
 
 def descendants(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
@@ -130,6 +140,189 @@ def test_the_stack_has_the_services_issue_5_asks_for() -> None:
     assert services()["postgres"]["image"].startswith("postgres:16.")
     kafka = environment(services()["kafka"])
     assert "controller" in kafka["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper
+
+
+# --- what the stack publishes on the host --------------------------------------------------------------------
+
+PUBLISH_HOST = "${PUBLISH_HOST:-127.0.0.1}"  # .env's address for what authenticates its callers; loopback by default
+LOOPBACK = "127.0.0.1"
+# Everything each compose file may publish on the host, and on which address: what authenticates every caller (the
+# API's keys, Grafana's login, Kafka's SASL_SSL listener) on PUBLISH_HOST; what does not (Dagster, Prometheus), only
+# when opted into and on the host's loopback only, for an SSH tunnel. Another port, another opt-in file or a publish
+# without its address fails here.
+PUBLISHED = {
+    "docker-compose.yml": {Publish("api", PUBLISH_HOST, 8000), Publish("grafana", PUBLISH_HOST, 3000)},
+    "docker-compose.admin.yml": {Publish("dagster-webserver", LOOPBACK, 3000), Publish("prometheus", LOOPBACK, 9090)},
+    "docker-compose.kafka-external.yml": {Publish("kafka", PUBLISH_HOST, 9094)},
+}
+ALL_FILES = [COMPOSE_FILE, *OPT_IN_FILES]
+# The apache/kafka image writes every other KAFKA_* variable into server.properties (its kafka-propertiesSpec.json).
+KAFKA_IMAGE_EXCLUDES = {
+    "KAFKA_VERSION",
+    "KAFKA_HEAP_OPT",
+    "KAFKA_LOG4J_OPTS",
+    "KAFKA_OPTS",
+    "KAFKA_JMX_OPTS",
+    "KAFKA_JVM_PERFORMANCE_OPTS",
+    "KAFKA_GC_LOG_OPTS",
+    "KAFKA_LOG4J_ROOT_LOGLEVEL",
+    "KAFKA_LOG4J_LOGGERS",
+    "KAFKA_TOOLS_LOG4J_LOGLEVEL",
+}
+KAFKA_EXTERNAL = REPO_ROOT / "docker-compose.kafka-external.yml"
+
+
+def kafka_environment(stack: Mapping[str, Any]) -> dict[str, str]:
+    """The kafka service's variables as its container gets them from an .env shaped like .env.example."""
+    return {name: interpolate(value, example_env()) for name, value in environment(stack["services"]["kafka"]).items()}
+
+
+def test_the_opt_in_files_are_the_ones_checked_here() -> None:
+    assert {path.name for path in ALL_FILES} == set(PUBLISHED)
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_each_compose_file_publishes_only_what_it_may_and_on_loopback_by_default(path: Path) -> None:
+    found = published(compose(path))
+    assert len(found) == len(set(found))
+    assert set(found) - PUBLISHED[path.name] == set(), f"{path.name} publishes what it may not"
+    assert PUBLISHED[path.name] - set(found) == set(), f"{path.name} no longer publishes these: update PUBLISHED"
+    stack = with_opt_in(path)
+    for publish in published(stack):
+        assert publish.host_ip is not None, f"{publish}: without an address Docker publishes on every interface"
+        assert interpolate(publish.host_ip, example_env()) == LOOPBACK, publish  # .env.example as shipped
+        assert interpolate(publish.host_ip, {}) == LOOPBACK, publish  # no .env value at all
+    for name, service in stack["services"].items():
+        assert service.get("network_mode") != "host", f"{name}: host networking publishes every port it listens on"
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_kafka_speaks_plaintext_only_inside_the_compose_network(path: Path) -> None:
+    """Every listener advertised under a name outside the compose network, and every published one, is SASL_SSL:
+    PLAINTEXT (or SSL without SASL, or SASL over plaintext) would let whoever reaches it read and write every topic
+    or see the credentials."""
+    stack = with_opt_in(path)
+    kafka = kafka_environment(stack)
+    protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    bound = {name: int(port) for name, port in re.findall(r"(\w+)://[^:,]*:(\d+)", kafka["KAFKA_LISTENERS"])}
+    advertised = re.findall(r"(\w+)://([^:,]+):(\d+)", kafka["KAFKA_ADVERTISED_LISTENERS"])
+    assert set(bound) <= set(protocols)
+    assert advertised
+    assert kafka["KAFKA_CONTROLLER_LISTENER_NAMES"] not in {name for name, _, _ in advertised}
+    for name, host, port in advertised:
+        assert bound[name] == int(port)
+        if host not in stack["services"]:
+            assert protocols[name] == "SASL_SSL", f"{name} ({protocols[name]}) is advertised as {host}:{port}"
+    ports = {publish.target for publish in published(stack) if publish.service == "kafka"}
+    assert ports <= set(bound.values())
+    for name, port in bound.items():
+        if port in ports:
+            assert protocols[name] == "SASL_SSL", f"{name} ({protocols[name]}) is published on the host"
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_kafka_variables_survive_the_images_server_properties(path: Path) -> None:
+    """The image drops a KAFKA_* value containing '=' (it splits each variable at every '='), silently: a JAAS
+    entry, for one, must go through a file."""
+    kafka = kafka_environment(with_opt_in(path))
+    dropped = {name for name, value in kafka.items() if name.startswith("KAFKA_") and "=" in value}
+    assert dropped <= KAFKA_IMAGE_EXCLUDES
+
+
+def test_the_external_kafka_listener_takes_tls_and_credentials_from_env() -> None:
+    """docker-compose.kafka-external.yml: TLS from a keystore mounted read-only from the path in .env, SASL/PLAIN
+    with the user and password of .env, every one of them required; the JAAS file the command writes is the one
+    KAFKA_OPTS names."""
+    kafka = compose(KAFKA_EXTERNAL)["services"]["kafka"]
+    env = environment(kafka)
+    prefix = "KAFKA_LISTENER_NAME_EXTERNAL_"
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert env[f"{prefix}SSL_KEYSTORE_TYPE"] == "PKCS12"
+    (volume,) = [str(v) for v in kafka["volumes"]]
+    source, target, mode = volume.rsplit(":", 2)
+    assert (target, mode) == (env[f"{prefix}SSL_KEYSTORE_LOCATION"], "ro")
+    for value in (
+        source,
+        env[f"{prefix}SSL_KEYSTORE_PASSWORD"],
+        env[f"{prefix}SSL_KEY_PASSWORD"],
+        env["EXTERNAL_SASL_USER"],
+        env["EXTERNAL_SASL_PASSWORD"],
+    ):
+        match = INTERPOLATION.fullmatch(value)
+        assert match, value
+        assert match.group(2) == "?", f"{value} must be required from .env"
+    (jaas,) = re.findall(r"-Djava\.security\.auth\.login\.config=(\S+)", env["KAFKA_OPTS"])
+    assert f"> {jaas}" in kafka["command"][-1]
+    assert kafka["command"][-1].rstrip().endswith("exec /etc/kafka/docker/run")  # the image's own CMD
+
+
+def run_kafka_external_command(
+    tmp_path: Path, user: str, password: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The kafka command of docker-compose.kafka-external.yml, run by bash as the container would (`$$` is compose's
+    `$`), with its JAAS file under tmp_path and the image's CMD replaced by `true`."""
+    script = compose(KAFKA_EXTERNAL)["services"]["kafka"]["command"][-1].replace("$$", "$")
+    jaas = tmp_path / "jaas.conf"
+    (written,) = re.findall(r"> (\S+)", script)
+    script = script.replace(written, str(jaas)).replace("exec /etc/kafka/docker/run", "exec true")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "EXTERNAL_SASL_USER": user,
+        "EXTERNAL_SASL_PASSWORD": password,
+        "KAFKA_LISTENER_NAME_EXTERNAL_SSL_KEYSTORE_PASSWORD": "0123456789abcdef",
+    }
+    done = subprocess.run(["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=30, check=False)
+    return done, jaas
+
+
+JAAS_READER = """
+import javax.security.auth.login.AppConfigurationEntry;
+import javax.security.auth.login.Configuration;
+
+public class JaasReader {
+    public static void main(String[] args) {
+        for (AppConfigurationEntry entry : Configuration.getConfiguration().getAppConfigurationEntry("KafkaServer")) {
+            System.out.println(entry.getLoginModuleName());
+            System.out.println(entry.getControlFlag());
+            entry.getOptions().forEach((key, value) -> System.out.println(key + "\t" + value));
+        }
+    }
+}
+"""
+
+
+def test_the_external_kafka_user_reaches_a_jaas_file_the_jdk_reads(tmp_path: Path) -> None:
+    """The JAAS file the kafka command writes from .env is read by the JDK's own JAAS parser (the one Kafka uses) as
+    one PlainLoginModule user with that password, and only its owner may read it."""
+    java = shutil.which("java")
+    if java is None:
+        pytest.skip("no JDK here to read the JAAS file with (Debian package default-jre-headless)")
+    password = "k2-" + "0123456789abcdef" * 3
+    done, jaas = run_kafka_external_command(tmp_path, "feed", password)
+    assert done.returncode == 0, done.stderr
+    assert jaas.stat().st_mode & 0o777 == 0o600
+    reader = tmp_path / "JaasReader.java"
+    reader.write_text(JAAS_READER)
+    read = subprocess.run(
+        [java, f"-Djava.security.auth.login.config={jaas}", str(reader)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    module, flag, *options = read.stdout.splitlines()
+    assert module == "org.apache.kafka.common.security.plain.PlainLoginModule"
+    assert flag == "LoginModuleControlFlag: required"
+    assert options == [f"user_feed\t{password}"]
+
+
+@pytest.mark.parametrize("password", ['pass"word', "pass=word", "pass word", "pass\\word", "pässword", ""])
+def test_the_external_kafka_listener_refuses_what_jaas_or_the_image_would_mangle(tmp_path: Path, password: str) -> None:
+    done, jaas = run_kafka_external_command(tmp_path, "feed", password)
+    assert done.returncode == 1
+    assert not jaas.exists()
+    assert "letters, digits" in done.stderr
+    assert not password or password not in done.stderr + done.stdout
 
 
 # --- images and health --------------------------------------------------------------------------------------
@@ -302,13 +495,15 @@ def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatc
 
 
 def test_secrets_are_required_from_the_environment_and_documented() -> None:
-    text = COMPOSE_FILE.read_text()
+    """In docker-compose.yml and its opt-in files alike."""
+    text = "\n".join(path.read_text() for path in ALL_FILES)
     required = {m.group(1) for m in INTERPOLATION.finditer(text) if m.group(2) == "?"}
     defaulted = {m.group(1) for m in INTERPOLATION.finditer(text) if m.group(2) == "-"}
     secret_words = ("PASSWORD", "SECRET")
     assert {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "K2_S3_SECRET_ACCESS_KEY", "GRAFANA_ADMIN_PASSWORD"} <= required
+    assert {"KAFKA_EXTERNAL_PASSWORD", "KAFKA_EXTERNAL_KEYSTORE_PASSWORD"} <= required
     assert not any(word in name for name in defaulted for word in secret_words)
-    for service in services().values():
+    for service in (svc for path in ALL_FILES for svc in compose(path)["services"].values()):
         for name, value in environment(service).items():
             if any(word in name for word in secret_words):
                 assert value.startswith("${"), f"{name} must come from the environment"
