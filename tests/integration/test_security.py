@@ -400,7 +400,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
         assert "rate limit of 0.5 requests/s (burst 3) exceeded" in refused.json()["detail"]
         assert client.get("/v1/gaps", headers=bearer(other)).status_code == 200, "limits are per key"
     if redis_up:
-        bucket = redis.Redis.from_url(settings.redis.url).hgetall(f"k2:ratelimit:key:{limited_id}")
+        bucket = redis.Redis.from_url(settings.redis.url.get_secret_value()).hgetall(f"k2:ratelimit:key:{limited_id}")
         assert float(bucket[b"tokens"]) < 1
 
 

@@ -24,7 +24,7 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
     env.update(
         K2_HOME=str(settings.home),
         K2_CATALOG_NAME=settings.catalog.name,
-        K2_CATALOG_URI=settings.catalog_uri,
+        K2_CATALOG_URI=settings.catalog_uri.get_secret_value(),
         K2_CATALOG_WAREHOUSE=settings.warehouse,
         K2_KAFKA_BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
         K2_KAFKA_MAX_PARTITIONS=str(settings.kafka.max_partitions),
