@@ -310,7 +310,7 @@ BAD_REQUESTS = [
     ("/v1/replay", {"symbol": "BHP", "exchange": "asx", "date": "x"}, 400, "date must be a UTC date"),
     ("/v1/replay", {"symbol": "bhp", "exchange": "asx", "date": "2024-01-02"}, 400, "symbol must be"),
     ("/v1/snapshots", {"table": "orders"}, 400, "table must be one of trades, quotes"),
-    ("/v1/snapshots", {"table": "trades", "cursor": "e30"}, 400, "cursor is malformed"),
+    ("/v1/snapshots", {"table": "trades", "cursor": "e30"}, 400, "cursor is not a cursor this API issued"),
     (
         "/v1/trades",
         {"symbol": "BHP", "exchange": "asx", "start": "0001-01-01T00:00+01:00"},
