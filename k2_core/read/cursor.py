@@ -135,18 +135,27 @@ def home_key(path: Path) -> bytes:
     """The 32-byte key kept in `path`, created if missing. Processes racing to create it all end up with the
     winner's key: each writes a private temporary file and links it into place, which never replaces a file."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
         try:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(MIN_SECRET_BYTES) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
+            _create_key(path)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the cursor key {path}: {exc}. Make K2_HOME writable, or set K2_QUERY_CURSOR_SECRET"
+            ) from exc
     return _read_key(path)
+
+
+def _create_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(MIN_SECRET_BYTES) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def _read_key(path: Path) -> bytes:

@@ -118,6 +118,9 @@ def test_the_cursor_key_is_made_once_per_home_private_and_shared(tmp_path: Path)
     path.write_text("not hex")
     with pytest.raises(ConfigError, match="is damaged"):
         cursor_key(home)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match=r"cannot create the cursor key .* set K2_QUERY_CURSOR_SECRET"):
+        cursor_key(Settings(home=tmp_path / "a-file" / "home"))
 
 
 def test_csv_keeps_decimals_fixed_point_and_times_iso() -> None:
