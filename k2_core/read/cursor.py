@@ -128,10 +128,10 @@ def cursor_key(settings: Settings) -> bytes:
     configured = settings.query.cursor_secret
     if configured is not None:
         return configured.get_secret_value().encode()
-    return home_key(settings.home / KEY_FILE)
+    return _home_key(settings.home / KEY_FILE)
 
 
-def home_key(path: Path) -> bytes:
+def _home_key(path: Path) -> bytes:
     """The 32-byte key kept in `path`, created if missing. Processes racing to create it all end up with the
     winner's key: each writes a private temporary file and links it into place, which never replaces a file."""
     if not path.exists():
