@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from pydantic import SecretStr
 
 from k2_core.settings import CatalogSettings, KafkaSettings, Settings
 from k2_stream.admin import ensure_topics
@@ -114,7 +115,7 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"API not ready; see {work / 'children.log'}")
             time.sleep(0.1)
-        producer = FeedProducer(settings, layout, make_registry("", settings.kafka.schemas_dir))
+        producer = FeedProducer(settings, layout, make_registry(SecretStr(""), settings.kafka.schemas_dir))
         poller = Poller(base, "BHP")
         poller.start()
         sent: dict[int, float] = {}

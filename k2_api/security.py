@@ -2,8 +2,9 @@
 
 `install_security(app)` wires it all into an app before its routers are included:
 
-* `authorize`, a dependency on every route, looks the matched route template up in `POLICY` to find the scope
-  it needs (`read:trades:<exchange>`, `read:gaps`, ...). Public routes (`PUBLIC`) need nothing; a route in
+* `authorize`, a dependency on every route, looks the matched route template up in `POLICY` to find the scopes
+  it needs (`read:trades:<exchange>`, `read:gaps`, ...): one for every table whose columns the response can carry,
+  so `/v1/trades?with_quote=true` needs the quotes scope too. Public routes (`PUBLIC`) need nothing; a route in
   neither table needs `admin`, so a new route is never public by accident. It answers 401 with
   `WWW-Authenticate` for missing or bad credentials, 429 with `Retry-After` once a key's budget is spent, and
   403 naming the missing scope.
@@ -60,16 +61,23 @@ ROW_COUNT_KEY = ROW_COUNT.lower().encode()
 
 @dataclass(frozen=True)
 class Rule:
-    """The scope a route needs: `read:<resource>[:<exchange>]`. `resource_param` names a query parameter that
-    picks the resource (replay's `kind=quotes` reads quotes)."""
+    """The scopes a route needs: `read:<resource>[:<exchange>]`. `resource_param` names a query parameter that
+    picks the resource (replay's `kind=quotes` reads quotes); `joins` maps a flag parameter to another resource whose
+    columns the flag adds to the response (`with_quote` adds the quote's bid and ask), which then needs its scope
+    too: scopes cover every column a response can carry."""
 
     resource: str
     per_exchange: bool = True
     resource_param: str | None = None
+    joins: tuple[tuple[str, str], ...] = ()
 
+
+# What a boolean query parameter may say to mean false (pydantic's spellings); any other value, or any other among
+# repeated values, counts as asking for the join, so the scope check never reads a flag more leniently than the route.
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 POLICY: dict[str, Rule] = {
-    "/v1/trades": Rule("trades"),
+    "/v1/trades": Rule("trades", joins=(("with_quote", "quotes"),)),
     "/v1/quotes": Rule("quotes"),
     # Bars, day summaries and the last trade are computed from trades.
     "/v1/ohlcv": Rule("trades"),
@@ -90,11 +98,16 @@ def required_scopes(route: str, request: Request) -> list[str]:
         chosen = request.query_params.get(rule.resource_param)
         if chosen in PER_EXCHANGE:  # anything else is refused by the route's own validation
             resource = chosen
+    resources = [resource] + [
+        joined
+        for flag, joined in rule.joins
+        if any(value.strip().lower() not in _FALSE for value in request.query_params.getlist(flag))
+    ]
     if not rule.per_exchange:
-        return [f"read:{resource}"]
+        return [f"read:{resource}" for resource in resources]
     # Every value counts, not just the one the route reads: `?exchange=asx&exchange=nyse` needs both.
     exchanges = request.query_params.getlist("exchange") or ["*"]
-    return [f"read:{resource}:{exchange}" for exchange in dict.fromkeys(exchanges)]
+    return [f"read:{resource}:{exchange}" for resource in resources for exchange in dict.fromkeys(exchanges)]
 
 
 # ---- per-app state ---------------------------------------------------------------------------------------------

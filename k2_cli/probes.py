@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from k2_core.settings import Settings
 
@@ -204,8 +205,9 @@ def _url(host: str, port: int, path: str) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
 
-def redact(uri: str) -> str:
-    """A catalog URI without its password."""
+def redact(secret: SecretStr) -> str:
+    """A catalog URI without its password, to show."""
+    uri = secret.get_secret_value()
     parts = urlsplit(uri)
     if parts.password is None:
         return uri
@@ -267,7 +269,7 @@ def read_catalog(settings: Settings) -> CatalogState:
     from k2_core.read.snapshots import SNAPSHOT_TABLES
 
     uri = redact(settings.catalog_uri)
-    if not settings.catalog.uri and not (settings.home / "catalog.db").exists():
+    if not settings.catalog.uri.get_secret_value() and not (settings.home / "catalog.db").exists():
         return CatalogState(
             reachable=True, uri=uri, tables=[TableStatus(name, exists=False) for name in SNAPSHOT_TABLES]
         )

@@ -2,15 +2,30 @@
 
 Nested sections map to `K2_<SECTION>_<FIELD>` (for example `K2_CATALOG_URI`, `K2_INGEST_BATCH_MAX_ROWS`).
 Nothing else in K2 reads `os.environ`: build one `Settings` at the edge and pass it down.
+
+Every value that is or may hold a secret (a password inside a URL, keys, shared secrets) is a `Secret`: a pydantic
+`SecretStr` that `repr`, `str`, logs and JSON dumps show as `**********`. Code reveals it with `.get_secret_value()`
+only where it hands the value to the library that uses it (the database driver, the Redis client, pyiceberg's
+FileIO, PyJWT, HMAC). The sections holding secrets validate assignment (all but `auth`, whose secret may come from a
+file), so `settings.catalog.uri = "postgresql://..."` stores a `SecretStr` too.
 """
 
 from __future__ import annotations
 
 from datetime import date, time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    SerializationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,16 +33,32 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ORPHAN_MIN_AGE_FLOOR_HOURS = 1.0
 # A five-field cron expression (minute hour day month weekday), as Dagster's schedules take.
 CRON = r"^\S+( \S+){4}$"
+# `settings.model_dump_json(context={REVEAL_SECRETS: True})` writes secrets in clear: only to hand settings to another
+# K2 process (`K2Settings.pinned`); every other dump shows them as `**********`.
+REVEAL_SECRETS = "reveal_secrets"
+SECRET_SECTION = ConfigDict(validate_assignment=True)
+MIN_SECRET_BYTES = 32  # HMAC keys: as long as the SHA-256 output (RFC 2104 section 3, RFC 7518 section 3.2)
+
+
+def _dump_secret(value: SecretStr, info: SerializationInfo) -> str:
+    context = info.context
+    return value.get_secret_value() if isinstance(context, dict) and context.get(REVEAL_SECRETS) else str(value)
+
+
+Secret = Annotated[SecretStr, PlainSerializer(_dump_secret, when_used="json")]
 
 
 class KafkaSettings(BaseModel):
+    model_config = SECRET_SECTION
+
     bootstrap_servers: str = "127.0.0.1:9092"
     topics_file: Path = REPO_ROOT / "config" / "kafka" / "topics.yaml"
     # Caps every topic's partition count (the embedded default runs few partitions); None keeps the file's.
     max_partitions: int | None = Field(default=None, ge=1)
     replication_factor: int | None = Field(default=None, ge=1, description="Overrides topics.yaml when set.")
-    # Confluent Schema Registry URL; empty means the file-backed registry built from `schemas_dir`.
-    schema_registry_url: str = ""
+    # Confluent Schema Registry URL (a secret: it may carry basic-auth credentials, `https://user:pass@host`); empty
+    # means the file-backed registry built from `schemas_dir`.
+    schema_registry_url: Secret = SecretStr("")
     schemas_dir: Path = REPO_ROOT / "schemas" / "avro"
     group_id: str = "k2-ingester"
     # Tansu takes about half the session timeout to settle a group assignment: keep it low locally.
@@ -37,9 +68,11 @@ class KafkaSettings(BaseModel):
 
 
 class CatalogSettings(BaseModel):
+    model_config = SECRET_SECTION
+
     name: str = "k2"
-    # Empty means SQLite under K2_HOME (the embedded default).
-    uri: str = ""
+    # The catalog database URL, password included (a secret); empty means SQLite under K2_HOME (the embedded default).
+    uri: Secret = SecretStr("")
     # Empty means a local-file warehouse under K2_HOME.
     warehouse: str = ""
     namespace: str = "market"
@@ -49,18 +82,20 @@ class S3Settings(BaseModel):
     """Object-store access for an `s3://` warehouse (MinIO, AWS S3), handed to pyiceberg's FileIO as catalog
     properties. Unset keys fall back to pyiceberg's own defaults (the AWS credential chain)."""
 
+    model_config = SECRET_SECTION
+
     endpoint: str = Field(default="", description="S3 API endpoint, e.g. http://minio:9000; empty for AWS.")
     region: str = "us-east-1"
-    access_key_id: str = ""
-    secret_access_key: SecretStr = SecretStr("")
+    access_key_id: Secret = SecretStr("")
+    secret_access_key: Secret = SecretStr("")
     path_style_access: bool = Field(default=True, description="Path-style URLs (MinIO); False for virtual-host.")
 
     def fileio_properties(self) -> dict[str, str]:
         props = {"s3.region": self.region, "s3.force-virtual-addressing": str(not self.path_style_access).lower()}
         if self.endpoint:
             props["s3.endpoint"] = self.endpoint
-        if self.access_key_id:
-            props["s3.access-key-id"] = self.access_key_id
+        if key_id := self.access_key_id.get_secret_value():
+            props["s3.access-key-id"] = key_id
         if secret := self.secret_access_key.get_secret_value():
             props["s3.secret-access-key"] = secret
         return props
@@ -106,6 +141,8 @@ class ApiSettings(BaseModel):
 
 
 class QuerySettings(BaseModel):
+    model_config = SECRET_SECTION
+
     # Ranges ending inside this many seconds of now are served (partly) from the API's realtime tail.
     realtime_window_seconds: float = Field(default=300.0, gt=0)
     tail_enabled: bool = Field(default=True, description="The API consumes the market topics into a realtime tail.")
@@ -113,10 +150,27 @@ class QuerySettings(BaseModel):
     max_range_days: float = Field(default=366.0, gt=0, description="Widest start..end window of one request.")
     max_bars: int = Field(default=500_000, ge=1, description="Most bars one OHLCV request may span.")
     lru_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="In-process result cache; 0 disables.")
+    # The HMAC-SHA256 key pagination cursors are signed with (k2_core.read.cursor). Unset: a random key made once per
+    # K2_HOME, in K2_HOME/cursor.key (mode 0600), which every process of the installation reads. Set it when
+    # processes that must accept each other's cursors do not share a home (API replicas behind a load balancer).
+    cursor_secret: Secret | None = None
+
+    @field_validator("cursor_secret")
+    @classmethod
+    def _cursor_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"query.cursor_secret must be at least {MIN_SECRET_BYTES} bytes (e.g. openssl rand -hex 32)"
+            )
+        return value
 
 
 class RedisSettings(BaseModel):
-    url: str = "redis://127.0.0.1:6379/0"
+    model_config = SECRET_SECTION
+
+    url: Secret = SecretStr("redis://127.0.0.1:6379/0")  # a secret: it may carry a password
     enabled: bool = True
     timeout_seconds: float = Field(default=0.1, gt=0, description="Connect and command timeout.")
     ttl_seconds: int = Field(default=3600, ge=1)
@@ -153,6 +207,8 @@ def _default_market_hours() -> dict[str, MarketHours]:
 class MaintenanceSettings(BaseModel):
     """The Dagster-run upkeep of the lake: compaction, gap backfill, snapshot expiry, quality checks, where the
     Dagster webserver listens and where Dagster keeps its runs."""
+
+    model_config = SECRET_SECTION
 
     compaction_target_file_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     compaction_min_files: int = Field(default=16, ge=1, description="A closed day with more files is compacted.")
@@ -193,7 +249,7 @@ class MaintenanceSettings(BaseModel):
 
     # Dagster's run, event-log and schedule storage (k2_dagster.launcher writes the instance's dagster.yaml from it),
     # e.g. postgresql://k2:secret@postgres:5432/dagster; None keeps them in SQLite under K2_HOME/dagster.
-    dagster_postgres_url: SecretStr | None = None
+    dagster_postgres_url: Secret | None = None
 
     @field_validator("dagster_postgres_url")
     @classmethod
@@ -235,7 +291,7 @@ class AuthSettings(BaseModel):
     address; `auto` (the default) is `off` on loopback (the embedded `k2 run`) and `on` on any other address."""
 
     mode: Literal["auto", "on", "off"] = "auto"
-    jwt_secret: SecretStr | None = Field(default=None, description="HS256 shared secret for bearer JWTs.")
+    jwt_secret: Secret | None = Field(default=None, description="HS256 shared secret for bearer JWTs.")
     jwt_secret_file: Path | None = Field(default=None, description="Read jwt_secret from this file instead.")
     jwks_url: str = Field(default="", description="JWKS endpoint of an OAuth2 issuer (RS256/ES256 JWTs).")
     jwt_audience: str = Field(default="k2", description="Required `aud` claim of bearer JWTs.")
@@ -281,8 +337,11 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = SupervisorSettings()
 
     @property
-    def catalog_uri(self) -> str:
-        return self.catalog.uri or f"sqlite:///{self.home / 'catalog.db'}"
+    def catalog_uri(self) -> SecretStr:
+        """The catalog database URL (reveal it only to hand it to the driver): `catalog.uri`, or SQLite under home."""
+        if self.catalog.uri.get_secret_value():
+            return self.catalog.uri
+        return SecretStr(f"sqlite:///{self.home / 'catalog.db'}")
 
     @property
     def warehouse(self) -> str:

@@ -9,14 +9,16 @@ from pathlib import Path
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError as ConfluentRegistryError
+from pydantic import SecretStr
 
 from k2_core.exceptions import SchemaRegistryError
 from k2_core.model.registry import FileSchemaRegistry, ParsedSchema, SchemaRegistry, parse
 
 
 class ConfluentSchemaRegistry:
-    def __init__(self, url: str, schemas_dir: Path) -> None:
-        self.client = SchemaRegistryClient({"url": url})
+    def __init__(self, url: SecretStr, schemas_dir: Path) -> None:
+        # The URL may carry basic-auth credentials (`https://user:pass@host`): revealed to the client alone.
+        self.client = SchemaRegistryClient({"url": url.get_secret_value()})
         self.local = FileSchemaRegistry(schemas_dir)
         self._latest: dict[str, tuple[int, ParsedSchema]] = {}
         self._by_id: dict[int, ParsedSchema] = {}
@@ -47,6 +49,6 @@ def _file_registry(schemas_dir: Path) -> FileSchemaRegistry:
     return FileSchemaRegistry(schemas_dir)
 
 
-def make_registry(url: str, schemas_dir: Path) -> SchemaRegistry:
+def make_registry(url: SecretStr, schemas_dir: Path) -> SchemaRegistry:
     """Confluent's registry when a URL is configured, else the file-backed one (the embedded default)."""
-    return ConfluentSchemaRegistry(url, schemas_dir) if url else _file_registry(schemas_dir)
+    return ConfluentSchemaRegistry(url, schemas_dir) if url.get_secret_value() else _file_registry(schemas_dir)

@@ -43,7 +43,11 @@ def trades(
     limit: Limit = None,
     cursor: Cursor = None,
     with_quote: Annotated[
-        bool, Query(description="Attach the quote in force at each trade (latest at or before it).")
+        bool,
+        Query(
+            description="Attach the quote in force at each trade (latest at or before it). With authentication on, "
+            "this needs the quotes scope of the exchange too (read:quotes:<exchange>)."
+        ),
     ] = False,
 ) -> Any:
     """Trades of one symbol on one exchange in [start, end), oldest first."""

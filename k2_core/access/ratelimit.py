@@ -83,7 +83,9 @@ class RateLimiter:
         self.retry_after = settings.retry_after_seconds
         self._client = (
             redis.Redis.from_url(
-                settings.url, socket_timeout=settings.timeout_seconds, socket_connect_timeout=settings.timeout_seconds
+                settings.url.get_secret_value(),
+                socket_timeout=settings.timeout_seconds,
+                socket_connect_timeout=settings.timeout_seconds,
             )
             if settings.enabled and rate > 0
             else None

@@ -26,13 +26,14 @@ def open_catalog(settings: Settings) -> Catalog:
     warehouse = settings.warehouse
     if warehouse.startswith("file://"):
         Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    if settings.catalog_uri.startswith("sqlite:"):
+    uri = settings.catalog_uri.get_secret_value()
+    if uri.startswith("sqlite:"):
         settings.home.mkdir(parents=True, exist_ok=True)
     # An object-store warehouse needs the FileIO's endpoint and credentials (pyiceberg reads them from here).
     io = settings.s3.fileio_properties() if warehouse.startswith(("s3://", "s3a://")) else {}
     for attempt in range(_CREATE_ATTEMPTS):
         try:
-            return SqlCatalog(settings.catalog.name, uri=settings.catalog_uri, warehouse=warehouse, **io)
+            return SqlCatalog(settings.catalog.name, uri=uri, warehouse=warehouse, **io)
         except (OperationalError, ProgrammingError, IntegrityError) as exc:
             # another process created the catalog's tables between pyiceberg's check and its CREATE: look again
             if attempt == _CREATE_ATTEMPTS - 1 or not _already_exists(exc):

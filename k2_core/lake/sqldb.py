@@ -22,9 +22,10 @@ METADATA = MetaData()
 
 def catalog_engine(settings: Settings) -> Engine:
     """An engine on the catalog database; the caller disposes of it."""
-    if settings.catalog_uri.startswith("sqlite:"):
+    uri = settings.catalog_uri.get_secret_value()
+    if uri.startswith("sqlite:"):
         settings.home.mkdir(parents=True, exist_ok=True)
-    return create_engine(settings.catalog_uri, pool_pre_ping=True)
+    return create_engine(uri, pool_pre_ping=True)
 
 
 def create_tables(engine: Engine, *names: str) -> None:

@@ -55,7 +55,7 @@ class RedisTier:
         self.ttl_seconds = settings.ttl_seconds
         self.retry_after = settings.retry_after_seconds
         self._client = redis.Redis.from_url(
-            settings.url,
+            settings.url.get_secret_value(),
             socket_timeout=settings.timeout_seconds,
             socket_connect_timeout=settings.timeout_seconds,
         )

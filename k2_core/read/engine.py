@@ -10,6 +10,7 @@ it: which source answers, `k2_core.read.routing`; pages and streams, `k2_core.re
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Collection
 from datetime import date, datetime, timedelta
 from types import TracebackType
@@ -33,7 +34,7 @@ from k2_core.model.tables import ALL_TABLES, GAPS, TableDef
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import bars, joins, paging
 from k2_core.read.cache import RedisTier, ResultCache, Tier
-from k2_core.read.cursor import Cursor, decode_cursor, fingerprint, from_micros, micros
+from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
     AsOf,
     Limits,
@@ -83,12 +84,14 @@ class QueryEngine:
         cache: ResultCache | None = None,
         check_symbols: bool = True,
         clock: Callable[[], datetime] = utcnow,
+        cursor_key: bytes | None = None,
     ) -> None:
         """`exchanges=None` accepts any well-formed exchange name (a bare catalog has no topic layout to check
         against). `direct_reads`, `realtime` and `realtime_window` say where rows may come from
         (`k2_core.read.routing.Sources`). `owns_catalog` makes `close()` release the catalog's connections. `cache`
         is the result cache (None: none); `check_symbols` rejects symbols never seen on the exchange instead of
-        answering with nothing."""
+        answering with nothing. `cursor_key` signs page cursors (`from_settings` gives the installation's); None
+        makes a random key of this engine's own, so its cursors are good for its lifetime only."""
         self.sources = Sources(
             catalog,
             namespace,
@@ -102,6 +105,7 @@ class QueryEngine:
         self.cache = cache
         self.check_symbols = check_symbols
         self.symbol_index = SymbolIndex()
+        self.cursors = CursorCodec(cursor_key if cursor_key is not None else secrets.token_bytes(32))
         self._owns_catalog = owns_catalog
         # Identifies this catalog in shared cache keys (several catalogs may share one Redis).
         self._cache_scope = (getattr(catalog, "name", ""), str(getattr(catalog, "properties", {}).get("uri", "")))
@@ -133,6 +137,7 @@ class QueryEngine:
             realtime=realtime,
             realtime_window=timedelta(seconds=settings.query.realtime_window_seconds),
             cache=result_cache,
+            cursor_key=cursor_key(settings),
         )
 
     @property
@@ -192,7 +197,7 @@ class QueryEngine:
         if with_quote and kind != "trades":
             raise QueryError("with_quote applies to trades only")
         key_parts = (kind, query.symbol, query.exchange, query.start, query.end, with_quote, as_of)
-        position = decode_cursor(cursor, fingerprint(*key_parts), 2) if cursor else None
+        position = self._position(cursor, fingerprint(*key_parts), 2, query.window)
         stream, pinned = self._open(kind, query.exchange, query.symbol, as_of, position)
         choice = stream.choice
         route = self.sources.route(kind, query.exchange, query.window, pinned=pinned)
@@ -213,12 +218,14 @@ class QueryEngine:
         rows, last = paging.cut(rows, query.limit)
         next_cursor = None
         if last is not None:
-            next_cursor = Cursor(
-                after=(micros(last[TIME_COLUMN]), last["exchange_sequence_number"]),
-                snapshot_id=None if route.realtime else choice.snapshot_id,
-                fingerprint=fingerprint(*key_parts),
-                quote_snapshot_id=None if route.realtime else quote_snapshot,
-            ).encode()
+            next_cursor = self.cursors.encode(
+                Cursor(
+                    after=(micros(last[TIME_COLUMN]), last["exchange_sequence_number"]),
+                    snapshot_id=None if route.realtime else choice.snapshot_id,
+                    fingerprint=fingerprint(*key_parts),
+                    quote_snapshot_id=None if route.realtime else quote_snapshot,
+                )
+            )
         return QueryResult(
             rows, route.sources, choice.snapshot_id, next_cursor, cached, window=query.window, limit=query.limit
         )
@@ -294,7 +301,7 @@ class QueryEngine:
         validate_bar_count(bar, window, self.limits.max_bars)
         limit = validate_limit(limit, default=self.limits.max_limit, maximum=self.limits.max_limit)
         key_parts = ("ohlcv", symbol, exchange, bar, window.start, window.end, travel)
-        position = decode_cursor(cursor, fingerprint(*key_parts), 1) if cursor else None
+        position = self._position(cursor, fingerprint(*key_parts), 1, window)
         stream, pinned = self._open("trades", exchange, symbol, travel, position)
         choice = stream.choice
         rows, served, cached = self._bars(stream, bar, window, pinned=pinned)
@@ -304,11 +311,13 @@ class QueryEngine:
         rows, last = paging.cut(rows, limit)
         next_cursor = None
         if last is not None:
-            next_cursor = Cursor(
-                after=(micros(last["bar_start"]),),
-                snapshot_id=None if REALTIME in served else choice.snapshot_id,
-                fingerprint=fingerprint(*key_parts),
-            ).encode()
+            next_cursor = self.cursors.encode(
+                Cursor(
+                    after=(micros(last["bar_start"]),),
+                    snapshot_id=None if REALTIME in served else choice.snapshot_id,
+                    fingerprint=fingerprint(*key_parts),
+                )
+            )
         return QueryResult(rows, served, choice.snapshot_id, next_cursor, cached, window=window, limit=limit)
 
     def summary(
@@ -393,7 +402,7 @@ class QueryEngine:
             raise QueryError(f"table must be one of {', '.join(SNAPSHOT_TABLES)}; got {table!r}")
         limit = validate_limit(limit, default=self.limits.default_limit, maximum=self.limits.max_limit)
         print_ = fingerprint("snapshots", table)
-        position = decode_cursor(cursor, print_, 1) if cursor else None
+        position = self.cursors.decode(cursor, print_, 1) if cursor else None
         try:
             iceberg_table = self.sources.loader.load(table)
         except NoSuchTableError:
@@ -402,7 +411,9 @@ class QueryEngine:
         log, last = paging.cut(log, limit)
         next_cursor = None
         if last is not None:
-            next_cursor = Cursor(after=(last["sequence_number"],), snapshot_id=None, fingerprint=print_).encode()
+            next_cursor = self.cursors.encode(
+                Cursor(after=(last["sequence_number"],), snapshot_id=None, fingerprint=print_)
+            )
         return QueryResult(log, (ICEBERG,), iceberg_table.metadata.current_snapshot_id, next_cursor, limit=limit)
 
     def gaps(self, exchange: str | None = None, symbol: str | None = None, status: str | None = None) -> pa.Table:
@@ -440,6 +451,12 @@ class QueryEngine:
         return CatalogHealth(reachable=True, snapshots=snapshots)
 
     # --- internals ------------------------------------------------------------------------------------------
+
+    def _position(self, cursor: str | None, print_: str, key_length: int, window: TimeRange) -> Cursor | None:
+        """Where a page continues: the cursor verified, and its time within the query's window."""
+        if not cursor:
+            return None
+        return self.cursors.decode(cursor, print_, key_length, first_within=(micros(window.start), micros(window.end)))
 
     def _open(
         self, kind: Kind, exchange: str, symbol: str, as_of: AsOf | None, position: Cursor | None = None

@@ -17,7 +17,7 @@ from k2_core.exceptions import K2Error
 from k2_core.lake.catalog import ensure_table, open_catalog
 from k2_core.model.tables import MARKET_TABLES, TableDef
 from k2_core.model.topics import Kind
-from k2_core.settings import Settings
+from k2_core.settings import REVEAL_SECRETS, Settings
 from k2_core.upkeep.backfill import SourceResolver
 
 
@@ -28,7 +28,8 @@ class K2Settings(ConfigurableResource):
 
     @classmethod
     def pinned(cls, settings: Settings) -> "K2Settings":
-        return cls(pinned_json=settings.model_dump_json())
+        """Settings carried whole, secrets in clear (for tests and embedding code; a deployment reads `K2_*`)."""
+        return cls(pinned_json=settings.model_dump_json(context={REVEAL_SECRETS: True}))
 
     def get(self) -> Settings:
         if self.pinned_json:

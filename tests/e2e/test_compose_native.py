@@ -388,7 +388,7 @@ class Stack:
             monkeypatch.setenv(name, value)
         settings = Settings()  # the ingester's own settings
         assert settings.warehouse == f"s3://{self.bucket}/warehouse"
-        assert urlsplit(settings.catalog_uri).hostname == "127.0.0.1"
+        assert urlsplit(settings.catalog_uri.get_secret_value()).hostname == "127.0.0.1"
         self.processes.wait_for("every trade in Iceberg", lambda: len(table_rows(settings, "trades")) == TRADES)
         catalog = open_catalog(settings)
         table = catalog.load_table((settings.catalog.namespace, "trades"))

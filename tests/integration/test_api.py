@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,9 +21,11 @@ from fastapi.testclient import TestClient
 from k2_api.main import create_app
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.model.tables import GAPS, QUOTES, TRADES
-from k2_core.settings import REPO_ROOT, Settings
+from k2_core.settings import Settings
 from tests.support import factories
 from tests.support import query_oracle as oracle
+from tests.support.ports import free_port
+from tests.support.processes import api_process
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -310,7 +309,7 @@ BAD_REQUESTS = [
     ("/v1/replay", {"symbol": "BHP", "exchange": "asx", "date": "x"}, 400, "date must be a UTC date"),
     ("/v1/replay", {"symbol": "bhp", "exchange": "asx", "date": "2024-01-02"}, 400, "symbol must be"),
     ("/v1/snapshots", {"table": "orders"}, 400, "table must be one of trades, quotes"),
-    ("/v1/snapshots", {"table": "trades", "cursor": "e30"}, 400, "cursor is malformed"),
+    ("/v1/snapshots", {"table": "trades", "cursor": "e30"}, 400, "cursor is not a cursor this API issued"),
     (
         "/v1/trades",
         {"symbol": "BHP", "exchange": "asx", "start": "0001-01-01T00:00+01:00"},
@@ -505,36 +504,14 @@ def test_replay_streams_ndjson_in_exchange_order(client: TestClient) -> None:
     assert [json.loads(line)["bid_size"] for line in quotes.text.splitlines()] == ["200.00000000"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_python_m_k2_api_serves_over_http(settings: Settings, tmp_path: Path) -> None:
-    port = free_port()
     env = {
         "K2_HOME": str(settings.home),
         "K2_CATALOG_NAME": settings.catalog.name,
         "K2_API_HOST": "127.0.0.1",
-        "K2_API_PORT": str(port),
+        "K2_API_PORT": str(free_port()),
     }
-    log = (tmp_path / "api.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "k2_api"], env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
-            time.sleep(0.1)
+    with api_process(env, tmp_path / "api.log") as base:
         params = {"symbol": "BHP", "exchange": "asx", "start": "2024-01-02", "end": "2024-01-03"}
         response = httpx.get(f"{base}/v1/trades", params=params, timeout=10)
         assert response.status_code == 200
@@ -542,12 +519,4 @@ def test_python_m_k2_api_serves_over_http(settings: Settings, tmp_path: Path) ->
         bad = httpx.get(f"{base}/v1/trades", params=params | {"limit": 0}, timeout=10)
         assert bad.status_code == 400
         assert bad.json()["detail"].startswith("limit must be")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     assert '"component": "api"' in (tmp_path / "api.log").read_text()

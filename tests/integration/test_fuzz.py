@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,16 +28,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from k2_core.access.auth import KeyStore
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.model.bars import INTERVALS
 from k2_core.read.params import GAP_STATUSES
-from k2_core.settings import REPO_ROOT, Settings
+from k2_core.settings import Settings
 from tests.support.lake import seed
 from tests.support.ports import free_port
+from tests.support.processes import api_process
 
 SettingsFactory = Callable[..., Settings]
 CHECKS_EXCLUDED = "positive_data_acceptance"
@@ -73,28 +72,8 @@ def api_server(make_settings: SettingsFactory, tmp_path: Path) -> Iterator[Serve
         "K2_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "K2_LOG_LEVEL": "WARNING",
     }
-    with (tmp_path / "api.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "k2_api"], env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            assert time.monotonic() < deadline, "API did not start"
-            time.sleep(0.2)
+    with api_process(env, tmp_path / "api.log") as url:
         yield Server(url, token, narrow)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def with_input_grammar(spec: dict[str, Any], max_limit: int) -> dict[str, Any]:

@@ -326,7 +326,7 @@ def cli_env(settings: Settings) -> dict[str, str | None]:
     return {
         "K2_HOME": str(settings.home),
         "K2_CATALOG_NAME": settings.catalog.name,
-        "K2_CATALOG_URI": settings.catalog.uri,
+        "K2_CATALOG_URI": settings.catalog.uri.get_secret_value(),
         "COLUMNS": "250",
     }
 

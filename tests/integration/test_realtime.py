@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from k2_api.main import create_app
 from k2_core.lake.catalog import ensure_tables, open_catalog
@@ -83,7 +84,7 @@ def scene(settings: Settings) -> Iterator[Scene]:
     catalog.close()
 
     layout = ensure_topics(settings)
-    producer = FeedProducer(settings, layout, make_registry("", settings.kafka.schemas_dir))
+    producer = FeedProducer(settings, layout, make_registry(SecretStr(""), settings.kafka.schemas_dir))
     for record in streamed:
         producer.send("trades", record)
     producer.flush()
@@ -163,7 +164,7 @@ def test_the_api_serves_a_trade_before_it_is_committed(settings: Settings) -> No
     """The API's own consumer, started in its lifespan: a trade produced after startup becomes visible with
     nothing but the broker between producer and API (no ingester runs here)."""
     layout = ensure_topics(settings)
-    producer = FeedProducer(settings, layout, make_registry("", settings.kafka.schemas_dir))
+    producer = FeedProducer(settings, layout, make_registry(SecretStr(""), settings.kafka.schemas_dir))
     producer.send("quotes", _quote(datetime.now(UTC) - timedelta(seconds=1), 1))
     producer.flush()
     with TestClient(create_app(settings)) as client:

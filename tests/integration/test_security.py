@@ -19,10 +19,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 import redis
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
@@ -39,8 +42,12 @@ from k2_core.access.auth import API_KEYS, KeyStore, auth_banner, hash_token
 from k2_core.exceptions import ConfigError
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.logging import JsonFormatter
+from k2_core.read.engine import QueryEngine
 from k2_core.settings import REPO_ROOT, AuthSettings, Settings
+from tests.support.cursors import cursor_body, resigned_cursor, unsigned_cursor
 from tests.support.lake import seed
+from tests.support.ports import free_port
+from tests.support.processes import api_process
 
 SettingsFactory = Callable[..., Settings]
 SECRET = "k2-test-hs256-secret-of-at-least-32-bytes!"
@@ -393,7 +400,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
         assert "rate limit of 0.5 requests/s (burst 3) exceeded" in refused.json()["detail"]
         assert client.get("/v1/gaps", headers=bearer(other)).status_code == 200, "limits are per key"
     if redis_up:
-        bucket = redis.Redis.from_url(settings.redis.url).hgetall(f"k2:ratelimit:key:{limited_id}")
+        bucket = redis.Redis.from_url(settings.redis.url.get_secret_value()).hgetall(f"k2:ratelimit:key:{limited_id}")
         assert float(bucket[b"tokens"]) < 1
 
 
@@ -629,3 +636,166 @@ def test_caller_input_cannot_break_or_inject_response_headers(
         assert bad_jwt.status_code == 401
         assert "x-evil" not in bad_jwt.headers
         assert "\r" not in bad_jwt.headers["www-authenticate"]
+
+
+# ---- scopes cover every column a response carries --------------------------------------------------------------
+
+
+def test_with_quote_needs_the_quotes_scope_of_the_exchange_too(
+    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+) -> None:
+    settings = secured(make_settings)
+    store = keys(settings)
+    refused_scopes = ("read:trades:asx", "read:trades:asx read:quotes:nyse", "read:trades:* read:quotes:nyse")
+    allowed_scopes = ("read:trades:asx read:quotes:asx", "read:trades:* read:quotes:*", "admin")
+    tokens = {scopes: new_key(store, *scopes.split())[1] for scopes in refused_scopes + allowed_scopes}
+    asx = {**WINDOW, "exchange": "asx"}
+    with TestClient(create_app(settings)) as client:
+        for scopes in refused_scopes:
+            headers = bearer(tokens[scopes])
+            refused = client.get("/v1/trades", params={**asx, "with_quote": "true"}, headers=headers)
+            assert refused.status_code == 403, (scopes, refused.text)
+            assert refused.json()["detail"].startswith("missing scope read:quotes:asx for /v1/trades"), refused.text
+            assert refused.headers["www-authenticate"].endswith('scope="read:quotes:asx"')
+            assert "45.1" not in refused.text  # the seeded bid
+            # Every spelling the route reads as true needs it, and so does a true among repeated values.
+            for value in ("1", "on", "yes", "True", "t", "Y"):
+                assert client.get("/v1/trades", params={**asx, "with_quote": value}, headers=headers).status_code == 403
+            repeated = [*asx.items(), ("with_quote", "false"), ("with_quote", "true")]
+            assert client.get("/v1/trades", params=repeated, headers=headers).status_code == 403
+            # The trades themselves stay readable.
+            for plain in (asx, {**asx, "with_quote": "false"}, {**asx, "with_quote": "0"}):
+                response = client.get("/v1/trades", params=plain, headers=headers)
+                assert response.status_code == 200, (scopes, plain, response.text)
+                assert "bid_price" not in response.json()["data"][0]
+        for scopes in allowed_scopes:
+            quoted = client.get("/v1/trades", params={**asx, "with_quote": "true"}, headers=bearer(tokens[scopes]))
+            assert quoted.status_code == 200, (scopes, quoted.text)
+            assert Decimal(quoted.json()["data"][0]["bid_price"]) == Decimal("45.1"), quoted.text
+
+
+# ---- signed cursors --------------------------------------------------------------------------------------------
+
+
+def test_cursors_are_signed_and_every_bad_one_is_a_400(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    seed(settings)
+    other = settings.model_copy(deep=True)  # another installation: same data, its own cursor secret
+    other.query = other.query.model_copy(update={"cursor_secret": SecretStr("another-installation-" + "x" * 32)})
+    pages = {
+        "/v1/trades": {**WINDOW, "exchange": "asx", "limit": 1},
+        "/v1/ohlcv": {**WINDOW, "exchange": "asx", "interval": "1s", "limit": 1},
+    }
+    with (
+        TestClient(create_app(settings), raise_server_exceptions=False) as client,
+        TestClient(create_app(other), raise_server_exceptions=False) as elsewhere,
+    ):
+        for route, params in pages.items():
+            issued = client.get(route, params=params).json()["next_cursor"]
+            assert client.get(route, params={**params, "cursor": issued}).status_code == 200
+            body = cursor_body(issued)
+            rewound = {**body, "a": [body["a"][0] - 1, *([0] if len(body["a"]) == 2 else [])]}
+            signature = issued.rpartition(".")[2]
+            bad = {
+                "a position past every date": unsigned_cursor({**body, "a": [10**18, *body["a"][1:]]}),
+                "a position past int64": unsigned_cursor({**body, "a": [2**63, *body["a"][1:]]}),
+                "rewound to read a row again": unsigned_cursor(rewound),
+                "rewound, the signature kept": resigned_cursor(issued, rewound),
+                "the signature altered": issued[: -len(signature)] + signature[::-1],
+                "the signature dropped": issued.rpartition(".")[0] or issued + "x",
+                "another installation's": elsewhere.get(route, params=params).json()["next_cursor"],
+                "very long": issued + "A" * 5000,
+                "not base64": "%%%",
+                "not ASCII": "\u00e9t\u00e9",
+            }
+            for case, cursor in bad.items():
+                response = client.get(route, params={**params, "cursor": cursor})
+                assert response.status_code == 400, (route, case, response.status_code, response.text)
+                assert response.json()["detail"].startswith("cursor "), (route, case, response.text)
+
+
+def test_one_cursor_secret_per_home_shared_by_the_api_and_the_cli(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    seed(settings)
+    asx = {**WINDOW, "exchange": "asx", "limit": 1}
+    with TestClient(create_app(settings)) as client:
+        issued = client.get("/v1/trades", params=asx).json()["next_cursor"]
+    secret = settings.home / "cursor.key"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    # The CLI's engine (another process of the same installation) reads the same file and continues the page.
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        query = engine.market_query("BHP", "asx", WINDOW["start"], WINDOW["end"], 1)
+        assert engine.fetch("trades", query, cursor=issued).table.column("exchange_sequence_number").to_pylist() == [2]
+
+
+# ---- secrets stay out of repr and logs -------------------------------------------------------------------------
+
+
+def test_no_secret_reaches_repr_or_the_logs_of_a_startup(
+    make_settings: SettingsFactory,
+    keys: Callable[[Settings], KeyStore],
+    postgres_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tag = uuid.uuid4().hex[:10]
+    passwords = {
+        "catalog": f"pg-pass-{tag}",
+        "redis": f"redis-pass-{tag}",
+        "dagster": f"dagster-pass-{tag}",
+        "registry": f"registry-pass-{tag}",
+    }
+    secrets = {
+        # PostgreSQL here trusts local connections, so the password is sent nowhere but must still stay hidden.
+        "K2_CATALOG_URI": postgres_uri.replace("postgres@", f"postgres:{passwords['catalog']}@"),
+        "K2_REDIS_URL": f"redis://k2:{passwords['redis']}@127.0.0.1:6379/0",
+        "K2_MAINTENANCE_DAGSTER_POSTGRES_URL": f"postgresql://k2:{passwords['dagster']}@127.0.0.1:5432/dagster",
+        "K2_KAFKA_SCHEMA_REGISTRY_URL": f"http://k2:{passwords['registry']}@127.0.0.1:1",
+        "K2_AUTH_JWT_SECRET": f"jwt-secret-{tag}-of-at-least-32-bytes",
+        "K2_S3_ACCESS_KEY_ID": f"AKIA{tag.upper()}",
+        "K2_S3_SECRET_ACCESS_KEY": f"s3-secret-{tag}",
+        "K2_QUERY_CURSOR_SECRET": f"cursor-secret-{tag}-of-at-least-32-bytes",
+    }
+    hidden = [*secrets.values(), *passwords.values()]
+
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    from_env = Settings()
+    for shown in (repr(from_env), str(from_env), from_env.model_dump_json(), repr(from_env.model_dump())):
+        for secret in hidden:
+            assert secret not in shown, (secret, shown)
+    assert from_env.catalog_uri.get_secret_value() == secrets["K2_CATALOG_URI"]
+
+    settings = make_settings(catalog="postgres")
+    settings.query.tail_enabled = False
+    seed(settings)
+    token = new_key(keys(settings), "read:trades:asx")[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    env.update(
+        secrets,
+        K2_HOME=str(settings.home),
+        K2_CATALOG_NAME=settings.catalog.name,
+        K2_API_PORT=str(free_port()),
+        K2_AUTH_MODE="on",
+        K2_QUERY_TAIL_ENABLED="false",
+        K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+        K2_LOG_LEVEL="DEBUG",
+    )
+    log = tmp_path / "api.log"
+    with api_process(env, log) as url:
+        params = {**WINDOW, "exchange": "asx", "limit": 1}
+        first = httpx.get(f"{url}/v1/trades", params=params, headers=bearer(token), timeout=10)
+        assert first.status_code == 200, first.text
+        nxt = {**params, "cursor": first.json()["next_cursor"]}
+        assert httpx.get(f"{url}/v1/trades", params=nxt, headers=bearer(token), timeout=10).status_code == 200
+        assert httpx.get(f"{url}/v1/trades", params=params, headers=bearer(token[:-2] + "xx")).status_code == 401
+        assert httpx.get(f"{url}/v1/gaps", headers=bearer(hs256("eve", "read:gaps"))).status_code == 401
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(r.get("message") == "api started" for r in records), lines
+    assert any(r.get("message") == "authentication refused" for r in records), lines
+    logged = "\n".join(lines)
+    for secret in hidden:
+        assert secret not in logged, (secret, [line for line in lines if secret in line])

@@ -447,11 +447,11 @@ def test_every_k2_variable_in_the_stack_is_a_settings_field() -> None:
 def test_k2_service_environment_builds_the_production_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_for(name, monkeypatch)
     variables = example_env()
-    assert urlsplit(settings.catalog_uri).scheme == "postgresql+psycopg"
+    assert urlsplit(settings.catalog_uri.get_secret_value()).scheme == "postgresql+psycopg"
     assert settings.warehouse == f"s3://{variables['WAREHOUSE_BUCKET']}/warehouse"
-    assert settings.s3.access_key_id == variables["K2_S3_ACCESS_KEY_ID"]
+    assert settings.s3.access_key_id.get_secret_value() == variables["K2_S3_ACCESS_KEY_ID"]
     assert settings.s3.secret_access_key.get_secret_value() == variables["K2_S3_SECRET_ACCESS_KEY"]
-    assert settings.kafka.schema_registry_url.startswith("http://schema-registry:")
+    assert settings.kafka.schema_registry_url.get_secret_value().startswith("http://schema-registry:")
 
 
 def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -478,11 +478,11 @@ def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatc
     # Addresses the K2 services dial are the ports those services listen on.
     kafka = environment(svcs["kafka"])
     assert f"PLAINTEXT://{api.kafka.bootstrap_servers}" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
-    registry = urlsplit(api.kafka.schema_registry_url)
+    registry = urlsplit(api.kafka.schema_registry_url.get_secret_value())
     assert environment(svcs["schema-registry"])["SCHEMA_REGISTRY_LISTENERS"].endswith(f":{registry.port}")
     assert urlsplit(api.s3.endpoint).hostname == "minio"
     assert urlsplit(api.s3.endpoint).port in container_ports(svcs["minio"])
-    catalog = urlsplit(api.catalog_uri)
+    catalog = urlsplit(api.catalog_uri.get_secret_value())
     assert (catalog.hostname, catalog.port, catalog.path) == ("postgres", 5432, "/k2")
 
     datasource = yaml.safe_load((REPO_ROOT / "config/grafana/provisioning/datasources/prometheus.yaml").read_text())

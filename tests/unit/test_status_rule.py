@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from pydantic import SecretStr
 
 from k2_cli.probes import CatalogState, IngesterState, ProcessStatus, Report, SupervisorState, lag_per_topic, redact
 from k2_cli.status import problems
@@ -100,5 +101,5 @@ def test_lag_per_topic_from_the_ingesters_gauges() -> None:
 
 
 def test_catalog_uri_loses_its_password() -> None:
-    assert redact("postgresql+psycopg://k2:s3cret@db:5432/k2") == "postgresql+psycopg://k2:***@db:5432/k2"
-    assert redact("sqlite:////k2/catalog.db") == "sqlite:////k2/catalog.db"
+    assert redact(SecretStr("postgresql+psycopg://k2:s3cret@db:5432/k2")) == "postgresql+psycopg://k2:***@db:5432/k2"
+    assert redact(SecretStr("sqlite:////k2/catalog.db")) == "sqlite:////k2/catalog.db"
