@@ -54,7 +54,7 @@ def example_env() -> dict[str, str]:
     for line in ENV_EXAMPLE.read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.partition("=")
-            env[name] = value or f"filled-{name.lower()}"
+            env[name] = value or f"filled-{name.lower()}".ljust(48, "-")  # secrets have minimum lengths
     return env
 
 
