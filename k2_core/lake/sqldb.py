@@ -27,6 +27,21 @@ def catalog_engine(settings: Settings) -> Engine:
     return create_engine(settings.catalog_uri, pool_pre_ping=True)
 
 
+def access_engine(settings: Settings) -> Engine:
+    """A small engine of its own on the catalog database, for API key lookups or audit writes (`K2_AUDIT_POOL_*`):
+    whatever floods one pool never waits in another's queue. The caller disposes of it."""
+    if settings.catalog_uri.startswith("sqlite:"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    pool = settings.audit
+    return create_engine(
+        settings.catalog_uri,
+        pool_pre_ping=True,
+        pool_size=pool.pool_size,
+        max_overflow=pool.max_overflow,
+        pool_timeout=pool.pool_timeout_seconds,
+    )
+
+
 def create_tables(engine: Engine, *names: str) -> None:
     """Create the named K2 tables if missing; two processes racing to create one is not an error."""
     tables = [METADATA.tables[name] for name in names]

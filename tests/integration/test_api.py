@@ -27,6 +27,7 @@ from k2_core.model.tables import GAPS, QUOTES, TRADES
 from k2_core.settings import REPO_ROOT, Settings
 from tests.support import factories
 from tests.support import query_oracle as oracle
+from tests.support.clients import local_client
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -92,7 +93,7 @@ def settings(make_settings: SettingsFactory) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         yield client
 
 
@@ -112,7 +113,7 @@ def test_trades_returns_the_window_with_exact_decimals(
         request.getfixturevalue("postgres_uri")
     settings = make_settings(catalog=catalog)
     seed(settings)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         response = client.get(
             "/v1/trades", params={"symbol": "BHP", "exchange": "asx", "start": "2024-01-02", "end": "2024-01-03"}
         )

@@ -30,7 +30,6 @@ import sqlalchemy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.responses import StreamingResponse
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
@@ -40,6 +39,7 @@ from k2_core.exceptions import ConfigError
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.logging import JsonFormatter
 from k2_core.settings import REPO_ROOT, AuthSettings, Settings
+from tests.support.clients import local_client
 from tests.support.lake import seed
 
 SettingsFactory = Callable[..., Settings]
@@ -116,7 +116,7 @@ def test_auth_off_is_refused_unless_bound_to_loopback(make_settings: SettingsFac
     settings.auth.mode = "auto"  # the default: on, because the address is reachable from elsewhere
     assert auth_banner(settings).startswith("auth ON")
     settings.api.host = "127.0.0.1"
-    assert auth_banner(settings).startswith("auth OFF: loopback only (127.0.0.1)")
+    assert auth_banner(settings).startswith("auth OFF for direct loopback clients only: a request from any other")
     settings.auth.mode = "off"
     create_app(settings)  # allowed on loopback
 
@@ -155,7 +155,7 @@ def test_missing_or_bad_credentials_get_401_with_a_challenge(
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     params = {**WINDOW, "exchange": "asx"}
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         assert client.get("/health").status_code == 200  # public
 
         none = client.get("/v1/trades", params=params)
@@ -190,7 +190,7 @@ def test_missing_or_bad_credentials_get_401_with_a_challenge(
 def test_the_docs_pages_and_their_bundled_assets_are_public(make_settings: SettingsFactory) -> None:
     # The assets come from the installed fastapi-offline wheel, so they are served by the API itself, and a
     # browser must get them without credentials for the public /docs and /redoc to work with auth on.
-    with TestClient(create_app(secured(make_settings))) as client:
+    with local_client(create_app(secured(make_settings))) as client:
         for page in ("/docs", "/redoc"):
             response = client.get(page)
             assert response.status_code == 200, page
@@ -219,7 +219,7 @@ def test_keys_are_stored_hashed(make_settings: SettingsFactory, keys: Callable[[
 
 def test_hs256_bearer_jwts_carry_scopes(make_settings: SettingsFactory) -> None:
     settings = secured(make_settings, jwt_secret=SECRET)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         token = hs256("alice", "read:trades:asx read:gaps")
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token)).status_code == 200
         assert client.get("/v1/gaps", headers=bearer(token)).status_code == 200
@@ -267,7 +267,7 @@ def test_rs256_jwts_are_verified_against_the_issuers_jwks(
     settings = secured(make_settings, jwks_url=url, jwt_issuer="https://issuer.test")
     claims = {"sub": "svc", "scope": "read:trades:*", "aud": "k2", "iss": "https://issuer.test"}
     params = {**WINDOW, "exchange": "nyse"}
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         good = jwt.encode(
             {**claims, "exp": datetime.now(UTC) + timedelta(minutes=5)},
             private,
@@ -328,7 +328,7 @@ def test_scopes_per_route_and_exchange(make_settings: SettingsFactory, keys: Cal
         "read:gaps": {"gaps"},
         "admin": set(routes),
     }
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         for scope, token in tokens.items():
             for name, (path, params) in routes.items():
                 response = client.get(path, params=params, headers=bearer(token))
@@ -364,7 +364,7 @@ def test_a_route_missing_from_the_policy_needs_admin(
     def new_thing() -> dict[str, int]:
         return {"count": 0}
 
-    with TestClient(app) as client:
+    with local_client(app) as client:
         refused = client.get("/v1/new-thing", headers=bearer(reader))
         assert refused.status_code == 403
         assert refused.json()["detail"].startswith("missing scope admin for /v1/new-thing")
@@ -384,7 +384,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
     store = keys(settings)
     limited_id, limited = new_key(store, "read:gaps")
     other = new_key(store, "read:gaps")[1]
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         codes = [client.get("/v1/gaps", headers=bearer(limited)).status_code for _ in range(3)]
         assert codes == [200, 200, 200]
         refused = client.get("/v1/gaps", headers=bearer(limited))
@@ -412,7 +412,7 @@ def test_every_data_access_is_audited(
     key_id, token = new_key(store, "read:trades:asx", name=name)
     tag = "T" + uuid.uuid4().hex[:8].upper()
     began = datetime.now(UTC)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         after = last_audit_id(settings)
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token)).status_code == 200
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "nyse"}, headers=bearer(token)).status_code == 403
@@ -448,7 +448,7 @@ def test_audited_rows_come_from_where_the_answer_is_built_in_every_format(
         ("/v1/gaps", {}, 1),
         ("/v1/snapshots", {"table": "trades"}, 1),
     ]
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         for route, params, _ in asks:
             response = client.get(route, params={**params, "format": fmt})
             assert response.status_code == 200
@@ -461,7 +461,7 @@ def test_no_data_is_served_when_the_audit_log_cannot_be_written(make_settings: S
     settings = make_settings()  # auth off on loopback: still audited
     settings.query.tail_enabled = False
     seed(settings)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}).status_code == 200
         engine = catalog_engine(settings)
         AUDIT_LOG.drop(engine)
@@ -485,7 +485,7 @@ def test_streamed_responses_are_audited_with_their_row_count(make_settings: Sett
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    with TestClient(app) as client:
+    with local_client(app) as client:
         response = client.get("/v1/stream-test", params={"date": "2024-01-02"})
         assert response.status_code == 200
         assert len(response.text.splitlines()) == 6
@@ -515,7 +515,7 @@ def test_tokens_never_reach_the_json_logs(make_settings: SettingsFactory, keys: 
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        with TestClient(create_app(settings)) as client:
+        with local_client(create_app(settings)) as client:
             params = {**WINDOW, "exchange": "asx"}
             for headers in (
                 bearer(token),  # 200
@@ -572,7 +572,7 @@ def test_keys_and_audit_cli(make_settings: SettingsFactory, tmp_path: Path) -> N
     assert past.exit_code == 2
     assert "is in the past" in past.stderr
 
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         assert client.get("/v1/gaps", headers=bearer(token)).status_code == 200
         assert runner.invoke(cli, ["keys", "revoke", key_id], env=env).exit_code == 0
         assert client.get("/v1/gaps", headers=bearer(token)).status_code == 401
@@ -598,7 +598,7 @@ def test_keys_and_audit_cli(make_settings: SettingsFactory, tmp_path: Path) -> N
     try:
         assert follower.stdout is not None
         assert "/v1/gaps" in follower.stdout.readline()
-        with TestClient(create_app(settings)) as client:
+        with local_client(create_app(settings)) as client:
             client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token))
         followed = follower.stdout.readline()
         assert "GET /v1/trades" in followed
@@ -618,7 +618,7 @@ def test_caller_input_cannot_break_or_inject_response_headers(
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     odd_alg = b64(json.dumps({"alg": 'x"\r\nX-Evil: 1\u00fc'}).encode()) + "." + b64(b"{}") + ".c2ln"
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with local_client(create_app(settings), raise_server_exceptions=False) as client:
         refused = client.get(
             "/v1/trades", params={**WINDOW, "exchange": 'asx"\r\nX-Evil: 1\u00e9'}, headers=bearer(token)
         )
