@@ -89,14 +89,13 @@ class Origins:
                 hops = forwarded_for(text) if name == b"forwarded" else [h.strip() for h in text.split(",")]
                 chains.setdefault(name, []).extend(hops)
         if not chains:
-            return Origin(peer, is_loopback_address(peer), proxied=False)
+            return Origin(_normal(peer), is_loopback_address(peer), proxied=False)
         if not self.trusts(peer):
-            return Origin(peer, local=False, proxied=True)
+            return Origin(_normal(peer), local=False, proxied=True)
         # Every kind of header present must lead to a local client for the request to be local.
         clients = [self._client(peer, chain) for chain in chains.values()]
         outside = [c for c in clients if not is_loopback_address(c)]
-        address = outside[0] if outside else clients[0]
-        return Origin(address[:MAX_ADDRESS_CHARS] if address else address, local=not outside, proxied=True)
+        return Origin(_normal(outside[0] if outside else clients[0]), local=not outside, proxied=True)
 
     def _client(self, peer: str | None, chain: list[str]) -> str | None:
         """Right to left through the hops, past every trusted one: the first address no trusted hop vouches for."""
@@ -108,3 +107,9 @@ class Origins:
             if not self.trusts(hop):
                 return hop
         return client
+
+
+def _normal(text: str | None) -> str | None:
+    """An address as the audit log and the limits know it: the bare IP when there is one, else the text (cut)."""
+    parsed = parse_address(text)
+    return str(parsed) if parsed is not None else text[:MAX_ADDRESS_CHARS] if text else None

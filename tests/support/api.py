@@ -31,7 +31,10 @@ def api_server(
     port = port or free_port()
     environment = settings_env(settings)
     environment.update(
-        K2_API_PORT=str(port), K2_QUERY_TAIL_ENABLED="false", K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", K2_LOG_LEVEL="INFO"
+        K2_API_PORT=str(port),
+        K2_QUERY_TAIL_ENABLED="false",
+        K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+        K2_LOG_LEVEL="INFO",
     )
     environment.update(env)
     with log.open("ab") as out:
