@@ -320,8 +320,7 @@ def _authenticated(security: Security, request: Request, context: AuditContext, 
     at (no database work), and every failure is charged to it."""
     try:
         security.gate.check(origin.key)
-    except RateLimitError as exc:
-        logger.warning("client refused: too many failed authentications", extra={"client": origin.address})
+    except RateLimitError as exc:  # logged once per client and window, with the audit summary (`_summarised`)
         raise _refused(context, "client_failures", _too_many(exc)) from None
     try:
         return authenticate(security, request)
@@ -478,6 +477,10 @@ class AuditedResponse:
         """A refusal before authentication: its own (cut) row only if it opens its client's window."""
         entry = self._entry(context, code, None)
         if security_of(self.scope["app"]).refusals.add(entry):
+            logger.warning(
+                "request refused; more like it from this client are counted in one audit summary",
+                extra={"client": entry.client, "principal": entry.principal, "route": entry.route, "status": code},
+            )
             await self._write(entry, REFUSED_PARAMS_CHARS)
 
     async def _write(self, entry: AuditEntry, max_params_chars: int) -> int | None:

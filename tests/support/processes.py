@@ -24,7 +24,6 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_CATALOG_URI=settings.catalog_uri,
         K2_CATALOG_WAREHOUSE=settings.warehouse,
         K2_KAFKA_BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
-        K2_KAFKA_MAX_PARTITIONS=str(settings.kafka.max_partitions),
         K2_KAFKA_REPLICATION_FACTOR="1",
         K2_KAFKA_GROUP_ID=settings.kafka.group_id,
         K2_KAFKA_SESSION_TIMEOUT_MS=str(settings.kafka.session_timeout_ms),
@@ -35,6 +34,8 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
     )
+    if settings.kafka.max_partitions is not None:
+        env["K2_KAFKA_MAX_PARTITIONS"] = str(settings.kafka.max_partitions)
     return env
 
 
