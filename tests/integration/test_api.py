@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,9 +21,10 @@ from fastapi.testclient import TestClient
 from k2_api.main import create_app
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.model.tables import GAPS, QUOTES, TRADES
-from k2_core.settings import REPO_ROOT, Settings
+from k2_core.settings import Settings
 from tests.support import factories
 from tests.support import query_oracle as oracle
+from tests.support.api import api_server
 from tests.support.clients import local_client
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
@@ -506,36 +504,8 @@ def test_replay_streams_ndjson_in_exchange_order(client: TestClient) -> None:
     assert [json.loads(line)["bid_size"] for line in quotes.text.splitlines()] == ["200.00000000"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_python_m_k2_api_serves_over_http(settings: Settings, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        "K2_HOME": str(settings.home),
-        "K2_CATALOG_NAME": settings.catalog.name,
-        "K2_API_HOST": "127.0.0.1",
-        "K2_API_PORT": str(port),
-    }
-    log = (tmp_path / "api.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "k2_api"], env=env, cwd=REPO_ROOT, stdout=log, stderr=log)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
-            time.sleep(0.1)
+    with api_server(settings, tmp_path / "api.log") as base:
         params = {"symbol": "BHP", "exchange": "asx", "start": "2024-01-02", "end": "2024-01-03"}
         response = httpx.get(f"{base}/v1/trades", params=params, timeout=10)
         assert response.status_code == 200
@@ -543,12 +513,4 @@ def test_python_m_k2_api_serves_over_http(settings: Settings, tmp_path: Path) ->
         bad = httpx.get(f"{base}/v1/trades", params=params | {"limit": 0}, timeout=10)
         assert bad.status_code == 400
         assert bad.json()["detail"].startswith("limit must be")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     assert '"component": "api"' in (tmp_path / "api.log").read_text()
