@@ -10,8 +10,8 @@
   (429, `FailureGate`). It answers 401 with `WWW-Authenticate` for missing or bad credentials, 429 with
   `Retry-After` once a key's or a client's budget is spent, and 403 naming the missing scope.
 * `AuditMiddleware` appends one `audit_log` row per request to a protected route, before the response leaves:
-  if the row cannot be written, the caller gets a 503 instead of the data. Requests refused before
-  authentication are counted (`k2_api_refused_requests_total`) and summarised per client
+  if the row cannot be written, the caller gets a 503 instead of the data. Refusals are counted
+  (`k2_api_refused_requests_total`); all but a missing scope's are summarised per client
   (`k2_core.access.refusals`) instead. Key lookups and audit writes each have a small connection pool of their
   own; the lifespan writes the summaries and prunes old rows (`audit.retention_days`) as it runs.
 * The OpenAPI document gains the security schemes and the 401/403/429/503 answers.

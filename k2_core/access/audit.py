@@ -2,9 +2,9 @@
 
 The API appends one row per request to a protected route before the response leaves: data is never served
 without its audit row. A streamed response is recorded as it starts and its row count filled in when it ends
-(or when the client goes away). Requests refused before authentication (401, a client over its failure budget)
-are summarised per client instead (`k2_core.access.refusals`). Rows older than `audit.retention_days` are pruned
-by the API. `k2 audit tail` reads it.
+(or when the client goes away). Refusals that cost nothing to send (401, 429, a 403 with auth off) are
+summarised per client instead (`k2_core.access.refusals`). Rows older than `audit.retention_days` are pruned by
+the API. `k2 audit tail` reads it.
 """
 
 from __future__ import annotations
