@@ -103,4 +103,13 @@ def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     configure_logging("api", settings.log_level)
     # log_config=None: keep the JSON handler configured above instead of uvicorn's own formatters.
-    uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_config=None, access_log=False)
+    # proxy_headers=False: the app sees the socket peer and reads proxy headers itself, trusting only
+    # auth.trusted_proxies (k2_core.access.clients); uvicorn's own rewriting would hide the real peer.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )

@@ -1,15 +1,20 @@
-"""API security: authentication, per-route and per-exchange scopes, per-key rate limits, and the audit log.
+"""API security: who the client is, authentication, per-route and per-exchange scopes, rate limits, and the audit log.
 
 `install_security(app)` wires it all into an app before its routers are included:
 
 * `authorize`, a dependency on every route, looks the matched route template up in `POLICY` to find the scopes
   it needs (`read:trades:<exchange>`, `read:gaps`, ...): one for every table whose columns the response can carry,
   so `/v1/trades?with_quote=true` needs the quotes scope too. Public routes (`PUBLIC`) need nothing; a route in
-  neither table needs `admin`, so a new route is never public by accident. It answers 401 with
-  `WWW-Authenticate` for missing or bad credentials, 429 with `Retry-After` once a key's budget is spent, and
-  403 naming the missing scope.
+  neither table needs `admin`, so a new route is never public by accident. Whether credentials are needed is
+  decided on the request's real origin (`k2_core.access.clients`: socket peer and proxy headers), not on the
+  configured bind address. Before any database work, a client that keeps failing authentication is refused
+  (429, `FailureGate`). It answers 401 with `WWW-Authenticate` for missing or bad credentials, 429 with
+  `Retry-After` once a key's or a client's budget is spent, and 403 naming the missing scope.
 * `AuditMiddleware` appends one `audit_log` row per request to a protected route, before the response leaves:
-  if the row cannot be written, the caller gets a 503 instead of the data.
+  if the row cannot be written, the caller gets a 503 instead of the data. Refusals are counted
+  (`k2_api_refused_requests_total`); all but a missing scope's are summarised per client
+  (`k2_core.access.refusals`) instead. Key lookups and audit writes each have a small connection pool of their
+  own; the lifespan writes the summaries and prunes old rows (`audit.retention_days`) as it runs.
 * The OpenAPI document gains the security schemes and the 401/403/429/503 answers.
 
 Credentials travel only in headers (`Authorization: Bearer <API key or JWT>`, or `X-API-Key`), never in the
@@ -18,22 +23,25 @@ URL, so they never reach access logs or the audit log's parameters; nothing here
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from k2_api.formats import ROW_COUNT
-from k2_core.access.audit import AuditEntry, AuditLog
+from k2_core.access.audit import MAX_PARAMS_CHARS, AuditEntry, AuditLog
 from k2_core.access.auth import (
     ADMIN,
     PER_EXCHANGE,
@@ -44,9 +52,11 @@ from k2_core.access.auth import (
     auth_banner,
     auth_required,
 )
-from k2_core.access.ratelimit import RateLimiter
+from k2_core.access.clients import Origin, Origins
+from k2_core.access.ratelimit import FailureGate, RateLimiter
+from k2_core.access.refusals import REFUSED_PARAMS_CHARS, RefusalTally
 from k2_core.exceptions import AuditError, AuthenticationError, CredentialStoreError, RateLimitError
-from k2_core.lake.sqldb import catalog_engine
+from k2_core.lake.sqldb import access_engine
 from k2_core.logging import REQUEST_ID, get_logger
 from k2_core.settings import Settings
 
@@ -57,6 +67,15 @@ AUDIT_SCOPE_KEY = "k2.audit"  # where `authorize` leaves the request's audit con
 PUBLIC = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 ANONYMOUS = Principal(subject="anonymous", method="none")
 ROW_COUNT_KEY = ROW_COUNT.lower().encode()
+REFUSED = Counter(
+    "k2_api_refused_requests_total",
+    "Requests to protected routes refused by the API's security: no_credentials, bad_credentials (401), "
+    "client_failures (429: the client's failure budget is spent; refused before any database work), "
+    "key_rate_limit (429), scope (403), not_local (403: auth off, and the request is not from loopback)",
+    ["reason"],
+)
+# Refusals summarised per client in the audit log instead of a full row each (k2_core.access.refusals).
+SUMMARISED = frozenset({"no_credentials", "bad_credentials", "client_failures", "key_rate_limit", "not_local"})
 
 
 @dataclass(frozen=True)
@@ -117,17 +136,60 @@ class Security:
     """What `authorize` and the audit middleware share, opened once per app."""
 
     def __init__(self, settings: Settings) -> None:
-        self.required = auth_required(settings)
-        self.engine = catalog_engine(settings)
-        self.audit = AuditLog(self.engine)
-        self.keys = KeyStore(self.engine) if self.required else None
-        self.jwt = JwtVerifier(settings.auth) if self.required else None
+        self.settings = settings
+        self.mode = settings.auth.mode
+        self.required = auth_required(settings)  # credentials of every client, local or not
+        self.origins = Origins(settings.auth.trusted_proxies)
+        # Key lookups and audit writes each get a small pool: a flood of bad keys never queues an audit write.
+        self.key_engine, self.audit_engine = access_engine(settings), access_engine(settings)
+        self.audit = AuditLog(self.audit_engine)
+        self.keys = KeyStore(self.key_engine) if self.mode != "off" else None
+        self.jwt = JwtVerifier(settings.auth) if self.mode != "off" else None
         auth = settings.auth
         self.limiter = RateLimiter(auth.rate_limit_per_second, auth.rate_limit_burst, settings.redis)
+        self.gate = FailureGate(
+            auth.client_failures_per_second, auth.client_failure_burst, settings.redis, settings.catalog.name
+        )
+        self.refusals = RefusalTally(settings.audit.refusal_window_seconds, settings.audit.refusal_max_windows)
+
+    def write_refusals(self, everything: bool = False) -> None:
+        """Append the summaries of the refusal windows that have closed (all of them with `everything`)."""
+        for entry in self.refusals.due(everything):
+            try:
+                self.audit.append(entry)
+            except AuditError as exc:
+                logger.error("refusal summary not written", extra={"error": str(exc), "client": entry.client})
+
+    def prune(self) -> int:
+        """Delete the audit rows older than `audit.retention_days` (0 keeps them all)."""
+        days = self.settings.audit.retention_days
+        if not days:
+            return 0
+        deleted = self.audit.prune(datetime.now(UTC) - timedelta(days=days))
+        if deleted:
+            logger.info("audit log pruned", extra={"deleted": deleted, "retention_days": days})
+        return deleted
+
+    async def upkeep(self) -> None:
+        """Runs beside the app: refusal summaries as their windows close, and the pruning, every so often."""
+        tick = min(self.settings.audit.refusal_window_seconds, 5.0)
+        next_prune = 0.0
+        while True:
+            await anyio.to_thread.run_sync(self.write_refusals)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.settings.audit.prune_every_seconds
+                try:
+                    await anyio.to_thread.run_sync(self.prune)
+                except AuditError as exc:
+                    logger.error("audit log not pruned", extra={"error": str(exc)})
+            await anyio.sleep(tick)
 
     def close(self) -> None:
+        self.write_refusals(everything=True)
         self.limiter.close()
-        self.engine.dispose()
+        self.gate.close()
+        self.key_engine.dispose()
+        self.audit_engine.dispose()
 
 
 _OPEN_LOCK = threading.Lock()
@@ -149,7 +211,8 @@ def security_of(app: FastAPI) -> Security:
 
 @dataclass
 class AuditContext:
-    """The request as the audit log sees it; `authorize` fills in the principal once it is known."""
+    """The request as the audit log sees it; `authorize` fills in the principal once it is known, and marks a
+    refusal that is summarised rather than recorded in full."""
 
     route: str
     method: str
@@ -157,6 +220,7 @@ class AuditContext:
     client: str | None
     principal: Principal = ANONYMOUS
     began: float = field(default_factory=time.perf_counter)
+    summarised: bool = False
 
 
 def _quoted(text: str) -> str:
@@ -222,31 +286,80 @@ def authorize(request: Request) -> Principal:
     route = getattr(request.scope.get("route"), "path", request.url.path)
     if route in PUBLIC:
         return ANONYMOUS
+    security = security_of(request.app)
+    origin = security.origins.of(request.client.host if request.client else None, request.headers.raw)
     params: dict[str, Any] = {k: v[0] if len(v) == 1 else v for k, v in _multi(request).items()}
     params.update(request.path_params)
-    context = AuditContext(route, request.method, params, request.client.host if request.client else None)
+    context = AuditContext(route, request.method, params, origin.address)
     request.scope[AUDIT_SCOPE_KEY] = context
-    security = security_of(request.app)
-    if not security.required:
+    if security.mode == "off":
+        if origin.local:
+            return ANONYMOUS
+        raise _refused(
+            context,
+            "not_local",
+            HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "authentication is off (K2_AUTH_MODE=off), which serves direct loopback clients only; this request "
+                "came from another address or through a proxy",
+            ),
+        )
+    if not security.required and origin.local and not _presents_credentials(request):
         return ANONYMOUS
-    principal = context.principal = authenticate(security, request)
+    principal = context.principal = _authenticated(security, request, context, origin)
     try:
         security.limiter.check(principal.rate_key)
     except RateLimitError as exc:
         logger.warning("rate limited", extra={"principal": principal.subject, "route": route})
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
-        ) from None
+        raise _refused(context, "key_rate_limit", _too_many(exc)) from None
     for scope in required_scopes(route, request):
         if not allows(principal.scopes, scope):
             granted = " ".join(sorted(principal.scopes)) or "no scopes"
             logger.info("scope refused", extra={"principal": principal.subject, "route": route, "scope": scope})
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                f"missing scope {scope} for {route} (this {principal.method.replace('_', ' ')} grants: {granted})",
-                headers={"WWW-Authenticate": _challenge("insufficient_scope", scope=scope)},
+            raise _refused(
+                context,
+                "scope",
+                HTTPException(
+                    status.HTTP_403_FORBIDDEN,
+                    f"missing scope {scope} for {route} (this {principal.method.replace('_', ' ')} grants: {granted})",
+                    headers={"WWW-Authenticate": _challenge("insufficient_scope", scope=scope)},
+                ),
             )
     return principal
+
+
+def _authenticated(security: Security, request: Request, context: AuditContext, origin: Origin) -> Principal:
+    """The caller's principal; a client over its failure budget is refused before its credentials are looked
+    at (no database work), and every failure is charged to it."""
+    try:
+        security.gate.check(origin.key)
+    except RateLimitError as exc:  # logged once per client and window, with the audit summary (`_summarised`)
+        raise _refused(context, "client_failures", _too_many(exc)) from None
+    try:
+        return authenticate(security, request)
+    except HTTPException as exc:
+        if exc.status_code != status.HTTP_401_UNAUTHORIZED:
+            raise
+        security.gate.charge(origin.key)
+        raise _refused(
+            context, "bad_credentials" if _presents_credentials(request) else "no_credentials", exc
+        ) from None
+
+
+def _presents_credentials(request: Request) -> bool:
+    return "authorization" in request.headers or "x-api-key" in request.headers
+
+
+def _refused(context: AuditContext, reason: str, exc: HTTPException) -> HTTPException:
+    REFUSED.labels(reason).inc()
+    context.summarised = reason in SUMMARISED
+    return exc
+
+
+def _too_many(exc: RateLimitError) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
+    )
 
 
 def _multi(request: Request) -> dict[str, list[str]]:
@@ -261,7 +374,7 @@ def _multi(request: Request) -> dict[str, list[str]]:
 
 class AuditMiddleware:
     """Holds a protected route's response until its audit row is written; a stream's row is written when the
-    stream starts and its row count filled in when it ends."""
+    stream starts and its row count filled in when it ends, or when the client goes away."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -278,12 +391,15 @@ class AuditMiddleware:
             if context is not None and not response.sent_any:
                 await response.append(context, 500)
             raise
+        finally:
+            await response.close()
 
 
 class AuditedResponse:
     """One response on its way out through `AuditMiddleware`. Its row count comes from where the response was built
     (the `K2-Row-Count` header, taken off here: it is for the audit log, not the client), so no body is parsed
-    again; only NDJSON, streamed as it is produced, is counted as it passes, a row a line."""
+    again; only NDJSON, streamed as it is produced, is counted as it passes, a row a line, and only once a
+    chunk has been handed to the server (`sent_rows`), so an aborted stream records what it delivered."""
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.scope = scope
@@ -291,7 +407,9 @@ class AuditedResponse:
         self.held: Message | None = None  # the response start, until the audit row is written
         self.rows: int | None = None  # as the response was built with (`K2-Row-Count`), or NDJSON lines so far
         self.counting_lines = False  # NDJSON that came without a count
+        self.sent_rows = 0  # NDJSON lines in the chunks the server has taken
         self.entry_id: int | None = None  # a stream's audit row, completed when the stream ends
+        self.finished = False  # the stream's row count is written
         self.refused = False  # the stream's audit row could not be written: a 503 went out instead
         self.sent_any = False
 
@@ -309,19 +427,25 @@ class AuditedResponse:
         elif self.held is not None:
             await self._first_body(context, self.held, message)
         elif not self.refused:  # once refused, the rest of the stream is dropped
-            self._count(message.get("body", b""))
+            lines = self._count(message.get("body", b""))
             if not message.get("more_body", False) and self.entry_id is not None:
                 # Before the last chunk: once the client has it, the server may cancel this task.
-                await self._finish(context)
+                await self._finish(context, self.rows)
             await self._send(message)
+            self.sent_rows += lines
 
     async def _first_body(self, context: AuditContext, start: Message, message: Message) -> None:
         self.held = None
         self.sent_any = True
         code = int(start["status"])
+        if context.summarised:
+            await self._summarised(context, code)
+            await self._send(start)
+            await self._send(message)
+            return
         if self.rows is None and _header(start, b"content-type").lower().startswith("application/x-ndjson"):
             self.rows, self.counting_lines = 0, True
-        self._count(message.get("body", b""))
+        lines = self._count(message.get("body", b""))
         if message.get("more_body", False):
             self.entry_id = await self.append(context, code)
             if self.entry_id is None and code < 400:
@@ -333,14 +457,18 @@ class AuditedResponse:
             return
         await self._send(start)
         await self._send(message)
+        self.sent_rows += lines
 
-    def _count(self, body: bytes) -> None:
-        if self.counting_lines:
-            self.rows = (self.rows or 0) + body.count(b"\n")
+    def _count(self, body: bytes) -> int:
+        """The NDJSON lines in `body` (0 unless counting), added to `rows`."""
+        if not self.counting_lines:
+            return 0
+        lines = body.count(b"\n")
+        self.rows = (self.rows or 0) + lines
+        return lines
 
-    async def append(self, context: AuditContext, code: int, rows: int | None = None) -> int | None:
-        """The new entry's id, or None (logged) when the audit log cannot be written."""
-        entry = AuditEntry(
+    def _entry(self, context: AuditContext, code: int, rows: int | None) -> AuditEntry:
+        return AuditEntry(
             at=datetime.now(UTC),
             principal=context.principal.subject,
             auth=context.principal.method,
@@ -353,23 +481,49 @@ class AuditedResponse:
             client=context.client,
             request_id=REQUEST_ID.get(),
         )
+
+    async def append(self, context: AuditContext, code: int, rows: int | None = None) -> int | None:
+        """The new entry's id, or None (logged) when the audit log cannot be written."""
+        return await self._write(self._entry(context, code, rows), MAX_PARAMS_CHARS)
+
+    async def _summarised(self, context: AuditContext, code: int) -> None:
+        """A refusal before authentication: its own (cut) row only if it opens its client's window."""
+        entry = self._entry(context, code, None)
+        if security_of(self.scope["app"]).refusals.add(entry):
+            logger.warning(
+                "request refused; more like it from this client are counted in one audit summary",
+                extra={"client": entry.client, "principal": entry.principal, "route": entry.route, "status": code},
+            )
+            await self._write(entry, REFUSED_PARAMS_CHARS)
+
+    async def _write(self, entry: AuditEntry, max_params_chars: int) -> int | None:
         try:
             security = security_of(self.scope["app"])
             with anyio.CancelScope(shield=True):
-                entry_id = await anyio.to_thread.run_sync(security.audit.append, entry)
+                entry_id = await anyio.to_thread.run_sync(security.audit.append, entry, max_params_chars)
         except AuditError as exc:
-            logger.error("audit log unavailable", extra={"error": str(exc), "route": context.route, "status": code})
+            logger.error(
+                "audit log unavailable", extra={"error": str(exc), "route": entry.route, "status": entry.status}
+            )
             return None
         return int(entry_id)
 
-    async def _finish(self, context: AuditContext) -> None:
+    async def _finish(self, context: AuditContext, rows: int | None) -> None:
         assert self.entry_id is not None
+        self.finished = True
         security = security_of(self.scope["app"])
         try:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(security.audit.finish, self.entry_id, self.rows, _elapsed_ms(context))
+                await anyio.to_thread.run_sync(security.audit.finish, self.entry_id, rows, _elapsed_ms(context))
         except AuditError as exc:  # the entry exists; only its row count is missing
             logger.error("audit entry not completed", extra={"error": str(exc), "entry": self.entry_id})
+
+    async def close(self) -> None:
+        """A stream that ended without its last chunk (the client went away, or the app failed): its row gets
+        the rows the server took."""
+        context: AuditContext | None = self.scope.get(AUDIT_SCOPE_KEY)
+        if self.entry_id is not None and not self.finished and context is not None:
+            await self._finish(context, self.sent_rows if self.counting_lines else None)
 
 
 def _elapsed_ms(context: AuditContext) -> float:
@@ -418,8 +572,11 @@ _ERROR = {
 }
 
 
-def _document(app: FastAPI, required: bool) -> Callable[[], dict[str, Any]]:
+def _document(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """`required`: credentials of everyone; `auto` on loopback: of every client but direct loopback ones (the
+    OpenAPI `{}` alternative); `off`: none, and a 403 for clients not on loopback."""
     original = app.openapi
+    off, required = settings.auth.mode == "off", auth_required(settings)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -431,13 +588,14 @@ def _document(app: FastAPI, required: bool) -> Callable[[], dict[str, Any]]:
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 responses.setdefault("503", {"description": "The audit log cannot be written", **_ERROR})
-                if not required:
+                if off:
+                    responses.setdefault("403", {"description": "Authentication is off: loopback only", **_ERROR})
                     continue
-                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                operation["security"] = [{"bearer": []}, {"apiKey": []}, *([] if required else [{}])]
                 responses.setdefault("401", {"description": "Missing or invalid credentials", **_ERROR})
                 responses.setdefault("403", {"description": "The credentials lack the scope this needs", **_ERROR})
                 responses.setdefault("429", {"description": "Rate limit exceeded; see Retry-After", **_ERROR})
-        if required:
+        if not off:
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (k2_...) or a JWT."},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -454,18 +612,29 @@ def install_security(app: FastAPI) -> None:
     required = auth_required(settings)
     app.router.dependencies.append(Depends(authorize))
     app.add_middleware(AuditMiddleware)
-    app.openapi = _document(app, required)  # type: ignore[method-assign]
+    app.openapi = _document(app, settings)  # type: ignore[method-assign]
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
         async with inner(app_) as state:
             security = app.state.security = Security(settings)
-            (logger.info if required else logger.warning)(auth_banner(settings), extra={"auth": required})
+            (logger.info if required else logger.warning)(
+                auth_banner(settings),
+                extra={
+                    "auth": settings.auth.mode,
+                    "credentials_required_of": "everyone" if required else "clients not on loopback",
+                    "trusted_proxies": [str(p) for p in settings.auth.trusted_proxies],
+                },
+            )
+            upkeep = asyncio.get_running_loop().create_task(security.upkeep())
             try:
                 yield state
             finally:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
                 app.state.security = None
-                security.close()
+                await anyio.to_thread.run_sync(security.close)
 
     app.router.lifespan_context = lifespan

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     PlainSerializer,
     SecretStr,
     SerializationInfo,
@@ -300,6 +301,12 @@ class AuthSettings(BaseModel):
     rate_limit_per_second: float = Field(default=20.0, ge=0, description="Sustained requests per key; 0 = no limit.")
     rate_limit_burst: int = Field(default=100, ge=1, description="Requests a key may make at once.")
     key_default_ttl_days: float = Field(default=90.0, gt=0, description="Expiry of `k2 keys create` keys by default.")
+    # -- who the client is, and what its failures cost (docs/security.md, "Clients and proxies", "Floods") --
+    # Proxies whose Forwarded / X-Forwarded-For / X-Real-IP headers are believed, as a JSON list of addresses or
+    # networks; a request carrying such a header from any other hop is taken as coming from elsewhere.
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    client_failures_per_second: float = Field(default=1.0, ge=0, description="Refill of a client's failure budget.")
+    client_failure_burst: int = Field(default=30, ge=1, description="Failed authentications before a client waits.")
 
     @model_validator(mode="after")
     def _secret_from_file(self) -> AuthSettings:
@@ -311,6 +318,19 @@ class AuthSettings(BaseModel):
             except OSError as exc:
                 raise ValueError(f"cannot read auth.jwt_secret_file {self.jwt_secret_file}: {exc}") from exc
         return self
+
+
+class AuditSettings(BaseModel):
+    """The audit log's upkeep and connections (docs/security.md, "Audit log"): key lookups and audit writes each
+    get a small pool of their own, apart from the catalog's; refused requests are summarised per client."""
+
+    retention_days: float = Field(default=90.0, ge=0, description="The API deletes older rows; 0 keeps them all.")
+    prune_every_seconds: float = Field(default=3600.0, gt=0)
+    refusal_window_seconds: float = Field(default=60.0, gt=0, description="One client's refusals share a summary.")
+    refusal_max_windows: int = Field(default=1000, ge=1, description="Then new clients share one summary window.")
+    pool_size: int = Field(default=4, ge=1, description="Per pool: one for key lookups, one for audit writes.")
+    max_overflow: int = Field(default=4, ge=0)
+    pool_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -334,6 +354,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     records: RecordSettings = RecordSettings()
     auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
 
     @property

@@ -51,6 +51,7 @@ def summary(
     """One UTC day of one symbol: open, high, low, close, volume, VWAP and trade count."""
     result = reader.summary(symbol, exchange, date, as_of=as_of)
     response.headers.update(provenance_headers(result))
+    counted(response, 1)
     return SummaryResponse.model_validate(result.table.to_pylist()[0] | provenance(result))
 
 

@@ -1,8 +1,10 @@
 """The audit log: who read what, when, and how many rows it got, in the catalog database's `audit_log` table.
 
-The API appends one row per request to a protected route, refused ones included (a 401/403/429 is evidence
-too), before the response leaves: data is never served without its audit row. A streamed response is
-recorded as it starts and its row count filled in when it ends. `k2 audit tail` reads it.
+The API appends one row per request to a protected route before the response leaves: data is never served
+without its audit row. A streamed response is recorded as it starts and its row count filled in when it ends
+(or when the client goes away). Refusals that cost nothing to send (401, 429, a 403 with auth off) are
+summarised per client instead (`k2_core.access.refusals`). Rows older than `audit.retention_days` are pruned by
+the API. `k2 audit tail` reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
     update,
@@ -76,11 +79,11 @@ class AuditLog:
         self.engine = engine
         create_tables(engine, AUDIT_LOG.name)
 
-    def append(self, entry: AuditEntry) -> int:
+    def append(self, entry: AuditEntry, max_params_chars: int = MAX_PARAMS_CHARS) -> int:
         """Append one entry and return its id; any database failure is an `AuditError`."""
         params = json.dumps(entry.params, sort_keys=True, default=str)
-        if len(params) > MAX_PARAMS_CHARS:
-            params = params[: MAX_PARAMS_CHARS - 3] + "..."
+        if len(params) > max_params_chars:
+            params = params[: max_params_chars - 3] + "..."
         values = {**entry.as_dict(), "params": params, "principal": entry.principal[:300]}
         values.pop("id")
         try:
@@ -100,6 +103,23 @@ class AuditLog:
                 )
         except SQLAlchemyError as exc:
             raise AuditError(f"cannot update audit_log entry {entry_id}: {str(exc).splitlines()[0]}") from exc
+
+    def prune(self, before: datetime, batch: int = 5000) -> int:
+        """Delete the entries older than `before`, `batch` at a time (short transactions beside the appends);
+        returns how many went."""
+        old = select(AUDIT_LOG.c.id).where(AUDIT_LOG.c.at < before).order_by(AUDIT_LOG.c.id).limit(batch)
+        deleted = 0
+        try:
+            while True:
+                with self.engine.begin() as conn:
+                    ids = list(conn.execute(old).scalars())
+                    if ids:
+                        conn.execute(delete(AUDIT_LOG).where(AUDIT_LOG.c.id.in_(ids)))
+                deleted += len(ids)
+                if len(ids) < batch:
+                    return deleted
+        except SQLAlchemyError as exc:
+            raise AuditError(f"cannot prune audit_log: {str(exc).splitlines()[0]}") from exc
 
     def tail(self, n: int = 20, after_id: int | None = None) -> list[AuditEntry]:
         """The last `n` entries, oldest first; with `after_id`, the (first `n`) entries after that one."""

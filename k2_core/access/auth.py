@@ -257,8 +257,10 @@ def is_loopback(host: str) -> bool:
 
 
 def auth_required(settings: Settings) -> bool:
-    """Whether the API must authenticate callers (`auth.mode`, resolved against the bind address). Turning
-    authentication off on an address other hosts can reach is refused with a `ConfigError`."""
+    """Whether the API must authenticate every caller (`auth.mode`, resolved against the bind address); with
+    `auto` on loopback it still authenticates every request that is not from a direct loopback client
+    (`k2_core.access.clients`). Turning authentication off on an address other hosts can reach is refused with
+    a `ConfigError`."""
     mode, host = settings.auth.mode, settings.api.host
     if mode == "off" and not is_loopback(host):
         raise ConfigError(
@@ -270,12 +272,19 @@ def auth_required(settings: Settings) -> bool:
 
 def auth_banner(settings: Settings) -> str:
     """One line saying how the API authenticates, for the start of `k2 run` and the API's log."""
+    proxies = ", ".join(str(p) for p in settings.auth.trusted_proxies) or "none"
     if auth_required(settings):
         methods = ["API keys"] + (["bearer JWTs"] if settings.auth.jwt_secret or settings.auth.jwks_url else [])
-        return f"auth ON ({' and '.join(methods)}; create a key with `k2 keys create`)"
+        return f"auth ON ({' and '.join(methods)}; create a key with `k2 keys create`; trusted proxies: {proxies})"
+    if settings.auth.mode == "off":
+        return (
+            "auth OFF (K2_AUTH_MODE=off) for direct loopback clients; any other request, from another address or "
+            f"through a proxy, is refused (trusted proxies: {proxies})."
+        )
     return (
-        f"auth OFF: loopback only ({settings.api.host}); anything that forwards this port exposes all data. "
-        "Set K2_AUTH_MODE=on to require API keys."
+        "auth OFF for direct loopback clients only: a request from any other address, or through a proxy "
+        f"(Forwarded / X-Forwarded-For / X-Real-IP; trusted proxies: {proxies}), needs an API key or JWT, whatever "
+        f"the configured host ({settings.api.host}). Set K2_AUTH_MODE=on to require them of everyone."
     )
 
 

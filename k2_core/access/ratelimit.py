@@ -1,10 +1,16 @@
-"""Per-caller rate limits: a token bucket per key, shared through Redis by every API worker.
+"""Rate limits: token buckets shared through Redis by every API worker, per key and per client.
 
-Each caller has `burst` tokens, refilled at `rate` per second; a request takes one, and a request that finds
-none is refused with the seconds until the next token. The bucket lives in one Redis hash updated by one Lua
-script (atomic, and timed by Redis's own clock so API hosts' clocks do not matter). When Redis is down, each
-process keeps its own buckets until Redis is back (`redis.retry_after_seconds`): limits stay on, just per
+Each bucket holds `burst` tokens, refilled at `rate` per second. The bucket lives in one Redis hash updated by
+one Lua script (atomic, and timed by Redis's own clock so API hosts' clocks do not matter). When Redis is down,
+each process keeps its own buckets until Redis is back (`redis.retry_after_seconds`): limits stay on, just per
 process rather than shared.
+
+* `RateLimiter`: a request takes a token from its key's bucket; one that finds none is refused with the seconds
+  until the next token.
+* `FailureGate`: a client's (peer address's) budget of failed authentications. Every request that would check
+  credentials first looks at it without taking anything (`check`), before any database work; only a failure
+  takes a token (`charge`). A client that spent its budget is refused at once until the bucket refills, so a
+  flood of bad credentials costs a Redis round trip per request, not a key lookup and an audit row.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from k2_core.settings import RedisSettings
 log = get_logger(__name__)
 
 _PREFIX = "k2:ratelimit:"
-# KEYS[1] bucket; ARGV rate, burst. Returns {allowed (0/1), seconds until a token as a string}.
+# KEYS[1] bucket; ARGV rate, burst, cost (1 takes a token, 0 only looks). Returns {allowed (0/1), seconds until a
+# token as a string}.
 _BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -36,13 +44,15 @@ tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 local allowed = 0
 local wait = 0
 if tokens >= 1 then
-  tokens = tokens - 1
+  tokens = tokens - cost
   allowed = 1
 else
   wait = (1 - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+if cost > 0 then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+end
 return {allowed, tostring(wait)}
 """
 
@@ -54,31 +64,37 @@ class _Bucket:
 
 
 class LocalBuckets:
-    """The same token bucket in this process's memory."""
+    """The same token bucket in this process's memory; past `max_keys` buckets, the full ones are forgotten (a full
+    bucket is what a new one starts as)."""
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> float:
-        """0 if a token was taken, else the seconds until one is available."""
+    def take(self, key: str, cost: int = 1) -> float:
+        """0 if a token was there (and `cost` of them taken), else the seconds until one is available."""
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets = {
+                    k: b for k, b in self._buckets.items() if b.tokens + (now - b.at) * self.rate < self.burst
+                }
             bucket = self._buckets.setdefault(key, _Bucket(float(self.burst), now))
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
             bucket.at = now
             if bucket.tokens >= 1:
-                bucket.tokens -= 1
+                bucket.tokens -= cost
                 return 0.0
             return (1 - bucket.tokens) / self.rate
 
 
-class RateLimiter:
-    """`check(key)` raises `RateLimitError` when `key` has no token left; `rate == 0` turns limiting off."""
+class TokenBuckets:
+    """Buckets by key in Redis (under `prefix`), or in this process while Redis is down; `rate == 0` means no
+    limit at all."""
 
-    def __init__(self, rate: float, burst: int, settings: RedisSettings) -> None:
-        self.rate, self.burst = rate, burst
+    def __init__(self, rate: float, burst: int, settings: RedisSettings, prefix: str = _PREFIX) -> None:
+        self.rate, self.burst, self.prefix = rate, burst, prefix
         self.local = LocalBuckets(rate, burst) if rate > 0 else None
         self.retry_after = settings.retry_after_seconds
         self._client = (
@@ -96,26 +112,20 @@ class RateLimiter:
 
     @property
     def shared(self) -> bool:
-        """Whether limits are currently counted in Redis (shared by all workers)."""
+        """Whether buckets are currently kept in Redis (shared by all workers)."""
         return self._script is not None and time.monotonic() >= self._down_until
 
-    def check(self, key: str) -> None:
+    def take(self, key: str, cost: int = 1) -> float:
+        """0 if `key` had a token (and `cost` of them were taken), else the seconds until it has one."""
         if self.local is None:
-            return
-        wait = self._take_shared(key) if self.shared else None
-        if wait is None:
-            wait = self.local.take(key)
-        if wait > 0:
-            retry_after = max(1, math.ceil(wait))
-            raise RateLimitError(
-                f"rate limit of {self.rate:g} requests/s (burst {self.burst}) exceeded; retry after {retry_after}s",
-                retry_after,
-            )
+            return 0.0
+        wait = self._take_shared(key, cost) if self.shared else None
+        return self.local.take(key, cost) if wait is None else wait
 
-    def _take_shared(self, key: str) -> float | None:
+    def _take_shared(self, key: str, cost: int) -> float | None:
         assert self._script is not None
         try:
-            allowed, wait = self._script(keys=[_PREFIX + key], args=[self.rate, self.burst])
+            allowed, wait = self._script(keys=[self.prefix + key], args=[self.rate, self.burst, cost])
         except redis.RedisError as exc:
             with self._lock:
                 self._down_until = time.monotonic() + self.retry_after
@@ -129,3 +139,58 @@ class RateLimiter:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def _retry_after(wait: float) -> int:
+    return max(1, math.ceil(wait))
+
+
+class RateLimiter:
+    """`check(key)` raises `RateLimitError` when `key` has no token left; `rate == 0` turns limiting off."""
+
+    def __init__(self, rate: float, burst: int, settings: RedisSettings) -> None:
+        self.rate, self.burst = rate, burst
+        self.buckets = TokenBuckets(rate, burst, settings)
+
+    @property
+    def shared(self) -> bool:
+        return self.buckets.shared
+
+    def check(self, key: str) -> None:
+        wait = self.buckets.take(key)
+        if wait > 0:
+            retry_after = _retry_after(wait)
+            raise RateLimitError(
+                f"rate limit of {self.rate:g} requests/s (burst {self.burst}) exceeded; retry after {retry_after}s",
+                retry_after,
+            )
+
+    def close(self) -> None:
+        self.buckets.close()
+
+
+class FailureGate:
+    """Per-client budgets of failed authentications, under `namespace` (the deployment: API processes that share
+    a Redis and a namespace share the budgets). `rate == 0` turns the gate off."""
+
+    def __init__(self, rate: float, burst: int, settings: RedisSettings, namespace: str) -> None:
+        self.rate, self.burst = rate, burst
+        self.buckets = TokenBuckets(rate, burst, settings, prefix=f"{_PREFIX}client:{namespace}:")
+
+    def check(self, client: str) -> None:
+        """Raises `RateLimitError` when `client` has spent its failure budget; takes nothing."""
+        wait = self.buckets.take(client, cost=0)
+        if wait > 0:
+            retry_after = _retry_after(wait)
+            raise RateLimitError(
+                f"too many failed authentications from this client ({self.burst}, then {self.rate:g}/s); "
+                f"retry after {retry_after}s",
+                retry_after,
+            )
+
+    def charge(self, client: str) -> None:
+        """Count one failed authentication against `client`."""
+        self.buckets.take(client)
+
+    def close(self) -> None:
+        self.buckets.close()

@@ -22,10 +22,23 @@ METADATA = MetaData()
 
 def catalog_engine(settings: Settings) -> Engine:
     """An engine on the catalog database; the caller disposes of it."""
+    return _engine(settings)
+
+
+def access_engine(settings: Settings) -> Engine:
+    """A small engine of its own on the catalog database, for API key lookups or audit writes (`K2_AUDIT_POOL_*`):
+    whatever floods one pool never waits in another's queue. The caller disposes of it."""
+    pool = settings.audit
+    return _engine(
+        settings, pool_size=pool.pool_size, max_overflow=pool.max_overflow, pool_timeout=pool.pool_timeout_seconds
+    )
+
+
+def _engine(settings: Settings, **pool: float) -> Engine:
     uri = settings.catalog_uri.get_secret_value()
     if uri.startswith("sqlite:"):
         settings.home.mkdir(parents=True, exist_ok=True)
-    return create_engine(uri, pool_pre_ping=True)
+    return create_engine(uri, pool_pre_ping=True, **pool)
 
 
 def create_tables(engine: Engine, *names: str) -> None:

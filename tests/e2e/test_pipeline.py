@@ -7,13 +7,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 
 from k2_api.main import create_app
 from k2_core.settings import Settings
 from k2_stream.ingester import Ingester
 from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.run import run_simulation
+from tests.support.clients import local_client
 from tests.support.kafka import produced_keys
 from tests.support.lake import table_rows
 from tests.support.waits import wait_for
@@ -41,7 +41,7 @@ def test_simulated_feed_lands_exactly_once_and_is_served_by_the_api(
         ingester.stop()
         thread.join(30)
 
-    client = TestClient(create_app(settings))
+    client = local_client(create_app(settings))
     with client:
         served: list[tuple[str, str, int]] = []
         start = (datetime.now(UTC) - timedelta(hours=1)).isoformat()

@@ -24,8 +24,8 @@ from k2_core.model.tables import GAPS, QUOTES, TRADES
 from k2_core.settings import Settings
 from tests.support import factories
 from tests.support import query_oracle as oracle
-from tests.support.ports import free_port
-from tests.support.processes import api_process
+from tests.support.api import api_server
+from tests.support.clients import local_client
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -91,7 +91,7 @@ def settings(make_settings: SettingsFactory) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         yield client
 
 
@@ -111,7 +111,7 @@ def test_trades_returns_the_window_with_exact_decimals(
         request.getfixturevalue("postgres_uri")
     settings = make_settings(catalog=catalog)
     seed(settings)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         response = client.get(
             "/v1/trades", params={"symbol": "BHP", "exchange": "asx", "start": "2024-01-02", "end": "2024-01-03"}
         )
@@ -505,13 +505,7 @@ def test_replay_streams_ndjson_in_exchange_order(client: TestClient) -> None:
 
 
 def test_python_m_k2_api_serves_over_http(settings: Settings, tmp_path: Path) -> None:
-    env = {
-        "K2_HOME": str(settings.home),
-        "K2_CATALOG_NAME": settings.catalog.name,
-        "K2_API_HOST": "127.0.0.1",
-        "K2_API_PORT": str(free_port()),
-    }
-    with api_process(env, tmp_path / "api.log") as base:
+    with api_server(settings, tmp_path / "api.log") as base:
         params = {"symbol": "BHP", "exchange": "asx", "start": "2024-01-02", "end": "2024-01-03"}
         response = httpx.get(f"{base}/v1/trades", params=params, timeout=10)
         assert response.status_code == 200

@@ -18,7 +18,6 @@ counts as a failure. Publishing the patterns and enums in the OpenAPI document w
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -35,9 +34,8 @@ from k2_core.lake.sqldb import catalog_engine
 from k2_core.model.bars import INTERVALS
 from k2_core.read.params import GAP_STATUSES
 from k2_core.settings import Settings
+from tests.support.api import api_server
 from tests.support.lake import seed
-from tests.support.ports import free_port
-from tests.support.processes import api_process
 
 SettingsFactory = Callable[..., Settings]
 CHECKS_EXCLUDED = "positive_data_acceptance"
@@ -51,7 +49,7 @@ class Server:
 
 
 @pytest.fixture
-def api_server(make_settings: SettingsFactory, tmp_path: Path) -> Iterator[Server]:
+def fuzzed_api(make_settings: SettingsFactory, tmp_path: Path) -> Iterator[Server]:
     settings = make_settings()
     seed(settings)
     engine = catalog_engine(settings)
@@ -61,18 +59,15 @@ def api_server(make_settings: SettingsFactory, tmp_path: Path) -> Iterator[Serve
         _, narrow = KeyStore(engine).create("narrow-fuzzer", ["read:trades:asx"], expires)
     finally:
         engine.dispose()
-    port = free_port()
+    # Rate limits off, per key and per client (the `ignored_auth` check's requests without credentials would
+    # spend the fuzzer's failure budget): what is fuzzed is the answers, not the limits.
     env = {
-        **os.environ,
-        "K2_HOME": str(settings.home),
-        "K2_API_PORT": str(port),
         "K2_AUTH_MODE": "on",
         "K2_AUTH_RATE_LIMIT_PER_SECOND": "0",
-        "K2_QUERY_TAIL_ENABLED": "false",
-        "K2_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "K2_AUTH_CLIENT_FAILURES_PER_SECOND": "0",
         "K2_LOG_LEVEL": "WARNING",
     }
-    with api_process(env, tmp_path / "api.log") as url:
+    with api_server(settings, tmp_path / "api.log", **env) as url:
         yield Server(url, token, narrow)
 
 
@@ -133,17 +128,17 @@ def schemathesis(location: str, token: str, examples: int, *extra: str, exclude:
     assert " passed" in result.stdout
 
 
-def test_schemathesis_finds_no_server_error_or_schema_violation(api_server: Server, tmp_path: Path) -> None:
-    schemathesis(f"{api_server.url}/openapi.json", api_server.token, 30, cwd=tmp_path)
+def test_schemathesis_finds_no_server_error_or_schema_violation(fuzzed_api: Server, tmp_path: Path) -> None:
+    schemathesis(f"{fuzzed_api.url}/openapi.json", fuzzed_api.token, 30, cwd=tmp_path)
     # The refusal paths (403 with a WWW-Authenticate quoting the request) get fuzzed inputs too.
-    schemathesis(f"{api_server.url}/openapi.json", api_server.narrow_token, 15, cwd=tmp_path)
+    schemathesis(f"{fuzzed_api.url}/openapi.json", fuzzed_api.narrow_token, 15, cwd=tmp_path)
 
-    with urllib.request.urlopen(f"{api_server.url}/openapi.json") as response:
+    with urllib.request.urlopen(f"{fuzzed_api.url}/openapi.json") as response:
         spec = json.load(response)
     tightened = tmp_path / "openapi-with-grammar.json"
     tightened.write_text(json.dumps(with_input_grammar(spec, Settings().api.max_limit)))
     # Its values are a narrower set than the API accepts, so "invalid" ones there may be valid: the negative
     # check belongs to the first run.
     schemathesis(
-        str(tightened), api_server.token, 40, "--url", api_server.url, exclude="negative_data_rejection", cwd=tmp_path
+        str(tightened), fuzzed_api.token, 40, "--url", fuzzed_api.url, exclude="negative_data_rejection", cwd=tmp_path
     )

@@ -23,6 +23,7 @@ from k2_core.logging import JsonFormatter
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
 from tests.support import factories
+from tests.support.clients import local_client
 
 SettingsFactory = Callable[..., Settings]
 AT = datetime(2024, 1, 2, 10, tzinfo=UTC)
@@ -41,7 +42,7 @@ def client(make_settings: SettingsFactory) -> Iterator[TestClient]:
         ensure_tables(catalog, settings.catalog.namespace)["trades"].append(TRADES.to_arrow(rows))
     finally:
         catalog.close()
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         yield client
 
 

@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from k2_api.main import create_app
 from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
@@ -22,6 +21,7 @@ from k2_core.settings import Settings
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
 from tests.support import factories
 from tests.support import query_oracle as oracle
+from tests.support.clients import local_client
 
 SettingsFactory = Callable[..., Settings]
 D1 = datetime(2024, 3, 4, tzinfo=UTC)
@@ -137,7 +137,7 @@ def test_queries_work_without_redis(settings: Settings, caplog: pytest.LogCaptur
     assert first.table.to_pylist() == oracle.bars([r for r in TRADE_ROWS if r["symbol"] == "CBA"], "15m")
     warnings = [r for r in caplog.records if r.getMessage() == "redis unavailable, caching in-process only"]
     assert len(warnings) == 1  # the breaker stops retrying (and timing out) on every query
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         response = client.get(
             "/v1/ohlcv",
             params={"symbol": "CBA", "exchange": "asx", "interval": "1d", "start": "2024-03-04", "end": "2024-03-07"},

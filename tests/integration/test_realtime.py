@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from k2_api.main import create_app
@@ -27,6 +26,7 @@ from k2_stream.registry_confluent import make_registry
 from k2_stream.tail import TailConsumer
 from tests.support import factories
 from tests.support import query_oracle as oracle
+from tests.support.clients import local_client
 
 SettingsFactory = Callable[..., Settings]
 WINDOW = timedelta(seconds=120)
@@ -167,7 +167,7 @@ def test_the_api_serves_a_trade_before_it_is_committed(settings: Settings) -> No
     producer = FeedProducer(settings, layout, make_registry(SecretStr(""), settings.kafka.schemas_dir))
     producer.send("quotes", _quote(datetime.now(UTC) - timedelta(seconds=1), 1))
     producer.flush()
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         wait_until(lambda: "trades.asx" in (client.get("/health").json()["realtime_topics"] or []))
         at = datetime.now(UTC)
         producer.send("trades", trade(at, 1))

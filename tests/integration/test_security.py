@@ -1,6 +1,8 @@
-"""API security over real HTTP (TestClient), real SQLite/PostgreSQL catalog databases and the real Redis:
-API keys and JWTs (401 + WWW-Authenticate), scopes per route and exchange (403), rate limits (429 +
-Retry-After), the fail-closed audit log, `k2 keys` / `k2 audit tail`, and secrets kept out of logs."""
+"""API security over real HTTP (TestClient, and real uvicorn servers where the socket matters), real SQLite/PostgreSQL
+catalog databases and the real Redis: who the client is (socket peer and proxy headers), API keys and JWTs (401 +
+WWW-Authenticate), scopes per route and exchange (403), rate limits (429 + Retry-After), the fail-closed audit log
+(refusals summarised, old rows pruned, aborted streams counted), `k2 keys` / `k2 audit tail`, and secrets kept out
+of logs. Floods: tests/integration/test_flood.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -31,23 +34,29 @@ import redis
 import sqlalchemy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi.responses import StreamingResponse
+from fastapi import Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from k2_api.formats import ROW_COUNT
 from k2_api.main import create_app
-from k2_core.access.audit import AUDIT_LOG, AuditLog
+from k2_core.access.audit import AUDIT_LOG, AuditEntry, AuditLog
 from k2_core.access.auth import API_KEYS, KeyStore, auth_banner, hash_token
 from k2_core.exceptions import ConfigError
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.logging import JsonFormatter
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import REPO_ROOT, AuthSettings, Settings
+from tests.support.api import api_server, uvicorn_command
+from tests.support.clients import local_client
 from tests.support.cursors import cursor_body, resigned_cursor, unsigned_cursor
-from tests.support.lake import seed
-from tests.support.ports import free_port
-from tests.support.processes import api_process
+from tests.support.factories import trade
+from tests.support.lake import SEED_DAY, open_lake, seed
+from tests.support.ports import free_port, non_loopback_address
+from tests.support.waits import wait_for
 
 SettingsFactory = Callable[..., Settings]
 SECRET = "k2-test-hs256-secret-of-at-least-32-bytes!"
@@ -123,7 +132,7 @@ def test_auth_off_is_refused_unless_bound_to_loopback(make_settings: SettingsFac
     settings.auth.mode = "auto"  # the default: on, because the address is reachable from elsewhere
     assert auth_banner(settings).startswith("auth ON")
     settings.api.host = "127.0.0.1"
-    assert auth_banner(settings).startswith("auth OFF: loopback only (127.0.0.1)")
+    assert auth_banner(settings).startswith("auth OFF for direct loopback clients only: a request from any other")
     settings.auth.mode = "off"
     create_app(settings)  # allowed on loopback
 
@@ -141,6 +150,87 @@ def test_the_server_refuses_to_start_with_auth_off_on_a_public_address(tmp_path:
     )
     assert proc.returncode != 0
     assert "K2_AUTH_MODE=off is refused" in proc.stderr
+
+
+# ---- who the client is -----------------------------------------------------------------------------------------
+
+
+def test_auth_auto_is_decided_on_the_socket_peer_not_the_configured_host(
+    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore], tmp_path: Path
+) -> None:
+    # uvicorn's own command line binds 0.0.0.0 while K2_API_HOST keeps its default, 127.0.0.1: only a direct loopback
+    # client goes without credentials, whatever host the settings name and however uvicorn treats proxy headers.
+    lan = non_loopback_address()
+    if lan is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to reach the server from")
+    settings = make_settings()
+    seed(settings)
+    token = new_key(keys(settings), "read:trades:asx")[1]
+    port, log = free_port(), tmp_path / "uvicorn.log"
+    after = last_audit_id(settings)
+    with api_server(settings, log, uvicorn_command("0.0.0.0", port), port=port) as local:
+        remote = f"http://{lan}:{port}"
+
+        def get(url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+            return httpx.get(f"{url}/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=headers, timeout=10)
+
+        assert get(local).status_code == 200
+        refused = get(remote)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["www-authenticate"] == 'Bearer realm="k2"'
+        assert get(remote, bearer(token)).json()["count"] == 3
+        # Through a proxy on this host the peer is loopback too; the headers say a proxy forwarded it.
+        for proxied in (
+            {"X-Forwarded-For": "203.0.113.7"},
+            {"X-Forwarded-For": "127.0.0.1"},
+            {"Forwarded": "for=127.0.0.1;proto=http"},
+            {"X-Real-IP": "127.0.0.1"},
+        ):
+            assert get(local, proxied).status_code == 401, proxied
+        assert get(local, {"X-Forwarded-For": "203.0.113.7", **bearer(token)}).status_code == 200
+    assert "auth OFF for direct loopback clients only" in log.read_text()
+    refusals = [e for e in audit_entries(settings, after_id=after) if e["status"] == 401]
+    assert lan in {e["client"] for e in refusals}
+
+
+def test_forwarded_clients_are_believed_only_through_trusted_proxies(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    seed(settings)
+    log = tmp_path / "api.log"
+    with api_server(settings, log, K2_AUTH_TRUSTED_PROXIES='["127.0.0.1"]') as url:
+
+        def status(**headers: str) -> int:
+            headers = {name.replace("_", "-"): value for name, value in headers.items()}
+            params = {**WINDOW, "exchange": "asx"}
+            return httpx.get(f"{url}/v1/trades", params=params, headers=headers, timeout=10).status_code
+
+        assert status() == 200
+        assert status(X_Forwarded_For="127.0.0.1") == 200  # a local client, through the trusted local proxy
+        assert status(Forwarded='for="[::1]:4711"') == 200
+        assert status(X_Forwarded_For="203.0.113.7") == 401
+        # Read right to left: the client may write anything first; the proxy appends the address it saw.
+        assert status(X_Forwarded_For="127.0.0.1, 203.0.113.7") == 401
+        assert status(Forwarded="for=unknown") == 401
+        # Every kind of proxy header must agree.
+        assert status(X_Forwarded_For="127.0.0.1", X_Real_IP="203.0.113.7") == 401
+    assert "trusted proxies: 127.0.0.1/32" in log.read_text()
+
+
+def test_auth_off_serves_direct_loopback_clients_only(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    settings.auth.mode = "off"
+    seed(settings)
+    params = {**WINDOW, "exchange": "asx"}
+    with local_client(create_app(settings)) as client:
+        assert client.get("/v1/trades", params=params).status_code == 200
+        refused = client.get("/v1/trades", params=params, headers={"X-Forwarded-For": "203.0.113.7"})
+        assert refused.status_code == 403
+        assert "serves direct loopback clients only" in refused.json()["detail"]
+    with TestClient(create_app(settings), client=("192.0.2.50", 40000)) as client:
+        assert client.get("/v1/trades", params=params).status_code == 403
 
 
 # ---- authentication --------------------------------------------------------------------------------------------
@@ -162,7 +252,7 @@ def test_missing_or_bad_credentials_get_401_with_a_challenge(
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     params = {**WINDOW, "exchange": "asx"}
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         assert client.get("/health").status_code == 200  # public
 
         none = client.get("/v1/trades", params=params)
@@ -197,7 +287,7 @@ def test_missing_or_bad_credentials_get_401_with_a_challenge(
 def test_the_docs_pages_and_their_bundled_assets_are_public(make_settings: SettingsFactory) -> None:
     # The assets come from the installed fastapi-offline wheel, so they are served by the API itself, and a
     # browser must get them without credentials for the public /docs and /redoc to work with auth on.
-    with TestClient(create_app(secured(make_settings))) as client:
+    with local_client(create_app(secured(make_settings))) as client:
         for page in ("/docs", "/redoc"):
             response = client.get(page)
             assert response.status_code == 200, page
@@ -226,7 +316,7 @@ def test_keys_are_stored_hashed(make_settings: SettingsFactory, keys: Callable[[
 
 def test_hs256_bearer_jwts_carry_scopes(make_settings: SettingsFactory) -> None:
     settings = secured(make_settings, jwt_secret=SECRET)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         token = hs256("alice", "read:trades:asx read:gaps")
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token)).status_code == 200
         assert client.get("/v1/gaps", headers=bearer(token)).status_code == 200
@@ -274,7 +364,7 @@ def test_rs256_jwts_are_verified_against_the_issuers_jwks(
     settings = secured(make_settings, jwks_url=url, jwt_issuer="https://issuer.test")
     claims = {"sub": "svc", "scope": "read:trades:*", "aud": "k2", "iss": "https://issuer.test"}
     params = {**WINDOW, "exchange": "nyse"}
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         good = jwt.encode(
             {**claims, "exp": datetime.now(UTC) + timedelta(minutes=5)},
             private,
@@ -335,7 +425,7 @@ def test_scopes_per_route_and_exchange(make_settings: SettingsFactory, keys: Cal
         "read:gaps": {"gaps"},
         "admin": set(routes),
     }
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         for scope, token in tokens.items():
             for name, (path, params) in routes.items():
                 response = client.get(path, params=params, headers=bearer(token))
@@ -371,7 +461,7 @@ def test_a_route_missing_from_the_policy_needs_admin(
     def new_thing() -> dict[str, int]:
         return {"count": 0}
 
-    with TestClient(app) as client:
+    with local_client(app) as client:
         refused = client.get("/v1/new-thing", headers=bearer(reader))
         assert refused.status_code == 403
         assert refused.json()["detail"].startswith("missing scope admin for /v1/new-thing")
@@ -391,7 +481,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
     store = keys(settings)
     limited_id, limited = new_key(store, "read:gaps")
     other = new_key(store, "read:gaps")[1]
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         codes = [client.get("/v1/gaps", headers=bearer(limited)).status_code for _ in range(3)]
         assert codes == [200, 200, 200]
         refused = client.get("/v1/gaps", headers=bearer(limited))
@@ -419,7 +509,7 @@ def test_every_data_access_is_audited(
     key_id, token = new_key(store, "read:trades:asx", name=name)
     tag = "T" + uuid.uuid4().hex[:8].upper()
     began = datetime.now(UTC)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         after = last_audit_id(settings)
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token)).status_code == 200
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "nyse"}, headers=bearer(token)).status_code == 403
@@ -455,7 +545,7 @@ def test_audited_rows_come_from_where_the_answer_is_built_in_every_format(
         ("/v1/gaps", {}, 1),
         ("/v1/snapshots", {"table": "trades"}, 1),
     ]
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         for route, params, _ in asks:
             response = client.get(route, params={**params, "format": fmt})
             assert response.status_code == 200
@@ -468,7 +558,7 @@ def test_no_data_is_served_when_the_audit_log_cannot_be_written(make_settings: S
     settings = make_settings()  # auth off on loopback: still audited
     settings.query.tail_enabled = False
     seed(settings)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         assert client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}).status_code == 200
         engine = catalog_engine(settings)
         AUDIT_LOG.drop(engine)
@@ -492,7 +582,7 @@ def test_streamed_responses_are_audited_with_their_row_count(make_settings: Sett
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    with TestClient(app) as client:
+    with local_client(app) as client:
         response = client.get("/v1/stream-test", params={"date": "2024-01-02"})
         assert response.status_code == 200
         assert len(response.text.splitlines()) == 6
@@ -503,6 +593,126 @@ def test_streamed_responses_are_audited_with_their_row_count(make_settings: Sett
         6,
         {"date": "2024-01-02"},
     )
+
+
+def test_an_aborted_replay_records_the_rows_it_sent(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    settings = make_settings()
+    total = 100_000  # ~25 MB of NDJSON: far more than the socket buffers hold once the client stops reading
+    day = [
+        trade("BHP", seq, SEED_DAY + timedelta(milliseconds=seq), ingestion_timestamp=SEED_DAY)
+        for seq in range(1, total + 1)
+    ]
+    open_lake(settings).append("trades", day)
+    with api_server(settings, tmp_path / "api.log") as url:
+        after = last_audit_id(settings)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # no autotuning: the server soon waits
+            sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            sock.sendall(b"GET /v1/replay?symbol=BHP&exchange=asx&date=2024-01-02 HTTP/1.1\r\nHost: k2\r\n\r\n")
+            received = b""
+            while received.count(b"\n") < 1000:
+                received += sock.recv(64 * 1024)
+        # The client has gone mid-stream: the audit row gets the rows handed to the server until then.
+
+        def replays() -> list[dict[str, Any]]:
+            return [e for e in audit_entries(settings, after_id=after) if e["route"] == "/v1/replay"]
+
+        wait_for(lambda: bool(replays()) and replays()[0]["rows"] is not None, timeout=30, interval=0.2)
+    (entry,) = replays()
+    assert entry["status"] == 200
+    delivered = sum(1 for line in received.split(b"\n") if line.startswith(b'{"'))
+    assert 1000 <= delivered <= entry["rows"] < total
+
+
+def test_the_audit_log_never_parses_a_response_body(make_settings: SettingsFactory) -> None:
+    # Row counts come from where an answer is built (`K2-Row-Count`), or from NDJSON's line ends as a stream
+    # passes: a JSON body is never parsed again to count its rows (issue 14, finding 7).
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    seed(settings)
+    app = create_app(settings)
+    body = {"data": [{"n": 1}, {"n": 2}, {"n": 3}], "count": 3}
+
+    @app.get("/v1/uncounted")
+    def uncounted() -> JSONResponse:
+        return JSONResponse(body)
+
+    @app.get("/v1/counted")
+    def counted(response: Response) -> JSONResponse:
+        return JSONResponse(body, headers={ROW_COUNT: "2"})
+
+    with local_client(app) as client:
+        for route in ("/v1/uncounted", "/v1/counted"):
+            response = client.get(route)
+            assert response.json() == body
+            assert "k2-row-count" not in response.headers
+        summary = client.get("/v1/summary", params={"symbol": "BHP", "exchange": "asx", "date": "2024-01-02"})
+        assert summary.status_code == 200
+    rows = {e["route"]: e["rows"] for e in audit_entries(settings)}
+    assert rows == {"/v1/uncounted": None, "/v1/counted": 2, "/v1/summary": 1}
+
+
+def test_refusals_are_summarised_per_client_not_stored_in_full(
+    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+) -> None:
+    settings = secured(make_settings, client_failure_burst=5, client_failures_per_second=0.01)
+    settings.audit.refusal_window_seconds = 0.5
+    token = new_key(keys(settings), "read:trades:asx")[1]
+    params = {**WINDOW, "exchange": "asx", "pad": "x" * 400}
+    before = {reason: refused(reason) for reason in ("no_credentials", "client_failures")}
+    with local_client(create_app(settings)) as attacker:
+        codes = [attacker.get("/v1/trades", params=params).status_code for _ in range(40)]
+        assert codes == [401] * 5 + [429] * 35
+        blocked = attacker.get("/v1/trades", params=params, headers=bearer(token))
+        assert blocked.status_code == 429  # refused before its key is even looked up
+        assert "too many failed authentications from this client" in blocked.json()["detail"]
+        assert int(blocked.headers["retry-after"]) > 1
+        # Another client is another budget, and the summaries of closed windows are written as the API runs.
+        with TestClient(create_app(settings), client=("192.0.2.60", 40000)) as elsewhere:
+            assert elsewhere.get("/v1/trades", params=params, headers=bearer(token)).status_code == 200
+
+            def summarised() -> int:
+                return sum(1 for e in audit_entries(settings) if "refused" in e["params"])
+
+            wait_for(lambda: summarised() == 2, timeout=10, interval=0.2)
+    assert refused("no_credentials") - before["no_credentials"] == 5
+    assert refused("client_failures") - before["client_failures"] == 36
+    refusals = [e for e in audit_entries(settings) if e["principal"] == "anonymous"]
+    assert [(e["status"], e["params"].get("refused")) for e in refusals] == [
+        (401, None),
+        (429, None),
+        (401, 4),
+        (429, 35),
+    ]
+    first = refusals[0]
+    assert first["params"] == {"truncated": first["params"]["truncated"]}  # cut, not 2,000 characters
+    assert len(first["params"]["truncated"]) <= 256
+    assert refusals[2]["params"]["since"] == first["at"].isoformat()
+
+
+def refused(reason: str) -> float:
+    """This process's `k2_api_refused_requests_total{reason}` so far."""
+    return REGISTRY.get_sample_value("k2_api_refused_requests_total", {"reason": reason}) or 0.0
+
+
+def test_the_api_prunes_audit_rows_past_their_retention(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    settings.audit.retention_days = 30
+    engine = catalog_engine(settings)
+    log = AuditLog(engine)
+    now = datetime.now(UTC)
+    entries = [
+        AuditEntry(at, "anonymous", "none", "GET", "/v1/gaps", {}, 200, 1, 1.0)
+        for at in (now - timedelta(days=31), now - timedelta(days=29))
+    ]
+    old, recent = (log.append(entry) for entry in entries)
+    try:
+        with local_client(create_app(settings)):
+            wait_for(lambda: [e.id for e in log.tail(10)] == [recent], timeout=30, interval=0.2)
+    finally:
+        engine.dispose()
+    assert old != recent
 
 
 # ---- secrets stay out of logs ----------------------------------------------------------------------------------
@@ -522,7 +732,7 @@ def test_tokens_never_reach_the_json_logs(make_settings: SettingsFactory, keys: 
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        with TestClient(create_app(settings)) as client:
+        with local_client(create_app(settings)) as client:
             params = {**WINDOW, "exchange": "asx"}
             for headers in (
                 bearer(token),  # 200
@@ -579,7 +789,7 @@ def test_keys_and_audit_cli(make_settings: SettingsFactory, tmp_path: Path) -> N
     assert past.exit_code == 2
     assert "is in the past" in past.stderr
 
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         assert client.get("/v1/gaps", headers=bearer(token)).status_code == 200
         assert runner.invoke(cli, ["keys", "revoke", key_id], env=env).exit_code == 0
         assert client.get("/v1/gaps", headers=bearer(token)).status_code == 401
@@ -605,7 +815,7 @@ def test_keys_and_audit_cli(make_settings: SettingsFactory, tmp_path: Path) -> N
     try:
         assert follower.stdout is not None
         assert "/v1/gaps" in follower.stdout.readline()
-        with TestClient(create_app(settings)) as client:
+        with local_client(create_app(settings)) as client:
             client.get("/v1/trades", params={**WINDOW, "exchange": "asx"}, headers=bearer(token))
         followed = follower.stdout.readline()
         assert "GET /v1/trades" in followed
@@ -625,7 +835,7 @@ def test_caller_input_cannot_break_or_inject_response_headers(
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     odd_alg = b64(json.dumps({"alg": 'x"\r\nX-Evil: 1\u00fc'}).encode()) + "." + b64(b"{}") + ".c2ln"
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with local_client(create_app(settings), raise_server_exceptions=False) as client:
         refused = client.get(
             "/v1/trades", params={**WINDOW, "exchange": 'asx"\r\nX-Evil: 1\u00e9'}, headers=bearer(token)
         )
@@ -772,19 +982,8 @@ def test_no_secret_reaches_repr_or_the_logs_of_a_startup(
     settings.query.tail_enabled = False
     seed(settings)
     token = new_key(keys(settings), "read:trades:asx")[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
-    env.update(
-        secrets,
-        K2_HOME=str(settings.home),
-        K2_CATALOG_NAME=settings.catalog.name,
-        K2_API_PORT=str(free_port()),
-        K2_AUTH_MODE="on",
-        K2_QUERY_TAIL_ENABLED="false",
-        K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
-        K2_LOG_LEVEL="DEBUG",
-    )
     log = tmp_path / "api.log"
-    with api_process(env, log) as url:
+    with api_server(settings, log, **secrets, K2_AUTH_MODE="on", K2_LOG_LEVEL="DEBUG") as url:
         params = {**WINDOW, "exchange": "asx", "limit": 1}
         first = httpx.get(f"{url}/v1/trades", params=params, headers=bearer(token), timeout=10)
         assert first.status_code == 200, first.text

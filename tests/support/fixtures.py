@@ -52,6 +52,22 @@ def postgres_uri() -> str:
     return POSTGRES_URI
 
 
+@pytest.fixture
+def private_postgres(postgres_uri: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own (its URI), dropped when the test ends: for tests that load the
+    audit log or lock K2's tables, which every other catalog in the shared database also uses."""
+    name = f"k2_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres_uri, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        yield postgres_uri.rsplit("/", 1)[0] + f"/{name}"
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 SettingsFactory = Callable[..., Settings]
 
 

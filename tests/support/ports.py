@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import subprocess
 
 
 def free_port() -> int:
@@ -19,3 +21,18 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine's own that is not loopback (`ip -4 addr`), or None when it has none."""
+    try:
+        listing = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    for line in listing.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            address = ipaddress.ip_interface(fields[fields.index("inet") + 1]).ip
+            if not address.is_loopback and not address.is_link_local:
+                return str(address)
+    return None

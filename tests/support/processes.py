@@ -6,13 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from k2_core.settings import REPO_ROOT, Settings
+from k2_core.settings import Settings
 from tests.support.ports import free_port
 from tests.support.waits import wait_for
 
@@ -27,7 +24,6 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_CATALOG_URI=settings.catalog_uri.get_secret_value(),
         K2_CATALOG_WAREHOUSE=settings.warehouse,
         K2_KAFKA_BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
-        K2_KAFKA_MAX_PARTITIONS=str(settings.kafka.max_partitions),
         K2_KAFKA_REPLICATION_FACTOR="1",
         K2_KAFKA_GROUP_ID=settings.kafka.group_id,
         K2_KAFKA_SESSION_TIMEOUT_MS=str(settings.kafka.session_timeout_ms),
@@ -38,6 +34,8 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
     )
+    if settings.kafka.max_partitions is not None:
+        env["K2_KAFKA_MAX_PARTITIONS"] = str(settings.kafka.max_partitions)
     return env
 
 
@@ -49,38 +47,6 @@ def spawn_ingester(settings: Settings, log: Path, metrics_port: int = 0) -> subp
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-@contextmanager
-def api_process(env: dict[str, str], log: Path, timeout: float = 30) -> Iterator[str]:
-    """`python -m k2_api` on the K2_ environment `env` (its port from K2_API_PORT), output to `log`; yields its URL
-    once /health answers and stops it (SIGTERM, its clean shutdown) when the block ends."""
-    import httpx
-
-    url = f"http://127.0.0.1:{env['K2_API_PORT']}"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "k2_api"], env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "API did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def k2_processes(home: Path) -> list[int]:
