@@ -32,7 +32,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     feed = threading.Thread(
         target=run_simulation,
         args=(settings, SimulatorConfig("binance", seed=3, faults=FaultConfig(gap_every=101, duplicate_every=17))),
-        kwargs={"rate": 500, "count": 12000},
+        # a minute of feed, so that most kills meet an ingester with rows to commit even on a loaded machine
+        kwargs={"rate": 200, "count": 12000},
         daemon=True,
     )
     feed.start()
