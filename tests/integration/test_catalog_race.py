@@ -11,7 +11,7 @@ import pytest
 
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.model.tables import ALL_TABLES
-from k2_core.settings import CatalogSettings, Settings
+from k2_core.settings import REVEAL_SECRETS, CatalogSettings, Settings
 from tests.support.fixtures import POSTGRES_URI
 
 PROCESSES = 6
@@ -35,7 +35,10 @@ def test_processes_starting_together_on_an_empty_catalog_all_get_every_table(
     settings = Settings(home=tmp_path / "home", catalog=cat)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [ctx.Process(target=_open, args=(settings.model_dump_json(), barrier, results)) for _ in range(PROCESSES)]
+    procs = [
+        ctx.Process(target=_open, args=(settings.model_dump_json(context={REVEAL_SECRETS: True}), barrier, results))
+        for _ in range(PROCESSES)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in procs]

@@ -860,7 +860,7 @@ def test_with_quote_needs_the_quotes_scope_of_the_exchange_too(
     allowed_scopes = ("read:trades:asx read:quotes:asx", "read:trades:* read:quotes:*", "admin")
     tokens = {scopes: new_key(store, *scopes.split())[1] for scopes in refused_scopes + allowed_scopes}
     asx = {**WINDOW, "exchange": "asx"}
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         for scopes in refused_scopes:
             headers = bearer(tokens[scopes])
             refused = client.get("/v1/trades", params={**asx, "with_quote": "true"}, headers=headers)
@@ -898,8 +898,8 @@ def test_cursors_are_signed_and_every_bad_one_is_a_400(make_settings: SettingsFa
         "/v1/ohlcv": {**WINDOW, "exchange": "asx", "interval": "1s", "limit": 1},
     }
     with (
-        TestClient(create_app(settings), raise_server_exceptions=False) as client,
-        TestClient(create_app(other), raise_server_exceptions=False) as elsewhere,
+        local_client(create_app(settings), raise_server_exceptions=False) as client,
+        local_client(create_app(other), raise_server_exceptions=False) as elsewhere,
     ):
         for route, params in pages.items():
             issued = client.get(route, params=params).json()["next_cursor"]
@@ -930,7 +930,7 @@ def test_one_cursor_secret_per_home_shared_by_the_api_and_the_cli(make_settings:
     settings.query.tail_enabled = False
     seed(settings)
     asx = {**WINDOW, "exchange": "asx", "limit": 1}
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         issued = client.get("/v1/trades", params=asx).json()["next_cursor"]
     secret = settings.home / "cursor.key"
     assert secret.stat().st_mode & 0o777 == 0o600
