@@ -51,21 +51,14 @@ QUOTE_ROW = factories.quote(
     "BHP", 1, D2 + timedelta(hours=9), "45.1", "45.12", "200", "0.00000001", ingestion_timestamp=D3
 )
 GAP_ROWS = [
-    {
-        "gap_id": gap_id,
-        "data_type": "trades",
-        "exchange": "asx",
-        "symbol": "BHP",
-        "first_missing": 5,
-        "last_missing": 6,
-        "missing_count": 2,
-        "severity": "warning",
-        "status": status,
-        "detected_at": D1 + timedelta(minutes=minute),
-        "resolved_at": D2 if status == "filled" else None,
-        "attempts": 2,
-        "reason": "backfilled" if status == "filled" else None,
-    }
+    factories.gap(
+        gap_id,
+        status=status,
+        detected_at=D1 + timedelta(minutes=minute),
+        resolved_at=D2 if status == "filled" else None,
+        attempts=2,
+        reason="backfilled" if status == "filled" else None,
+    )
     for gap_id, status, minute in (("g1", "open", 1), ("g2", "filled", 2))
 ]
 

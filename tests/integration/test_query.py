@@ -78,21 +78,17 @@ def quote_rows(exchange: str, symbol: str) -> list[dict[str, Any]]:
 
 
 def gap_row(gap_id: str, exchange: str, symbol: str, status: str, detected_minute: int) -> dict[str, Any]:
-    return {
-        "gap_id": gap_id,
-        "data_type": "trades",
-        "exchange": exchange,
-        "symbol": symbol,
-        "first_missing": 10,
-        "last_missing": 12,
-        "missing_count": 3,
-        "severity": "warning",
-        "status": status,
-        "detected_at": D1 + timedelta(minutes=detected_minute),
-        "resolved_at": None if status == "open" else D2,
-        "attempts": 1,
-        "reason": None,
-    }
+    return factories.gap(
+        gap_id,
+        10,
+        12,
+        status,
+        D1 + timedelta(minutes=detected_minute),
+        symbol,
+        exchange,
+        resolved_at=None if status == "open" else D2,
+        attempts=1,
+    )
 
 
 BHP_ASX = trade_rows("asx", "BHP", "45.12")

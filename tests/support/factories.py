@@ -85,3 +85,33 @@ def feed_trade(symbol: str, seq: int, exchange: str = "asx") -> Row:
         Decimal(100 + seq),
         exchange,
     )
+
+
+def gap(
+    gap_id: str = "g1",
+    first: int = 5,
+    last: int = 6,
+    status: str = "open",
+    detected_at: datetime | None = None,
+    symbol: str = "BHP",
+    exchange: str = "asx",
+    **fields: Any,
+) -> Row:
+    """A `sequence_gaps` row for `first..last` of `symbol`'s trades, as the ingester records one; any other field
+    replaces the default as it is."""
+    row: Row = {
+        "gap_id": gap_id,
+        "data_type": "trades",
+        "exchange": exchange,
+        "symbol": symbol,
+        "first_missing": first,
+        "last_missing": last,
+        "missing_count": last - first + 1,
+        "severity": "warning",
+        "status": status,
+        "detected_at": detected_at or datetime.now(UTC),
+        "resolved_at": None,
+        "attempts": 0,
+        "reason": None,
+    }
+    return row | fields

@@ -15,7 +15,7 @@ from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.model.tables import GAPS, MARKET_TABLES, QUOTES, TRADES
 from k2_core.settings import Settings
 from k2_core.upkeep.ohlcv import OHLCV_TABLES
-from tests.support.factories import quote, trade
+from tests.support.factories import gap, quote, trade
 
 
 @dataclass
@@ -88,26 +88,12 @@ def seed(settings: Settings) -> None:
         "1",
         ingestion_timestamp=SEED_DAY + timedelta(hours=2),
     )
-    gap = {
-        "gap_id": "g1",
-        "data_type": "trades",
-        "exchange": "asx",
-        "symbol": "BHP",
-        "first_missing": 5,
-        "last_missing": 6,
-        "missing_count": 2,
-        "severity": "warning",
-        "status": "open",
-        "detected_at": SEED_DAY,
-        "resolved_at": None,
-        "attempts": 0,
-        "reason": None,
-    }
+    open_gap = gap(detected_at=SEED_DAY)
     catalog = open_catalog(settings)
     try:
         tables = ensure_tables(catalog, settings.catalog.namespace)
         tables["trades"].append(TRADES.to_arrow(trades))
         tables["quotes"].append(QUOTES.to_arrow([bid]))
-        tables["sequence_gaps"].append(GAPS.to_arrow([gap]))
+        tables["sequence_gaps"].append(GAPS.to_arrow([open_gap]))
     finally:
         catalog.close()
