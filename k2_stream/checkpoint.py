@@ -155,6 +155,8 @@ class Checkpoint:
             severity = self.grading(gap.missing)
             metrics.SEQUENCE_GAPS.labels(exchange, severity).inc()
             self.stats["gaps"] += 1
+            if id(gap) in halting:
+                continue  # logged below, with the partition it stopped
             extra = {
                 "data_type": data_type,
                 "exchange": exchange,
@@ -164,8 +166,6 @@ class Checkpoint:
                 "missing": gap.missing,
                 "severity": severity,
             }
-            if id(gap) in halting:
-                continue  # logged below, with the partition it stopped
             if severity == WARNING:
                 log.warning("sequence gap", extra=extra)
             else:

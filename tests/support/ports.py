@@ -6,6 +6,8 @@ import ipaddress
 import socket
 import subprocess
 
+from k2_cli.supervisor import port_in_use
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -14,13 +16,8 @@ def free_port() -> int:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+    """Free as `k2 run` judges it before it starts (a bind with SO_REUSEADDR succeeds)."""
+    return not port_in_use(host, port)
 
 
 def non_loopback_address() -> str | None:
