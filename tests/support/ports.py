@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
+import itertools
+import os
 import subprocess
 
 from k2_cli.supervisor import port_in_use
 
+# Ports are drawn below the kernel's ephemeral range (32768-60999 by default), where the local port of an outgoing
+# connection (a Kafka client, a database driver) can never take a port between a test choosing it and its server
+# binding it; each xdist worker draws from a block of its own, in turn, so two tests never get the same port.
+_FIRST_PORT, _BLOCK = 10_000, 5_000
+_drawn = itertools.count()
+
+
+def _block_start() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return _FIRST_PORT + (int(worker) if worker.isdigit() else 0) * _BLOCK
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    start = _block_start()
+    for _ in range(_BLOCK):
+        port = start + next(_drawn) % _BLOCK
+        if not port_in_use("127.0.0.1", port):
+            return port
+    raise RuntimeError(f"no free port in {start}-{start + _BLOCK - 1}")
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
