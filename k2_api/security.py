@@ -8,8 +8,10 @@
   neither table needs `admin`, so a new route is never public by accident. Whether credentials are needed is
   decided on the request's real origin (`k2_core.access.clients`: socket peer and proxy headers), not on the
   configured bind address. Before any database work, a client that keeps failing authentication is refused
-  (429, `FailureGate`). It answers 401 with `WWW-Authenticate` for missing or bad credentials, 429 with
-  `Retry-After` once a key's or a client's budget is spent, and 403 naming the missing scope.
+  (429, `FailureGate`); once refused, the rest of its requests are turned away by `RefusedClientMiddleware`
+  before routing, on the event loop, with no thread and no Redis round trip, until its budget refills.
+  It answers 401 with `WWW-Authenticate` for missing or bad credentials, 429 with `Retry-After` once a key's
+  or a client's budget is spent, and 403 naming the missing scope.
 * `AuditMiddleware` appends one `audit_log` row per request to a protected route, before the response leaves:
   if the row cannot be written, the caller gets a 503 instead of the data. Refusals are counted
   (`k2_api_refused_requests_total`); all but a missing scope's are summarised per client
@@ -41,7 +43,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from k2_api.formats import ROW_COUNT
-from k2_core.access.audit import MAX_PARAMS_CHARS, AuditEntry, AuditLog
+from k2_core.access.audit import MAX_PARAMS_CHARS, MAX_ROUTE_CHARS, AuditEntry, AuditLog
 from k2_core.access.auth import (
     ADMIN,
     PER_EXCHANGE,
@@ -369,6 +371,69 @@ def _multi(request: Request) -> dict[str, list[str]]:
     return out
 
 
+# ---- clients already refused -----------------------------------------------------------------------------------
+
+
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key"})
+
+
+class RefusedClientMiddleware:
+    """Turns away, before routing, the requests of a client this process already knows has spent its failure
+    budget (`FailureGate.refused_for`): a flood's 429s then cost the event loop a dictionary lookup each, never a
+    worker thread or a Redis round trip that a valid key's request would queue behind. The refusals are counted
+    and summarised in the audit log like the gate's own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        security: Security | None = getattr(scope["app"].state, "security", None) if scope["type"] == "http" else None
+        if security is None or security.mode == "off" or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        peer = scope.get("client")
+        origin = security.origins.of(peer[0] if peer else None, scope.get("headers", []))
+        headers = dict(scope.get("headers", []))
+        anonymous_allowed = not security.required and origin.local and not _CREDENTIAL_HEADERS & headers.keys()
+        wait = 0.0 if anonymous_allowed else security.gate.refused_for(origin.key)
+        if wait <= 0:
+            await self.app(scope, receive, send)
+            return
+        REFUSED.labels("client_failures").inc()
+        error = security.gate.error(wait)
+        entry = AuditEntry(
+            at=datetime.now(UTC),
+            principal=ANONYMOUS.subject,
+            auth=ANONYMOUS.method,
+            method=scope["method"],
+            route=scope["path"][:MAX_ROUTE_CHARS],
+            params={},
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+            rows=None,
+            duration_ms=0.0,
+            client=origin.address,
+            request_id=REQUEST_ID.get(),
+        )
+        if security.refusals.add(entry):
+            await _write_refusal(security, entry)
+        await _send_json(
+            send, status.HTTP_429_TOO_MANY_REQUESTS, str(error), [(b"retry-after", str(error.retry_after).encode())]
+        )
+
+
+async def _write_refusal(security: Security, entry: AuditEntry) -> None:
+    """The first refusal of a client's window: logged, and its own (cut) audit row written."""
+    logger.warning(
+        "request refused; more like it from this client are counted in one audit summary",
+        extra={"client": entry.client, "principal": entry.principal, "route": entry.route, "status": entry.status},
+    )
+    try:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(security.audit.append, entry, REFUSED_PARAMS_CHARS)
+    except AuditError as exc:
+        logger.error("audit log unavailable", extra={"error": str(exc), "route": entry.route, "status": entry.status})
+
+
 # ---- audit -----------------------------------------------------------------------------------------------------
 
 
@@ -489,12 +554,9 @@ class AuditedResponse:
     async def _summarised(self, context: AuditContext, code: int) -> None:
         """A refusal before authentication: its own (cut) row only if it opens its client's window."""
         entry = self._entry(context, code, None)
-        if security_of(self.scope["app"]).refusals.add(entry):
-            logger.warning(
-                "request refused; more like it from this client are counted in one audit summary",
-                extra={"client": entry.client, "principal": entry.principal, "route": entry.route, "status": code},
-            )
-            await self._write(entry, REFUSED_PARAMS_CHARS)
+        security = security_of(self.scope["app"])
+        if security.refusals.add(entry):
+            await _write_refusal(security, entry)
 
     async def _write(self, entry: AuditEntry, max_params_chars: int) -> int | None:
         try:
@@ -550,12 +612,22 @@ def _header(start: Message, name: bytes) -> str:
 
 
 async def _send_unavailable(send: Send) -> None:
-    body = json.dumps({"detail": "the audit log cannot be written; no data is served without it"}).encode()
+    await _send_json(
+        send, status.HTTP_503_SERVICE_UNAVAILABLE, "the audit log cannot be written; no data is served without it"
+    )
+
+
+async def _send_json(send: Send, code: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status.HTTP_503_SERVICE_UNAVAILABLE,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "status": code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -612,6 +684,7 @@ def install_security(app: FastAPI) -> None:
     required = auth_required(settings)
     app.router.dependencies.append(Depends(authorize))
     app.add_middleware(AuditMiddleware)
+    app.add_middleware(RefusedClientMiddleware)  # outside the audit: its refusals are summarised by itself
     app.openapi = _document(app, settings)  # type: ignore[method-assign]
     inner = app.router.lifespan_context
 

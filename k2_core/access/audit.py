@@ -35,6 +35,7 @@ from k2_core.exceptions import AuditError
 from k2_core.lake.sqldb import METADATA, create_tables, utc
 
 MAX_PARAMS_CHARS = 2000
+MAX_ROUTE_CHARS = 200
 
 AUDIT_LOG = Table(
     "audit_log",
@@ -45,7 +46,7 @@ AUDIT_LOG = Table(
     Column("principal", String(300), nullable=False),
     Column("auth", String(16), nullable=False),
     Column("method", String(10), nullable=False),
-    Column("route", String(200), nullable=False),
+    Column("route", String(MAX_ROUTE_CHARS), nullable=False),
     Column("params", Text, nullable=False),
     Column("status", Integer, nullable=False),
     Column("rows", BigInteger, nullable=True),

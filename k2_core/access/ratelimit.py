@@ -10,7 +10,9 @@ process rather than shared.
 * `FailureGate`: a client's (peer address's) budget of failed authentications. Every request that would check
   credentials first looks at it without taking anything (`check`), before any database work; only a failure
   takes a token (`charge`). A client that spent its budget is refused at once until the bucket refills, so a
-  flood of bad credentials costs a Redis round trip per request, not a key lookup and an audit row.
+  flood of bad credentials costs a Redis round trip per request, not a key lookup and an audit row. Once Redis
+  has said a client is refused, and for how long, this process remembers it (`refused_for`), so the API can turn
+  the rest of that client's requests away before routing them, without a thread or a Redis round trip.
 """
 
 from __future__ import annotations
@@ -173,20 +175,51 @@ class FailureGate:
     """Per-client budgets of failed authentications, under `namespace` (the deployment: API processes that share
     a Redis and a namespace share the budgets). `rate == 0` turns the gate off."""
 
-    def __init__(self, rate: float, burst: int, settings: RedisSettings, namespace: str) -> None:
+    def __init__(
+        self, rate: float, burst: int, settings: RedisSettings, namespace: str, max_remembered: int = 100_000
+    ) -> None:
         self.rate, self.burst = rate, burst
         self.buckets = TokenBuckets(rate, burst, settings, prefix=f"{_PREFIX}client:{namespace}:")
+        self.max_remembered = max_remembered
+        self._refused_until: dict[str, float] = {}  # client -> monotonic time its bucket next has a token
+        self._lock = threading.Lock()
 
     def check(self, client: str) -> None:
         """Raises `RateLimitError` when `client` has spent its failure budget; takes nothing."""
         wait = self.buckets.take(client, cost=0)
         if wait > 0:
-            retry_after = _retry_after(wait)
-            raise RateLimitError(
-                f"too many failed authentications from this client ({self.burst}, then {self.rate:g}/s); "
-                f"retry after {retry_after}s",
-                retry_after,
-            )
+            self._remember(client, wait)
+            raise self.error(wait)
+
+    def refused_for(self, client: str) -> float:
+        """The seconds `client` is still refused as far as this process knows from an earlier `check` (0 when
+        not known to be refused): memory only, no Redis."""
+        until = self._refused_until.get(client)
+        if until is None:
+            return 0.0
+        wait = until - time.monotonic()
+        if wait <= 0:
+            with self._lock:
+                self._refused_until.pop(client, None)
+            return 0.0
+        return wait
+
+    def error(self, wait: float) -> RateLimitError:
+        retry_after = _retry_after(wait)
+        return RateLimitError(
+            f"too many failed authentications from this client ({self.burst}, then {self.rate:g}/s); "
+            f"retry after {retry_after}s",
+            retry_after,
+        )
+
+    def _remember(self, client: str, wait: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._refused_until) >= self.max_remembered:
+                self._refused_until = {c: t for c, t in self._refused_until.items() if t > now}
+                if len(self._refused_until) >= self.max_remembered:
+                    return  # too many clients refused at once to remember another: Redis still refuses it
+            self._refused_until[client] = now + wait
 
     def charge(self, client: str) -> None:
         """Count one failed authentication against `client`."""

@@ -690,6 +690,27 @@ def test_refusals_are_summarised_per_client_not_stored_in_full(
     assert refusals[2]["params"]["since"] == first["at"].isoformat()
 
 
+def test_a_refused_client_is_turned_away_before_routing(make_settings: SettingsFactory) -> None:
+    settings = secured(make_settings, client_failure_burst=2, client_failures_per_second=0.01)
+    params = {**WINDOW, "exchange": "asx"}
+    before = refused("client_failures")
+    with local_client(create_app(settings)) as attacker:
+        assert [attacker.get("/v1/trades", params=params).status_code for _ in range(3)] == [401, 401, 429]
+        # This process now knows the client is refused: even a path no route matches gets the 429, not a 404,
+        # because the request never reaches the router (nor a worker thread, nor Redis).
+        nowhere = attacker.get("/v1/no-such-route")
+        assert nowhere.status_code == 429, nowhere.text
+        assert "too many failed authentications" in nowhere.json()["detail"]
+        assert int(nowhere.headers["retry-after"]) > 1
+        assert attacker.get("/health").status_code == 200  # public routes stay open
+    assert refused("client_failures") - before == 2
+    # Another API process has not seen the refusal: it routes the request (404), while the shared budget in
+    # Redis still refuses the client on a real route.
+    with local_client(create_app(settings)) as same_client_elsewhere:
+        assert same_client_elsewhere.get("/v1/no-such-route").status_code == 404
+        assert same_client_elsewhere.get("/v1/trades", params=params).status_code == 429
+
+
 def refused(reason: str) -> float:
     """This process's `k2_api_refused_requests_total{reason}` so far."""
     return REGISTRY.get_sample_value("k2_api_refused_requests_total", {"reason": reason}) or 0.0
