@@ -30,11 +30,14 @@ class TextBlock:
 
     first_line: int
     data: bytes
+    _line_count: int | None = field(default=None, repr=False)
     _ends: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def line_count(self) -> int:
-        return self.data.count(b"\n") + (0 if self.data.endswith(b"\n") else 1)
+        if self._line_count is None:
+            self._line_count = self.data.count(b"\n") + (0 if self.data.endswith(b"\n") else 1)
+        return self._line_count
 
     @property
     def next_line(self) -> int:
@@ -48,11 +51,6 @@ class TextBlock:
         start = 0 if index == 0 else int(self._ends[index - 1]) + 1
         end = int(self._ends[index]) if index < len(self._ends) else len(self.data)
         return self.data[start:end].decode("utf-8")
-
-    def lines(self) -> Iterator[tuple[int, str]]:
-        for offset, text in enumerate(self.data.decode("utf-8").split("\n")):
-            if offset < self.line_count:
-                yield self.first_line + offset, text
 
     def without_first_line(self) -> TextBlock | None:
         """The block after its first line (a header); None if that was all of it."""
@@ -81,29 +79,34 @@ def _last_line_end(data: bytes) -> int:
 
 
 def text_blocks(stream: IO[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[TextBlock]:
-    """The stream as blocks of about `block_bytes` of whole lines (a longer line makes a longer block)."""
+    """The stream as blocks of about `block_bytes` of whole lines (a longer line makes a longer block). A block's
+    line count is only known once it is counted (`split` counts it for free), so the next block is numbered when
+    it is read, after its predecessor was split."""
     pending = b""
-    line = 1
     first = True
+    previous: TextBlock | None = None
     while True:
-        raw = stream.read(block_bytes)
-        data = pending + raw if pending else raw
-        if not raw:
-            cut = len(data) - 1
-        else:
+        data = stream.read(block_bytes)
+        at_end = not data
+        if data and not data.endswith(b"\n"):
+            rest = stream.readline(block_bytes)  # the rest of the line the read cut into
+            data += rest
+            at_end = not rest.endswith(b"\n") and len(rest) < block_bytes
+        if pending:
+            data, pending = pending + data, b""
+        if not at_end and not data.endswith(b"\n"):
+            # no \n within reach: lines ended by a lone \r, or one very long line
             cut = _last_line_end(data)
             if cut < 0:
                 pending = data
                 continue
-        block, pending = data[: cut + 1], data[cut + 1 :]
-        if block:
-            text = _normalised(block, first)
-            first = False
-            if text:
-                parsed = TextBlock(line, text)
-                line = parsed.next_line
-                yield parsed
-        if not raw:
+            data, pending = data[: cut + 1], data[cut + 1 :]
+        text = _normalised(data, first) if data else b""
+        first = first and not data
+        if text:
+            previous = TextBlock(previous.next_line if previous else 1, text)
+            yield previous
+        if at_end:
             return
 
 
@@ -138,11 +141,12 @@ def split(block: TextBlock, columns: int, *, quoted: bool = False) -> Split:
             quoted_strings_can_be_null=False,
         ),
     )
-    count = block.line_count
-    if table.num_rows + len(odd) != count:
+    if quoted and table.num_rows + len(odd) != block.line_count:
         # a quoted value ran over a line end: rows are no longer lines, so every line goes the exact way
         everything = np.arange(block.first_line, block.next_line, dtype=np.int64)
         return Split([pa.array([], pa.large_string())] * columns, np.empty(0, np.int64), everything)
+    if block._line_count is None:  # unquoted, every line is a row or an odd line: no need to count them again
+        block._line_count = table.num_rows + len(odd)
     odd_lines = np.asarray(odd, np.int64)
     rows = np.arange(table.num_rows, dtype=np.int64)
     # the j-th odd line is preceded by (odd[j] - 1 - j) rows: a row comes after every odd line with at most its index

@@ -65,6 +65,25 @@ def _filled(texts: pa.Array, ok: pa.Array, placeholder: str) -> pa.Array:
     return texts if _all(ok) else pc.if_else(ok, texts, pa.scalar(placeholder, texts.type))
 
 
+def _any_exponent(texts: pa.Array) -> bool:
+    """Whether any text holds an e or E: one scan of the column's bytes (a copy and two memchr), not one per value."""
+    if len(texts) == 0:
+        return False
+    offsets = np.frombuffer(texts.buffers()[1], np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data = bytes(memoryview(texts.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+    return b"e" in data or b"E" in data
+
+
+def _plain_places(texts: pa.Array) -> pa.Array:
+    """Which texts have no exponent and at most DECIMAL_SCALE digits after their point (`texts` large strings)."""
+    dot = pc.find_substring(texts, ".").to_numpy()
+    places = pc.binary_length(texts).to_numpy() - dot - 1
+    plain = (dot < 0) | (places <= DECIMAL_SCALE)
+    if _any_exponent(texts):
+        plain &= ~pc.or_(pc.match_substring(texts, "e"), pc.match_substring(texts, "E")).to_numpy(zero_copy_only=False)
+    return pa.array(plain)
+
+
 def _integers(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
     ok = pc.and_(pc.ascii_is_decimal(texts), pc.less_equal(pc.binary_length(texts), _FAST_DIGITS))
     return _filled(texts, ok, "0").cast(pa.int64()).to_numpy(), ok
@@ -134,11 +153,16 @@ class DecimalField(Field):
     type: pa.DataType | None = DECIMAL
 
     def column(self, texts: pa.Array) -> tuple[pa.Array | None, pa.Array]:
-        ok = pc.match_substring_regex(texts, _DECIMAL_TEXT)
-        values = _filled(texts, ok, "1").cast(DECIMAL)
-        if self.positive:
-            ok = pc.and_(ok, pc.greater(values, pa.scalar(Decimal(0), DECIMAL)))
-        return values, ok
+        try:
+            # Arrow's decimal syntax is a subset of Python's, with the same values; only a spelling past 8 places
+            # (trailing zeros, an exponent) is read by Arrow and refused by the exact rules, so those go the exact way
+            values = texts.cast(DECIMAL)
+            ok = _plain_places(texts)
+        except pa.ArrowInvalid:  # some value is not an Arrow decimal of 10 digits and 8 places: check each
+            ok = pc.match_substring_regex(texts, _DECIMAL_TEXT)
+            values = _filled(texts, ok, "1").cast(DECIMAL)
+        zero = pa.scalar(Decimal(0), DECIMAL)
+        return values, pc.and_(ok, pc.greater(values, zero) if self.positive else pc.greater_equal(values, zero))
 
     def parse(self, text: str) -> Decimal:
         # the replay's `_decimal`, check for check and word for word
@@ -164,7 +188,13 @@ class NumberField(Field):
     """A number the row must hold but K2 does not keep (Binance's quote quantity): checked, not converted."""
 
     def column(self, texts: pa.Array) -> tuple[pa.Array | None, pa.Array]:
-        return None, pc.match_substring_regex(texts, _NUMBER_TEXT)
+        try:
+            # Arrow's float syntax is a subset of Python's Decimal's (nan and inf included): a column that casts
+            # holds numbers only
+            texts.cast(pa.float64())
+            return None, pa.array(np.ones(len(texts), np.bool_))
+        except pa.ArrowInvalid:
+            return None, pc.match_substring_regex(texts, _NUMBER_TEXT)
 
     def parse(self, text: str) -> None:
         try:
