@@ -78,10 +78,11 @@ def _last_line_end(data: bytes) -> int:
     return max(end, carriage)
 
 
-def text_blocks(stream: IO[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[TextBlock]:
+def text_blocks(stream: IO[bytes], block_bytes: int | None = None) -> Iterator[TextBlock]:
     """The stream as blocks of about `block_bytes` of whole lines (a longer line makes a longer block). A block's
     line count is only known once it is counted (`split` counts it for free), so the next block is numbered when
     it is read, after its predecessor was split."""
+    block_bytes = block_bytes or BLOCK_BYTES
     pending = b""
     first = True
     previous: TextBlock | None = None
