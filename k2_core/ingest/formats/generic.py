@@ -54,6 +54,7 @@ from k2_core.ingest.formats.fields import (
 from k2_core.ingest.formats.ordinals import DayOrdinals
 from k2_core.ingest.formats.parse import parse_rows
 from k2_core.ingest.formats.sources import open_source
+from k2_core.model.records import DECIMAL_SCALE
 from k2_core.model.topics import Kind
 
 PARQUET_BATCH_ROWS = 1 << 18
@@ -150,6 +151,19 @@ def _read_csv(kind: Kind, path: Path, options: ReadOptions) -> Iterator[Chunk]:
 
 
 def _texts(column: pa.Array) -> pa.Array:
+    """A Parquet column as the text the fields read (null as empty). A decimal typed with more than 8 places is
+    spelt with 8 where its value has no more (4750.250000000 is 4750.25000000), so that it is judged by its value,
+    not by its type's scale."""
+    kind = column.type
+    if pa.types.is_decimal(kind) and kind.scale > DECIMAL_SCALE:
+        cut = column.cast(
+            pa.decimal128(kind.precision, DECIMAL_SCALE)
+            if kind.precision <= 38
+            else pa.decimal256(kind.precision, DECIMAL_SCALE),
+            safe=False,
+        )
+        exact = pc.equal(cut.cast(kind), column)
+        return pc.fill_null(pc.if_else(exact, cut.cast(TEXT), column.cast(TEXT)), "")
     return pc.fill_null(column.cast(TEXT), "")
 
 
