@@ -234,7 +234,7 @@ def test_a_parquet_export_is_read_by_its_types(tmp_path: Path) -> None:
 def test_parquet_naive_timestamps_and_integer_times(tmp_path: Path) -> None:
     naive = tmp_path / "naive.parquet"
     pq.write_table(
-        pa.table({"t": pa.array([datetime(2024, 7, 1, 9, 30)], pa.timestamp("ms")), "b": [1.5], "s": [1], "a": [2.5]}),
+        pa.table({"t": pa.array(["2024-07-01 09:30:00"]).cast(pa.timestamp("ms")), "b": [1.5], "s": [1], "a": [2.5]}),
         naive,
     )
     quotes_map = {"exchange_timestamp": "t", "bid_price": "b", "bid_size": "s", "ask_price": "a", "ask_size": "s"}

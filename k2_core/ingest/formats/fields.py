@@ -282,6 +282,13 @@ class IsoTimeField(Field):
         micros = np.zeros(len(texts), np.int64)
         zoned = pc.and_(ok, pc.match_substring_regex(texts, _ZONED_TEXT)).to_numpy(zero_copy_only=False)
         naive = ok.to_numpy(zero_copy_only=False) & ~zoned
+        if self.time_zone != "UTC" and naive.any():
+            # Arrow knows a zone's clock changes only as far as its tz database lists them (to 2037); Python's
+            # zoneinfo carries the rule on: later (and pre-1970) local times go the exact way
+            years = pc.utf8_slice_codeunits(texts, 0, 4)
+            listed = pc.and_(pc.greater_equal(years, "1970"), pc.less_equal(years, "2037"))
+            naive &= listed.to_numpy(zero_copy_only=False)
+            ok = pa.array(zoned | naive)
         try:
             if zoned.any():
                 micros[zoned] = texts.filter(pa.array(zoned)).cast(TIMESTAMP).cast(pa.int64()).to_numpy()
