@@ -16,6 +16,7 @@ from typing import IO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 BLOCK_BYTES = 8 << 20
@@ -111,10 +112,19 @@ def text_blocks(stream: IO[bytes], block_bytes: int | None = None) -> Iterator[T
             return
 
 
+def column_bytes(texts: pa.Array) -> bytes:
+    """The characters of a (large) string array's values, end to end: for a search of all of them at once."""
+    if len(texts) == 0:
+        return b""
+    offsets = np.frombuffer(texts.buffers()[1], np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    return bytes(memoryview(texts.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+
+
 @dataclass
 class Split:
     """A block's lines that have the expected number of columns, as text columns, with each one's physical line;
-    and the lines that do not (a blank line is among the rows, every column empty, when columns > 1)."""
+    and the lines that do not, or that hold nothing but commas or nothing at all (a blank line), for the exact
+    path."""
 
     columns: list[pa.Array]
     lines: np.ndarray
@@ -142,7 +152,8 @@ def split(block: TextBlock, columns: int, *, quoted: bool = False) -> Split:
             quoted_strings_can_be_null=False,
         ),
     )
-    if quoted and table.num_rows + len(odd) != block.line_count:
+    texts = [column.combine_chunks() for column in table.columns]
+    if quoted and (table.num_rows + len(odd) != block.line_count or any(b"\n" in column_bytes(text) for text in texts)):
         # a quoted value ran over a line end: rows are no longer lines, so every line goes the exact way
         everything = np.arange(block.first_line, block.next_line, dtype=np.int64)
         return Split([pa.array([], pa.large_string())] * columns, np.empty(0, np.int64), everything)
@@ -152,9 +163,13 @@ def split(block: TextBlock, columns: int, *, quoted: bool = False) -> Split:
     rows = np.arange(table.num_rows, dtype=np.int64)
     # the j-th odd line is preceded by (odd[j] - 1 - j) rows: a row comes after every odd line with at most its index
     preceding = odd_lines - 1 - np.arange(len(odd_lines), dtype=np.int64)
-    local = rows + 1 + np.searchsorted(preceding, rows, side="right")
-    return Split(
-        [column.combine_chunks() for column in table.columns],
-        local + (block.first_line - 1),
-        odd_lines + (block.first_line - 1),
-    )
+    lines = rows + np.searchsorted(preceding, rows, side="right") + block.first_line
+    odd_lines += block.first_line - 1
+    # an empty line is a row of empty fields: give it to the exact path, which tells it from a row of empty fields
+    empty = np.ones(len(rows), np.bool_)
+    for text in texts:
+        empty &= pc.binary_length(text).to_numpy() == 0
+    if empty.any():
+        keep = pa.array(~empty)
+        return Split([text.filter(keep) for text in texts], lines[~empty], np.union1d(odd_lines, lines[empty]))
+    return Split(texts, lines, odd_lines)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2_core.exceptions import ConfigError, ReplayFormatError
+from k2_core.ingest.formats.blocks import column_bytes
 from k2_core.model.records import DECIMAL_PRECISION, DECIMAL_SCALE, MAX_DECIMAL, SIDES
 
 DECIMAL = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
@@ -67,10 +68,7 @@ def _filled(texts: pa.Array, ok: pa.Array, placeholder: str) -> pa.Array:
 
 def _any_exponent(texts: pa.Array) -> bool:
     """Whether any text holds an e or E: one scan of the column's bytes (a copy and two memchr), not one per value."""
-    if len(texts) == 0:
-        return False
-    offsets = np.frombuffer(texts.buffers()[1], np.int64)[texts.offset : texts.offset + len(texts) + 1]
-    data = bytes(memoryview(texts.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+    data = column_bytes(texts.cast(TEXT))
     return b"e" in data or b"E" in data
 
 
