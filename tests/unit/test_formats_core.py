@@ -46,6 +46,7 @@ FIELDS: list[Field] = [
     EpochTimeField("t", "time", optional=True),
     IsoTimeField("t", "time"),
     IsoTimeField("t", "time", time_zone="Europe/London"),
+    IsoTimeField("t", "time", time_zone="America/New_York"),
     SymbolField("symbol", "symbol"),
     SideField("side", "side"),
 ]
@@ -54,7 +55,8 @@ texts = st.one_of(
     st.from_regex(r"\A[+-]?[0-9]{0,12}(\.[0-9]{0,11})?([eE][+-]?[0-9]{1,2})?\Z"),
     st.from_regex(r"\A[0-9]{1,20}\Z"),
     st.from_regex(
-        r"\A20[0-9]{2}-[01][0-9]-[0-3][0-9][T ][0-2][0-9]:[0-5][0-9]:[0-5][0-9](\.[0-9]{1,7})?(Z|[+-]0[0-9]:00)?\Z"
+        r"\A(19|20|99)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+        r"(\.[0-9]{1,7})?(Z|[+-]0[0-9]:00)?\Z"
     ),
     st.sampled_from(
         ["true", "False", "TRUE", "tRue", "buy", "SELL", "unknown", "nan", "inf", "", " 1", "1 ", "btcusdt"]

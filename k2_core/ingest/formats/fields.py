@@ -109,14 +109,6 @@ def _micros_of(value: int, unit: str) -> int:
     return value * MICROS_PER_UNIT[unit]
 
 
-def _timestamps(micros: np.ndarray) -> pa.Array:
-    return pa.array(micros.astype(np.int64, copy=False), pa.int64()).view(TIMESTAMP)
-
-
-def datetime_of(micros: int) -> datetime:
-    return EPOCH + timedelta(microseconds=micros)
-
-
 @dataclass(frozen=True)
 class Field(ABC):
     """One field of a row: `key` names its value among the row's values, `label` names it in a refusal's reason.
@@ -297,7 +289,7 @@ class IsoTimeField(Field):
         except pa.ArrowInvalid:
             # a well-spelt impossible time (month 13, a skipped local time) somewhere: let the exact path find it
             return pa.array(micros), pa.array(np.zeros(len(texts), np.bool_))
-        return pa.array(micros), ok
+        return pa.array(micros), pc.and_(ok, pa.array(micros >= 0))
 
     def parse(self, text: str) -> int:
         stripped = text.strip()
@@ -316,8 +308,10 @@ class IsoTimeField(Field):
             if value.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != local:
                 raise ReplayFormatError(f"{self.label} {text!r} does not exist in {self.time_zone} (a clock change)")
         micros = (value - EPOCH) // timedelta(microseconds=1)
-        if not 0 <= micros <= MAX_MICROS:
-            raise ReplayFormatError(f"{self.label} {text!r} is out of range")
+        if micros < 0:
+            raise ReplayFormatError(f"{self.label} {text!r} is before 1970")
+        if micros > MAX_MICROS:  # an offset can take 9999-12-31 past the year's end
+            raise ReplayFormatError(f"{self.label} {text!r} is out of range (after 9999-12-31)")
         return micros
 
 
