@@ -166,6 +166,20 @@ def test_integer_times_without_a_unit_are_a_config_error(tmp_path: Path) -> None
         read("generic-csv", path, mapping=TRADE_MAP)
 
 
+def test_one_column_may_feed_two(tmp_path: Path) -> None:
+    path = tmp_path / "quotes.csv"
+    path.write_text("time,bid,ask,size\n2024-01-02T00:00:00Z,99.5,100.5,7\n")
+    mapping = {
+        "exchange_timestamp": "time",
+        "bid_price": "bid",
+        "ask_price": "ask",
+        "bid_size": "size",
+        "ask_size": "size",
+    }
+    row = read("generic-csv-quotes", path, symbol="XYZ", mapping=mapping).rows[0]
+    assert (row["bid_size"], row["ask_size"]) == (Decimal(7), Decimal(7))
+
+
 def test_csv_quotes(tmp_path: Path) -> None:
     path = tmp_path / "quotes.csv"
     path.write_text("time,bid,bsz,ask,asz\n2024-01-02T00:00:00Z,99.5,10,100.5,0\n2024-01-02T00:00:01Z,0,10,100.5,1\n")

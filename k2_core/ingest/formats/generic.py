@@ -136,9 +136,13 @@ def _keep(values: Mapping[str, pa.Array]) -> dict[str, pa.Array]:
 def sniff_csv(path: Path, mapping: Mapping[str, str], options: ReadOptions, block: TextBlock) -> tuple[Layout, bool]:
     header = [column.strip() for column in fields_of(block.line(block.first_line), quoted=True)]
     _missing_columns(path, mapping, header)
-    by_position = {header.index(column): field_for(k2, column, options) for k2, column in mapping.items()}
-    positions = tuple(sorted(by_position))
-    return Layout(len(header), tuple(by_position[p] for p in positions), positions, _keep, quoted=True), True
+    # fields in file order (the first wrong one is told); one column may feed two fields (a quote's two sizes)
+    read = sorted(
+        ((header.index(column), field_for(k2, column, options)) for k2, column in mapping.items()),
+        key=lambda item: item[0],
+    )
+    positions = tuple(position for position, _ in read)
+    return Layout(len(header), tuple(spec for _, spec in read), positions, _keep, quoted=True), True
 
 
 def _read_csv(kind: Kind, path: Path, options: ReadOptions) -> Iterator[Chunk]:
