@@ -24,7 +24,7 @@ class Interval:  # what databento_dbn reads a mapping interval from (attributes,
 
 
 @dataclass(frozen=True)
-class Mapping_:  # noqa: N801 - the SymbolMapping protocol of databento_dbn.metadata
+class SymbolMapping:  # what databento_dbn reads a raw symbol's mappings from
     raw_symbol: str
     intervals: list[Interval]
 
@@ -119,7 +119,7 @@ def metadata(
         schema=dbn.Schema.from_str(schema),
         symbols=list(mappings),
         mappings=[
-            Mapping_(raw, [Interval(start, end, str(iid)) for start, end, iid in intervals])
+            SymbolMapping(raw, [Interval(start, end, str(iid)) for start, end, iid in intervals])
             for raw, intervals in mappings.items()
         ],
         ts_out=ts_out,

@@ -364,23 +364,26 @@ def _open(path: Path) -> pa.NativeFile:
     return pa.CompressedInputStream(raw, "zstd") if magic == ZSTD_MAGIC else raw
 
 
-def _read(stream: pa.NativeFile, size: int) -> pa.Buffer | bytes:
+def _read(stream: pa.NativeFile, size: int, path: Path) -> pa.Buffer | bytes:
     """`size` bytes, or fewer at the end of the stream (a decompressing stream may return less per call)."""
-    first = stream.read_buffer(size)
-    if len(first) in (0, size):
-        return first
-    parts, got = [first], len(first)
-    while got < size:
-        part = stream.read_buffer(size - got)
-        if not len(part):
-            break
-        parts.append(part)
-        got += len(part)
+    try:
+        first = stream.read_buffer(size)
+        if len(first) in (0, size):
+            return first
+        parts, got = [first], len(first)
+        while got < size:
+            part = stream.read_buffer(size - got)
+            if not len(part):
+                break
+            parts.append(part)
+            got += len(part)
+    except OSError as exc:  # Arrow's decompressor: a frame cut short (an interrupted download) or corrupt data
+        raise ReplayFormatError(f"{path}: cannot decompress: {exc}; the file is truncated or corrupt") from exc
     return b"".join(part.to_pybytes() for part in parts)
 
 
 def _metadata(stream: pa.NativeFile, path: Path) -> dbn.Metadata:
-    prelude = _read(stream, 8)
+    prelude = _read(stream, 8, path)
     prefix = bytes(prelude[:3]) if len(prelude) >= 3 else b""
     if prefix != DBN_PREFIX:
         raise ReplayFormatError(f"{path}: not a DBN file (does not start with {DBN_PREFIX!r})")
@@ -390,7 +393,7 @@ def _metadata(stream: pa.NativeFile, path: Path) -> dbn.Metadata:
     if version not in DBN_VERSIONS:
         raise ReplayFormatError(f"{path}: DBN version {version}; this reader knows versions {DBN_VERSIONS}")
     length = int.from_bytes(bytes(prelude[4:8]), "little")
-    body = _read(stream, length)
+    body = _read(stream, length, path)
     if len(body) < length:
         raise ReplayFormatError(f"{path}: truncated DBN metadata ({len(body)} of {length} bytes)")
     try:
@@ -414,7 +417,7 @@ def read_dbn(layout: DbnLayout, path: Path, options: ReadOptions) -> Iterator[Ch
         reader = _Reader(layout, path, options, metadata)
         done = 0
         while True:
-            data = _read(stream, max(1, options.chunk_rows) * size)
+            data = _read(stream, max(1, options.chunk_rows) * size, path)
             if not len(data):
                 return
             whole = len(data) // size
