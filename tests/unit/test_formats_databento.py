@@ -282,7 +282,7 @@ def test_a_truncated_zstd_stream_is_refused_after_the_chunks_before_it(tmp_path:
     path.write_bytes(compressed[: len(compressed) - 10])
     chunks = file_format("databento-trades").read(path, ReadOptions(exchange="cme", chunk_rows=1000))
     assert next(chunks).end == 1000
-    with pytest.raises(ReplayFormatError, match=r"cannot decompress: .* the file is truncated or corrupt"):
+    with pytest.raises(ReplayFormatError, match=r"cannot read: .* the file is truncated or corrupt"):
         list(chunks)
 
 
@@ -312,6 +312,7 @@ def test_files_the_readers_cannot_read_faithfully_are_refused(tmp_path: Path) ->
             "symbology parent -> instrument_id does not name each instrument's raw symbol",
         ),
         "corrupt": ("databento-trades", trades[:-48] + b"\x02" + trades[-47:], "record 13 is 8 bytes, not the 48"),
+        "length byte 76": ("databento-trades", trades[:-96] + b"\x4c" + trades[-95:], "record 12 is 304 bytes"),
         "truncated metadata": ("databento-trades", trades[:50], "truncated DBN metadata"),
     }
     for name, (fmt, data, message) in cases.items():

@@ -3,10 +3,10 @@
 
 A DBN file is a metadata header (dataset, schema, symbology) followed by fixed-size little-endian C structs, one
 per event. `databento_dbn` decodes the header; the records are read here a chunk at a time as a numpy structured
-array over the raw bytes, because decoding them one by one into Python objects (`DBNDecoder`) runs at well under a
-million records a second and a day of a busy future holds tens of millions. The three record layouts this reader
-knows (`TradeMsg`, 48 bytes; `Mbp1Msg`, which `tbbo` shares, 80 bytes) are the same in DBN versions 1, 2 and 3;
-a file of a newer version is refused rather than misread.
+array over the raw bytes and turned into Arrow columns whole, because decoding them one by one into Python objects
+(`DBNDecoder`) and converting each field runs at about a million records a second, and a day of a busy future holds
+tens of millions. The two record layouts read here (`TradeMsg`, 48 bytes; `Mbp1Msg`, which `tbbo` shares, 80 bytes)
+are the same in DBN versions 1, 2 and 3; a file of a newer version is refused rather than misread.
 
 What the format leaves to the reader, and what K2 does with it:
 
@@ -39,6 +39,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,7 @@ TBBO = DbnLayout("tbbo", "quotes", 0x01, MBP1_DTYPE)
 
 @dataclass(frozen=True)
 class SymbolMap:
-    """Instrument ids by UTC day -> K2 symbols, as sorted keys `day << 32 | instrument_id` and a code per key into
+    """Instrument ids by UTC day -> K2 symbols, as keys `day << 32 | instrument_id` and a code per key into
     `symbols` (upper-cased and de-duplicated, so "esz4" and "ESZ4" are one symbol and count ordinals together), or
     `_AMBIGUOUS` where two raw symbols claim the same instrument on the same day."""
 
@@ -182,18 +183,20 @@ class SymbolMap:
                     by_key[key] = code if by_key.get(key, code) == code else _AMBIGUOUS
         keys = np.fromiter(by_key.keys(), dtype=np.int64, count=len(by_key))
         codes = np.fromiter(by_key.values(), dtype=np.int64, count=len(by_key))
-        order = np.argsort(keys)
         names = list(symbols)
         valid = np.array([SYMBOL_RE.match(name) is not None for name in names], dtype=np.bool_)
-        return cls(keys[order], codes[order], names, valid)
+        return cls(keys, codes, names, valid)
 
     def lookup(self, days: Int64Array, instrument_ids: Int64Array) -> Int64Array:
-        """The symbol code of each (day, instrument), `_NO_MAPPING` where the metadata has none."""
-        wanted = days << 32 | instrument_ids
-        if not len(self.keys):
-            return np.full(len(wanted), _NO_MAPPING, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        return np.where(self.keys[pos] == wanted, self.codes[pos], _NO_MAPPING)
+        """The symbol code of each (day, instrument), `_NO_MAPPING` where the metadata has none. A hash lookup
+        (Arrow's `index_in`): ten times the speed of a binary search over sorted keys."""
+        at = pc.index_in(pa.array(days << 32 | instrument_ids), value_set=self.key_set)
+        pos = np.asarray(at.fill_null(-1), dtype=np.int64)
+        return np.where(pos >= 0, self.codes[pos], _NO_MAPPING)
+
+    @cached_property
+    def key_set(self) -> pa.Array:
+        return pa.array(self.keys)
 
 
 class DayOrdinals:
@@ -209,16 +212,19 @@ class DayOrdinals:
         n = len(symbol_codes)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        keys = symbol_codes << 32 | days
-        unique, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(inverse, minlength=len(unique))
-        order = np.argsort(inverse, kind="stable")  # file order within each key
+        # Group ids by hashing (first appearance order), then a stable sort by group keeps file order within each:
+        # a radix sort while the groups fit 16 bits, which a chunk's (symbol, day) pairs nearly always do.
+        encoded = pa.array(symbol_codes << 32 | days).dictionary_encode()
+        unique = encoded.dictionary.to_numpy()
+        group = encoded.indices.to_numpy().astype(np.uint16 if len(unique) <= 1 << 16 else np.int64)
+        counts = np.bincount(group, minlength=len(unique))
+        order = np.argsort(group, kind="stable")
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         base = np.fromiter((self._seen.get(int(k), 0) for k in unique), dtype=np.int64, count=len(unique))
         for key, before, count in zip(unique.tolist(), base.tolist(), counts.tolist(), strict=True):
             self._seen[key] = before + count
-        return rank + 1 + base[inverse]
+        return rank + 1 + base[group]
 
 
 def _decimal(unscaled: Int64Array) -> pa.Array:
@@ -243,7 +249,6 @@ class _Reader:
 
     def __init__(self, layout: DbnLayout, path: Path, options: ReadOptions, metadata: dbn.Metadata) -> None:
         self.layout = layout
-        self.path = path
         self.options = options
         self.symbols = SymbolMap.from_metadata(metadata, path)
         self.symbol_array = pa.array(self.symbols.symbols, pa.large_string())
@@ -287,8 +292,7 @@ class _Reader:
         bad = [BadRow(first + int(i), checks[reason[i] - 1][1](int(i))) for i in bad_at]
 
         good = reason == 0
-        g = rec[good]
-        sym = codes[good]
+        g, sym = (rec, codes) if not len(bad_at) else (rec[good], codes[good])
         days = (g["ts_event"] // NS_PER_DAY).astype(np.int64)
         ordinal = self.ordinals.number(sym, days)
         m = len(g)
@@ -378,8 +382,8 @@ def _read(stream: pa.NativeFile, size: int, path: Path) -> pa.Buffer | bytes:
             parts.append(part)
             got += len(part)
     except OSError as exc:  # Arrow's decompressor: a frame cut short (an interrupted download) or corrupt data
-        raise ReplayFormatError(f"{path}: cannot decompress: {exc}; the file is truncated or corrupt") from exc
-    return b"".join(part.to_pybytes() for part in parts)
+        raise ReplayFormatError(f"{path}: cannot read: {exc}; the file is truncated or corrupt") from exc
+    return first if len(parts) == 1 else b"".join(part.to_pybytes() for part in parts)
 
 
 def _metadata(stream: pa.NativeFile, path: Path) -> dbn.Metadata:
@@ -422,11 +426,11 @@ def read_dbn(layout: DbnLayout, path: Path, options: ReadOptions) -> Iterator[Ch
                 return
             whole = len(data) // size
             rec = np.frombuffer(data, dtype=dtype, count=whole)
-            framing = np.flatnonzero(rec["length"] * 4 != size)
+            framing = np.flatnonzero(rec["length"] != size // 4)  # in 4-byte words (uint8: never multiply)
             if len(framing):
                 i = int(framing[0])
                 raise ReplayFormatError(
-                    f"{path}: record {done + i + 1} is {rec['length'][i] * 4} bytes, not the {size} of a "
+                    f"{path}: record {done + i + 1} is {int(rec['length'][i]) * 4} bytes, not the {size} of a "
                     f"{layout.schema} record: the file is corrupt"
                 )
             table, bad = reader.chunk(rec, done + 1)
