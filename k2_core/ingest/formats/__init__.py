@@ -23,3 +23,4 @@ def file_format(name: str) -> FileFormat:
 
 
 __all__ = ["FORMATS", "BadRow", "Chunk", "FileFormat", "ReadOptions", "file_format", "register"]
+from k2_core.ingest.formats import databento  # noqa: E402, F401
