@@ -51,9 +51,12 @@ class TableWriter:
         backoff_seconds: float = 0.02,
         topic_ids: Mapping[str, str] | None = None,
         trusts_peers: bool = True,
+        pieces: int = 1,
     ) -> None:
+        """`pieces`: files written at once per day of a batch (`k2 import`'s large chunks use every core)."""
         self.table = table
         self.trusts_peers = trusts_peers
+        self.pieces = pieces
         self.writer_id = writer_id
         self.cluster_id = cluster_id
         self.retries = retries
@@ -105,7 +108,7 @@ class TableWriter:
             props[TOPIC_IDS_PROPERTY] = encode_topic_ids(ids)
         try:
             self._check_owner(positions)
-            files = write_files(self.table, data)
+            files = write_files(self.table, data, self.pieces)
         except OSError as exc:
             raise WriteError(f"writing data files for {self.table.name()} failed: {exc}") from exc
 
@@ -123,7 +126,7 @@ class TableWriter:
                     log.info("rows stored meanwhile by another writer", extra={"rows": int(stored.sum())})
                     data = data.filter(pa.array(~stored))
                     delete_uncommitted(table, files)
-                    files = write_files(table, data)  # none at all still commits the offsets
+                    files = write_files(table, data, self.pieces)  # none at all still commits the offsets
             if fills is not None and fills.num_rows:
                 added = files_added_since(table, checked_at)
                 if added is None:  # what was checked is no longer on the chain: check every file
@@ -135,7 +138,7 @@ class TableWriter:
                     data = _without(data, fills.filter(pa.array(stored)))
                     fills = fills.filter(pa.array(~stored))
                     delete_uncommitted(table, files)
-                    files = write_files(table, data)
+                    files = write_files(table, data, self.pieces)
             return append_files(table, files, props)
 
         try:
