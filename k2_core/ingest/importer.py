@@ -141,28 +141,30 @@ class Importer:
     ) -> FileReport:
         began = time.monotonic()
         report = FileReport(path, fmt.kind)
-        source = file_id(path)
-        writer = self.writers[fmt.kind]
-        stored = writer.committed_offsets()
-        if stored.get((source, COMPLETE)) == 1:
-            report.skipped = True
-            log.info("file already imported, skipped", extra={"path": str(path), "file_id": source})
-            return report
-        report.resumed_at = position = stored.get((source, ROWS), 0)
-        if not self.synced or self.state.stale:
-            self.state.sync()
-            self.synced = True
-        read_to = 0
-        with Committer(self, report, progress) as committer:
-            for chunk, last in _with_last(read_ahead(fmt.read(path, options))):
-                chunk_start, read_to = read_to, chunk.end
-                if chunk.end <= position:
-                    continue  # committed by an earlier run
-                report.rows_read += chunk.end - chunk_start
-                report.bad.extend(chunk.bad)
-                offsets = {(source, ROWS): chunk.end, **({(source, COMPLETE): 1} if last else {})}
-                committer.submit(self._prepare(chunk, fmt.kind, options.exchange, offsets, position, path, report))
-                position = chunk.end
+        # The first chunk is read while the file is hashed and its progress looked up.
+        with ReadAhead(fmt.read(path, options)) as chunks:
+            source = file_id(path)
+            stored = self.writers[fmt.kind].committed_offsets()
+            if stored.get((source, COMPLETE)) == 1:
+                report.skipped = True
+                log.info("file already imported, skipped", extra={"path": str(path), "file_id": source})
+                return report
+            report.resumed_at = position = stored.get((source, ROWS), 0)
+            if not self.synced or self.state.stale:
+                self.state.sync()
+                self.synced = True
+            read_to = 0
+            with Committer(self, report, progress) as committer:
+                for chunk, last in _with_last(iter(chunks)):
+                    chunk_start, read_to = read_to, chunk.end
+                    if chunk.end <= position:
+                        continue  # committed by an earlier run
+                    report.rows_read += chunk.end - chunk_start
+                    report.bad.extend(chunk.bad)
+                    offsets = {(source, ROWS): chunk.end, **({(source, COMPLETE): 1} if last else {})}
+                    job = self._prepare(chunk, fmt.kind, options.exchange, offsets, position, path, report)
+                    committer.submit(job)
+                    position = chunk.end
         report.seconds = time.monotonic() - began
         log.info(
             "file imported",
@@ -336,44 +338,54 @@ class Committer:
                 self.progress(Progress(self.report.path, job.read_to, self.report))
 
 
-def read_ahead(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
-    """The chunks, read by a thread of their own up to `depth` ahead: reading (Arrow and numpy, mostly outside the
-    GIL) overlaps the commit of the chunk before. The reader's errors are raised here, in order."""
-    queue: Queue[tuple[Chunk | None, BaseException | None]] = Queue(maxsize=depth)
-    stop = threading.Event()
+class ReadAhead:
+    """The chunks, read by a thread of their own from the moment this is made, up to `depth` ahead: reading (Arrow and
+    numpy, mostly outside the GIL) overlaps whatever the importing thread does meanwhile (hashing the file, committing
+    the chunk before). The reader's errors are raised by the iteration, in order; `close` stops the reader."""
 
-    def put(item: tuple[Chunk | None, BaseException | None]) -> bool:
-        """Hand over `item` unless the consumer has gone; False once it has."""
-        while not stop.is_set():
-            try:
-                queue.put(item, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
+    def __init__(self, chunks: Iterator[Chunk], depth: int = 1) -> None:
+        self._queue: Queue[tuple[Chunk | None, BaseException | None]] = Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(chunks,), name="import-reader", daemon=True)
+        self._thread.start()
 
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if not put((chunk, None)):
-                    return
-            put((None, None))
-        except Exception as exc:  # noqa: BLE001  # raised again by the consumer, in order
-            put((None, exc))
+    def __enter__(self) -> ReadAhead:
+        return self
 
-    thread = threading.Thread(target=produce, name="import-reader", daemon=True)
-    thread.start()
-    try:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Chunk]:
         while True:
-            chunk, error = queue.get()
+            chunk, error = self._queue.get()
             if error is not None:
                 raise error
             if chunk is None:
                 return
             yield chunk
-    finally:
-        stop.set()
-        thread.join()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _put(self, item: tuple[Chunk | None, BaseException | None]) -> bool:
+        """Hand over `item` unless the consumer has gone; False once it has."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def _produce(self, chunks: Iterator[Chunk]) -> None:
+        try:
+            for chunk in chunks:
+                if not self._put((chunk, None)):
+                    return
+            self._put((None, None))
+        except Exception as exc:  # noqa: BLE001  # raised again by the consumer, in order
+            self._put((None, exc))
 
 
 def _with_last(chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, bool]]:
