@@ -34,7 +34,7 @@ from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import Kind
 from k2_stream import metrics
 from k2_stream.ingester import Ingester
-from k2_stream.prepare import PreparedBatch, settle_late
+from k2_stream.prepare import PreparedBatch
 
 
 @dataclass
@@ -57,7 +57,7 @@ class PerMessagePreparer:
         newest: dict[TP, tuple[int, int]] = {}
         pending, dead, next_offsets = self._decode(batch, newest)
         plan = self._plan(pending, to_us(now))
-        settle_late(plan, self.ingester)
+        self.ingester.state.settle_late(plan)
         dead = [(m, r) for m, r in dead if not plan.beyond_halt((m.topic() or "", m.partition() or 0), m.offset() or 0)]
         return PreparedBatch(plan, dead, plan.commit_offsets(next_offsets), newest)
 

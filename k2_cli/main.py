@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from k2_cli import audit, dagster, feeds, keys, platform, query, status
+from k2_cli import audit, dagster, feeds, imports, keys, platform, query, status
 
 app = typer.Typer(help="K2 market-data lakehouse.", no_args_is_help=True, pretty_exceptions_enable=False)
 platform.register(app)
 feeds.register(app)
+imports.register(app)
 status.register(app)
 app.add_typer(query.app, name="query")
 app.add_typer(keys.app, name="keys")

@@ -88,7 +88,7 @@ class Checkpoint:
             offsets = {tp: o for tp, o in batch.offsets.items() if self.layout.by_name[tp[0]].kind == kind}
             snapshot_id, seconds = self._append(kind, plan, offsets)  # 3
             slowest = max(slowest, seconds)
-            self.state.committed(kind, plan.txns.get(kind), snapshot_id)  # 4
+            self.state.committed(kind, plan.txns.get(kind), snapshot_id, self.writers[kind].foreign)  # 4
             self.positions.update(offsets)
         self._record_filled(plan.filled, now)
         self._report_gaps(plan.detected, plan.halts)
@@ -117,7 +117,13 @@ class Checkpoint:
             covered = {**self._carried(kind, offsets), **offsets}
             fills, checked_at = plan.fills.get(kind, (None, None))
             snapshot_id = self.writers[kind].append(
-                data, covered, {tp: self.positions[tp] for tp in covered}, fills=fills, checked_at=checked_at
+                data,
+                covered,
+                {tp: self.positions[tp] for tp in covered},
+                fills=fills,
+                checked_at=checked_at,
+                planned_at=self.state.at(kind),
+                recheck=True,
             )
             elapsed = time.perf_counter() - started
             metrics.WRITE_DURATION.labels(table_def.name).observe(elapsed)

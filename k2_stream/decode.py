@@ -10,9 +10,9 @@ the rest is decoded again as a new block. A block the reader refuses is split in
 alone. A varint or decimal encoded in more bytes than the minimum counts as a mismatch too, which only costs the
 fast path. So a poison message costs a few re-reads, never the batch, and never lets a misaligned record through.
 
-The vector checks apply the rule values `validate` applies (k2_core.model.records: the fields, bounds and
-`TimeWindow` are stated there once) and are at least as strict (the batch's clock is earlier than the one `validate`
-would read): a record that passes them passes `validate`. A record that fails them is decoded and
+The vector checks (k2_core.ingest.validate) apply the rule values `validate` applies (k2_core.model.records: the
+fields, bounds and `TimeWindow` are stated there once) and are at least as strict (the batch's clock is earlier than
+the one `validate` would read): a record that passes them passes `validate`. A record that fails them is decoded and
 validated again alone, so its fate and its dead-letter reason are exactly the per-message path's.
 
 Only messages whose writer schema is the subject's reader schema take the fast path; older writer schemas need
@@ -24,9 +24,9 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -37,21 +37,12 @@ import pyarrow.compute as pc
 from polars.exceptions import PanicException, PolarsError
 
 from k2_core.exceptions import DecodeError, MessageTooLargeError, ValidationError
-from k2_core.ingest.dedup import to_us
+from k2_core.ingest.validate import as_int64, surely_valid, unscaled
 from k2_core.model.avro import Decoder
 from k2_core.model.records import (
     DECIMAL_PRECISION,
     DECIMAL_SCALE,
-    FIRST_SEQUENCE,
     MAX_DECIMAL,
-    PRICE_FIELDS,
-    SIDES,
-    SIZE_FIELDS,
-    SYMBOL_RE,
-    TRADE_ID_BYTES,
-    TRADE_ID_MAX_CHARS,
-    TRADE_ID_RE,
-    TimeWindow,
     check_size,
     validate,
 )
@@ -138,25 +129,6 @@ def _container_header(schema: ParsedSchema) -> bytes:
     return bytes(out)
 
 
-def _as_numpy_int64(arr: pa.ChunkedArray | pa.Array) -> Int64Array:
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    return np.asarray(arr.cast(pa.int64()), dtype=np.int64) if len(arr) else np.zeros(0, dtype=np.int64)
-
-
-def _unscaled(arr: pa.ChunkedArray | pa.Array) -> tuple[Int64Array, BoolArray]:
-    """A decimal128 column's unscaled values as int64, and whether each fits int64 (else its value is junk)."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
-    words = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=2 * (arr.offset + n))[2 * arr.offset :]
-    lo = words[0::2].copy()
-    hi = words[1::2]
-    return lo, hi == (lo >> 63)
-
-
 def _decimal_size(unscaled: Int64Array) -> Int64Array:
     """Bytes of the minimal two's-complement encoding (what fastavro and Java write) plus its length prefix."""
     magnitude = np.where(unscaled < 0, ~unscaled, unscaled).view(np.uint64)
@@ -169,22 +141,6 @@ def _decimal_size(unscaled: Int64Array) -> Int64Array:
     bits += (m > 0).astype(np.int64)
     nbytes = (bits + 1 + 7) // 8  # + sign bit
     return varint_size(nbytes) + nbytes
-
-
-def _printable_ids(column: pa.ChunkedArray) -> BoolArray:
-    """`TRADE_ID_RE` per value; when every byte of the column is in `TRADE_ID_BYTES`, a length check decides, else
-    the regex runs."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    lengths = _as_numpy_int64(pc.binary_length(column))
-    ok = (lengths >= 1) & (lengths <= TRADE_ID_MAX_CHARS)
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64, count=len(column) + 1 + column.offset)
-    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[column.offset] : offsets[-1]]
-    lowest, highest = TRADE_ID_BYTES
-    if data.size and (data.min() < lowest or data.max() > highest):
-        ok &= np.asarray(
-            pc.fill_null(pc.match_substring_regex(column, f"^{TRADE_ID_RE.pattern}\\z"), False), dtype=np.bool_
-        )
-    return ok
 
 
 @dataclass
@@ -314,55 +270,21 @@ class BatchDecoder:
         for name, kind in fields:
             col = table.column(name)
             if kind == _STRING:
-                lengths = _as_numpy_int64(pc.binary_length(col))
+                lengths = as_int64(pc.binary_length(col))
                 total += varint_size(lengths) + lengths
             elif kind == _LONG:
-                total += varint_size(_as_numpy_int64(col))
+                total += varint_size(as_int64(col))
             else:
-                unscaled, fits = _unscaled(col)
+                values, fits = unscaled(col)
                 # A value beyond int64 is beyond DECIMAL(18,8): force a mismatch so the message goes alone.
-                total += np.where(fits, _decimal_size(unscaled), -(1 << 40))
+                total += np.where(fits, _decimal_size(values), -(1 << 40))
         return total
 
     # ---- vector validation -------------------------------------------------------------------------------------
 
     def _checks(self, kind: Kind, exchange: str, table: pa.Table, now: datetime) -> BoolArray:
         """True where the record surely passes `validate`; False rows are re-checked one by one."""
-        n = table.num_rows
-        if n == 0:
-            return np.zeros(0, dtype=np.bool_)
-        window = TimeWindow.at(now, self.limits)
-        skew_us = window.skew // timedelta(microseconds=1)
-        earliest_us, latest_us = to_us(window.earliest), to_us(window.latest)
-
-        def np_bool(arr: pa.ChunkedArray | pa.Array) -> BoolArray:
-            return np.asarray(pc.fill_null(arr, False), dtype=np.bool_)
-
-        def per_value(column: pa.ChunkedArray, test: Callable[[pa.Array], pa.Array]) -> BoolArray:
-            """`test` run on the column's distinct values only (symbols, sides: a handful per batch)."""
-            encoded = pc.dictionary_encode(column).combine_chunks()
-            passed = np_bool(test(encoded.dictionary))
-            return passed[np.asarray(encoded.indices, dtype=np.int64)]
-
-        ok = per_value(table.column("exchange"), lambda v: pc.equal(v, exchange))
-        ok &= per_value(table.column("symbol"), lambda v: pc.match_substring_regex(v, SYMBOL_RE.pattern))
-        ok &= _as_numpy_int64(table.column("exchange_sequence_number")) >= FIRST_SEQUENCE
-        ingested = _as_numpy_int64(table.column("ingestion_timestamp"))
-        happened = _as_numpy_int64(table.column("exchange_timestamp"))
-        for ts in (ingested, happened):
-            ok &= (ts >= earliest_us) & (ts <= latest_us)
-        ok &= happened <= ingested + skew_us
-        for name in PRICE_FIELDS[kind]:
-            unscaled, fits = _unscaled(table.column(name))
-            ok &= fits & (unscaled > 0) & (unscaled < _MAX_UNSCALED)
-        for name in SIZE_FIELDS[kind]:
-            unscaled, fits = _unscaled(table.column(name))
-            ok &= fits & (unscaled >= 0) & (unscaled < _MAX_UNSCALED)
-        if kind == "trades":
-            sides = pa.array(sorted(SIDES), pa.large_string())
-            ok &= per_value(table.column("side"), lambda v: pc.is_in(v, value_set=sides))
-            ok &= _printable_ids(table.column("trade_id"))
-        return ok
+        return surely_valid(kind, exchange, table, now, self.limits)
 
     @staticmethod
     def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Message
 
 from k2_core.ingest.dead_letters import shed_reason
-from k2_core.ingest.dedup import already_stored, to_us
+from k2_core.ingest.dedup import to_us
 from k2_core.ingest.degradation import Level
 from k2_core.ingest.plan import BatchPlan, KindRows, history_wanted, plan_batch
 from k2_core.lake.offsets import TopicPartition as TP
@@ -100,15 +100,6 @@ class BatchView:
         return out
 
 
-def settle_late(plan: BatchPlan, ingester: Ingester) -> None:
-    """Look the plan's late numbers up in their tables: the gap backfill may have stored them since the state was
-    built (and may yet until the commit, which re-checks from the snapshot looked at here). Late numbers are rare,
-    so this narrow read is cheap."""
-    for kind in list(plan.late):
-        stored, checked_at = already_stored(ingester.state.tables[kind], plan.late[kind].table)
-        plan.drop_stored(kind, stored, checked_at)
-
-
 class BatchPreparer:
     """The production hot path: decode each topic's messages as one block (k2_stream.decode), shed non-critical
     symbols at degradation level 3, then plan (k2_core.ingest.plan)."""
@@ -119,6 +110,8 @@ class BatchPreparer:
 
     def prepare(self, batch: list[Message], now: datetime) -> PreparedBatch:
         ing = self.ingester
+        if ing.state.stale:  # an import committed rows the state has not seen
+            ing.state.sync()
         view = BatchView.of(batch)
         rows, dead = self._decode(batch, view, now)
         wanted = history_wanted(ing.state.tracker, rows)
@@ -126,7 +119,7 @@ class BatchPreparer:
             ing.state.load_history(wanted)
             ing.stats["history_days_loaded"] += len(wanted)
         plan = plan_batch(rows, view.tps, ing.state.tracker, to_us(now), ing.grading, ing.shed_streams)
-        settle_late(plan, ing)
+        ing.state.settle_late(plan)
         ing.stats["streams_fast"] += plan.fast_streams
         ing.stats["streams_row_by_row"] += plan.slow_streams
         dead = [(m, r) for m, r in dead if not plan.beyond_halt((m.topic() or "", m.partition() or 0), m.offset() or 0)]

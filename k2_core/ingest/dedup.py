@@ -41,6 +41,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KEY_FIELDS = ("exchange", "symbol", "exchange_sequence_number", "exchange_timestamp", "ingestion_timestamp")
 # What makes a stored row the same row: its stream, number and exchange time (numbers restart each session).
 STORED_KEY = ("exchange", "symbol", "exchange_sequence_number", "exchange_timestamp")
+MAX_FILTER_LITERALS = 10_000
 OpenGaps = list[tuple[StreamKey, Recorded]]
 
 # Islands of consecutive numbers per session: in (exchange time, number) order, a number not above the one before,
@@ -202,10 +203,10 @@ def key_mask(candidates: pa.Table, present: pa.Table, key: tuple[str, ...] = STO
             "candidate", candidates.select(list(key)).append_column("i", pa.array(np.arange(candidates.num_rows)))
         )
         on = " AND ".join(f"p.{k} = c.{k}" for k in key)
-        hits = con.sql(f"SELECT EXISTS (SELECT 1 FROM present p WHERE {on}) FROM candidate c ORDER BY c.i").fetchall()
+        hits = con.sql(f"SELECT EXISTS (SELECT 1 FROM present p WHERE {on}) AS hit FROM candidate c ORDER BY c.i")
+        return np.asarray(hits.fetchnumpy()["hit"], dtype=np.bool_)
     finally:
         con.close()
-    return np.array([h[0] for h in hits], dtype=np.bool_)
 
 
 def keys_in_files(
@@ -215,7 +216,12 @@ def keys_in_files(
     writer makes against only what other writers committed since it last looked, inside its commit attempt."""
     if not files or rows.num_rows == 0:
         return np.zeros(rows.num_rows, dtype=np.bool_)
-    row_filter = In(term="exchange_sequence_number", literals=set(rows.column("exchange_sequence_number").to_pylist()))
+    # A few late numbers narrow the read to their sequence numbers; a whole import chunk reads the files' keys.
+    row_filter = (
+        In(term="exchange_sequence_number", literals=set(rows.column("exchange_sequence_number").to_pylist()))
+        if rows.num_rows <= MAX_FILTER_LITERALS
+        else AlwaysTrue()
+    )
     scan = ArrowScan(table.metadata, table.io, table.schema().select(*key), row_filter)
     return key_mask(rows, scan.to_table([FileScanTask(f) for f in files]), key)
 

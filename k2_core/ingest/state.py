@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
-from k2_core.ingest.dedup import OpenGaps, catch_up, load_history, rebuild, to_us
+from k2_core.ingest.dedup import OpenGaps, already_stored, catch_up, load_history, rebuild, to_us
+from k2_core.ingest.plan import BatchPlan
 from k2_core.ingest.sequence import SequenceTracker, SequenceTxn, StreamKey
 from k2_core.logging import get_logger
 from k2_core.model.topics import Kind
@@ -30,11 +32,18 @@ class SequenceState:
         self.tables = tables
         self._open_gaps = open_gaps
         self._at: dict[Kind, int | None] | None = None  # the snapshot per table the tracker is right as of
+        self.stale = False  # another kind of writer (an import) committed since: catch up before the next plan
         self._aged_out_at = time.monotonic()
+
+    def at(self, kind: Kind) -> int | None:
+        """The snapshot of `kind`'s table the tracker is right as of (None before the first sync, or an empty table)."""
+        return self._at.get(kind) if self._at is not None else None
 
     def sync(self) -> None:
         """Make the tracker match the tables: catch up with what other writers committed since it was right (a
-        rebalance, a failed write), or, the first time or when that snapshot has expired, read the whole window."""
+        rebalance, a failed write, an import), or, the first time or when that snapshot has expired, read the whole
+        window."""
+        self.stale = False
         open_gaps = self._open_gaps()
         if self._at is not None:
             rows = catch_up(self.tracker, self.tables, self._at, open_gaps)
@@ -54,16 +63,51 @@ class SequenceState:
         rows = load_history(self.tracker, self.tables, wanted, self._open_gaps(), datetime.now(UTC))
         log.info("history loaded for older rows", extra={"stream_days": len(wanted), "keys_read": rows})
 
-    def committed(self, kind: Kind, txn: SequenceTxn | None, snapshot_id: int | None) -> None:
+    def settle_late(self, plan: BatchPlan) -> None:
+        """Look the plan's late numbers up in their tables: the gap backfill (or an import) may have stored them since
+        the state was built, and may yet until the commit, which re-checks from the snapshot looked at here. Late
+        numbers are rare, so this narrow read is cheap."""
+        for kind in list(plan.late):
+            stored, checked_at = already_stored(self.tables[kind], plan.late[kind].table)
+            plan.drop_stored(kind, stored, checked_at)
+
+    def committed(
+        self,
+        kind: Kind,
+        txn: SequenceTxn | None,
+        snapshot_id: int | None,
+        foreign: Callable[[Snapshot], bool] | None = None,
+        written_to: Table | None = None,
+    ) -> None:
         """`kind`'s rows are committed (as `snapshot_id`; None if there were none to write): merge what the plan
         staged. The state stays right as of our snapshot when nobody committed between (its parent is the state's
-        snapshot); otherwise the next catch-up reads what the other writer added (and our rows again: harmless)."""
+        snapshot); otherwise the next catch-up reads what the other writer added (and our rows again: harmless).
+        When one of the snapshots between is `foreign` (another kind of writer's, whose rows may be any stream's),
+        the state is `stale`: the caller catches up before planning again. `written_to`: the table object the writer
+        committed through, when it is not the state's own (another thread's)."""
+        table = written_to or self.tables[kind]
         if self._at is not None and snapshot_id is not None:
-            snapshot = self.tables[kind].metadata.snapshot_by_id(snapshot_id)
+            snapshot = table.metadata.snapshot_by_id(snapshot_id)
             if snapshot is not None and snapshot.parent_snapshot_id == self._at.get(kind):
                 self._at[kind] = snapshot_id
+            elif snapshot is not None and foreign is not None:
+                self.stale = self.stale or self._any_between(table, kind, snapshot, foreign)
         if txn is not None:
             txn.commit()
+
+    def _any_between(self, table: Table, kind: Kind, snapshot: Snapshot, test: Callable[[Snapshot], bool]) -> bool:
+        """Whether `test` accepts a snapshot between the state's and `snapshot` (all of them, if the state's left the
+        chain: then the next sync reads the window again anyway)."""
+        known = self.at(kind)
+        parent = snapshot.parent_snapshot_id
+        while parent is not None and parent != known:
+            between = table.metadata.snapshot_by_id(parent)
+            if between is None:
+                return True
+            if test(between):
+                return True
+            parent = between.parent_snapshot_id
+        return parent != known
 
     def age_out(self, now: datetime) -> None:
         """At most once a minute, let sessions and loaded days older than the window leave the tracker."""

@@ -5,6 +5,11 @@ table: if another writer has committed a partition past where this batch started
 rebalance and must not commit (`FencedError`). Commits are optimistic: a concurrent commit makes ours fail
 (the table property disables pyiceberg's blind retry), so we refresh, re-check ownership and commit the same
 data files again: the batch's Parquet is written once however many writers race for the table.
+
+Rows are planned against the sequence state as of one snapshot (`planned_at`). Writers of another kind (`k2 import`,
+the gap backfill) may store any row, including ones this batch holds, after it: before each attempt the rows are
+re-checked against exactly the files those writers added since, and the ones found are dropped. Peer ingesters of
+the same Kafka cluster own other partitions, hence other streams, so their files are not read (`trusts_peers`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, FencedError, WriteError
@@ -44,8 +50,13 @@ class TableWriter:
         retries: int = 8,
         backoff_seconds: float = 0.02,
         topic_ids: Mapping[str, str] | None = None,
+        trusts_peers: bool = True,
+        pieces: int = 1,
     ) -> None:
+        """`pieces`: files written at once per day of a batch (`k2 import`'s large chunks use every core)."""
         self.table = table
+        self.trusts_peers = trusts_peers
+        self.pieces = pieces
         self.writer_id = writer_id
         self.cluster_id = cluster_id
         self.retries = retries
@@ -75,12 +86,19 @@ class TableWriter:
         positions: Mapping[TopicPartition, int],
         fills: pa.Table | None = None,
         checked_at: int | None = None,
+        planned_at: int | None = None,
+        recheck: bool = False,
+        properties: Mapping[str, str] | None = None,
     ) -> int | None:
         """Append `data` with `offsets` (next offset per partition) in its summary. `positions` are where this
         batch started per partition. `fills` are the rows of `data` that fill recorded gaps, found not stored as of
         snapshot `checked_at`: another writer (the gap backfill) may store them before this commit, so each attempt
-        re-checks them against the files committed since, and drops what it finds. Returns the new snapshot id."""
+        re-checks them against the files committed since, and drops what it finds. With `recheck`, every row is
+        re-checked against the files other kinds of writers added after `planned_at`, the snapshot the rows were
+        planned against (None: an empty table). `properties` go into the snapshot summary too. Returns the new
+        snapshot id."""
         props = {
+            **(properties or {}),
             OFFSETS_PROPERTY: encode_offsets(offsets),
             CLUSTER_PROPERTY: self.cluster_id,
             WRITER_PROPERTY: self.writer_id,
@@ -90,14 +108,25 @@ class TableWriter:
             props[TOPIC_IDS_PROPERTY] = encode_topic_ids(ids)
         try:
             self._check_owner(positions)
-            files = write_files(self.table, data)
+            files = write_files(self.table, data, self.pieces)
         except OSError as exc:
             raise WriteError(f"writing data files for {self.table.name()} failed: {exc}") from exc
 
         def attempt(table: Table) -> int | None:
-            nonlocal data, files, fills, checked_at
+            nonlocal data, files, fills, checked_at, planned_at
             self.index.refresh(table)  # walks only the snapshots committed since it last looked
             self._check_owner(positions)
+            if recheck and table.metadata.current_snapshot_id != planned_at:
+                foreign = files_added_since(table, planned_at, appends_only=True, where=self.foreign)
+                if foreign is None:  # what was planned against is no longer on the chain: check every file
+                    foreign = [task.file for task in table.scan().plan_files()]
+                stored = keys_in_files(table, foreign, data, STORED_KEY)
+                planned_at = table.metadata.current_snapshot_id
+                if stored.any():
+                    log.info("rows stored meanwhile by another writer", extra={"rows": int(stored.sum())})
+                    data = data.filter(pa.array(~stored))
+                    delete_uncommitted(table, files)
+                    files = write_files(table, data, self.pieces)  # none at all still commits the offsets
             if fills is not None and fills.num_rows:
                 added = files_added_since(table, checked_at)
                 if added is None:  # what was checked is no longer on the chain: check every file
@@ -109,7 +138,7 @@ class TableWriter:
                     data = _without(data, fills.filter(pa.array(stored)))
                     fills = fills.filter(pa.array(~stored))
                     delete_uncommitted(table, files)
-                    files = write_files(table, data)
+                    files = write_files(table, data, self.pieces)
             return append_files(table, files, props)
 
         try:
@@ -128,6 +157,15 @@ class TableWriter:
         if snapshot_id is not None:
             self.index.advance(snapshot_id, offsets)
         return snapshot_id
+
+    def foreign(self, snapshot: Snapshot) -> bool:
+        """Whether a snapshot may hold rows of this writer's streams: not this writer's own, nor (when trusted) a peer
+        ingester's of the same Kafka cluster."""
+        props = snapshot.summary.additional_properties if snapshot.summary else {}
+        writer = props.get(WRITER_PROPERTY)
+        if writer == self.writer_id:
+            return False
+        return not (self.trusts_peers and props.get(CLUSTER_PROPERTY) == self.cluster_id and OFFSETS_PROPERTY in props)
 
 
 def _without(data: pa.Table, rows: pa.Table) -> pa.Table:

@@ -136,18 +136,27 @@ def changes_since(table: Table, after: int | None, limit: int = MAX_WALK) -> lis
     return out
 
 
-def files_added_since(table: Table, after: int | None, appends_only: bool = False) -> list[DataFile] | None:
+def files_added_since(
+    table: Table,
+    after: int | None,
+    appends_only: bool = False,
+    where: Callable[[Snapshot], bool] | None = None,
+) -> list[DataFile] | None:
     """The data files the snapshots after `after` added (in the table's current metadata), or None when `after` is
     no longer on the current chain (expired, rolled back, or too far back): then only the whole table tells.
     What a writer checked at snapshot `after` needs re-checking against exactly these files before it commits.
     `appends_only`: only files of `append` snapshots, the ones that bring new rows (a compaction's rewrite brings
-    the same rows again)."""
+    the same rows again); `where`: only files of the snapshots it accepts (another writer's)."""
     ids = new_snapshot_ids(table, after)
     if not ids:
         return [] if table.metadata.current_snapshot_id == after else None
     first = table.metadata.snapshot_by_id(ids[0])
     if first is None or first.parent_snapshot_id != after:
         return None
+    if where is not None:
+        ids = [i for i in ids if where(_snapshot(table, i))]
+        if not ids:
+            return []
     files: list[DataFile] = []
     for snapshot_id, manifests in _own_manifests(table, ids).items():
         snapshot = table.metadata.snapshot_by_id(snapshot_id)
@@ -163,6 +172,12 @@ def files_added_since(table: Table, after: int | None, appends_only: bool = Fals
                 if entry.snapshot_id == snapshot_id and entry.status == ManifestEntryStatus.ADDED:
                     files.append(entry.data_file)
     return files
+
+
+def _snapshot(table: Table, snapshot_id: int) -> Snapshot:
+    snapshot = table.metadata.snapshot_by_id(snapshot_id)
+    assert snapshot is not None  # new_snapshot_ids only returns ids it found
+    return snapshot
 
 
 def _day_range(manifest: ManifestFile) -> tuple[int, int] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -150,9 +151,27 @@ class TableDef:
         return self.cluster_keys or self.sort_keys
 
     def sort(self, table: pa.Table) -> pa.Table:
-        if not self.sort_keys or table.num_rows < 2:
+        if not self.sort_keys or table.num_rows < 2 or _sorted(table, self.sort_keys):
             return table
         return table.sort_by([(k, "ascending") for k in self.sort_keys])
+
+
+def _sorted(table: pa.Table, keys: tuple[str, ...]) -> bool:
+    """Whether `table` is already in `keys` order (files and feeds mostly are: then sorting is a wasted copy). Only
+    integer and timestamp keys are checked; any other key means "sort"."""
+    types = [table.schema.field(k).type for k in keys]
+    if not all(pa.types.is_integer(t) or pa.types.is_timestamp(t) for t in types):
+        return False
+    undecided = np.ones(table.num_rows - 1, dtype=np.bool_)  # adjacent pairs equal on every key so far
+    for key in keys:
+        values = np.asarray(table.column(key).cast(pa.int64()), dtype=np.int64)
+        step = np.diff(values)
+        if (step[undecided] < 0).any():
+            return False
+        undecided &= step == 0
+        if not undecided.any():
+            return True
+    return True
 
 
 _TIME_KEYS = ("exchange_timestamp", "exchange_sequence_number")

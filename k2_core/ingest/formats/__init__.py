@@ -29,6 +29,7 @@ __all__ = ["FORMATS", "BadRow", "Chunk", "FileFormat", "ReadOptions", "file_form
 # fills FORMATS. A new format is a module of its own, imported here.
 from k2_core.ingest.formats import (  # noqa: E402
     binance,  # noqa: F401
+    databento,  # noqa: F401
     generic,  # noqa: F401
     tardis,  # noqa: F401
 )
