@@ -17,6 +17,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import (
     DecimalType,
     IntegerType,
+    ListType,
     LongType,
     NestedField,
     StringType,
@@ -71,6 +72,30 @@ QUOTES_SCHEMA = Schema(
     NestedField(8, "ask_size", PRICE, required=True),
     NestedField(9, "ingestion_timestamp", TimestamptzType(), required=True),
 )
+
+# The columns version 2 of the feed schemas adds (schemas/avro/*.v2.avsc: what real feeds carry, all optional). A
+# market table is created with the version-1 columns above and gains these, by name and optional, when a batch first
+# carries them, so tables written before read them as null and old snapshots keep their old schema. The field ids
+# here only describe the columns: the table assigns its own when it adds them.
+EXTRA_COLUMNS: dict[Kind, tuple[NestedField, ...]] = {
+    "trades": (
+        NestedField(10, "ts_recv", TimestamptzType(), required=False, doc="Capture host receive time, UTC."),
+        NestedField(
+            11,
+            "conditions",
+            ListType(12, StringType(), element_required=True),
+            required=False,
+            doc="Trade condition codes as the venue sends them.",
+        ),
+        NestedField(13, "buyer_order_id", StringType(), required=False, doc="The buying order's venue id."),
+        NestedField(14, "seller_order_id", StringType(), required=False, doc="The selling order's venue id."),
+    ),
+    "quotes": (
+        NestedField(10, "bid_count", IntegerType(), required=False, doc="Orders at the best bid."),
+        NestedField(11, "ask_count", IntegerType(), required=False, doc="Orders at the best ask."),
+        NestedField(12, "ts_recv", TimestamptzType(), required=False, doc="Capture host receive time, UTC."),
+    ),
+}
 
 GAPS_SCHEMA = Schema(
     NestedField(1, "gap_id", StringType(), required=True),
