@@ -2,6 +2,11 @@
 
 Prices and sizes go out as fixed-point decimal strings ("45.12000000"): a JSON number would pass through a
 client's binary float and lose the exactness the tables store. Timestamps are ISO-8601 in UTC ("...Z").
+
+Trades and quotes also describe the optional columns a table gains from version 2 of the feeds
+(`k2_core.model.tables.EXTRA_COLUMNS`, whose docs they show). A row carries such a field when the snapshot it was read
+from has the column (null for a row stored before the column was added), and leaves it out when it does not (time
+travel to before the change): the JSON says what the Arrow, Parquet and CSV answers say.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer
+
+from k2_core.model.tables import EXTRA_COLUMNS
+from k2_core.model.topics import Kind
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -23,6 +31,15 @@ DecimalString = Annotated[
     PlainSerializer(_decimal_text, return_type=str),
     Field(examples=["45.12000000"]),
 ]
+
+
+def _added(kind: Kind, name: str) -> str:
+    """The description of a column version 2 of the feeds added: its table doc, and when a row has it."""
+    doc = next(f.doc for f in EXTRA_COLUMNS[kind] if f.name == name)
+    return (
+        f"{doc} Added by version 2 of the feeds: null for rows stored before it; absent when the snapshot read "
+        "predates the column."
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -39,6 +56,12 @@ class Trade(BaseModel):
     side: str
     trade_id: str
     ingestion_timestamp: AwareDatetime
+    ts_recv: AwareDatetime | None = Field(default=None, description=_added("trades", "ts_recv"))
+    conditions: list[str] | None = Field(
+        default=None, description=_added("trades", "conditions"), examples=[["@", "F"]]
+    )
+    buyer_order_id: str | None = Field(default=None, description=_added("trades", "buyer_order_id"))
+    seller_order_id: str | None = Field(default=None, description=_added("trades", "seller_order_id"))
 
 
 class Quote(BaseModel):
@@ -51,6 +74,9 @@ class Quote(BaseModel):
     ask_price: DecimalString
     ask_size: DecimalString
     ingestion_timestamp: AwareDatetime
+    bid_count: int | None = Field(default=None, description=_added("quotes", "bid_count"))
+    ask_count: int | None = Field(default=None, description=_added("quotes", "ask_count"))
+    ts_recv: AwareDatetime | None = Field(default=None, description=_added("quotes", "ts_recv"))
 
 
 class Gap(BaseModel):
@@ -172,6 +198,11 @@ class SnapshotInfo(BaseModel):
     kafka_cluster: str | None
     kafka_offsets: list[KafkaOffset]
     is_current: bool
+    schema_id: int | None = Field(
+        default=None,
+        description="The table schema the commit was made under: as_of_snapshot reads its columns. A new id marks a "
+        "schema change (columns added).",
+    )
 
 
 class SnapshotsResponse(BaseModel):

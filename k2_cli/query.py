@@ -103,6 +103,8 @@ def _cell(value: object) -> str:
         return format(value, "f")
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, list):  # a trade's conditions: its items as they are, comma-separated (exports: JSON text)
+        return ", ".join(_cell(item) for item in value)
     return str(value)
 
 
@@ -356,7 +358,6 @@ def replay(
     as_of: AsOfOpt = None,
 ) -> None:
     """Every trade (or quote) of one UTC day in exchange order, streamed: NDJSON to stdout or a file."""
-    from k2_core.model.tables import MARKET_TABLES
     from k2_core.read.export import Exporter
 
     if kind not in ("trades", "quotes"):
@@ -375,8 +376,7 @@ def replay(
                 console=Console(stderr=True),
                 disable=output is None,
             )
-            schema = MARKET_TABLES[stream_kind].arrow_schema
-            with progress, _sink(output) as sink, Exporter(sink, export_fmt, schema) as exporter:
+            with progress, _sink(output) as sink, Exporter(sink, export_fmt, stream.schema) as exporter:
                 task = progress.add_task(kind, total=stream.total)
                 for batch in stream:
                     exporter.write(batch)

@@ -30,7 +30,8 @@ def _echo(query: MarketQuery) -> dict[str, Any]:
     }
 
 
-@router.get("/trades", response_model=TradesResponse)
+# Unset fields are left out: a row read from a snapshot without a column has no such field (k2_api.models).
+@router.get("/trades", response_model=TradesResponse, response_model_exclude_unset=True)
 def trades(
     reader: ReaderDep,
     fmt: FormatDep,
@@ -56,7 +57,7 @@ def trades(
     return page(TradesResponse, result, fmt, response, **_echo(query))
 
 
-@router.get("/quotes", response_model=QuotesResponse)
+@router.get("/quotes", response_model=QuotesResponse, response_model_exclude_unset=True)
 def quotes(
     reader: ReaderDep,
     fmt: FormatDep,

@@ -9,6 +9,12 @@ has no DuckDB credentials for) the rows come from pyiceberg's own reader and Duc
 `TableLoader` keeps loaded tables keyed by their metadata file: on a SQL catalog one indexed lookup tells
 whether the table changed, which saves re-reading metadata JSON that grows with every commit.
 
+Schema changes: a read answers in the schema of the snapshot it reads (`read_schema`), as Iceberg's own time travel
+does, so an answer is a function of its snapshot id alone (the result caches key on it) and a snapshot from before a
+column was added reads without it. The planned files may have been written under different schemas (an old day's
+files lack a column added since): DuckDB reads each group of files alike by the Iceberg field ids in their Parquet
+footers, and a column a file lacks is null, as pyiceberg's reader would make it.
+
 It belongs to the lake layer, below the read path, the ingester and the upkeep jobs, so that every table read, the
 query API's and the ingester's alike, goes through one planner and one reader (`k2_core.lake.gaps` is one).
 """
@@ -25,16 +31,38 @@ from urllib.parse import urlparse
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.expressions import BooleanExpression
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.types import (
+    BinaryType,
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    FixedType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    ListType,
+    LongType,
+    MapType,
+    StringType,
+    StructType,
+    TimestampType,
+    TimestamptzType,
+    TimeType,
+    UUIDType,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from k2_core import duck
 from k2_core.logging import get_logger
-from k2_core.model.tables import TableDef
+from k2_core.model.tables import TableDef, arrow_schema_of
 
 logger = get_logger(__name__)
 
@@ -113,6 +141,136 @@ def local_path(uri: str) -> str | None:
     return None
 
 
+# --- the schema a read answers in ---------------------------------------------------------------------------------
+
+
+def read_schema(table: Table, snapshot_id: int | None) -> Schema:
+    """The Iceberg schema a read of `snapshot_id` answers in: the one the snapshot was committed under (a snapshot from
+    before a column was added has no such column), or the table's current one when there is no snapshot to read."""
+    snapshot = table.metadata.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
+    if snapshot is not None and snapshot.schema_id is not None:
+        for schema in table.metadata.schemas:
+            if schema.schema_id == snapshot.schema_id:
+                return schema
+    return table.metadata.schema()
+
+
+_ARROW_SCHEMAS: dict[tuple[str, int], pa.Schema] = {}
+_ARROW_LOCK = threading.Lock()
+
+
+def read_arrow_schema(table: Table, snapshot_id: int | None) -> pa.Schema:
+    """`read_schema` as Arrow (`k2_core.model.tables.arrow_schema_of`); kept per (table, schema id), which never
+    changes meaning, because every read asks."""
+    schema = read_schema(table, snapshot_id)
+    key = (str(table.metadata.table_uuid), schema.schema_id)
+    with _ARROW_LOCK:
+        found = _ARROW_SCHEMAS.get(key)
+    if found is None:
+        found = arrow_schema_of(schema)
+        with _ARROW_LOCK:
+            if len(_ARROW_SCHEMAS) > 4096:
+                _ARROW_SCHEMAS.clear()
+            _ARROW_SCHEMAS[key] = found
+    return found
+
+
+# --- reading files written under different schemas -----------------------------------------------------------------
+
+_FIELD_ID = b"PARQUET:field_id"
+
+
+class FileColumns:
+    """Each data file's top-level columns by Iceberg field id (name in the file), read from its Parquet footer once:
+    data files never change, so neither does the answer. Thread-safe; the oldest entries go first."""
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        self.max_entries = max_entries
+        self._files: OrderedDict[str, dict[int, str] | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, path: str) -> dict[int, str] | None:
+        """Field id -> column name in the file at `path`; None when a column has no field id (a file not written
+        by an Iceberg writer: only pyiceberg's name mapping can read it)."""
+        with self._lock:
+            if path in self._files:
+                self._files.move_to_end(path)
+                return self._files[path]
+        found: dict[int, str] = {}
+        for field in pq.read_schema(path):
+            raw = (field.metadata or {}).get(_FIELD_ID)
+            if raw is None:
+                found = {}
+                break
+            found[int(raw)] = field.name
+        columns = found or None
+        with self._lock:
+            self._files[path] = columns
+            while len(self._files) > self.max_entries:
+                self._files.popitem(last=False)
+        return columns
+
+
+FILE_COLUMNS = FileColumns()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_DUCK_TYPES: dict[type[IcebergType], str] = {
+    BooleanType: "BOOLEAN",
+    IntegerType: "INTEGER",
+    LongType: "BIGINT",
+    FloatType: "FLOAT",
+    DoubleType: "DOUBLE",
+    DateType: "DATE",
+    TimeType: "TIME",
+    TimestampType: "TIMESTAMP",
+    TimestamptzType: "TIMESTAMPTZ",
+    StringType: "VARCHAR",
+    UUIDType: "UUID",
+    BinaryType: "BLOB",
+    FixedType: "BLOB",
+}
+
+
+def duck_type(kind: IcebergType) -> str:
+    """The DuckDB type of an Iceberg type: what a column some files lack is null as."""
+    if isinstance(kind, DecimalType):
+        return f"DECIMAL({kind.precision}, {kind.scale})"
+    if isinstance(kind, ListType):
+        return f"{duck_type(kind.element_type)}[]"
+    if isinstance(kind, MapType):
+        return f"MAP({duck_type(kind.key_type)}, {duck_type(kind.value_type)})"
+    if isinstance(kind, StructType):
+        return "STRUCT(" + ", ".join(f"{_quoted(f.name)} {duck_type(f.field_type)}" for f in kind.fields) + ")"
+    return _DUCK_TYPES[type(kind)]
+
+
+def projection_sql(schema: Schema, paths: list[str], files: FileColumns = FILE_COLUMNS) -> str | None:
+    """A SELECT reading `paths` in `schema`'s columns, matched by field id: files alike are read by one
+    `read_parquet` (all of them, usually), a column a file lacks is a typed null, a column renamed since is read by
+    its name in the file. None when a file has no field ids."""
+    groups: dict[tuple[str | None, ...], list[str]] = {}
+    for path in paths:
+        columns = files.of(path)
+        if columns is None:
+            return None
+        groups.setdefault(tuple(columns.get(f.field_id) for f in schema.fields), []).append(path)
+    selects = []
+    for names, group in groups.items():
+        picked = ", ".join(
+            (_quoted(name) if name == f.name else f"{_quoted(name)} AS {_quoted(f.name)}")
+            if name is not None
+            else f"NULL::{duck_type(f.field_type)} AS {_quoted(f.name)}"
+            for f, name in zip(schema.fields, names, strict=True)
+        )
+        listed = ", ".join(duck.sql_text(p) for p in group)
+        selects.append(f"SELECT {picked} FROM read_parquet([{listed}])")
+    return " UNION ALL ".join(selects)
+
+
 def register_scan(
     con: duckdb.DuckDBPyConnection,
     name: str,
@@ -123,19 +281,20 @@ def register_scan(
     *,
     direct_reads: bool = True,
 ) -> ReadPath:
-    """Make `name` a view (or registered Arrow table) on `con` holding the planned files' rows in the table's
-    columns. Queries on `name` must repeat the filter in SQL: Iceberg's pruning is per file, so a planned file
-    still holds other symbols' and days' rows."""
-    columns = ", ".join(f'"{column}"' for column in table_def.arrow_schema.names)
+    """Make `name` a view (or registered Arrow table) on `con` holding the planned files' rows in the columns of the
+    snapshot read (`read_schema`). Queries on `name` must repeat the filter in SQL: Iceberg's pruning is per file,
+    so a planned file still holds other symbols' and days' rows."""
+    schema = read_schema(table, plan.snapshot_id)
     paths = plan.local_paths if direct_reads else None
     if not plan.data_files:
-        con.register(name, table_def.arrow_schema.empty_table())
+        con.register(name, read_arrow_schema(table, plan.snapshot_id).empty_table())
         return "empty"
-    if paths is not None:
-        files = ", ".join(duck.sql_text(p) for p in paths)
-        con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {columns} FROM read_parquet([{files}])")
+    select = projection_sql(schema, paths) if paths is not None else None
+    if select is not None:
+        con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
         return "duckdb"
-    # Delete files or remote storage: pyiceberg applies the deletes and has the storage credentials.
+    # Delete files, remote storage or files without field ids: pyiceberg applies the deletes, has the storage
+    # credentials and the name mapping, and reads in the snapshot's schema too.
     scanned = table.scan(row_filter=row_filter, snapshot_id=plan.snapshot_id).to_arrow()
     con.register(name, scanned)
     return "pyiceberg"

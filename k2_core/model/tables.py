@@ -163,12 +163,14 @@ class TableDef:
 
     @property
     def arrow_schema(self) -> pa.Schema:
-        return schema_to_pyarrow(self.schema, include_field_ids=False)
+        """The Arrow schema of the columns the table is created with (for a market table: version 1's; see
+        `feed_schema` for every column it may gain)."""
+        return arrow_schema_of(self.schema)
 
-    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
-        """Rows (dicts of Python values) -> an Arrow table in the table's schema, sorted by its sort order,
-        because pyiceberg does not sort on write."""
-        table = pa.Table.from_pylist(rows, schema=self.arrow_schema)
+    def to_arrow(self, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
+        """Rows (dicts of Python values) -> an Arrow table in `schema` (default: the table's own), sorted by its sort
+        order, because pyiceberg does not sort on write. A field a row lacks is null; one `schema` lacks is left out."""
+        table = pa.Table.from_pylist(rows, schema=schema if schema is not None else self.arrow_schema)
         return self.sort(table)
 
     @property
@@ -179,6 +181,44 @@ class TableDef:
         if not self.sort_keys or table.num_rows < 2 or _sorted(table, self.sort_keys):
             return table
         return table.sort_by([(k, "ascending") for k in self.sort_keys])
+
+
+def arrow_schema_of(schema: Schema) -> pa.Schema:
+    """The one rule turning an Iceberg schema (a table's as created, or as it was at a snapshot) into the Arrow schema
+    K2 reads and answers in: pyiceberg's types, no field ids, and no field docs (they describe the table, and a
+    result carrying them would differ from one read through DuckDB, which drops them)."""
+    arrow = schema_to_pyarrow(schema, include_field_ids=False)
+    return pa.schema([_bare(field) for field in arrow])
+
+
+def _bare(field: pa.Field) -> pa.Field:
+    """`field` without metadata, its children's included (a list's element field carries it too)."""
+    kind = field.type
+    if pa.types.is_large_list(kind):
+        kind = pa.large_list(_bare(kind.value_field))
+    elif pa.types.is_list(kind):
+        kind = pa.list_(_bare(kind.value_field))
+    elif pa.types.is_struct(kind):
+        kind = pa.struct([_bare(child) for child in kind])
+    elif pa.types.is_map(kind):
+        kind = pa.map_(_bare(kind.key_field), _bare(kind.item_field), kind.keys_sorted)
+    return pa.field(field.name, kind, field.nullable)
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`data` in `schema`, columns matched by name: in `schema`'s order and types, a column `data` lacks all null.
+    This is how rows of an older table schema (or of the realtime tail) join rows of a newer one. A column `data`
+    has and `schema` lacks is an error, not dropped: that would lose values silently."""
+    unknown = [name for name in data.column_names if name not in schema.names]
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in the schema {schema.names}")
+    if data.schema.names == schema.names:
+        return data.cast(schema) if data.schema != schema else data
+    columns = [
+        data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _sorted(table: pa.Table, keys: tuple[str, ...]) -> bool:
@@ -213,6 +253,19 @@ MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}
 ALL_TABLES = (TRADES, QUOTES, GAPS)
 
 
+def feed_schema(kind: Kind) -> pa.Schema:
+    """Every column a market table may have: those it is created with, then every `EXTRA_COLUMNS` one it may gain.
+    What a record of the newest feed schema becomes, so it is the realtime tail's shape (the tail holds records the
+    table may not have stored yet, whatever columns they carry)."""
+    return _FEED_SCHEMAS[kind]
+
+
+_FEED_SCHEMAS: dict[Kind, pa.Schema] = {
+    kind: arrow_schema_of(Schema(*table_def.schema.fields, *EXTRA_COLUMNS[kind]))
+    for kind, table_def in MARKET_TABLES.items()
+}
+
+
 # --- query results built from the tables ---------------------------------------------------------------------------
 
 
@@ -236,5 +289,10 @@ def _day_summary() -> list[pa.Field]:
     ]
 
 
-TRADES_WITH_QUOTE_SCHEMA = pa.schema([*TRADES.arrow_schema, *_quote_in_force()])
+def trades_with_quote_schema(trades: pa.Schema) -> pa.Schema:
+    """Trades with the quote in force: the trades' own columns, whichever a read had (see `arrow_schema_of`), then
+    the quote's."""
+    return pa.schema([*trades, *_quote_in_force()])
+
+
 SUMMARY_SCHEMA = pa.schema(_day_summary())

@@ -30,7 +30,7 @@ from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, TableDef
+from k2_core.model.tables import ALL_TABLES, GAPS, TableDef, feed_schema
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import bars, joins, paging
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -54,7 +54,7 @@ from k2_core.read.params import (
 )
 from k2_core.read.realtime import RealtimeBuffer
 from k2_core.read.result import ICEBERG, REALTIME, CatalogHealth, QueryResult, Replay
-from k2_core.read.routing import DEFAULT_REALTIME_WINDOW, TIME_COLUMN, Sources, Stream, utcnow
+from k2_core.read.routing import DEFAULT_REALTIME_WINDOW, TIME_COLUMN, Sources, Stream, union_schema, utcnow
 from k2_core.read.snapshots import SNAPSHOT_TABLES, snapshot_log
 from k2_core.read.symbols import SymbolIndex
 from k2_core.settings import CatalogSettings, Settings
@@ -366,7 +366,8 @@ class QueryEngine:
             if recent is not None and (
                 committed.num_rows == 0 or paging.order_key(recent) > paging.order_key(committed.to_pylist()[0])
             ):
-                return QueryResult(stream.table_def.to_arrow([recent]), (REALTIME,), choice.snapshot_id)
+                row = stream.table_def.to_arrow([recent], union_schema(stream.schema, feed_schema(kind)))
+                return QueryResult(row, (REALTIME,), choice.snapshot_id)
         return QueryResult(committed, (ICEBERG,), choice.snapshot_id, cached=cached)
 
     # --- replay, snapshots, gaps ----------------------------------------------------------------------------
@@ -393,7 +394,7 @@ class QueryEngine:
         route = self.sources.route(kind, exchange, window, pinned=pinned)
         batches = paging.day_batches(self.sources, stream, window, route, batch_size)
         total = self.sources.count(stream, window, route) if count else None
-        return Replay(route.sources, stream.choice.snapshot_id, batches, total)
+        return Replay(route.sources, stream.choice.snapshot_id, batches, self.sources.columns(stream, route), total)
 
     def snapshots(self, table: str = "trades", limit: int | None = None, *, cursor: str | None = None) -> QueryResult:
         """A table's snapshots, newest first: time, operation, rows added and the Kafka offsets each commit

@@ -2,7 +2,14 @@
 
 Shared by the API (response bodies) and the CLI (`--output FILE` exports), so both write the same bytes.
 CSV and NDJSON write decimals in plain fixed-point ("0.00000001", never Arrow's "1E-8") and times as ISO-8601
-UTC; Arrow and Parquet keep the tables' own types (decimal128(18, 8), timestamp[us, UTC]).
+UTC; Arrow and Parquet keep the tables' own types (decimal128(18, 8), timestamp[us, UTC], a list as a list).
+A CSV cell holds one value, so a list (a trade's `conditions`) is written as its JSON text, `["@","F"]`: unambiguous
+whatever its items contain (a delimiter could be in one), and one `json.loads` away; a null list is an empty cell, an
+empty list `[]`. NDJSON keeps it a JSON array.
+
+An export's columns are its first page's. A later page may have fewer (a realtime listing whose window left the
+tail's reach): its missing columns are written null. One with columns the export lacks is an error, never a quiet
+loss: pages of one listing never gain columns (`k2_core.read.routing`).
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from k2_core import duck
+from k2_core.model.tables import conform
 
 ExportFormat = Literal["csv", "arrow", "parquet", "ndjson"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "arrow", "parquet", "ndjson")
 
 
 def csv_ready(table: pa.Table) -> pa.Table:
-    """The same rows with decimals, dates and times as text and nested values as JSON, ready for a CSV writer."""
+    """The same rows with decimals, dates and times as text and nested values (lists) as JSON text, ready for a CSV
+    writer."""
     columns = []
     for column in table.schema:
         name = '"' + column.name.replace('"', '""') + '"'
@@ -76,7 +85,7 @@ class Exporter:
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
-        table = table.replace_schema_metadata(None).cast(self.schema)
+        table = conform(table.replace_schema_metadata(None), self.schema)
         self.rows += table.num_rows
         if self._ipc is not None:
             self._ipc.write_table(table)

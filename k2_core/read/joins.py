@@ -4,6 +4,10 @@ A researcher asks "what was the spread when this traded"; answering it outside K
 getting the tie rules wrong. Here the quotes are read for the page's time span only, plus the one quote in force when
 the page starts; the quotes snapshot is chosen to match the trades' (a cursor pins both, time travel reads both as of
 the same moment), so a listing never joins trades of one moment to quotes of another.
+
+The trades keep every column they were read with (`k2_core.read.routing`: the snapshot's, plus the feeds' with the
+tail); the quote's columns are fixed (`k2_core.model.tables.trades_with_quote_schema`). The quotes read may mix
+snapshot files, the one quote in force before the page and tail rows of different columns: they are unioned by name.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from k2_core.lake import scan
-from k2_core.model.tables import QUOTES, TRADES_WITH_QUOTE_SCHEMA
+from k2_core.model.tables import QUOTES, trades_with_quote_schema
 from k2_core.read.cursor import Cursor
 from k2_core.read.params import AsOf, MarketQuery, TimeRange
 from k2_core.read.routing import TIME_COLUMN, Sources, Stream
@@ -41,9 +45,11 @@ def attach_quotes(
     sources: Sources, trades: pa.Table, query: MarketQuery, quote_choice: SnapshotChoice, *, realtime: bool
 ) -> pa.Table:
     """ASOF-join each trade to the latest quote of its stream at or before it. Several quotes at one timestamp: the
-    highest sequence number is the one in force. With `realtime`, the tail's quotes count too."""
+    highest sequence number is the one in force. With `realtime`, the tail's quotes count too. The trades keep their
+    own columns, whichever they are."""
+    schema = trades_with_quote_schema(trades.schema)
     if trades.num_rows == 0:
-        return TRADES_WITH_QUOTE_SCHEMA.empty_table()
+        return schema.empty_table()
     times = trades.column(TIME_COLUMN)
     first, last = times[0].as_py(), times[trades.num_rows - 1].as_py()
     span = TimeRange(first, last + timedelta(microseconds=1))
@@ -52,7 +58,7 @@ def attach_quotes(
     prior = sources.latest_committed(quotes, first)
     if realtime and sources.realtime is not None:
         recent = sources.realtime.rows("quotes", query.symbol, query.exchange, datetime.min.replace(tzinfo=UTC), first)
-        prior = pa.concat_tables([prior, recent])
+        prior = pa.concat_tables([prior, recent], promote_options="permissive")
     with scan.connect() as con:
         sources.market_view(con, quotes, span, route, name="q")
         con.register("prior", prior)
@@ -60,7 +66,7 @@ def attach_quotes(
         result = con.sql(
             f"""
             WITH quotes AS (
-                SELECT * FROM q UNION ALL SELECT * FROM prior
+                SELECT * FROM q UNION ALL BY NAME SELECT * FROM prior
             ),
             in_force AS (
                 SELECT * FROM quotes
@@ -74,4 +80,4 @@ def attach_quotes(
             ORDER BY t.{TIME_COLUMN}, t.exchange_sequence_number
             """
         ).to_arrow_table()
-    return scan.cast_to(result, TRADES_WITH_QUOTE_SCHEMA)
+    return scan.cast_to(result, schema)

@@ -32,7 +32,7 @@ def page(
         params |= {"after_ts": from_micros(after_ts), "after_seq": after_seq}
         where = f"{TIME_COLUMN} >= $after_ts AND ({TIME_COLUMN} > $after_ts OR exchange_sequence_number > $after_seq)"
     n = limit + 1
-    schema = stream.table_def.arrow_schema
+    schema = sources.columns(stream, route)
     with scan.connect() as con:
         plan = sources.market_view(con, stream, window, route)
         if not route.realtime and plan is not None and len(plan.data_files) == 1:
@@ -65,7 +65,7 @@ def day_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The stream's rows in `window` in exchange order, `batch_size` at a time: DuckDB sorts (spilling to disk if
     it must) and hands batches over one at a time."""
-    schema = stream.table_def.arrow_schema
+    schema = sources.columns(stream, route)
     with scan.connect() as con:
         sources.market_view(con, stream, window, route)
         reader = con.sql(f"SELECT * FROM market ORDER BY {EXCHANGE_ORDER}").fetch_record_batch(batch_size)
@@ -74,9 +74,7 @@ def day_batches(
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema
-            )
+            yield pa.RecordBatch.from_arrays([batch.column(f.name).cast(f.type) for f in schema], schema=schema)
 
 
 def in_exchange_order(rows: pa.Table) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.tables import MARKET_TABLES, feed_schema
 from k2_core.model.topics import Kind
 
 _Topic = tuple[Kind, str]  # (kind, exchange)
@@ -96,12 +96,13 @@ class RealtimeBuffer:
             return self._covers_from.get(topic) if topic in self._ready else None
 
     def rows(self, kind: Kind, symbol: str, exchange: str, start: datetime, end: datetime) -> pa.Table:
-        """The held records of one stream with `start <= exchange_timestamp < end`, in table sort order and
-        in the Iceberg table's Arrow schema."""
+        """The held records of one stream with `start <= exchange_timestamp < end`, in table sort order, with every
+        column the feeds may carry (`feed_schema`: null where a record has no such field), since a record may carry
+        columns the table has not gained yet."""
         with self._lock:
             held = self._streams.get((kind, exchange, symbol), {})
             picked = [r for r in held.values() if start <= r["exchange_timestamp"] < end]
-        return MARKET_TABLES[kind].to_arrow(picked)
+        return MARKET_TABLES[kind].to_arrow(picked, feed_schema(kind))
 
     def latest(self, kind: Kind, symbol: str, exchange: str) -> dict[str, Any] | None:
         """The held record of one stream that is last in exchange order, or None."""

@@ -42,12 +42,14 @@ class CatalogHealth:
 
 @dataclass
 class Replay:
-    """A day of one stream in exchange order, as Arrow record batches read lazily: iterate once. `sources`
-    and `snapshot_id` are known before the first batch, so a server can announce them in headers."""
+    """A day of one stream in exchange order, as Arrow record batches read lazily: iterate once. `sources`,
+    `snapshot_id` and the batches' `schema` are known before the first batch, so a server can announce them in
+    headers and an exporter can write its header even for a day without rows."""
 
     sources: tuple[str, ...]
     snapshot_id: int | None
     _batches: Iterator[pa.RecordBatch] = field(repr=False)
+    schema: pa.Schema
     total: int | None = None  # the row count, when asked for (a progress bar's target)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:

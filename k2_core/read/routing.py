@@ -10,6 +10,11 @@
 
 (`precomputed` bars are chosen per day, by `k2_core.read.bars`.) Every query module reads through one `Sources`, so
 they all route the same way and share its table loader and scan-plan cache.
+
+Columns: an Iceberg read answers in the columns of the snapshot it reads (`Stream.schema`); one that also reads the
+tail answers in those plus every column the feeds may carry (`Sources.columns`), null where a row lacks one, because
+the tail holds records the table may not have gained the columns of yet. Either way the answer's columns follow from
+what was read, never from the rows found.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from k2_core.duck import sql_text, sql_time
 from k2_core.exceptions import QueryError
 from k2_core.lake import scan
 from k2_core.lake.scan import ScanPlan
-from k2_core.model.tables import MARKET_TABLES, TableDef
+from k2_core.model.tables import MARKET_TABLES, TableDef, feed_schema
 from k2_core.model.topics import Kind
 from k2_core.read.cursor import Cursor
 from k2_core.read.params import AsOf, TimeRange
@@ -86,6 +91,11 @@ class Stream:
     @property
     def table_def(self) -> TableDef:
         return MARKET_TABLES[self.kind]
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The columns of the snapshot read (the table's current ones when it has none): see `scan.read_schema`."""
+        return scan.read_arrow_schema(self.table, self.choice.snapshot_id)
 
 
 class Sources:
@@ -160,6 +170,13 @@ class Sources:
         # have yet, key-checked, instead of standing in for Iceberg after `split`.
         return Route(window.end, realtime=True, split=window.end)
 
+    def columns(self, stream: Stream, route: Route) -> pa.Schema:
+        """The columns a read of `stream` as routed answers in: the snapshot's, and with the tail every column the
+        feeds may carry (the tail's rows may have columns the table has not gained yet)."""
+        if not route.realtime:
+            return stream.schema
+        return union_schema(stream.schema, feed_schema(stream.kind))
+
     # --- reading ---------------------------------------------------------------------------------------------
 
     def market_view(
@@ -203,7 +220,8 @@ class Sources:
                 )
             elif late.num_rows:
                 parts.append(f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} < {sql_time(route.split)}")
-        con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL ".join(parts))
+        # By name: the tail's rows have every column the feeds may carry, the snapshot's files perhaps fewer.
+        con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
         return plan
 
     def count(self, stream: Stream, window: TimeRange, route: Route) -> int:
@@ -218,8 +236,9 @@ class Sources:
         first so that usually only the newest day's files are read."""
         table, table_def, symbol, exchange = stream.table, stream.table_def, stream.symbol, stream.exchange
         snapshot_id = stream.choice.snapshot_id
+        schema = stream.schema
         if snapshot_id is None:
-            return table_def.arrow_schema.empty_table()
+            return schema.empty_table()
         row_filter: BooleanExpression = And(
             EqualTo(term="symbol", value=symbol), EqualTo(term="exchange", value=exchange)
         )
@@ -227,7 +246,7 @@ class Sources:
             row_filter = And(row_filter, LessThan(term=TIME_COLUMN, value=before.isoformat()))
         tasks = list(table.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files())
         if not tasks:
-            return table_def.arrow_schema.empty_table()
+            return schema.empty_table()
         condition = f"symbol = {sql_text(symbol)} AND exchange = {sql_text(exchange)}"
         if before is not None:
             condition += f" AND {TIME_COLUMN} < {sql_time(before)}"
@@ -256,5 +275,10 @@ class Sources:
                 )
                 found = con.sql(newest).to_arrow_table()
                 if found.num_rows:
-                    return scan.cast_to(found, table_def.arrow_schema)
-        return table_def.arrow_schema.empty_table()
+                    return scan.cast_to(found, schema)
+        return schema.empty_table()
+
+
+def union_schema(first: pa.Schema, second: pa.Schema) -> pa.Schema:
+    """`first`'s columns, then those of `second` it lacks, in `second`'s order."""
+    return pa.schema([*first, *(f for f in second if f.name not in first.names)])

@@ -68,6 +68,9 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("kafka_cluster", pa.string()),
         pa.field("kafka_offsets", OFFSET_TYPE),
         pa.field("is_current", pa.bool_(), nullable=False),
+        # The table schema the commit was made under: time travel to it reads these columns (a schema change, e.g.
+        # columns gained from version 2 of the feeds, shows as a new id on the first commit after it).
+        pa.field("schema_id", pa.int32()),
     ]
 )
 
@@ -107,6 +110,7 @@ def snapshot_log(table: Table, *, before_sequence: int | None = None, limit: int
                     for (topic, partition), offset in sorted(offsets.items())
                 ],
                 "is_current": snapshot.snapshot_id == current,
+                "schema_id": snapshot.schema_id,
             }
         )
     return pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA)

@@ -11,6 +11,9 @@ files other writers committed meanwhile (a conflict re-checks the newer ones and
 exactly once even when the ingester, a rerun or a concurrent backfill races it. Gap records are then split like
 the ingester's late fills: recovered or already-stored runs become `filled`, the rest stay `open` with one more
 attempt counted, and turn `unrecoverable`, with the reason, once `max_attempts` attempts found nothing more.
+
+Recovered rows keep every field of the table's current schema the source gives (version 2's `ts_recv`,
+`conditions`, ... once the table has them), so a filled gap reads like the rows the feed delivered around it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.records import validate
-from k2_core.model.tables import GAPS, MARKET_TABLES
+from k2_core.model.tables import GAPS, MARKET_TABLES, arrow_schema_of
 from k2_core.model.topics import Kind
 
 log = get_logger(__name__)
@@ -185,8 +188,10 @@ def _runs(first: int, last: int, present: set[int]) -> list[tuple[int, int, bool
     return runs
 
 
-def _clean(kind: Kind, exchange: str, record: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-    names = MARKET_TABLES[kind].arrow_schema.names
+def _clean(
+    kind: Kind, exchange: str, record: dict[str, Any], now: datetime, names: Sequence[str]
+) -> dict[str, Any] | None:
+    """The record's fields that are the table's columns `names`, validated as the ingester validates a record."""
     row = {name: record.get(name) for name in names}
     row["ingestion_timestamp"] = now  # when K2 stored it, as for any ingested row
     try:
@@ -206,7 +211,7 @@ class _Work:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _recover(work: _Work, kind: Kind, sources: Sequence[RecoverySource], now: datetime) -> None:
+def _recover(work: _Work, kind: Kind, sources: Sequence[RecoverySource], now: datetime, names: Sequence[str]) -> None:
     gap, outcome = work.gap, work.outcome
     missing = set(range(gap["first_missing"], gap["last_missing"] + 1)) - work.present
     for source in sources:
@@ -218,7 +223,7 @@ def _recover(work: _Work, kind: Kind, sources: Sequence[RecoverySource], now: da
             ts = record.get("exchange_timestamp")
             if seq not in missing or not isinstance(ts, datetime) or ts not in work.window:
                 continue
-            row = _clean(kind, gap["exchange"], record, now)
+            row = _clean(kind, gap["exchange"], record, now, names)
             if row is None:
                 continue
             work.rows.append(row)
@@ -251,7 +256,7 @@ def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retrie
         for q in seqs:
             q["last_missing"] = q["first_missing"]
         stored |= {_key(s) for s in _stored(table, exchange, seqs, pad=0)}
-    fresh = MARKET_TABLES[kind].to_arrow([r for r in rows if _key(r) not in stored])
+    fresh = MARKET_TABLES[kind].to_arrow([r for r in rows if _key(r) not in stored], arrow_schema_of(table.schema()))
     files = write_files(table, fresh)
 
     def attempt(current: Table) -> set[Key]:
@@ -365,6 +370,7 @@ def backfill(
         table = tables[kind]
         table.refresh()
         stored = _stored(table, exchange, group, pad=1)
+        names = arrow_schema_of(table.schema()).names
         recovered: list[dict[str, Any]] = []
         group_work: list[_Work] = []
         for g in group:
@@ -379,7 +385,7 @@ def backfill(
             outcome = GapOutcome(g["gap_id"], kind, exchange, g["symbol"], g["first_missing"], g["last_missing"])
             outcome.already_stored = len(present)
             w = _Work(g, outcome, window, present)
-            _recover(w, kind, resolve(exchange, g["symbol"]), now)
+            _recover(w, kind, resolve(exchange, g["symbol"]), now, names)
             w.present |= {r["exchange_sequence_number"] for r in w.rows}
             recovered.extend(w.rows)
             group_work.append(w)

@@ -3,8 +3,12 @@
 One compaction reads every data file of the day as of one snapshot, sorts the rows by the table's compaction keys
 (out of core, in DuckDB; trades and quotes by instrument, then in exchange order: see `TableDef.cluster_keys`),
 writes them in chunks sized so each file lands near the target, reads the written keys back and compares them with
-the source's (row count and the exact multiset of keys), and only then commits one `overwrite` snapshot that removes
-exactly the files it read and adds the ones it wrote.
+the source's (row count, the exact multiset of keys, and every column's count of values from the files' metrics), and
+only then commits one `overwrite` snapshot that removes exactly the files it read and adds the ones it wrote.
+
+A day may hold files written under different table schemas (columns gained from version 2 of the feeds after some of
+its files were written): the rewrite is written in the table's current schema, every column kept, a column an old
+file lacks null for its rows, as any reader already saw them.
 
 A concurrent append (late data for that day) fails the commit; the retry keeps the files already written and
 re-commits against the new snapshot, so the appended file stays in the table untouched. If a file the compaction
@@ -33,7 +37,7 @@ from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.days import day_filter, day_key
-from k2_core.model.tables import DEDUP_KEY, TableDef
+from k2_core.model.tables import DEDUP_KEY, TableDef, arrow_schema_of, conform
 
 log = get_logger(__name__)
 
@@ -75,12 +79,12 @@ def _chunks(reader: pa.RecordBatchReader, rows_per_file: int, schema: pa.Schema)
         count += batch.num_rows
         while count >= rows_per_file:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows_per_file).cast(schema)
+            yield conform(table.slice(0, rows_per_file), schema)
             rest = table.slice(rows_per_file)
             pending = rest.to_batches()
             count = rest.num_rows
     if count:
-        yield pa.Table.from_batches(pending).cast(schema)
+        yield conform(pa.Table.from_batches(pending), schema)
 
 
 def _written_keys(table: Table, files: list[DataFile]) -> pa.Table:
@@ -108,6 +112,27 @@ def _verify(source_keys: pa.Table, written_keys: pa.Table, expected_rows: int, w
         ).fetchone()
     if row is None or row[0] or row[1]:
         raise CompactionError(f"key set changed: {row} keys only in source / only in the rewrite")
+
+
+def _values(files: list[DataFile]) -> dict[int, int]:
+    """Non-null values per field id (leaf columns: a list's items) over `files`, from their manifest metrics. A file
+    without a field's entry was written before the column existed: none of its rows has a value there."""
+    counts: dict[int, int] = {}
+    for data_file in files:
+        nulls = data_file.null_value_counts or {}
+        for field_id, values in (data_file.value_counts or {}).items():
+            counts[field_id] = counts.get(field_id, 0) + values - nulls.get(field_id, 0)
+    return counts
+
+
+def _verify_columns(source: list[DataFile], written: list[DataFile]) -> None:
+    """Every column the rewrite has holds as many values as the source files held: a rewrite that dropped a column
+    (or nulled it) fails here, before anything is committed. Checked where the written files have metrics."""
+    before, after = _values(source), _values(written)
+    changed = {field_id: (before.get(field_id, 0), n) for field_id, n in after.items() if before.get(field_id, 0) != n}
+    lost = {field_id: (n, 0) for field_id, n in before.items() if n and field_id not in after and after}
+    if changed or lost:
+        raise CompactionError(f"values per column changed (field id: (source, rewrite)): {changed | lost}")
 
 
 def compact_day(
@@ -143,12 +168,14 @@ def compact_day(
     with duckdb.connect() as con:
         con.register("day_rows", scan.to_arrow_batch_reader())
         sorted_rows = con.sql(f"SELECT * FROM day_rows ORDER BY {order}").to_arrow_reader(rows_per_file)
-        written = write_chunks(table, _chunks(sorted_rows, rows_per_file, table_def.arrow_schema))
+        # The table's current schema: the newest files' columns, and any added since the snapshot read.
+        written = write_chunks(table, _chunks(sorted_rows, rows_per_file, arrow_schema_of(table.metadata.schema())))
     try:
         source_keys = table.scan(
             row_filter=day_filter(TIME_COLUMN, day), snapshot_id=base, selected_fields=KEY_COLUMNS
         ).to_arrow()
         _verify(source_keys, _written_keys(table, written), rows, written)
+        _verify_columns(source, written)
         if before_commit is not None:
             before_commit()
         props = {WRITER_PROPERTY: WRITER, DAY_PROPERTY: day_key(day)}

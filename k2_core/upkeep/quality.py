@@ -4,6 +4,10 @@ The ingester refuses bad records before they are stored; these rules check what 
 also catch what another writer (a backfill, a replay, an operator's fix, a bug) put there. A day is read file by
 file, without Iceberg's row filtering, so a row sitting in the wrong day's partition is seen rather than filtered
 out. Each rule reports how many rows break it and a few of them.
+
+A day may hold files written under different table schemas (columns gained from version 2 of the feeds): each file
+is read by Iceberg field id in the table's current schema, and a column a file (or the table) lacks is null, which the
+rules on optional columns accept.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import pandas as pd
 import pandera.pandas as pdr
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
-from pyiceberg.expressions import GreaterThanOrEqual
-from pyiceberg.table import Table
+from pyiceberg.expressions import AlwaysTrue, GreaterThanOrEqual
+from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.table import FileScanTask, Table
 
 from k2_core.lake.lineage import partition_data_files
 from k2_core.model.days import from_partition_value
-from k2_core.model.tables import DEDUP_KEY
+from k2_core.model.tables import DEDUP_KEY, conform, feed_schema
 from k2_core.model.topics import Kind
 from k2_core.settings import MarketHours
 
@@ -33,7 +37,8 @@ PARTITION_DAY = "partition_day"
 _COMMON = ("exchange", "symbol", "exchange_sequence_number", "exchange_timestamp")
 COLUMNS: dict[Kind, tuple[str, ...]] = {
     "trades": (*_COMMON, "price", "volume"),
-    "quotes": (*_COMMON, "bid_price", "bid_size", "ask_price", "ask_size"),
+    # bid_count and ask_count: optional columns from version 2 of the feeds, null where a row has none.
+    "quotes": (*_COMMON, "bid_price", "bid_size", "ask_price", "ask_size", "bid_count", "ask_count"),
 }
 
 
@@ -55,6 +60,7 @@ RULES: dict[Kind, tuple[Rule, ...]] = {
         Rule("prices_positive", "bid_price > 0 and ask_price > 0"),
         Rule("sizes_non_negative", "bid_size >= 0 and ask_size >= 0"),
         Rule("bid_not_above_ask", "bid_price <= ask_price"),
+        Rule("counts_non_negative", "bid_count >= 0 and ask_count >= 0 where the feed sent them"),
         Rule("unique_sequence", "(exchange, symbol, exchange_sequence_number) unique within the day"),
         Rule("timestamp_in_partition", "exchange_timestamp falls on its partition's day"),
         Rule("timestamp_not_future", "exchange_timestamp not in the future"),
@@ -99,12 +105,16 @@ def schema(kind: Kind, now: datetime, future_tolerance: timedelta) -> pdr.DataFr
             },
             checks=frame_checks,
         )
+    # Optional columns: null (a row stored before the column, or a feed without it) passes.
+    counts = pdr.Column(checks=pdr.Check(lambda s: s >= 0, name="counts_non_negative"), nullable=True)
     return pdr.DataFrameSchema(
         {
             "bid_price": pdr.Column(checks=pdr.Check(lambda s: s > 0, name="prices_positive")),
             "ask_price": pdr.Column(checks=pdr.Check(lambda s: s > 0, name="prices_positive")),
             "bid_size": pdr.Column(checks=pdr.Check(lambda s: s >= 0, name="sizes_non_negative")),
             "ask_size": pdr.Column(checks=pdr.Check(lambda s: s >= 0, name="sizes_non_negative")),
+            "bid_count": counts,
+            "ask_count": counts,
             "exchange_timestamp": time_checks,
         },
         checks=[*frame_checks, pdr.Check(lambda df: df["bid_price"] <= df["ask_price"], name="bid_not_above_ask")],
@@ -112,12 +122,19 @@ def schema(kind: Kind, now: datetime, future_tolerance: timedelta) -> pdr.DataFr
 
 
 def read_day(table: Table, kind: Kind, day: date) -> pd.DataFrame:
-    """Every row of the day's partition files, each with the partition day of the file it is in."""
+    """Every row of the day's partition files, each with the partition day of the file it is in. Columns are read by
+    field id (pyiceberg's projection, no row filter), so files of every table schema read alike; a column the table
+    has not gained yet is null."""
     parts = []
     if table.metadata.current_snapshot_id is not None:
+        current = table.schema()
+        has = {f.name for f in current.fields}
+        wanted = pa.schema([feed_schema(kind).field(name) for name in COLUMNS[kind]])
+        reader = ArrowScan(
+            table.metadata, table.io, current.select(*(n for n in COLUMNS[kind] if n in has)), AlwaysTrue()
+        )
         for data_file in partition_data_files(table, day):
-            with table.io.new_input(data_file.file_path).open() as stream:
-                data = pq.read_table(stream, columns=list(COLUMNS[kind]))
+            data = conform(reader.to_table([FileScanTask(data_file)]), wanted)
             part_day = from_partition_value(data_file.partition[0])
             parts.append(data.append_column(PARTITION_DAY, pa.array([part_day] * data.num_rows, pa.date32())))
     if not parts:
