@@ -93,10 +93,11 @@ def asof_quotes(trades: Iterable[Row], quotes: Iterable[Row]) -> list[Row]:
 
 
 def _plain(row: Row) -> Row:
-    """pandas values back to Python ones: Timestamps to datetimes, NaN/NaT to None, numpy ints to int."""
+    """pandas values back to Python ones: Timestamps to datetimes, NaN/NaT to None, numpy ints to int; lists (a
+    trade's conditions) as they are."""
     out: Row = {}
     for key, value in row.items():
-        if value is None or (not isinstance(value, (Decimal, str)) and pd.isna(value)):
+        if value is None or (not isinstance(value, (Decimal, str, list)) and pd.isna(value)):
             out[key] = None
         elif isinstance(value, pd.Timestamp):
             out[key] = value.to_pydatetime()
