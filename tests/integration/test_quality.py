@@ -18,6 +18,7 @@ from k2_core.model.tables import MARKET_TABLES
 from k2_core.settings import MarketHours, Settings
 from k2_core.upkeep.quality import RULES, market_open
 from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions
+from tests.support.evolution import append, evolve, v2_quote_fields, v2_trade_fields
 from tests.support.factories import at, quote, trade
 from tests.support.lake import Lake, open_lake
 
@@ -39,6 +40,25 @@ def append_in_partition(table: Table, kind: str, rows: list[dict[str, Any]], day
     with table.transaction() as txn, txn.update_snapshot().fast_append() as append:
         for data_file in files:
             append.append_data_file(data_file)
+
+
+def changed(lake: Lake) -> None:
+    """The clean day, then both tables gain the version-2 columns and more clean rows carry them: a day of files of
+    both schemas."""
+    for kind in ("trades", "quotes"):
+        evolve(lake.table(kind), kind)  # type: ignore[arg-type]
+    append(
+        lake.table("trades"),
+        "trades",
+        [trade(s, n, at(DAY, 60 * n), f"{10 + n}.5") | v2_trade_fields(n, at(DAY, 60 * n)) for s in ("BHP", "CBA")
+         for n in range(30, 40)],
+    )  # fmt: skip
+    append(
+        lake.table("quotes"),
+        "quotes",
+        [quote(s, n, at(DAY, 60 * n)) | v2_quote_fields(n, at(DAY, 60 * n)) for s in ("BHP", "CBA")
+         for n in range(30, 40)],
+    )  # fmt: skip
 
 
 def future() -> datetime:
@@ -99,6 +119,16 @@ BAD: dict[str, tuple[str, Callable[[Lake], None], int, set[int]]] = {
         1,
         {204},
     ),
+    "quotes_counts_non_negative": (  # on a table with the version-2 columns, beside files without them
+        "quotes",
+        lambda lake: append(
+            evolve(lake.table("quotes"), "quotes"),
+            "quotes",
+            [quote("CBA", 207, at(DAY, 10), bid_count=-1, ask_count=2), quote("BHP", 208, at(DAY, 11), ask_count=-3)],
+        ),
+        2,
+        {207, 208},
+    ),
     "quotes_unique_sequence": (
         "quotes",
         lambda lake: lake.append("quotes", [quote("CBA", 3, at(DAY, 180))]),
@@ -157,6 +187,32 @@ def test_checks_pass_on_clean_data(catalog: str, make_settings: Callable[..., Se
     failed = {name: e.metadata for name, e in evaluations.items() if not e.passed}
     assert failed == {}
     assert evaluations["trades_price_positive"].metadata["rows_checked"].value == 58
+
+
+@pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_checks_pass_on_a_day_of_files_of_both_schemas(catalog: str, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(catalog=catalog)
+    settings.maintenance.market_hours = {"asx": NEVER}
+    lake = open_lake(settings)
+    clean(lake)
+    changed(lake)
+    evaluations = run_checks(settings, [DAY])
+    failed = {name: e.metadata for name, e in evaluations.items() if not e.passed}
+    assert failed == {}
+    assert evaluations["trades_price_positive"].metadata["rows_checked"].value == 58 + 20
+    assert evaluations["quotes_counts_non_negative"].metadata["rows_checked"].value == 58 + 20
+
+
+@pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)
+def test_a_check_finds_bad_rows_in_the_old_files_of_a_changed_table(settings: Settings) -> None:
+    lake = open_lake(settings)
+    clean(lake)
+    lake.append("trades", [trade("BHP", 301, at(DAY, 5), "0")])  # a version-1 file with a bad price
+    changed(lake)
+    evaluations = run_checks(settings, [DAY])
+    assert sorted(name for name, e in evaluations.items() if not e.passed) == ["trades_price_positive"]
+    assert evaluations["trades_price_positive"].metadata["offending_rows"].value == 1
 
 
 @pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)
