@@ -5,17 +5,27 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# DuckDB's own Iceberg extension, an independent reader the interoperability tests compare K2 with: its wheels are built
+# for another DuckDB release than K2 pins, so it gets a venv of its own (tests/support/duckdb_iceberg/).
+ICEBERG_DIR := tests/support/duckdb_iceberg
+ICEBERG_VENV := $(ICEBERG_DIR)/.venv
+ICEBERG_STAMP := $(ICEBERG_VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format install services system-deps clean
 
-install: $(STAMP)
+install: $(STAMP) $(ICEBERG_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+$(ICEBERG_STAMP): $(ICEBERG_DIR)/requirements.txt
+	@test -x $(ICEBERG_VENV)/bin/python || $(PYTHON) -m venv $(ICEBERG_VENV)
+	$(ICEBERG_VENV)/bin/python -m pip install --quiet -r $(ICEBERG_DIR)/requirements.txt
+	@touch $(ICEBERG_STAMP)
 
 # Debian tools the tests run for real: promtool and prometheus (the packaged service is left stopped), chromium.
 system-deps:
@@ -46,4 +56,4 @@ test: install system-deps services lint
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .k2 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(ICEBERG_VENV) .k2 .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,12 @@ from k2_core.settings import REPO_ROOT
 TESTS = REPO_ROOT / "tests"
 
 
+def suite_files(pattern: str) -> list[Path]:
+    """The suite's files matching `pattern`, leaving out virtual environments (tests/support/duckdb_iceberg has one:
+    its packages are not the suite's)."""
+    return sorted(p for p in TESTS.rglob(pattern) if ".venv" not in p.relative_to(TESTS).parts)
+
+
 def module_name(path: Path, root: Path = REPO_ROOT) -> str:
     return ".".join(path.relative_to(root).with_suffix("").parts)
 
@@ -21,7 +27,7 @@ def module_name(path: Path, root: Path = REPO_ROOT) -> str:
 def suite_test_modules() -> set[str]:
     """Every test module and conftest, by its dotted name and by its bare name (pytest puts test directories on
     sys.path, so `import test_ingest` would work too)."""
-    paths = [*TESTS.rglob("test_*.py"), *TESTS.rglob("conftest.py")]
+    paths = [*suite_files("test_*.py"), *suite_files("conftest.py")]
     return {name for path in paths for name in (module_name(path), path.stem)}
 
 
@@ -39,7 +45,7 @@ def imported(path: Path, root: Path = REPO_ROOT) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(TESTS.rglob("*.py")), ids=lambda path: str(path.relative_to(TESTS)))
+@pytest.mark.parametrize("path", suite_files("*.py"), ids=lambda path: str(path.relative_to(TESTS)))
 def test_no_module_of_the_suite_imports_a_test_module(path: Path) -> None:
     assert sorted(imported(path) & suite_test_modules()) == [], "move what they share into tests/support"
 
