@@ -148,41 +148,6 @@ def _order(*source_ids: int) -> SortOrder:
     )
 
 
-@dataclass(frozen=True)
-class TableDef:
-    name: str
-    schema: Schema
-    partition_spec: PartitionSpec
-    sort_order: SortOrder
-    sort_keys: tuple[str, ...]
-    # The order compaction rewrites a closed day in. Market tables cluster by instrument: every K2 query names one
-    # (symbol, exchange), so its rows then sit in a few adjacent row groups that the Parquet statistics select,
-    # and within an instrument the rows keep the declared sort order. The ingester's own files, written while the
-    # day is open, follow the declared order alone. Empty: the declared sort keys.
-    cluster_keys: tuple[str, ...] = ()
-
-    @property
-    def arrow_schema(self) -> pa.Schema:
-        """The Arrow schema of the columns the table is created with (for a market table: version 1's; see
-        `feed_schema` for every column it may gain)."""
-        return arrow_schema_of(self.schema)
-
-    def to_arrow(self, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
-        """Rows (dicts of Python values) -> an Arrow table in `schema` (default: the table's own), sorted by its sort
-        order, because pyiceberg does not sort on write. A field a row lacks is null; one `schema` lacks is left out."""
-        table = pa.Table.from_pylist(rows, schema=schema if schema is not None else self.arrow_schema)
-        return self.sort(table)
-
-    @property
-    def compaction_keys(self) -> tuple[str, ...]:
-        return self.cluster_keys or self.sort_keys
-
-    def sort(self, table: pa.Table) -> pa.Table:
-        if not self.sort_keys or table.num_rows < 2 or _sorted(table, self.sort_keys):
-            return table
-        return table.sort_by([(k, "ascending") for k in self.sort_keys])
-
-
 def arrow_schema_of(schema: Schema) -> pa.Schema:
     """The one rule turning an Iceberg schema (a table's as created, or as it was at a snapshot) into the Arrow schema
     K2 reads and answers in: pyiceberg's types, no field ids, and no field docs (they describe the table, and a
@@ -205,19 +170,55 @@ def _bare(field: pa.Field) -> pa.Field:
     return pa.field(field.name, kind, field.nullable)
 
 
-def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`data` in `schema`, columns matched by name: in `schema`'s order and types, a column `data` lacks all null.
-    This is how rows of an older table schema (or of the realtime tail) join rows of a newer one. A column `data`
-    has and `schema` lacks is an error, not dropped: that would lose values silently."""
-    unknown = [name for name in data.column_names if name not in schema.names]
-    if unknown:
-        raise ValueError(f"columns {unknown} are not in the schema {schema.names}")
-    if data.schema.names == schema.names:
-        return data.cast(schema) if data.schema != schema else data
-    columns = [
-        data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
-        for f in schema
-    ]
+@dataclass(frozen=True)
+class TableDef:
+    name: str
+    schema: Schema
+    partition_spec: PartitionSpec
+    sort_order: SortOrder
+    sort_keys: tuple[str, ...]
+    # The order compaction rewrites a closed day in. Market tables cluster by instrument: every K2 query names one
+    # (symbol, exchange), so its rows then sit in a few adjacent row groups that the Parquet statistics select,
+    # and within an instrument the rows keep the declared sort order. The ingester's own files, written while the
+    # day is open, follow the declared order alone. Empty: the declared sort keys.
+    cluster_keys: tuple[str, ...] = ()
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return schema_to_pyarrow(self.schema, include_field_ids=False)
+
+    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
+        """Rows (dicts of Python values) -> an Arrow table in the table's schema, sorted by its sort order,
+        because pyiceberg does not sort on write."""
+        table = pa.Table.from_pylist(rows, schema=self.arrow_schema)
+        return self.sort(table)
+
+    @property
+    def compaction_keys(self) -> tuple[str, ...]:
+        return self.cluster_keys or self.sort_keys
+
+    def sort(self, table: pa.Table) -> pa.Table:
+        if not self.sort_keys or table.num_rows < 2 or _sorted(table, self.sort_keys):
+            return table
+        return table.sort_by([(k, "ascending") for k in self.sort_keys])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` as exactly `schema`'s columns, in its order and types: a column `table` lacks is all null (it must
+    be nullable: rows written before a column existed read it as null), a column `schema` lacks is left out, and
+    one of another Arrow type is cast (string vs large_string, a list's item name). A table already in `schema` is
+    returned as is."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            column = table.column(f.name)
+            columns.append(column if column.type == f.type else column.cast(f.type))
+        elif f.nullable:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        else:
+            raise ValueError(f"rows lack the required column {f.name!r}")
     return pa.Table.from_arrays(columns, schema=schema)
 
 

@@ -366,7 +366,7 @@ class QueryEngine:
             if recent is not None and (
                 committed.num_rows == 0 or paging.order_key(recent) > paging.order_key(committed.to_pylist()[0])
             ):
-                row = stream.table_def.to_arrow([recent], union_schema(stream.schema, feed_schema(kind)))
+                row = pa.Table.from_pylist([recent], schema=union_schema(stream.schema, feed_schema(kind)))
                 return QueryResult(row, (REALTIME,), choice.snapshot_id)
         return QueryResult(committed, (ICEBERG,), choice.snapshot_id, cached=cached)
 

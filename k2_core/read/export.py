@@ -85,6 +85,9 @@ class Exporter:
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+        unknown = [name for name in table.column_names if name not in self.schema.names]
+        if unknown:  # never dropped quietly (see the module's docstring)
+            raise ValueError(f"a page has columns {unknown} the export's first page did not: {self.schema.names}")
         table = conform(table.replace_schema_metadata(None), self.schema)
         self.rows += table.num_rows
         if self._ipc is not None:

@@ -102,7 +102,7 @@ class RealtimeBuffer:
         with self._lock:
             held = self._streams.get((kind, exchange, symbol), {})
             picked = [r for r in held.values() if start <= r["exchange_timestamp"] < end]
-        return MARKET_TABLES[kind].to_arrow(picked, feed_schema(kind))
+        return MARKET_TABLES[kind].sort(pa.Table.from_pylist(picked, schema=feed_schema(kind)))
 
     def latest(self, kind: Kind, symbol: str, exchange: str) -> dict[str, Any] | None:
         """The held record of one stream that is last in exchange order, or None."""

@@ -256,7 +256,8 @@ def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retrie
         for q in seqs:
             q["last_missing"] = q["first_missing"]
         stored |= {_key(s) for s in _stored(table, exchange, seqs, pad=0)}
-    fresh = MARKET_TABLES[kind].to_arrow([r for r in rows if _key(r) not in stored], arrow_schema_of(table.schema()))
+    fresh = pa.Table.from_pylist([r for r in rows if _key(r) not in stored], schema=arrow_schema_of(table.schema()))
+    fresh = MARKET_TABLES[kind].sort(fresh)
     files = write_files(table, fresh)
 
     def attempt(current: Table) -> set[Key]:

@@ -183,20 +183,6 @@ def test_a_gap_in_a_changed_table_is_filled_with_the_new_columns(catalog: str, m
     assert sorted(rows) == list(range(1, 25))
 
 
-def test_a_gap_in_a_table_without_the_new_columns_is_filled_with_the_columns_it_has(
-    make_settings: SettingsFactory,
-) -> None:
-    """The table has not gained the columns (no version-2 row stored yet): the recovered rows are stored in its
-    columns; gaining them is the write side's decision when a batch carries them."""
-    lake = open_lake(make_settings())
-    lake.append("trades", [v1_trade(s) for s in range(1, 13) if s not in (5, 6)])
-    report = run_backfill(lake, range(5, 7), [v2_trade(s) for s in range(1, 13)])
-    assert report.rows_written == {"trades": 2}
-    assert "ts_recv" not in {f.name for f in lake.table("trades").schema().fields}  # still version 1
-    assert [r["exchange_sequence_number"] for r in day_rows(lake, "trades")] == list(range(1, 13))
-    assert set(day_rows(lake, "trades")[0]) == set(MARKET_TABLES["trades"].arrow_schema.names)
-
-
 def test_changed_is_a_lake_of_both_schemas(make_settings: SettingsFactory) -> None:
     """The scene the reader tests share: what it promises."""
     changed: Changed = changed_lake(make_settings())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
@@ -45,7 +46,7 @@ def append(table: Table, kind: Kind, rows: Sequence[dict[str, Any]]) -> int:
     unknown = {name for row in rows for name in row} - set(schema.names)
     if unknown:
         raise ValueError(f"table {table.name()} has no columns {sorted(unknown)}: evolve it first")
-    table.append(MARKET_TABLES[kind].to_arrow(list(rows), schema))
+    table.append(MARKET_TABLES[kind].sort(pa.Table.from_pylist(list(rows), schema=schema)))
     snapshot_id = table.metadata.current_snapshot_id
     assert snapshot_id is not None
     return snapshot_id
