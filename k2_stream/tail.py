@@ -52,6 +52,8 @@ class TailConsumer:
         registry = make_registry(settings.kafka.schema_registry_url, settings.kafka.schemas_dir)
         self.decoder = Decoder(registry)
         self.readers = {t.subject: registry.latest(t.subject)[1] for t in self.layout.topics}
+        for topic in self.layout.topics:  # what every record will carry: the optional columns the tail answers in
+            buffer.carries(topic.kind, (f["name"] for f in self.readers[topic.subject]["fields"]))
         self.rejected = 0
         self._assigned: dict[str, set[int]] = {}  # topic -> partitions assigned
         self._at_end: dict[str, set[int]] = {}  # topic -> partitions that reached their end once

@@ -30,7 +30,7 @@ from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, TableDef, feed_schema
+from k2_core.model.tables import ALL_TABLES, GAPS, TableDef
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import bars, joins, paging
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -366,7 +366,7 @@ class QueryEngine:
             if recent is not None and (
                 committed.num_rows == 0 or paging.order_key(recent) > paging.order_key(committed.to_pylist()[0])
             ):
-                row = pa.Table.from_pylist([recent], schema=union_schema(stream.schema, feed_schema(kind)))
+                row = pa.Table.from_pylist([recent], schema=union_schema(stream.schema, realtime.schema(kind)))
                 return QueryResult(row, (REALTIME,), choice.snapshot_id)
         return QueryResult(committed, (ICEBERG,), choice.snapshot_id, cached=cached)
 

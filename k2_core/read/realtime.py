@@ -11,6 +11,9 @@ rule for what it can vouch for:
 - `covers_from(kind, exchange)` is the earliest exchange time from which the buffer holds every record the
   topic delivered, or None until the consumer has caught up with the topic once. Evicting a record moves it
   past that record's time, so a query never trusts the buffer for a time it has dropped rows from.
+- `schema(kind)` is the columns its rows come in: the tables' created columns, plus each optional column of a newer
+  feed version (`EXTRA_COLUMNS`) that the consumer's reader schema has (`carries`) or a held record ever had. Once
+  there a column stays: what the buffer answers in only grows, so pages of one listing never lose a column it had.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from k2_core.model.tables import MARKET_TABLES, feed_schema
+from k2_core.model.tables import EXTRA_COLUMNS, MARKET_TABLES, feed_schema
 from k2_core.model.topics import Kind
 
 _Topic = tuple[Kind, str]  # (kind, exchange)
 _Stream = tuple[Kind, str, str]  # (kind, exchange, symbol)
 _ONE_MICRO = timedelta(microseconds=1)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+_EXTRA: dict[Kind, frozenset[str]] = {kind: frozenset(f.name for f in fields) for kind, fields in EXTRA_COLUMNS.items()}
 
 
 class RealtimeBuffer:
@@ -44,10 +48,18 @@ class RealtimeBuffer:
         self._arrivals: dict[_Topic, deque[tuple[str, int, datetime, datetime]]] = {}
         self._covers_from: dict[_Topic, datetime] = {}
         self._ready: set[_Topic] = set()
+        self._extras: dict[Kind, frozenset[str]] = {kind: frozenset() for kind in MARKET_TABLES}
+        self._schemas: dict[tuple[Kind, frozenset[str]], pa.Schema] = {}
         self.received = 0
         self.duplicates = 0
 
     # --- feeding (the consumer thread) ---------------------------------------------------------------------
+
+    def carries(self, kind: Kind, fields: Iterable[str]) -> None:
+        """The consumer decodes `kind` records with these fields (its reader schema's): the optional columns among
+        them are in this buffer's rows from now on, null where a record lacks one."""
+        with self._lock:
+            self._extras[kind] = self._extras[kind] | (_EXTRA[kind] & set(fields))
 
     def add(self, kind: Kind, record: dict[str, Any], produced_at: datetime) -> bool:
         """Hold one decoded, valid record; False when it was already held or is older than the retention."""
@@ -67,6 +79,8 @@ class RealtimeBuffer:
                 self.duplicates += 1
                 return False
             held[seq] = record
+            if not _EXTRA[kind] <= self._extras[kind]:
+                self._extras[kind] = self._extras[kind] | (_EXTRA[kind] & record.keys())
             arrivals = self._arrivals.setdefault(topic, deque())
             arrivals.append((record["symbol"], seq, record["exchange_timestamp"], produced_at))
             if len(arrivals) > self.max_messages:
@@ -95,14 +109,25 @@ class RealtimeBuffer:
             topic: _Topic = (kind, exchange)
             return self._covers_from.get(topic) if topic in self._ready else None
 
+    def schema(self, kind: Kind) -> pa.Schema:
+        """The columns `rows` answers in (see the module's docstring)."""
+        with self._lock:
+            extras = self._extras[kind]
+            found = self._schemas.get((kind, extras))
+            if found is None:
+                full = feed_schema(kind)
+                found = pa.schema([f for f in full if f.name not in _EXTRA[kind] or f.name in extras])
+                self._schemas[(kind, extras)] = found
+            return found
+
     def rows(self, kind: Kind, symbol: str, exchange: str, start: datetime, end: datetime) -> pa.Table:
-        """The held records of one stream with `start <= exchange_timestamp < end`, in table sort order, with every
-        column the feeds may carry (`feed_schema`: null where a record has no such field), since a record may carry
-        columns the table has not gained yet."""
+        """The held records of one stream with `start <= exchange_timestamp < end`, in table sort order, in
+        `schema(kind)`: a record may carry columns the table has not gained yet."""
+        schema = self.schema(kind)
         with self._lock:
             held = self._streams.get((kind, exchange, symbol), {})
             picked = [r for r in held.values() if start <= r["exchange_timestamp"] < end]
-        return MARKET_TABLES[kind].sort(pa.Table.from_pylist(picked, schema=feed_schema(kind)))
+        return MARKET_TABLES[kind].sort(pa.Table.from_pylist(picked, schema=schema))
 
     def latest(self, kind: Kind, symbol: str, exchange: str) -> dict[str, Any] | None:
         """The held record of one stream that is last in exchange order, or None."""

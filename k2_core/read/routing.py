@@ -12,9 +12,9 @@
 they all route the same way and share its table loader and scan-plan cache.
 
 Columns: an Iceberg read answers in the columns of the snapshot it reads (`Stream.schema`); one that also reads the
-tail answers in those plus every column the feeds may carry (`Sources.columns`), null where a row lacks one, because
-the tail holds records the table may not have gained the columns of yet. Either way the answer's columns follow from
-what was read, never from the rows found.
+tail answers in those plus the tail's (`Sources.columns`: the optional columns its decoder yields, null where a row
+lacks one), because the tail holds records the table may not have gained the columns of yet. Either way the answer's
+columns follow from what was read (the snapshot, the tail's reader schema), never from the rows a window holds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from k2_core.duck import sql_text, sql_time
 from k2_core.exceptions import QueryError
 from k2_core.lake import scan
 from k2_core.lake.scan import ScanPlan
-from k2_core.model.tables import MARKET_TABLES, TableDef, feed_schema
+from k2_core.model.tables import MARKET_TABLES, TableDef
 from k2_core.model.topics import Kind
 from k2_core.read.cursor import Cursor
 from k2_core.read.params import AsOf, TimeRange
@@ -171,11 +171,11 @@ class Sources:
         return Route(window.end, realtime=True, split=window.end)
 
     def columns(self, stream: Stream, route: Route) -> pa.Schema:
-        """The columns a read of `stream` as routed answers in: the snapshot's, and with the tail every column the
-        feeds may carry (the tail's rows may have columns the table has not gained yet)."""
-        if not route.realtime:
+        """The columns a read of `stream` as routed answers in: the snapshot's, and with the tail the tail's too (its
+        rows may have columns the table has not gained yet)."""
+        if not route.realtime or self.realtime is None:
             return stream.schema
-        return union_schema(stream.schema, feed_schema(stream.kind))
+        return union_schema(stream.schema, self.realtime.schema(stream.kind))
 
     # --- reading ---------------------------------------------------------------------------------------------
 
