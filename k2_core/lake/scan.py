@@ -251,7 +251,8 @@ def duck_type(kind: IcebergType) -> str:
 def projection_sql(schema: Schema, paths: list[str], files: FileColumns = FILE_COLUMNS) -> str | None:
     """A SELECT reading `paths` in `schema`'s columns, matched by field id: files alike are read by one
     `read_parquet` (all of them, usually), a column a file lacks is a typed null, a column renamed since is read by
-    its name in the file. None when a file has no field ids."""
+    its name in the file. None when a file has no field ids, or a column some file lacks has a type K2 does not map
+    to DuckDB's: pyiceberg reads those."""
     groups: dict[tuple[str | None, ...], list[str]] = {}
     for path in paths:
         columns = files.of(path)
@@ -260,12 +261,15 @@ def projection_sql(schema: Schema, paths: list[str], files: FileColumns = FILE_C
         groups.setdefault(tuple(columns.get(f.field_id) for f in schema.fields), []).append(path)
     selects = []
     for names, group in groups.items():
-        picked = ", ".join(
-            (_quoted(name) if name == f.name else f"{_quoted(name)} AS {_quoted(f.name)}")
-            if name is not None
-            else f"NULL::{duck_type(f.field_type)} AS {_quoted(f.name)}"
-            for f, name in zip(schema.fields, names, strict=True)
-        )
+        try:
+            picked = ", ".join(
+                (_quoted(name) if name == f.name else f"{_quoted(name)} AS {_quoted(f.name)}")
+                if name is not None
+                else f"NULL::{duck_type(f.field_type)} AS {_quoted(f.name)}"
+                for f, name in zip(schema.fields, names, strict=True)
+            )
+        except KeyError:
+            return None
         listed = ", ".join(duck.sql_text(p) for p in group)
         selects.append(f"SELECT {picked} FROM read_parquet([{listed}])")
     return " UNION ALL ".join(selects)

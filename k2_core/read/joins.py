@@ -5,8 +5,8 @@ getting the tie rules wrong. Here the quotes are read for the page's time span o
 the page starts; the quotes snapshot is chosen to match the trades' (a cursor pins both, time travel reads both as of
 the same moment), so a listing never joins trades of one moment to quotes of another.
 
-The trades keep every column they were read with (`k2_core.read.routing`: the snapshot's, plus the feeds' with the
-tail); the quote's columns are fixed (`k2_core.model.tables.trades_with_quote_schema`). The quotes read may mix
+The trades keep every column they were read with (`k2_core.read.routing`: the snapshot's, plus the tail's when it
+served); the quote's columns are fixed (`k2_core.model.tables.trades_with_quote_schema`). The quotes read may mix
 snapshot files, the one quote in force before the page and tail rows of different columns: they are unioned by name.
 """
 

@@ -220,7 +220,7 @@ class Sources:
                 )
             elif late.num_rows:
                 parts.append(f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} < {sql_time(route.split)}")
-        # By name: the tail's rows have every column the feeds may carry, the snapshot's files perhaps fewer.
+        # By name: the tail's rows may have columns the snapshot's files do not (`columns`).
         con.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
         return plan
 
