@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from pydantic import SecretStr
 
@@ -38,6 +39,12 @@ def trade(at: datetime, seq: int, price: str = "45.10") -> dict[str, Any]:
     return factories.trade(
         "BHP", seq, at, price_at, Decimal(seq % 7 + 1), trade_id=f"t{seq}", ingestion_timestamp=received
     )
+
+
+def answered(rows: list[dict[str, Any]], answer: pa.Table) -> list[dict[str, Any]]:
+    """Expected rows in the answer's columns: one the rows lack is null (an optional column of a newer feed version,
+    which the tail answers in once its decoder reads that version; k2_core.read.realtime)."""
+    return [{name: row.get(name) for name in answer.schema.names} for row in rows]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -105,7 +112,7 @@ def test_a_range_across_the_boundary_merges_both_sources_without_duplicates(scen
     result = scene.engine.fetch("trades", scene.engine.market_query("BHP", "asx", start, end, 1000))
     assert result.sources == ("iceberg", "realtime")
     got = result.table.to_pylist()
-    assert got == scene.everything
+    assert got == answered(scene.everything, result.table)
     keys = [r["exchange_sequence_number"] for r in got]
     assert len(keys) == len(set(keys))
     assert 500 in keys  # the late trade only the tail has, from before the boundary
@@ -114,14 +121,15 @@ def test_a_range_across_the_boundary_merges_both_sources_without_duplicates(scen
 
 def test_paging_across_the_boundary_loses_and_repeats_nothing(scene: Scene) -> None:
     query = scene.engine.market_query("BHP", "asx", scene.now - timedelta(minutes=10), scene.now, 7)
-    rows, cursor = [], None
+    rows, cursor, pages = [], None, []
     while True:
         page = scene.engine.fetch("trades", query, cursor=cursor)
         rows += page.table.to_pylist()
+        pages.append(page.table)
         cursor = page.next_cursor
         if cursor is None:
             break
-    assert rows == [r for r in scene.everything if r["exchange_timestamp"] < scene.now]
+    assert rows == answered([r for r in scene.everything if r["exchange_timestamp"] < scene.now], pages[0])
 
 
 def test_an_old_range_is_served_from_iceberg_alone(scene: Scene) -> None:
@@ -137,7 +145,7 @@ def test_a_recent_range_adds_the_uncommitted_tail_to_iceberg(scene: Scene) -> No
     start, end = scene.now - timedelta(seconds=60), scene.now + timedelta(seconds=5)
     result = scene.engine.fetch("trades", scene.engine.market_query("BHP", "asx", start, end, 1000))
     assert result.sources == ("iceberg", "realtime")
-    assert result.table.to_pylist() == oracle.window(scene.streamed, start, end)
+    assert result.table.to_pylist() == answered(oracle.window(scene.streamed, start, end), result.table)
     committed = {r["exchange_sequence_number"] for r in scene.committed}
     assert result.table.num_rows > 5
     assert not committed & set(result.table.column("exchange_sequence_number").to_pylist())  # none committed yet
@@ -150,7 +158,7 @@ def test_bars_and_latest_price_include_the_tail(scene: Scene) -> None:
     assert bars.table.to_pylist() == oracle.bars(scene.everything, "1m")
     latest = scene.engine.latest("BHP", "asx")
     assert latest.sources == ("realtime",)
-    assert latest.table.to_pylist() == [scene.everything[-1]]
+    assert latest.table.to_pylist() == answered([scene.everything[-1]], latest.table)
 
 
 def test_time_travel_never_reads_the_tail(scene: Scene) -> None:
