@@ -1,6 +1,6 @@
-"""Batch decode: one topic's messages of a micro-batch decoded as columnar Avro blocks, one per writer schema, then
-validated with vector checks, with the per-message path (`k2_core.model.avro.Decoder` + `k2_core.model.records.validate`)
-as the reference for every message the fast path cannot vouch for.
+"""Batch decode: one topic's messages of a micro-batch decoded as columnar Avro blocks, one per writer schema,
+then validated with vector checks, with the per-message path (`k2_core.model.avro.Decoder` +
+`k2_core.model.records.validate`) as the reference for every message the fast path cannot vouch for.
 
 A topic carries messages of several versions of its subject at once (old producers keep writing version 1 while
 new ones write version 2). The messages of each writer schema are read as one block with that writer schema, so no

@@ -137,7 +137,9 @@ class BatchPreparer:
             spec = ing.layout.by_name[topic]
             reader_id, reader = ing.readers[spec.subject]
             values = view.values if len(idx) == len(batch) else [view.values[i] for i in idx.tolist()]
-            out = self.decoder.decode(spec.kind, spec.exchange, reader_id, reader, values, MARKET_TABLES[spec.kind], now)
+            out = self.decoder.decode(
+                spec.kind, spec.exchange, reader_id, reader, values, MARKET_TABLES[spec.kind], now
+            )
             ing.stats["decoded_per_message"] += out.per_message
             dead.extend((int(idx[p]), reason) for p, reason in out.dead)
             table, positions = out.table, idx[out.positions]

@@ -75,6 +75,7 @@ class SubjectVerdict:
 
 def backward_reasons(reader: Schema, writer: Schema) -> list[str]:
     """Why `reader` cannot read every record `writer` wrote; empty when it can."""
+    reader, writer = _qualified(reader), _qualified(writer)
     return _Resolver(_names(reader), _names(writer)).check(reader, writer, _root_name(reader))
 
 
@@ -116,6 +117,44 @@ def _root_name(schema: Schema) -> str:
     if isinstance(schema, dict) and schema.get("type") in NAMED and isinstance(schema.get("name"), str):
         return _full_name(schema["name"], schema.get("namespace"))
     return "<root>"
+
+
+def _qualified(schema: Schema) -> Schema:
+    """A copy of `schema` in which every named type's name, and every reference to one, is its full name (a name
+    without a dot takes the namespace of the type around it, as Avro says)."""
+    defined: set[str] = set()
+
+    def walk(node: Schema, namespace: str | None) -> Schema:
+        if isinstance(node, list):
+            return [walk(branch, namespace) for branch in node]
+        if isinstance(node, str):
+            if node in PRIMITIVES or "." in node or not namespace:
+                return node
+            full = _full_name(node, namespace)
+            return full if full in defined else node
+        if not isinstance(node, dict):
+            return node
+        kind = node.get("type")
+        out = dict(node)
+        if kind in NAMED and isinstance(node.get("name"), str):
+            full = _full_name(node["name"], node.get("namespace", namespace))
+            defined.add(full)
+            out["name"] = full
+            out.pop("namespace", None)
+            namespace = full.rpartition(".")[0] or None
+            if namespace:
+                out["namespace"] = namespace  # kept for aliases, which are relative to it
+            if kind in ("record", "error"):
+                out["fields"] = [{**f, "type": walk(f.get("type"), namespace)} for f in node.get("fields", [])]
+        elif kind == "array":
+            out["items"] = walk(node.get("items"), namespace)
+        elif kind == "map":
+            out["values"] = walk(node.get("values"), namespace)
+        elif isinstance(kind, dict | list | str):
+            out["type"] = walk(kind, namespace)
+        return out
+
+    return walk(schema, None)
 
 
 def _names(schema: Schema) -> dict[str, dict[str, Any]]:
@@ -189,8 +228,13 @@ class _Resolver:
                 reasons += self.check(reader, branch, path)
             return reasons
         if isinstance(reader, list):
-            if any(not self.check(branch, writer, path) for branch in reader):
+            tried = [(branch, self.check(branch, writer, path)) for branch in reader]
+            if any(not reasons for _, reasons in tried):
                 return []
+            w_kind = _kind(writer)
+            alike = [reasons for branch, reasons in tried if _kind(self._deref(branch, self.reader_names)) == w_kind]
+            if alike:  # the branch meant to read it, and why it cannot
+                return alike[0]
             return [f"{path}: {_describe(reader)} has no branch that reads the old {_describe(writer)}"]
         r_kind, w_kind = _kind(reader), _kind(writer)
         if r_kind in PRIMITIVES or w_kind in PRIMITIVES:
@@ -222,7 +266,9 @@ class _Resolver:
         if r_logical == "decimal":
             r_scale, w_scale = reader.get("scale", 0), writer.get("scale", 0)
             if r_scale != w_scale:
-                return [f"{path}: decimal scale changed from {w_scale} to {r_scale}: old values would read scaled wrong"]
+                return [
+                    f"{path}: decimal scale changed from {w_scale} to {r_scale}: old values would read scaled wrong"
+                ]
             if reader.get("precision", 0) < writer.get("precision", 0):
                 return [
                     f"{path}: decimal precision narrowed from {writer.get('precision')} to {reader.get('precision')}"

@@ -67,7 +67,9 @@ class FileSchemaRegistry:
             raise ConfigError(f"{schemas_dir}: a schema does not parse as Avro: {exc}") from exc
         problems = [p for subject in self.subjects for p in check_history(subject, self.versions(subject))]
         if problems:
-            raise ConfigError(f"{index_path}: a subject's versions are not BACKWARD compatible:\n" + "\n".join(problems))
+            raise ConfigError(
+                f"{index_path}: a subject's versions are not BACKWARD compatible:\n" + "\n".join(problems)
+            )
 
     def latest(self, subject: str) -> tuple[int, ParsedSchema]:
         try:

@@ -189,7 +189,9 @@ def batch_decode(
     kind: Kind, values: list[bytes | None]
 ) -> tuple[list[dict[str, Any]], list[tuple[int, str]], int, list[str]]:
     reader_id, reader = REGISTRY.latest(SUBJECTS[kind])
-    out = BatchDecoder(Decoder(REGISTRY), LIMITS).decode(kind, "asx", reader_id, reader, values, MARKET_TABLES[kind], NOW)
+    out = BatchDecoder(Decoder(REGISTRY), LIMITS).decode(
+        kind, "asx", reader_id, reader, values, MARKET_TABLES[kind], NOW
+    )
     rows = [{"_pos": int(p), **r} for p, r in zip(out.positions, out.table.to_pylist(), strict=True)]
     return sorted(rows, key=lambda r: r["_pos"]), sorted(out.dead), out.columnar, out.table.column_names
 
