@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -174,6 +176,16 @@ def schema_history(table: Table) -> list[SchemaChange]:
         )
         previous = set(names)
     return history
+
+
+def table_history(catalog: Catalog, namespace: str, table_def: TableDef) -> list[SchemaChange] | None:
+    """The schema history of one of K2's tables as the catalog has it; None if the table does not exist (nothing is
+    created to find out)."""
+    try:
+        table = catalog.load_table((namespace, table_def.name))
+    except (NoSuchTableError, NoSuchNamespaceError):
+        return None
+    return schema_history(table)
 
 
 def _record(text: str | None) -> dict[str, object]:
