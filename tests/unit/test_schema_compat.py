@@ -16,7 +16,9 @@ from typing import Any
 import fastavro
 import pytest
 from pyiceberg.io.pyarrow import schema_to_pyarrow
+from typer.testing import CliRunner
 
+from k2_cli.main import app
 from k2_core.exceptions import ConfigError
 from k2_core.model.avro import Decoder, encode
 from k2_core.model.compat import backward_reasons, check_subject
@@ -244,3 +246,43 @@ def _versions() -> dict[int, int]:
         out[sid] = seen.get(name, 0)
         seen[name] = out[sid] + 1
     return out
+
+
+def test_k2_schemas_check_says_why_and_exits_1(tmp_path: Path) -> None:
+    candidate = _trade_with(trade_id={"type": "long"}, venue=None)
+    candidate["fields"].append({"name": "venue", "type": "string"})
+    bad = tmp_path / "trade.v3.avsc"
+    bad.write_text(json.dumps(candidate))
+    wide = {"COLUMNS": "300"}
+    result = CliRunner().invoke(
+        app, ["schemas", "check", str(bad), "--subject", "market.crypto.trades-value"], env=wide
+    )
+    assert result.exit_code == 1, result.output
+    assert "NOT BACKWARD compatible" in result.output
+    assert "cannot read version 1 (schema id 1)" in result.output
+    assert "k2.market.Trade.trade_id: type changed from string to long" in result.output
+    assert "k2.market.Trade.venue: field added without a default" in result.output
+
+    good = tmp_path / "trade.v2.avsc"
+    good.write_text((SCHEMAS_DIR / "trade.v2.avsc").read_text())
+    result = CliRunner().invoke(
+        app, ["schemas", "check", str(good), "--subject", "market.crypto.trades-value"], env=wide
+    )
+    assert result.exit_code == 0, result.output
+    assert "compatible" in result.output
+    assert "v1 (id 1), v2 (id 3)" in result.output
+
+    missing = CliRunner().invoke(app, ["schemas", "check", str(good), "--subject", "no.such-value"], env=wide)
+    assert missing.exit_code == 2
+    assert "unknown subject 'no.such-value'" in missing.output
+
+
+def test_k2_schemas_list_and_show() -> None:
+    wide = {"COLUMNS": "300"}
+    listed = CliRunner().invoke(app, ["schemas", "list"], env=wide)
+    assert listed.exit_code == 0, listed.output
+    assert "market.equities.trades-value" in listed.output
+    assert "v1: 1, v2: 3" in listed.output
+    shown = CliRunner().invoke(app, ["schemas", "show", "market.equities.quotes-value", "--version", "1"], env=wide)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == json.loads((SCHEMAS_DIR / "quote.v1.avsc").read_text())
