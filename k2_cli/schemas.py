@@ -29,8 +29,15 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 EXIT_INCOMPATIBLE, EXIT_BAD_INPUT = 1, 2
-out = Console()
-err = Console(stderr=True)
+
+
+def out() -> Console:
+    """A console per call: it reads the terminal's width (COLUMNS) as it is when the command runs."""
+    return Console()
+
+
+def err() -> Console:
+    return Console(stderr=True)
 
 
 def _registry() -> SchemaRegistry:
@@ -45,7 +52,7 @@ def _registry() -> SchemaRegistry:
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    err.print(Text(f"error: {message}", style="bold red"))
+    err().print(Text(f"error: {message}", style="bold red"))
     raise typer.Exit(code)
 
 
@@ -80,7 +87,7 @@ def list_subjects() -> None:
             f"{newest.get('name', '')} v{len(versions)}",
             str(len(newest.get("fields", []))),
         )
-    out.print(table)
+    out().print(table)
 
 
 @app.command()
@@ -94,7 +101,7 @@ def show(
     if number > len(versions):
         _fail(f"{subject} has {len(versions)} versions, not {number}")
     schema_id, schema = versions[number - 1]
-    err.print(f"{escape(subject)}: version {number} of {len(versions)}, schema id {schema_id}")
+    err().print(f"{escape(subject)}: version {number} of {len(versions)}, schema id {schema_id}")
     typer.echo(json.dumps(schema, indent=2))
 
 
@@ -118,12 +125,12 @@ def check(
     verdict = check_subject(subject, schema, _versions(_registry(), subject))
     checked = ", ".join(f"v{v.version} (id {v.schema_id})" for v in verdict.verdicts)
     if verdict.compatible:
-        out.print(
+        out().print(
             f"[green]compatible[/]: {escape(str(candidate))} reads every registered version of {subject}: {checked}"
         )
         return
-    out.print(f"[bold red]NOT BACKWARD compatible[/]: {escape(str(candidate))} as a new version of {subject}")
-    out.print(escape(verdict.explain()), highlight=False)
+    out().print(f"[bold red]NOT BACKWARD compatible[/]: {escape(str(candidate))} as a new version of {subject}")
+    out().print(escape(verdict.explain()), highlight=False)
     raise typer.Exit(EXIT_INCOMPATIBLE)
 
 
@@ -163,7 +170,7 @@ def history(
             str(change.first_snapshot or ""),
             str(change.snapshots),
         )
-    out.print(table)
+    out().print(table)
 
 
 def _when(moment: datetime | None) -> str:
