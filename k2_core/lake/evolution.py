@@ -53,8 +53,15 @@ def definition_of(table: Table) -> TableDef | None:
 
 
 def arrow_schema(table: Table) -> pa.Schema:
-    """The Arrow schema of the table's current columns: what a writer's rows must be in."""
-    return schema_to_pyarrow(table.schema(), include_field_ids=False)
+    """The Arrow schema of the table's current columns: what a writer's rows must be in (built once per schema)."""
+    key = (str(table.metadata.table_uuid), table.metadata.current_schema_id)
+    schema = _ARROW_SCHEMAS.get(key)
+    if schema is None:
+        schema = _ARROW_SCHEMAS[key] = schema_to_pyarrow(table.schema(), include_field_ids=False)
+    return schema
+
+
+_ARROW_SCHEMAS: dict[tuple[str, int], pa.Schema] = {}  # (table uuid, schema id): a schema id never changes meaning
 
 
 def missing_columns(table: Table, table_def: TableDef, names: Iterable[str]) -> tuple[NestedField, ...]:

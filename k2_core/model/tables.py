@@ -149,6 +149,9 @@ def _order(*source_ids: int) -> SortOrder:
     )
 
 
+_ARROW_SCHEMAS: dict[tuple[str, tuple[str, ...]], pa.Schema] = {}  # (table, extra columns) -> Arrow schema
+
+
 @dataclass(frozen=True)
 class TableDef:
     name: str
@@ -186,11 +189,16 @@ class TableDef:
         return tuple(f for f in self.extra_columns if f.name in wanted)
 
     def arrow_schema_with(self, names: Collection[str]) -> pa.Schema:
-        """The created columns plus the extra columns among `names`: the Arrow schema of rows that carry those."""
+        """The created columns plus the extra columns among `names`: the Arrow schema of rows that carry those.
+        Built once per set of extra columns (the decoder asks for it per block)."""
         extras = self.extras_in(names)
-        if not extras:
-            return self.arrow_schema
-        return schema_to_pyarrow(Schema(*self.schema.fields, *extras), include_field_ids=False)
+        key = (self.name, tuple(f.name for f in extras))
+        schema = _ARROW_SCHEMAS.get(key)
+        if schema is None:
+            schema = _ARROW_SCHEMAS[key] = schema_to_pyarrow(
+                Schema(*self.schema.fields, *extras), include_field_ids=False
+            )
+        return schema
 
     def to_arrow(self, rows: list[dict[str, Any]], extra: Collection[str] = ()) -> pa.Table:
         """Rows (dicts of Python values) -> an Arrow table in the table's schema, plus the extra columns named in

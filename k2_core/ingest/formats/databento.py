@@ -311,9 +311,7 @@ class _Reader:
             "exchange_timestamp": pa.array((g["ts_event"] // 1000).astype(np.int64), _UTC_US),
             "exchange_sequence_number": pa.array(ordinal, pa.int64()),
             "ingestion_timestamp": pa.repeat(pa.scalar(self.options.received, _UTC_US), m),
-            "ts_recv": pa.array(
-                (g["ts_recv"] // 1000).astype(np.int64), _UTC_US, mask=g["ts_recv"] == UNDEF_TIMESTAMP
-            ),
+            "ts_recv": pa.array((g["ts_recv"] // 1000).astype(np.int64), _UTC_US, mask=g["ts_recv"] == UNDEF_TIMESTAMP),
         }
         if self.layout.kind == "trades":
             sequence = g["sequence"].astype(np.int64)
