@@ -17,7 +17,9 @@ So the change is:
   the ones the table assigned, whoever wins.
 
 pyiceberg's schema commit asserts the schema it started from is still current, so two concurrent changes cannot
-both commit; K2 retries the loser (commit.retry.num-retries is 0 on K2 tables) after re-reading.
+both commit; K2 retries the loser (commit.retry.num-retries is 0 on K2 tables) after re-reading. That one assertion
+suffices because K2 only ever adds columns: a schema id, once current, never becomes current again (pyiceberg does
+not also assert the last assigned field id, which a drop-and-re-add would need).
 """
 
 from __future__ import annotations
