@@ -4,6 +4,7 @@ become Arrow; and the shapes of the query results built from them, derived here 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,9 @@ def _bare(field: pa.Field) -> pa.Field:
     return pa.field(field.name, kind, field.nullable)
 
 
+_ARROW_SCHEMAS: dict[tuple[str, tuple[str, ...]], pa.Schema] = {}  # (table, extra columns) -> Arrow schema
+
+
 @dataclass(frozen=True)
 class TableDef:
     name: str
@@ -182,15 +186,46 @@ class TableDef:
     # and within an instrument the rows keep the declared sort order. The ingester's own files, written while the
     # day is open, follow the declared order alone. Empty: the declared sort keys.
     cluster_keys: tuple[str, ...] = ()
+    # Optional columns the table gains when a batch first carries them (EXTRA_COLUMNS), after `schema`'s own: the
+    # table is created with `schema` alone, so its history shows when each one arrived (k2_core.lake.evolution).
+    extra_columns: tuple[NestedField, ...] = ()
 
     @property
     def arrow_schema(self) -> pa.Schema:
+        """The columns every table of this definition has from its creation on (no extra column)."""
         return schema_to_pyarrow(self.schema, include_field_ids=False)
 
-    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
-        """Rows (dicts of Python values) -> an Arrow table in the table's schema, sorted by its sort order,
-        because pyiceberg does not sort on write."""
-        table = pa.Table.from_pylist(rows, schema=self.arrow_schema)
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Every column K2 may write to this table: the created ones, then the extra ones, in that order."""
+        return (*(f.name for f in self.schema.fields), *(f.name for f in self.extra_columns))
+
+    @property
+    def full_schema(self) -> Schema:
+        """The created columns and every extra column (their field ids only describe: a table assigns its own)."""
+        return Schema(*self.schema.fields, *self.extra_columns)
+
+    def extras_in(self, names: Iterable[str]) -> tuple[NestedField, ...]:
+        """The extra columns among `names`, in their defined order."""
+        wanted = set(names)
+        return tuple(f for f in self.extra_columns if f.name in wanted)
+
+    def arrow_schema_with(self, names: Collection[str]) -> pa.Schema:
+        """The created columns plus the extra columns among `names`: the Arrow schema of rows that carry those.
+        Built once per set of extra columns (the decoder asks for it per block)."""
+        extras = self.extras_in(names)
+        key = (self.name, tuple(f.name for f in extras))
+        schema = _ARROW_SCHEMAS.get(key)
+        if schema is None:
+            schema = _ARROW_SCHEMAS[key] = schema_to_pyarrow(
+                Schema(*self.schema.fields, *extras), include_field_ids=False
+            )
+        return schema
+
+    def to_arrow(self, rows: list[dict[str, Any]], extra: Collection[str] = ()) -> pa.Table:
+        """Rows (dicts of Python values) -> an Arrow table in the table's schema, plus the extra columns named in
+        `extra`, sorted by its sort order, because pyiceberg does not sort on write."""
+        table = pa.Table.from_pylist(rows, schema=self.arrow_schema_with(extra))
         return self.sort(table)
 
     @property
@@ -243,8 +278,12 @@ def _sorted(table: pa.Table, keys: tuple[str, ...]) -> bool:
 _TIME_KEYS = ("exchange_timestamp", "exchange_sequence_number")
 _INSTRUMENT_KEYS = ("symbol", "exchange", *_TIME_KEYS)
 _BAR_KEYS = ("symbol", "exchange", "bar_start")  # the order compute_bars returns
-TRADES = TableDef("trades", TRADES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS)
-QUOTES = TableDef("quotes", QUOTES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS)
+TRADES = TableDef(
+    "trades", TRADES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS, EXTRA_COLUMNS["trades"]
+)
+QUOTES = TableDef(
+    "quotes", QUOTES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS, EXTRA_COLUMNS["quotes"]
+)
 GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
 # Precomputed bars (`k2_core.model.bars` defines a bar, `k2_core.upkeep.ohlcv` rebuilds them a day at a time).
 OHLCV_1M = TableDef("ohlcv_1m", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)
@@ -261,10 +300,7 @@ def feed_schema(kind: Kind) -> pa.Schema:
     return _FEED_SCHEMAS[kind]
 
 
-_FEED_SCHEMAS: dict[Kind, pa.Schema] = {
-    kind: arrow_schema_of(Schema(*table_def.schema.fields, *EXTRA_COLUMNS[kind]))
-    for kind, table_def in MARKET_TABLES.items()
-}
+_FEED_SCHEMAS: dict[Kind, pa.Schema] = {kind: arrow_schema_of(t.full_schema) for kind, t in MARKET_TABLES.items()}
 
 
 # --- query results built from the tables ---------------------------------------------------------------------------

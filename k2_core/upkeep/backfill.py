@@ -11,9 +11,6 @@ files other writers committed meanwhile (a conflict re-checks the newer ones and
 exactly once even when the ingester, a rerun or a concurrent backfill races it. Gap records are then split like
 the ingester's late fills: recovered or already-stored runs become `filled`, the rest stay `open` with one more
 attempt counted, and turn `unrecoverable`, with the reason, once `max_attempts` attempts found nothing more.
-
-Recovered rows keep every field of the table's current schema the source gives (version 2's `ts_recv`,
-`conditions`, ... once the table has them), so a filled gap reads like the rows the feed delivered around it.
 """
 
 from __future__ import annotations
@@ -38,6 +35,7 @@ from pyiceberg.table import Table
 from k2_core.exceptions import CommitConflictError, ValidationError
 from k2_core.ingest.dedup import keys_in_files
 from k2_core.ingest.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
+from k2_core.lake.evolution import arrow_schema, evolve
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
 from k2_core.lake.gaps import read_gaps
 from k2_core.lake.lineage import files_added_since
@@ -45,7 +43,7 @@ from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.records import validate
-from k2_core.model.tables import GAPS, MARKET_TABLES, arrow_schema_of
+from k2_core.model.tables import GAPS, MARKET_TABLES, conform
 from k2_core.model.topics import Kind
 
 log = get_logger(__name__)
@@ -188,11 +186,11 @@ def _runs(first: int, last: int, present: set[int]) -> list[tuple[int, int, bool
     return runs
 
 
-def _clean(
-    kind: Kind, exchange: str, record: dict[str, Any], now: datetime, names: Sequence[str]
-) -> dict[str, Any] | None:
-    """The record's fields that are the table's columns `names`, validated as the ingester validates a record."""
-    row = {name: record.get(name) for name in names}
+def _clean(kind: Kind, exchange: str, record: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """The record as a row: every created column, and the extra columns the source gave (a feed's newer fields)."""
+    table_def = MARKET_TABLES[kind]
+    extra = {f.name for f in table_def.extra_columns}
+    row = {name: record.get(name) for name in table_def.column_names if name not in extra or name in record}
     row["ingestion_timestamp"] = now  # when K2 stored it, as for any ingested row
     try:
         validate(kind, exchange, row)
@@ -211,7 +209,7 @@ class _Work:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _recover(work: _Work, kind: Kind, sources: Sequence[RecoverySource], now: datetime, names: Sequence[str]) -> None:
+def _recover(work: _Work, kind: Kind, sources: Sequence[RecoverySource], now: datetime) -> None:
     gap, outcome = work.gap, work.outcome
     missing = set(range(gap["first_missing"], gap["last_missing"] + 1)) - work.present
     for source in sources:
@@ -223,7 +221,7 @@ def _recover(work: _Work, kind: Kind, sources: Sequence[RecoverySource], now: da
             ts = record.get("exchange_timestamp")
             if seq not in missing or not isinstance(ts, datetime) or ts not in work.window:
                 continue
-            row = _clean(kind, gap["exchange"], record, now, names)
+            row = _clean(kind, gap["exchange"], record, now)
             if row is None:
                 continue
             work.rows.append(row)
@@ -256,12 +254,21 @@ def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retrie
         for q in seqs:
             q["last_missing"] = q["first_missing"]
         stored |= {_key(s) for s in _stored(table, exchange, seqs, pad=0)}
-    fresh = pa.Table.from_pylist([r for r in rows if _key(r) not in stored], schema=arrow_schema_of(table.schema()))
-    fresh = MARKET_TABLES[kind].sort(fresh)
+    table_def = MARKET_TABLES[kind]
+    carried = {name for r in rows for name in r}
+    fresh = table_def.to_arrow([r for r in rows if _key(r) not in stored], extra=carried)
+    evolve(table, table_def, fresh.column_names, writer=WRITER, retries=retries, backoff_seconds=backoff)
+    fresh = conform(fresh, arrow_schema(table))
     files = write_files(table, fresh)
+    written_in = table.metadata.current_schema_id
 
     def attempt(current: Table) -> set[Key]:
-        nonlocal checked_at, fresh, files
+        nonlocal checked_at, fresh, files, written_in
+        if current.metadata.current_schema_id != written_in:  # another writer changed the columns meanwhile
+            fresh = conform(fresh, arrow_schema(current))
+            delete_uncommitted(current, files)
+            files = write_files(current, fresh)
+            written_in = current.metadata.current_schema_id
         added = files_added_since(current, checked_at)
         if added is None:  # what we checked against is gone from the chain: check the whole table
             added = [task.file for task in current.scan().plan_files()]
@@ -371,7 +378,6 @@ def backfill(
         table = tables[kind]
         table.refresh()
         stored = _stored(table, exchange, group, pad=1)
-        names = arrow_schema_of(table.schema()).names
         recovered: list[dict[str, Any]] = []
         group_work: list[_Work] = []
         for g in group:
@@ -386,7 +392,7 @@ def backfill(
             outcome = GapOutcome(g["gap_id"], kind, exchange, g["symbol"], g["first_missing"], g["last_missing"])
             outcome.already_stored = len(present)
             w = _Work(g, outcome, window, present)
-            _recover(w, kind, resolve(exchange, g["symbol"]), now, names)
+            _recover(w, kind, resolve(exchange, g["symbol"]), now)
             w.present |= {r["exchange_sequence_number"] for r in w.rows}
             recovered.extend(w.rows)
             group_work.append(w)

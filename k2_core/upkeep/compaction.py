@@ -6,9 +6,8 @@ writes them in chunks sized so each file lands near the target, reads the writte
 the source's (row count, the exact multiset of keys, and every column's count of values from the files' metrics), and
 only then commits one `overwrite` snapshot that removes exactly the files it read and adds the ones it wrote.
 
-A day may hold files written under different table schemas (columns gained from version 2 of the feeds after some of
-its files were written): the rewrite is written in the table's current schema, every column kept, a column an old
-file lacks null for its rows, as any reader already saw them.
+The rewrite is in the table's current columns (k2_core.lake.evolution), whatever the files it reads were written
+with: files from before a column was added give it as null, so after a compaction a day's files all have it.
 
 A concurrent append (late data for that day) fails the commit; the retry keeps the files already written and
 re-commits against the new snapshot, so the appended file stays in the table untouched. If a file the compaction
@@ -31,13 +30,14 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from k2_core.exceptions import CommitConflictError, CompactionError
+from k2_core.lake.evolution import arrow_schema
 from k2_core.lake.files import delete_uncommitted, replace_files, write_chunks
 from k2_core.lake.lineage import DayFiles
 from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.days import day_filter, day_key
-from k2_core.model.tables import DEDUP_KEY, TableDef, arrow_schema_of, conform
+from k2_core.model.tables import DEDUP_KEY, TableDef, conform
 
 log = get_logger(__name__)
 
@@ -168,8 +168,7 @@ def compact_day(
     with duckdb.connect() as con:
         con.register("day_rows", scan.to_arrow_batch_reader())
         sorted_rows = con.sql(f"SELECT * FROM day_rows ORDER BY {order}").to_arrow_reader(rows_per_file)
-        # The table's current schema: the newest files' columns, and any added since the snapshot read.
-        written = write_chunks(table, _chunks(sorted_rows, rows_per_file, arrow_schema_of(table.metadata.schema())))
+        written = write_chunks(table, _chunks(sorted_rows, rows_per_file, arrow_schema(table)))
     try:
         source_keys = table.scan(
             row_filter=day_filter(TIME_COLUMN, day), snapshot_id=base, selected_fields=KEY_COLUMNS

@@ -22,6 +22,7 @@ from k2_cli.main import app
 from k2_core.ingest.formats import ReadOptions, file_format
 from k2_core.ingest.importer import Importer
 from k2_core.lake.catalog import open_catalog
+from k2_core.model.tables import TRADES as TRADES_TABLE
 from k2_core.settings import REPO_ROOT, RecordedFile, Settings
 from k2_stream.ingester import Ingester
 from k2_stream.replay import replay_file
@@ -145,9 +146,12 @@ def test_import_and_stream_give_the_same_table(
     wait_for(lambda: len(table_rows(streamed, "trades")) >= len(ids), timeout=60)
 
     def content(settings: Settings) -> list[tuple[object, ...]]:
-        return sorted(
-            tuple(v for k, v in r.items() if k != "ingestion_timestamp") for r in table_rows(settings, "trades")
-        )
+        """The rows without their ingestion time. The replay writes the feed schema's newest version, whose optional
+        fields a Binance dump leaves null: the streamed table has those columns, all null; the import has not."""
+        rows = table_rows(settings, "trades")
+        extra = set(TRADES_TABLE.column_names) - set(TRADES_TABLE.arrow_schema.names)
+        assert all(r[k] is None for r in rows for k in extra & r.keys())
+        return sorted(tuple(v for k, v in r.items() if k != "ingestion_timestamp" and k not in extra) for r in rows)
 
     assert content(imported) == content(streamed)
     assert gaps(imported) == gaps(streamed) == [(2001, 2002, "open")]

@@ -2,8 +2,8 @@
 of the feeds adds (`k2_core.model.tables.EXTRA_COLUMNS`), by name and optional, as the ingester adds them when data
 first carries them, and rows are appended in whichever schema the table has, so a day can hold files of both.
 
-`evolve` does what K2's write side does (pyiceberg's `union_by_name`), so the readers are tested on tables shaped as
-K2 shapes them; when k2_core has its own evolution function, `evolve` should call it.
+`evolve` is K2's own evolution (`k2_core.lake.evolution`), so the readers are tested on tables shaped as K2's writers
+shape them; `append` writes rows in whichever columns the table has at the time, as an older writer would.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
+from k2_core.lake.evolution import evolve as evolve_table
 from k2_core.model.tables import EXTRA_COLUMNS, MARKET_TABLES, arrow_schema_of
 from k2_core.model.topics import Kind
 from k2_core.settings import Settings
@@ -33,9 +33,9 @@ EXTRA_NAMES: dict[Kind, tuple[str, ...]] = {
 
 
 def evolve(table: Table, kind: Kind) -> Table:
-    """Add `EXTRA_COLUMNS[kind]` to `table` (by name: a column it has already is left alone); no snapshot is made."""
-    with table.update_schema() as update:
-        update.union_by_name(Schema(*EXTRA_COLUMNS[kind]))
+    """Add `EXTRA_COLUMNS[kind]` to `table` as K2's writers do (`k2_core.lake.evolution.evolve`: one commit of its
+    own, no snapshot); a column the table has already is left alone."""
+    evolve_table(table, MARKET_TABLES[kind], EXTRA_NAMES[kind], writer="test")
     return table
 
 

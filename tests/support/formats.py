@@ -69,9 +69,10 @@ def read(
         time_zone=time_zone,
     )
     chunks = list(fmt.read(path, options))
-    schema = MARKET_TABLES[fmt.kind].arrow_schema
     for chunk in chunks:
         assert chunk.kind == fmt.kind
+        # the table's created columns, and the extra ones the format fills (in the table's order)
+        schema = MARKET_TABLES[fmt.kind].arrow_schema_with(chunk.table.column_names)
         assert chunk.table.schema.equals(schema), chunk.table.schema
     return Read(chunks)
 
