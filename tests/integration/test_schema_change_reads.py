@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
@@ -30,6 +32,9 @@ from k2_core.read.export import EXPORT_FORMATS, Exporter, to_bytes
 from k2_core.read.realtime import RealtimeBuffer
 from k2_core.settings import Settings
 from k2_core.upkeep.ohlcv import rebuild_day
+from k2_stream.admin import ensure_topics
+from k2_stream.producer import FeedProducer
+from k2_stream.registry_confluent import make_registry
 from tests.support import query_oracle as oracle
 from tests.support.clients import local_client
 from tests.support.evolution import (
@@ -391,3 +396,44 @@ def test_k2_query_prints_and_exports_the_new_columns(changed: Changed, tmp_path:
     )
     assert done.exit_code == 0, done.output
     assert pq.read_table(replayed).to_pylist() == expected_after("trades")
+
+
+# --- through the broker ----------------------------------------------------------------------------------------------
+
+
+def test_the_api_serves_version_2_fields_from_the_tail_beside_version_1_rows(
+    make_settings: SettingsFactory, broker: str
+) -> None:
+    """The API's own tail consumer reads the newest registered version: messages of both versions in the topic, the
+    table still without the new columns (nothing committed carries them yet). The answer has them: the version-2
+    messages' values, null for the version-1 messages and for the committed rows."""
+    settings = make_settings(bootstrap=broker)
+    settings.redis.enabled = False
+    now = datetime.now(UTC)
+    at_ = [now - timedelta(seconds=40 - s) for s in range(9)]
+    committed = [trade("BHP", s, at_[s], "10", ingestion_timestamp=now) for s in range(1, 4)]
+    lake = open_lake(settings)
+    lake.append("trades", committed)
+    old = [trade("BHP", s, at_[s], "11", ingestion_timestamp=now) for s in range(4, 6)]
+    new = [trade("BHP", s, at_[s], "12", ingestion_timestamp=now) | v2_trade_fields(s, at_[s]) for s in range(6, 9)]
+    layout = ensure_topics(settings)
+    producer = FeedProducer(settings, layout, make_registry(SecretStr(""), settings.kafka.schemas_dir))
+    for record in old:
+        producer.send("trades", record, schema_id=1)  # a producer built against version 1
+    for record in new:
+        producer.send("trades", record)
+    producer.flush()
+    params = {"symbol": "BHP", "exchange": "asx", "start": (now - timedelta(minutes=2)).isoformat()}
+    with local_client(create_app(settings)) as client:
+        deadline = time.monotonic() + 30
+        while True:
+            body = client.get("/v1/trades", params=params).json()
+            if body.get("count") == 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert body["sources"] == ["iceberg", "realtime"]
+        want = [with_nulls(r, "trades") for r in [*committed, *old]] + new
+        assert body["data"] == json_rows(want, feed_schema("trades"))
+        csv = client.get("/v1/trades", params=params | {"format": "csv"}).text.splitlines()
+        assert csv[-1].count('"[""T""]"') + csv[-1].count('"[""@"",""F""]"') == 1
+    assert "ts_recv" not in {f.name for f in lake.table("trades").schema().fields}  # nothing committed them yet
