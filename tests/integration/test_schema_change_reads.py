@@ -206,6 +206,29 @@ def test_precomputed_bars_over_files_of_both_schemas(changed: Changed, engine: Q
         assert bars.table.to_pylist() == computed.table.to_pylist() == oracle.bars(stored, interval)
 
 
+def test_cached_answers_keep_the_columns_of_their_snapshot(changed: Changed) -> None:
+    """The in-process LRU and Redis hold answers by snapshot id; an answer of either snapshot comes back with its own
+    columns, from another process's engine too."""
+    settings = changed.settings
+    settings.redis.enabled = True  # the local Redis
+    travel = {"as_of_snapshot": changed.before["trades"]}
+    with QueryEngine.from_settings(settings) as engine:
+        query = engine.market_query("BHP", "asx", START, END, 1000)
+        for as_of, want in ((None, expected_after("trades")), (_as_of(**travel), expected_before("trades"))):
+            first, again = engine.fetch("trades", query, as_of=as_of), engine.fetch("trades", query, as_of=as_of)
+            assert (first.cached, again.cached) == (None, "lru")
+            assert first.table.to_pylist() == again.table.to_pylist() == want
+    with QueryEngine.from_settings(settings) as other:  # an empty LRU: Redis answers
+        query = other.market_query("BHP", "asx", START, END, 1000)
+        shared = other.fetch("trades", query)
+        assert shared.cached == "redis"
+        assert shared.table.schema == feed_schema("trades")
+        assert shared.table.to_pylist() == expected_after("trades")
+        old = other.fetch("trades", query, as_of=_as_of(**travel))
+        assert old.cached == "redis"
+        assert old.table.schema.names == V1_NAMES["trades"]
+
+
 # --- the realtime tail -----------------------------------------------------------------------------------------------
 
 
