@@ -45,6 +45,11 @@ class ReplayFormatError(K2Error):
     """A line of a recorded file cannot be parsed."""
 
 
+class SourceError(K2Error):
+    """A historical file cannot be found, opened or decompressed, or is not laid out as its format says (a Tardis
+    file without its header, a zip holding more than one file): nothing of it can be read."""
+
+
 class WriteError(K2Error):
     """An Iceberg write or commit failed (storage, catalog database); nothing was committed."""
 

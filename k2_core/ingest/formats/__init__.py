@@ -23,4 +23,13 @@ def file_format(name: str) -> FileFormat:
 
 
 __all__ = ["FORMATS", "BadRow", "Chunk", "FileFormat", "ReadOptions", "file_format", "register"]
-from k2_core.ingest.formats import databento  # noqa: E402, F401
+
+
+# Each format module registers its formats on import (k2_core.ingest.formats.<module>), so importing the package
+# fills FORMATS. A new format is a module of its own, imported here.
+from k2_core.ingest.formats import (  # noqa: E402
+    binance,  # noqa: F401
+    databento,  # noqa: F401
+    generic,  # noqa: F401
+    tardis,  # noqa: F401
+)
