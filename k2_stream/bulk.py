@@ -1,32 +1,44 @@
 """Producing pre-encoded messages in bulk (a replay's blocks from k2_core.model.avro_bulk) as fast as librdkafka takes
-them, with what the broker acknowledged known exactly, without a Python call per delivered message.
+them, knowing every offset the broker gave them (for a wait on the ingester, k2_stream.acks) without a Python call
+per message.
 
-`FeedProducer` (k2_stream.producer) asks for a delivery report per message and records its offset in a Python
-callback: ~0.5 µs a message, a quarter of a columnar replay's whole budget. This producer asks librdkafka for failure
-reports only (`delivery.report.only.error`), so a success costs no Python at all and every failure is still seen, and
-learns the offsets its messages took from the partitions' high watermarks instead:
+The send loop does nothing per message but slice its bytes out of the block and hand them to librdkafka. Partitions
+are chosen here as librdkafka's default partitioner (`consistent_random`) chooses them, CRC-32 of the key modulo the
+topic's partition count, so a replay sends a symbol's rows where the per-line path and the live feeds send them and a
+symbol's order holds across them.
 
-- Partitions are chosen here, as librdkafka's default partitioner (`consistent_random`) would choose them: CRC-32 of
-  the key modulo the topic's partition count. A replay sends a symbol's rows to the same partition as the per-line
-  path and the live feeds do, so a symbol's order holds across them.
-- Before its first message to a partition, the partition's high watermark `lo` is read; after the final flush, `hi`.
-  Every one of the `n` messages sent there was written (a failure would have been reported), each at its own offset,
-  all at or after `lo` and before `hi`. So when `hi - lo == n` (nobody else wrote to the partition meanwhile, the
-  usual case for a replay) they are exactly `lo .. hi - 1`. Otherwise their places among the others' are unknown and
-  the highest `n` offsets below `hi` are recorded: never lower than the true ones, so a wait for the ingester
-  (k2_stream.acks) can under-count progress but never declares done too early.
+Deliveries are sampled: only the last message of each group sent to a partition (`send`, at most a few thousand
+messages) carries a callback, which records how many messages the partition had been sent through it and the offset
+it got. A report per message would cost ~0.5 µs of the sending thread, a quarter of a replay's whole budget. What the
+samples leave out follows from how the producer is set up:
+
+- Nothing fails unseen. The producer is idempotent with `enable.gapless.guarantee` (librdkafka: a failure that would
+  leave a gap in a partition's series is a fatal error, failing every later message) and messages never time out
+  (`message.timeout.ms` 0: a timeout is the one failure the guarantee lets through). So a message fails only with
+  every later one to its partition, the last sample included, and `flush` raises.
+- Between two samples the partition's offsets rose by at least the messages sent in between, each of which has an
+  offset of its own; by exactly that many when nothing else was written to the partition meanwhile (the usual case
+  for a replay), and then the messages' offsets are exactly the ones in between. When it rose by more, others'
+  messages are among them, where is not known, and the highest offsets they can have are recorded: a wait for the
+  ingester can then under-count progress but never calls it done too early. When it rose by less, messages went
+  missing after all, and `delivered` says so rather than guess.
+
+The broker's high watermark cannot replace the samples: the embedded broker's trails the last batch it stored by that
+batch's size (tests/integration/test_replay_bulk.py shows it), so it under-counts what to wait for.
 """
 
 from __future__ import annotations
 
-import uuid
+import time
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 
 from k2_core.exceptions import K2Error
 from k2_core.logging import get_logger
@@ -38,9 +50,12 @@ from k2_core.settings import Settings
 log = get_logger(__name__)
 
 TP = tuple[str, int]
-# Delivery reports (failures only, but librdkafka frees a message only once its report is served) are served every
-# this many messages.
+Delivered = Callable[[Any, Any], None]
+# Delivery reports are served every this many messages (librdkafka frees a message once its report is served).
 POLL_EVERY = 1024
+# Messages never time out (see above), so a broker that takes nothing is noticed here: a full local queue that does not
+# drain for this long fails the send.
+STALL_SECONDS = 120.0
 # librdkafka settings for bulk sends. Large batches, few requests: the embedded broker's cost is per request and per
 # batch far more than per byte, and zstd keeps what it holds in memory small (k2_stream.producer says the same).
 BULK_CONFIG: dict[str, Any] = {
@@ -51,14 +66,64 @@ BULK_CONFIG: dict[str, Any] = {
     "queue.buffering.max.messages": 1_000_000,
     "queue.buffering.max.kbytes": 1_048_576,
     "compression.type": "zstd",
-    "delivery.report.only.error": True,
+    # what makes sampled delivery reports enough (see above)
+    "enable.gapless.guarantee": True,
+    "message.timeout.ms": 0,
 }
 
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition librdkafka's default partitioner (`consistent_random`) gives a non-empty key: CRC-32 of the key
-    modulo the partition count (tests/integration check it against librdkafka's own choice)."""
+    modulo the partition count (tests/integration/test_replay_bulk.py holds it to librdkafka's own choice)."""
     return zlib.crc32(key) % partitions
+
+
+@dataclass
+class _Ledger:
+    """What was sent to one partition, and what its sampled delivery reports said."""
+
+    sent: int = 0
+    samples: list[tuple[int, int]] = field(default_factory=list)  # (messages sent through the sampled one, its offset)
+
+    def sampler(self, errors: list[str]) -> Delivered:
+        """The callback of the message that makes `sent` messages."""
+        count, samples = self.sent, self.samples
+
+        def sampled(err: Any, msg: Any) -> None:
+            if err is None:
+                samples.append((count, msg.offset()))
+            else:
+                errors.append(str(err))
+
+        return sampled
+
+    def offsets(self, tp: TP) -> array[int]:
+        """The offsets of every message sent, ascending (see the module's docstring)."""
+        # A message the broker took as a duplicate of a retried send is acknowledged without an offset.
+        known = sorted((count, offset) for count, offset in self.samples if offset >= 0)
+        if not known:
+            log.warning("no delivered offset known for a partition: not waited for", extra=_where(tp, self.sent))
+            return array("q")
+        if known[-1][0] != self.sent:
+            log.warning("the last offsets are assumed to follow the last one known", extra=_where(tp, self.sent))
+            known.append((self.sent, known[-1][1] + self.sent - known[-1][0]))
+        counts = np.array([0] + [count for count, _ in known], dtype=np.int64)
+        ends = np.array([offset for _, offset in known], dtype=np.int64)
+        sizes = np.diff(counts)
+        before = np.concatenate([ends[:1] - sizes[:1], ends[:-1]])  # the first stretch as if it were alone
+        if (ends - before < sizes).any():
+            raise K2Error(
+                f"fewer offsets than messages between delivery reports of {tp[0]} [{tp[1]}]: messages went missing"
+            )
+        # each stretch's messages at the top of its span: exactly theirs when the span is, else the highest they can be
+        offsets = np.repeat(ends - sizes + 1, sizes) + (np.arange(self.sent) - np.repeat(counts[:-1], sizes))
+        out = array("q")
+        out.frombytes(offsets.astype(np.int64).tobytes())
+        return out
+
+
+def _where(tp: TP, sent: int) -> dict[str, Any]:
+    return {"topic": tp[0], "partition": tp[1], "sent": sent}
 
 
 class BulkProducer:
@@ -69,30 +134,16 @@ class BulkProducer:
         self.registry = registry
         self._errors: list[str] = []
         self._partitions: dict[str, int] = {}
-        self._start: dict[TP, int] = {}  # each partition's high watermark before the first message sent to it
-        self._sent: dict[TP, int] = {}
+        self._ledgers: dict[TP, _Ledger] = {}
         bootstrap = settings.kafka.bootstrap_servers
-        self._producer = Producer({"bootstrap.servers": bootstrap, **BULK_CONFIG, "on_delivery": self._on_failure})
-        # Reads the partitions' high watermarks only: never subscribes, never commits.
-        self._watermarks = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"k2-replay-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-            }
-        )
+        self._producer = Producer({"bootstrap.servers": bootstrap, **BULK_CONFIG})
         try:
             self.cluster_id = str(self._producer.list_topics(timeout=10).cluster_id or "unknown")
         except KafkaException as exc:
-            self.close()
             raise K2Error(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
 
-    def _on_failure(self, err: Any, msg: Any) -> None:
-        # Called for failed messages only (delivery.report.only.error).
-        self._errors.append(str(err))
-
     def partition(self, topic: str, key: bytes) -> int:
-        """The partition `key`'s messages go to; the first time a partition is named, its high watermark is read."""
+        """The partition `key`'s messages go to."""
         count = self._partitions.get(topic)
         if count is None:
             try:
@@ -103,61 +154,76 @@ class BulkProducer:
                 raise K2Error(f"topic {topic} has no partitions: {metadata.error}")
             count = self._partitions[topic] = len(metadata.partitions)
         partition = partition_for(key, count)
-        if (topic, partition) not in self._start:
-            self._start[topic, partition] = self._high_watermark(topic, partition)
-            self._sent[topic, partition] = 0
+        self._ledgers.setdefault((topic, partition), _Ledger())
         return partition
 
-    def _high_watermark(self, topic: str, partition: int) -> int:
-        try:
-            _, high = self._watermarks.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
-        except KafkaException as exc:
-            raise K2Error(f"cannot read the end offset of {topic} [{partition}]: {exc}") from exc
-        return int(high)
-
     def send(self, topic: str, partition: int, key: bytes, rows: EncodedRows, begin: int, end: int) -> None:
-        """Messages `begin .. end - 1` of `rows`, in order, to one partition (`partition(topic, key)`)."""
+        """Messages `begin .. end - 1` of `rows`, in order, to one partition (`partition(topic, key)`); the last one
+        carries the delivery sample (a replay sends a group of at most a few thousand at a time)."""
+        if end <= begin:
+            return
         produce = self._producer.produce
+        ledger = self._ledgers[topic, partition]
         data = rows.data
         bounds = rows.offsets[begin : end + 1].tolist()
-        for i in range(end - begin):
-            value = data[bounds[i] : bounds[i + 1]]
-            try:
-                produce(topic, value, key, partition)
-            except BufferError:
-                self._produce_when_room(topic, value, key, partition)
-            if i % POLL_EVERY == 0:
-                self._producer.poll(0)
-        self._sent[topic, partition] += end - begin
+        for first in range(0, end - begin - 1, POLL_EVERY):
+            for start, stop in pairwise(bounds[first : min(first + POLL_EVERY, end - begin - 1) + 1]):
+                try:
+                    produce(topic, data[start:stop], key, partition)
+                except BufferError:
+                    self._produce_when_room(topic, data[start:stop], key, partition, None)
+                except KafkaException as exc:  # a fatal error: the producer is done
+                    raise K2Error(f"cannot produce to {topic}: {exc}") from exc
+            self._producer.poll(0)
+        ledger.sent += end - begin
+        value = data[bounds[-2] : bounds[-1]]
+        sampled = ledger.sampler(self._errors)
+        try:
+            produce(topic, value, key, partition, sampled)
+        except BufferError:
+            self._produce_when_room(topic, value, key, partition, sampled)
+        except KafkaException as exc:
+            raise K2Error(f"cannot produce to {topic}: {exc}") from exc
+        self._producer.poll(0)
 
     def send_keyed(
         self, topic: str, partitions: Sequence[int], keys: Sequence[bytes], rows: EncodedRows, begin: int, end: int
     ) -> None:
         """Messages `begin .. end - 1` of `rows`, each with its own key and partition (`keys[i]`, `partitions[i]`,
-        indexed like `rows`): for files of many symbols."""
+        indexed like `rows`, each partition from `partition`): for files of many symbols. The last message to each
+        partition carries its delivery sample."""
         produce = self._producer.produce
         data = rows.data
         bounds = rows.offsets.tolist()
+        last = {partitions[i]: i for i in range(begin, end)}
         for i in range(begin, end):
             value = data[bounds[i] : bounds[i + 1]]
             key, partition = keys[i], partitions[i]
+            ledger = self._ledgers[topic, partition]
+            ledger.sent += 1
+            sampled = ledger.sampler(self._errors) if last[partition] == i else None
             try:
-                produce(topic, value, key, partition)
+                produce(topic, value, key, partition, sampled)
             except BufferError:
-                self._produce_when_room(topic, value, key, partition)
+                self._produce_when_room(topic, value, key, partition, sampled)
+            except KafkaException as exc:
+                raise K2Error(f"cannot produce to {topic}: {exc}") from exc
             if i % POLL_EVERY == 0:
                 self._producer.poll(0)
-            self._sent[topic, partition] += 1
 
-    def _produce_when_room(self, topic: str, value: bytes, key: bytes, partition: int) -> None:
+    def _produce_when_room(
+        self, topic: str, value: bytes, key: bytes, partition: int, sampled: Delivered | None
+    ) -> None:
         """The local queue is full: serve delivery reports (which frees the delivered messages) until it takes one."""
+        deadline = time.monotonic() + STALL_SECONDS
         while True:
             self._producer.poll(0.05)
             try:
-                self._producer.produce(topic, value, key, partition)
+                self._producer.produce(topic, value, key, partition, sampled)
                 return
             except BufferError:
-                continue
+                if time.monotonic() > deadline:
+                    raise K2Error(f"the broker took nothing for {STALL_SECONDS:.0f}s") from None
             except KafkaException as exc:
                 raise K2Error(f"cannot produce to {topic}: {exc}") from exc
 
@@ -171,21 +237,5 @@ class BulkProducer:
 
     def delivered(self) -> dict[TP, array[int]]:
         """After `flush`: the offsets the messages took, per partition, ascending (k2_stream.acks)."""
-        out: dict[TP, array[int]] = {}
-        for tp, sent in self._sent.items():
-            if not sent:
-                continue
-            lo, hi = self._start[tp], self._high_watermark(*tp)
-            if hi - lo != sent:
-                # Others wrote to the partition meanwhile (or it was emptied): record the highest offsets it can be.
-                log.info(
-                    "delivered offsets bounded, not exact: the partition took other messages meanwhile",
-                    extra={"topic": tp[0], "partition": tp[1], "sent": sent, "start": lo, "end": hi},
-                )
-            offsets = array("q")
-            offsets.frombytes(np.arange(hi - sent, hi, dtype=np.int64).tobytes())
-            out[tp] = offsets
-        return out
-
-    def close(self) -> None:
-        self._watermarks.close()
+        out = {tp: ledger.offsets(tp) for tp, ledger in self._ledgers.items() if ledger.sent}
+        return {tp: offsets for tp, offsets in out.items() if offsets}

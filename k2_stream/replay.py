@@ -408,29 +408,26 @@ def replay_file(
     start = time.monotonic()
     with GracefulStop() as stop:
         producer = open_bulk_producer(settings, exchange, registry)
+        spec = producer.layout.spec(exchange, reader.kind)
+        schema_id, schema = producer.registry.latest(spec.subject)
+        # Paced: blocks of about a second of rows, encoded (and stamped) just before they are sent.
+        block_rows = min(BLOCK_ROWS, max(1, int(rate))) if rate else BLOCK_ROWS
+        blocks = encode_file(
+            path, fmt, BulkEncoder(schema, schema_id), exchange=exchange, symbol=symbol, block_rows=block_rows
+        )
+        source = Prefetch(blocks, PREFETCH_BLOCKS) if not rate else None
         try:
-            spec = producer.layout.spec(exchange, reader.kind)
-            schema_id, schema = producer.registry.latest(spec.subject)
-            # Paced: blocks of about a second of rows, encoded (and stamped) just before they are sent.
-            block_rows = min(BLOCK_ROWS, max(1, int(rate))) if rate else BLOCK_ROWS
-            blocks = encode_file(
-                path, fmt, BulkEncoder(schema, schema_id), exchange=exchange, symbol=symbol, block_rows=block_rows
-            )
-            source = Prefetch(blocks, PREFETCH_BLOCKS) if not rate else None
-            try:
-                for block in source if source is not None else blocks:
-                    for bad in block.bad:
-                        _report(summary, bad, on_bad_line)
-                    if not _send(producer, spec.name, block, summary, stop, rate, start):
-                        summary.interrupted = True
-                        break
-            finally:
-                if source is not None:
-                    source.close()
-            producer.flush()
-            summary.delivered, summary.cluster_id = producer.delivered(), producer.cluster_id
+            for block in source if source is not None else blocks:
+                for bad in block.bad:
+                    _report(summary, bad, on_bad_line)
+                if not _send(producer, spec.name, block, summary, stop, rate, start):
+                    summary.interrupted = True
+                    break
         finally:
-            producer.close()
+            if source is not None:
+                source.close()
+        producer.flush()
+        summary.delivered, summary.cluster_id = producer.delivered(), producer.cluster_id
     summary.elapsed_seconds = time.monotonic() - start
     _finished(summary, exchange, symbol)
     return summary
