@@ -79,7 +79,7 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 @dataclass
-class _Ledger:
+class DeliveryLedger:
     """What was sent to one partition, and what its sampled delivery reports said."""
 
     sent: int = 0
@@ -134,7 +134,7 @@ class BulkProducer:
         self.registry = registry
         self._errors: list[str] = []
         self._partitions: dict[str, int] = {}
-        self._ledgers: dict[TP, _Ledger] = {}
+        self._ledgers: dict[TP, DeliveryLedger] = {}
         bootstrap = settings.kafka.bootstrap_servers
         self._producer = Producer({"bootstrap.servers": bootstrap, **BULK_CONFIG})
         try:
@@ -154,7 +154,7 @@ class BulkProducer:
                 raise K2Error(f"topic {topic} has no partitions: {metadata.error}")
             count = self._partitions[topic] = len(metadata.partitions)
         partition = partition_for(key, count)
-        self._ledgers.setdefault((topic, partition), _Ledger())
+        self._ledgers.setdefault((topic, partition), DeliveryLedger())
         return partition
 
     def send(self, topic: str, partition: int, key: bytes, rows: EncodedRows, begin: int, end: int) -> None:
