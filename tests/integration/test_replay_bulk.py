@@ -4,24 +4,31 @@ to the partition meanwhile), failures raised; and why the broker's high watermar
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2_core.exceptions import K2Error
 from k2_core.model.avro import Decoder
-from k2_core.model.avro_bulk import BulkEncoder, EncodedRows
+from k2_core.model.avro_bulk import BLOCK_ROWS, BulkEncoder, EncodedRows
 from k2_core.model.registry import FileSchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.bulk import BulkProducer, partition_for
 from k2_stream.replay import encode_file, replay_file
 from k2_stream.simulator.session import open_bulk_producer
 from tests.support.fixtures import SettingsFactory
+from tests.support.processes import settings_env
+from tests.support.waits import wait_for
 
 TOPIC = "market.crypto.trades.binance"
 HEADER = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
@@ -145,3 +152,85 @@ def test_a_message_the_broker_cannot_take_fails_the_send(broker: str, make_setti
     huge = EncodedRows(b"x" * 2_000_000, np.array([0, 2_000_000], dtype=np.int64))
     with pytest.raises(K2Error, match="cannot produce"):
         producer.send(TOPIC, partition, b"BTCUSDT", huge, 0, 1)
+
+
+def test_a_stop_request_ends_the_replay_at_a_group_boundary(
+    broker: str, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """SIGINT while the reader thread is ahead: the replay stops before the next group, flushes what it sent, closes
+    the reader, and says so. (The signal is sent from the bad-line callback, so it comes at a known point.)"""
+    settings = make_settings(bootstrap=broker)
+    path = dump(tmp_path / "BTCUSDT-trades-2024-11-25.csv", 1, 200_000)
+    lines = path.read_text().splitlines()
+    lines[100_001] = "100001,broken,1,1,1732492800000,true,true"
+    path.write_text("\n".join(lines) + "\n")
+    summary = replay_file(
+        settings,
+        path,
+        exchange="binance",
+        symbol="BTCUSDT",
+        fmt="binance-trades",
+        on_bad_line=lambda bad: os.kill(os.getpid(), signal.SIGINT),
+    )
+    assert summary.interrupted
+    assert summary.skipped_lines == [100_002]
+    # the bad line's block is reported before it is sent, and the stop is seen before its first group
+    assert summary.produced == 100_000 // BLOCK_ROWS * BLOCK_ROWS
+    [(tp, offsets)] = summary.delivered.items()
+    assert list(offsets) == list(range(summary.produced))
+    back = read_back(settings, tp, summary.produced)
+    assert [r["exchange_sequence_number"] for _, _, r in back] == list(range(1, summary.produced + 1))
+
+
+def test_sigterm_stops_a_paced_replay_flushed_and_summarised(
+    broker: str, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """`k2 run` stops feeds with SIGTERM: the replay stops between groups of messages, and what it says it produced
+    is what the topic holds."""
+    settings = make_settings(bootstrap=broker)
+    path = dump(tmp_path / "BTCUSDT-trades-2024-11-25.csv", 1, 10_000)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "k2_cli.main",
+            "replay-file",
+            str(path),
+            "--symbol",
+            "BTCUSDT",
+            "--no-wait",
+            "--rate",
+            "2000",
+        ],
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: topic_has_messages(broker), timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert "(interrupted)" in stdout, stdout
+    match = re.search(r"produced (\d+) rows", stdout)
+    assert match, stdout
+    produced = int(match.group(1))
+    assert 0 < produced < 10_000
+    back = read_back(settings, (TOPIC, partition_for(b"BTCUSDT", 2)), produced)
+    assert [r["exchange_sequence_number"] for _, _, r in back] == list(range(1, produced + 1))
+
+
+def topic_has_messages(broker: str) -> bool:
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": "peek", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(TOPIC, partition_for(b"BTCUSDT", 2), 0)])
+        return bool(consumer.consume(1, timeout=2))
+    except KafkaException:
+        return False  # the topic is not there yet
+    finally:
+        consumer.close()
