@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import logging
 import pstats
 import resource
 import shutil
@@ -137,7 +138,7 @@ def main() -> None:
     parser.add_argument("--paths", default="per-line,columnar", help="which paths to run, in order")
     parser.add_argument("--profile", choices=("per-line", "columnar"), help="run this path under cProfile")
     args = parser.parse_args()
-
+    logging.getLogger("k2_stream.replay").setLevel(logging.ERROR)  # the bad lines would flood the output
     home = workdir()
     csv = home / f"{SYMBOL}-trades-2024-01-01.csv"
     started = time.perf_counter()
