@@ -52,7 +52,7 @@ log = get_logger(__name__)
 TP = tuple[str, int]
 Delivered = Callable[[Any, Any], None]
 # Delivery reports are served every this many messages (librdkafka frees a message once its report is served).
-POLL_EVERY = 1024
+POLL_EVERY = 4096
 # Messages never time out (see above), so a broker that takes nothing is noticed here: a full local queue that does not
 # drain for this long fails the send.
 STALL_SECONDS = 120.0

@@ -64,7 +64,7 @@ _HEADER_FIELD = re.compile(r"[A-Za-z_ ]+")
 # Pacing sleeps only once at least this far ahead, so fast replays sleep in chunks, not per row.
 MIN_PAUSE_SECONDS = 0.01
 # The columnar replay sends this many messages between looks at the stop flag (and the pacing clock).
-SEND_GROUP = 1024
+SEND_GROUP = 4096
 # Encoded blocks the reader thread may hold ready beyond the one being sent.
 PREFETCH_BLOCKS = 2
 
