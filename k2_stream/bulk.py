@@ -23,8 +23,9 @@ samples leave out follows from how the producer is set up:
   ingester can then under-count progress but never calls it done too early. When it rose by less, messages went
   missing after all, and `delivered` says so rather than guess.
 
-The broker's high watermark cannot replace the samples: the embedded broker's trails the last batch it stored by that
-batch's size (tests/integration/test_replay_bulk.py shows it), so it under-counts what to wait for.
+The broker's high watermark cannot replace the samples: the embedded broker reports the first offset of the last batch
+it stored, plus one, rather than the end of that batch (tests/integration/test_replay_bulk.py shows it), so it would
+under-count what to wait for.
 """
 
 from __future__ import annotations
