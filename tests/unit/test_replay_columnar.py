@@ -203,6 +203,49 @@ def test_many_symbols_are_keyed_row_by_row(tmp_path: Path) -> None:
     assert [block.keys[k] for k in block.key_of_row.tolist()] == [b"BTCUSDT", b"ETHUSDT", b"BTCUSDT"]
 
 
+@pytest.mark.parametrize(
+    ("fmt", "subject", "text"),
+    [
+        (
+            "tardis-quotes",
+            "market.crypto.quotes-value",
+            "exchange,symbol,timestamp,local_timestamp,ask_amount,ask_price,bid_price,bid_amount\n"
+            "binance,btcusdt,1704067200000000,1704067200001000,0.5,42000.5,42000.4,1.25\n"
+            "binance,ETHUSDT,1704067200000001,1704067200001001,3,2300.5,2300.25,0\n"
+            "binance,BTCUSDT,1704067200000002,1704067200001002,,42000.6,42000.5,2\n"
+            "binance,BTCUSDT,1704067200000003,1704067200001003,0.1,42000.7,42000.6,0.00000001\n",
+        ),
+        (
+            "binance-bookticker",
+            "market.crypto.quotes-value",
+            "update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,event_time\n"
+            "1,42000.4,1.5,42000.5,0.25,1704067200000,1704067200001\n"
+            "7,42000.3,0,42000.6,2,0,1704067200002\n",
+        ),
+        (
+            "tardis-trades",
+            "market.crypto.trades-value",
+            "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
+            "binance,BTCUSDT,1704067200000000,1704067200001000,t-1,buy,42000.5,0.1\n"
+            "binance,ETHUSDT,1704067200000001,1704067200001001,,unknown,2300.5,1.5\n",
+        ),
+    ],
+)
+def test_other_formats_encode_their_rows_as_fastavro_does(tmp_path: Path, fmt: str, subject: str, text: str) -> None:
+    """Any reader's blocks, quotes included, in the schema of their kind: each message is fastavro's for its row."""
+    path = tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv"
+    path.write_text(text)
+    schema_id, schema = REGISTRY.latest(subject)
+    blocks = list(
+        encode_file(path, fmt, BulkEncoder(schema, schema_id), exchange="binance", symbol=None, clock=lambda: RECEIVED)
+    )
+    decoder = Decoder(REGISTRY)
+    records = [decoder.decode(m) for b in blocks for m in b.rows]
+    assert records, "the file's good rows"
+    assert [m for b in blocks for m in b.rows] == [encode(schema_id, schema, r) for r in records]
+    assert all(r["ingestion_timestamp"] == RECEIVED for r in records)
+
+
 def test_formats_of_each_path() -> None:
     assert replay_formats(per_line=True) == ["binance-trades"]
     assert {"binance-trades", "binance-aggtrades", "tardis-trades"} <= set(replay_formats())
