@@ -40,7 +40,7 @@ from k2_core.exceptions import ConfigError, K2Error, ReplayFormatError
 from k2_core.ingest.formats import FORMATS as FILE_FORMATS
 from k2_core.ingest.formats import ReadOptions, file_format
 from k2_core.logging import get_logger
-from k2_core.model.avro_bulk import BLOCK_ROWS, BulkEncoder, EncodedRows
+from k2_core.model.avro_bulk import BulkEncoder, EncodedRows
 from k2_core.model.registry import SchemaRegistry
 from k2_core.model.topics import Kind
 from k2_core.settings import Settings
@@ -63,7 +63,11 @@ _DIGITS = re.compile(r"[0-9]+")
 _HEADER_FIELD = re.compile(r"[A-Za-z_ ]+")
 # Pacing sleeps only once at least this far ahead, so fast replays sleep in chunks, not per row.
 MIN_PAUSE_SECONDS = 0.01
-# The columnar replay sends this many messages between looks at the stop flag (and the pacing clock).
+# The columnar replay reads, encodes and hands on this many rows at a time: few enough to keep what is in flight small
+# (~10 MB a block of trades), enough that the reader thread takes the GIL (each Arrow and numpy call returns to it)
+# seldom per row (131k rows measured ~15% faster than 32k on this machine, at the same CPU per row).
+READ_ROWS = 1 << 17
+# It sends this many messages between looks at the stop flag (and the pacing clock).
 SEND_GROUP = 4096
 # Encoded blocks the reader thread may hold ready beyond the one being sent.
 PREFETCH_BLOCKS = 2
@@ -282,7 +286,7 @@ def encode_file(
     exchange: str,
     symbol: str | None,
     clock: Callable[[], datetime] | None = None,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int = READ_ROWS,
 ) -> Iterator[EncodedBlock]:
     """The file's good rows as framed messages, a block of at most `block_rows` at a time, and its bad lines.
 
@@ -411,7 +415,7 @@ def replay_file(
         spec = producer.layout.spec(exchange, reader.kind)
         schema_id, schema = producer.registry.latest(spec.subject)
         # Paced: blocks of about a second of rows, encoded (and stamped) just before they are sent.
-        block_rows = min(BLOCK_ROWS, max(1, int(rate))) if rate else BLOCK_ROWS
+        block_rows = min(READ_ROWS, max(1, int(rate))) if rate else READ_ROWS
         blocks = encode_file(
             path, fmt, BulkEncoder(schema, schema_id), exchange=exchange, symbol=symbol, block_rows=block_rows
         )

@@ -20,11 +20,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2_core.exceptions import K2Error
 from k2_core.model.avro import Decoder
-from k2_core.model.avro_bulk import BLOCK_ROWS, BulkEncoder, EncodedRows
+from k2_core.model.avro_bulk import BulkEncoder, EncodedRows
 from k2_core.model.registry import FileSchemaRegistry
 from k2_core.settings import Settings
 from k2_stream.bulk import BulkProducer, partition_for
-from k2_stream.replay import encode_file, replay_file
+from k2_stream.replay import READ_ROWS, encode_file, replay_file
 from k2_stream.simulator.session import open_bulk_producer
 from tests.support.fixtures import SettingsFactory
 from tests.support.processes import settings_env
@@ -160,9 +160,9 @@ def test_a_stop_request_ends_the_replay_at_a_group_boundary(
     """SIGINT while the reader thread is ahead: the replay stops before the next group, flushes what it sent, closes
     the reader, and says so. (The signal is sent from the bad-line callback, so it comes at a known point.)"""
     settings = make_settings(bootstrap=broker)
-    path = dump(tmp_path / "BTCUSDT-trades-2024-11-25.csv", 1, 200_000)
+    path = dump(tmp_path / "BTCUSDT-trades-2024-11-25.csv", 1, 2 * READ_ROWS)
     lines = path.read_text().splitlines()
-    lines[100_001] = "100001,broken,1,1,1732492800000,true,true"
+    lines[READ_ROWS + 100] = "broken,1,1,1,1732492800000,true,true"  # in the second block
     path.write_text("\n".join(lines) + "\n")
     summary = replay_file(
         settings,
@@ -173,9 +173,9 @@ def test_a_stop_request_ends_the_replay_at_a_group_boundary(
         on_bad_line=lambda bad: os.kill(os.getpid(), signal.SIGINT),
     )
     assert summary.interrupted
-    assert summary.skipped_lines == [100_002]
+    assert summary.skipped_lines == [READ_ROWS + 101]
     # the bad line's block is reported before it is sent, and the stop is seen before its first group
-    assert summary.produced == 100_000 // BLOCK_ROWS * BLOCK_ROWS
+    assert summary.produced == READ_ROWS
     [(tp, offsets)] = summary.delivered.items()
     assert list(offsets) == list(range(summary.produced))
     back = read_back(settings, tp, summary.produced)
