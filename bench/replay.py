@@ -23,13 +23,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from bench.backlog import Broker, bench_settings, workdir
+from k2_stream import replay
 from k2_stream.replay import replay_file
 
 SYMBOL = "BTCUSDT"
+T = TypeVar("T")
 HEADER = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match\n"
 
 
@@ -79,6 +82,8 @@ class Run:
     seconds: float
     cpu_seconds: float
     broker_cpu_seconds: float
+    sender_cpu_seconds: float  # the main thread: the send loop (the per-line path: everything but librdkafka)
+    reader_cpu_seconds: float  # the columnar path's reader thread: reading and encoding
 
     @property
     def rows_per_second(self) -> float:
@@ -86,17 +91,31 @@ class Run:
 
     def line(self) -> str:
         per_row = 1e6 / self.rows if self.rows else 0.0
+        librdkafka = self.cpu_seconds - self.sender_cpu_seconds - self.reader_cpu_seconds
         return (
-            f"{self.path:9s} {self.rows:>10,} rows in {self.seconds:7.2f}s = {self.rows_per_second:>10,.0f} rows/s"
-            f"  CPU per row: replay {self.cpu_seconds * per_row:5.2f} µs ({self.cpu_seconds / self.seconds:4.0%} of a"
-            f" core), broker {self.broker_cpu_seconds * per_row:4.2f} µs; {self.skipped} bad lines;"
-            f" load avg {os.getloadavg()[0]:.1f}"
+            f"{self.path:9s} {self.rows:>10,} rows in {self.seconds:6.2f}s = {self.rows_per_second:>9,.0f} rows/s;"
+            f" CPU µs/row: replay {self.cpu_seconds * per_row:5.2f} (reader {self.reader_cpu_seconds * per_row:4.2f},"
+            f" sender {self.sender_cpu_seconds * per_row:5.2f}, librdkafka & rest {librdkafka * per_row:4.2f};"
+            f" {self.cpu_seconds / self.seconds:4.0%} of a core), broker {self.broker_cpu_seconds * per_row:4.2f};"
+            f" {self.skipped} bad lines; load avg {os.getloadavg()[0]:.1f}"
         )
 
 
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class _TimedPrefetch(replay.Prefetch[T]):
+    """The replay's reader thread, telling the CPU it used."""
+
+    cpu_seconds = 0.0
+
+    def _run(self) -> None:
+        try:
+            super()._run()
+        finally:
+            _TimedPrefetch.cpu_seconds += time.thread_time()
 
 
 def measure(csv: Path, per_line: bool, profile: bool, partitions: int) -> Run:
@@ -106,7 +125,9 @@ def measure(csv: Path, per_line: bool, profile: bool, partitions: int) -> Run:
     try:
         settings = bench_settings(broker.bootstrap, home, partitions)
         profiler = cProfile.Profile() if profile else None
-        cpu, broker_cpu = _cpu(), broker.cpu_seconds()
+        cpu, broker_cpu, sender_cpu = _cpu(), broker.cpu_seconds(), time.thread_time()
+        _TimedPrefetch.cpu_seconds = 0.0
+        replay.Prefetch = _TimedPrefetch  # type: ignore[misc]  # the same class, timed
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -124,6 +145,8 @@ def measure(csv: Path, per_line: bool, profile: bool, partitions: int) -> Run:
             seconds,
             _cpu() - cpu,
             broker.cpu_seconds() - broker_cpu,
+            time.thread_time() - sender_cpu,
+            _TimedPrefetch.cpu_seconds,
         )
         if profiler is not None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
