@@ -1,8 +1,10 @@
 """Shared by the ingest benchmarks: a local Tansu broker, a fast trade-backlog producer and a measured ingester run.
 
 The backlog is real Confluent-framed Avro, byte for byte what `k2_core.model.avro.encode` writes (checked at start), but
-built from per-symbol pre-encoded pieces with only the timestamps, sequence number and trade id encoded per
-message, by two producer processes: filling 5M messages takes seconds, not minutes.
+built from per-symbol pre-encoded pieces with only the timestamps, sequence number, trade id (and in version 2 the
+order ids) encoded per message, by two producer processes: filling 5M messages takes seconds, not minutes. The
+backlog is written with the trade schema's newest version (2: receive time, order ids, conditions on one trade in
+eight), as the feeds write it, or with version 1 (`--schema-version 1`), as an old producer does.
 """
 
 from __future__ import annotations
@@ -72,12 +74,19 @@ def streams(layout: TopicLayout, symbols_per_exchange: int) -> list[Stream]:
     return out
 
 
+# Version 2's conditions field per template: null, or (one trade in eight) the CTA codes of an odd-lot sale.
+_CONDITIONS = [b"\x00"] * 7 + [b"\x02" + zigzag_varint(2) + avro_str(b"@") + avro_str(b"I") + b"\x00"]
+RECV_LATENCY_US = 250
+
+
 class TradeEncoder:
-    """Per-symbol pre-encoded pieces; only the varying fields are encoded per message."""
+    """Per-symbol pre-encoded pieces; only the varying fields are encoded per message. `version` is the trade
+    schema's (1 or 2)."""
 
     TEMPLATES = 8
 
-    def __init__(self, schema_id: int, stream: Stream) -> None:
+    def __init__(self, schema_id: int, stream: Stream, version: int = 2) -> None:
+        self.version = version
         header = b"\x00" + schema_id.to_bytes(4, "big")
         self.head = header + avro_str(stream.symbol.encode()) + avro_str(stream.exchange.encode())
         tick = Decimal("0.01")
@@ -89,25 +98,41 @@ class TradeEncoder:
 
     def encode(self, seq: int, ts_us: int, ingested_us: int) -> bytes:
         tid = self.tid_prefix + b"%d" % seq
-        return b"".join(
-            (
-                self.head,
-                zigzag_varint(ts_us),
-                zigzag_varint(seq),
-                self.middles[seq % self.TEMPLATES],
-                avro_str(tid),
-                zigzag_varint(ingested_us),
-            )
-        )
+        parts = [
+            self.head,
+            zigzag_varint(ts_us),
+            zigzag_varint(seq),
+            self.middles[seq % self.TEMPLATES],
+            avro_str(tid),
+            zigzag_varint(ingested_us),
+        ]
+        if self.version == 2:
+            parts += [
+                b"\x02" + zigzag_varint(ts_us + RECV_LATENCY_US),
+                _CONDITIONS[seq % self.TEMPLATES],
+                b"\x02" + avro_str(b"%d" % (2 * seq)),
+                b"\x02" + avro_str(b"%d" % (2 * seq + 1)),
+            ]
+        return b"".join(parts)
 
 
-def _check_encoder(registry: FileSchemaRegistry, layout: TopicLayout) -> None:
-    schema_id, schema = registry.latest(layout.spec("asx", "trades").subject)
+def trade_schema_id(registry: FileSchemaRegistry, layout: TopicLayout, version: int) -> int:
+    """The id of version `version` (1-based) of the trade subject."""
+    return registry.versions(layout.spec("asx", "trades").subject)[version - 1][0]
+
+
+def _check_encoder(registry: FileSchemaRegistry, layout: TopicLayout, version: int) -> None:
+    schema_id = trade_schema_id(registry, layout, version)
+    schema = registry.by_id(schema_id)
     stream = streams(layout, 1)[0]
     now = datetime.now(UTC).replace(microsecond=123456)
-    enc = TradeEncoder(schema_id, stream)
-    seq = 12345
-    record = {
+    enc = TradeEncoder(schema_id, stream, version)
+    for seq in (12345, 12351):  # without conditions, and with
+        _check_one(enc, schema_id, schema, stream, seq, now)
+
+
+def _check_one(enc: TradeEncoder, schema_id: int, schema: Any, stream: Stream, seq: int, now: datetime) -> None:
+    record: dict[str, Any] = {
         "symbol": stream.symbol,
         "exchange": stream.exchange,
         "exchange_timestamp": now,
@@ -118,10 +143,19 @@ def _check_encoder(registry: FileSchemaRegistry, layout: TopicLayout) -> None:
         "trade_id": f"{stream.exchange}-{stream.symbol}-{seq}",
         "ingestion_timestamp": now + timedelta(milliseconds=1),
     }
+    if enc.version == 2:
+        record |= {
+            "ts_recv": now + timedelta(microseconds=RECV_LATENCY_US),
+            "conditions": ["@", "I"] if seq % 8 == 7 else None,
+            "buyer_order_id": str(2 * seq),
+            "seller_order_id": str(2 * seq + 1),
+        }
     assert enc.encode(seq, to_us(now), to_us(now) + 1000) == encode(schema_id, schema, record), "encoder drifted"
 
 
-def _produce(bootstrap: str, schema_id: int, work: list[tuple[Stream, int]], t0_us: int, worker: int) -> None:
+def _produce(
+    bootstrap: str, schema_id: int, version: int, work: list[tuple[Stream, int]], t0_us: int, worker: int
+) -> None:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -134,7 +168,7 @@ def _produce(bootstrap: str, schema_id: int, work: list[tuple[Stream, int]], t0_
             "compression.type": "lz4",
         }
     )
-    encoders = [(s, TradeEncoder(schema_id, s), s.symbol.encode(), n) for s, n in work]
+    encoders = [(s, TradeEncoder(schema_id, s, version), s.symbol.encode(), n) for s, n in work]
     longest = max((n for *_, n in encoders), default=0)
     for seq in range(1, longest + 1):
         ts = t0_us + seq * 1000
@@ -154,12 +188,12 @@ def _produce(bootstrap: str, schema_id: int, work: list[tuple[Stream, int]], t0_
         raise SystemExit(f"producer {worker}: {remaining} messages undelivered")
 
 
-def fill(settings: Settings, layout: TopicLayout, messages: int, symbols_per_exchange: int) -> float:
+def fill(settings: Settings, layout: TopicLayout, messages: int, symbols_per_exchange: int, version: int = 2) -> float:
     """Produce `messages` trades spread evenly over the streams, in sequence order per stream, with two producer
-    processes. Returns the seconds it took."""
+    processes, in version `version` of the trade schema. Returns the seconds it took."""
     registry = FileSchemaRegistry(settings.kafka.schemas_dir)
-    _check_encoder(registry, layout)
-    schema_id, _ = registry.latest(layout.spec("asx", "trades").subject)
+    _check_encoder(registry, layout, version)
+    schema_id = trade_schema_id(registry, layout, version)
     all_streams = streams(layout, symbols_per_exchange)
     per, extra = divmod(messages, len(all_streams))
     counts = [per + (i < extra) for i in range(len(all_streams))]
@@ -168,7 +202,7 @@ def fill(settings: Settings, layout: TopicLayout, messages: int, symbols_per_exc
     work = list(zip(all_streams, counts, strict=True))
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_produce, args=(settings.kafka.bootstrap_servers, schema_id, work[i::2], t0_us, i))
+        ctx.Process(target=_produce, args=(settings.kafka.bootstrap_servers, schema_id, version, work[i::2], t0_us, i))
         for i in range(2)
     ]
     started = time.perf_counter()

@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--batch-seconds", type=float, default=None)
     parser.add_argument("--skip-baseline", action="store_true", help="only the batch ingester")
     parser.add_argument("--baseline-only", action="store_true")
+    parser.add_argument(
+        "--schema-version", type=int, choices=(1, 2), default=2, help="trade schema the backlog is written in"
+    )
     args = parser.parse_args()
 
     ingest: dict[str, float] = {}
@@ -57,10 +60,11 @@ def main() -> None:
         print(
             f"# bench.ingest {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} {_cores()} cores, "
             f"python {platform.python_version()}; {args.messages:,} trades, 3 topics x {args.partitions} partitions, "
-            f"{3 * args.symbols} symbols; batch <= {base.ingest.batch_max_rows:,} rows / "
+            f"{3 * args.symbols} symbols, trade schema v{args.schema_version}; "
+            f"batch <= {base.ingest.batch_max_rows:,} rows / "
             f"{base.ingest.batch_max_seconds:g} s; SQLite catalog, local warehouse"
         )
-        seconds = fill(base, layout, args.messages, args.symbols)
+        seconds = fill(base, layout, args.messages, args.symbols, args.schema_version)
         print(
             f"  backlog produced in {seconds:.1f} s ({args.messages / seconds:,.0f} msg/s); "
             f"broker RSS {broker.rss_bytes() / 2**20:,.0f} MiB"

@@ -13,6 +13,16 @@ class SchemaRegistryError(K2Error):
     """A subject or schema id is unknown to the registry."""
 
 
+class IncompatibleSchemaError(SchemaRegistryError):
+    """A schema version would break readers: it cannot read every registered version of its subject (BACKWARD,
+    k2_core.model.compat). Refused before it is registered or produced with; the message says why."""
+
+
+class SchemaRegistryUnavailableError(K2Error):
+    """The schema registry cannot answer now (unreachable, or a server error): nothing is known about the schema,
+    so a message waiting on it is retried later, never dead-lettered."""
+
+
 class DecodeError(K2Error):
     """A Kafka message is not a valid Confluent-framed Avro record of a known schema."""
 
@@ -58,6 +68,11 @@ class SourceError(K2Error):
 
 class WriteError(K2Error):
     """An Iceberg write or commit failed (storage, catalog database); nothing was committed."""
+
+
+class SchemaEvolutionError(K2Error):
+    """A table cannot take a column a batch carries: K2 defines no such column, or the table holds it with another
+    type. Nothing was committed."""
 
 
 class MaintenanceError(K2Error):

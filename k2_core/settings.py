@@ -188,12 +188,16 @@ class MarketHours(BaseModel):
 
 
 class RecordedFile(BaseModel):
-    """A recorded exchange dump that gap backfill may re-read to recover one stream's missing sequences."""
+    """A recorded exchange dump (a file, a folder or a glob, in any format `k2 import` reads) that gap backfill may
+    re-read to recover missing sequences: of one symbol, or of every symbol its rows carry (`symbol` unset)."""
 
     exchange: str
-    symbol: str
     path: Path
+    symbol: str | None = None
     format: str = "binance-trades"
+    mapping: dict[str, str] = Field(default_factory=dict, description="Generic formats: K2 column -> file column.")
+    time_unit: str | None = None
+    time_zone: str = "UTC"
 
 
 def _default_market_hours() -> dict[str, MarketHours]:

@@ -25,7 +25,13 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from k2_core.exceptions import CommitConflictError, FencedError, K2Error, WriteError
+from k2_core.exceptions import (
+    CommitConflictError,
+    FencedError,
+    K2Error,
+    SchemaRegistryUnavailableError,
+    WriteError,
+)
 from k2_core.ingest.dedup import to_us
 from k2_core.ingest.degradation import Degradation
 from k2_core.ingest.gaps import GapGrading, GapStore
@@ -50,7 +56,9 @@ from k2_stream.registry_confluent import make_registry
 
 log = get_logger(__name__)
 
-_RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException)
+# A batch that fails with one of these is committed again after a backoff (a registry that cannot answer says nothing
+# about the messages: they wait, they are not dead-lettered).
+_RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException, SchemaRegistryUnavailableError)
 
 
 class Mode(Enum):

@@ -24,7 +24,7 @@ from k2_core.ingest.dedup import to_us
 from k2_core.ingest.degradation import Level
 from k2_core.ingest.plan import BatchPlan, KindRows, history_wanted, plan_batch
 from k2_core.lake.offsets import TopicPartition as TP
-from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.tables import MARKET_TABLES, conform
 from k2_core.model.topics import Kind
 from k2_stream import metrics
 from k2_stream.decode import BatchDecoder
@@ -138,7 +138,7 @@ class BatchPreparer:
             reader_id, reader = ing.readers[spec.subject]
             values = view.values if len(idx) == len(batch) else [view.values[i] for i in idx.tolist()]
             out = self.decoder.decode(
-                spec.kind, spec.exchange, reader_id, reader, values, MARKET_TABLES[spec.kind].arrow_schema, now
+                spec.kind, spec.exchange, reader_id, reader, values, MARKET_TABLES[spec.kind], now
             )
             ing.stats["decoded_per_message"] += out.per_message
             dead.extend((int(idx[p]), reason) for p, reason in out.dead)
@@ -149,7 +149,9 @@ class BatchPreparer:
         rows: dict[Kind, KindRows] = {}
         for kind, chunks in parts.items():
             positions = np.concatenate([p for _, p in chunks])
-            table = pa.concat_tables([t for t, _ in chunks])
+            # Topics of one data type may carry different versions: the batch has the columns any of them carried.
+            schema = MARKET_TABLES[kind].arrow_schema_with({name for t, _ in chunks for name in t.column_names})
+            table = pa.concat_tables([conform(t, schema) for t, _ in chunks])
             rows[kind] = KindRows(kind, table, view.tp_codes[positions], view.offsets[positions], positions)
         dead.sort(key=lambda d: d[0])
         return rows, [(batch[i], reason) for i, reason in dead]

@@ -7,9 +7,9 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from k2_core.exceptions import K2Error
+from k2_core.exceptions import K2Error, SchemaRegistryError
 from k2_core.model.avro import encode
-from k2_core.model.registry import SchemaRegistry
+from k2_core.model.registry import ParsedSchema, SchemaRegistry
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.settings import Settings
 
@@ -23,6 +23,7 @@ class FeedProducer:
         self.layout = layout
         self.track_deliveries = track_deliveries
         self.registry = registry
+        self._versions: dict[tuple[str, int], ParsedSchema] = {}
         self._errors: list[str] = []
         # With `track_deliveries`, the offsets the broker acknowledged, per partition (ascending: an idempotent
         # producer keeps order), so a finite feed can wait until the ingester has committed them (k2_stream.acks).
@@ -58,10 +59,24 @@ class FeedProducer:
             offsets = self.delivered[tp] = array("q")
         offsets.append(msg.offset())
 
-    def send(self, kind: Kind, record: dict[str, Any]) -> None:
+    def send(self, kind: Kind, record: dict[str, Any], schema_id: int | None = None) -> None:
+        """Encode `record` with the subject's newest version, or with the registered version `schema_id` (as a
+        producer built against an older version writes: the fields that version lacks are left out)."""
         spec = self.layout.spec(record["exchange"], kind)
-        schema_id, schema = self.registry.latest(spec.subject)
+        if schema_id is None:
+            schema_id, schema = self.registry.latest(spec.subject)
+        else:
+            schema = self._version(spec.subject, schema_id)
         self.send_raw(spec.name, record["symbol"].encode(), encode(schema_id, schema, record))
+
+    def _version(self, subject: str, schema_id: int) -> ParsedSchema:
+        key = (subject, schema_id)
+        schema = self._versions.get(key)
+        if schema is None:
+            if schema_id not in {sid for sid, _ in self.registry.versions(subject)}:
+                raise SchemaRegistryError(f"schema id {schema_id} is not a version of {subject}")
+            schema = self._versions[key] = self.registry.by_id(schema_id)
+        return schema
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send pre-encoded bytes (also how tests inject poison messages)."""

@@ -25,7 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from k2_core.exceptions import DecodeError, ValidationError
+from k2_core.exceptions import DecodeError, SchemaRegistryUnavailableError, ValidationError
 from k2_core.logging import get_logger
 from k2_core.model.avro import Decoder
 from k2_core.model.records import validate
@@ -159,8 +159,8 @@ class TailConsumer:
         try:
             record = self.decoder.decode(message.value(), self.readers[spec.subject])
             validate(spec.kind, spec.exchange, record)
-        except (DecodeError, ValidationError):
-            self.rejected += 1
+        except (DecodeError, ValidationError, SchemaRegistryUnavailableError):
+            self.rejected += 1  # the tables will have what is valid; the tail only shows it early
             return
         kind, stamp = message.timestamp()
         produced_at = (

@@ -52,15 +52,19 @@ def stream_index(kind: Kind, table: pa.Table) -> tuple[list[StreamKey], Int64Arr
     by the index sorts by stream without comparing strings per row."""
     if table.num_rows == 0:
         return [], np.zeros(0, dtype=np.int64)
-    exchange, symbol = table.column("exchange"), table.column("symbol")
-    joined = pc.binary_join_element_wise(exchange, symbol, pa.scalar("\x1f", symbol.type))
-    encoded = pc.dictionary_encode(joined).combine_chunks()
-    found = [(kind, *s.split("\x1f", 1)) for s in encoded.dictionary.to_pylist()]
+    # Each column encoded alone (a handful of distinct values), then the pairs numbered: no string built per row.
+    exchanges = pc.dictionary_encode(table.column("exchange")).combine_chunks()
+    symbols = pc.dictionary_encode(table.column("symbol")).combine_chunks()
+    width = len(symbols.dictionary)
+    pairs = np.asarray(exchanges.indices, dtype=np.int64) * width + np.asarray(symbols.indices, dtype=np.int64)
+    codes, inverse = np.unique(pairs, return_inverse=True)
+    exchange_names, symbol_names = exchanges.dictionary.to_pylist(), symbols.dictionary.to_pylist()
+    found = [(kind, exchange_names[c // width], symbol_names[c % width]) for c in codes.tolist()]
     order = sorted(range(len(found)), key=found.__getitem__)
     rank = np.empty(len(found), dtype=np.int64)
     rank[order] = np.arange(len(found))
     keys = [cast(StreamKey, found[i]) for i in order]
-    return keys, rank[np.asarray(encoded.indices, dtype=np.int64)]
+    return keys, rank[inverse.reshape(-1)]
 
 
 @dataclass
@@ -160,7 +164,9 @@ def history_wanted(tracker: SequenceTracker, rows: Mapping[Kind, KindRows]) -> s
         if old.size == 0:
             continue
         days = r.times[old] // DAY_US
-        for k, day in set(zip(r.key_idx[old].tolist(), days.tolist(), strict=True)):
+        # a few stream-days however many rows: one int64 per (stream, day), its distinct values (days >= 0: 1970 on)
+        pairs = np.unique(r.key_idx[old] << 32 | days)
+        for k, day in zip((pairs >> 32).tolist(), (pairs & 0xFFFFFFFF).tolist(), strict=True):
             key = r.keys[k]
             if not tracker.covers(key, day * DAY_US):
                 wanted.add((key, day))

@@ -77,25 +77,28 @@ class SequenceState:
         txn: SequenceTxn | None,
         snapshot_id: int | None,
         foreign: Callable[[Snapshot], bool] | None = None,
+        written_to: Table | None = None,
     ) -> None:
         """`kind`'s rows are committed (as `snapshot_id`; None if there were none to write): merge what the plan
         staged. The state stays right as of our snapshot when nobody committed between (its parent is the state's
         snapshot); otherwise the next catch-up reads what the other writer added (and our rows again: harmless).
         When one of the snapshots between is `foreign` (another kind of writer's, whose rows may be any stream's),
-        the state is `stale`: the caller catches up before planning again."""
+        the state is `stale`: the caller catches up before planning again. `written_to`: the table object the writer
+        committed through, when it is not the state's own (another thread's)."""
+        table = written_to or self.tables[kind]
         if self._at is not None and snapshot_id is not None:
-            snapshot = self.tables[kind].metadata.snapshot_by_id(snapshot_id)
+            snapshot = table.metadata.snapshot_by_id(snapshot_id)
             if snapshot is not None and snapshot.parent_snapshot_id == self._at.get(kind):
                 self._at[kind] = snapshot_id
             elif snapshot is not None and foreign is not None:
-                self.stale = self.stale or self._any_between(kind, snapshot, foreign)
+                self.stale = self.stale or self._any_between(table, kind, snapshot, foreign)
         if txn is not None:
             txn.commit()
 
-    def _any_between(self, kind: Kind, snapshot: Snapshot, test: Callable[[Snapshot], bool]) -> bool:
+    def _any_between(self, table: Table, kind: Kind, snapshot: Snapshot, test: Callable[[Snapshot], bool]) -> bool:
         """Whether `test` accepts a snapshot between the state's and `snapshot` (all of them, if the state's left the
         chain: then the next sync reads the window again anyway)."""
-        table, known = self.tables[kind], self.at(kind)
+        known = self.at(kind)
         parent = snapshot.parent_snapshot_id
         while parent is not None and parent != known:
             between = table.metadata.snapshot_by_id(parent)

@@ -56,7 +56,7 @@ def unscaled(arr: pa.ChunkedArray | pa.Array) -> tuple[Int64Array, BoolArray]:
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
     words = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=2 * (arr.offset + n))[2 * arr.offset :]
-    lo = words[0::2].copy()
+    lo = words[0::2]  # a strided view: no copy
     hi = words[1::2]
     return lo, hi == (lo >> 63)
 

@@ -10,6 +10,11 @@ Rows are planned against the sequence state as of one snapshot (`planned_at`). W
 the gap backfill) may store any row, including ones this batch holds, after it: before each attempt the rows are
 re-checked against exactly the files those writers added since, and the ones found are dropped. Peer ingesters of
 the same Kafka cluster own other partitions, hence other streams, so their files are not read (`trusts_peers`).
+
+Rows may carry columns the table has not got yet (a feed's new schema version): the table gains them first, in a
+commit of its own (k2_core.lake.evolution), and every batch is written in the table's current columns, the ones a
+batch lacks as nulls. A batch whose files were written before another writer changed the schema is written again
+in the new schema before it commits, so every file committed after a change has the changed columns.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from sqlalchemy.exc import SQLAlchemyError
 
-from k2_core.exceptions import CommitConflictError, FencedError, WriteError
+from k2_core.exceptions import CommitConflictError, FencedError, SchemaEvolutionError, WriteError
 from k2_core.ingest.dedup import STORED_KEY, key_mask, keys_in_files
+from k2_core.lake.evolution import arrow_schema, definition_of, evolve
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
 from k2_core.lake.lineage import files_added_since
 from k2_core.lake.offsets import (
@@ -37,6 +43,7 @@ from k2_core.lake.offsets import (
 )
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
+from k2_core.model.tables import TableDef, conform
 
 log = get_logger(__name__)
 
@@ -51,9 +58,16 @@ class TableWriter:
         backoff_seconds: float = 0.02,
         topic_ids: Mapping[str, str] | None = None,
         trusts_peers: bool = True,
+        pieces: int = 1,
+        table_def: TableDef | None = None,
     ) -> None:
+        """`pieces`: files written at once per day of a batch (`k2 import`'s large chunks use every core).
+        `table_def`: K2's definition of the table (default: found by the table's name), which says what columns
+        it may gain."""
         self.table = table
+        self.table_def = table_def or definition_of(table)
         self.trusts_peers = trusts_peers
+        self.pieces = pieces
         self.writer_id = writer_id
         self.cluster_id = cluster_id
         self.retries = retries
@@ -105,14 +119,21 @@ class TableWriter:
             props[TOPIC_IDS_PROPERTY] = encode_topic_ids(ids)
         try:
             self._check_owner(positions)
-            files = write_files(self.table, data)
+            data = self.fit(data)
+            files = write_files(self.table, data, self.pieces)
         except OSError as exc:
             raise WriteError(f"writing data files for {self.table.name()} failed: {exc}") from exc
+        written_in = self.table.metadata.current_schema_id
 
         def attempt(table: Table) -> int | None:
-            nonlocal data, files, fills, checked_at, planned_at
+            nonlocal data, files, fills, checked_at, planned_at, written_in
             self.index.refresh(table)  # walks only the snapshots committed since it last looked
             self._check_owner(positions)
+            if table.metadata.current_schema_id != written_in:  # another writer changed the schema meanwhile
+                data = conform(data, arrow_schema(table))
+                delete_uncommitted(table, files)
+                files = write_files(table, data, self.pieces)
+                written_in = table.metadata.current_schema_id
             if recheck and table.metadata.current_snapshot_id != planned_at:
                 foreign = files_added_since(table, planned_at, appends_only=True, where=self.foreign)
                 if foreign is None:  # what was planned against is no longer on the chain: check every file
@@ -123,7 +144,7 @@ class TableWriter:
                     log.info("rows stored meanwhile by another writer", extra={"rows": int(stored.sum())})
                     data = data.filter(pa.array(~stored))
                     delete_uncommitted(table, files)
-                    files = write_files(table, data)  # none at all still commits the offsets
+                    files = write_files(table, data, self.pieces)  # none at all still commits the offsets
             if fills is not None and fills.num_rows:
                 added = files_added_since(table, checked_at)
                 if added is None:  # what was checked is no longer on the chain: check every file
@@ -135,7 +156,7 @@ class TableWriter:
                     data = _without(data, fills.filter(pa.array(stored)))
                     fills = fills.filter(pa.array(~stored))
                     delete_uncommitted(table, files)
-                    files = write_files(table, data)
+                    files = write_files(table, data, self.pieces)
             return append_files(table, files, props)
 
         try:
@@ -154,6 +175,24 @@ class TableWriter:
         if snapshot_id is not None:
             self.index.advance(snapshot_id, offsets)
         return snapshot_id
+
+    def fit(self, data: pa.Table) -> pa.Table:
+        """`data` in the table's current columns: the table first gains the extra columns `data` carries and it
+        lacks (k2_core.lake.evolution); a column `data` lacks is null."""
+        have = {f.name for f in self.table.schema().fields}
+        new = [name for name in data.column_names if name not in have]
+        if new:
+            if self.table_def is None:
+                raise SchemaEvolutionError(f"{self.table.name()} has no column {', '.join(new)}")
+            evolve(
+                self.table,
+                self.table_def,
+                new,
+                writer=self.writer_id,
+                retries=self.retries,
+                backoff_seconds=self.backoff_seconds,
+            )
+        return conform(data, arrow_schema(self.table))
 
     def foreign(self, snapshot: Snapshot) -> bool:
         """Whether a snapshot may hold rows of this writer's streams: not this writer's own, nor (when trusted) a peer

@@ -38,15 +38,22 @@ class Decoder:
         self.registry = registry
         self._schemas: dict[int, ParsedSchema] = {}
 
-    def decode(self, payload: bytes | None, reader: ParsedSchema | None = None) -> dict[str, Any]:
-        schema_id = schema_id_of(payload)
-        assert payload is not None
+    def writer(self, schema_id: int) -> ParsedSchema:
+        """The writer schema of a wire-format id, looked up once. An id the registry does not know is a
+        `DecodeError` (the message is dead-lettered); a registry that cannot answer raises
+        `SchemaRegistryUnavailableError` (the batch is retried), since nothing is known about the message yet."""
         writer = self._schemas.get(schema_id)
         if writer is None:
             try:
                 writer = self._schemas[schema_id] = self.registry.by_id(schema_id)
             except SchemaRegistryError as exc:
                 raise DecodeError(str(exc)) from exc
+        return writer
+
+    def decode(self, payload: bytes | None, reader: ParsedSchema | None = None) -> dict[str, Any]:
+        schema_id = schema_id_of(payload)
+        assert payload is not None
+        writer = self.writer(schema_id)
         buf = io.BytesIO(payload)
         buf.seek(_HEADER.size)
         try:

@@ -3,6 +3,10 @@
 The embedded default needs no registry server: `FileSchemaRegistry` is built from the `.avsc` files and
 `registry.yaml` in the repo, whose ids are permanent. The compose stack uses Confluent's Schema Registry
 through `k2_stream.registry_confluent`, which implements the same protocol.
+
+A subject's versions must each read every earlier version's data (BACKWARD, k2_core.model.compat): the file
+registry refuses to load a `registry.yaml` that breaks this, so no producer or ingester starts on it, and the
+Confluent adapter checks a version before it registers it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import fastavro
 import yaml
 
 from k2_core.exceptions import ConfigError, SchemaRegistryError
+from k2_core.model.compat import check_history
 
 ParsedSchema = dict[str, Any]
 
@@ -26,6 +31,14 @@ class SchemaRegistry(Protocol):
 
     def by_id(self, schema_id: int) -> ParsedSchema:
         """The parsed writer schema for a wire-format id."""
+        ...
+
+    def subject_names(self) -> list[str]:
+        """Every subject the registry knows, sorted."""
+        ...
+
+    def versions(self, subject: str) -> list[tuple[int, dict[str, Any]]]:
+        """(id, raw schema) of each version of `subject`, oldest first: for compatibility checks and `k2 schemas`."""
         ...
 
 
@@ -48,7 +61,15 @@ class FileSchemaRegistry:
             unknown = [i for i in ids if i not in self.raw]
             if unknown:
                 raise ConfigError(f"{index_path}: subject {subject} names unknown schema ids {unknown}")
-        self._parsed = {sid: parse(s) for sid, s in self.raw.items()}
+        try:
+            self._parsed = {sid: parse(s) for sid, s in self.raw.items()}
+        except (fastavro.schema.SchemaParseException, ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{schemas_dir}: a schema does not parse as Avro: {exc}") from exc
+        problems = [p for subject in self.subjects for p in check_history(subject, self.versions(subject))]
+        if problems:
+            raise ConfigError(
+                f"{index_path}: a subject's versions are not BACKWARD compatible:\n" + "\n".join(problems)
+            )
 
     def latest(self, subject: str) -> tuple[int, ParsedSchema]:
         try:
@@ -63,6 +84,13 @@ class FileSchemaRegistry:
         except KeyError as exc:
             raise SchemaRegistryError(f"unknown schema id {schema_id}") from exc
 
+    def subject_names(self) -> list[str]:
+        return sorted(self.subjects)
+
     def versions(self, subject: str) -> list[tuple[int, dict[str, Any]]]:
         """(id, raw schema) oldest first: for compatibility checks."""
-        return [(sid, self.raw[sid]) for sid in self.subjects[subject]]
+        try:
+            ids = self.subjects[subject]
+        except KeyError as exc:
+            raise SchemaRegistryError(f"unknown subject {subject!r}") from exc
+        return [(sid, self.raw[sid]) for sid in ids]

@@ -4,9 +4,11 @@ become Arrow; and the shapes of the query results built from them, derived here 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -16,6 +18,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import (
     DecimalType,
     IntegerType,
+    ListType,
     LongType,
     NestedField,
     StringType,
@@ -71,6 +74,30 @@ QUOTES_SCHEMA = Schema(
     NestedField(9, "ingestion_timestamp", TimestamptzType(), required=True),
 )
 
+# The columns version 2 of the feed schemas adds (schemas/avro/*.v2.avsc: what real feeds carry, all optional). A
+# market table is created with the version-1 columns above and gains these, by name and optional, when a batch first
+# carries them, so tables written before read them as null and old snapshots keep their old schema. The field ids
+# here only describe the columns: the table assigns its own when it adds them.
+EXTRA_COLUMNS: dict[Kind, tuple[NestedField, ...]] = {
+    "trades": (
+        NestedField(10, "ts_recv", TimestamptzType(), required=False, doc="Capture host receive time, UTC."),
+        NestedField(
+            11,
+            "conditions",
+            ListType(12, StringType(), element_required=True),
+            required=False,
+            doc="Trade condition codes as the venue sends them.",
+        ),
+        NestedField(13, "buyer_order_id", StringType(), required=False, doc="The buying order's venue id."),
+        NestedField(14, "seller_order_id", StringType(), required=False, doc="The selling order's venue id."),
+    ),
+    "quotes": (
+        NestedField(10, "bid_count", IntegerType(), required=False, doc="Orders at the best bid."),
+        NestedField(11, "ask_count", IntegerType(), required=False, doc="Orders at the best ask."),
+        NestedField(12, "ts_recv", TimestamptzType(), required=False, doc="Capture host receive time, UTC."),
+    ),
+}
+
 GAPS_SCHEMA = Schema(
     NestedField(1, "gap_id", StringType(), required=True),
     NestedField(2, "data_type", StringType(), required=True, doc="trades or quotes"),
@@ -122,6 +149,9 @@ def _order(*source_ids: int) -> SortOrder:
     )
 
 
+_ARROW_SCHEMAS: dict[tuple[str, tuple[str, ...]], pa.Schema] = {}  # (table, extra columns) -> Arrow schema
+
+
 @dataclass(frozen=True)
 class TableDef:
     name: str
@@ -134,15 +164,46 @@ class TableDef:
     # and within an instrument the rows keep the declared sort order. The ingester's own files, written while the
     # day is open, follow the declared order alone. Empty: the declared sort keys.
     cluster_keys: tuple[str, ...] = ()
+    # Optional columns the table gains when a batch first carries them (EXTRA_COLUMNS), after `schema`'s own: the
+    # table is created with `schema` alone, so its history shows when each one arrived (k2_core.lake.evolution).
+    extra_columns: tuple[NestedField, ...] = ()
 
     @property
     def arrow_schema(self) -> pa.Schema:
+        """The columns every table of this definition has from its creation on (no extra column)."""
         return schema_to_pyarrow(self.schema, include_field_ids=False)
 
-    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
-        """Rows (dicts of Python values) -> an Arrow table in the table's schema, sorted by its sort order,
-        because pyiceberg does not sort on write."""
-        table = pa.Table.from_pylist(rows, schema=self.arrow_schema)
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Every column K2 may write to this table: the created ones, then the extra ones, in that order."""
+        return (*(f.name for f in self.schema.fields), *(f.name for f in self.extra_columns))
+
+    @property
+    def full_schema(self) -> Schema:
+        """The created columns and every extra column (their field ids only describe: a table assigns its own)."""
+        return Schema(*self.schema.fields, *self.extra_columns)
+
+    def extras_in(self, names: Iterable[str]) -> tuple[NestedField, ...]:
+        """The extra columns among `names`, in their defined order."""
+        wanted = set(names)
+        return tuple(f for f in self.extra_columns if f.name in wanted)
+
+    def arrow_schema_with(self, names: Collection[str]) -> pa.Schema:
+        """The created columns plus the extra columns among `names`: the Arrow schema of rows that carry those.
+        Built once per set of extra columns (the decoder asks for it per block)."""
+        extras = self.extras_in(names)
+        key = (self.name, tuple(f.name for f in extras))
+        schema = _ARROW_SCHEMAS.get(key)
+        if schema is None:
+            schema = _ARROW_SCHEMAS[key] = schema_to_pyarrow(
+                Schema(*self.schema.fields, *extras), include_field_ids=False
+            )
+        return schema
+
+    def to_arrow(self, rows: list[dict[str, Any]], extra: Collection[str] = ()) -> pa.Table:
+        """Rows (dicts of Python values) -> an Arrow table in the table's schema, plus the extra columns named in
+        `extra`, sorted by its sort order, because pyiceberg does not sort on write."""
+        table = pa.Table.from_pylist(rows, schema=self.arrow_schema_with(extra))
         return self.sort(table)
 
     @property
@@ -150,16 +211,57 @@ class TableDef:
         return self.cluster_keys or self.sort_keys
 
     def sort(self, table: pa.Table) -> pa.Table:
-        if not self.sort_keys or table.num_rows < 2:
+        if not self.sort_keys or table.num_rows < 2 or _sorted(table, self.sort_keys):
             return table
         return table.sort_by([(k, "ascending") for k in self.sort_keys])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` as exactly `schema`'s columns, in its order and types: a column `table` lacks is all null (it must
+    be nullable: rows written before a column existed read it as null), a column `schema` lacks is left out, and
+    one of another Arrow type is cast (string vs large_string, a list's item name). A table already in `schema` is
+    returned as is."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            column = table.column(f.name)
+            columns.append(column if column.type == f.type else column.cast(f.type))
+        elif f.nullable:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        else:
+            raise ValueError(f"rows lack the required column {f.name!r}")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _sorted(table: pa.Table, keys: tuple[str, ...]) -> bool:
+    """Whether `table` is already in `keys` order (files and feeds mostly are: then sorting is a wasted copy). Only
+    integer and timestamp keys are checked; any other key means "sort"."""
+    types = [table.schema.field(k).type for k in keys]
+    if not all(pa.types.is_integer(t) or pa.types.is_timestamp(t) for t in types):
+        return False
+    undecided = np.ones(table.num_rows - 1, dtype=np.bool_)  # adjacent pairs equal on every key so far
+    for key in keys:
+        values = np.asarray(table.column(key).cast(pa.int64()), dtype=np.int64)
+        step = np.diff(values)
+        if (step[undecided] < 0).any():
+            return False
+        undecided &= step == 0
+        if not undecided.any():
+            return True
+    return True
 
 
 _TIME_KEYS = ("exchange_timestamp", "exchange_sequence_number")
 _INSTRUMENT_KEYS = ("symbol", "exchange", *_TIME_KEYS)
 _BAR_KEYS = ("symbol", "exchange", "bar_start")  # the order compute_bars returns
-TRADES = TableDef("trades", TRADES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS)
-QUOTES = TableDef("quotes", QUOTES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS)
+TRADES = TableDef(
+    "trades", TRADES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS, EXTRA_COLUMNS["trades"]
+)
+QUOTES = TableDef(
+    "quotes", QUOTES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS, EXTRA_COLUMNS["quotes"]
+)
 GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
 # Precomputed bars (`k2_core.model.bars` defines a bar, `k2_core.upkeep.ohlcv` rebuilds them a day at a time).
 OHLCV_1M = TableDef("ohlcv_1m", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)

@@ -35,6 +35,7 @@ from pyiceberg.table import Table
 from k2_core.exceptions import CommitConflictError, ValidationError
 from k2_core.ingest.dedup import keys_in_files
 from k2_core.ingest.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
+from k2_core.lake.evolution import arrow_schema, evolve
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
 from k2_core.lake.gaps import read_gaps
 from k2_core.lake.lineage import files_added_since
@@ -42,7 +43,7 @@ from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.records import validate
-from k2_core.model.tables import GAPS, MARKET_TABLES
+from k2_core.model.tables import GAPS, MARKET_TABLES, conform
 from k2_core.model.topics import Kind
 
 log = get_logger(__name__)
@@ -186,8 +187,10 @@ def _runs(first: int, last: int, present: set[int]) -> list[tuple[int, int, bool
 
 
 def _clean(kind: Kind, exchange: str, record: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-    names = MARKET_TABLES[kind].arrow_schema.names
-    row = {name: record.get(name) for name in names}
+    """The record as a row: every created column, and the extra columns the source gave (a feed's newer fields)."""
+    table_def = MARKET_TABLES[kind]
+    extra = {f.name for f in table_def.extra_columns}
+    row = {name: record.get(name) for name in table_def.column_names if name not in extra or name in record}
     row["ingestion_timestamp"] = now  # when K2 stored it, as for any ingested row
     try:
         validate(kind, exchange, row)
@@ -251,11 +254,21 @@ def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retrie
         for q in seqs:
             q["last_missing"] = q["first_missing"]
         stored |= {_key(s) for s in _stored(table, exchange, seqs, pad=0)}
-    fresh = MARKET_TABLES[kind].to_arrow([r for r in rows if _key(r) not in stored])
+    table_def = MARKET_TABLES[kind]
+    carried = {name for r in rows for name in r}
+    fresh = table_def.to_arrow([r for r in rows if _key(r) not in stored], extra=carried)
+    evolve(table, table_def, fresh.column_names, writer=WRITER, retries=retries, backoff_seconds=backoff)
+    fresh = conform(fresh, arrow_schema(table))
     files = write_files(table, fresh)
+    written_in = table.metadata.current_schema_id
 
     def attempt(current: Table) -> set[Key]:
-        nonlocal checked_at, fresh, files
+        nonlocal checked_at, fresh, files, written_in
+        if current.metadata.current_schema_id != written_in:  # another writer changed the columns meanwhile
+            fresh = conform(fresh, arrow_schema(current))
+            delete_uncommitted(current, files)
+            files = write_files(current, fresh)
+            written_in = current.metadata.current_schema_id
         added = files_added_since(current, checked_at)
         if added is None:  # what we checked against is gone from the chain: check the whole table
             added = [task.file for task in current.scan().plan_files()]

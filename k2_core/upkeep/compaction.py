@@ -6,6 +6,9 @@ writes them in chunks sized so each file lands near the target, reads the writte
 the source's (row count and the exact multiset of keys), and only then commits one `overwrite` snapshot that removes
 exactly the files it read and adds the ones it wrote.
 
+The rewrite is in the table's current columns (k2_core.lake.evolution), whatever the files it reads were written
+with: files from before a column was added give it as null, so after a compaction a day's files all have it.
+
 A concurrent append (late data for that day) fails the commit; the retry keeps the files already written and
 re-commits against the new snapshot, so the appended file stays in the table untouched. If a file the compaction
 read has disappeared meanwhile (another compaction won), the rewrite is abandoned. The snapshot never carries
@@ -27,13 +30,14 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from k2_core.exceptions import CommitConflictError, CompactionError
+from k2_core.lake.evolution import arrow_schema
 from k2_core.lake.files import delete_uncommitted, replace_files, write_chunks
 from k2_core.lake.lineage import DayFiles
 from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.days import day_filter, day_key
-from k2_core.model.tables import DEDUP_KEY, TableDef
+from k2_core.model.tables import DEDUP_KEY, TableDef, conform
 
 log = get_logger(__name__)
 
@@ -75,12 +79,12 @@ def _chunks(reader: pa.RecordBatchReader, rows_per_file: int, schema: pa.Schema)
         count += batch.num_rows
         while count >= rows_per_file:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows_per_file).cast(schema)
+            yield conform(table.slice(0, rows_per_file), schema)
             rest = table.slice(rows_per_file)
             pending = rest.to_batches()
             count = rest.num_rows
     if count:
-        yield pa.Table.from_batches(pending).cast(schema)
+        yield conform(pa.Table.from_batches(pending), schema)
 
 
 def _written_keys(table: Table, files: list[DataFile]) -> pa.Table:
@@ -143,7 +147,7 @@ def compact_day(
     with duckdb.connect() as con:
         con.register("day_rows", scan.to_arrow_batch_reader())
         sorted_rows = con.sql(f"SELECT * FROM day_rows ORDER BY {order}").to_arrow_reader(rows_per_file)
-        written = write_chunks(table, _chunks(sorted_rows, rows_per_file, table_def.arrow_schema))
+        written = write_chunks(table, _chunks(sorted_rows, rows_per_file, arrow_schema(table)))
     try:
         source_keys = table.scan(
             row_filter=day_filter(TIME_COLUMN, day), snapshot_id=base, selected_fields=KEY_COLUMNS

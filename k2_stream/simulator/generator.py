@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from k2_core.model.topics import Kind
+from k2_stream.simulator.details import FeedDetails
 from k2_stream.simulator.faults import Event, FaultConfig, FaultInjector, FaultStats, Stream
 from k2_stream.simulator.instruments import Instrument, instruments_for
 from k2_stream.simulator.prices import Fill, PriceWalk
@@ -40,7 +41,8 @@ class MarketSimulator:
     update it trades against (when quotes are on), passed through the fault injector.
 
     `ingestion_timestamp` is set to the generation time as a placeholder; whoever sends the record
-    overwrites it with the receive time, as a feed handler would.
+    overwrites it with the receive time, as a feed handler would. Records have every field of the newest feed
+    schema (version 2: receive time, trade conditions, order ids, order counts; k2_stream.simulator.details).
     """
 
     def __init__(self, config: SimulatorConfig, clock: Clock = utc_now) -> None:
@@ -52,6 +54,7 @@ class MarketSimulator:
         self._walks = [PriceWalk(i, self.rng) for i in self.instruments]
         self._weights = [i.activity for i in self.instruments]
         self._next_seq: Counter[Stream] = Counter()
+        self.details = FeedDetails(config.exchange, config.seed)
         self.faults = FaultInjector(config.faults)
         self.recovery = RecoveryStore(config.exchange)
         self._unpersisted: list[Event] = []
@@ -82,6 +85,7 @@ class MarketSimulator:
                 "ask_price": fill.book.ask_price,
                 "ask_size": fill.book.ask_size,
                 "ingestion_timestamp": now,
+                **self.details.quote(now),
             },
         )
 
@@ -99,6 +103,7 @@ class MarketSimulator:
             "side": fill.side,
             "trade_id": f"{self.exchange}-{symbol}-{seq}",
             "ingestion_timestamp": now,
+            **self.details.trade(fill, now),
         }
         return Event("trades", record)
 

@@ -29,6 +29,7 @@ DECIMAL_FIELDS: dict[Kind, frozenset[str]] = {
     "quotes": frozenset({"bid_price", "bid_size", "ask_price", "ask_size"}),
 }
 TIMESTAMP_FIELDS = frozenset({"exchange_timestamp", "ingestion_timestamp"})
+OPTIONAL_TIMESTAMP_FIELDS = frozenset({"ts_recv"})  # null when unknown, or absent in lines of older runs
 
 
 def recovery_path(settings: Settings, exchange: str) -> Path:
@@ -56,7 +57,9 @@ def from_json_line(line: str) -> Event:
         record: dict[str, Any] = dict(raw["record"])
         for name in DECIMAL_FIELDS[kind]:
             record[name] = Decimal(record[name])
-        for name in TIMESTAMP_FIELDS:
+        for name in TIMESTAMP_FIELDS | OPTIONAL_TIMESTAMP_FIELDS:
+            if name in OPTIONAL_TIMESTAMP_FIELDS and record.get(name) is None:
+                continue
             stamp = datetime.fromisoformat(record[name])
             if stamp.tzinfo is None:
                 raise ValueError(f"{name} has no timezone")

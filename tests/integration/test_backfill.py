@@ -18,8 +18,9 @@ from k2_core.ingest.sequence import GapEvent
 from k2_core.model.topics import Kind
 from k2_core.settings import RecordedFile, Settings
 from k2_core.upkeep.backfill import backfill
+from k2_core.upkeep.recorded import RecordedFileSource
 from k2_dagster.defs.gaps import gap_backfill_sensor
-from k2_dagster.recovery import RecordedFileSource, resolver
+from k2_dagster.recovery import resolver
 from k2_stream.ingester import Ingester
 from k2_stream.simulator import FaultConfig, SimulatorConfig
 from k2_stream.simulator.run import run_simulation

@@ -28,6 +28,7 @@ from k2_core.settings import Settings
 from k2_stream.replay import replay_file
 from k2_stream.simulator import FaultConfig, SimulatorConfig, Stream, load_recovery
 from k2_stream.simulator.run import run_simulation
+from tests.support.waits import wait_for
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 runner = CliRunner()
@@ -248,7 +249,10 @@ def test_sigterm_stops_an_endless_simulation_cleanly(
         text=True,
     )
     try:
-        time.sleep(2.5)
+        # Once messages arrive, the simulator is in its loop, its signal handlers installed (a start under load can
+        # take seconds; a SIGTERM before then is the default action, not what this tests).
+        topic = topic_name("equities", "trades", "nyse")
+        wait_for(lambda: len(consume(settings, topic, 1, timeout=1)) > 0, timeout=60, interval=0.2)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)
     finally:

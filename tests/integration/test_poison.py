@@ -89,14 +89,16 @@ def test_poison_messages_are_dead_lettered_with_a_reason_and_the_stream_goes_on(
     topic = layout.spec("asx", "trades").name
     registry = FileSchemaRegistry(settings.kafka.schemas_dir)
     trade_id, trade_schema = registry.latest("market.equities.trades-value")
-    quote_id, quote_schema = registry.latest("market.equities.quotes-value")
+    # Bodies of one kind under the other's id: version 1 of each (version 2's optional tails differ in length).
+    (trade_v1, _), (quote_v1, _) = (registry.versions(f"market.equities.{k}-value")[0] for k in ("trades", "quotes"))
+    trade_v1_schema, quote_v1_schema = registry.by_id(trade_v1), registry.by_id(quote_v1)
     good = encode(trade_id, trade_schema, trade(2))
 
     poison: list[tuple[str, bytes, str]] = [  # (what, bytes, expected reason class)
         ("truncated Avro", good[: len(good) // 2], "decode_error"),
         ("unknown schema id", b"\x00\x00\x00\x03\xe7" + good[5:], "decode_error"),
-        ("quote body under the trade schema id", encode(trade_id, quote_schema, quote(3)), "validation_error"),
-        ("trade body under the quote schema id", encode(quote_id, trade_schema, trade(4)), "decode_error"),
+        ("quote body under the trade schema id", encode(trade_v1, quote_v1_schema, quote(3)), "validation_error"),
+        ("trade body under the quote schema id", encode(quote_v1, trade_v1_schema, trade(4)), "decode_error"),
         ("negative price", encode(trade_id, trade_schema, trade(5, price=Decimal("-1"))), "validation_error"),
         (
             "price beyond DECIMAL(18,8)",

@@ -50,13 +50,40 @@ def read(fmt: str, path: Path, chunk_rows: int = 1 << 20) -> list[Chunk]:
     return list(file_format(fmt).read(path, ReadOptions(exchange="cme", received=RECEIVED, chunk_rows=chunk_rows)))
 
 
+# The extra columns (schema version 2) Databento files fill; their values are checked by the tests named for them.
+EXTRA = {"trades": ("ts_recv",), "quotes": ("bid_count", "ask_count", "ts_recv")}
+
+
 def rows(chunk: Chunk) -> list[tuple[Any, ...]]:
-    """A chunk's rows as tuples, without the exchange and ingestion time (checked once for all rows)."""
-    assert chunk.table.schema == MARKET_TABLES[chunk.kind].arrow_schema
+    """A chunk's rows as tuples, without the exchange and ingestion time (checked once for all rows) and the extra
+    columns."""
+    assert chunk.table.schema == MARKET_TABLES[chunk.kind].arrow_schema_with(EXTRA[chunk.kind])
     assert set(chunk.table.column("exchange").to_pylist()) <= {"cme"}
     assert set(chunk.table.column("ingestion_timestamp").to_pylist()) <= {RECEIVED}
-    drop = {"exchange", "ingestion_timestamp"}
+    drop = {"exchange", "ingestion_timestamp", *EXTRA[chunk.kind]}
     return [tuple(v for k, v in row.items() if k not in drop) for row in chunk.table.to_pylist()]
+
+
+def test_receive_times_and_order_counts_fill_the_extra_columns(tmp_path: Path) -> None:
+    """Databento's ts_recv (µs, floored; null when undefined) and mbp-1's order counts at the best bid and ask."""
+    records = [
+        enc.trade(101, "2024-11-01T23:59:59.000001999", "5000.25", 3, "A", ts_recv="2024-11-01T23:59:59.000002999"),
+        enc.trade(101, "2024-11-01T23:59:59.1", "5000.5", 1, "B"),
+    ]
+    path = enc.write(tmp_path / "t.dbn", enc.encode(enc.metadata("trades", MAPPINGS), records))
+    (chunk,) = read("databento-trades", path)
+    assert chunk.table.column("ts_recv").to_pylist() == [ts("2024-11-01T23:59:59.000002"), ts("2024-11-01T23:59:59.1")]
+    quotes = [
+        enc.mbp1(101, "2024-11-01T23:59:58.1", "5000.25", 10, "5000.5", 12),
+        enc.mbp1(101, "2024-11-01T23:59:58.2", "5000.25", 0, "5000.5", 12, side="A"),
+    ]
+    path = enc.write(tmp_path / "q.dbn", enc.encode(enc.metadata("mbp-1", MAPPINGS), quotes))
+    (chunk,) = read("databento-mbp1", path)
+    table = chunk.table.select(["bid_count", "ask_count", "ts_recv"]).to_pylist()
+    assert table == [
+        {"bid_count": 1, "ask_count": 1, "ts_recv": ts("2024-11-01T23:59:58.1")},
+        {"bid_count": 0, "ask_count": 1, "ts_recv": ts("2024-11-01T23:59:58.2")},
+    ]
 
 
 def test_the_three_formats_are_registered() -> None:

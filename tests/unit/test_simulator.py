@@ -8,6 +8,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,14 @@ from k2_stream.simulator import (
     recovery_path,
 )
 from k2_stream.simulator.instruments import flat_ladder
-from k2_stream.simulator.recovery import DECIMAL_FIELDS, TIMESTAMP_FIELDS, append_recovery, from_json_line, to_json_line
+from k2_stream.simulator.recovery import (
+    DECIMAL_FIELDS,
+    OPTIONAL_TIMESTAMP_FIELDS,
+    TIMESTAMP_FIELDS,
+    append_recovery,
+    from_json_line,
+    to_json_line,
+)
 
 SCHEMAS = REPO_ROOT / "schemas" / "avro"
 T0 = datetime(2024, 3, 1, 0, 0, tzinfo=UTC)
@@ -330,14 +338,23 @@ def test_records_match_the_avro_schemas(kind: Kind) -> None:
 
 def test_recovery_field_types_follow_the_avro_schemas() -> None:
     registry = FileSchemaRegistry(SCHEMAS)
-    for kind, sid in (("trades", 1), ("quotes", 2)):
+    for kind in KINDS:
+        sid, _ = registry.latest(f"market.equities.{kind}-value")
         fields = registry.raw[sid]["fields"]
-        decimals = {f["name"] for f in fields if isinstance(f["type"], dict) and f["type"]["logicalType"] == "decimal"}
-        stamps = {
-            f["name"] for f in fields if isinstance(f["type"], dict) and f["type"]["logicalType"] == "timestamp-micros"
+
+        def logical(f: dict[str, Any]) -> str | None:
+            t = f["type"]
+            t = next((b for b in t if b != "null"), None) if isinstance(t, list) else t
+            return t.get("logicalType") if isinstance(t, dict) else None
+
+        decimals = {f["name"] for f in fields if logical(f) == "decimal"}
+        stamps = {f["name"] for f in fields if logical(f) == "timestamp-micros" and not isinstance(f["type"], list)}
+        optional_stamps = {
+            f["name"] for f in fields if logical(f) == "timestamp-micros" and isinstance(f["type"], list)
         }
-        assert DECIMAL_FIELDS[kind] == decimals  # type: ignore[index]
+        assert DECIMAL_FIELDS[kind] == decimals
         assert stamps == TIMESTAMP_FIELDS
+        assert optional_stamps == OPTIONAL_TIMESTAMP_FIELDS
 
 
 def test_recovery_round_trips_types_through_the_file(tmp_path: Path) -> None:

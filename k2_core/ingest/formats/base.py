@@ -38,8 +38,9 @@ class BadRow:
 
 @dataclass
 class Chunk:
-    """Rows of one data type, in `MARKET_TABLES[kind].arrow_schema` (every column, `ingestion_timestamp` included),
-    in file order, plus the rows of the same stretch of the file that could not be read."""
+    """Rows of one data type, in `MARKET_TABLES[kind].arrow_schema` (every column, `ingestion_timestamp` included)
+    plus the extra columns the format provides (`arrow_schema_with`: Databento's receive time and order counts), in
+    file order, plus the rows of the same stretch of the file that could not be read."""
 
     kind: Kind
     table: pa.Table

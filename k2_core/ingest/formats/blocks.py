@@ -16,6 +16,7 @@ from typing import IO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 BLOCK_BYTES = 8 << 20
@@ -30,11 +31,14 @@ class TextBlock:
 
     first_line: int
     data: bytes
+    _line_count: int | None = field(default=None, repr=False)
     _ends: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def line_count(self) -> int:
-        return self.data.count(b"\n") + (0 if self.data.endswith(b"\n") else 1)
+        if self._line_count is None:
+            self._line_count = self.data.count(b"\n") + (0 if self.data.endswith(b"\n") else 1)
+        return self._line_count
 
     @property
     def next_line(self) -> int:
@@ -48,11 +52,6 @@ class TextBlock:
         start = 0 if index == 0 else int(self._ends[index - 1]) + 1
         end = int(self._ends[index]) if index < len(self._ends) else len(self.data)
         return self.data[start:end].decode("utf-8")
-
-    def lines(self) -> Iterator[tuple[int, str]]:
-        for offset, text in enumerate(self.data.decode("utf-8").split("\n")):
-            if offset < self.line_count:
-                yield self.first_line + offset, text
 
     def without_first_line(self) -> TextBlock | None:
         """The block after its first line (a header); None if that was all of it."""
@@ -80,37 +79,52 @@ def _last_line_end(data: bytes) -> int:
     return max(end, carriage)
 
 
-def text_blocks(stream: IO[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[TextBlock]:
-    """The stream as blocks of about `block_bytes` of whole lines (a longer line makes a longer block)."""
+def text_blocks(stream: IO[bytes], block_bytes: int | None = None) -> Iterator[TextBlock]:
+    """The stream as blocks of about `block_bytes` of whole lines (a longer line makes a longer block). A block's
+    line count is only known once it is counted (`split` counts it for free), so the next block is numbered when
+    it is read, after its predecessor was split."""
+    block_bytes = block_bytes or BLOCK_BYTES
     pending = b""
-    line = 1
     first = True
+    previous: TextBlock | None = None
     while True:
-        raw = stream.read(block_bytes)
-        data = pending + raw if pending else raw
-        if not raw:
-            cut = len(data) - 1
-        else:
+        data = stream.read(block_bytes)
+        at_end = not data
+        if data and not data.endswith(b"\n"):
+            rest = stream.readline(block_bytes)  # the rest of the line the read cut into
+            data += rest
+            at_end = not rest.endswith(b"\n") and len(rest) < block_bytes
+        if pending:
+            data, pending = pending + data, b""
+        if not at_end and not data.endswith(b"\n"):
+            # no \n within reach: lines ended by a lone \r, or one very long line
             cut = _last_line_end(data)
             if cut < 0:
                 pending = data
                 continue
-        block, pending = data[: cut + 1], data[cut + 1 :]
-        if block:
-            text = _normalised(block, first)
-            first = False
-            if text:
-                parsed = TextBlock(line, text)
-                line = parsed.next_line
-                yield parsed
-        if not raw:
+            data, pending = data[: cut + 1], data[cut + 1 :]
+        text = _normalised(data, first) if data else b""
+        first = first and not data
+        if text:
+            previous = TextBlock(previous.next_line if previous else 1, text)
+            yield previous
+        if at_end:
             return
+
+
+def column_bytes(texts: pa.Array) -> bytes:
+    """The characters of a (large) string array's values, end to end: for a search of all of them at once."""
+    if len(texts) == 0:
+        return b""
+    offsets = np.frombuffer(texts.buffers()[1], np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    return bytes(memoryview(texts.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
 
 
 @dataclass
 class Split:
     """A block's lines that have the expected number of columns, as text columns, with each one's physical line;
-    and the lines that do not (a blank line is among the rows, every column empty, when columns > 1)."""
+    and the lines that do not, or that hold nothing but commas or nothing at all (a blank line), for the exact
+    path."""
 
     columns: list[pa.Array]
     lines: np.ndarray
@@ -138,18 +152,24 @@ def split(block: TextBlock, columns: int, *, quoted: bool = False) -> Split:
             quoted_strings_can_be_null=False,
         ),
     )
-    count = block.line_count
-    if table.num_rows + len(odd) != count:
+    texts = [column.combine_chunks() for column in table.columns]
+    if quoted and (table.num_rows + len(odd) != block.line_count or any(b"\n" in column_bytes(text) for text in texts)):
         # a quoted value ran over a line end: rows are no longer lines, so every line goes the exact way
         everything = np.arange(block.first_line, block.next_line, dtype=np.int64)
         return Split([pa.array([], pa.large_string())] * columns, np.empty(0, np.int64), everything)
+    if block._line_count is None:  # unquoted, every line is a row or an odd line: no need to count them again
+        block._line_count = table.num_rows + len(odd)
     odd_lines = np.asarray(odd, np.int64)
     rows = np.arange(table.num_rows, dtype=np.int64)
     # the j-th odd line is preceded by (odd[j] - 1 - j) rows: a row comes after every odd line with at most its index
     preceding = odd_lines - 1 - np.arange(len(odd_lines), dtype=np.int64)
-    local = rows + 1 + np.searchsorted(preceding, rows, side="right")
-    return Split(
-        [column.combine_chunks() for column in table.columns],
-        local + (block.first_line - 1),
-        odd_lines + (block.first_line - 1),
-    )
+    lines = rows + np.searchsorted(preceding, rows, side="right") + block.first_line
+    odd_lines += block.first_line - 1
+    # an empty line is a row of empty fields: give it to the exact path, which tells it from a row of empty fields
+    empty = np.ones(len(rows), np.bool_)
+    for text in texts:
+        empty &= pc.binary_length(text).to_numpy() == 0
+    if empty.any():
+        keep = pa.array(~empty)
+        return Split([text.filter(keep) for text in texts], lines[~empty], np.union1d(odd_lines, lines[empty]))
+    return Split(texts, lines, odd_lines)

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2_core.exceptions import ConfigError
 from k2_core.ingest.formats.base import BadRow, Chunk, ReadOptions, empty
 from k2_core.ingest.formats.fields import TEXT, TIMESTAMP
 from k2_core.ingest.formats.ordinals import DayOrdinals
@@ -98,7 +99,7 @@ class Chunker:
 
     def __init__(self, kind: Kind, size: int) -> None:
         if size < 1:
-            raise ValueError(f"chunk_rows must be at least 1, got {size}")
+            raise ConfigError(f"chunk_rows must be at least 1, got {size}")
         self._kind = kind
         self._size = size
         self._pieces: deque[_Piece] = deque()

@@ -240,6 +240,12 @@ def _price(units: int) -> Decimal:
     return Decimal(units).scaleb(-9)
 
 
+def _count(counts: npt.NDArray[np.uint32]) -> pa.Array:
+    """Order counts as the table's int; a count beyond it (no venue has 2**31 orders at a price) is unknown."""
+    wide = counts.astype(np.int64)
+    return pa.array(wide.astype(np.int32), pa.int32(), mask=wide > np.iinfo(np.int32).max)
+
+
 def _day(ns: int) -> str:
     return (_EPOCH + dt.timedelta(days=ns // NS_PER_DAY)).isoformat()
 
@@ -253,7 +259,10 @@ class _Reader:
         self.symbols = SymbolMap.from_metadata(metadata, path)
         self.symbol_array = pa.array(self.symbols.symbols, pa.large_string())
         self.ordinals = DayOrdinals()
-        self.schema = MARKET_TABLES[layout.kind].arrow_schema
+        # Databento says when its capture host received each record (ts_recv) and, for a book, how many orders
+        # stand at the best bid and ask: the extra columns of schema version 2.
+        extra = ("ts_recv",) if layout.kind == "trades" else ("bid_count", "ask_count", "ts_recv")
+        self.schema = MARKET_TABLES[layout.kind].arrow_schema_with(extra)
 
     def chunk(self, rec: Records, first: int) -> tuple[pa.Table, list[BadRow]]:
         """The rows of `rec` (records `first`, `first` + 1, ... of the file) and its bad rows."""
@@ -302,6 +311,7 @@ class _Reader:
             "exchange_timestamp": pa.array((g["ts_event"] // 1000).astype(np.int64), _UTC_US),
             "exchange_sequence_number": pa.array(ordinal, pa.int64()),
             "ingestion_timestamp": pa.repeat(pa.scalar(self.options.received, _UTC_US), m),
+            "ts_recv": pa.array((g["ts_recv"] // 1000).astype(np.int64), _UTC_US, mask=g["ts_recv"] == UNDEF_TIMESTAMP),
         }
         if self.layout.kind == "trades":
             sequence = g["sequence"].astype(np.int64)
@@ -317,6 +327,8 @@ class _Reader:
                 "bid_size": _decimal(g["bid_sz"].astype(np.int64) * _SIZE_SCALE),
                 "ask_price": _decimal(g["ask_px"] // _PRICE_DIVISOR),
                 "ask_size": _decimal(g["ask_sz"].astype(np.int64) * _SIZE_SCALE),
+                "bid_count": _count(g["bid_ct"]),
+                "ask_count": _count(g["ask_ct"]),
             }
         table = pa.Table.from_arrays([columns[name] for name in self.schema.names], schema=self.schema)
         return table, bad

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2_core.exceptions import ConfigError, ReplayFormatError
+from k2_core.ingest.formats.blocks import column_bytes
 from k2_core.model.records import DECIMAL_PRECISION, DECIMAL_SCALE, MAX_DECIMAL, SIDES
 
 DECIMAL = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
@@ -65,6 +66,22 @@ def _filled(texts: pa.Array, ok: pa.Array, placeholder: str) -> pa.Array:
     return texts if _all(ok) else pc.if_else(ok, texts, pa.scalar(placeholder, texts.type))
 
 
+def _any_exponent(texts: pa.Array) -> bool:
+    """Whether any text holds an e or E: one scan of the column's bytes (a copy and two memchr), not one per value."""
+    data = column_bytes(texts.cast(TEXT))
+    return b"e" in data or b"E" in data
+
+
+def _plain_places(texts: pa.Array) -> pa.Array:
+    """Which texts have no exponent and at most DECIMAL_SCALE digits after their point (`texts` large strings)."""
+    dot = pc.find_substring(texts, ".").to_numpy()
+    places = pc.binary_length(texts).to_numpy() - dot - 1
+    plain = (dot < 0) | (places <= DECIMAL_SCALE)
+    if _any_exponent(texts):
+        plain &= ~pc.or_(pc.match_substring(texts, "e"), pc.match_substring(texts, "E")).to_numpy(zero_copy_only=False)
+    return pa.array(plain)
+
+
 def _integers(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
     ok = pc.and_(pc.ascii_is_decimal(texts), pc.less_equal(pc.binary_length(texts), _FAST_DIGITS))
     return _filled(texts, ok, "0").cast(pa.int64()).to_numpy(), ok
@@ -90,14 +107,6 @@ def _micros_of(value: int, unit: str) -> int:
     if unit == "ns":
         return value // 1000
     return value * MICROS_PER_UNIT[unit]
-
-
-def _timestamps(micros: np.ndarray) -> pa.Array:
-    return pa.array(micros.astype(np.int64, copy=False), pa.int64()).view(TIMESTAMP)
-
-
-def datetime_of(micros: int) -> datetime:
-    return EPOCH + timedelta(microseconds=micros)
 
 
 @dataclass(frozen=True)
@@ -134,11 +143,16 @@ class DecimalField(Field):
     type: pa.DataType | None = DECIMAL
 
     def column(self, texts: pa.Array) -> tuple[pa.Array | None, pa.Array]:
-        ok = pc.match_substring_regex(texts, _DECIMAL_TEXT)
-        values = _filled(texts, ok, "1").cast(DECIMAL)
-        if self.positive:
-            ok = pc.and_(ok, pc.greater(values, pa.scalar(Decimal(0), DECIMAL)))
-        return values, ok
+        try:
+            # Arrow's decimal syntax is a subset of Python's, with the same values; only a spelling past 8 places
+            # (trailing zeros, an exponent) is read by Arrow and refused by the exact rules, so those go the exact way
+            values = texts.cast(DECIMAL)
+            ok = _plain_places(texts)
+        except pa.ArrowInvalid:  # some value is not an Arrow decimal of 10 digits and 8 places: check each
+            ok = pc.match_substring_regex(texts, _DECIMAL_TEXT)
+            values = _filled(texts, ok, "1").cast(DECIMAL)
+        zero = pa.scalar(Decimal(0), DECIMAL)
+        return values, pc.and_(ok, pc.greater(values, zero) if self.positive else pc.greater_equal(values, zero))
 
     def parse(self, text: str) -> Decimal:
         # the replay's `_decimal`, check for check and word for word
@@ -164,7 +178,13 @@ class NumberField(Field):
     """A number the row must hold but K2 does not keep (Binance's quote quantity): checked, not converted."""
 
     def column(self, texts: pa.Array) -> tuple[pa.Array | None, pa.Array]:
-        return None, pc.match_substring_regex(texts, _NUMBER_TEXT)
+        try:
+            # Arrow's float syntax is a subset of Python's Decimal's (nan and inf included): a column that casts
+            # holds numbers only
+            texts.cast(pa.float64())
+            return None, pa.array(np.ones(len(texts), np.bool_))
+        except pa.ArrowInvalid:
+            return None, pc.match_substring_regex(texts, _NUMBER_TEXT)
 
     def parse(self, text: str) -> None:
         try:
@@ -252,6 +272,13 @@ class IsoTimeField(Field):
         micros = np.zeros(len(texts), np.int64)
         zoned = pc.and_(ok, pc.match_substring_regex(texts, _ZONED_TEXT)).to_numpy(zero_copy_only=False)
         naive = ok.to_numpy(zero_copy_only=False) & ~zoned
+        if self.time_zone != "UTC" and naive.any():
+            # Arrow knows a zone's clock changes only as far as its tz database lists them (to 2037); Python's
+            # zoneinfo carries the rule on: later (and pre-1970) local times go the exact way
+            years = pc.utf8_slice_codeunits(texts, 0, 4)
+            listed = pc.and_(pc.greater_equal(years, "1970"), pc.less_equal(years, "2037"))
+            naive &= listed.to_numpy(zero_copy_only=False)
+            ok = pa.array(zoned | naive)
         try:
             if zoned.any():
                 micros[zoned] = texts.filter(pa.array(zoned)).cast(TIMESTAMP).cast(pa.int64()).to_numpy()
@@ -262,7 +289,7 @@ class IsoTimeField(Field):
         except pa.ArrowInvalid:
             # a well-spelt impossible time (month 13, a skipped local time) somewhere: let the exact path find it
             return pa.array(micros), pa.array(np.zeros(len(texts), np.bool_))
-        return pa.array(micros), ok
+        return pa.array(micros), pc.and_(ok, pa.array(micros >= 0))
 
     def parse(self, text: str) -> int:
         stripped = text.strip()
@@ -281,8 +308,10 @@ class IsoTimeField(Field):
             if value.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != local:
                 raise ReplayFormatError(f"{self.label} {text!r} does not exist in {self.time_zone} (a clock change)")
         micros = (value - EPOCH) // timedelta(microseconds=1)
-        if not 0 <= micros <= MAX_MICROS:
-            raise ReplayFormatError(f"{self.label} {text!r} is out of range")
+        if micros < 0:
+            raise ReplayFormatError(f"{self.label} {text!r} is before 1970")
+        if micros > MAX_MICROS:  # an offset can take 9999-12-31 past the year's end
+            raise ReplayFormatError(f"{self.label} {text!r} is out of range (after 9999-12-31)")
         return micros
 
 

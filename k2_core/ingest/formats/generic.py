@@ -54,6 +54,7 @@ from k2_core.ingest.formats.fields import (
 from k2_core.ingest.formats.ordinals import DayOrdinals
 from k2_core.ingest.formats.parse import parse_rows
 from k2_core.ingest.formats.sources import open_source
+from k2_core.model.records import DECIMAL_SCALE
 from k2_core.model.topics import Kind
 
 PARQUET_BATCH_ROWS = 1 << 18
@@ -135,9 +136,13 @@ def _keep(values: Mapping[str, pa.Array]) -> dict[str, pa.Array]:
 def sniff_csv(path: Path, mapping: Mapping[str, str], options: ReadOptions, block: TextBlock) -> tuple[Layout, bool]:
     header = [column.strip() for column in fields_of(block.line(block.first_line), quoted=True)]
     _missing_columns(path, mapping, header)
-    by_position = {header.index(column): field_for(k2, column, options) for k2, column in mapping.items()}
-    positions = tuple(sorted(by_position))
-    return Layout(len(header), tuple(by_position[p] for p in positions), positions, _keep, quoted=True), True
+    # fields in file order (the first wrong one is told); one column may feed two fields (a quote's two sizes)
+    read = sorted(
+        ((header.index(column), field_for(k2, column, options)) for k2, column in mapping.items()),
+        key=lambda item: item[0],
+    )
+    positions = tuple(position for position, _ in read)
+    return Layout(len(header), tuple(spec for _, spec in read), positions, _keep, quoted=True), True
 
 
 def _read_csv(kind: Kind, path: Path, options: ReadOptions) -> Iterator[Chunk]:
@@ -150,6 +155,19 @@ def _read_csv(kind: Kind, path: Path, options: ReadOptions) -> Iterator[Chunk]:
 
 
 def _texts(column: pa.Array) -> pa.Array:
+    """A Parquet column as the text the fields read (null as empty). A decimal typed with more than 8 places is
+    spelt with 8 where its value has no more (4750.250000000 is 4750.25000000), so that it is judged by its value,
+    not by its type's scale."""
+    kind = column.type
+    if pa.types.is_decimal(kind) and kind.scale > DECIMAL_SCALE:
+        cut = column.cast(
+            pa.decimal128(kind.precision, DECIMAL_SCALE)
+            if kind.precision <= 38
+            else pa.decimal256(kind.precision, DECIMAL_SCALE),
+            safe=False,
+        )
+        exact = pc.equal(cut.cast(kind), column)
+        return pc.fill_null(pc.if_else(exact, cut.cast(TEXT), column.cast(TEXT)), "")
     return pc.fill_null(column.cast(TEXT), "")
 
 
