@@ -21,10 +21,13 @@ The Avro encodings written (Avro 1.11 specification, "Binary encoding"), as fast
   (-128 takes 2 bytes, ff80, where 80 would do); fastavro writes it so, and so does this;
 - boolean: one byte; float, double: IEEE 754 little-endian;
 - enum: the symbol's index as an int;
-- a union of null and one other type: the branch index as a long, then the value (nothing for null).
+- array: one block holding every item behind their count, then the empty block (a 0) that ends it; an empty array is
+  the 0 alone;
+- a union of null and one other type: the branch index as a long, then the value (nothing for null). A field whose
+  default is null may have no column at all: every row writes null, as fastavro writes a record without the field.
 
-Any other construct (nested records, arrays, maps, fixed, other unions, other logical types) is refused with an
-EncodeError when the encoder is built, not written approximately.
+Any other construct (nested records, maps, fixed, other unions, other logical types) is refused with an EncodeError
+when the encoder is built, not written approximately.
 """
 
 from __future__ import annotations
@@ -209,6 +212,8 @@ def _fill_nulls(column: pa.Array) -> pa.Array:
         placeholder = pa.scalar("", kind)
     elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         placeholder = pa.scalar(b"", kind)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        placeholder = pa.scalar([], kind)
     else:
         placeholder = pa.scalar(False if pa.types.is_boolean(kind) else 0, kind)
     return pc.fill_null(column, placeholder)
@@ -221,6 +226,9 @@ class _Field:
     nullable: bool = False
     null_first: bool = True  # the union's null branch is index 0 (["null", T]), else 1 ([T, "null"])
     fill: Callable[[pa.Array], pa.Array] = _fill_nulls
+    # null by default: a table without the column writes null, as fastavro writes a record without the field (a
+    # file's rows have no value for a field a later schema version added)
+    default_null: bool = False
 
 
 def _int64(column: pa.Array, name: str, low: int | None = None, high: int | None = None) -> I64:
@@ -316,6 +324,37 @@ def _enum(name: str, symbols: Sequence[str]) -> Encode:
     return encode
 
 
+def _array(name: str, items: Encode) -> Encode:
+    """fastavro's arrays: one block of all the items behind their count, then the empty block (0) that ends the
+    array; an empty array is that 0 alone."""
+
+    def encode(column: pa.Array) -> list[_Segment]:
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            raise EncodeError(f"field {name}: an array needs a list column, got {column.type}")
+        counts = np.asarray(
+            pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False), dtype=np.int64
+        )
+        values = pc.list_flatten(column)
+        if values.null_count:
+            raise EncodeError(f"field {name}: null among an array's items")
+        data, item_lengths = _assemble(items(values), len(values))
+        ends = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(item_lengths, out=ends[1:])
+        first = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=first[1:])
+        starts = ends[first[:-1]]
+        spans = ends[first[1:]] - starts
+        count = _varints(counts)
+        n = len(counts)
+        return [
+            _Segment(count.bytes, np.where(counts > 0, count.lengths, 0)),
+            _Segment(_padded(np.frombuffer(data, dtype=np.uint8), starts, spans), spans),
+            _Segment(np.zeros((n, 1), dtype=np.uint8), np.ones(n, dtype=np.int64), full=True),
+        ]
+
+    return encode
+
+
 def _enum_fill(symbols: Sequence[str]) -> Callable[[pa.Array], pa.Array]:
     def fill(column: pa.Array) -> pa.Array:
         return pc.fill_null(column, pa.scalar(symbols[0], column.type))
@@ -331,6 +370,8 @@ def _type_encoder(name: str, avro: Any, named: dict[str, Any]) -> Encode:
         base = avro.get("type")
         if base == "enum":
             return _enum(name, avro["symbols"])
+        if base == "array":
+            return _array(name, _type_encoder(name, _named(avro["items"], named), named))
         if logical == "decimal" and base == "bytes":
             return _decimal(name, int(avro["precision"]), int(avro.get("scale", 0)))
         if logical == "timestamp-micros" and base == "long":
@@ -372,7 +413,9 @@ def _compile(schema: ParsedSchema) -> list[_Field]:
             enum = isinstance(other, dict) and other.get("type") == "enum"
             fill = _enum_fill(other["symbols"]) if enum else _fill_nulls
             encoder = _type_encoder(name, other, named)
-            fields.append(_Field(name, encoder, nullable=True, null_first=avro[0] == "null", fill=fill))
+            null_first = avro[0] == "null"
+            default_null = null_first and "default" in spec and spec["default"] is None
+            fields.append(_Field(name, encoder, True, null_first, fill, default_null))
         else:
             fields.append(_Field(name, _type_encoder(name, _named(avro, named), named)))
     return fields
@@ -403,12 +446,12 @@ class BulkEncoder:
     def blocks(self, table: pa.Table, block_rows: int = BLOCK_ROWS) -> Iterator[EncodedRows]:
         """The rows of `table` as framed messages, a block of at most `block_rows` rows at a time (fewer when
         strings are long): for a caller that sends them as they come, without one buffer for the whole table."""
-        missing = [f.name for f in self._fields if f.name not in table.column_names]
+        missing = [f.name for f in self._fields if f.name not in table.column_names and not f.default_null]
         if missing:
             raise EncodeError(f"the table has no column for fields {missing}")
-        columns = {f.name: table.column(f.name).combine_chunks() for f in self._fields}
+        columns = {f.name: table.column(f.name).combine_chunks() for f in self._fields if f.name in table.column_names}
         for f in self._fields:
-            if columns[f.name].null_count and not f.nullable:
+            if f.name in columns and columns[f.name].null_count and not f.nullable:
                 raise EncodeError(f"field {f.name}: null in a field without a null branch")
         n = table.num_rows
         if n == 0:
@@ -416,24 +459,17 @@ class BulkEncoder:
             return
         step = max(1, min(block_rows, BLOCK_BYTES // self._row_bound(columns)))
         for start in range(0, n, step):
-            data, lengths = self._encode_block({k: v.slice(start, step) for k, v in columns.items()})
+            block = {k: v.slice(start, step) for k, v in columns.items()}
+            data, lengths = self._encode_block(block, min(step, n - start))
             offsets = np.zeros(len(lengths) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
             yield EncodedRows(data, offsets)
 
     def _row_bound(self, columns: dict[str, pa.Array]) -> int:
         """An upper bound on a row's padded width (a union branch, a length, the longest value): sizes the blocks."""
-        bound = HEADER_BYTES
-        for f in self._fields:
-            column = columns[f.name]
-            # a decimal's value takes at most 16 bytes, a varint 10, a double 8
-            variable = any(test(column.type) for test in _VARIABLE)
-            longest = (pc.max(pc.binary_length(column)).as_py() or 0) if variable else 16
-            bound += 1 + _VARINT_MAX + longest
-        return bound
+        return HEADER_BYTES + sum(1 + _VARINT_MAX + _longest(column) for column in columns.values())
 
-    def _encode_block(self, columns: dict[str, pa.Array]) -> tuple[bytes, I64]:
-        n = len(next(iter(columns.values()))) if columns else 0
+    def _encode_block(self, columns: dict[str, pa.Array], n: int) -> tuple[bytes, I64]:
         segments = [
             _Segment(
                 np.broadcast_to(np.frombuffer(self.header, np.uint8), (n, HEADER_BYTES)),
@@ -442,7 +478,10 @@ class BulkEncoder:
             )
         ]
         for f in self._fields:
-            column = columns[f.name]
+            column = columns.get(f.name)
+            if column is None:  # not in the table: null, the field's default
+                segments.append(_Segment(np.zeros((n, 1), dtype=np.uint8), np.ones(n, np.int64), full=True))
+                continue
             if not f.nullable:
                 segments.extend(f.encode(column))
                 continue
@@ -455,22 +494,37 @@ class BulkEncoder:
                 continue
             for segment in f.encode(f.fill(column)):
                 segments.append(_Segment(segment.bytes, np.where(valid, segment.lengths, 0)))
-        segments = [s for s in segments if s.bytes.shape[1]]
-        width = sum(s.bytes.shape[1] for s in segments)
-        matrix = np.empty((n, width), dtype=np.uint8)
-        lengths = np.zeros(n, dtype=np.int64)
-        column_at = 0
-        for s in segments:
-            matrix[:, column_at : column_at + s.bytes.shape[1]] = s.bytes
-            lengths += s.lengths
-            column_at += s.bytes.shape[1]
-        if all(s.full for s in segments):
-            return matrix.tobytes(), lengths
-        keep = np.ones((n, width), dtype=np.bool_)
-        column_at = 0
-        for s in segments:
-            w = s.bytes.shape[1]
-            if not s.full:
-                np.less(np.arange(w)[None, :], s.lengths[:, None], out=keep[:, column_at : column_at + w])
-            column_at += w
-        return matrix[keep].tobytes(), lengths
+        return _assemble(segments, n)
+
+
+def _longest(column: pa.Array) -> int:
+    """At most how many bytes a value of `column` takes, its length prefix aside."""
+    if any(test(column.type) for test in _VARIABLE):
+        return int(pc.max(pc.binary_length(column)).as_py() or 0)
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        count = int(pc.max(pc.list_value_length(column)).as_py() or 0)
+        return 2 * _VARINT_MAX + count * (_VARINT_MAX + _longest(pc.list_flatten(column)))
+    return 16  # a decimal's value takes at most 16 bytes, a varint 10, a double 8
+
+
+def _assemble(segments: list[_Segment], n: int) -> tuple[bytes, I64]:
+    """Each row's segments one after the other, the rows one after the other: the bytes, and each row's length."""
+    segments = [s for s in segments if s.bytes.shape[1]]
+    width = sum(s.bytes.shape[1] for s in segments)
+    matrix = np.empty((n, width), dtype=np.uint8)
+    lengths = np.zeros(n, dtype=np.int64)
+    column_at = 0
+    for s in segments:
+        matrix[:, column_at : column_at + s.bytes.shape[1]] = s.bytes
+        lengths += s.lengths
+        column_at += s.bytes.shape[1]
+    if all(s.full for s in segments):
+        return matrix.tobytes(), lengths
+    keep = np.ones((n, width), dtype=np.bool_)
+    column_at = 0
+    for s in segments:
+        w = s.bytes.shape[1]
+        if not s.full:
+            np.less(np.arange(w)[None, :], s.lengths[:, None], out=keep[:, column_at : column_at + w])
+        column_at += w
+    return matrix[keep].tobytes(), lengths
