@@ -27,6 +27,12 @@ class DecodeError(K2Error):
     """A Kafka message is not a valid Confluent-framed Avro record of a known schema."""
 
 
+class EncodeError(K2Error):
+    """Rows cannot be written with a writer schema: a column missing or of a type the field cannot take, a null in a
+    field that has no null branch, a value outside the field's range, or a schema construct the bulk encoder does not
+    write (it refuses rather than guess at bytes a reader would misread)."""
+
+
 class ValidationError(K2Error):
     """A record decoded but breaks a rule (negative price, wrong exchange, ...)."""
 

@@ -17,8 +17,10 @@ from confluent_kafka import KafkaException
 from k2_core.exceptions import ConfigError, K2Error
 from k2_core.logging import get_logger
 from k2_core.model.registry import SchemaRegistry
+from k2_core.model.topics import TopicLayout
 from k2_core.settings import Settings
 from k2_stream.admin import ensure_topics, load_layout
+from k2_stream.bulk import BulkProducer
 from k2_stream.producer import FeedProducer
 from k2_stream.registry_confluent import make_registry
 
@@ -32,15 +34,28 @@ def open_producer(
 ) -> FeedProducer:
     """Check the exchange has topics, create them, and return a producer. Broker trouble becomes a K2Error
     the CLI can report (the admin client raises KafkaException when the broker is unreachable)."""
-    layout = load_layout(settings)
-    if exchange not in layout.exchanges:
-        raise ConfigError(f"unknown exchange {exchange!r}; known: {sorted(layout.exchanges)}")
     try:
-        layout = ensure_topics(settings, layout)
-        registry = registry or make_registry(settings.kafka.schema_registry_url, settings.kafka.schemas_dir)
+        layout, registry = _prepare(settings, exchange, registry)
         return FeedProducer(settings, layout, registry, track_deliveries)
     except KafkaException as exc:
         raise K2Error(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+
+
+def open_bulk_producer(settings: Settings, exchange: str, registry: SchemaRegistry | None = None) -> BulkProducer:
+    """`open_producer` for pre-encoded blocks of messages (a columnar replay): the same checks and topics."""
+    try:
+        layout, registry = _prepare(settings, exchange, registry)
+        return BulkProducer(settings, layout, registry)
+    except KafkaException as exc:
+        raise K2Error(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+
+
+def _prepare(settings: Settings, exchange: str, registry: SchemaRegistry | None) -> tuple[TopicLayout, SchemaRegistry]:
+    layout = load_layout(settings)
+    if exchange not in layout.exchanges:
+        raise ConfigError(f"unknown exchange {exchange!r}; known: {sorted(layout.exchanges)}")
+    layout = ensure_topics(settings, layout)
+    return layout, registry or make_registry(settings.kafka.schema_registry_url, settings.kafka.schemas_dir)
 
 
 class GracefulStop:

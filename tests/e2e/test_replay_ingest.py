@@ -1,4 +1,5 @@
-"""A recorded Binance trade dump, replayed (twice) through Kafka into Iceberg: every good row exactly once."""
+"""A recorded Binance trade dump, replayed (twice: columnar, then per line) through Kafka into Iceberg: every good row
+exactly once, and each replay's wait on the ingester (k2_stream.acks) sees its messages committed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from k2_core.settings import Settings
+from k2_stream.acks import wait_until_committed
 from k2_stream.ingester import Ingester
 from k2_stream.replay import replay_file
 from tests.support.lake import table_rows
@@ -32,8 +34,10 @@ def test_replayed_file_lands_every_good_row_once(
 
     first = replay_file(settings, path, exchange="binance", symbol="BTCUSDT", fmt="binance-trades")
     assert (first.produced, first.skipped_lines) == (4, [4])
-    again = replay_file(settings, path, exchange="binance", symbol="BTCUSDT", fmt="binance-trades")
-    assert again.produced == 4  # the whole file sent a second time
+    again = replay_file(settings, path, exchange="binance", symbol="BTCUSDT", fmt="binance-trades", per_line=True)
+    assert (again.produced, again.skipped_lines) == (4, [4])  # the whole file sent a second time
+    assert [list(o) for o in again.delivered.values()] == [[4, 5, 6, 7]]
+    assert [list(o) for o in first.delivered.values()] == [[0, 1, 2, 3]]
 
     ingester = Ingester(settings)
     thread = threading.Thread(target=ingester.run, daemon=True)
@@ -41,6 +45,9 @@ def test_replayed_file_lands_every_good_row_once(
     try:
         wait_for(lambda: len(table_rows(settings, "trades")) >= 4)
         wait_for(lambda: ingester.stats["trades_duplicates"] >= 4)
+        for replay in (first, again):
+            ack = wait_until_committed(settings, replay.delivered, replay.cluster_id, timeout=30)
+            assert (ack.produced, ack.committed) == (4, 4)
     finally:
         ingester.stop()
         thread.join(30)

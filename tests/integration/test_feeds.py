@@ -151,7 +151,11 @@ def test_simulate_cli(broker: str, make_settings: SettingsFactory, monkeypatch: 
         (["simulate", "--exchange", "asx", "--symbols", "BHP,AAPL", "--count", "1"], "not listed on asx"),
         (["simulate", "--gap-every", "1", "--count", "1"], "withhold every message"),
         (["simulate", "--rate", "-1"], "greater than or equal to 0"),
-        (["replay-file", "{csv}", "--symbol", "BTCUSDT", "--format", "lobster"], "known: binance-trades"),
+        (["replay-file", "{csv}", "--symbol", "BTCUSDT", "--format", "lobster"], "unknown format 'lobster'"),
+        (
+            ["replay-file", "{csv}", "--symbol", "BTCUSDT", "--format", "tardis-trades", "--per-line"],
+            "known: binance-trades",
+        ),
         (["replay-file", "{csv}", "--symbol", "btc-usdt"], "must match"),
         (["replay-file", "{csv}", "--symbol", "BTCUSDT", "--exchange", "ftx"], "unknown exchange 'ftx'"),
         (["replay-file", "{missing}", "--symbol", "BTCUSDT"], "does not exist"),
