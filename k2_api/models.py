@@ -180,6 +180,32 @@ class LatestResponse(Provenance):
     data: Trade
 
 
+class LatestOn(BaseModel):
+    """One instrument's last trade and last quote; a half is null when the instrument has only the other kind."""
+
+    symbol: str
+    exchange: str
+    trade_timestamp: AwareDatetime | None
+    trade_sequence_number: int | None
+    price: DecimalString | None
+    volume: DecimalString | None
+    quote_timestamp: AwareDatetime | None
+    quote_sequence_number: int | None
+    bid_price: DecimalString | None
+    bid_size: DecimalString | None
+    ask_price: DecimalString | None
+    ask_size: DecimalString | None
+
+
+class LatestOnResponse(Provenance):
+    exchange: str
+    count: int
+    data: list[LatestOn]
+    snapshot_id: int | None = Field(
+        description="The trades snapshot read (quotes are read as of the same moment); pass it as as_of_snapshot."
+    )
+
+
 class KafkaOffset(BaseModel):
     topic: str
     partition: int

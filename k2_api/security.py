@@ -91,6 +91,7 @@ class Rule:
     per_exchange: bool = True
     resource_param: str | None = None
     joins: tuple[tuple[str, str], ...] = ()
+    also: tuple[str, ...] = ()  # resources the response always carries columns of, besides `resource`
 
 
 # What a boolean query parameter may say to mean false (pydantic's spellings); any other value, or any other among
@@ -104,6 +105,8 @@ POLICY: dict[str, Rule] = {
     "/v1/ohlcv": Rule("trades"),
     "/v1/summary": Rule("trades"),
     "/v1/latest": Rule("trades"),
+    # The last trade and the last quote of every instrument: both streams' columns, always.
+    "/v1/latest/all": Rule("trades", also=("quotes",)),
     "/v1/replay": Rule("trades", resource_param="kind"),
     "/v1/gaps": Rule("gaps", per_exchange=False),
     "/v1/snapshots": Rule("snapshots", per_exchange=False),
@@ -119,7 +122,7 @@ def required_scopes(route: str, request: Request) -> list[str]:
         chosen = request.query_params.get(rule.resource_param)
         if chosen in PER_EXCHANGE:  # anything else is refused by the route's own validation
             resource = chosen
-    resources = [resource] + [
+    resources = [resource, *rule.also] + [
         joined
         for flag, joined in rule.joins
         if any(value.strip().lower() not in _FALSE for value in request.query_params.getlist(flag))

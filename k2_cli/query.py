@@ -47,6 +47,8 @@ _HEADERS = {
     "missing_count": "missing",
     "quote_timestamp": "quote time",
     "quote_sequence_number": "quote seq",
+    "trade_timestamp": "trade time",
+    "trade_sequence_number": "trade seq",
 }
 
 
@@ -328,17 +330,33 @@ def summary(
 
 @app.command()
 def latest(
-    symbol: SymbolArg,
     exchange: ExchangeOpt,
+    symbol: Annotated[
+        str | None,
+        typer.Argument(help="Uppercase ticker; leave out for every instrument of the exchange.", show_default=False),
+    ] = None,
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", "-s", help="Comma-separated tickers: their last trade and quote.")
+    ] = None,
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
-    """The last trade of SYMBOL in exchange order."""
+    """The last trade of SYMBOL in exchange order; without SYMBOL, the last trade and the last quote of every
+    instrument of the exchange (or of --symbols), one row each."""
+    if symbol is not None and symbols is not None:
+        raise _fail(QueryError("symbols: give either SYMBOL or --symbols, not both"))
     try:
         with _engine() as engine:
-            result = engine.latest(symbol, exchange, as_of=_as_of(as_of_snapshot, as_of))
+            travel = _as_of(as_of_snapshot, as_of)
+            if symbol is None:
+                result = engine.latest_on(exchange, symbols, as_of=travel)
+            else:
+                result = engine.latest(symbol, exchange, as_of=travel)
     except QueryError as exc:
         raise _fail(exc) from None
+    if symbol is None:
+        _render(result.table, f"latest trade and quote on {exchange}", hide=("exchange",), caption=_provenance(result))
+        return
     if result.table.num_rows == 0:
         raise _fail(QueryError(f"symbol {symbol} has no trades on {exchange} in this snapshot"))
     _render(result.table, f"latest trade {symbol}@{exchange}", hide=("symbol", "exchange"), caption=_provenance(result))

@@ -1,4 +1,5 @@
-"""`/v1/ohlcv`, `/v1/summary`, `/v1/latest`: bars, a day's summary and the last trade of one symbol."""
+"""`/v1/ohlcv`, `/v1/summary`, `/v1/latest`, `/v1/latest/all`: bars, a day's summary, the last trade of one symbol
+and the last trade and quote of every instrument of an exchange."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT, provenance_headers
-from k2_api.models import BarsResponse, ErrorResponse, LatestResponse, SummaryResponse
+from k2_api.models import BarsResponse, ErrorResponse, LatestOnResponse, LatestResponse, SummaryResponse
 from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol
 from k2_api.render import counted, page, provenance
 from k2_core.model.bars import INTERVALS
@@ -64,3 +65,26 @@ def latest(reader: ReaderDep, as_of: AsOfDep, response: Response, symbol: Symbol
     response.headers.update(provenance_headers(result))
     counted(response, 1)
     return LatestResponse.model_validate({"data": result.table.to_pylist()[0]} | provenance(result))
+
+
+@router.get("/latest/all", response_model=LatestOnResponse, responses=ALTERNATE_CONTENT)
+def latest_on(
+    reader: ReaderDep,
+    fmt: FormatDep,
+    as_of: AsOfDep,
+    response: Response,
+    exchange: Exchange,
+    symbol: Annotated[
+        list[str] | None,
+        Query(
+            description="Only these instruments: repeat the parameter (symbol=BHP&symbol=CBA) or give a comma list. "
+            "Default: every instrument of the exchange."
+        ),
+    ] = None,
+) -> Any:
+    """The last trade and the last quote of every instrument of an exchange (or of the symbols named), one row per
+    symbol. A separate path, not a list form of /v1/latest, so that each path keeps one answer shape. With
+    authentication on, this needs both the trades and the quotes scope of the exchange."""
+    symbols = ",".join(symbol) if symbol else None
+    result = reader.latest_on(exchange, symbols, as_of=as_of)
+    return page(LatestOnResponse, result, fmt, response, exchange=exchange)

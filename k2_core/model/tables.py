@@ -333,3 +333,16 @@ def trades_with_quote_schema(trades: pa.Schema) -> pa.Schema:
 
 
 SUMMARY_SCHEMA = pa.schema(_day_summary())
+
+
+def _latest_on() -> list[pa.Field]:
+    """One instrument's last trade and last quote side by side (`QueryEngine.latest_on`): the trade's time and
+    sequence named apart from the quote's; either half null when the instrument has only the other kind."""
+    trades = TRADES.arrow_schema
+    renamed = {"exchange_timestamp": "trade_timestamp", "exchange_sequence_number": "trade_sequence_number"}
+    trade = [trades.field(n).with_name(renamed.get(n, n)).with_nullable(True) for n in (*renamed, "price", "volume")]
+    key = [trades.field("symbol"), trades.field("exchange")]
+    return [*key, *trade, *_quote_in_force()]
+
+
+LATEST_ON_SCHEMA = pa.schema(_latest_on())

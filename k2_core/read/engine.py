@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
@@ -25,12 +26,13 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import QueryError
+from k2_core.lake import scan
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, TableDef
+from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TableDef
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import bars, joins, paging
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -50,11 +52,20 @@ from k2_core.read.params import (
     validate_limit,
     validate_market_query,
     validate_symbol,
+    validate_symbols,
     validate_time_range,
 )
 from k2_core.read.realtime import RealtimeBuffer
 from k2_core.read.result import ICEBERG, REALTIME, CatalogHealth, QueryResult, Replay
-from k2_core.read.routing import DEFAULT_REALTIME_WINDOW, TIME_COLUMN, Sources, Stream, union_schema, utcnow
+from k2_core.read.routing import (
+    DEFAULT_REALTIME_WINDOW,
+    TIME_COLUMN,
+    Sources,
+    Stream,
+    latest_of_many,
+    union_schema,
+    utcnow,
+)
 from k2_core.read.snapshots import SNAPSHOT_TABLES, snapshot_log
 from k2_core.read.symbols import SymbolIndex
 from k2_core.settings import CatalogSettings, Settings
@@ -370,6 +381,63 @@ class QueryEngine:
                 return QueryResult(row, (REALTIME,), choice.snapshot_id)
         return QueryResult(committed, (ICEBERG,), choice.snapshot_id, cached=cached)
 
+    def latest_on(
+        self,
+        exchange: str,
+        symbols: Collection[str] | str | None = None,
+        *,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """The last trade and the last quote of every instrument of `exchange` (or of `symbols`, a list or a
+        comma-separated string) in one call: one row per symbol, by symbol, with the trade's time, sequence, price
+        and volume and the quote's time, sequence, bid and ask; a half is null when the symbol has only the other
+        kind. Each kind follows `latest`'s rules (exchange order; the realtime tail's newest wins when later), read
+        newest day partition first and further back only for symbols not found yet. A requested symbol with
+        neither has no row."""
+        travel = validate_as_of(as_of_snapshot, as_of)
+        exchange = validate_exchange(exchange, self.exchanges)
+        wanted = validate_symbols(symbols)
+        if self.check_symbols and wanted is not None:
+            for symbol in wanted:
+                self.symbol_index.require(exchange, symbol, self.sources)
+        trades, _ = self.sources.stream("trades", "", exchange, travel)
+        # Quotes as of the same moment as trades, as `with_quote` reads them.
+        quote_choice = joins.quote_snapshot(self.sources, trades.choice, travel, None)
+        quotes = Stream("quotes", self.sources.load(QUOTES), "", exchange, quote_choice)
+        trade_rows, trade_live, trade_tier = self._latest_half(trades, wanted, live=travel is None)
+        quote_rows, quote_live, quote_tier = self._latest_half(quotes, wanted, live=travel is None)
+        table = _latest_rows(trade_rows, quote_rows)
+        realtime = trade_live or quote_live
+        cached = trade_tier if trade_tier is not None and quote_tier is not None and not realtime else None
+        return QueryResult(
+            table, (ICEBERG, REALTIME) if realtime else (ICEBERG,), trades.choice.snapshot_id, cached=cached
+        )
+
+    def _latest_half(
+        self, stream: Stream, wanted: tuple[str, ...] | None, *, live: bool
+    ) -> tuple[pa.Table, bool, Tier | None]:
+        """One kind's last row per symbol for `latest_on`: the committed rows (cached per snapshot), each replaced by
+        the realtime tail's newest when that is later in exchange order (`live`); and whether the tail served."""
+        committed, cached = self._cached(
+            ("latest_on", stream.kind, stream.exchange, wanted, stream.choice.snapshot_id),
+            lambda: latest_of_many(self.sources, stream, wanted),
+        )
+        columns = LATEST_HALF[stream.kind]
+        schema = pa.schema([stream.table_def.arrow_schema.field(n) for n in columns])
+        realtime = self.sources.realtime
+        if not live or realtime is None:
+            return scan.cast_to(committed, schema), False, cached
+        rows = {row["symbol"]: row for row in committed.select(list(columns)).to_pylist()}
+        served = False
+        for symbol in realtime.symbols(stream.exchange) if wanted is None else wanted:
+            recent = realtime.latest(stream.kind, symbol, stream.exchange)
+            held = rows.get(symbol)
+            if recent is not None and (held is None or paging.order_key(recent) > paging.order_key(held)):
+                rows[symbol] = {n: recent.get(n) for n in columns}
+                served = True
+        return pa.Table.from_pylist(list(rows.values()), schema=schema), served, cached
+
     # --- replay, snapshots, gaps ----------------------------------------------------------------------------
 
     def replay(
@@ -487,3 +555,38 @@ class QueryEngine:
             cacheable=not route.realtime,
         )
         return bars.unlabelled(found), bars.sources_of(found, route.sources), cached
+
+
+# The columns each half of a `latest_on` row comes from.
+LATEST_HALF: dict[Kind, tuple[str, ...]] = {
+    "trades": ("symbol", "exchange", TIME_COLUMN, "exchange_sequence_number", "price", "volume"),
+    "quotes": (
+        "symbol",
+        "exchange",
+        TIME_COLUMN,
+        "exchange_sequence_number",
+        "bid_price",
+        "bid_size",
+        "ask_price",
+        "ask_size",
+    ),
+}
+
+
+def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
+    """The last trade and last quote of each symbol side by side (a full outer join on symbol), by symbol."""
+    with duckdb.connect() as con:
+        con.register("t", trades)
+        con.register("q", quotes)
+        joined = con.sql(
+            f"""
+            SELECT coalesce(t.symbol, q.symbol) AS symbol, coalesce(t.exchange, q.exchange) AS exchange,
+                   t.{TIME_COLUMN} AS trade_timestamp, t.exchange_sequence_number AS trade_sequence_number,
+                   t.price, t.volume,
+                   q.{TIME_COLUMN} AS quote_timestamp, q.exchange_sequence_number AS quote_sequence_number,
+                   q.bid_price, q.bid_size, q.ask_price, q.ask_size
+            FROM t FULL OUTER JOIN q ON t.symbol = q.symbol
+            ORDER BY symbol
+            """
+        ).to_arrow_table()
+    return scan.cast_to(joined, LATEST_ON_SCHEMA)

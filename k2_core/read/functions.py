@@ -76,6 +76,7 @@ get_quotes = _table_function("get_quotes", QueryEngine.quotes)
 get_ohlcv = _table_function("get_ohlcv", QueryEngine.ohlcv)
 get_market_summary = _table_function("get_market_summary", QueryEngine.summary)
 get_latest_price = _table_function("get_latest_price", QueryEngine.latest)
+get_latest_on = _table_function("get_latest_on", QueryEngine.latest_on)
 get_snapshots = _table_function("get_snapshots", QueryEngine.snapshots)
 get_gaps = _table_function("get_gaps", QueryEngine.gaps)
 # Lazy, as a generator is: the input is validated on the first `next()`.

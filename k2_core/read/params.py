@@ -138,6 +138,24 @@ def parse_time(value: datetime | date | str, parameter: str) -> datetime:
         raise QueryError(f"{parameter} is out of range in UTC: {value!r}") from None
 
 
+MAX_SYMBOLS = 1000
+
+
+def validate_symbols(symbols: Collection[str] | str | None, parameter: str = "symbol") -> tuple[str, ...] | None:
+    """A list of tickers (or one comma-separated string, as a CLI or query string gives it), each checked as
+    `validate_symbol`, de-duplicated and sorted so that the same set is one cache entry; None means "every symbol".
+    Bounded, because each one is a term of the scan's filter."""
+    if symbols is None:
+        return None
+    items = symbols.split(",") if isinstance(symbols, str) else list(symbols)
+    items = [s.strip() if isinstance(s, str) else s for s in items]
+    if not items or (isinstance(symbols, str) and not symbols.strip()):
+        raise QueryError(f"{parameter} must name at least one ticker; got {symbols!r}")
+    if len(items) > MAX_SYMBOLS:
+        raise QueryError(f"{parameter} may name at most {MAX_SYMBOLS} tickers; got {len(items)}")
+    return tuple(sorted({validate_symbol(s, parameter) for s in items}))
+
+
 def validate_time_range(
     start: TimeInput,
     end: TimeInput,

@@ -106,3 +106,38 @@ def _plain(row: Row) -> Row:
         else:
             out[key] = value
     return out
+
+
+def latest_on(trades: Iterable[Row], quotes: Iterable[Row], exchange: str, symbols: Iterable[str] | None) -> list[Row]:
+    """The last trade and last quote per symbol of one exchange (pandas groupby `.tail(1)` in exchange order), side
+    by side, by symbol; a symbol with neither has no row."""
+    wanted = set(symbols) if symbols is not None else None
+
+    def last(rows: Iterable[Row]) -> dict[str, Row]:
+        picked = [r for r in rows if r["exchange"] == exchange and (wanted is None or r["symbol"] in wanted)]
+        frame = pd.DataFrame(in_order(picked))
+        if frame.empty:
+            return {}
+        return {r["symbol"]: _plain(r) for r in frame.groupby("symbol", sort=False).tail(1).to_dict("records")}
+
+    last_trades, last_quotes = last(trades), last(quotes)
+    out = []
+    for symbol in sorted(last_trades.keys() | last_quotes.keys()):
+        t, q = last_trades.get(symbol, {}), last_quotes.get(symbol, {})
+        out.append(
+            {
+                "symbol": symbol,
+                "exchange": exchange,
+                "trade_timestamp": t.get("exchange_timestamp"),
+                "trade_sequence_number": t.get("exchange_sequence_number"),
+                "price": t.get("price"),
+                "volume": t.get("volume"),
+                "quote_timestamp": q.get("exchange_timestamp"),
+                "quote_sequence_number": q.get("exchange_sequence_number"),
+                "bid_price": q.get("bid_price"),
+                "bid_size": q.get("bid_size"),
+                "ask_price": q.get("ask_price"),
+                "ask_size": q.get("ask_size"),
+            }
+        )
+    return out

@@ -17,6 +17,7 @@ PAIRS = [
     ("get_ohlcv", "ohlcv"),
     ("get_market_summary", "summary"),
     ("get_latest_price", "latest"),
+    ("get_latest_on", "latest_on"),
     ("replay_day", "replay"),
     ("get_snapshots", "snapshots"),
     ("get_gaps", "gaps"),

@@ -1,0 +1,299 @@
+"""Many instruments at once: `latest_on`, the last trade and the last quote of every instrument of an exchange, checked
+against an independent pandas computation (`query_oracle.latest_on`) over the same seeded rows.
+
+The seed is built to catch the shortcuts a "last row per symbol" read could take: rows delivered out of order (a
+later append holds an older row, so the newest file is not the newest row), ties on time broken by sequence number,
+instruments whose last trade is days before the others' (the newest-day-first search must go back for them only), an
+instrument with quotes and no trades, and another exchange whose rows must not leak in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k2_api.main import create_app
+from k2_core.access.auth import KeyStore
+from k2_core.exceptions import QueryError, UnknownSymbolError
+from k2_core.lake import scan
+from k2_core.lake.sqldb import catalog_engine
+from k2_core.model.tables import LATEST_ON_SCHEMA
+from k2_core.read import routing
+from k2_core.read.engine import QueryEngine
+from k2_core.read.functions import get_latest_on
+from k2_core.read.realtime import RealtimeBuffer
+from k2_core.settings import AuthSettings, CatalogSettings, Settings
+from tests.support import query_oracle as oracle
+from tests.support.clients import local_client
+from tests.support.factories import quote, trade
+from tests.support.fixtures import POSTGRES_URI
+from tests.support.lake import open_lake, seed
+
+DAY = datetime(2024, 3, 4, tzinfo=UTC)
+DAYS = 5
+BUSY = ("AAA", "BHP", "CBA", "CSL")  # trade and quote every day
+OLD = "OLD"  # trades on the first day only
+QUIET = "QUIET"  # quotes only, on the second day
+
+
+@dataclass
+class Seeded:
+    settings: Settings
+    trades: list[dict[str, Any]]
+    quotes: list[dict[str, Any]]
+    snapshots: list[int]  # trades snapshots, oldest first
+
+
+def _rows(rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    trades: list[dict[str, Any]] = []
+    quotes: list[dict[str, Any]] = []
+    seq: dict[tuple[str, str, str], int] = {}
+
+    def next_seq(kind: str, exchange: str, symbol: str) -> int:
+        seq[(kind, exchange, symbol)] = seq.get((kind, exchange, symbol), 0) + 1
+        return seq[(kind, exchange, symbol)]
+
+    for day in range(DAYS):
+        for symbol in BUSY:
+            t = DAY + timedelta(days=day, hours=1)
+            for _ in range(rng.randrange(5, 30)):
+                t += timedelta(seconds=rng.choice((0, 0, 1, 7, 60)))  # ties on time, often
+                trades.append(
+                    trade(
+                        symbol,
+                        next_seq("t", "asx", symbol),
+                        t,
+                        Decimal(rng.randrange(100, 999)) / 10,
+                        rng.randrange(1, 50),
+                    )
+                )
+                bid = Decimal(rng.randrange(100, 999)) / 10
+                quotes.append(
+                    quote(symbol, next_seq("q", "asx", symbol), t, bid, bid + Decimal("0.1"), rng.randrange(1, 9))
+                )
+    for i in range(3):
+        trades.append(trade(OLD, next_seq("t", "asx", OLD), DAY + timedelta(hours=2, seconds=i), "5.5", i + 1))
+    quotes.append(quote(QUIET, 1, DAY + timedelta(days=1, hours=3), "1.1", "1.2"))
+    # Another exchange, later than everything on asx: must never show up in an asx answer.
+    trades.append(trade("BHP", 1, DAY + timedelta(days=DAYS), "99", 1, exchange="nyse"))
+    quotes.append(quote("BHP", 1, DAY + timedelta(days=DAYS), "98", "99", exchange="nyse"))
+    return trades, quotes
+
+
+def _seed(settings: Settings) -> Seeded:
+    rng = random.Random(17)
+    trades, quotes = _rows(rng)
+    lake = open_lake(settings)
+    snapshots = []
+    for rows, kind in ((trades, "trades"), (quotes, "quotes")):
+        delivered = rows[:]
+        rng.shuffle(delivered)  # delivery order: a later append may hold an older row
+        for start in range(0, len(delivered), 60):
+            snapshot = lake.append(kind, delivered[start : start + 60])
+            if kind == "trades":
+                snapshots.append(snapshot)
+    lake.catalog.close()
+    return Seeded(settings, trades, quotes, snapshots)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def seeded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    catalog = CatalogSettings(name=f"many{request.param}{random.randrange(10**9)}")
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_uri")
+        catalog.uri = POSTGRES_URI
+    settings = Settings(home=tmp_path_factory.mktemp("many") / "k2home", catalog=catalog)
+    settings.query.tail_enabled = False
+    return _seed(settings)
+
+
+@pytest.fixture
+def engine(seeded: Seeded) -> Iterator[QueryEngine]:
+    with QueryEngine.from_settings(seeded.settings, cache=False) as engine:
+        yield engine
+
+
+def test_every_instrument_of_an_exchange(seeded: Seeded, engine: QueryEngine) -> None:
+    result = engine.latest_on("asx")
+    assert result.table.schema == LATEST_ON_SCHEMA
+    assert result.table.to_pylist() == oracle.latest_on(seeded.trades, seeded.quotes, "asx", None)
+    assert [r["symbol"] for r in result.table.to_pylist()] == sorted((*BUSY, OLD, QUIET))
+    assert result.sources == ("iceberg",)
+    assert engine.latest_on("nyse").table.to_pylist() == oracle.latest_on(seeded.trades, seeded.quotes, "nyse", None)
+
+
+@pytest.mark.parametrize("symbols", [["OLD", "QUIET", "BHP"], "CSL,OLD", ("AAA",), ["BHP", "BHP"]])
+def test_a_list_of_symbols(seeded: Seeded, engine: QueryEngine, symbols: Any) -> None:
+    names = symbols.split(",") if isinstance(symbols, str) else symbols
+    expected = oracle.latest_on(seeded.trades, seeded.quotes, "asx", names)
+    assert engine.latest_on("asx", symbols).table.to_pylist() == expected
+    assert get_latest_on(engine, "asx", symbols).to_pylist() == expected
+
+
+def test_agrees_with_single_symbol_latest(engine: QueryEngine) -> None:
+    for row in engine.latest_on("asx").table.to_pylist():
+        trades = engine.latest(row["symbol"], "asx").table.to_pylist()
+        quotes = engine.latest(row["symbol"], "asx", kind="quotes").table.to_pylist()
+        assert row["trade_sequence_number"] == (trades[0]["exchange_sequence_number"] if trades else None)
+        assert row["quote_sequence_number"] == (quotes[0]["exchange_sequence_number"] if quotes else None)
+
+
+def test_reads_older_days_only_for_symbols_not_found(
+    seeded: Seeded, engine: QueryEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Busy symbols are all found in the newest day: one day's files read per table. OLD sends the trades search back
+    to the first day, and only then."""
+    reads: list[tuple[str, str, int]] = []
+    register = scan.register_scan
+
+    def spy(con: Any, name: str, table: Any, table_def: Any, plan: scan.ScanPlan, *a: Any, **k: Any) -> Any:
+        if name == "latest_src":  # not the symbol index's reads
+            reads.append((table_def.name, name, len(plan.data_files)))
+        return register(con, name, table, table_def, plan, *a, **k)
+
+    monkeypatch.setattr(routing.scan, "register_scan", spy)
+    engine.latest_on("asx", list(BUSY))
+    assert [(t, n) for t, n, _ in reads] == [("trades", "latest_src"), ("quotes", "latest_src")]
+    reads.clear()
+    engine.latest_on("asx", ["BHP", OLD])
+    trades_reads = [r for r in reads if r[0] == "trades"]
+    assert len(trades_reads) == DAYS  # newest day, then back one day at a time until OLD's first day
+
+
+def test_time_travel_reads_both_tables_as_of_the_same_moment(seeded: Seeded, engine: QueryEngine) -> None:
+    first = seeded.snapshots[0]
+    trades_then = seeded_rows(seeded.settings, "trades", first)
+    lake = open_lake(seeded.settings)
+    committed_at = datetime.fromtimestamp(lake.table("trades").snapshot_by_id(first).timestamp_ms / 1000, UTC)  # type: ignore[union-attr]
+    quotes_table = lake.table("quotes")
+    quote_ids = [s.snapshot_id for s in quotes_table.snapshots() if s.timestamp_ms <= committed_at.timestamp() * 1000]
+    quotes_then = quotes_table.scan(snapshot_id=quote_ids[-1]).to_arrow().to_pylist() if quote_ids else []
+    lake.catalog.close()
+    result = engine.latest_on("asx", as_of_snapshot=first)
+    assert result.snapshot_id == first
+    assert result.table.to_pylist() == oracle.latest_on(trades_then, quotes_then, "asx", None)
+
+
+def seeded_rows(settings: Settings, name: str, snapshot_id: int) -> list[dict[str, Any]]:
+    lake = open_lake(settings)
+    try:
+        return lake.rows(name, snapshot_id)
+    finally:
+        lake.catalog.close()
+
+
+def test_bad_input(engine: QueryEngine) -> None:
+    with pytest.raises(UnknownSymbolError, match="symbol 'NOPE'"):
+        engine.latest_on("asx", ["BHP", "NOPE"])
+    with pytest.raises(QueryError, match=r"^symbol must be an uppercase ticker"):
+        engine.latest_on("asx", "BHP,bhp")
+    with pytest.raises(QueryError, match=r"^symbol must name at least one"):
+        engine.latest_on("asx", "")
+    with pytest.raises(QueryError, match=r"^exchange must be one of"):
+        engine.latest_on("mars")
+
+
+def test_the_realtime_tail_wins_when_later(seeded: Seeded) -> None:
+    buffer = RealtimeBuffer(1000, retention=timedelta(days=3650))
+    newest = max(r["exchange_timestamp"] for r in seeded.trades if r["exchange"] == "asx")
+    later = [
+        trade("BHP", 10_000, newest + timedelta(seconds=1), "77", 3),
+        trade("NEW", 1, newest + timedelta(seconds=2), "1", 1),
+        trade("CBA", 0, DAY - timedelta(days=1), "1", 1),  # older than what Iceberg holds: must not win
+    ]
+    new_quote = quote("CBA", 10_000, newest + timedelta(seconds=3), "5", "6")
+    for row in later:
+        buffer.add("trades", row, datetime.now(UTC))
+    buffer.add("quotes", new_quote, datetime.now(UTC))
+    with QueryEngine.from_settings(seeded.settings, realtime=buffer, cache=False) as engine:
+        result = engine.latest_on("asx")
+    assert result.sources == ("iceberg", "realtime")
+    expected = oracle.latest_on([*seeded.trades, *later], [*seeded.quotes, new_quote], "asx", None)
+    got = result.table.to_pylist()
+    assert [(r["symbol"], r["trade_sequence_number"], r["quote_sequence_number"]) for r in got] == [
+        (r["symbol"], r["trade_sequence_number"], r["quote_sequence_number"]) for r in expected
+    ]
+    assert got == expected
+
+
+def test_api_latest_all(seeded: Seeded, tmp_path: Path) -> None:
+    with local_client(create_app(seeded.settings)) as client:
+        response = client.get(
+            "/v1/latest/all", params=[("exchange", "asx"), ("symbol", "OLD"), ("symbol", "QUIET,BHP")]
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        expected = oracle.latest_on(seeded.trades, seeded.quotes, "asx", ["OLD", "QUIET", "BHP"])
+        assert body["count"] == 3
+        assert [r["symbol"] for r in body["data"]] == ["BHP", "OLD", "QUIET"]
+        for got, want in zip(body["data"], expected, strict=True):
+            assert got["trade_sequence_number"] == want["trade_sequence_number"]
+            for column in ("price", "volume", "bid_price", "ask_size"):  # exact decimal strings, 8 places
+                assert got[column] == (f"{want[column]:.8f}" if want[column] is not None else None), column
+        whole = client.get("/v1/latest/all", params={"exchange": "asx"}).json()
+        assert whole["count"] == len(BUSY) + 2
+        csv = client.get("/v1/latest/all", params={"exchange": "asx", "format": "csv"})
+        assert csv.status_code == 200
+        assert csv.text.startswith('"symbol","exchange","trade_timestamp"')
+        assert client.get("/v1/latest/all", params={"exchange": "asx", "symbol": "bhp"}).status_code == 400
+        assert client.get("/v1/latest/all", params={"exchange": "asx", "symbol": "NOPE"}).status_code == 404
+        # The single-symbol answer keeps its shape.
+        single = client.get("/v1/latest", params={"exchange": "asx", "symbol": "BHP"}).json()
+        assert single["data"]["exchange_sequence_number"] == expected[0]["trade_sequence_number"]
+
+
+def test_latest_all_needs_the_trades_and_the_quotes_scope(make_settings: Callable[..., Settings]) -> None:
+    """It carries both streams' columns, so both scopes, like /v1/trades?with_quote=true."""
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    settings.auth = AuthSettings(mode="on")
+    seed(settings)
+    engine = catalog_engine(settings)
+    store = KeyStore(engine)
+    expires = datetime.now(UTC) + timedelta(days=1)
+    try:
+        with local_client(create_app(settings)) as client:
+
+            def get(*scopes: str, exchange: str = "asx") -> Any:
+                _, token = store.create(f"t{random.randrange(10**9)}", scopes, expires)
+                headers = {"Authorization": f"Bearer {token}"}
+                return client.get("/v1/latest/all", params={"exchange": exchange}, headers=headers)
+
+            assert get("read:trades:asx").status_code == 403
+            assert "missing scope read:quotes:asx" in get("read:trades:asx").json()["detail"]
+            assert get("read:quotes:asx").status_code == 403
+            assert get("read:trades:asx", "read:quotes:nyse").status_code == 403
+            assert get("read:trades:asx", "read:quotes:asx").status_code == 200
+            assert get("read:trades:*", "read:quotes:*", exchange="nyse").status_code == 200
+    finally:
+        engine.dispose()
+
+
+def test_cli_latest_on_an_exchange(seeded: Seeded) -> None:
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+    from tests.integration.test_query import cli_env
+
+    env = cli_env(seeded.settings)
+    runner = CliRunner()
+    every = runner.invoke(app, ["query", "latest", "-e", "asx"], env=env)
+    assert every.exit_code == 0, every.output
+    for row in oracle.latest_on(seeded.trades, seeded.quotes, "asx", None):
+        assert row["symbol"] in every.stdout
+    some = runner.invoke(app, ["query", "latest", "-e", "asx", "--symbols", "OLD,QUIET"], env=env)
+    assert some.exit_code == 0, some.output
+    assert "OLD" in some.stdout
+    assert "BHP" not in some.stdout
+    assert "QUIET" in some.stdout
+    bad = runner.invoke(app, ["query", "latest", "BHP", "-e", "asx", "--symbols", "CBA"], env=env)
+    assert bad.exit_code == 2
+    single = runner.invoke(app, ["query", "latest", "BHP", "-e", "asx"], env=env)  # unchanged
+    assert single.exit_code == 0, single.output
