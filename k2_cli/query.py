@@ -60,7 +60,13 @@ class OutputFormat(StrEnum):
     ndjson = "ndjson"
 
 
-SymbolArg = Annotated[str, typer.Argument(help="Uppercase ticker, e.g. BHP, BRK.B, BTCUSDT.", show_default=False)]
+SymbolArg = Annotated[
+    str,
+    typer.Argument(
+        help="Uppercase ticker, e.g. BHP, BRK.B, BTCUSDT; trades and quotes also take a comma list (BHP,CBA).",
+        show_default=False,
+    ),
+]
 ExchangeOpt = Annotated[str, typer.Option("--exchange", "-e", help="Exchange code, e.g. asx.", show_default=False)]
 StartOpt = Annotated[
     str | None, typer.Option(help="Inclusive ISO-8601 start; no offset means UTC. Default: end minus one day.")
@@ -194,6 +200,9 @@ def _market(
     with_quote: bool = False,
 ) -> None:
     exporting = output is not None or fmt != OutputFormat.table
+    if "," in symbol:
+        _market_many(kind, symbol, exchange, start, end, limit, fmt, output, as_of_snapshot, as_of, with_quote)
+        return
     try:
         with _engine() as engine:
             travel = _as_of(as_of_snapshot, as_of)
@@ -220,6 +229,45 @@ def _market(
         caption += " (more rows: narrow the window, raise --limit, or export with --output)"
     # symbol and exchange are fixed by the query and already in the title.
     _render(result.table, title, hide=("symbol", "exchange"), caption=caption)
+
+
+def _market_many(
+    kind: Kind,
+    symbols: str,
+    exchange: str,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    fmt: OutputFormat,
+    output: Path | None,
+    as_of_snapshot: str | None,
+    as_of: str | None,
+    with_quote: bool = False,
+) -> None:
+    """SYMBOL as a comma list: one listing of all of them (`QueryEngine.fetch_many`), shown or exported as one."""
+    exporting = output is not None or fmt != OutputFormat.table
+    try:
+        with _engine() as engine:
+            travel = _as_of(as_of_snapshot, as_of)
+            page_size = engine.limits.max_limit if exporting else limit
+
+            def pages(cursor: str | None) -> QueryResult:
+                return engine.fetch_many(
+                    kind, symbols, exchange, start, end, page_size, cursor=cursor, with_quote=with_quote, as_of=travel
+                )
+
+            if exporting:
+                _export(pages, _export_format(fmt), output, total=None, limit=limit, what=kind)
+                return
+            result = pages(None)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    assert result.window is not None
+    title = f"{kind} {symbols}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
+    caption = f"{result.table.num_rows} rows; {_provenance(result)}"
+    if result.next_cursor is not None:
+        caption += " (more rows: narrow the window, raise --limit, or export with --output)"
+    _render(result.table, title, hide=("exchange",), caption=caption)
 
 
 def _export_format(fmt: OutputFormat) -> ExportFormat:

@@ -1,4 +1,7 @@
-"""`/v1/trades` and `/v1/quotes`: one symbol on one exchange over a time window, in exchange order, paged."""
+"""`/v1/trades` and `/v1/quotes`: one symbol (or several) on one exchange over a time window, in exchange order, paged.
+
+`symbol` may be repeated or a comma list: one symbol keeps the single-stream listing (`QueryEngine.fetch`), several
+are one listing of all of them (`QueryEngine.fetch_many`), so a client asking for one symbol sees no change."""
 
 from __future__ import annotations
 
@@ -9,15 +12,54 @@ from fastapi import APIRouter, Query, Response
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT
 from k2_api.models import ErrorResponse, QuotesResponse, TradesResponse
-from k2_api.params import Cursor, End, Exchange, Limit, Start, Symbol
+from k2_api.params import Cursor, End, Exchange, Limit, Start
 from k2_api.render import page
-from k2_core.read.params import MarketQuery
+from k2_core.model.topics import Kind
+from k2_core.read.engine import QueryEngine
+from k2_core.read.params import AsOf, MarketQuery, validate_symbols
+from k2_core.read.result import QueryResult
 
 router = APIRouter(
     prefix="/v1",
     tags=["market data"],
     responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, **ALTERNATE_CONTENT},
 )
+
+
+Symbols = Annotated[
+    list[str],
+    Query(
+        description="Uppercase ticker, e.g. BHP. Several: repeat the parameter (symbol=BHP&symbol=CBA) or give a comma "
+        "list; rows of every one come in one listing, ordered by time, then symbol, then sequence number."
+    ),
+]
+
+
+def _read(
+    reader: QueryEngine,
+    kind: Kind,
+    symbol: list[str],
+    exchange: str,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    cursor: str | None,
+    as_of: AsOf | None,
+    with_quote: bool = False,
+) -> tuple[MarketQuery, QueryResult]:
+    """One symbol: the single-stream listing as it always was; several: the merged one."""
+    wanted = validate_symbols(",".join(symbol))
+    assert wanted is not None
+    if len(wanted) == 1:
+        query = reader.market_query(wanted[0], exchange, start, end, limit)
+        return query, reader.fetch(kind, query, cursor=cursor, with_quote=with_quote, as_of=as_of)
+    result = reader.fetch_many(
+        kind, wanted, exchange, start, end, limit, cursor=cursor, with_quote=with_quote, as_of=as_of
+    )
+    assert result.window is not None
+    assert result.limit is not None
+    query = MarketQuery(",".join(wanted), exchange, result.window.start, result.window.end, result.limit)
+    return query, result
 
 
 def _echo(query: MarketQuery) -> dict[str, Any]:
@@ -37,7 +79,7 @@ def trades(
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    symbol: Symbol,
+    symbol: Symbols,
     exchange: Exchange,
     start: Start = None,
     end: End = None,
@@ -51,9 +93,8 @@ def trades(
         ),
     ] = False,
 ) -> Any:
-    """Trades of one symbol on one exchange in [start, end), oldest first."""
-    query = reader.market_query(symbol, exchange, start, end, limit)
-    result = reader.fetch("trades", query, cursor=cursor, with_quote=with_quote, as_of=as_of)
+    """Trades of one symbol (or several) on one exchange in [start, end), oldest first."""
+    query, result = _read(reader, "trades", symbol, exchange, start, end, limit, cursor, as_of, with_quote)
     return page(TradesResponse, result, fmt, response, **_echo(query))
 
 
@@ -63,14 +104,13 @@ def quotes(
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    symbol: Symbol,
+    symbol: Symbols,
     exchange: Exchange,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
     cursor: Cursor = None,
 ) -> Any:
-    """Quotes of one symbol on one exchange in [start, end), oldest first."""
-    query = reader.market_query(symbol, exchange, start, end, limit)
-    result = reader.fetch("quotes", query, cursor=cursor, as_of=as_of)
+    """Quotes of one symbol (or several) on one exchange in [start, end), oldest first."""
+    query, result = _read(reader, "quotes", symbol, exchange, start, end, limit, cursor, as_of)
     return page(QuotesResponse, result, fmt, response, **_echo(query))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -240,6 +241,68 @@ class QueryEngine:
         return QueryResult(
             rows, route.sources, choice.snapshot_id, next_cursor, cached, window=query.window, limit=query.limit
         )
+
+    def fetch_many(
+        self,
+        kind: Kind,
+        symbols: Collection[str] | str,
+        exchange: str,
+        start: TimeInput = None,
+        end: TimeInput = None,
+        limit: int | None = None,
+        *,
+        cursor: str | None = None,
+        with_quote: bool = False,
+        as_of: AsOf | None = None,
+    ) -> QueryResult:
+        """One page of trades/quotes of several symbols of one exchange, as `fetch` reads one, in
+        `(exchange_timestamp, symbol, exchange_sequence_number)` order: exchange order within each symbol, rows of
+        different symbols at one time by symbol. The cursor holds `(time, symbol's place in the sorted list, sequence)`,
+        from which each symbol's own keyset position follows, so each page reads at most limit + 1 rows per symbol
+        and merges them; a listing read from Iceberg alone is pinned to its first page's snapshot, as `fetch`'s."""
+        if with_quote and kind != "trades":
+            raise QueryError("with_quote applies to trades only")
+        wanted = validate_symbols(symbols)
+        assert wanted is not None
+        first = self.market_query(wanted[0], exchange, start, end, limit)
+        key_parts = (kind, wanted, first.exchange, first.start, first.end, with_quote, as_of)
+        position = self._position(cursor, fingerprint("many", *key_parts), 3, first.window)
+        pages: list[pa.Table] = []
+        served: set[str] = set()
+        snapshot_id: int | None = None
+        quote_snapshot: int | None = None
+        pinned_all = True
+        for place, symbol in enumerate(wanted):
+            query = replace(first, symbol=symbol)
+            stream, pinned = self._open(kind, query.exchange, symbol, as_of, position)
+            snapshot_id = stream.choice.snapshot_id
+            route = self.sources.route(kind, query.exchange, query.window, pinned=pinned)
+            served.update(route.sources)
+            pinned_all = pinned_all and not route.realtime
+            rows = paging.page(
+                self.sources, stream, query.window, query.limit, route, _symbol_position(position, place)
+            )
+            if with_quote:
+                quote_choice = joins.quote_snapshot(self.sources, stream.choice, as_of, position)
+                quote_snapshot = quote_choice.snapshot_id
+                rows = joins.attach_quotes(self.sources, rows, query, quote_choice, realtime=route.realtime)
+            pages.append(rows)
+        merged = pa.concat_tables(pages, promote_options="permissive").sort_by(
+            [(TIME_COLUMN, "ascending"), ("symbol", "ascending"), ("exchange_sequence_number", "ascending")]
+        )
+        rows, last = paging.cut(merged, first.limit)
+        next_cursor = None
+        if last is not None:
+            next_cursor = self.cursors.encode(
+                Cursor(
+                    after=(micros(last[TIME_COLUMN]), wanted.index(last["symbol"]), last["exchange_sequence_number"]),
+                    snapshot_id=snapshot_id if pinned_all else None,
+                    fingerprint=fingerprint("many", *key_parts),
+                    quote_snapshot_id=quote_snapshot if pinned_all else None,
+                )
+            )
+        sources = tuple(s for s in (ICEBERG, REALTIME) if s in served)
+        return QueryResult(rows, sources, snapshot_id, next_cursor, window=first.window, limit=first.limit)
 
     def read(self, kind: Kind, query: MarketQuery, *, as_of: AsOf | None = None) -> pa.Table:
         """The first page of a validated trades/quotes query as a table."""
@@ -590,3 +653,18 @@ def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
             """
         ).to_arrow_table()
     return scan.cast_to(joined, LATEST_ON_SCHEMA)
+
+
+# Keyset bounds for "any sequence number": sequence numbers are 64-bit.
+_BEFORE_ANY, _AFTER_ANY = -(2**63), 2**63 - 1
+
+
+def _symbol_position(position: Cursor | None, place: int) -> Cursor | None:
+    """One symbol's own keyset position `(time, sequence)` from a several-symbol cursor `(time, place, sequence)`:
+    rows strictly after it in `(time, symbol, sequence)` order. A symbol sorting before the cursor's continues after
+    every row at the cursor's time, the cursor's own after its sequence, one sorting after it at the time itself."""
+    if position is None:
+        return None
+    at, cursor_place, seq = position.after
+    after_seq = seq if place == cursor_place else _AFTER_ANY if place < cursor_place else _BEFORE_ANY
+    return replace(position, after=(at, after_seq))

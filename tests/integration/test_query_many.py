@@ -297,3 +297,106 @@ def test_cli_latest_on_an_exchange(seeded: Seeded) -> None:
     assert bad.exit_code == 2
     single = runner.invoke(app, ["query", "latest", "BHP", "-e", "asx"], env=env)  # unchanged
     assert single.exit_code == 0, single.output
+
+
+def many_order(rows: list[dict[str, Any]], symbols: list[str], start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The oracle's several-symbol listing: the window's rows of those symbols by (time, symbol, sequence)."""
+    picked = [r for r in oracle.window(rows, start, end) if r["exchange"] == "asx" and r["symbol"] in symbols]
+    return sorted(picked, key=lambda r: (r["exchange_timestamp"], r["symbol"], r["exchange_sequence_number"]))
+
+
+@pytest.mark.parametrize("kind", ["trades", "quotes"])
+@pytest.mark.parametrize("limit", [1, 7, 1000])
+def test_several_symbols_page_through_one_listing(seeded: Seeded, engine: QueryEngine, kind: str, limit: int) -> None:
+    symbols = ["OLD", "BHP", "CBA", "QUIET"]
+    start, end = DAY, DAY + timedelta(days=3)
+    rows, cursor, pages = [], None, 0
+    while True:
+        page = engine.fetch_many(kind, symbols, "asx", start, end, limit, cursor=cursor)  # type: ignore[arg-type]
+        assert page.table.num_rows <= limit
+        rows += page.table.to_pylist()
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    expected = many_order(seeded.trades if kind == "trades" else seeded.quotes, symbols, start, end)
+    assert len(expected) > 50
+    assert rows == expected
+    assert pages == max(1, -(-len(expected) // limit))
+
+
+def test_several_symbols_with_quote_match_merge_asof(seeded: Seeded, engine: QueryEngine) -> None:
+    symbols = ["BHP", "CSL"]
+    start, end = DAY + timedelta(days=1), DAY + timedelta(days=2)
+    got = engine.fetch_many("trades", symbols, "asx", start, end, 1000, with_quote=True).table.to_pylist()
+    expected = []
+    for symbol in symbols:
+        mine = [r for r in seeded.trades if r["symbol"] == symbol and r["exchange"] == "asx"]
+        quotes = [r for r in seeded.quotes if r["symbol"] == symbol and r["exchange"] == "asx"]
+        expected += oracle.asof_quotes(oracle.window(mine, start, end), quotes)
+    expected.sort(key=lambda r: (r["exchange_timestamp"], r["symbol"], r["exchange_sequence_number"]))
+    assert got == expected
+
+
+def test_a_several_symbol_cursor_belongs_to_its_query(engine: QueryEngine) -> None:
+    start, end = DAY, DAY + timedelta(days=3)
+    page = engine.fetch_many("trades", "BHP,CBA", "asx", start, end, 5)
+    assert page.next_cursor is not None
+    with pytest.raises(QueryError, match=r"^cursor"):
+        engine.fetch_many("trades", "BHP,CSL", "asx", start, end, 5, cursor=page.next_cursor)
+    with pytest.raises(QueryError, match=r"^cursor"):
+        engine.fetch("trades", engine.market_query("BHP", "asx", start, end, 5), cursor=page.next_cursor)
+    with pytest.raises(UnknownSymbolError):
+        engine.fetch_many("trades", "BHP,NOPE", "asx", start, end, 5)
+
+
+def test_api_several_symbols(seeded: Seeded) -> None:
+    start, end = DAY, DAY + timedelta(days=2)
+    params: list[tuple[str, str]] = [("exchange", "asx"), ("start", start.isoformat()), ("end", end.isoformat())]
+    with local_client(create_app(seeded.settings)) as client:
+        for kind, rows in (("trades", seeded.trades), ("quotes", seeded.quotes)):
+            got: list[dict[str, Any]] = []
+            cursor = None
+            while True:
+                extra = [("cursor", cursor)] if cursor else []
+                response = client.get(
+                    f"/v1/{kind}", params=[*params, ("symbol", "CBA,AAA"), ("symbol", "OLD"), ("limit", "9"), *extra]
+                )
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["symbol"] == "AAA,CBA,OLD"
+                got += body["data"]
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    break
+            expected = many_order(rows, ["AAA", "CBA", "OLD"], start, end)
+            assert [(r["symbol"], r["exchange_sequence_number"]) for r in got] == [
+                (r["symbol"], r["exchange_sequence_number"]) for r in expected
+            ]
+        single = client.get("/v1/trades", params=[*params, ("symbol", "BHP")]).json()
+        assert single["symbol"] == "BHP"
+        assert [r["exchange_sequence_number"] for r in single["data"]] == [
+            r["exchange_sequence_number"] for r in many_order(seeded.trades, ["BHP"], start, end)
+        ]
+        assert client.get("/v1/trades", params=[*params, ("symbol", "BHP,bhp")]).status_code == 400
+
+
+def test_cli_several_symbols(seeded: Seeded, tmp_path: Path) -> None:
+    import pyarrow.csv as pa_csv
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+    from tests.integration.test_query import cli_env
+
+    env = cli_env(seeded.settings)
+    window = ["--start", DAY.isoformat(), "--end", (DAY + timedelta(days=3)).isoformat()]
+    shown = CliRunner().invoke(app, ["query", "trades", "BHP,OLD", "-e", "asx", *window, "--limit", "5"], env=env)
+    assert shown.exit_code == 0, shown.output
+    exported = tmp_path / "many.csv"
+    args = ["query", "quotes", "QUIET,CBA", "-e", "asx", *window, "-o", str(exported)]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    table = pa_csv.read_csv(exported)
+    expected = many_order(seeded.quotes, ["QUIET", "CBA"], DAY, DAY + timedelta(days=3))
+    got = table.select(["symbol", "exchange_sequence_number"]).to_pylist()
+    assert got == [{"symbol": r["symbol"], "exchange_sequence_number": r["exchange_sequence_number"]} for r in expected]
