@@ -8,6 +8,13 @@ from typing import Annotated
 from fastapi import Query
 
 Symbol = Annotated[str, Query(description="Uppercase ticker, e.g. BHP, BRK.B, BTCUSDT.")]
+Symbols = Annotated[
+    list[str],
+    Query(
+        description="Uppercase ticker, e.g. BHP. Several: repeat the parameter (symbol=BHP&symbol=CBA) or give a comma "
+        "list; rows of every one come in one listing, by time (or bar start), then symbol."
+    ),
+]
 Exchange = Annotated[str, Query(description="Exchange code from the topic layout, e.g. asx.")]
 Start = Annotated[
     str | None, Query(description="Inclusive ISO-8601 start; no offset means UTC. Default: end minus one day.")

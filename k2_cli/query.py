@@ -63,7 +63,7 @@ class OutputFormat(StrEnum):
 SymbolArg = Annotated[
     str,
     typer.Argument(
-        help="Uppercase ticker, e.g. BHP, BRK.B, BTCUSDT; trades and quotes also take a comma list (BHP,CBA).",
+        help="Uppercase ticker, e.g. BHP, BRK.B, BTCUSDT; trades, quotes and ohlcv also take a comma list (BHP,CBA).",
         show_default=False,
     ),
 ]
@@ -328,17 +328,19 @@ def ohlcv(
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
-    """OHLCV + VWAP bars of SYMBOL, UTC-aligned; intervals without trades have no bar."""
+    """OHLCV + VWAP bars of SYMBOL (or of a comma list, by bar start then symbol), UTC-aligned; intervals without
+    trades have no bar."""
     try:
         with _engine() as engine:
             travel = _as_of(as_of_snapshot, as_of)
+            bars = engine.ohlcv_many if "," in symbol else engine.ohlcv  # a comma list: one listing of them all
             if output is not None or fmt != OutputFormat.table:
-                first = engine.ohlcv(symbol, exchange, interval, start, end, as_of=travel)
+                first = bars(symbol, exchange, interval, start, end, as_of=travel)
                 _export(
                     lambda cursor: (
                         first
                         if cursor is None
-                        else engine.ohlcv(symbol, exchange, interval, start, end, cursor=cursor, as_of=travel)
+                        else bars(symbol, exchange, interval, start, end, cursor=cursor, as_of=travel)
                     ),
                     _export_format(fmt),
                     output,
@@ -347,13 +349,16 @@ def ohlcv(
                     what="bars",
                 )
                 return
-            result = engine.ohlcv(symbol, exchange, interval, start, end, limit=limit, as_of=travel)
+            result = bars(symbol, exchange, interval, start, end, limit=limit, as_of=travel)
     except QueryError as exc:
         raise _fail(exc) from None
     assert result.window is not None
     title = f"{interval} bars {symbol}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
     _render(
-        result.table, title, hide=("symbol", "exchange"), caption=f"{result.table.num_rows} bars; {_provenance(result)}"
+        result.table,
+        title,
+        hide=("exchange",) if "," in symbol else ("symbol", "exchange"),
+        caption=f"{result.table.num_rows} bars; {_provenance(result)}",
     )
 
 

@@ -10,9 +10,10 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT, provenance_headers
 from k2_api.models import BarsResponse, ErrorResponse, LatestOnResponse, LatestResponse, SummaryResponse
-from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol
+from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol, Symbols
 from k2_api.render import counted, page, provenance
 from k2_core.model.bars import INTERVALS
+from k2_core.read.params import validate_symbols
 
 router = APIRouter(
     prefix="/v1", tags=["bars"], responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
@@ -29,7 +30,7 @@ def ohlcv(
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    symbol: Symbol,
+    symbol: Symbols,
     exchange: Exchange,
     interval: Interval = "1m",
     start: Start = None,
@@ -37,11 +38,17 @@ def ohlcv(
     limit: Annotated[int | None, Query(description="Maximum bars per page (1..max_limit). Default: max_limit.")] = None,
     cursor: Cursor = None,
 ) -> Any:
-    """OHLCV, VWAP and trade count bars of one symbol; intervals without trades have no bar."""
-    result = reader.ohlcv(symbol, exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of)
+    """OHLCV, VWAP and trade count bars of one symbol (or several, by bar start then symbol); intervals without
+    trades have no bar."""
+    wanted = validate_symbols(",".join(symbol))
+    assert wanted is not None
+    if len(wanted) == 1:
+        result = reader.ohlcv(wanted[0], exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of)
+    else:
+        result = reader.ohlcv_many(wanted, exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of)
     assert result.window is not None
     assert result.limit is not None
-    echo = {"symbol": symbol, "exchange": exchange, "interval": interval, "limit": result.limit}
+    echo = {"symbol": ",".join(wanted), "exchange": exchange, "interval": interval, "limit": result.limit}
     return page(BarsResponse, result, fmt, response, start=result.window.start, end=result.window.end, **echo)
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Response
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT
 from k2_api.models import ErrorResponse, QuotesResponse, TradesResponse
-from k2_api.params import Cursor, End, Exchange, Limit, Start
+from k2_api.params import Cursor, End, Exchange, Limit, Start, Symbols
 from k2_api.render import page
 from k2_core.model.topics import Kind
 from k2_core.read.engine import QueryEngine
@@ -24,15 +24,6 @@ router = APIRouter(
     tags=["market data"],
     responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, **ALTERNATE_CONTENT},
 )
-
-
-Symbols = Annotated[
-    list[str],
-    Query(
-        description="Uppercase ticker, e.g. BHP. Several: repeat the parameter (symbol=BHP&symbol=CBA) or give a comma "
-        "list; rows of every one come in one listing, ordered by time, then symbol, then sequence number."
-    ),
-]
 
 
 def _read(

@@ -57,7 +57,7 @@ from k2_core.read.params import (
     validate_time_range,
 )
 from k2_core.read.realtime import RealtimeBuffer
-from k2_core.read.result import ICEBERG, REALTIME, CatalogHealth, QueryResult, Replay
+from k2_core.read.result import ICEBERG, PRECOMPUTED, REALTIME, CatalogHealth, QueryResult, Replay
 from k2_core.read.routing import (
     DEFAULT_REALTIME_WINDOW,
     TIME_COLUMN,
@@ -393,6 +393,65 @@ class QueryEngine:
                 )
             )
         return QueryResult(rows, served, choice.snapshot_id, next_cursor, cached, window=window, limit=limit)
+
+    def ohlcv_many(
+        self,
+        symbols: Collection[str] | str,
+        exchange: str,
+        interval: str = "1m",
+        start: TimeInput = None,
+        end: TimeInput = None,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """`ohlcv` for several symbols of one exchange in one listing, ordered by `(bar_start, symbol)`. Each symbol's
+        bars are `ohlcv`'s (same widening, precomputed days, cache); the cursor holds the last bar's start and its
+        symbol's place in the sorted list."""
+        travel = validate_as_of(as_of_snapshot, as_of)
+        wanted = validate_symbols(symbols)
+        assert wanted is not None
+        exchange = validate_exchange(exchange, self.exchanges)
+        bar = validate_interval(interval)
+        requested = validate_time_range(start, end, now=self.sources.clock(), max_window=self.limits.max_window)
+        window = bars.widen(requested, bar)
+        validate_bar_count(bar, window, self.limits.max_bars)
+        limit = validate_limit(limit, default=self.limits.max_limit, maximum=self.limits.max_limit)
+        key_parts = ("ohlcv_many", wanted, exchange, bar, window.start, window.end, travel)
+        position = self._position(cursor, fingerprint(*key_parts), 2, window)
+        found: list[pa.Table] = []
+        served: set[str] = set()
+        snapshot_id: int | None = None
+        tiers: list[Tier | None] = []
+        for place, symbol in enumerate(wanted):
+            stream, pinned = self._open("trades", exchange, symbol, travel, position)
+            snapshot_id = stream.choice.snapshot_id
+            rows, sources, cached = self._bars(stream, bar, window, pinned=pinned)
+            served.update(sources)
+            tiers.append(cached)
+            if position is not None:
+                after_us, cursor_place = position.after
+                after = pa.scalar(from_micros(after_us), pa.timestamp("us", tz="UTC"))
+                later = pc.greater_equal if place > cursor_place else pc.greater
+                rows = rows.filter(later(rows.column("bar_start"), after))
+            found.append(rows)
+        merged = pa.concat_tables(found).sort_by([("bar_start", "ascending"), ("symbol", "ascending")])
+        rows, last = paging.cut(merged, limit)
+        next_cursor = None
+        if last is not None:
+            next_cursor = self.cursors.encode(
+                Cursor(
+                    after=(micros(last["bar_start"]), wanted.index(last["symbol"])),
+                    snapshot_id=None if REALTIME in served else snapshot_id,
+                    fingerprint=fingerprint(*key_parts),
+                )
+            )
+        order = (PRECOMPUTED, ICEBERG, REALTIME)
+        sources = tuple(s for s in order if s in served)
+        cached = tiers[0] if all(t is not None for t in tiers) else None
+        return QueryResult(rows, sources, snapshot_id, next_cursor, cached, window=window, limit=limit)
 
     def summary(
         self,

@@ -400,3 +400,65 @@ def test_cli_several_symbols(seeded: Seeded, tmp_path: Path) -> None:
     expected = many_order(seeded.quotes, ["QUIET", "CBA"], DAY, DAY + timedelta(days=3))
     got = table.select(["symbol", "exchange_sequence_number"]).to_pylist()
     assert got == [{"symbol": r["symbol"], "exchange_sequence_number": r["exchange_sequence_number"]} for r in expected]
+
+
+def many_bars(
+    seeded: Seeded, symbols: list[str], interval: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """The oracle's bars of several symbols, by (bar_start, symbol)."""
+    picked = [r for r in seeded.trades if r["exchange"] == "asx" and r["symbol"] in symbols]
+    found = oracle.bars(oracle.window(picked, start, end), interval)
+    return sorted(found, key=lambda b: (b["bar_start"], b["symbol"]))
+
+
+@pytest.mark.parametrize(("interval", "limit"), [("1m", 3), ("1h", 2), ("1d", 1000), ("5s", 11)])
+def test_bars_of_several_symbols_page_through_one_listing(
+    seeded: Seeded, engine: QueryEngine, interval: str, limit: int
+) -> None:
+    symbols = ["OLD", "BHP", "CSL"]
+    start, end = DAY, DAY + timedelta(days=2)
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = engine.ohlcv_many(symbols, "asx", interval, start, end, limit=limit, cursor=cursor)
+        assert page.table.num_rows <= limit
+        rows += page.table.to_pylist()
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    expected = many_bars(seeded, symbols, interval, start, end)
+    assert len(expected) > 3
+    keys = ("symbol", "bar_start", "open", "high", "low", "close", "volume", "vwap", "trade_count")
+    assert [{k: r[k] for k in keys} for r in rows] == [{k: b[k] for k in keys} for b in expected]
+
+
+def test_api_and_cli_bars_of_several_symbols(seeded: Seeded) -> None:
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+    from tests.integration.test_query import cli_env
+
+    start, end = DAY, DAY + timedelta(days=2)
+    expected = many_bars(seeded, ["BHP", "CBA"], "1h", start, end)
+    params = {"exchange": "asx", "interval": "1h", "start": start.isoformat(), "end": end.isoformat()}
+    with local_client(create_app(seeded.settings)) as client:
+        got: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            extra = {"cursor": cursor} if cursor else {}
+            body = client.get("/v1/ohlcv", params={**params, "symbol": "CBA,BHP", "limit": "3", **extra}).json()
+            got += body["data"]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert body["symbol"] == "BHP,CBA"
+        assert [(b["symbol"], b["close"], b["trade_count"]) for b in got] == [
+            (b["symbol"], f"{b['close']:.8f}", b["trade_count"]) for b in expected
+        ]
+        single = client.get("/v1/ohlcv", params={**params, "symbol": "BHP"}).json()
+        assert single["symbol"] == "BHP"
+        assert len(single["data"]) == len([b for b in expected if b["symbol"] == "BHP"])
+    args = ["query", "ohlcv", "BHP,CBA", "-e", "asx", "-i", "1h", "--start", params["start"], "--end", params["end"]]
+    shown = CliRunner().invoke(app, [*args, "-f", "ndjson"], env=cli_env(seeded.settings))
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.stdout.strip().splitlines()) == len(expected)
