@@ -462,3 +462,51 @@ def test_api_and_cli_bars_of_several_symbols(seeded: Seeded) -> None:
     shown = CliRunner().invoke(app, [*args, "-f", "ndjson"], env=cli_env(seeded.settings))
     assert shown.exit_code == 0, shown.output
     assert len(shown.stdout.strip().splitlines()) == len(expected)
+
+
+def test_latest_on_is_cached_per_snapshot(seeded: Seeded) -> None:
+    with QueryEngine.from_settings(seeded.settings) as engine:
+        first = engine.latest_on("asx", ["BHP", "OLD"])
+        again = engine.latest_on("asx", "OLD,BHP")  # the same set: the same entry
+    assert first.cached is None
+    assert again.cached == "lru"
+    assert again.table == first.table
+
+
+def test_several_symbols_merge_the_realtime_tail(seeded: Seeded) -> None:
+    """The newest rows of each symbol come from the tail, each symbol deduplicated against Iceberg on its own."""
+    lake = open_lake(seeded.settings)
+    catalog = lake.catalog
+    newest = max(r["exchange_timestamp"] for r in seeded.trades if r["exchange"] == "asx")
+    now = newest + timedelta(seconds=30)
+    buffer = RealtimeBuffer(1000, retention=timedelta(days=3650))
+    asx_bhp = [r for r in seeded.trades if r["symbol"] == "BHP" and r["exchange"] == "asx"]
+    committed_bhp = max(asx_bhp, key=lambda r: (r["exchange_timestamp"], r["exchange_sequence_number"]))
+    tail = [
+        committed_bhp,  # already in Iceberg: must not be counted twice
+        trade("BHP", 50_000, newest + timedelta(seconds=5), "70", 1),
+        trade("CBA", 50_000, newest + timedelta(seconds=5), "71", 1),  # same time as BHP's: by symbol
+        trade("CBA", 50_001, newest + timedelta(seconds=6), "72", 1),
+    ]
+    for row in tail:
+        buffer.add("trades", row, datetime.now(UTC))
+    buffer.mark_ready("trades", "asx", None)
+    start, end = newest - timedelta(hours=1), now
+    try:
+        engine = QueryEngine(catalog, seeded.settings.catalog.namespace, realtime=buffer, clock=lambda: now)
+        rows: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = engine.fetch_many("trades", ["BHP", "CBA"], "asx", start, end, 4, cursor=cursor)
+            assert "realtime" in page.sources
+            rows += page.table.to_pylist()
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    finally:
+        catalog.close()
+    expected = many_order([*seeded.trades, *tail[1:]], ["BHP", "CBA"], start, end)
+    assert [(r["symbol"], r["exchange_sequence_number"]) for r in rows] == [
+        (r["symbol"], r["exchange_sequence_number"]) for r in expected
+    ]
+    assert [r["symbol"] for r in rows[-3:]] == ["BHP", "CBA", "CBA"]
