@@ -27,6 +27,7 @@ from k2_core.read.routing import market_filter
 from k2_core.settings import Settings
 from tests.support import factories
 from tests.support import query_oracle as oracle
+from tests.support.clients import cli_env
 
 SettingsFactory = Callable[..., Settings]  # the `make_settings` fixture (tests/conftest.py)
 
@@ -314,17 +315,6 @@ def test_module_functions_accept_engine_catalog_or_settings(engine: QueryEngine,
 
 
 # --- `k2 query` -----------------------------------------------------------------------------------------------
-
-
-def cli_env(settings: Settings) -> dict[str, str | None]:
-    """The CLI builds its own Settings from K2_* variables, as in production; point them at this test's catalog.
-    COLUMNS keeps Rich from cropping the table to an 80-column pseudo-terminal."""
-    return {
-        "K2_HOME": str(settings.home),
-        "K2_CATALOG_NAME": settings.catalog.name,
-        "K2_CATALOG_URI": settings.catalog.uri.get_secret_value(),
-        "COLUMNS": "250",
-    }
 
 
 def test_cli_trades_prints_a_table(engine: QueryEngine, settings: Settings) -> None:

@@ -280,7 +280,7 @@ def test_cli_latest_on_an_exchange(seeded: Seeded) -> None:
     from typer.testing import CliRunner
 
     from k2_cli.main import app
-    from tests.integration.test_query import cli_env
+    from tests.support.clients import cli_env
 
     env = cli_env(seeded.settings)
     runner = CliRunner()
@@ -386,7 +386,7 @@ def test_cli_several_symbols(seeded: Seeded, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from k2_cli.main import app
-    from tests.integration.test_query import cli_env
+    from tests.support.clients import cli_env
 
     env = cli_env(seeded.settings)
     window = ["--start", DAY.isoformat(), "--end", (DAY + timedelta(days=3)).isoformat()]
@@ -436,7 +436,7 @@ def test_api_and_cli_bars_of_several_symbols(seeded: Seeded) -> None:
     from typer.testing import CliRunner
 
     from k2_cli.main import app
-    from tests.integration.test_query import cli_env
+    from tests.support.clients import cli_env
 
     start, end = DAY, DAY + timedelta(days=2)
     expected = many_bars(seeded, ["BHP", "CBA"], "1h", start, end)
