@@ -271,6 +271,8 @@ def _sandbox(limits: SqlLimits) -> duckdb.DuckDBPyConnection:
             "threads": limits.threads,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
+            # No spilling: the memory limit is a hard budget, and the query writes nothing to disk.
+            "temp_directory": "",
         }
     )
     con.execute("SET TimeZone = 'UTC'")
