@@ -22,7 +22,7 @@ from k2_api.models import ErrorResponse
 from k2_api.observability import install_observability
 from k2_api.routes import ROUTERS
 from k2_api.security import install_security
-from k2_core.exceptions import QueryError, UnknownSymbolError
+from k2_core.exceptions import QueryError, QueryTimeoutError, UnknownSymbolError
 from k2_core.logging import configure_logging, get_logger
 from k2_core.read.engine import QueryEngine
 from k2_core.read.realtime import RealtimeBuffer
@@ -70,8 +70,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _query_error(request: Request, exc: Exception) -> JSONResponse:
-    """Bad input is a 400, a symbol with no data a 404; the message names the parameter either way."""
-    code = status.HTTP_404_NOT_FOUND if isinstance(exc, UnknownSymbolError) else status.HTTP_400_BAD_REQUEST
+    """Bad input is a 400, a symbol with no data a 404, a query past its time budget a 408; the message names the
+    parameter (or the reason) either way."""
+    code = status.HTTP_400_BAD_REQUEST
+    if isinstance(exc, UnknownSymbolError):
+        code = status.HTTP_404_NOT_FOUND
+    elif isinstance(exc, QueryTimeoutError):
+        code = status.HTTP_408_REQUEST_TIMEOUT
     logger.info("rejected query", extra={"path": request.url.path, "reason": str(exc), "status": code})
     return JSONResponse(status_code=code, content=ErrorResponse(detail=str(exc)).model_dump())
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 
 from k2_core.model.tables import EXTRA_COLUMNS
 from k2_core.model.topics import Kind
@@ -255,4 +255,32 @@ class HealthResponse(BaseModel):
     error: str | None = None
     realtime_topics: list[str] | None = Field(
         default=None, description="Topics the realtime tail has caught up with; null when the tail is off."
+    )
+
+
+class SqlRequest(BaseModel):
+    """The body of `POST /v1/sql`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(
+        description="One read-only DuckDB SELECT (WITH, UNION ...) over trades, quotes, ohlcv_1m, ohlcv_1d and "
+        "sequence_gaps; nothing else may be read (docs/query.md, SQL).",
+        examples=["SELECT exchange, count(*) AS n FROM trades GROUP BY exchange"],
+    )
+    as_of_snapshot: int | None = Field(
+        default=None,
+        description="A snapshot id of trades or quotes: that table is read as of it, every other table at its "
+        "current snapshot.",
+    )
+
+
+class SqlResponse(BaseModel):
+    data: list[dict[str, Any]] = Field(
+        description="The rows; decimals as fixed-point strings, times as ISO-8601 UTC, as in the NDJSON export."
+    )
+    count: int
+    snapshots: dict[str, int | None] = Field(description="The snapshot each table read was pinned to.")
+    exchanges: dict[str, list[str] | None] = Field(
+        description="Per table, the exchanges its rows were narrowed to by the caller's scopes; null = all."
     )

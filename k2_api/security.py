@@ -85,13 +85,17 @@ class Rule:
     """The scopes a route needs: `read:<resource>[:<exchange>]`. `resource_param` names a query parameter that
     picks the resource (replay's `kind=quotes` reads quotes); `joins` maps a flag parameter to another resource whose
     columns the flag adds to the response (`with_quote` adds the quote's bid and ask), which then needs its scope
-    too: scopes cover every column a response can carry."""
+    too: scopes cover every column a response can carry. `body_scoped` routes (`/v1/sql`) need credentials (when
+    the caller needs them at all) but no one scope here: which tables the body reads decides, and the route checks
+    them against the principal (`k2_core.read.sql.allowed_exchanges`: 403 naming the scope, rows narrowed to the
+    exchanges granted)."""
 
     resource: str
     per_exchange: bool = True
     resource_param: str | None = None
     joins: tuple[tuple[str, str], ...] = ()
     also: tuple[str, ...] = ()  # resources the response always carries columns of, besides `resource`
+    body_scoped: bool = False
 
 
 # What a boolean query parameter may say to mean false (pydantic's spellings); any other value, or any other among
@@ -110,6 +114,8 @@ POLICY: dict[str, Rule] = {
     "/v1/replay": Rule("trades", resource_param="kind"),
     "/v1/gaps": Rule("gaps", per_exchange=False),
     "/v1/snapshots": Rule("snapshots", per_exchange=False),
+    # The SQL names its tables; the route checks each against the principal's scopes.
+    "/v1/sql": Rule("sql", per_exchange=False, body_scoped=True),
 }
 
 
@@ -117,6 +123,8 @@ def required_scopes(route: str, request: Request) -> list[str]:
     rule = POLICY.get(route)
     if rule is None:
         return [ADMIN]
+    if rule.body_scoped:
+        return []
     resource = rule.resource
     if rule.resource_param is not None:
         chosen = request.query_params.get(rule.resource_param)
@@ -331,6 +339,24 @@ def authorize(request: Request) -> Principal:
                 ),
             )
     return principal
+
+
+def audit_params(request: Request, **params: Any) -> None:
+    """Add what a route read from its body (the SQL of `/v1/sql`) to the request's audit row, which otherwise holds
+    the query string only."""
+    context: AuditContext | None = request.scope.get(AUDIT_SCOPE_KEY)
+    if context is not None:
+        context.params.update(params)
+
+
+def scope_refused(request: Request, scope: str, detail: str) -> HTTPException:
+    """The 403 of a scope a route found missing itself (`body_scoped`), counted and challenged as `authorize`'s."""
+    REFUSED.labels("scope").inc()
+    principal = getattr(request.scope.get(AUDIT_SCOPE_KEY), "principal", ANONYMOUS)
+    logger.info("scope refused", extra={"principal": principal.subject, "route": request.url.path, "scope": scope})
+    return HTTPException(
+        status.HTTP_403_FORBIDDEN, detail, headers={"WWW-Authenticate": _challenge("insufficient_scope", scope=scope)}
+    )
 
 
 def _authenticated(security: Security, request: Request, context: AuditContext, origin: Origin) -> Principal:

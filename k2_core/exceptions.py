@@ -57,6 +57,19 @@ class UnknownSymbolError(QueryError):
     """A well-formed symbol with no data on the exchange (the API maps this to 404, other QueryErrors to 400)."""
 
 
+class QueryTimeoutError(QueryError):
+    """A query ran past its time budget and was interrupted (the API maps this to 408)."""
+
+
+class ScopeError(K2Error):
+    """The caller's scopes do not cover a table a query reads (the API maps this to 403); `scope` is the one
+    missing."""
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
 class ReplayFormatError(K2Error):
     """A line of a recorded file cannot be parsed."""
 

@@ -155,6 +155,11 @@ class QuerySettings(BaseModel):
     # K2_HOME, in K2_HOME/cursor.key (mode 0600), which every process of the installation reads. Set it when
     # processes that must accept each other's cursors do not share a home (API replicas behind a load balancer).
     cursor_secret: Secret | None = None
+    # `POST /v1/sql` / `k2 sql` (k2_core.read.sql): each query's budgets, on a DuckDB database of its own.
+    sql_timeout_seconds: float = Field(default=30.0, gt=0, description="A SQL query is interrupted after this.")
+    sql_memory_limit: str = Field(default="1GB", description="DuckDB memory_limit of one SQL query's database.")
+    sql_threads: int = Field(default=2, ge=1, description="DuckDB threads of one SQL query's database.")
+    sql_max_rows: int = Field(default=100_000, ge=1, description="Most rows a SQL answer may hold.")
 
     @field_validator("cursor_secret")
     @classmethod

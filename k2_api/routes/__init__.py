@@ -5,8 +5,9 @@ from k2_api.routes.gaps import router as gaps_router
 from k2_api.routes.health import router as health_router
 from k2_api.routes.replay import router as replay_router
 from k2_api.routes.snapshots import router as snapshots_router
+from k2_api.routes.sql import router as sql_router
 from k2_api.routes.trades import router as trades_router
 
-ROUTERS = (health_router, trades_router, bars_router, replay_router, snapshots_router, gaps_router)
+ROUTERS = (health_router, trades_router, bars_router, replay_router, snapshots_router, gaps_router, sql_router)
 
 __all__ = ["ROUTERS"]

@@ -110,6 +110,18 @@ def allows(granted: Iterable[str], required: str) -> bool:
     return bool(exchange) and resource.count(":") == 1 and f"{resource}:*" in granted
 
 
+def readable_exchanges(granted: Iterable[str], resource: str) -> frozenset[str] | None:
+    """The exchanges `granted` lets a caller read of `resource` (`trades`, `quotes`, `gaps`): None for all of them
+    (`read:trades:*`, `admin`, or a resource read as a whole), empty for none. What `/v1/sql` narrows its views to."""
+    granted = set(granted)
+    if resource in GLOBAL:
+        return None if allows(granted, f"read:{resource}") else frozenset()
+    if allows(granted, f"read:{resource}:*"):
+        return None
+    prefix = f"read:{resource}:"
+    return frozenset(scope[len(prefix) :] for scope in granted if scope.startswith(prefix))
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

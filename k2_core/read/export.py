@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import TracebackType
@@ -60,6 +61,24 @@ def json_value(value: object) -> str:
     if isinstance(value, date):
         return value.isoformat()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def json_ready(value: object) -> object:
+    """Any value a SQL answer can hold as JSON: K2's values as `json_value` writes them, nested values item by item,
+    non-finite floats as their names (JSON has none), anything else (bytes, intervals, UUIDs) as its text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal | datetime | date):
+        return json_value(value)
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
 
 
 def ndjson_lines(table: pa.Table | pa.RecordBatch) -> bytes:
