@@ -47,6 +47,7 @@ from k2_core.model.avro_bulk import EncodedRows
 from k2_core.model.registry import SchemaRegistry
 from k2_core.model.topics import TopicLayout
 from k2_core.settings import Settings
+from k2_stream.producer import flush_or_raise
 
 log = get_logger(__name__)
 
@@ -233,12 +234,7 @@ class BulkProducer:
                 raise K2Error(f"cannot produce to {topic}: {exc}") from exc
 
     def flush(self, timeout: float = 60.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise K2Error(f"{remaining} messages still undelivered after {timeout:.0f}s")
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise K2Error(f"{len(errors)} messages failed delivery, first: {errors[0]}")
+        flush_or_raise(self._producer, self._errors, timeout)
 
     def delivered(self) -> dict[TP, array[int]]:
         """After `flush`: the offsets the messages took, per partition, ascending (k2_stream.acks)."""

@@ -91,9 +91,16 @@ class FeedProducer:
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise K2Error(f"{remaining} messages still undelivered after {timeout:.0f}s")
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise K2Error(f"{len(errors)} messages failed delivery, first: {errors[0]}")
+        flush_or_raise(self._producer, self._errors, timeout)
+
+
+def flush_or_raise(producer: Producer, errors: list[str], timeout: float) -> None:
+    """Wait for every message to be delivered; raise if some are still pending or if delivery reports collected in
+    `errors` failed (which are then cleared, in place: delivery callbacks keep appending to the same list)."""
+    remaining = producer.flush(timeout)
+    if remaining:
+        raise K2Error(f"{remaining} messages still undelivered after {timeout:.0f}s")
+    if errors:
+        count, first = len(errors), errors[0]
+        errors.clear()
+        raise K2Error(f"{count} messages failed delivery, first: {first}")
