@@ -27,12 +27,11 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import sqlalchemy
-
 from k2_core.access.auth import KeyStore
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.settings import CatalogSettings, QuerySettings, Settings
 from tests.support.api import api_server
+from tests.support.databases import private_database
 from tests.support.flood import FLOOD_SOURCES, flood, query_repeatedly
 from tests.support.lake import seed
 
@@ -95,16 +94,8 @@ def main() -> None:
         if args.catalog == "sqlite":
             run(Path(tmp), f"sqlite:///{tmp}/catalog.db", args.flood, args.queries, args.concurrency)
             return
-        database = f"k2_bench_{uuid.uuid4().hex[:8]}"
-        admin = sqlalchemy.create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
-        try:
-            run(Path(tmp), f"{POSTGRES}/{database}", args.flood, args.queries, args.concurrency)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sqlalchemy.text(f'DROP DATABASE "{database}" WITH (FORCE)'))
-            admin.dispose()
+        with private_database(f"{POSTGRES}/test", prefix="k2_bench_") as uri:
+            run(Path(tmp), uri, args.flood, args.queries, args.concurrency)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import sqlalchemy
 
 from bench.formats import write_binance_trades
 from k2_core.ingest.formats import ReadOptions, file_format
 from k2_core.ingest.importer import Importer
 from k2_core.settings import REPO_ROOT, CatalogSettings, QuerySettings, Settings
 from tests.support.api import api_server
+from tests.support.databases import private_database
 from tests.support.processes import settings_env
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -44,16 +44,8 @@ def catalog_uri(kind: str, folder: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{folder}/catalog-{uuid.uuid4().hex[:8]}.db"
         return
-    database = f"k2_bench_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
-    try:
-        yield f"{POSTGRES}/{database}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE "{database}" WITH (FORCE)'))
-        admin.dispose()
+    with private_database(f"{POSTGRES}/test", prefix="k2_bench_") as uri:
+        yield uri
 
 
 def settings_for(folder: Path, uri: str) -> Settings:

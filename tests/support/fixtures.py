@@ -17,6 +17,7 @@ from k2_core.logging import configure_logging
 from k2_core.settings import CatalogSettings, IngestSettings, KafkaSettings, Settings
 from k2_stream.broker import start_tansu
 from k2_stream.ingester import Ingester
+from tests.support.databases import private_database
 from tests.support.ports import free_port
 
 POSTGRES_URI = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -56,16 +57,8 @@ def postgres_uri() -> str:
 def private_postgres(postgres_uri: str) -> Iterator[str]:
     """A PostgreSQL database of this test's own (its URI), dropped when the test ends: for tests that load the
     audit log or lock K2's tables, which every other catalog in the shared database also uses."""
-    name = f"k2_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(postgres_uri, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-        yield postgres_uri.rsplit("/", 1)[0] + f"/{name}"
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with private_database(postgres_uri) as uri:
+        yield uri
 
 
 SettingsFactory = Callable[..., Settings]
