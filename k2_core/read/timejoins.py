@@ -426,8 +426,8 @@ def window(trades: pa.Table, quotes: pa.Table, before: timedelta, after: timedel
                 SELECT t.__i, count(q.us) AS quote_count,
                        min(q.bid_price) AS min_bid, max(q.bid_price) AS max_bid,
                        min(q.ask_price) AS min_ask, max(q.ask_price) AS max_ask,
-                       avg((q.bid_price + q.ask_price)::DOUBLE / 2) AS mean_mid,
-                       avg((q.ask_price - q.bid_price)::DOUBLE) AS mean_spread,
+                       avg(q.bid_price + q.ask_price)::DOUBLE / 2 AS mean_mid,
+                       avg(q.ask_price - q.bid_price)::DOUBLE AS mean_spread,
                        arg_max(q.bid_price, q.o) AS last_bid, arg_max(q.ask_price, q.o) AS last_ask
                 FROM page t LEFT JOIN q
                   ON q.us >= epoch_us(t.{TIME_COLUMN}) - {lo} AND q.us <= epoch_us(t.{TIME_COLUMN}) + {hi}
