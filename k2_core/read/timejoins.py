@@ -94,13 +94,13 @@ def parse_span(
 def validate_direction(direction: str) -> Direction:
     if direction not in DIRECTIONS:
         raise QueryError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
-    return direction  # type: ignore[return-value]
+    return direction
 
 
 def validate_right_kind(kind: str) -> Kind:
     if kind not in MARKET_TABLES:
         raise QueryError(f"right_kind must be quotes or trades; got {kind!r}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def validate_horizons(horizons: Sequence[SpanInput] | str) -> tuple[timedelta, ...]:
