@@ -79,7 +79,10 @@ def parse_span(
         span = value
     elif isinstance(value, str) and (found := _SPAN.fullmatch(value.strip().lower())):
         number, unit = found.groups()
-        span = timedelta(microseconds=round(float(number) * _UNITS[unit]))
+        micros_ = float(number) * _UNITS[unit]
+        if micros_ > maximum / timedelta(microseconds=1):  # also keeps a long digit string from overflowing
+            raise QueryError(f"{parameter} must be at most {label(maximum)}; got {value!r}")
+        span = timedelta(microseconds=round(micros_))
     else:
         raise QueryError(
             f"{parameter} must be a duration such as 500ms, 2s, 5m, 1h (units us, ms, s, m, h, d); got {value!r}"
@@ -87,7 +90,7 @@ def parse_span(
     if span < timedelta(0) or (span == timedelta(0) and not allow_zero):
         raise QueryError(f"{parameter} must be {'at least' if allow_zero else 'more than'} 0; got {value!r}")
     if span > maximum:
-        raise QueryError(f"{parameter} must be at most {maximum}; got {value!r}")
+        raise QueryError(f"{parameter} must be at most {label(maximum)}; got {value!r}")
     return span
 
 
@@ -115,6 +118,8 @@ def validate_horizons(horizons: Sequence[SpanInput] | str) -> tuple[timedelta, .
 def label(span: timedelta) -> str:
     """A horizon's name in column names: whole seconds as `60s`, else milliseconds (`500ms`) or microseconds."""
     us = span // timedelta(microseconds=1)
+    if us and us % 86_400_000_000 == 0:
+        return f"{us // 86_400_000_000}d"
     if us % 1_000_000 == 0:
         return f"{us // 1_000_000}s"
     return f"{us // 1000}ms" if us % 1000 == 0 else f"{us}us"
