@@ -10,6 +10,7 @@ another exchange's, and trades of several symbols at one time.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -516,3 +517,32 @@ def test_cli(seeded: Seeded) -> None:
     assert len(marks.stdout.splitlines()) == 1 + len(_left(seeded.trades, ["BHP", "CBA"]))
     bad = runner.invoke(app, ["query", "asof", "BHP", *window, "--direction", "up"], env=env)
     assert bad.exit_code == 2
+
+
+def test_a_cursor_and_time_travel_pin_the_quotes_read(make_settings: Any) -> None:
+    """A quote committed between two pages is not seen by the second (the cursor pins the quotes snapshot, as
+    with_quote's does); a fresh read sees it; a read as of the trades snapshot reads quotes as of its commit."""
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    lake = open_lake(settings)
+    lake.append("quotes", [quote("BHP", 1, T0, "9", "11")])
+    time.sleep(0.01)  # commit times are in milliseconds: keep the three commits apart
+    trades_snapshot = lake.append("trades", [trade("BHP", i, T0 + timedelta(seconds=i), "10", 1) for i in range(1, 7)])
+    window = (T0 - timedelta(minutes=1), T0 + timedelta(minutes=1))
+    try:
+        with QueryEngine.from_settings(settings, cache=False) as engine:
+            first = engine.asof_join("BHP", "asx", *window, 3)
+            time.sleep(0.01)
+            lake.append("quotes", [quote("BHP", 2, T0 + timedelta(milliseconds=2500), "9.5", "10.5")])
+            second = engine.asof_join("BHP", "asx", *window, 3, cursor=first.next_cursor)
+            assert [r["quote_sequence_number"] for r in [*first.table.to_pylist(), *second.table.to_pylist()]] == [
+                1
+            ] * 6
+            fresh = engine.asof_join("BHP", "asx", *window, 10).table.column("quote_sequence_number").to_pylist()
+            assert fresh == [1, 1, 2, 2, 2, 2]
+            then = engine.asof_join("BHP", "asx", *window, 10, as_of_snapshot=trades_snapshot)
+            assert then.table.column("quote_sequence_number").to_pylist() == [1] * 6
+            marks = engine.markouts("BHP", "asx", *window, 10, horizons="1s", as_of_snapshot=trades_snapshot)
+            assert marks.table.column("mid_1s").to_pylist() == [Decimal(10)] * 6
+    finally:
+        lake.catalog.close()
