@@ -26,6 +26,7 @@ from k2_core.exceptions import QueryError
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.read.engine import QueryEngine
 from k2_core.read.functions import get_asof_join, get_markouts, get_window_join
+from k2_core.read.realtime import RealtimeBuffer
 from k2_core.settings import AuthSettings, CatalogSettings, Settings
 from tests.support.clients import cli_env, local_client
 from tests.support.factories import quote, trade
@@ -544,5 +545,36 @@ def test_a_cursor_and_time_travel_pin_the_quotes_read(make_settings: Any) -> Non
             assert then.table.column("quote_sequence_number").to_pylist() == [1] * 6
             marks = engine.markouts("BHP", "asx", *window, 10, horizons="1s", as_of_snapshot=trades_snapshot)
             assert marks.table.column("mid_1s").to_pylist() == [Decimal(10)] * 6
+    finally:
+        lake.catalog.close()
+
+
+def test_the_realtime_tail_is_joined_too(seeded: Seeded) -> None:
+    """Trades and quotes not committed yet (the API's tail) join like committed ones, on both sides."""
+    buffer = RealtimeBuffer(1000, retention=timedelta(days=3650))
+    tail_quotes = [
+        quote("BHP", 10_000, END - timedelta(seconds=2), "9.50", "9.60"),
+        quote("BHP", 10_001, END - timedelta(milliseconds=500), "9.70000001", "9.85"),  # mid needs 9 places
+    ]
+    tail_trades = [trade("BHP", 10_000, END - timedelta(seconds=1), "9.55", 1, side="buy")]
+    for row in tail_quotes:
+        buffer.add("quotes", row, datetime.now(UTC))
+    for row in tail_trades:
+        buffer.add("trades", row, datetime.now(UTC))
+    buffer.mark_ready("trades", "asx", None)
+    buffer.mark_ready("quotes", "asx", None)
+    lake = open_lake(seeded.settings)
+    try:
+        engine = QueryEngine(lake.catalog, seeded.settings.catalog.namespace, realtime=buffer, clock=lambda: END)
+        result = engine.asof_join("BHP", "asx", START, END, 1000, direction="nearest")
+        assert "realtime" in result.sources
+        both = Seeded(seeded.settings, [*seeded.trades, *tail_trades], [*seeded.quotes, *tail_quotes])
+        got = result.table.to_pylist()
+        assert [(r["exchange_sequence_number"], r["quote_sequence_number"], r["quote_time_diff_us"]) for r in got] == (
+            _asof_oracle(both, "BHP", "nearest", None, ("quotes", "BHP", "asx"))
+        )
+        assert got[-1]["quote_sequence_number"] == 10_001
+        marks = engine.markouts("BHP", "asx", START, END, 1000, horizons="1s").table.to_pylist()
+        assert (marks[-1]["mid_1s"], marks[-1]["markout_1s"]) == (Decimal("9.775000005"), Decimal("0.225000005"))
     finally:
         lake.catalog.close()
