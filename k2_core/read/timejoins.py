@@ -58,7 +58,7 @@ SpanInput = timedelta | str
 MAX_SPAN = timedelta(days=1)
 DEFAULT_HORIZONS = ("1s", "5s", "60s")
 # How many right rows one page may read, per `max_limit` left rows: beyond it the page is refused (400), not read.
-RIGHT_ROWS_PER_LEFT_ROW = 100
+RIGHT_ROWS_PER_LEFT_ROW = 10
 
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)")
 _UNITS = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
@@ -286,8 +286,8 @@ def paged_join(
     assert wanted is not None
     first_query = engine.market_query(wanted[0], exchange, start, end, limit)
     window = first_query.window
-    if right.symbol is not None and right.exchange is not None and engine.check_symbols:
-        engine.symbol_index.require(right.exchange, right.symbol, sources)
+    if right.symbol is not None and engine.check_symbols:  # a typo is an error, not a column of nulls
+        engine.symbol_index.require(right.exchange or exchange, right.symbol, sources)
     print_ = fingerprint(name, wanted, exchange, window.start, window.end, as_of, *key)
     position = engine._position(cursor, print_, 3, window)
     pages: list[tuple[str, pa.Table, Stream, bool]] = []
@@ -310,7 +310,7 @@ def paged_join(
     )
     kept, last = paging.cut(merged, first_query.limit)
     joined: list[pa.Table] = []
-    max_rows = RIGHT_ROWS_PER_LEFT_ROW * engine.limits.max_limit
+    max_rows = int(RIGHT_ROWS_PER_LEFT_ROW * engine.limits.max_limit)
     for symbol, _, _, realtime in pages:
         mine = kept.filter(pc.equal(kept.column("symbol"), symbol))
         if mine.num_rows == 0:

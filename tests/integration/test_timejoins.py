@@ -22,8 +22,9 @@ import pytest
 
 from k2_api.main import create_app
 from k2_core.access.auth import KeyStore
-from k2_core.exceptions import QueryError
+from k2_core.exceptions import QueryError, UnknownSymbolError
 from k2_core.lake.sqldb import catalog_engine
+from k2_core.read import timejoins
 from k2_core.read.engine import QueryEngine
 from k2_core.read.functions import get_asof_join, get_markouts, get_window_join
 from k2_core.read.realtime import RealtimeBuffer
@@ -578,3 +579,13 @@ def test_the_realtime_tail_is_joined_too(seeded: Seeded) -> None:
         assert (marks[-1]["mid_1s"], marks[-1]["markout_1s"]) == (Decimal("9.775000005"), Decimal("0.225000005"))
     finally:
         lake.catalog.close()
+
+
+def test_unknown_right_symbol_and_too_many_right_rows(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UnknownSymbolError, match="symbol 'NOPE'"):
+        engine.asof_join("BHP", "asx", START, END, right_symbol="NOPE")
+    # A page may read at most RIGHT_ROWS_PER_LEFT_ROW * max_limit right rows: beyond, a 400 naming the remedy.
+    monkeypatch.setattr(timejoins, "RIGHT_ROWS_PER_LEFT_ROW", 10 / engine.limits.max_limit)  # 10 rows a page
+    with pytest.raises(QueryError, match=r"^limit: .* more than 10: lower limit"):
+        engine.window_join("BHP", "asx", START, END, 50, before="1d")
+    assert engine.window_join("BHP", "asx", START, START + timedelta(seconds=31), before="0s").table.num_rows == 1
