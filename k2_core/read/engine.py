@@ -708,7 +708,7 @@ class QueryEngine:
         kind = timejoins.validate_right_kind(right_kind)
         way = timejoins.validate_direction(direction)
         tol = timejoins.parse_span(tolerance, "tolerance") if tolerance is not None else None
-        r_symbol, r_exchange = timejoins.right_side(kind, right_symbol, right_exchange, self.exchanges)
+        r_symbol, r_exchange = timejoins.right_side(right_symbol, right_exchange, self.exchanges)
         reach = tol if tol is not None else timejoins.MAX_SPAN
         right = timejoins.Right(
             kind,
@@ -747,7 +747,7 @@ class QueryEngine:
         mean_mid and mean_spread (float64 statistics). A window without quotes: quote_count 0, the rest null."""
         lo = timejoins.parse_span(before, "before")
         hi = timejoins.parse_span(after, "after")
-        r_symbol, r_exchange = timejoins.right_side("quotes", right_symbol, right_exchange, self.exchanges)
+        r_symbol, r_exchange = timejoins.right_side(right_symbol, right_exchange, self.exchanges)
         right = timejoins.Right("quotes", r_symbol, r_exchange, before=lo, after=hi, prior=False)
         return timejoins.paged_join(
             self, "window", validate_symbol(symbol), exchange, start, end, limit, cursor,

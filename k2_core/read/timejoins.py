@@ -481,7 +481,7 @@ def markouts(trades: pa.Table, quotes: pa.Table, horizons: Sequence[timedelta]) 
 
 
 def right_side(
-    kind: Kind, right_symbol: str | None, right_exchange: str | None, exchanges: Collection[str] | None
+    right_symbol: str | None, right_exchange: str | None, exchanges: Collection[str] | None
 ) -> tuple[str | None, str | None]:
     """The right instrument: `right_symbol` on `right_exchange`; either left out means the left's own."""
     symbol = validate_symbol(right_symbol, "right_symbol") if right_symbol is not None else None
