@@ -63,6 +63,10 @@ def _rows(rng: random.Random) -> tuple[list[Row], list[Row]]:
     trades.append(trade("BHP", seq("t", "BHP"), T0, "9.99", 2, side="sell"))
     trades.append(trade("BHP", seq("t", "BHP"), T0 + timedelta(seconds=2), "10.01", 1, side="unknown"))
     quotes.append(quote("BHP", seq("q", "BHP"), T0 + timedelta(seconds=4, microseconds=1), "9.80", "9.81"))
+    # A trade exactly midway between two quotes (T0+6s, T0+8s): nearest takes the backward one.
+    quotes.append(quote("BHP", seq("q", "BHP"), T0 + timedelta(seconds=6), "9.60", "9.61"))
+    trades.append(trade("BHP", seq("t", "BHP"), T0 + timedelta(seconds=7), "9.70", 1, side="buy"))
+    quotes.append(quote("BHP", seq("q", "BHP"), T0 + timedelta(seconds=8), "9.62", "9.63"))
     # Then random streams on a coarse grid (many ties and exact matches) for BHP, CBA and RIO; NOQ has no quotes.
     for symbol in ("BHP", "CBA", "RIO", "NOQ"):
         t = T0 + timedelta(seconds=10)
@@ -217,6 +221,9 @@ def test_asof_tolerance_boundary_is_inside(engine: QueryEngine) -> None:
     assert [r["quote_sequence_number"] for r in forward] == [None]
     nearest = engine.asof_join("BHP", "asx", *window, direction="nearest").table.to_pylist()
     assert [r["quote_sequence_number"] for r in nearest] == [3]  # 2s back beats 2s + 1us ahead
+    midway = (T0 + timedelta(seconds=7), T0 + timedelta(seconds=7, microseconds=1))
+    tie = engine.asof_join("BHP", "asx", *midway, direction="nearest", tolerance="1s").table.to_pylist()
+    assert [(r["quote_sequence_number"], r["quote_time_diff_us"]) for r in tie] == [(5, -1_000_000)]
     assert back[0]["price"] == Decimal("10.01")  # the trade's own columns come through
 
 
