@@ -574,6 +574,9 @@ def window(
     limit: LimitOpt = None,
     before: Annotated[str, typer.Option(help="Window start before each trade, e.g. 1s.")] = "1s",
     after: Annotated[str, typer.Option(help="Window end after each trade, e.g. 1s.")] = "1s",
+    prevailing: Annotated[
+        bool, typer.Option("--prevailing", help="kdb+ wj: also count the quote in force at t - before.")
+    ] = False,
     right_symbol: RightSymbolOpt = None,
     right_exchange: RightExchangeOpt = None,
     fmt: FormatOpt = OutputFormat.table,
@@ -581,13 +584,14 @@ def window(
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
-    """Each trade of SYMBOL with statistics of the quotes timed in [t - before, t + after] (kdb+ wj1)."""
+    """Each trade of SYMBOL with statistics of the quotes timed in [t - before, t + after] (kdb+ wj1; wj with
+    --prevailing)."""
     with _engine() as engine:
         _joined(
             lambda size, cursor: engine.window_join(
                 symbol, exchange, start, end, size,
-                before=before, after=after, right_symbol=right_symbol, right_exchange=right_exchange, cursor=cursor,
-                as_of=_as_of(as_of_snapshot, as_of),
+                before=before, after=after, prevailing=prevailing, right_symbol=right_symbol,
+                right_exchange=right_exchange, cursor=cursor, as_of=_as_of(as_of_snapshot, as_of),
             ),
             f"window -{before}/+{after} {symbol}@{exchange}", limit, fmt, output, engine.limits.max_limit,
         )  # fmt: skip

@@ -87,13 +87,17 @@ def window(
     cursor: Cursor = None,
     before: Annotated[str, Query(description=f"Window start before each trade. {_SPAN}")] = "1s",
     after: Annotated[str, Query(description=f"Window end after each trade. {_SPAN}")] = "1s",
+    prevailing: Annotated[
+        bool,
+        Query(description="kdb+ wj: also count the quote in force at t - before (default: wj1, quotes inside only)."),
+    ] = False,
     right_symbol: RightSymbol = None,
     right_exchange: RightExchange = None,
 ) -> Any:
-    """Each trade of one symbol with statistics of the quotes timed in [t - before, t + after] (kdb+ wj1)."""
+    """Each trade of one symbol with statistics of the quotes timed in [t - before, t + after] (kdb+ wj1, or wj)."""
     result = reader.window_join(
-        symbol, exchange, start, end, limit, before=before, after=after, right_symbol=right_symbol,
-        right_exchange=right_exchange, cursor=cursor, as_of=as_of,
+        symbol, exchange, start, end, limit, before=before, after=after, prevailing=prevailing,
+        right_symbol=right_symbol, right_exchange=right_exchange, cursor=cursor, as_of=as_of,
     )  # fmt: skip
     return page(WindowResponse, result, fmt, response, **_echo(symbol, exchange, result))
 

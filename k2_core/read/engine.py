@@ -734,6 +734,7 @@ class QueryEngine:
         *,
         before: timedelta | str = "1s",
         after: timedelta | str = "1s",
+        prevailing: bool = False,
         right_symbol: str | None = None,
         right_exchange: str | None = None,
         cursor: str | None = None,
@@ -742,17 +743,20 @@ class QueryEngine:
     ) -> QueryResult:
         """Each trade of `symbol` in `[start, end)` (a page of at most `limit`) with statistics of the quotes of
         `right_symbol` on `right_exchange` (default: the same instrument) timed in `[t - before, t + after]`, both
-        ends inside (kdb+ `wj1`: the quote prevailing at `t - before` counts only if inside the window): quote_count,
-        min/max bid and ask, last bid and ask (by time, then sequence), last_mid (exact, decimal(19,9)), and
-        mean_mid and mean_spread (float64 statistics). A window without quotes: quote_count 0, the rest null."""
+        ends inside (kdb+ `wj1`: the quote prevailing at `t - before` counts only if inside the window; with
+        `prevailing=True`, kdb+ `wj`: the quote in force at `t - before` and every later one up to `t + after`):
+        quote_count, min/max bid and ask, last bid and ask (by time, then sequence), last_mid (exact, decimal(19,9)),
+        and mean_mid and mean_spread (float64 statistics). A window without quotes: quote_count 0, the rest null."""
         lo = timejoins.parse_span(before, "before")
         hi = timejoins.parse_span(after, "after")
         r_symbol, r_exchange = timejoins.right_side(right_symbol, right_exchange, self.exchanges)
-        right = timejoins.Right("quotes", r_symbol, r_exchange, before=lo, after=hi, prior=False)
+        if not isinstance(prevailing, bool):
+            raise QueryError(f"prevailing must be true or false; got {prevailing!r}")
+        right = timejoins.Right("quotes", r_symbol, r_exchange, before=lo, after=hi, prior=prevailing)
         return timejoins.paged_join(
             self, "window", validate_symbol(symbol), exchange, start, end, limit, cursor,
-            validate_as_of(as_of_snapshot, as_of), right, (lo, hi, r_symbol, r_exchange),
-            lambda trades, rows: timejoins.window(trades, rows, lo, hi),
+            validate_as_of(as_of_snapshot, as_of), right, (lo, hi, prevailing, r_symbol, r_exchange),
+            lambda trades, rows: timejoins.window(trades, rows, lo, hi, prevailing=prevailing),
         )  # fmt: skip
 
     def markouts(

@@ -18,9 +18,11 @@ Rules, shared by all three joins:
 * Mid prices are exact: `(bid + ask) / 2` as decimal(19,9) (one more place than prices hold, so no rounding); a
   markout is decimal(20,9). Means (mean_mid, mean_spread) and basis points are float64: they are statistics, not
   prices.
-* Window join (`wj1` semantics): statistics of the quotes with time in `[t - before, t + after]`, both ends inside;
-  the quote in force at `t - before` does NOT count unless it is inside the window (kdb+'s `wj` would count it).
-  A window without quotes has quote_count 0 and null statistics.
+* Window join: by default kdb+'s `wj1`, statistics of the quotes with time in `[t - before, t + after]`, both ends
+  inside; the quote in force at `t - before` does not count unless it is inside the window. With `prevailing=True`,
+  kdb+'s `wj`: from the quote in force at `t - before` (the last at or before it, by time then sequence; so of
+  several quotes exactly at `t - before` only the last counts) through every later quote up to `t + after`. A window
+  without quotes has quote_count 0 and null statistics.
 * Markouts: for each horizon `h`, the mid of the quote in force at `t + h` (as-of backward, the same instrument's
   quotes) and `markout_h = (mid_h - price) * sign`, sign +1 for a `buy`, -1 for a `sell`, null for any other side (an
   aggressor that is not known has no markout); `markout_bps_h = markout_h / price * 10_000`.
@@ -413,10 +415,19 @@ def asof(
     return scan.cast_to(result, schema)
 
 
-def window(trades: pa.Table, quotes: pa.Table, before: timedelta, after: timedelta) -> pa.Table:
-    """Each trade with statistics of the quotes in `[t - before, t + after]` (see the module's rules)."""
+def window(
+    trades: pa.Table, quotes: pa.Table, before: timedelta, after: timedelta, *, prevailing: bool = False
+) -> pa.Table:
+    """Each trade with statistics of the quotes in `[t - before, t + after]`; with `prevailing`, of the quote in force
+    at `t - before` and those after it up to `t + after` (see the module's rules)."""
     schema = window_schema(trades.schema)
     lo, hi = before // timedelta(microseconds=1), after // timedelta(microseconds=1)
+    start = f"epoch_us(t.{TIME_COLUMN}) - {lo}"
+    if prevailing:  # from the last quote at or before the window's start (by time, then sequence) on
+        entry = f"ASOF LEFT JOIN (SELECT us, max(o) AS first_o FROM q GROUP BY us) p ON {start} >= p.us"
+        inside = f"(q.o >= p.first_o OR (p.first_o IS NULL AND q.us > {start}))"
+    else:
+        entry, inside = "", f"q.us >= {start}"
     with scan.connect() as con:
         con.register("page", _numbered(trades))
         con.register("right_rows", quotes)
@@ -434,8 +445,8 @@ def window(trades: pa.Table, quotes: pa.Table, before: timedelta, after: timedel
                        avg(q.bid_price + q.ask_price)::DOUBLE / 2 AS mean_mid,
                        avg(q.ask_price - q.bid_price)::DOUBLE AS mean_spread,
                        arg_max(q.bid_price, q.o) AS last_bid, arg_max(q.ask_price, q.o) AS last_ask
-                FROM page t LEFT JOIN q
-                  ON q.us >= epoch_us(t.{TIME_COLUMN}) - {lo} AND q.us <= epoch_us(t.{TIME_COLUMN}) + {hi}
+                FROM page t {entry}
+                LEFT JOIN q ON {inside} AND q.us <= epoch_us(t.{TIME_COLUMN}) + {hi}
                 GROUP BY t.__i
             )
             SELECT t.*, s.quote_count, s.min_bid, s.max_bid, s.min_ask, s.max_ask, s.mean_mid, s.mean_spread,

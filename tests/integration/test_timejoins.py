@@ -279,7 +279,7 @@ def test_asof_pages_like_one_read(engine: QueryEngine, limit: int) -> None:
 
 
 def _window_oracle(
-    seeded: Seeded, symbol: str, before: timedelta, after: timedelta, right: str
+    seeded: Seeded, symbol: str, before: timedelta, after: timedelta, right: str, prevailing: bool
 ) -> list[dict[str, Any]]:
     left = _left(seeded.trades, [symbol])
     quotes = sorted(
@@ -288,7 +288,11 @@ def _window_oracle(
     )
     out = []
     for t in left["exchange_timestamp"]:
-        inside = [q for q in quotes if t - before <= q["exchange_timestamp"] <= t + after]
+        if prevailing:  # kdb+ wj: the last quote at or before the start, then those after it
+            entered = [q for q in quotes if q["exchange_timestamp"] <= t - before][-1:]
+            inside = entered + [q for q in quotes if t - before < q["exchange_timestamp"] <= t + after]
+        else:  # wj1
+            inside = [q for q in quotes if t - before <= q["exchange_timestamp"] <= t + after]
         if not inside:
             out.append({"quote_count": 0, "min_bid": None, "max_ask": None, "mean_mid": None, "last_mid": None})
             continue
@@ -307,25 +311,27 @@ def _window_oracle(
 
 @pytest.mark.parametrize(("before", "after"), [("1s", "1s"), ("0s", "0s"), ("5s", "250ms")])
 @pytest.mark.parametrize("right", ["BHP", "RIO"])
+@pytest.mark.parametrize("prevailing", [False, True], ids=["wj1", "wj"])
 def test_window_join_matches_an_interval_filter(
-    seeded: Seeded, engine: QueryEngine, before: str, after: str, right: str
+    seeded: Seeded, engine: QueryEngine, before: str, after: str, right: str, prevailing: bool
 ) -> None:
-    from k2_core.read.timejoins import parse_span
-
     got = engine.window_join(
-        "BHP", "asx", START, END, 1000, before=before, after=after, right_symbol=None if right == "BHP" else right
-    ).table.to_pylist()
-    expected = _window_oracle(seeded, "BHP", parse_span(before, "b"), parse_span(after, "a"), right)
+        "BHP", "asx", START, END, 1000, before=before, after=after, prevailing=prevailing,
+        right_symbol=None if right == "BHP" else right,
+    ).table.to_pylist()  # fmt: skip
+    spans = (timejoins.parse_span(before, "before"), timejoins.parse_span(after, "after"))
+    expected = _window_oracle(seeded, "BHP", *spans, right, prevailing)
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         assert g["quote_count"] == e["quote_count"]
         assert (g["min_bid"], g["max_ask"], g["last_mid"]) == (e["min_bid"], e["max_ask"], e["last_mid"])
         assert g["mean_mid"] == (pytest.approx(e["mean_mid"], rel=1e-12) if e["mean_mid"] is not None else None)
-    assert any(e["quote_count"] == 0 for e in expected)
-    assert any(e["quote_count"] > 1 for e in expected)
-    if right == "BHP" and before == "0s":  # the trade at T0 sees all three quotes at T0, the last in force
+    assert any(e["quote_count"] == 0 for e in expected)  # the trade before any quote
+    if after != "0s" or not prevailing:  # wj over [t, t] is the one quote in force at t
+        assert any(e["quote_count"] > 1 for e in expected)
+    if right == "BHP" and before == "0s":  # at T0 three quotes: wj1 counts all, wj the one in force at the start
         at_t0 = next(g for g in got if g["exchange_timestamp"] == T0)
-        assert (at_t0["quote_count"], at_t0["last_bid"]) == (3, Decimal("9.97"))
+        assert (at_t0["quote_count"], at_t0["last_bid"]) == (1 if prevailing else 3, Decimal("9.97"))
 
 
 def test_window_join_pages(engine: QueryEngine) -> None:
@@ -452,6 +458,11 @@ def test_http_endpoints(seeded: Seeded, engine: QueryEngine) -> None:
             r["quote_count"]
             for r in engine.window_join("BHP", "asx", START, END, 4, before="2s", after="0s").table.to_pylist()
         ]
+        wj = client.get("/v1/window", params={**window, "symbol": "BHP", "before": "0s", "prevailing": "true"})
+        assert [r["quote_count"] for r in wj.json()["data"]] == [
+            r["quote_count"]
+            for r in engine.window_join("BHP", "asx", START, END, before="0s", prevailing=True).table.to_pylist()
+        ]
         marks = client.get(
             "/v1/markouts", params=[*window.items(), ("symbol", "BHP"), ("symbol", "CBA"), ("horizons", "1s,5s")]
         )
@@ -518,7 +529,9 @@ def test_cli(seeded: Seeded) -> None:
     asof = runner.invoke(app, ["query", "asof", "BHP", *window, "--direction", "nearest", "--tolerance", "2s"], env=env)
     assert asof.exit_code == 0, asof.output
     assert "quote seq" in asof.stdout
-    win = runner.invoke(app, ["query", "window", "BHP", *window, "--before", "2s", "-f", "csv"], env=env)
+    win = runner.invoke(
+        app, ["query", "window", "BHP", *window, "--before", "2s", "--prevailing", "-f", "csv"], env=env
+    )
     assert win.exit_code == 0, win.output
     assert win.stdout.splitlines()[0].endswith('"last_mid"')
     marks = runner.invoke(app, ["query", "markouts", "BHP,CBA", *window, "--horizons", "1s,5s", "-f", "csv"], env=env)
