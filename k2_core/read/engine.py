@@ -5,7 +5,8 @@ The engine is the front: it validates input (`k2_core.read.params`; every failur
 with the offending parameter), rejects symbols never seen, and caches answers read purely from Iceberg
 (`k2_core.read.cache`) under keys holding the snapshot id(s), so a commit is never hidden by a cached answer. Behind
 it: which source answers, `k2_core.read.routing`; pages and streams, `k2_core.read.paging`; bars,
-`k2_core.read.bars`; trades with the quote in force, `k2_core.read.joins`; gaps, `k2_core.lake.gaps`.
+`k2_core.read.bars`; trades with the quote in force, `k2_core.read.joins`; as-of and window joins and markouts,
+`k2_core.read.timejoins`; gaps, `k2_core.lake.gaps`.
 """
 
 from __future__ import annotations
