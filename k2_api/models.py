@@ -15,7 +15,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, model_serializer
 
 from k2_core.model.tables import EXTRA_COLUMNS
 from k2_core.model.topics import Kind
@@ -107,6 +107,60 @@ class TradeWithQuote(Trade):
     ask_size: DecimalString | None
 
 
+class AsofRow(Trade):
+    """A trade and the right row matched in time (`QueryEngine.asof_join`): a quote's fields as `with_quote` names them
+    plus quote_symbol/quote_exchange, or another trade's prefixed `right_`; null beyond the tolerance or with no match.
+    `*_time_diff_us` is the right row's time minus the trade's, in microseconds."""
+
+    quote_symbol: str | None = None
+    quote_exchange: str | None = None
+    quote_timestamp: AwareDatetime | None = None
+    quote_sequence_number: int | None = None
+    bid_price: DecimalString | None = None
+    bid_size: DecimalString | None = None
+    ask_price: DecimalString | None = None
+    ask_size: DecimalString | None = None
+    quote_time_diff_us: int | None = None
+    right_symbol: str | None = None
+    right_exchange: str | None = None
+    right_timestamp: AwareDatetime | None = None
+    right_sequence_number: int | None = None
+    right_price: DecimalString | None = None
+    right_volume: DecimalString | None = None
+    right_side: str | None = None
+    right_time_diff_us: int | None = None
+
+
+class WindowRow(Trade):
+    """A trade and statistics of the quotes timed in [t - before, t + after] (`QueryEngine.window_join`)."""
+
+    quote_count: int
+    min_bid: DecimalString | None
+    max_bid: DecimalString | None
+    min_ask: DecimalString | None
+    max_ask: DecimalString | None
+    mean_mid: float | None = Field(description="Mean of (bid + ask) / 2 over the window's quotes: a float statistic.")
+    mean_spread: float | None = Field(description="Mean of ask - bid over the window's quotes: a float statistic.")
+    last_bid: DecimalString | None
+    last_ask: DecimalString | None
+    last_mid: DecimalString | None = Field(description="(last_bid + last_ask) / 2, exact to 9 places.")
+
+
+class MarkoutRow(Trade):
+    """A trade and, per horizon h (named as asked, e.g. 1s, 500ms), `mid_<h>` (exact decimal string, 9 places),
+    `markout_<h>` ((mid - price) signed by side: + buy, - sell, null otherwise; exact) and `markout_bps_<h>` (float)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_serializer(mode="wrap")
+    def _exact(self, handler: Any) -> Any:
+        data = handler(self)
+        for name, value in (self.model_extra or {}).items():
+            if isinstance(value, Decimal):
+                data[name] = _decimal_text(value)
+        return data
+
+
 class Bar(BaseModel):
     symbol: str
     exchange: str
@@ -152,6 +206,18 @@ class _MarketResponse(_Page):
 
 class TradesResponse(_MarketResponse):
     data: list[TradeWithQuote] | list[Trade]
+
+
+class AsofResponse(_MarketResponse):
+    data: list[AsofRow]
+
+
+class WindowResponse(_MarketResponse):
+    data: list[WindowRow]
+
+
+class MarkoutsResponse(_MarketResponse):
+    data: list[MarkoutRow]
 
 
 class QuotesResponse(_MarketResponse):

@@ -96,6 +96,8 @@ class Rule:
     joins: tuple[tuple[str, str], ...] = ()
     also: tuple[str, ...] = ()  # resources the response always carries columns of, besides `resource`
     body_scoped: bool = False
+    # Query parameters naming the exchanges read: every value of each (a join's right side may be another exchange).
+    exchange_params: tuple[str, ...] = ("exchange",)
 
 
 # What a boolean query parameter may say to mean false (pydantic's spellings); any other value, or any other among
@@ -114,6 +116,10 @@ POLICY: dict[str, Rule] = {
     "/v1/replay": Rule("trades", resource_param="kind"),
     "/v1/gaps": Rule("gaps", per_exchange=False),
     "/v1/snapshots": Rule("snapshots", per_exchange=False),
+    # Joins on time read trades and quotes (or trades) of the exchange and of the right side's: both scopes of each.
+    "/v1/asof": Rule("trades", also=("quotes",), exchange_params=("exchange", "right_exchange")),
+    "/v1/window": Rule("trades", also=("quotes",), exchange_params=("exchange", "right_exchange")),
+    "/v1/markouts": Rule("trades", also=("quotes",)),
     # The SQL names its tables; the route checks each against the principal's scopes.
     "/v1/sql": Rule("sql", per_exchange=False, body_scoped=True),
 }
@@ -138,7 +144,7 @@ def required_scopes(route: str, request: Request) -> list[str]:
     if not rule.per_exchange:
         return [f"read:{resource}" for resource in resources]
     # Every value counts, not just the one the route reads: `?exchange=asx&exchange=nyse` needs both.
-    exchanges = request.query_params.getlist("exchange") or ["*"]
+    exchanges = [e for name in rule.exchange_params for e in request.query_params.getlist(name)] or ["*"]
     return [f"read:{resource}:{exchange}" for resource in resources for exchange in dict.fromkeys(exchanges)]
 
 

@@ -1,4 +1,5 @@
-"""`k2 query trades|quotes|ohlcv|summary|latest|replay|snapshots|gaps`: read K2 in-process, no API server needed.
+"""`k2 query trades|quotes|ohlcv|summary|latest|replay|snapshots|gaps|asof|window|markouts`: read K2 in-process,
+no API server needed.
 
 The commands call k2_core's query engine directly, so they apply exactly the API's input rules. Without
 `--output` they print a Rich table (one page); with `--output FILE` (or `--format` other than table) they
@@ -507,3 +508,129 @@ def gaps(
     except QueryError as exc:
         raise _fail(exc) from None
     _render(rows, "sequence gaps")
+
+
+# --- joins on time (`QueryEngine.asof_join`, `window_join`, `markouts`; rules in k2_core.read.timejoins) ---------
+
+RightSymbolOpt = Annotated[
+    str | None, typer.Option("--right-symbol", help="The instrument to join to (default: SYMBOL itself).")
+]
+RightExchangeOpt = Annotated[
+    str | None, typer.Option("--right-exchange", help="Its exchange (default: the trades' exchange).")
+]
+
+
+def _joined(
+    pages: Callable[[int | None, str | None], QueryResult],
+    what: str,
+    limit: int | None,
+    fmt: OutputFormat,
+    output: Path | None,
+    page_size: int,
+) -> None:
+    """Show one page, or export every page (of `page_size` trades each) to --output or stdout."""
+    try:
+        if output is not None or fmt != OutputFormat.table:
+            _export(
+                lambda cursor: pages(page_size, cursor), _export_format(fmt), output, total=None, limit=limit, what=what
+            )
+            return
+        result = pages(limit, None)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    assert result.window is not None
+    caption = f"{result.table.num_rows} rows; {_provenance(result)}"
+    if result.next_cursor is not None:
+        caption += " (more rows: narrow the window, raise --limit, or export with --output)"
+    title = f"{what} [{_cell(result.window.start)}, {_cell(result.window.end)})"
+    _render(result.table, title, hide=("exchange", "ingestion_timestamp", "trade_id"), caption=caption)
+
+
+@app.command()
+def asof(
+    symbol: Annotated[str, typer.Argument(help="Uppercase ticker of the trades.", show_default=False)],
+    exchange: ExchangeOpt,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    limit: LimitOpt = None,
+    right_symbol: RightSymbolOpt = None,
+    right_exchange: RightExchangeOpt = None,
+    right_kind: Annotated[str, typer.Option("--right-kind", help="quotes or trades: what to join to.")] = "quotes",
+    direction: Annotated[str, typer.Option(help="backward, forward or nearest (tie: backward).")] = "backward",
+    tolerance: Annotated[str | None, typer.Option(help="Farthest match kept, e.g. 500ms, 2s (at most 1d).")] = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Each trade of SYMBOL joined as of its time to a quote (or trade) of an instrument (default: its own)."""
+    with _engine() as engine:
+        _joined(
+            lambda size, cursor: engine.asof_join(
+                symbol, exchange, start, end, size,
+                right_symbol=right_symbol, right_exchange=right_exchange, right_kind=right_kind, direction=direction,
+                tolerance=tolerance, cursor=cursor, as_of=_as_of(as_of_snapshot, as_of),
+            ),
+            f"as-of {direction} {symbol}@{exchange}", limit, fmt, output, engine.limits.max_limit,
+        )  # fmt: skip
+
+
+@app.command()
+def window(
+    symbol: Annotated[str, typer.Argument(help="Uppercase ticker of the trades.", show_default=False)],
+    exchange: ExchangeOpt,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    limit: LimitOpt = None,
+    before: Annotated[str, typer.Option(help="Window start before each trade, e.g. 1s.")] = "1s",
+    after: Annotated[str, typer.Option(help="Window end after each trade, e.g. 1s.")] = "1s",
+    prevailing: Annotated[
+        bool, typer.Option("--prevailing", help="kdb+ wj: also count the quote in force at t - before.")
+    ] = False,
+    right_symbol: RightSymbolOpt = None,
+    right_exchange: RightExchangeOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Each trade of SYMBOL with statistics of the quotes timed in [t - before, t + after] (kdb+ wj1; wj with
+    --prevailing)."""
+    with _engine() as engine:
+        _joined(
+            lambda size, cursor: engine.window_join(
+                symbol, exchange, start, end, size,
+                before=before, after=after, prevailing=prevailing, right_symbol=right_symbol,
+                right_exchange=right_exchange, cursor=cursor, as_of=_as_of(as_of_snapshot, as_of),
+            ),
+            f"window -{before}/+{after} {symbol}@{exchange}", limit, fmt, output, engine.limits.max_limit,
+        )  # fmt: skip
+
+
+@app.command()
+def markouts(
+    exchange: ExchangeOpt,
+    symbols: Annotated[
+        str | None,
+        typer.Argument(help="Ticker or comma list; leave out for every symbol of the exchange.", show_default=False),
+    ] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    limit: LimitOpt = None,
+    horizons: Annotated[str, typer.Option(help="Comma list of horizons, e.g. 1s,5s,60s (each at most 1d).")] = (
+        "1s,5s,60s"
+    ),
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    as_of_snapshot: SnapshotOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Markouts: the mid in force at t + h per horizon, and (mid - price) signed by side, in price and in bps."""
+    with _engine() as engine:
+        _joined(
+            lambda size, cursor: engine.markouts(
+                symbols, exchange, start, end, size,
+                horizons=horizons, cursor=cursor, as_of=_as_of(as_of_snapshot, as_of),
+            ),
+            f"markouts {symbols or '*'}@{exchange}", limit, fmt, output, engine.limits.max_limit,
+        )  # fmt: skip

@@ -5,13 +5,14 @@ The engine is the front: it validates input (`k2_core.read.params`; every failur
 with the offending parameter), rejects symbols never seen, and caches answers read purely from Iceberg
 (`k2_core.read.cache`) under keys holding the snapshot id(s), so a commit is never hidden by a cached answer. Behind
 it: which source answers, `k2_core.read.routing`; pages and streams, `k2_core.read.paging`; bars,
-`k2_core.read.bars`; trades with the quote in force, `k2_core.read.joins`; gaps, `k2_core.lake.gaps`.
+`k2_core.read.bars`; trades with the quote in force, `k2_core.read.joins`; as-of and window joins and markouts,
+`k2_core.read.timejoins`; gaps, `k2_core.lake.gaps`.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from types import TracebackType
@@ -35,7 +36,7 @@ from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
 from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TableDef
 from k2_core.model.topics import Kind, TopicLayout
-from k2_core.read import bars, joins, paging
+from k2_core.read import bars, joins, paging, timejoins
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
@@ -721,6 +722,115 @@ class QueryEngine:
             cacheable=not route.realtime,
         )
         return bars.unlabelled(found), bars.sources_of(found, route.sources), cached
+
+    # --- joins on time (k2_core.read.timejoins holds the rules and the SQL) --------------------------------
+
+    def asof_join(
+        self,
+        symbol: str,
+        exchange: str,
+        start: TimeInput = None,
+        end: TimeInput = None,
+        limit: int | None = None,
+        *,
+        right_symbol: str | None = None,
+        right_exchange: str | None = None,
+        right_kind: str = "quotes",
+        direction: str = "backward",
+        tolerance: timedelta | str | None = None,
+        cursor: str | None = None,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """Each trade of `symbol` in `[start, end)` (a page of at most `limit`, exchange order) joined to the quote
+        (`right_kind="trades"`: the trade) of `right_symbol` on `right_exchange` (default: the same instrument) in
+        `direction`: `backward` the latest at or before it, `forward` the first at or after it, `nearest` the
+        closer (equal distance: the backward one). At one timestamp the highest sequence number is the row in force.
+        `tolerance` (`"500ms"`, `"2s"`, a timedelta; at most 1 day) keeps matches within it, boundary included;
+        beyond it the right columns are null. Without it, forward/nearest look ahead at most one day. Right
+        columns: quotes as `with_quote` names them plus quote_symbol, quote_exchange; trades prefixed `right_`;
+        `*_time_diff_us` = right time - trade time in microseconds."""
+        kind = timejoins.validate_right_kind(right_kind)
+        way = timejoins.validate_direction(direction)
+        tol = timejoins.parse_span(tolerance, "tolerance") if tolerance is not None else None
+        r_symbol, r_exchange = timejoins.right_side(right_symbol, right_exchange, self.exchanges)
+        reach = tol if tol is not None else timejoins.MAX_SPAN
+        right = timejoins.Right(
+            kind,
+            r_symbol,
+            r_exchange,
+            before=timedelta(0),
+            after=reach if way != "backward" else timedelta(0),
+            prior=way != "forward",
+        )
+        return timejoins.paged_join(
+            self, "asof", validate_symbol(symbol), exchange, start, end, limit, cursor,
+            validate_as_of(as_of_snapshot, as_of), right, (kind, way, tol, r_symbol, r_exchange),
+            lambda trades, rows: timejoins.asof(trades, rows, kind, way, tol),
+        )  # fmt: skip
+
+    def window_join(
+        self,
+        symbol: str,
+        exchange: str,
+        start: TimeInput = None,
+        end: TimeInput = None,
+        limit: int | None = None,
+        *,
+        before: timedelta | str = "1s",
+        after: timedelta | str = "1s",
+        prevailing: bool = False,
+        right_symbol: str | None = None,
+        right_exchange: str | None = None,
+        cursor: str | None = None,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """Each trade of `symbol` in `[start, end)` (a page of at most `limit`) with statistics of the quotes of
+        `right_symbol` on `right_exchange` (default: the same instrument) timed in `[t - before, t + after]`, both
+        ends inside (kdb+ `wj1`: the quote prevailing at `t - before` counts only if inside the window; with
+        `prevailing=True`, kdb+ `wj`: the quote in force at `t - before` and every later one up to `t + after`):
+        quote_count, min/max bid and ask, last bid and ask (by time, then sequence), last_mid (exact, decimal(19,9)),
+        and mean_mid and mean_spread (float64 statistics). A window without quotes: quote_count 0, the rest null."""
+        lo = timejoins.parse_span(before, "before")
+        hi = timejoins.parse_span(after, "after")
+        r_symbol, r_exchange = timejoins.right_side(right_symbol, right_exchange, self.exchanges)
+        if not isinstance(prevailing, bool):
+            raise QueryError(f"prevailing must be true or false; got {prevailing!r}")
+        right = timejoins.Right("quotes", r_symbol, r_exchange, before=lo, after=hi, prior=prevailing)
+        return timejoins.paged_join(
+            self, "window", validate_symbol(symbol), exchange, start, end, limit, cursor,
+            validate_as_of(as_of_snapshot, as_of), right, (lo, hi, prevailing, r_symbol, r_exchange),
+            lambda trades, rows: timejoins.window(trades, rows, lo, hi, prevailing=prevailing),
+        )  # fmt: skip
+
+    def markouts(
+        self,
+        symbols: Collection[str] | str | None,
+        exchange: str,
+        start: TimeInput = None,
+        end: TimeInput = None,
+        limit: int | None = None,
+        *,
+        horizons: Sequence[timedelta | str] | str = timejoins.DEFAULT_HORIZONS,
+        cursor: str | None = None,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """Markouts of the trades of `symbols` (a list or comma list; None: every symbol of the exchange) in
+        `[start, end)`, a page of at most `limit` in `(time, symbol, sequence)` order. For each horizon `h` (more than
+        0, at most 1 day; default 1s, 5s, 60s) three columns named by it (`mid_1s`, `markout_1s`, `markout_bps_1s`):
+        the mid `(bid + ask) / 2` of the instrument's quote in force at `t + h` (exact, decimal(19,9)), the markout
+        `(mid - price)` signed by the aggressor (+ buy, - sell, null otherwise; decimal(20,9)) and the same in basis
+        points of the price (float64). Null when no quote was in force at `t + h`."""
+        spans = timejoins.validate_horizons(horizons)
+        right = timejoins.Right("quotes", None, None, before=timedelta(0), after=spans[-1], prior=True)
+        wanted = symbols if symbols is None else validate_symbols(symbols)
+        return timejoins.paged_join(
+            self, "markouts", wanted, exchange, start, end, limit, cursor,
+            validate_as_of(as_of_snapshot, as_of), right, spans,
+            lambda trades, rows: timejoins.markouts(trades, rows, spans),
+        )  # fmt: skip
 
 
 # The columns each half of a `latest_on` row comes from.

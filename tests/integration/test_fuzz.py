@@ -87,6 +87,15 @@ def with_input_grammar(spec: dict[str, Any], max_limit: int) -> dict[str, Any]:
         "as_of": {"type": "string", "format": "date-time"},
         "limit": {"type": "integer", "minimum": 1, "maximum": max_limit},
         "status": {"type": "string", "enum": list(GAP_STATUSES)},
+        # Joins on time (/v1/asof, /v1/window, /v1/markouts).
+        "right_symbol": {"type": "string", "enum": ["BHP", "ZZZ9"]},
+        "right_exchange": {"type": "string", "enum": ["asx", "nyse"]},
+        "right_kind": {"type": "string", "enum": ["quotes", "trades"]},
+        "direction": {"type": "string", "enum": ["backward", "forward", "nearest"]},
+        "tolerance": {"type": "string", "enum": ["0s", "500ms", "2s", "1d"]},
+        "before": {"type": "string", "enum": ["0s", "250ms", "1s", "1d"]},
+        "after": {"type": "string", "enum": ["0s", "250ms", "1s", "1d"]},
+        "horizons": {"type": "string", "enum": ["1s", "1s,5s,60s", "500ms,1d"]},
     }
     for operations in spec["paths"].values():
         for operation in operations.values():
