@@ -122,7 +122,7 @@ def segments(interval: BarInterval, align: Align, hours: MarketHours | None, lo:
         return _table(starts, starts + width, starts)
     zone = ZoneInfo(hours.timezone) if hours is not None and align != "utc" else ZoneInfo("UTC")
     first_day = lo.astimezone(zone).date() - timedelta(days=40)  # reaches back to the start of a month or 4 weeks
-    last_day = hi.astimezone(zone).date() + timedelta(days=1)
+    last_day = hi.astimezone(zone).date() + timedelta(days=40)  # and on to the end of the last one
     days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
     if align == "session":
         assert hours is not None

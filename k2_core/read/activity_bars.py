@@ -81,9 +81,9 @@ def activity_bars(sources: Sources, stream: Stream, spec: BarSpec, window: TimeR
         found = con.sql(
             f"""
             SELECT symbol, exchange, k2_first AS bar_start, k2_last AS bar_end, open, high, low, close, volume, vwap,
-                   trade_count, bucket_us < {len(stops) - 1} OR {last_complete} AS complete
+                   trade_count, epoch_us(bar_start) < {len(stops) - 1} OR {last_complete} AS complete
             FROM ({bars_sql("k2_ordered", bucket="k2_bar", extra=extra)})
-            ORDER BY bucket_us
+            ORDER BY bar_start
             """
         ).to_arrow_table()
     return found.cast(ACTIVITY_BARS_SCHEMA)
