@@ -30,7 +30,7 @@ def _localize(naive: datetime, tz: str) -> list[datetime]:
     for ambiguous in (True, False):
         try:
             stamp = pd.Timestamp(naive).tz_localize(tz, ambiguous=ambiguous, nonexistent="raise")
-        except Exception:  # noqa: BLE001 - nonexistent wall-clock time
+        except ValueError:  # a wall-clock time that does not exist
             continue
         out.add(stamp.tz_convert("UTC").to_pydatetime())
     return sorted(out)
