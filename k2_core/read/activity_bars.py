@@ -70,7 +70,7 @@ def activity_bars(sources: Sources, stream: Stream, spec: BarSpec, window: TimeR
             ORDER BY exchange_timestamp, exchange_sequence_number
             """
         ).to_arrow_table()
-        running = [Decimal(v) for v in ordered.column("k2_running").to_pylist()]
+        running: list[Decimal] = ordered.column("k2_running").to_pylist()  # exact: Decimal (int for tick bars)
         stops = ends(running, spec.size)
         lengths = np.diff(np.array([0, *stops], dtype=np.int64)).astype(np.int64)
         ids = np.repeat(np.arange(len(stops), dtype=np.int64), lengths)

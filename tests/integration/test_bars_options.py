@@ -362,3 +362,13 @@ def test_over_http(seeded: Seeded) -> None:
 def test_bad_input(engine: QueryEngine, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(QueryError, match=message):
         engine.ohlcv("BHP", "asx", **kwargs)
+
+
+def test_empty_windows(engine: QueryEngine) -> None:
+    """No trades in the window: no activity bars, no time bars, and with a fill every interval as a null row."""
+    start, end = datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 2, tzinfo=UTC)
+    assert engine.ohlcv("BHP", "asx", start=start, end=end, bar_type="volume", size=10).table.num_rows == 0
+    assert engine.ohlcv("BHP", "asx", "2h", start, end, align="exchange").table.num_rows == 0
+    filled = engine.ohlcv("BHP", "asx", "2h", start, end, fill="previous").table.to_pylist()
+    assert [r["bar_start"] for r in filled] == [start + timedelta(hours=2 * i) for i in range(12)]
+    assert {(r["close"], r["vwap"], r["volume"], r["trade_count"]) for r in filled} == {(None, None, Decimal(0), 0)}
