@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from decimal import Decimal
+from itertools import pairwise
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -57,33 +59,50 @@ def ends(running: list[Decimal], size: Decimal) -> list[int]:
 
 def activity_bars(sources: Sources, stream: Stream, spec: BarSpec, window: TimeRange, route: Route) -> pa.Table:
     """One symbol's tick, volume or dollar bars over the trades of `window` as routed."""
-    assert spec.size is not None
-    measure = _MEASURES[spec.bar_type]
     with scan.connect() as con:
         sources.market_view(con, stream, window, route)
-        ordered = con.sql(
-            f"""
-            SELECT symbol, exchange, exchange_timestamp, exchange_sequence_number, price, volume,
-                   sum({measure}) OVER (ORDER BY exchange_timestamp, exchange_sequence_number
-                                        ROWS UNBOUNDED PRECEDING) AS k2_running
-            FROM market
-            ORDER BY exchange_timestamp, exchange_sequence_number
-            """
-        ).to_arrow_table()
-        running: list[Decimal] = ordered.column("k2_running").to_pylist()  # exact: Decimal (int for tick bars)
-        stops = ends(running, spec.size)
+        return from_view(con, "market", spec)
+
+
+def from_view(con: duckdb.DuckDBPyConnection, view: str, spec: BarSpec) -> pa.Table:
+    """Tick, volume or dollar bars of every symbol in `view` (trades of one exchange), each symbol counted on its
+    own from its first trade in the view; by symbol, then bar."""
+    assert spec.size is not None
+    measure = _MEASURES[spec.bar_type]
+    ordered = con.sql(
+        f"""
+        SELECT symbol, exchange, exchange_timestamp, exchange_sequence_number, price, volume,
+               sum({measure}) OVER (PARTITION BY symbol ORDER BY exchange_timestamp, exchange_sequence_number
+                                    ROWS UNBOUNDED PRECEDING) AS k2_running
+        FROM {view}
+        ORDER BY symbol, exchange_timestamp, exchange_sequence_number
+        """
+    ).to_arrow_table()
+    running: list[Decimal] = ordered.column("k2_running").to_pylist()  # exact: Decimal (int for tick bars)
+    symbols = ordered.column("symbol").to_numpy(zero_copy_only=False)
+    firsts = np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]]) if len(symbols) else np.array([], np.int64)
+    ids = np.empty(len(running), np.int64)
+    complete = np.empty(len(running), np.bool_)
+    next_id = 0
+    for lo, hi in pairwise([*firsts.tolist(), len(running)] if len(firsts) else []):
+        stops = ends(running[lo:hi], spec.size)
         lengths = np.diff(np.array([0, *stops], dtype=np.int64)).astype(np.int64)
-        ids = np.repeat(np.arange(len(stops), dtype=np.int64), lengths)
-        total = running[-1] if running else Decimal(0)
-        last_complete = bool(stops) and total - (running[stops[-2] - 1] if len(stops) > 1 else Decimal(0)) >= spec.size
-        con.register("k2_ordered", ordered.append_column("k2_bar", pa.array(ids, pa.int64())))
-        extra = {"k2_first": "min(exchange_timestamp)", "k2_last": "max(exchange_timestamp)"}
-        found = con.sql(
-            f"""
-            SELECT symbol, exchange, k2_first AS bar_start, k2_last AS bar_end, open, high, low, close, volume, vwap,
-                   trade_count, epoch_us(bar_start) < {len(stops) - 1} OR {last_complete} AS complete
-            FROM ({bars_sql("k2_ordered", bucket="k2_bar", extra=extra)})
-            ORDER BY bar_start
-            """
-        ).to_arrow_table()
+        ids[lo:hi] = np.repeat(np.arange(next_id, next_id + len(stops), dtype=np.int64), lengths)
+        last_sum = running[hi - 1] - (running[lo + stops[-2] - 1] if len(stops) > 1 else 0)
+        complete[lo:hi] = True
+        if last_sum < spec.size:
+            complete[lo + (stops[-2] if len(stops) > 1 else 0) : hi] = False
+        next_id += len(stops)
+    with_ids = ordered.append_column("k2_bar", pa.array(ids)).append_column("k2_complete", pa.array(complete))
+    con.register("k2_ordered", with_ids)
+    extra = {"k2_first": "min(exchange_timestamp)", "k2_last": "max(exchange_timestamp)"}
+    extra |= {"k2_done": "bool_and(k2_complete)", "k2_id": "min(k2_bar)"}
+    found = con.sql(
+        f"""
+        SELECT symbol, exchange, k2_first AS bar_start, k2_last AS bar_end, open, high, low, close, volume, vwap,
+               trade_count, k2_done AS complete
+        FROM ({bars_sql("k2_ordered", bucket="k2_bar", extra=extra)})
+        ORDER BY symbol, k2_id
+        """
+    ).to_arrow_table()
     return found.cast(ACTIVITY_BARS_SCHEMA)

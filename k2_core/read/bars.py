@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
@@ -161,29 +162,35 @@ def widen_spec(spec: BarSpec, window: TimeRange) -> TimeRange:
 
 
 def computed_spec(sources: Sources, stream: Stream, spec: BarSpec, window: TimeRange, route: Route) -> pa.Table:
-    """Time bars of any interval and alignment computed from the trades the route reads: each trade is assigned its
-    bar by an ASOF join on the bar segments (`k2_core.model.buckets`), then aggregated by `bars_sql`, the one
-    definition of a bar. Trades in no segment (outside session hours) are in no bar."""
-    assert spec.interval is not None
+    """Time bars of any interval and alignment computed from the trades the route reads."""
     with scan.connect() as con:
         sources.market_view(con, stream, window, route)
-        if buckets.epoch_aligned(spec.interval, spec.align):
-            assert spec.interval.fixed is not None
-            width = spec.interval.fixed // timedelta(microseconds=1)
-            sql = bars_sql("market", bucket=f"(epoch_us(exchange_timestamp) // {width}) * {width}")
-        else:
-            con.register("k2_segments", segments_for(spec, window))
-            con.sql(
-                """
-                CREATE OR REPLACE TEMP VIEW k2_bucketed AS
-                SELECT m.*, s.bucket_us AS k2_bucket
-                FROM (SELECT *, epoch_us(exchange_timestamp) AS k2_us FROM market) m
-                ASOF JOIN k2_segments s ON m.k2_us >= s.seg_start
-                WHERE m.k2_us < s.seg_end
-                """
-            )
-            sql = bars_sql("k2_bucketed", bucket="k2_bucket")
-        return con.sql(sql).to_arrow_table().cast(BARS_ARROW_SCHEMA)
+        return from_view(con, "market", spec, window)
+
+
+def from_view(con: duckdb.DuckDBPyConnection, view: str, spec: BarSpec, window: TimeRange) -> pa.Table:
+    """Time bars of every symbol in `view` (trades): each trade is assigned its bar by an ASOF join on the bar
+    segments (`k2_core.model.buckets`), or by arithmetic on its time for fixed widths on the UTC epoch, then
+    aggregated by `bars_sql`, the one definition of a bar. Trades in no segment (outside session hours) are in no
+    bar. By symbol, then bar_start."""
+    assert spec.interval is not None
+    if buckets.epoch_aligned(spec.interval, spec.align):
+        assert spec.interval.fixed is not None
+        width = spec.interval.fixed // timedelta(microseconds=1)
+        sql = bars_sql(view, bucket=f"(epoch_us(exchange_timestamp) // {width}) * {width}")
+    else:
+        con.register("k2_segments", segments_for(spec, window))
+        con.sql(
+            f"""
+            CREATE OR REPLACE TEMP VIEW k2_bucketed AS
+            SELECT m.*, s.bucket_us AS k2_bucket
+            FROM (SELECT *, epoch_us(exchange_timestamp) AS k2_us FROM {view}) m
+            ASOF JOIN k2_segments s ON m.k2_us >= s.seg_start
+            WHERE m.k2_us < s.seg_end
+            """
+        )
+        sql = bars_sql("k2_bucketed", bucket="k2_bucket")
+    return con.sql(sql).to_arrow_table().cast(BARS_ARROW_SCHEMA)
 
 
 def fill(bars: pa.Table, spec: BarSpec, window: TimeRange, symbol: str, exchange: str) -> pa.Table:

@@ -36,7 +36,7 @@ from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
 from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TRADES, TableDef
 from k2_core.model.topics import Kind, TopicLayout
-from k2_core.read import activity_bars, bars, joins, paging
+from k2_core.read import activity_bars, bars, exchange_bars, joins, paging
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
@@ -440,8 +440,9 @@ class QueryEngine:
         wanted = validate_symbols(symbols) if symbols is not None else self._exchange_symbols(exchange)
         assert wanted is not None
         spec = self._bar_spec(interval, align, fill, bar_type, size, exchange)
-        if spec.legacy is None or spec.fill != "none":
-            return self._spec_listing(wanted, exchange, spec, start, end, limit, cursor, travel)
+        if spec.legacy is None or spec.fill != "none" or symbols is None:
+            whole = symbols is None
+            return self._spec_listing(wanted, exchange, spec, start, end, limit, cursor, travel, whole_exchange=whole)
         bar = validate_interval(interval)
         requested = validate_time_range(start, end, now=self.sources.clock(), max_window=self.limits.max_window)
         window = bars.widen(requested, bar)
@@ -741,10 +742,13 @@ class QueryEngine:
         limit: int | None,
         cursor: str | None,
         travel: AsOf | None,
+        *,
+        whole_exchange: bool = False,
     ) -> QueryResult:
         """Bars beyond the original seven UTC intervals (any interval, alignment, fill; tick, volume and dollar bars)
         of one or several symbols, ordered by `(bar_start, symbol, bar's place in its symbol's list)` and paged by a
-        keyset cursor of those three (activity bars of one symbol may share a start time)."""
+        keyset cursor of those three (activity bars of one symbol may share a start time). `whole_exchange`: the
+        symbols are every symbol of the exchange, read in one pass when no realtime tail is involved."""
         requested = validate_time_range(start, end, now=self.sources.clock(), max_window=self.limits.max_window)
         if spec.bar_type == "time":
             window = bars.widen_spec(spec, requested)
@@ -758,11 +762,18 @@ class QueryEngine:
         served: set[str] = set()
         snapshot_id: int | None = None
         tiers: list[Tier | None] = []
+        at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
         for place, symbol in enumerate(wanted):
-            stream, pinned = self._open("trades", exchange, symbol, travel, position)
-            snapshot_id = stream.choice.snapshot_id
-            rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
-            served.update(sources)
+            if at_once is not None:
+                snapshot_id, parts, cached = at_once
+                empty = exchange_bars.empty(spec)
+                rows = bars.fill(parts.get(symbol, empty), spec, window, symbol, exchange)
+                served.add(ICEBERG)
+            else:
+                stream, pinned = self._open("trades", exchange, symbol, travel, position)
+                snapshot_id = stream.choice.snapshot_id
+                rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
+                served.update(sources)
             tiers.append(cached)
             rows = rows.append_column("k2_place", pa.array([place] * rows.num_rows, pa.int64()))
             rows = rows.append_column("k2_ord", pa.array(range(rows.num_rows), pa.int64()))
@@ -787,6 +798,19 @@ class QueryEngine:
         sources = tuple(s for s in order if s in served)
         cached = tiers[0] if all(t is not None for t in tiers) else None
         return QueryResult(rows, sources, snapshot_id, next_cursor, cached, window=window, limit=limit)
+
+    def _exchange_bars(
+        self, exchange: str, spec: BarSpec, window: TimeRange, travel: AsOf | None, position: Cursor | None
+    ) -> tuple[int | None, dict[str, pa.Table], Tier | None] | None:
+        """Every symbol's bars of the exchange from one scan (`k2_core.read.exchange_bars`), cut by symbol, unfilled;
+        None when the realtime tail would serve part of the window (then symbol by symbol)."""
+        stream, pinned = self.sources.stream("trades", "", exchange, travel, position)
+        if self.sources.route("trades", exchange, window, pinned=pinned).realtime:
+            return None
+        snapshot_id = stream.choice.snapshot_id
+        key = ("bars_exchange", exchange, spec.key, window.start, window.end, snapshot_id)
+        found, cached = self._cached(key, lambda: exchange_bars.compute(self.sources, stream, spec, window))
+        return snapshot_id, exchange_bars.by_symbol(found), cached
 
     def _spec_bars(
         self, stream: Stream, spec: BarSpec, window: TimeRange, *, pinned: bool

@@ -21,6 +21,8 @@ import pytest
 
 from k2_api.main import create_app
 from k2_core.exceptions import QueryError
+from k2_core.lake import scan
+from k2_core.read import exchange_bars, routing
 from k2_core.read.engine import QueryEngine
 from k2_core.read.functions import get_ohlcv, get_ohlcv_many
 from k2_core.settings import CatalogSettings, Settings
@@ -261,8 +263,34 @@ def test_whole_exchange(seeded: Seeded, engine: QueryEngine) -> None:
             expected += bar_oracle.time_bars(rows, interval, align, SYDNEY)
         expected.sort(key=lambda b: (b["bar_start"], b["symbol"]))
         assert plain(result, ("symbol", *KEYS)) == plain(expected, ("symbol", *KEYS))
-    ticks = get_ohlcv_many(engine, None, "asx", start=start, end=end, bar_type="tick", size=50)
-    assert set(ticks.column("symbol").to_pylist()) == {"BHP", "CBA"}
+    ticks = get_ohlcv_many(engine, None, "asx", start=start, end=end, bar_type="tick", size=50).to_pylist()
+    expected = []
+    for symbol in ("BHP", "CBA"):
+        found = bar_oracle.activity_bars(picked(seeded, "asx", symbol, start, end), "tick", Decimal(50))
+        expected += [{"symbol": symbol, **b} for b in found]
+    expected.sort(key=lambda b: (b["bar_start"], b["symbol"]))  # stable: a symbol's bars stay in their order
+    keys = ("symbol", *KEYS, "bar_end", "complete")
+    assert plain(ticks, keys) == plain(expected, keys)
+
+
+def test_whole_exchange_reads_one_scan_and_fills_every_symbol(
+    seeded: Seeded, engine: QueryEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    register = scan.register
+
+    def spy(con: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(name)
+        return register(con, name, *args, **kwargs)
+
+    monkeypatch.setattr(exchange_bars.scan, "register", spy)
+    monkeypatch.setattr(routing.scan, "register", spy)
+    start, end = datetime(2024, 4, 4, tzinfo=UTC), datetime(2024, 4, 5, tzinfo=UTC)
+    whole = engine.ohlcv_many(None, "asx", "30m", start, end, fill="previous").table.to_pylist()
+    assert reads == ["market_ice"]  # one scan of the exchange, not one per symbol
+    one_by_one = engine.ohlcv_many(["BHP", "CBA"], "asx", "30m", start, end, fill="previous").table.to_pylist()
+    assert whole == one_by_one
+    assert len(whole) == 2 * 48
 
 
 def test_over_http(seeded: Seeded) -> None:
