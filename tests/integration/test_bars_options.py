@@ -9,6 +9,7 @@ The trades straddle both Sydney DST changes of 2024 (April 7: 03:00 AEDT -> 02:0
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -400,3 +401,31 @@ def test_empty_windows(engine: QueryEngine) -> None:
     filled = engine.ohlcv("BHP", "asx", "2h", start, end, fill="previous").table.to_pylist()
     assert [r["bar_start"] for r in filled] == [start + timedelta(hours=2 * i) for i in range(12)]
     assert {(r["close"], r["vwap"], r["volume"], r["trade_count"]) for r in filled} == {(None, None, Decimal(0), 0)}
+
+
+def test_cli(seeded: Seeded) -> None:
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+    from tests.support.clients import cli_env
+
+    start, end = APRIL
+    window = ["--start", start.isoformat(), "--end", end.isoformat()]
+    with QueryEngine.from_settings(seeded.settings, cache=False) as engine:
+        expected = engine.ohlcv_many(None, "asx", "1d", start, end, align="session", fill="null").table.num_rows
+        volume = engine.ohlcv("BHP", "asx", start=start, end=end, bar_type="volume", size="5000").table.num_rows
+    args = ["query", "ohlcv", "*", "-e", "asx", "-i", "1d", "--align", "session", "--fill", "null", *window]
+    shown = CliRunner().invoke(app, [*args, "-f", "ndjson"], env=cli_env(seeded.settings))
+    assert shown.exit_code == 0, shown.output
+    lines = [json.loads(line) for line in shown.stdout.strip().splitlines()]
+    assert len(lines) == expected
+    assert {line["symbol"] for line in lines} == {"BHP", "CBA"}
+    args = ["query", "ohlcv", "BHP", "-e", "asx", "--bar-type", "volume", "--size", "5000", *window, "-f", "ndjson"]
+    shown = CliRunner().invoke(app, args, env=cli_env(seeded.settings))
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.stdout.strip().splitlines()) == volume
+    bad = CliRunner().invoke(
+        app, ["query", "ohlcv", "BHP", "-e", "asx", "--align", "moon"], env=cli_env(seeded.settings)
+    )
+    assert bad.exit_code == 2
+    assert "align must be one of" in bad.output
