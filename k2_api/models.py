@@ -153,7 +153,7 @@ class _Page(Provenance):
 class _MarketResponse(_Page):
     """The resolved query is echoed so a client that relied on defaults knows which window it got."""
 
-    symbol: str
+    symbol: str | None = Field(description="The symbols asked for, a comma list; null: every one of the exchange.")
     exchange: str
     start: AwareDatetime
     end: AwareDatetime

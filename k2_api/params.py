@@ -15,6 +15,13 @@ Symbols = Annotated[
         "list; rows of every one come in one listing, by time (or bar start), then symbol."
     ),
 ]
+ExchangeSymbols = Annotated[
+    list[str] | None,
+    Query(
+        description="Uppercase ticker, e.g. BHP. Several: repeat the parameter (symbol=BHP&symbol=CBA) or give a comma "
+        "list. Omitted: every instrument of the exchange. Rows of many come in one listing, by time, then symbol."
+    ),
+]
 Exchange = Annotated[str, Query(description="Exchange code from the topic layout, e.g. asx.")]
 Start = Annotated[
     str | None, Query(description="Inclusive ISO-8601 start; no offset means UTC. Default: end minus one day.")

@@ -67,6 +67,13 @@ SymbolArg = Annotated[
         show_default=False,
     ),
 ]
+ListingSymbolArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Uppercase ticker, e.g. BHP, or a comma list (BHP,CBA). Omitted: every instrument of the exchange.",
+        show_default=False,
+    ),
+]
 ExchangeOpt = Annotated[str, typer.Option("--exchange", "-e", help="Exchange code, e.g. asx.", show_default=False)]
 StartOpt = Annotated[
     str | None, typer.Option(help="Inclusive ISO-8601 start; no offset means UTC. Default: end minus one day.")
@@ -188,7 +195,7 @@ def _export(
 
 def _market(
     kind: Kind,
-    symbol: str,
+    symbol: str | None,
     exchange: str,
     start: str | None,
     end: str | None,
@@ -200,7 +207,7 @@ def _market(
     with_quote: bool = False,
 ) -> None:
     exporting = output is not None or fmt != OutputFormat.table
-    if "," in symbol:
+    if symbol is None or "," in symbol:
         _market_many(kind, symbol, exchange, start, end, limit, fmt, output, as_of_snapshot, as_of, with_quote)
         return
     try:
@@ -233,7 +240,7 @@ def _market(
 
 def _market_many(
     kind: Kind,
-    symbols: str,
+    symbols: str | None,
     exchange: str,
     start: str | None,
     end: str | None,
@@ -244,7 +251,8 @@ def _market_many(
     as_of: str | None,
     with_quote: bool = False,
 ) -> None:
-    """SYMBOL as a comma list: one listing of all of them (`QueryEngine.fetch_many`), shown or exported as one."""
+    """SYMBOL as a comma list, or omitted (the whole exchange): one listing of all of them
+    (`QueryEngine.fetch_many`), shown or exported as one."""
     exporting = output is not None or fmt != OutputFormat.table
     try:
         with _engine() as engine:
@@ -263,7 +271,7 @@ def _market_many(
     except QueryError as exc:
         raise _fail(exc) from None
     assert result.window is not None
-    title = f"{kind} {symbols}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
+    title = f"{kind} {symbols or 'every symbol'}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
     caption = f"{result.table.num_rows} rows; {_provenance(result)}"
     if result.next_cursor is not None:
         caption += " (more rows: narrow the window, raise --limit, or export with --output)"
@@ -284,8 +292,8 @@ def _export_format(fmt: OutputFormat) -> ExportFormat:
 
 @app.command()
 def trades(
-    symbol: SymbolArg,
     exchange: ExchangeOpt,
+    symbol: ListingSymbolArg = None,
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = None,
@@ -295,14 +303,15 @@ def trades(
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
-    """Trades of SYMBOL on one exchange in [start, end), oldest first."""
+    """Trades of SYMBOL (a comma list, or every instrument when omitted) on one exchange in [start, end), oldest
+    first."""
     _market("trades", symbol, exchange, start, end, limit, fmt, output, as_of_snapshot, as_of, with_quote)
 
 
 @app.command()
 def quotes(
-    symbol: SymbolArg,
     exchange: ExchangeOpt,
+    symbol: ListingSymbolArg = None,
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = None,
@@ -311,7 +320,8 @@ def quotes(
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
-    """Quotes of SYMBOL on one exchange in [start, end), oldest first."""
+    """Quotes of SYMBOL (a comma list, or every instrument when omitted) on one exchange in [start, end), oldest
+    first."""
     _market("quotes", symbol, exchange, start, end, limit, fmt, output, as_of_snapshot, as_of)
 
 

@@ -1,7 +1,8 @@
 """`/v1/trades` and `/v1/quotes`: one symbol (or several) on one exchange over a time window, in exchange order, paged.
 
 `symbol` may be repeated or a comma list: one symbol keeps the single-stream listing (`QueryEngine.fetch`), several
-are one listing of all of them (`QueryEngine.fetch_many`), so a client asking for one symbol sees no change."""
+are one listing of all of them (`QueryEngine.fetch_many`), so a client asking for one symbol sees no change; without
+`symbol`, every instrument of the exchange (`QueryEngine.fetch_exchange`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Query, Response
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT
 from k2_api.models import ErrorResponse, QuotesResponse, TradesResponse
-from k2_api.params import Cursor, End, Exchange, Limit, Start, Symbols
+from k2_api.params import Cursor, End, Exchange, ExchangeSymbols, Limit, Start
 from k2_api.render import page
 from k2_core.model.topics import Kind
 from k2_core.read.engine import QueryEngine
@@ -29,7 +30,7 @@ router = APIRouter(
 def _read(
     reader: QueryEngine,
     kind: Kind,
-    symbol: list[str],
+    symbol: list[str] | None,
     exchange: str,
     start: str | None,
     end: str | None,
@@ -38,10 +39,9 @@ def _read(
     as_of: AsOf | None,
     with_quote: bool = False,
 ) -> tuple[MarketQuery, QueryResult]:
-    """One symbol: the single-stream listing as it always was; several: the merged one."""
-    wanted = validate_symbols(",".join(symbol))
-    assert wanted is not None
-    if len(wanted) == 1:
+    """One symbol: the single-stream listing as it always was; several, or the whole exchange: the merged one."""
+    wanted = validate_symbols(",".join(symbol)) if symbol else None
+    if wanted is not None and len(wanted) == 1:
         query = reader.market_query(wanted[0], exchange, start, end, limit)
         return query, reader.fetch(kind, query, cursor=cursor, with_quote=with_quote, as_of=as_of)
     result = reader.fetch_many(
@@ -49,13 +49,13 @@ def _read(
     )
     assert result.window is not None
     assert result.limit is not None
-    query = MarketQuery(",".join(wanted), exchange, result.window.start, result.window.end, result.limit)
+    query = MarketQuery(",".join(wanted or ()), exchange, result.window.start, result.window.end, result.limit)
     return query, result
 
 
 def _echo(query: MarketQuery) -> dict[str, Any]:
     return {
-        "symbol": query.symbol,
+        "symbol": query.symbol or None,
         "exchange": query.exchange,
         "start": query.start,
         "end": query.end,
@@ -70,8 +70,8 @@ def trades(
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    symbol: Symbols,
     exchange: Exchange,
+    symbol: ExchangeSymbols = None,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
@@ -84,7 +84,7 @@ def trades(
         ),
     ] = False,
 ) -> Any:
-    """Trades of one symbol (or several) on one exchange in [start, end), oldest first."""
+    """Trades of one symbol, several, or every one of an exchange in [start, end), oldest first."""
     query, result = _read(reader, "trades", symbol, exchange, start, end, limit, cursor, as_of, with_quote)
     return page(TradesResponse, result, fmt, response, **_echo(query))
 
@@ -95,13 +95,13 @@ def quotes(
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    symbol: Symbols,
     exchange: Exchange,
+    symbol: ExchangeSymbols = None,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
     cursor: Cursor = None,
 ) -> Any:
-    """Quotes of one symbol (or several) on one exchange in [start, end), oldest first."""
+    """Quotes of one symbol, several, or every one of an exchange in [start, end), oldest first."""
     query, result = _read(reader, "quotes", symbol, exchange, start, end, limit, cursor, as_of)
     return page(QuotesResponse, result, fmt, response, **_echo(query))

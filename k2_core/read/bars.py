@@ -60,6 +60,7 @@ def read_bars(
     fresh = precomputed.fresh_days(stream.table, bars_table, days, snapshot_id)
     parts, served = [], []
     if fresh:
+        assert stream.symbol is not None, "bars are of one instrument"
         parts.append(precomputed.read_days(bars_table, stream.symbol, stream.exchange, fresh, window.start, window.end))
         served.append(PRECOMPUTED)
     fresh_set = set(fresh)

@@ -37,6 +37,7 @@ _VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_LENGTH = 1024  # an issued cursor is under 250 characters
 _INT64 = range(-(2**63), 2**63)
+_MAX_SYMBOL = 64
 _DOMAIN = b"k2 cursor\x00"  # keeps these MACs apart from anything else a shared secret might sign
 KEY_FILE = "cursor.key"  # under K2_HOME, when query.cursor_secret is not set
 _NOT_OURS = "cursor is not a cursor this API issued (pass next_cursor from a previous page)"
@@ -51,6 +52,7 @@ class Cursor:
     snapshot_id: int | None
     fingerprint: str
     quote_snapshot_id: int | None = None  # the quotes snapshot a with_quote listing joins
+    symbol: str | None = None  # the last row's symbol, in a listing of a whole exchange (ordered by it after time)
 
 
 class CursorCodec:
@@ -70,6 +72,8 @@ class CursorCodec:
         }
         if cursor.quote_snapshot_id is not None:
             body["q"] = cursor.quote_snapshot_id
+        if cursor.symbol is not None:
+            body["y"] = cursor.symbol
         text = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{text}.{_b64(self._sign(text))}"
 
@@ -105,6 +109,7 @@ class CursorCodec:
             and all(_int64(v) for v in body["a"])
             and all(body.get(k) is None or _int64(body[k]) for k in "sq")
             and isinstance(body.get("f"), str)
+            and (body.get("y") is None or (isinstance(body["y"], str) and 0 < len(body["y"]) <= _MAX_SYMBOL))
         ):
             raise QueryError("cursor is malformed (pass next_cursor from a previous page unchanged)")
         if body["f"] != expected_fingerprint:
@@ -114,7 +119,11 @@ class CursorCodec:
         if first_within is not None and not first_within[0] <= body["a"][0] <= first_within[1]:
             raise QueryError("cursor position lies outside the query's window (pass next_cursor unchanged)")
         return Cursor(
-            after=tuple(body["a"]), snapshot_id=body.get("s"), fingerprint=body["f"], quote_snapshot_id=body.get("q")
+            after=tuple(body["a"]),
+            snapshot_id=body.get("s"),
+            fingerprint=body["f"],
+            quote_snapshot_id=body.get("q"),
+            symbol=body.get("y"),
         )
 
     def _sign(self, body_text: str) -> bytes:

@@ -20,22 +20,32 @@ from k2_core.read.cursor import Cursor, from_micros
 from k2_core.read.params import TimeRange
 from k2_core.read.routing import EXCHANGE_ORDER, TIME_COLUMN, Route, Sources, Stream
 
+# Rows of many instruments in one listing: by time, then symbol, then each instrument's own exchange order.
+EXCHANGE_LISTING_ORDER = f"{TIME_COLUMN}, symbol, exchange_sequence_number"
+
 
 def page(
     sources: Sources, stream: Stream, window: TimeRange, limit: int, route: Route, position: Cursor | None
 ) -> pa.Table:
-    """Up to limit + 1 rows after the cursor (the extra row says whether another page exists)."""
+    """Up to limit + 1 rows after the cursor (the extra row says whether another page exists). A whole
+    exchange's listing (`stream.symbol` None) is in `EXCHANGE_LISTING_ORDER`, its cursor holding the last symbol."""
     where = "TRUE"
     params: dict[str, Any] = {}
+    whole_exchange = stream.symbol is None
     if position is not None:
         after_ts, after_seq = position.after
         params |= {"after_ts": from_micros(after_ts), "after_seq": after_seq}
-        where = f"{TIME_COLUMN} >= $after_ts AND ({TIME_COLUMN} > $after_ts OR exchange_sequence_number > $after_seq)"
+        later = "exchange_sequence_number > $after_seq"
+        if whole_exchange:
+            params["after_symbol"] = position.symbol or ""
+            later = f"symbol > $after_symbol OR (symbol = $after_symbol AND {later})"
+        where = f"{TIME_COLUMN} >= $after_ts AND ({TIME_COLUMN} > $after_ts OR {later})"
     n = limit + 1
+    order = EXCHANGE_LISTING_ORDER if whole_exchange else EXCHANGE_ORDER
     schema = sources.columns(stream, route)
     with scan.connect() as con:
         plan = sources.market_view(con, stream, window, route)
-        if not route.realtime and plan is not None and len(plan.data_files) == 1:
+        if not whole_exchange and not route.realtime and plan is not None and len(plan.data_files) == 1:
             # One file, and the rest of the window fits in the page: read it whole in file order, unsorted and
             # unlimited (both cost DuckDB more than the read). Every file K2 writes holds each instrument's
             # rows in exchange order, so the sort below is a check that almost never has to sort.
@@ -46,7 +56,7 @@ def page(
                     result = result.sort_by([(TIME_COLUMN, "ascending"), ("exchange_sequence_number", "ascending")])
                 return scan.cast_to(result, schema)
         result = con.sql(
-            f"SELECT * FROM market WHERE {where} ORDER BY {EXCHANGE_ORDER} LIMIT $n", params=params | {"n": n}
+            f"SELECT * FROM market WHERE {where} ORDER BY {order} LIMIT $n", params=params | {"n": n}
         ).to_arrow_table()
     return scan.cast_to(result, schema)
 

@@ -120,13 +120,17 @@ class RealtimeBuffer:
                 self._schemas[(kind, extras)] = found
             return found
 
-    def rows(self, kind: Kind, symbol: str, exchange: str, start: datetime, end: datetime) -> pa.Table:
-        """The held records of one stream with `start <= exchange_timestamp < end`, in table sort order, in
-        `schema(kind)`: a record may carry columns the table has not gained yet."""
+    def rows(self, kind: Kind, symbol: str | None, exchange: str, start: datetime, end: datetime) -> pa.Table:
+        """The held records of one stream (of every symbol of the exchange when `symbol` is None) with
+        `start <= exchange_timestamp < end`, in table sort order, in `schema(kind)`: a record may carry columns the
+        table has not gained yet."""
         schema = self.schema(kind)
         with self._lock:
-            held = self._streams.get((kind, exchange, symbol), {})
-            picked = [r for r in held.values() if start <= r["exchange_timestamp"] < end]
+            if symbol is None:
+                streams = [h for (k, ex, _), h in self._streams.items() if k == kind and ex == exchange]
+            else:
+                streams = [self._streams.get((kind, exchange, symbol), {})]
+            picked = [r for held in streams for r in held.values() if start <= r["exchange_timestamp"] < end]
         return MARKET_TABLES[kind].sort(pa.Table.from_pylist(picked, schema=schema))
 
     def latest(self, kind: Kind, symbol: str, exchange: str) -> dict[str, Any] | None:

@@ -52,16 +52,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def market_filter(symbol: str, exchange: str, window: TimeRange) -> BooleanExpression:
+def market_filter(symbol: str | None, exchange: str, window: TimeRange) -> BooleanExpression:
     """The Iceberg filter for a trades/quotes query: the time range prunes day partitions, the equalities prune
-    files by their symbol/exchange min-max stats."""
+    files by their symbol/exchange min-max stats. `symbol` None: every symbol of the exchange."""
+    where: BooleanExpression = EqualTo(term="exchange", value=exchange)
+    if symbol is not None:
+        where = And(EqualTo(term="symbol", value=symbol), where)
     return And(
         And(
             GreaterThanOrEqual(term=TIME_COLUMN, value=window.start.isoformat()),
             LessThan(term=TIME_COLUMN, value=window.end.isoformat()),
         ),
-        And(EqualTo(term="symbol", value=symbol), EqualTo(term="exchange", value=exchange)),
+        where,
     )
+
+
+def stream_condition(symbol: str | None, exchange: str) -> str:
+    """The SQL condition selecting a stream's rows (every symbol of the exchange when `symbol` is None)."""
+    condition = f"exchange = {sql_text(exchange)}"
+    return condition if symbol is None else f"symbol = {sql_text(symbol)} AND {condition}"
 
 
 @dataclass(frozen=True)
@@ -80,11 +89,12 @@ class Route:
 
 @dataclass(frozen=True)
 class Stream:
-    """One instrument's rows in one market table, as of one snapshot: what every stream read is about."""
+    """One instrument's rows in one market table, as of one snapshot: what every stream read is about. `symbol`
+    None is every instrument of the exchange (one listing of a whole exchange)."""
 
     kind: Kind
     table: Table
-    symbol: str
+    symbol: str | None
     exchange: str
     choice: SnapshotChoice
 
@@ -136,7 +146,7 @@ class Sources:
     # --- which snapshot, which sources ---------------------------------------------------------------------
 
     def stream(
-        self, kind: Kind, symbol: str, exchange: str, as_of: AsOf | None, position: Cursor | None = None
+        self, kind: Kind, symbol: str | None, exchange: str, as_of: AsOf | None, position: Cursor | None = None
     ) -> tuple[Stream, bool]:
         """The stream at the snapshot to read: the one a cursor pinned, else the current one or the one `as_of`
         names; and whether the read is pinned to it (then the realtime tail, which has no snapshots, must not serve
@@ -186,7 +196,7 @@ class Sources:
         without duplicates. Only a handful of tail rows (late arrivals) need the key check against Iceberg.
         Returns the Iceberg scan plan (None when the tail alone serves)."""
         symbol, exchange = stream.symbol, stream.exchange
-        keep = f"symbol = {sql_text(symbol)} AND exchange = {sql_text(exchange)}"
+        keep = stream_condition(symbol, exchange)
         parts: list[str] = []
         plan = None
         if route.iceberg_end is not None:
@@ -198,7 +208,7 @@ class Sources:
                 stream.table_def,
                 market_filter(symbol, exchange, ice_window),
                 stream.choice.snapshot_id,
-                {"symbol": symbol, "exchange": exchange, "start": window.start, "end": route.iceberg_end},
+                {"symbol": symbol or "*", "exchange": exchange, "start": window.start, "end": route.iceberg_end},
                 plans=self.plans,
                 direct_reads=self.direct_reads,
             )
@@ -216,7 +226,8 @@ class Sources:
             if late.num_rows and route.iceberg_end is not None:
                 parts.append(
                     f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} < {sql_time(route.split)} AND "
-                    f"exchange_sequence_number NOT IN (SELECT exchange_sequence_number FROM ({parts[0]}))"
+                    f"(symbol, exchange_sequence_number) NOT IN "
+                    f"(SELECT symbol, exchange_sequence_number FROM ({parts[0]}))"
                 )
             elif late.num_rows:
                 parts.append(f"SELECT * FROM {name}_tail WHERE {TIME_COLUMN} < {sql_time(route.split)}")
@@ -235,6 +246,7 @@ class Sources:
         """The last committed row of a stream (before `before`, if given), searching day partitions newest
         first so that usually only the newest day's files are read."""
         table, table_def, symbol, exchange = stream.table, stream.table_def, stream.symbol, stream.exchange
+        assert symbol is not None, "the latest row of a whole exchange is latest_of_many's"
         snapshot_id = stream.choice.snapshot_id
         schema = stream.schema
         if snapshot_id is None:

@@ -510,3 +510,129 @@ def test_several_symbols_merge_the_realtime_tail(seeded: Seeded) -> None:
         (r["symbol"], r["exchange_sequence_number"]) for r in expected
     ]
     assert [r["symbol"] for r in rows[-3:]] == ["BHP", "CBA", "CBA"]
+
+
+def exchange_order(rows: list[dict[str, Any]], start: datetime, end: datetime) -> list[tuple[str, int]]:
+    """The oracle's whole-exchange listing: every asx row of the window by (time, symbol, sequence), as keys."""
+    picked = [r for r in oracle.window(rows, start, end) if r["exchange"] == "asx"]
+    ordered = sorted(picked, key=lambda r: (r["exchange_timestamp"], r["symbol"], r["exchange_sequence_number"]))
+    return [(r["symbol"], r["exchange_sequence_number"]) for r in ordered]
+
+
+@pytest.mark.parametrize("kind", ["trades", "quotes"])
+@pytest.mark.parametrize("limit", [4, 13, 5000])
+def test_a_whole_exchange_pages_through_one_listing(
+    seeded: Seeded, engine: QueryEngine, kind: str, limit: int
+) -> None:
+    """No symbol: every instrument of the exchange (OLD and QUIET included, nyse's rows left out), in one listing
+    whose pages join up exactly, ties on time ordered by symbol."""
+    start, end = DAY, DAY + timedelta(days=DAYS + 1)
+    rows, cursor, pages = [], None, 0
+    while True:
+        page = engine.fetch_many(kind, None, "asx", start, end, limit, cursor=cursor)  # type: ignore[arg-type]
+        assert page.table.num_rows <= limit
+        rows += page.table.to_pylist()
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    expected = exchange_order(seeded.trades if kind == "trades" else seeded.quotes, start, end)
+    assert len(expected) > 100
+    assert [(r["symbol"], r["exchange_sequence_number"]) for r in rows] == expected
+    assert pages == max(1, -(-len(expected) // limit))
+    # Every row whole, not just its key: the first page of a list holding every symbol reads the same rows.
+    everyone = sorted({s for s, _ in expected})
+    listed = engine.fetch_many(kind, everyone, "asx", start, end, 40).table  # type: ignore[arg-type]
+    assert engine.fetch_exchange(kind, "asx", start, end, 40).table == listed  # type: ignore[arg-type]
+
+
+def test_a_whole_exchange_cursor_belongs_to_its_query(engine: QueryEngine) -> None:
+    start, end = DAY, DAY + timedelta(days=3)
+    page = engine.fetch_exchange("trades", "asx", start, end, 5)
+    assert page.next_cursor is not None
+    with pytest.raises(QueryError, match=r"^cursor"):
+        engine.fetch_exchange("quotes", "asx", start, end, 5, cursor=page.next_cursor)
+    with pytest.raises(QueryError, match=r"^cursor"):
+        engine.fetch_many("trades", "BHP,CBA", "asx", start, end, 5, cursor=page.next_cursor)
+    with pytest.raises(QueryError, match=r"^with_quote"):
+        engine.fetch_many("trades", None, "asx", start, end, 5, with_quote=True)
+    with pytest.raises(QueryError, match=r"^exchange"):
+        engine.fetch_exchange("trades", "mars", start, end, 5)
+
+
+def test_a_whole_exchange_merges_the_realtime_tail(seeded: Seeded) -> None:
+    """The tail adds what Iceberg lacks, an instrument seen only there included; a tail row Iceberg already holds
+    (same symbol and sequence) is not counted twice, while another symbol's row of the same sequence is kept."""
+    lake = open_lake(seeded.settings)
+    catalog = lake.catalog
+    newest = max(r["exchange_timestamp"] for r in seeded.trades if r["exchange"] == "asx")
+    now = newest + timedelta(seconds=30)
+    buffer = RealtimeBuffer(1000, retention=timedelta(days=3650))
+    committed = max(
+        (r for r in seeded.trades if r["exchange"] == "asx"),
+        key=lambda r: (r["exchange_timestamp"], r["exchange_sequence_number"]),
+    )
+    tail = [
+        committed,  # already in Iceberg
+        trade("NEWCO", committed["exchange_sequence_number"], newest + timedelta(seconds=1), "3", 1),  # same seq
+        trade("AAA", 60_000, newest + timedelta(seconds=5), "70", 1),
+        trade("BHP", 60_000, newest + timedelta(seconds=5), "71", 1),  # same time: by symbol
+    ]
+    for row in tail:
+        buffer.add("trades", row, datetime.now(UTC))
+    buffer.mark_ready("trades", "asx", None)
+    start, end = newest - timedelta(hours=2), now
+    try:
+        engine = QueryEngine(catalog, seeded.settings.catalog.namespace, realtime=buffer, clock=lambda: now)
+        rows: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = engine.fetch_exchange("trades", "asx", start, end, 3, cursor=cursor)
+            assert "realtime" in page.sources
+            rows += page.table.to_pylist()
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    finally:
+        catalog.close()
+    assert [(r["symbol"], r["exchange_sequence_number"]) for r in rows] == exchange_order(
+        [*seeded.trades, *tail[1:]], start, end
+    )
+    assert [r["symbol"] for r in rows[-3:]] == ["NEWCO", "AAA", "BHP"]
+
+
+def test_api_and_cli_list_a_whole_exchange(seeded: Seeded, tmp_path: Path) -> None:
+    import pyarrow.csv as pa_csv
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+    from tests.support.clients import cli_env
+
+    start, end = DAY, DAY + timedelta(days=2)
+    params: list[tuple[str, str]] = [("exchange", "asx"), ("start", start.isoformat()), ("end", end.isoformat())]
+    with local_client(create_app(seeded.settings)) as client:
+        got: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            extra = [("cursor", cursor)] if cursor else []
+            response = client.get("/v1/quotes", params=[*params, ("limit", "17"), *extra])
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["symbol"] is None
+            got += body["data"]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert [(r["symbol"], r["exchange_sequence_number"]) for r in got] == exchange_order(
+            seeded.quotes, start, end
+        )
+        refused = client.get("/v1/trades", params=[*params, ("with_quote", "true")])
+        assert refused.status_code == 400
+        assert refused.json()["detail"].startswith("with_quote")
+    exported = tmp_path / "asx.csv"
+    args = ["query", "trades", "-e", "asx", "--start", start.isoformat(), "--end", end.isoformat(), "-o", str(exported)]
+    result = CliRunner().invoke(app, args, env=cli_env(seeded.settings))
+    assert result.exit_code == 0, result.output
+    table = pa_csv.read_csv(exported)
+    keys = [(r["symbol"], r["exchange_sequence_number"]) for r in table.to_pylist()]
+    assert keys == exchange_order(seeded.trades, start, end)
