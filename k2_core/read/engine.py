@@ -809,10 +809,9 @@ class QueryEngine:
         at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
         for place, symbol in enumerate(wanted):
             if at_once is not None:
-                snapshot_id, parts, cached = at_once
-                empty = exchange_bars.empty(spec)
-                rows = bars.fill(parts.get(symbol, empty), spec, window, symbol, exchange)
-                served.add(ICEBERG)
+                snapshot_id, parts, sources, cached = at_once
+                rows = bars.fill(parts.get(symbol, exchange_bars.empty(spec)), spec, window, symbol, exchange)
+                served.update(sources)
             else:
                 stream, pinned = self._open("trades", exchange, symbol, travel, position)
                 snapshot_id = stream.choice.snapshot_id
@@ -845,16 +844,17 @@ class QueryEngine:
 
     def _exchange_bars(
         self, exchange: str, spec: BarSpec, window: TimeRange, travel: AsOf | None, position: Cursor | None
-    ) -> tuple[int | None, dict[str, pa.Table], Tier | None] | None:
+    ) -> tuple[int | None, dict[str, pa.Table], tuple[str, ...], Tier | None]:
         """Every symbol's bars of the exchange from one scan (`k2_core.read.exchange_bars`), cut by symbol, unfilled;
-        None when the realtime tail would serve part of the window (then symbol by symbol)."""
-        stream, pinned = self.sources.stream("trades", "", exchange, travel, position)
-        if self.sources.route("trades", exchange, window, pinned=pinned).realtime:
-            return None
+        cached unless the tail served."""
+        stream, pinned = self.sources.stream("trades", None, exchange, travel, position)
+        route = self.sources.route("trades", exchange, window, pinned=pinned)
         snapshot_id = stream.choice.snapshot_id
         key = ("bars_exchange", exchange, spec.key, window.start, window.end, snapshot_id)
-        found, cached = self._cached(key, lambda: exchange_bars.compute(self.sources, stream, spec, window))
-        return snapshot_id, exchange_bars.by_symbol(found), cached
+        found, cached = self._cached(
+            key, lambda: exchange_bars.compute(self.sources, stream, spec, window, route), cacheable=not route.realtime
+        )
+        return snapshot_id, exchange_bars.by_symbol(found), route.sources, cached
 
     def _spec_bars(
         self, stream: Stream, spec: BarSpec, window: TimeRange, *, pinned: bool
@@ -875,6 +875,7 @@ class QueryEngine:
 
             found, cached = self._cached(key, compute, cacheable=not route.realtime)
             rows, served = found, route.sources
+        assert stream.symbol is not None
         return bars.fill(rows, spec, window, stream.symbol, stream.exchange), served, cached
 
 

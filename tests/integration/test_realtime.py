@@ -161,7 +161,7 @@ def test_bars_and_latest_price_include_the_tail(scene: Scene) -> None:
     assert ticks.sources == ("iceberg", "realtime")
     expected = bar_oracle.activity_bars(oracle.window(scene.everything, start, end), "tick", Decimal(3))
     assert [{k: r[k] for k in keys} for r in ticks.table.to_pylist()] == [{k: r[k] for k in keys} for r in expected]
-    whole = scene.engine.ohlcv_many(None, "asx", "2m", start, end, align="exchange")  # symbol by symbol, with the tail
+    whole = scene.engine.ohlcv_many(None, "asx", "2m", start, end, align="exchange")  # one scan, with the tail
     assert whole.sources == ("iceberg", "realtime")
     expected = bar_oracle.time_bars(scene.everything, "2m", "exchange", "Australia/Sydney")
     assert [{k: r[k] for k in keys} for r in whole.table.to_pylist()] == [{k: r[k] for k in keys} for r in expected]
