@@ -327,8 +327,8 @@ def quotes(
 
 @app.command()
 def ohlcv(
-    symbol: SymbolArg,
     exchange: ExchangeOpt,
+    symbol: ListingSymbolArg = None,
     interval: Annotated[
         str, typer.Option("--interval", "-i", help="1s .. 1mo: <N>s, <N>m, <N>h, <N>d, <N>w or 1mo (e.g. 30s, 4h, 1w).")
     ] = "1m",
@@ -350,11 +350,12 @@ def ohlcv(
         str | None, typer.Option("--size", help="Tick/volume/dollar bars: trades, volume or notional per bar.")
     ] = None,
 ) -> None:
-    """OHLCV + VWAP bars of SYMBOL (or of a comma list, or of every symbol of the exchange with '*', by bar start
-    then symbol); UTC-aligned unless --align says otherwise; intervals without trades have no bar unless --fill."""
-    many = "," in symbol or symbol == "*"
+    """OHLCV + VWAP bars of SYMBOL (or of a comma list, or of every symbol of the exchange when omitted, by bar
+    start then symbol); UTC-aligned unless --align says otherwise; intervals without trades have no bar unless
+    --fill."""
+    many = symbol is None or "," in symbol
     options: dict[str, Any] = {"align": align, "fill": fill, "bar_type": bar_type, "size": size}
-    wanted: str | None = None if symbol == "*" else symbol
+    wanted = symbol
     try:
         with _engine() as engine:
             travel = _as_of(as_of_snapshot, as_of)
@@ -379,7 +380,7 @@ def ohlcv(
         raise _fail(exc) from None
     assert result.window is not None
     what = interval if bar_type == "time" else f"{bar_type} {size}"
-    title = f"{what} bars {symbol}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
+    title = f"{what} bars {symbol or '*'}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
     _render(
         result.table,
         title,

@@ -414,7 +414,7 @@ def test_cli(seeded: Seeded) -> None:
     with QueryEngine.from_settings(seeded.settings, cache=False) as engine:
         expected = engine.ohlcv_many(None, "asx", "1d", start, end, align="session", fill="null").table.num_rows
         volume = engine.ohlcv("BHP", "asx", start=start, end=end, bar_type="volume", size="5000").table.num_rows
-    args = ["query", "ohlcv", "*", "-e", "asx", "-i", "1d", "--align", "session", "--fill", "null", *window]
+    args = ["query", "ohlcv", "-e", "asx", "-i", "1d", "--align", "session", "--fill", "null", *window]
     shown = CliRunner().invoke(app, [*args, "-f", "ndjson"], env=cli_env(seeded.settings))
     assert shown.exit_code == 0, shown.output
     lines = [json.loads(line) for line in shown.stdout.strip().splitlines()]
