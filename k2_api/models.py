@@ -165,15 +165,24 @@ class Bar(BaseModel):
     symbol: str
     exchange: str
     bar_start: AwareDatetime = Field(
-        description="Start of the UTC-aligned interval; the bar covers [bar_start, +interval)."
+        description="Start of the interval as a UTC time (aligned as `align` says); the bar covers [bar_start, "
+        "+interval). Tick, volume and dollar bars: the time of the bar's first trade."
     )
-    open: DecimalString
-    high: DecimalString
-    low: DecimalString
-    close: DecimalString
+    open: DecimalString | None = Field(description="Null only in a filled interval (fill=null, linear at the edges).")
+    high: DecimalString | None
+    low: DecimalString | None
+    close: DecimalString | None
     volume: DecimalString
-    vwap: DecimalString = Field(description="sum(price * volume) / sum(volume), rounded half-even to 8 places.")
-    trade_count: int
+    vwap: DecimalString | None = Field(
+        description="sum(price * volume) / sum(volume), rounded half-even to 8 places; null in a filled interval."
+    )
+    trade_count: int = Field(description="0 marks a filled interval: no trade in it.")
+    bar_end: AwareDatetime | None = Field(
+        None, description="Tick, volume and dollar bars only: the time of the bar's last trade."
+    )
+    complete: bool | None = Field(
+        None, description="Tick, volume and dollar bars only: false for a last bar that has not reached `size`."
+    )
 
 
 class Provenance(BaseModel):
@@ -226,6 +235,10 @@ class QuotesResponse(_MarketResponse):
 
 class BarsResponse(_MarketResponse):
     interval: str
+    align: str | None = None
+    fill: str | None = None
+    bar_type: str | None = None
+    size: str | None = None
     data: list[Bar]
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -328,9 +328,11 @@ def quotes(
 
 @app.command()
 def ohlcv(
-    symbol: SymbolArg,
     exchange: ExchangeOpt,
-    interval: Annotated[str, typer.Option("--interval", "-i", help="1s, 5s, 1m, 5m, 15m, 1h or 1d.")] = "1m",
+    symbol: ListingSymbolArg = None,
+    interval: Annotated[
+        str, typer.Option("--interval", "-i", help="1s .. 1mo: <N>s, <N>m, <N>h, <N>d, <N>w or 1mo (e.g. 30s, 4h, 1w).")
+    ] = "1m",
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = None,
@@ -338,21 +340,35 @@ def ohlcv(
     output: OutputOpt = None,
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
+    align: Annotated[
+        str, typer.Option("--align", help="utc, exchange (local time zone, DST-correct) or session (from the open).")
+    ] = "utc",
+    fill: Annotated[
+        str, typer.Option("--fill", help="Intervals without trades: none, previous, null or linear.")
+    ] = "none",
+    bar_type: Annotated[str, typer.Option("--bar-type", help="time, tick, volume or dollar.")] = "time",
+    size: Annotated[
+        str | None, typer.Option("--size", help="Tick/volume/dollar bars: trades, volume or notional per bar.")
+    ] = None,
 ) -> None:
-    """OHLCV + VWAP bars of SYMBOL (or of a comma list, by bar start then symbol), UTC-aligned; intervals without
-    trades have no bar."""
+    """OHLCV + VWAP bars of SYMBOL (or of a comma list, or of every symbol of the exchange when omitted, by bar
+    start then symbol); UTC-aligned unless --align says otherwise; intervals without trades have no bar unless
+    --fill."""
+    many = symbol is None or "," in symbol
+    options: dict[str, Any] = {"align": align, "fill": fill, "bar_type": bar_type, "size": size}
+    wanted = symbol
     try:
         with _engine() as engine:
             travel = _as_of(as_of_snapshot, as_of)
-            bars = engine.ohlcv_many if "," in symbol else engine.ohlcv  # a comma list: one listing of them all
+            bars = engine.ohlcv_many if many else engine.ohlcv  # a comma list: one listing of them all
+
+            def read(cursor: str | None = None, limit: int | None = None) -> QueryResult:
+                return bars(wanted, exchange, interval, start, end, limit=limit, cursor=cursor, as_of=travel, **options)  # type: ignore[arg-type]
+
             if output is not None or fmt != OutputFormat.table:
-                first = bars(symbol, exchange, interval, start, end, as_of=travel)
+                first = read()
                 _export(
-                    lambda cursor: (
-                        first
-                        if cursor is None
-                        else bars(symbol, exchange, interval, start, end, cursor=cursor, as_of=travel)
-                    ),
+                    lambda cursor: first if cursor is None else read(cursor),
                     _export_format(fmt),
                     output,
                     total=None,
@@ -360,15 +376,16 @@ def ohlcv(
                     what="bars",
                 )
                 return
-            result = bars(symbol, exchange, interval, start, end, limit=limit, as_of=travel)
+            result = read(limit=limit)
     except QueryError as exc:
         raise _fail(exc) from None
     assert result.window is not None
-    title = f"{interval} bars {symbol}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
+    what = interval if bar_type == "time" else f"{bar_type} {size}"
+    title = f"{what} bars {symbol or '*'}@{exchange} [{_cell(result.window.start)}, {_cell(result.window.end)})"
     _render(
         result.table,
         title,
-        hide=("exchange",) if "," in symbol else ("symbol", "exchange"),
+        hide=("exchange",) if many else ("symbol", "exchange"),
         caption=f"{result.table.num_rows} bars; {_provenance(result)}",
     )
 

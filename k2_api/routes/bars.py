@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT, provenance_headers
 from k2_api.models import BarsResponse, ErrorResponse, LatestOnResponse, LatestResponse, SummaryResponse
-from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol, Symbols
+from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol
 from k2_api.render import counted, page, provenance
 from k2_core.model.bars import INTERVALS
 from k2_core.read.params import validate_symbols
@@ -20,35 +20,82 @@ router = APIRouter(
 )
 
 Interval = Annotated[
-    str, Query(description=f"Bar width: {', '.join(INTERVALS)}. Bars are aligned to UTC (1d bars start at 00:00Z).")
+    str,
+    Query(
+        description="Bar width for time bars, from 1s to 1mo: <N>s, <N>m, <N>h, <N>d, <N>w or 1mo (e.g. 30s, 5m, 4h, "
+        f"1d, 1w, 1mo). {', '.join(INTERVALS)} at align=utc are also served from the precomputed 1m/1d tables."
+    ),
+]
+Align = Annotated[
+    str,
+    Query(
+        description="Where time bars start: utc (default; on the UTC epoch, weeks on Monday 00:00Z, months on the "
+        "1st), exchange (the exchange's local time zone, DST-correct: 1d = a local calendar day, 1h on local hours), "
+        "or session (anchored at each trading day's session open; bars only within session hours)."
+    ),
+]
+Fill = Annotated[
+    str,
+    Query(
+        description="Intervals without trades: none (default, no bar), previous (prices = previous close), null "
+        "(null prices), linear (prices interpolated between the neighbouring closes). A filled bar has volume 0 and "
+        "trade_count 0. Time bars only."
+    ),
+]
+BarType = Annotated[
+    str,
+    Query(
+        description="time (default), or tick / volume / dollar bars closing when trades / volume / notional reach "
+        "`size` (the last bar may be incomplete: complete=false)."
+    ),
+]
+Size = Annotated[
+    str | None,
+    Query(description="Threshold of tick (trades), volume (units) or dollar (price * volume) bars."),
 ]
 
 
-@router.get("/ohlcv", response_model=BarsResponse, responses=ALTERNATE_CONTENT)
+@router.get("/ohlcv", response_model=BarsResponse, response_model_exclude_unset=True, responses=ALTERNATE_CONTENT)
 def ohlcv(
     reader: ReaderDep,
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    symbol: Symbols,
     exchange: Exchange,
+    symbol: Annotated[
+        list[str] | None,
+        Query(
+            description="Uppercase ticker, e.g. BHP. Several: repeat the parameter or give a comma list; rows of "
+            "every one come in one listing, by bar start, then symbol. Omitted: every symbol of the exchange."
+        ),
+    ] = None,
     interval: Interval = "1m",
     start: Start = None,
     end: End = None,
     limit: Annotated[int | None, Query(description="Maximum bars per page (1..max_limit). Default: max_limit.")] = None,
     cursor: Cursor = None,
+    align: Align = "utc",
+    fill: Fill = "none",
+    bar_type: BarType = "time",
+    size: Size = None,
 ) -> Any:
-    """OHLCV, VWAP and trade count bars of one symbol (or several, by bar start then symbol); intervals without
-    trades have no bar."""
-    wanted = validate_symbols(",".join(symbol))
-    assert wanted is not None
-    if len(wanted) == 1:
-        result = reader.ohlcv(wanted[0], exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of)
+    """OHLCV, VWAP and trade count bars of one symbol, several, or every symbol of the exchange (by bar start then
+    symbol); intervals without trades have no bar unless `fill` says otherwise."""
+    wanted = validate_symbols(",".join(symbol)) if symbol else None
+    options: dict[str, Any] = {"align": align, "fill": fill, "bar_type": bar_type, "size": size}
+    if wanted is not None and len(wanted) == 1:
+        result = reader.ohlcv(
+            wanted[0], exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of, **options
+        )
     else:
-        result = reader.ohlcv_many(wanted, exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of)
+        result = reader.ohlcv_many(
+            wanted, exchange, interval, start, end, limit=limit, cursor=cursor, as_of=as_of, **options
+        )
     assert result.window is not None
     assert result.limit is not None
-    echo = {"symbol": ",".join(wanted), "exchange": exchange, "interval": interval, "limit": result.limit}
+    shown = ",".join(wanted) if wanted is not None else ""
+    echo: dict[str, Any] = {"symbol": shown, "exchange": exchange, "interval": interval, "limit": result.limit}
+    echo |= {k: v for k, v in options.items() if v not in (None, "utc", "none", "time")}
     return page(BarsResponse, result, fmt, response, start=result.window.start, end=result.window.end, **echo)
 
 

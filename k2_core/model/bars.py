@@ -20,6 +20,7 @@ snapshot; bars written without the property are never served (the reader cannot 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Literal, get_args
 
@@ -62,20 +63,33 @@ def interval_micros(interval: Interval) -> int:
     return INTERVALS[interval] // timedelta(microseconds=1)
 
 
-def bars_sql(source: str, interval: Interval) -> str:
+def bars_sql(
+    source: str, interval: Interval | None = None, *, bucket: str | None = None, extra: Mapping[str, str] | None = None
+) -> str:
     """The SQL computing bars from the trades in `source` (a table name, view or table function holding at least
     symbol, exchange, exchange_timestamp, exchange_sequence_number, price, volume). Callers that want a filter
-    apply it inside `source`. The session's TimeZone does not matter: buckets are computed on epoch micros."""
-    width = interval_micros(interval)
+    apply it inside `source`. The session's TimeZone does not matter: buckets are computed on epoch micros.
+
+    `bucket` replaces the UTC-epoch bucketing by an expression (or column of `source`) giving each trade's bar as
+    epoch microseconds (`k2_core.model.buckets` for other alignments) or any integer bar id (activity bars);
+    `extra` adds aggregates (output name -> SQL aggregate) carried through to the output after `trade_count`."""
+    if bucket is None:
+        assert interval is not None
+        width = interval_micros(interval)
+        bucket = f"(epoch_us(exchange_timestamp) // {width}) * {width}"
+    extra = extra or {}
+    aggregates = "".join(f", {sql} AS {name}" for name, sql in extra.items())
+    carried = "".join(f", {name}" for name in extra)
     # (exchange_timestamp, sequence) packed in one HUGEINT: arg_min/arg_max on it are much faster than on a
     # struct, and the order is the same (sequence numbers are positive 64-bit integers).
     order_key = "epoch_us(exchange_timestamp)::HUGEINT * 9223372036854775808 + exchange_sequence_number"
     return f"""
     WITH g AS (
-        SELECT symbol, exchange, (epoch_us(exchange_timestamp) // {width}) * {width} AS bucket_us,
+        SELECT symbol, exchange, {bucket} AS bucket_us,
                arg_min(price, {order_key}) AS open, max(price) AS high, min(price) AS low,
                arg_max(price, {order_key}) AS close,
-               sum(volume) AS volume, sum(CAST(price AS DECIMAL(38, 8)) * volume) AS notional, count(*) AS trade_count
+               sum(volume) AS volume, sum(CAST(price AS DECIMAL(38, 8)) * volume) AS notional,
+               count(*) AS trade_count{aggregates}
         FROM {source}
         GROUP BY ALL
     ),
@@ -95,7 +109,7 @@ def bars_sql(source: str, interval: Interval) -> str:
                CAST(quot + CASE WHEN 2 * rem > vol OR (2 * rem = vol AND quot % 2 = 1) THEN 1 ELSE 0 END
                     AS DECIMAL(38, 0)) * CAST(0.00000001 AS DECIMAL(9, 8))
                AS DECIMAL(18, 8)) AS vwap,
-           trade_count
+           trade_count{carried}
     FROM q
     ORDER BY symbol, exchange, bar_start
     """

@@ -12,16 +12,21 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import duckdb
+import numpy as np
 import pyarrow as pa
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 
+from k2_core import duck
+from k2_core.duck import sql_text
 from k2_core.lake import scan
 from k2_core.logging import get_logger
-from k2_core.model.bars import BARS_ARROW_SCHEMA, INTERVALS, PRECOMPUTED_TABLES, Interval, compute_bars
+from k2_core.model import buckets
+from k2_core.model.bars import BARS_ARROW_SCHEMA, INTERVALS, PRECOMPUTED_TABLES, Interval, bars_sql, compute_bars
 from k2_core.model.tables import SUMMARY_SCHEMA
 from k2_core.read import precomputed
-from k2_core.read.params import TimeRange, align_down
+from k2_core.read.params import BarSpec, TimeRange, align_down
 from k2_core.read.result import ICEBERG, PRECOMPUTED
 from k2_core.read.routing import Route, Sources, Stream
 
@@ -125,3 +130,153 @@ def _runs(days: list[date]) -> list[list[date]]:
         else:
             runs.append([day])
     return runs
+
+
+# --- any interval, any alignment, filled ------------------------------------------------------------------------
+
+FILLED_BARS_SCHEMA: pa.Schema = pa.schema(
+    [
+        field.with_nullable(True) if field.name in ("open", "high", "low", "close", "vwap") else field
+        for field in BARS_ARROW_SCHEMA
+    ]
+)
+
+
+def segments_for(spec: BarSpec, window: TimeRange) -> pa.Table:
+    assert spec.interval is not None
+    return buckets.segments(spec.interval, spec.align, spec.hours, window.start, window.end)
+
+
+def widen_spec(spec: BarSpec, window: TimeRange) -> TimeRange:
+    """`widen` for any interval and alignment: out to whole bars (the legacy intervals exactly as `widen`)."""
+    if spec.legacy is not None:
+        return widen(window, spec.legacy)
+    assert spec.interval is not None
+    if buckets.epoch_aligned(spec.interval, spec.align):
+        assert spec.interval.fixed is not None
+        width = spec.interval.fixed
+        start = buckets.bucket_of(window.start, width)
+        end = buckets.bucket_of(window.end, width)
+        return TimeRange(start, end + width if end < window.end else end)
+    start, end = buckets.widen(segments_for(spec, window), window.start, window.end)
+    return TimeRange(start, end)
+
+
+def computed_spec(sources: Sources, stream: Stream, spec: BarSpec, window: TimeRange, route: Route) -> pa.Table:
+    """Time bars of any interval and alignment computed from the trades the route reads."""
+    with scan.connect() as con:
+        sources.market_view(con, stream, window, route)
+        return from_view(con, "market", spec, window)
+
+
+def from_view(con: duckdb.DuckDBPyConnection, view: str, spec: BarSpec, window: TimeRange) -> pa.Table:
+    """Time bars of every symbol in `view` (trades): each trade is assigned its bar by an ASOF join on the bar
+    segments (`k2_core.model.buckets`), or by arithmetic on its time for fixed widths on the UTC epoch, then
+    aggregated by `bars_sql`, the one definition of a bar. Trades in no segment (outside session hours) are in no
+    bar. By symbol, then bar_start."""
+    assert spec.interval is not None
+    if buckets.epoch_aligned(spec.interval, spec.align):
+        assert spec.interval.fixed is not None
+        width = spec.interval.fixed // timedelta(microseconds=1)
+        sql = bars_sql(view, bucket=f"(epoch_us(exchange_timestamp) // {width}) * {width}")
+    else:
+        con.register("k2_segments", segments_for(spec, window))
+        con.sql(
+            f"""
+            CREATE OR REPLACE TEMP VIEW k2_bucketed AS
+            SELECT m.*, s.bucket_us AS k2_bucket
+            FROM (SELECT *, epoch_us(exchange_timestamp) AS k2_us FROM {view}) m
+            ASOF JOIN k2_segments s ON m.k2_us >= s.seg_start
+            WHERE m.k2_us < s.seg_end
+            """
+        )
+        sql = bars_sql("k2_bucketed", bucket="k2_bucket")
+    return con.sql(sql).to_arrow_table().cast(BARS_ARROW_SCHEMA)
+
+
+def fill(bars: pa.Table, spec: BarSpec, window: TimeRange, symbol: str, exchange: str) -> pa.Table:
+    """One symbol's bars with a row for every interval of `window` (every bar start of the alignment's segments in
+    the window: for sessions, session intervals of trading days only). An interval without trades is a row with
+    volume 0 and trade_count 0 (how a filled row is told from a real one) and prices by `spec.fill`:
+
+    - `null`: no prices, no vwap.
+    - `previous`: open = high = low = close = the previous bar's close (null before the window's first trade); vwap
+      null, because nothing traded.
+    - `linear`: open = high = low = close interpolated linearly, by interval count, between the closes of the bars
+      before and after, exactly and rounded half-even to 8 places; null where either neighbour is missing; vwap null.
+    """
+    if spec.fill == "none":
+        return bars
+    assert spec.interval is not None
+    if buckets.epoch_aligned(spec.interval, spec.align):
+        assert spec.interval.fixed is not None
+        step = spec.interval.fixed // timedelta(microseconds=1)
+        first = _micros(buckets.bucket_of(window.start, spec.interval.fixed))
+        starts = np.arange(first, _micros(window.end), step, dtype=np.int64)
+    else:
+        starts = buckets.bar_starts(segments_for(spec, window), window.start, window.end)
+    grid = pa.table({"bucket_us": pa.array(starts, pa.int64())})
+    if spec.fill == "previous":
+        price = "last_value(b.close IGNORE NULLS) OVER (ORDER BY g.bucket_us ROWS UNBOUNDED PRECEDING)"
+    elif spec.fill == "null":
+        price = "NULL"
+    else:
+        price = "k2_interpolated"
+    with duck.connect() as con:
+        con.register("g0", grid)
+        con.register("b", bars)
+        con.sql(
+            """
+            CREATE TEMP VIEW g AS
+            SELECT bucket_us, row_number() OVER (ORDER BY bucket_us) AS idx FROM g0
+            """
+        )
+        con.sql(f"CREATE TEMP VIEW k2_interp AS {_INTERPOLATED}")
+        filled = con.sql(
+            f"""
+            SELECT {sql_text(symbol)} AS symbol, {sql_text(exchange)} AS exchange,
+                   make_timestamptz(g.bucket_us) AS bar_start,
+                   coalesce(b.open, {price}) AS open, coalesce(b.high, {price}) AS high,
+                   coalesce(b.low, {price}) AS low, coalesce(b.close, {price}) AS close,
+                   coalesce(b.volume, 0) AS volume, b.vwap, coalesce(b.trade_count, 0) AS trade_count
+            FROM g
+            LEFT JOIN b ON epoch_us(b.bar_start) = g.bucket_us
+            LEFT JOIN k2_interp i ON i.bucket_us = g.bucket_us
+            ORDER BY g.bucket_us
+            """
+        ).to_arrow_table()
+    return filled.cast(FILLED_BARS_SCHEMA).replace_schema_metadata(bars.schema.metadata)
+
+
+# Linear interpolation of closes in exact integers (1e-8 units), rounded half-even, by interval index.
+_INTERPOLATED = """
+WITH j AS (
+    SELECT g.bucket_us, g.idx,
+           CAST(b.close * 100000000 AS HUGEINT) AS c,
+           CASE WHEN b.close IS NOT NULL THEN g.idx END AS ci
+    FROM g LEFT JOIN b ON epoch_us(b.bar_start) = g.bucket_us
+),
+n AS (
+    SELECT *,
+           last_value(c IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS pc,
+           last_value(ci IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS pi,
+           first_value(c IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS nc,
+           first_value(ci IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS ni
+    FROM j
+),
+d AS (
+    SELECT bucket_us, pc, (nc - pc) * (idx - pi) AS num, CAST(ni - pi AS HUGEINT) AS den FROM n
+    WHERE c IS NULL AND pc IS NOT NULL AND nc IS NOT NULL
+),
+r AS (
+    SELECT bucket_us, pc, sign(num) AS s, abs(num) // den AS q, abs(num) % den AS rem, den FROM d
+)
+SELECT bucket_us,
+       CAST(CAST(pc + s * (q + CASE WHEN 2 * rem > den OR (2 * rem = den AND q % 2 = 1) THEN 1 ELSE 0 END)
+                 AS DECIMAL(38, 0)) * CAST(0.00000001 AS DECIMAL(9, 8)) AS DECIMAL(18, 8)) AS k2_interpolated
+FROM r
+"""
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)

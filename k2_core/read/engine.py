@@ -12,9 +12,10 @@ it: which source answers, `k2_core.read.routing`; pages and streams, `k2_core.re
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
@@ -34,25 +35,28 @@ from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TableDef
+from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TRADES, TableDef
 from k2_core.model.topics import Kind, TopicLayout
-from k2_core.read import bars, joins, paging, timejoins
+from k2_core.read import activity_bars, bars, exchange_bars, joins, paging, timejoins
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
     AsOf,
+    BarSpec,
     Limits,
     MarketQuery,
     TimeInput,
     TimeRange,
     validate_as_of,
     validate_bar_count,
+    validate_bar_spec,
     validate_date,
     validate_exchange,
     validate_gap_status,
     validate_interval,
     validate_limit,
     validate_market_query,
+    validate_spec_bar_count,
     validate_symbol,
     validate_symbols,
     validate_time_range,
@@ -70,7 +74,7 @@ from k2_core.read.routing import (
 )
 from k2_core.read.snapshots import SNAPSHOT_TABLES, snapshot_log
 from k2_core.read.symbols import SymbolIndex
-from k2_core.settings import CatalogSettings, Settings
+from k2_core.settings import CatalogSettings, MaintenanceSettings, MarketHours, Settings
 
 logger = get_logger(__name__)
 
@@ -98,13 +102,15 @@ class QueryEngine:
         check_symbols: bool = True,
         clock: Callable[[], datetime] = utcnow,
         cursor_key: bytes | None = None,
+        market_hours: Mapping[str, MarketHours] | None = None,
     ) -> None:
         """`exchanges=None` accepts any well-formed exchange name (a bare catalog has no topic layout to check
         against). `direct_reads`, `realtime` and `realtime_window` say where rows may come from
         (`k2_core.read.routing.Sources`). `owns_catalog` makes `close()` release the catalog's connections. `cache`
         is the result cache (None: none); `check_symbols` rejects symbols never seen on the exchange instead of
         answering with nothing. `cursor_key` signs page cursors (`from_settings` gives the installation's); None
-        makes a random key of this engine's own, so its cursors are good for its lifetime only."""
+        makes a random key of this engine's own, so its cursors are good for its lifetime only. `market_hours` (per
+        exchange; default: K2's defaults) place exchange- and session-aligned bars."""
         self.sources = Sources(
             catalog,
             namespace,
@@ -119,6 +125,7 @@ class QueryEngine:
         self.check_symbols = check_symbols
         self.symbol_index = SymbolIndex()
         self.cursors = CursorCodec(cursor_key if cursor_key is not None else secrets.token_bytes(32))
+        self.market_hours = dict(market_hours if market_hours is not None else MaintenanceSettings().market_hours)
         self._owns_catalog = owns_catalog
         # Identifies this catalog in shared cache keys (several catalogs may share one Redis).
         self._cache_scope = (getattr(catalog, "name", ""), str(getattr(catalog, "properties", {}).get("uri", "")))
@@ -151,6 +158,7 @@ class QueryEngine:
             realtime_window=timedelta(seconds=settings.query.realtime_window_seconds),
             cache=result_cache,
             cursor_key=cursor_key(settings),
+            market_hours=settings.maintenance.market_hours,
         )
 
     @property
@@ -406,14 +414,26 @@ class QueryEngine:
         cursor: str | None = None,
         as_of_snapshot: int | str | None = None,
         as_of: AsOf | TimeInput = None,
+        align: str = "utc",
+        fill: str = "none",
+        bar_type: str = "time",
+        size: Decimal | int | float | str | None = None,
     ) -> QueryResult:
         """OHLCV bars (open, high, low, close, volume, vwap, trade_count per `bar_start`) of one symbol at one of
         1s, 5s, 1m, 5m, 15m, 1h, 1d, in bar order. The window is widened to whole bars (start rounded down, end
         rounded up to the interval, UTC-aligned), so no bar is partial. Intervals without trades have no bar. At
-        most `limit` bars per page (default and maximum: max_limit)."""
+        most `limit` bars per page (default and maximum: max_limit).
+
+        Beyond those: any `interval` from 1s to 1mo (`<N>s|m|h|d|w`, `1mo`), `align` utc | exchange | session,
+        `fill` none | previous | null | linear for intervals without trades, and `bar_type` tick | volume | dollar
+        bars of `size` (`k2_core.model.buckets`, `k2_core.read.bars.fill`, `k2_core.read.activity_bars`); those
+        are `ohlcv_many`'s listing of this one symbol."""
         travel = validate_as_of(as_of_snapshot, as_of)
         symbol = validate_symbol(symbol)
         exchange = validate_exchange(exchange, self.exchanges)
+        spec = self._bar_spec(interval, align, fill, bar_type, size, exchange)
+        if spec.legacy is None or spec.fill != "none":
+            return self._spec_listing((symbol,), exchange, spec, start, end, limit, cursor, travel)
         bar = validate_interval(interval)
         requested = validate_time_range(start, end, now=self.sources.clock(), max_window=self.limits.max_window)
         window = bars.widen(requested, bar)
@@ -441,7 +461,7 @@ class QueryEngine:
 
     def ohlcv_many(
         self,
-        symbols: Collection[str] | str,
+        symbols: Collection[str] | str | None,
         exchange: str,
         interval: str = "1m",
         start: TimeInput = None,
@@ -451,14 +471,23 @@ class QueryEngine:
         cursor: str | None = None,
         as_of_snapshot: int | str | None = None,
         as_of: AsOf | TimeInput = None,
+        align: str = "utc",
+        fill: str = "none",
+        bar_type: str = "time",
+        size: Decimal | int | float | str | None = None,
     ) -> QueryResult:
         """`ohlcv` for several symbols of one exchange in one listing, ordered by `(bar_start, symbol)`. Each symbol's
         bars are `ohlcv`'s (same widening, precomputed days, cache); the cursor holds the last bar's start and its
-        symbol's place in the sorted list."""
+        symbol's place in the sorted list. `symbols=None`: every symbol of the exchange (as the symbol index knows them
+        after a refresh). `align`, `fill`, `bar_type`, `size` as `ohlcv`."""
         travel = validate_as_of(as_of_snapshot, as_of)
-        wanted = validate_symbols(symbols)
-        assert wanted is not None
         exchange = validate_exchange(exchange, self.exchanges)
+        wanted = validate_symbols(symbols) if symbols is not None else self._exchange_symbols(exchange)
+        assert wanted is not None
+        spec = self._bar_spec(interval, align, fill, bar_type, size, exchange)
+        if spec.legacy is None or spec.fill != "none" or symbols is None:
+            whole = symbols is None
+            return self._spec_listing(wanted, exchange, spec, start, end, limit, cursor, travel, whole_exchange=whole)
         bar = validate_interval(interval)
         requested = validate_time_range(start, end, now=self.sources.clock(), max_window=self.limits.max_window)
         window = bars.widen(requested, bar)
@@ -723,6 +752,133 @@ class QueryEngine:
         )
         return bars.unlabelled(found), bars.sources_of(found, route.sources), cached
 
+    def _bar_spec(
+        self,
+        interval: str,
+        align: str,
+        fill: str,
+        bar_type: str,
+        size: Decimal | int | float | str | None,
+        exchange: str,
+    ) -> BarSpec:
+        hours = self.market_hours.get(exchange)
+        return validate_bar_spec(interval, align, fill, bar_type, size, hours=hours, exchange=exchange)
+
+    def _exchange_symbols(self, exchange: str) -> tuple[str, ...]:
+        """Every symbol the exchange has data for, after a refresh of the symbol index (and the realtime tail's)."""
+        self.symbol_index.refresh(
+            [(self.sources.load(TRADES), TRADES), (self.sources.load(QUOTES), QUOTES)],
+            direct_reads=self.sources.direct_reads,
+        )
+        known = set(self.symbol_index.symbols(exchange))
+        if self.sources.realtime is not None:
+            known.update(self.sources.realtime.symbols(exchange))
+        if not known:
+            raise QueryError(f"symbol: exchange {exchange} has no symbols yet; name one")
+        return tuple(sorted(known))
+
+    def _spec_listing(
+        self,
+        wanted: tuple[str, ...],
+        exchange: str,
+        spec: BarSpec,
+        start: TimeInput,
+        end: TimeInput,
+        limit: int | None,
+        cursor: str | None,
+        travel: AsOf | None,
+        *,
+        whole_exchange: bool = False,
+    ) -> QueryResult:
+        """Bars beyond the original seven UTC intervals (any interval, alignment, fill; tick, volume and dollar bars)
+        of one or several symbols, ordered by `(bar_start, symbol, bar's place in its symbol's list)` and paged by a
+        keyset cursor of those three (activity bars of one symbol may share a start time). `whole_exchange`: the
+        symbols are every symbol of the exchange, read in one pass when no realtime tail is involved."""
+        requested = validate_time_range(start, end, now=self.sources.clock(), max_window=self.limits.max_window)
+        if spec.bar_type == "time":
+            window = bars.widen_spec(spec, requested)
+            validate_spec_bar_count(spec, window, self.limits.max_bars)
+        else:
+            window = requested
+        limit = validate_limit(limit, default=self.limits.max_limit, maximum=self.limits.max_limit)
+        key_parts = ("ohlcv_spec", wanted, exchange, spec.key, window.start, window.end, travel)
+        position = self._position(cursor, fingerprint(*key_parts), 3, window)
+        found: list[pa.Table] = []
+        served: set[str] = set()
+        snapshot_id: int | None = None
+        tiers: list[Tier | None] = []
+        at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
+        for place, symbol in enumerate(wanted):
+            if at_once is not None:
+                snapshot_id, parts, sources, cached = at_once
+                rows = bars.fill(parts.get(symbol, exchange_bars.empty(spec)), spec, window, symbol, exchange)
+                served.update(sources)
+            else:
+                stream, pinned = self._open("trades", exchange, symbol, travel, position)
+                snapshot_id = stream.choice.snapshot_id
+                rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
+                served.update(sources)
+            tiers.append(cached)
+            rows = rows.append_column("k2_place", pa.array([place] * rows.num_rows, pa.int64()))
+            rows = rows.append_column("k2_ord", pa.array(range(rows.num_rows), pa.int64()))
+            found.append(rows)
+        merged = pa.concat_tables(found).sort_by(
+            [("bar_start", "ascending"), ("k2_place", "ascending"), ("k2_ord", "ascending")]
+        )
+        if position is not None:
+            merged = merged.filter(_after(merged, position.after))
+        rows, last = paging.cut(merged, limit)
+        next_cursor = None
+        if last is not None:
+            next_cursor = self.cursors.encode(
+                Cursor(
+                    after=(micros(last["bar_start"]), last["k2_place"], last["k2_ord"]),
+                    snapshot_id=None if REALTIME in served else snapshot_id,
+                    fingerprint=fingerprint(*key_parts),
+                )
+            )
+        rows = rows.drop_columns(["k2_place", "k2_ord"])
+        order = (PRECOMPUTED, ICEBERG, REALTIME)
+        sources = tuple(s for s in order if s in served)
+        cached = tiers[0] if all(t is not None for t in tiers) else None
+        return QueryResult(rows, sources, snapshot_id, next_cursor, cached, window=window, limit=limit)
+
+    def _exchange_bars(
+        self, exchange: str, spec: BarSpec, window: TimeRange, travel: AsOf | None, position: Cursor | None
+    ) -> tuple[int | None, dict[str, pa.Table], tuple[str, ...], Tier | None]:
+        """Every symbol's bars of the exchange from one scan (`k2_core.read.exchange_bars`), cut by symbol, unfilled;
+        cached unless the tail served."""
+        stream, pinned = self.sources.stream("trades", None, exchange, travel, position)
+        route = self.sources.route("trades", exchange, window, pinned=pinned)
+        snapshot_id = stream.choice.snapshot_id
+        key = ("bars_exchange", exchange, spec.key, window.start, window.end, snapshot_id)
+        found, cached = self._cached(
+            key, lambda: exchange_bars.compute(self.sources, stream, spec, window, route), cacheable=not route.realtime
+        )
+        return snapshot_id, exchange_bars.by_symbol(found), route.sources, cached
+
+    def _spec_bars(
+        self, stream: Stream, spec: BarSpec, window: TimeRange, *, pinned: bool
+    ) -> tuple[pa.Table, tuple[str, ...], Tier | None]:
+        """One symbol's bars of `spec`: the original intervals as `_bars` reads them (precomputed days included),
+        others computed from trades; cached unless the tail served. Filling is applied on top."""
+        if spec.legacy is not None:
+            rows, served, cached = self._bars(stream, spec.legacy, window, pinned=pinned)
+        else:
+            route = self.sources.route("trades", stream.exchange, window, pinned=pinned)
+            snapshot_id = stream.choice.snapshot_id
+            key = ("bars_spec", stream.symbol, stream.exchange, spec.key, window.start, window.end, snapshot_id)
+
+            def compute() -> pa.Table:
+                if spec.bar_type == "time":
+                    return bars.computed_spec(self.sources, stream, spec, window, route)
+                return activity_bars.activity_bars(self.sources, stream, spec, window, route)
+
+            found, cached = self._cached(key, compute, cacheable=not route.realtime)
+            rows, served = found, route.sources
+        assert stream.symbol is not None
+        return bars.fill(rows, spec, window, stream.symbol, stream.exchange), served, cached
+
     # --- joins on time (k2_core.read.timejoins holds the rules and the SQL) --------------------------------
 
     def asof_join(
@@ -881,3 +1037,12 @@ def _symbol_position(position: Cursor | None, place: int) -> Cursor | None:
     at, cursor_place, seq = position.after
     after_seq = seq if place == cursor_place else _AFTER_ANY if place < cursor_place else _BEFORE_ANY
     return replace(position, after=(at, after_seq))
+
+
+def _after(rows: pa.Table, after: tuple[int, ...]) -> pa.ChunkedArray:
+    """Rows strictly after a `(bar_start micros, place, ordinal)` keyset position."""
+    at = pa.scalar(from_micros(after[0]), pa.timestamp("us", tz="UTC"))
+    start, place, ordinal = rows.column("bar_start"), rows.column("k2_place"), rows.column("k2_ord")
+    same_place = pc.and_(pc.equal(place, after[1]), pc.greater(ordinal, after[2]))
+    same_start = pc.and_(pc.equal(start, at), pc.or_(pc.greater(place, after[1]), same_place))
+    return pc.or_(pc.greater(start, at), same_start)

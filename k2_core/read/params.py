@@ -17,11 +17,14 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal
+from decimal import Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from k2_core.exceptions import QueryError
 from k2_core.model.bars import INTERVALS, Interval
-from k2_core.settings import ApiSettings, QuerySettings, Settings
+from k2_core.model.buckets import ALIGNS, Align, BarInterval, parse_interval
+from k2_core.settings import ApiSettings, MarketHours, QuerySettings, Settings
 
 GapStatus = Literal["open", "filled", "unrecoverable"]
 
@@ -307,3 +310,120 @@ def validate_as_of(as_of_snapshot: int | str | None = None, as_of: AsOf | TimeIn
     if as_of is not None:
         return AsOf(timestamp=parse_time(as_of, "as_of"))
     return None
+
+
+Fill = Literal["none", "previous", "null", "linear"]
+BarType = Literal["time", "tick", "volume", "dollar"]
+FILLS: tuple[str, ...] = ("none", "previous", "null", "linear")
+BAR_TYPES: tuple[str, ...] = ("time", "tick", "volume", "dollar")
+
+
+@dataclass(frozen=True)
+class BarSpec:
+    """What kind of bars a request wants, validated: time bars of `interval` aligned by `align` with empty intervals
+    filled by `fill`, or activity bars (`bar_type` tick, volume or dollar) closing at `size` trades, volume units or
+    notional. `hours` are the exchange's market hours when the alignment needs them."""
+
+    interval: BarInterval | None
+    align: Align = "utc"
+    fill: Fill = "none"
+    bar_type: BarType = "time"
+    size: Decimal | None = None
+    hours: MarketHours | None = None
+
+    @property
+    def legacy(self) -> Interval | None:
+        """The fixed interval of K2's original bars when these are exactly those bars (UTC, one of the seven widths,
+        time bars): they may come from the precomputed tables and keep their original cursor and cache keys."""
+        if self.bar_type != "time" or self.align != "utc" or self.interval is None:
+            return None
+        text = self.interval.text
+        return text if text in INTERVALS else None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Everything that changes the answer, for cache keys and cursor fingerprints."""
+        hours = None
+        if self.hours is not None and self.align != "utc":
+            hours = (
+                self.hours.timezone,
+                self.hours.open.isoformat(),
+                self.hours.close.isoformat(),
+                self.hours.weekdays,
+            )
+        interval = self.interval.text if self.interval is not None else None
+        return (
+            interval,
+            self.align,
+            self.fill,
+            self.bar_type,
+            str(self.size) if self.size is not None else None,
+            hours,
+        )
+
+
+def validate_bar_spec(
+    interval: str | None,
+    align: str = "utc",
+    fill: str = "none",
+    bar_type: str = "time",
+    size: Decimal | int | float | str | None = None,
+    *,
+    hours: MarketHours | None = None,
+    exchange: str = "",
+) -> BarSpec:
+    """Bar options, each failure naming its parameter. Time bars need an interval (1s .. 1mo) and no size; tick,
+    volume and dollar bars need a positive size (a whole number of trades for tick bars) and take neither alignment
+    nor fill. Exchange and session alignment need the exchange's market hours."""
+    if bar_type not in BAR_TYPES:
+        raise QueryError(f"bar_type must be one of {', '.join(BAR_TYPES)}; got {bar_type!r}")
+    if align not in ALIGNS:
+        raise QueryError(f"align must be one of {', '.join(ALIGNS)}; got {align!r}")
+    if fill not in FILLS:
+        raise QueryError(f"fill must be one of {', '.join(FILLS)}; got {fill!r}")
+    if bar_type != "time":
+        if size is None:
+            raise QueryError(f"size is required for {bar_type} bars (trades, volume or notional per bar)")
+        try:
+            threshold = Decimal(str(size))
+        except ArithmeticError:
+            raise QueryError(f"size must be a positive number; got {size!r}") from None
+        if not threshold.is_finite() or threshold <= 0:
+            raise QueryError(f"size must be a positive number; got {size!r}")
+        if bar_type == "tick" and threshold != threshold.to_integral_value():
+            raise QueryError(f"size must be a whole number of trades for tick bars; got {size!r}")
+        if fill != "none":
+            raise QueryError(f"fill applies to time bars only, not {bar_type} bars")
+        if align != "utc":
+            raise QueryError(f"align applies to time bars only, not {bar_type} bars")
+        return BarSpec(None, "utc", "none", bar_type, threshold)  # type: ignore[arg-type]
+    if size is not None:
+        raise QueryError("size applies to tick, volume and dollar bars only")
+    try:
+        parsed = parse_interval(interval or "")
+    except ValueError as exc:
+        raise QueryError(f"interval {exc}") from None
+    if align != "utc":
+        if hours is None:
+            raise QueryError(f"align {align} needs the market hours of exchange {exchange}, and none are configured")
+        try:
+            ZoneInfo(hours.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise QueryError(
+                f"align {align}: exchange {exchange} has an unknown time zone {hours.timezone!r}"
+            ) from None
+        if parsed.unit in ("s", "m", "h") and parsed.fixed is not None and parsed.fixed > timedelta(days=1):
+            raise QueryError(f"interval {parsed.text} is longer than a day: with align={align} use <N>d, <N>w or 1mo")
+    return BarSpec(parsed, align, fill, "time", None, hours if align != "utc" else None)  # type: ignore[arg-type]
+
+
+def validate_spec_bar_count(spec: BarSpec, window: TimeRange, max_bars: int) -> None:
+    """`validate_bar_count` for any interval: bounded by the interval's shortest possible bar."""
+    assert spec.interval is not None
+    count = -((window.start - window.end) // spec.interval.nominal)
+    if count > max_bars:
+        raise QueryError(
+            f"interval {spec.interval.text} over {window.start.isoformat()}..{window.end.isoformat()} spans up to "
+            f"{count} bars, more than the maximum {max_bars} (range too large): use a coarser interval or a shorter "
+            "range"
+        )

@@ -283,7 +283,7 @@ BAD_REQUESTS = [
         "as_of_snapshot and as_of are alternatives",
     ),
     ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "format": "xml"}, 400, "format must be one of json, csv"),
-    ("/v1/ohlcv", {"symbol": "BHP", "exchange": "asx", "interval": "2m"}, 400, "interval must be one of 1s, 5s"),
+    ("/v1/ohlcv", {"symbol": "BHP", "exchange": "asx", "interval": "2mo"}, 400, "interval must be at most one month"),
     (
         "/v1/ohlcv",
         {"symbol": "BHP", "exchange": "asx", "interval": "1s", "start": "2024-01-01", "end": "2024-01-10"},

@@ -521,9 +521,7 @@ def exchange_order(rows: list[dict[str, Any]], start: datetime, end: datetime) -
 
 @pytest.mark.parametrize("kind", ["trades", "quotes"])
 @pytest.mark.parametrize("limit", [4, 13, 5000])
-def test_a_whole_exchange_pages_through_one_listing(
-    seeded: Seeded, engine: QueryEngine, kind: str, limit: int
-) -> None:
+def test_a_whole_exchange_pages_through_one_listing(seeded: Seeded, engine: QueryEngine, kind: str, limit: int) -> None:
     """No symbol: every instrument of the exchange (OLD and QUIET included, nyse's rows left out), in one listing
     whose pages join up exactly, ties on time ordered by symbol."""
     start, end = DAY, DAY + timedelta(days=DAYS + 1)
@@ -623,9 +621,7 @@ def test_api_and_cli_list_a_whole_exchange(seeded: Seeded, tmp_path: Path) -> No
             cursor = body["next_cursor"]
             if cursor is None:
                 break
-        assert [(r["symbol"], r["exchange_sequence_number"]) for r in got] == exchange_order(
-            seeded.quotes, start, end
-        )
+        assert [(r["symbol"], r["exchange_sequence_number"]) for r in got] == exchange_order(seeded.quotes, start, end)
         refused = client.get("/v1/trades", params=[*params, ("with_quote", "true")])
         assert refused.status_code == 400
         assert refused.json()["detail"].startswith("with_quote")

@@ -25,7 +25,7 @@ from k2_stream.admin import ensure_topics
 from k2_stream.producer import FeedProducer
 from k2_stream.registry_confluent import make_registry
 from k2_stream.tail import TailConsumer
-from tests.support import factories
+from tests.support import bar_oracle, factories
 from tests.support import query_oracle as oracle
 from tests.support.clients import local_client
 
@@ -156,6 +156,15 @@ def test_bars_and_latest_price_include_the_tail(scene: Scene) -> None:
     bars = scene.engine.ohlcv("BHP", "asx", "1m", start, end)
     assert bars.sources == ("iceberg", "realtime")
     assert bars.table.to_pylist() == oracle.bars(scene.everything, "1m")
+    keys = ("bar_start", "open", "high", "low", "close", "volume", "vwap", "trade_count")
+    ticks = scene.engine.ohlcv("BHP", "asx", start=start, end=end, bar_type="tick", size=3)
+    assert ticks.sources == ("iceberg", "realtime")
+    expected = bar_oracle.activity_bars(oracle.window(scene.everything, start, end), "tick", Decimal(3))
+    assert [{k: r[k] for k in keys} for r in ticks.table.to_pylist()] == [{k: r[k] for k in keys} for r in expected]
+    whole = scene.engine.ohlcv_many(None, "asx", "2m", start, end, align="exchange")  # one scan, with the tail
+    assert whole.sources == ("iceberg", "realtime")
+    expected = bar_oracle.time_bars(scene.everything, "2m", "exchange", "Australia/Sydney")
+    assert [{k: r[k] for k in keys} for r in whole.table.to_pylist()] == [{k: r[k] for k in keys} for r in expected]
     latest = scene.engine.latest("BHP", "asx")
     assert latest.sources == ("realtime",)
     assert latest.table.to_pylist() == answered([scene.everything[-1]], latest.table)

@@ -15,6 +15,7 @@ PAIRS = [
     ("get_trades", "trades"),
     ("get_quotes", "quotes"),
     ("get_ohlcv", "ohlcv"),
+    ("get_ohlcv_many", "ohlcv_many"),
     ("get_market_summary", "summary"),
     ("get_latest_price", "latest"),
     ("get_latest_on", "latest_on"),
