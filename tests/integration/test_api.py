@@ -312,7 +312,7 @@ BAD_REQUESTS = [
     ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "limit": 0}, 400, "limit must be an integer between 1 and"),
     ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "limit": 100_001}, 400, "limit must be an integer between"),
     ("/v1/trades", {"symbol": "BHP", "exchange": "asx", "limit": "ten"}, 422, "query.limit"),
-    ("/v1/trades", {"exchange": "asx"}, 422, "query.symbol"),
+    ("/v1/summary", {"exchange": "asx", "date": "2024-01-02"}, 422, "query.symbol"),
     ("/v1/trades", {"symbol": "BHP"}, 422, "query.exchange"),
     ("/v1/quotes", {"symbol": "BHP", "exchange": "ASX"}, 400, "exchange must be one of"),
     (
@@ -345,7 +345,7 @@ def test_openapi_documents_routes_and_decimal_strings(client: TestClient) -> Non
         assert {"application/json", "text/csv", "application/vnd.apache.parquet"} <= set(content), path
     assert "application/x-ndjson" in spec["paths"]["/v1/replay"]["get"]["responses"]["200"]["content"]
     trades = spec["paths"]["/v1/trades"]["get"]
-    assert trades["description"] == "Trades of one symbol (or several) on one exchange in [start, end), oldest first."
+    assert trades["description"] == "Trades of one symbol, several, or every one of an exchange in [start, end), oldest first."
     assert "400" in trades["responses"]
     trade_schema = spec["components"]["schemas"]["Trade"]["properties"]
     assert trade_schema["price"]["type"] == "string"
