@@ -66,6 +66,7 @@ from bench.query import decimals, lay_out
 from k2_core.model.tables import QUOTES, TRADES
 from k2_core.read.engine import QueryEngine
 from k2_core.read.functions import get_latest_on
+from k2_core.read.params import MAX_SYMBOLS
 from k2_core.read.sql import SqlLimits, run_sql
 from k2_core.settings import CatalogSettings, Settings
 
@@ -229,11 +230,16 @@ def generate(shape: Shape, settings: Settings) -> tuple[pa.Table, pa.Table]:
     return trades, quotes
 
 
-def utc_days(table: pa.Table) -> list[date]:
-    """The UTC days `table`'s rows fall on (asx's session starts the UTC day before its local one)."""
-    times = table.column("exchange_timestamp")
-    first, last = pc.min(times).as_py().date(), pc.max(times).as_py().date()
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+def utc_days(shape: Shape, settings: Settings) -> list[date]:
+    """The UTC days the sessions touch (asx's session starts the UTC day before its local one)."""
+    found = set()
+    for spans in sessions(shape, settings).values():
+        for start, end in spans:
+            found |= {
+                datetime.fromtimestamp(start / 1e6, UTC).date(),
+                datetime.fromtimestamp((end - 1) / 1e6, UTC).date(),
+            }
+    return sorted(found)
 
 
 # --- the queries' parameters -----------------------------------------------------------------------------------
@@ -314,10 +320,11 @@ ASOF_JOIN = """
       ON t.symbol = q.symbol AND t.exchange = q.exchange AND t.exchange_timestamp >= q.exchange_timestamp
 """
 
-LAST_BID = """
-    SELECT symbol, exchange,
-           arg_max(exchange_timestamp, (exchange_timestamp, exchange_sequence_number)) AS quote_timestamp,
-           arg_max(bid_price, (exchange_timestamp, exchange_sequence_number)) AS bid_price
+# (time, sequence) packed in one HUGEINT, as K2's own bars SQL does: DuckDB's arg_max on it is much faster than on a
+# struct (sequence numbers are positive 64-bit integers, so the order is the same).
+ORDER_KEY = "epoch_us(exchange_timestamp)::HUGEINT * 9223372036854775808 + exchange_sequence_number"
+LAST_BID = f"""
+    SELECT symbol, exchange, max(exchange_timestamp) AS quote_timestamp, arg_max(bid_price, {ORDER_KEY}) AS bid_price
     FROM quotes GROUP BY symbol, exchange
 """
 
@@ -326,8 +333,8 @@ def bars_sql(plan: Plan) -> str:
     """1-minute bars with float VWAP (what a researcher writes); K2's VWAP is exact, compared to 1e-9."""
     return f"""
     SELECT symbol, time_bucket(INTERVAL 1 MINUTE, exchange_timestamp) AS bar_start,
-           arg_min(price, (exchange_timestamp, exchange_sequence_number)) AS open, max(price) AS high,
-           min(price) AS low, arg_max(price, (exchange_timestamp, exchange_sequence_number)) AS close,
+           arg_min(price, {ORDER_KEY}) AS open, max(price) AS high, min(price) AS low,
+           arg_max(price, {ORDER_KEY}) AS close,
            sum(volume) AS volume, sum(price::DOUBLE * volume::DOUBLE) / sum(volume::DOUBLE) AS vwap,
            count(*) AS trade_count
     FROM trades WHERE exchange = '{plan.exchange}' AND exchange_timestamp >= {plan.window_sql()}
@@ -345,9 +352,14 @@ def k2_markouts(engine: QueryEngine, plan: Plan, limits: SqlLimits) -> pa.Table:
 
 
 def k2_bars(engine: QueryEngine, plan: Plan) -> pa.Table:
-    """Every symbol's bars of the day on one exchange. `ohlcv_many` takes a symbol list today (a symbol-less form is
-    being added): it reads the precomputed `ohlcv_1m` day per symbol."""
-    return engine.ohlcv_many(list(plan.symbols), plan.exchange, "1m", plan.start, plan.end).table
+    """Every symbol's bars of the day on one exchange. `ohlcv_many` takes a list of at most `MAX_SYMBOLS` today (a
+    symbol-less form is being added): it reads the precomputed `ohlcv_1m` day per symbol."""
+    names = list(plan.symbols)
+    parts = [
+        engine.ohlcv_many(names[i : i + MAX_SYMBOLS], plan.exchange, "1m", plan.start, plan.end).table
+        for i in range(0, len(names), MAX_SYMBOLS)
+    ]
+    return pa.concat_tables(parts)
 
 
 def k2_asof(engine: QueryEngine, plan: Plan, days: list[date]) -> pa.Table:
@@ -436,7 +448,7 @@ def chdb_engine(trades: Path, quotes: Path, plan: Plan) -> Engine:
     lo = f"toDateTime64('{plan.start:%Y-%m-%d %H:%M:%S}', 6, 'UTC')"
     hi = f"toDateTime64('{plan.end:%Y-%m-%d %H:%M:%S}', 6, 'UTC')"
     horizon = f"toDateTime64('{plan.end + timedelta(seconds=max(MARKOUT_SECONDS)):%Y-%m-%d %H:%M:%S}', 6, 'UTC')"
-    order = "(exchange_timestamp, exchange_sequence_number)"
+    order = "toInt128(toUnixTimestamp64Micro(exchange_timestamp)) * 9223372036854775808 + exchange_sequence_number"
     in_force = f"""
         SELECT symbol, exchange, exchange_timestamp, argMax(bid_price, exchange_sequence_number) AS bid_price,
                argMax(ask_price, exchange_sequence_number) AS ask_price,
@@ -737,7 +749,7 @@ def report(outcome: Outcome) -> None:
         )
 
 
-def conditions(trades: pa.Table, quotes: pa.Table) -> dict[str, Any]:
+def conditions(counts: dict[str, int]) -> dict[str, Any]:
     import chdb
     import polars
     import pyiceberg
@@ -752,28 +764,32 @@ def conditions(trades: pa.Table, quotes: pa.Table) -> dict[str, Any]:
         "chdb": chdb.__version__,
         "polars": polars.__version__,
         "pyiceberg": pyiceberg.__version__,
-        "trades": trades.num_rows,
-        "quotes": quotes.num_rows,
+        **counts,
     }
 
 
 # --- main --------------------------------------------------------------------------------------------------------
 
 
-def prepare(shape: Shape, workdir: Path) -> tuple[Settings, Path, Path, Plan, pa.Table, pa.Table, list[date]]:
-    """Generate the rows, lay them out for K2 and write the Parquet files the other engines read."""
-    settings = Settings(home=workdir / "k2home", catalog=CatalogSettings(name=f"tsbench{os.getpid()}"))
+def prepare(shape: Shape, workdir: Path, *, reuse: bool = False) -> tuple[Settings, Path, Path, Plan, dict[str, int]]:
+    """Generate the rows, lay them out for K2 and write the Parquet files the other engines read; with `reuse`, keep
+    what an earlier run of the same shape left in `workdir`. Returns the row counts too."""
+    settings = Settings(home=workdir / "k2home", catalog=CatalogSettings(name="tsbench"))
     settings.query.tail_enabled = False
-    trades, quotes = generate(shape, settings)
     trades_path, quotes_path = workdir / "trades.parquet", workdir / "quotes.parquet"
-    pq.write_table(trades, trades_path)
-    pq.write_table(quotes, quotes_path)
-    days = sorted(set(utc_days(trades)) | set(utc_days(quotes)))
-    lay_out(settings, [(TRADES, trades), (QUOTES, quotes)], days)
+    if not (reuse and trades_path.exists() and quotes_path.exists() and settings.home.exists()):
+        trades, quotes = generate(shape, settings)
+        pq.write_table(trades, trades_path)
+        pq.write_table(quotes, quotes_path)
+        lay_out(settings, [(TRADES, trades), (QUOTES, quotes)], utc_days(shape, settings))
+    counts = {
+        "trades": pq.ParquetFile(trades_path).metadata.num_rows,
+        "quotes": pq.ParquetFile(quotes_path).metadata.num_rows,
+    }
     # The per-day queries: nyse (its session sits inside one UTC day) on the second trading day.
     day = shape.trading_days()[min(1, shape.days - 1)]
     plan = Plan("nyse", day, tuple(shape.names.tolist()))
-    return settings, trades_path, quotes_path, plan, trades, quotes, days
+    return settings, trades_path, quotes_path, plan, counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -793,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         help="K2's as-of join: the with_quote listing (fetch_many), or run_sql's ASOF JOIN",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary directory")
+    parser.add_argument("--reuse", action="store_true", help="keep the rows an earlier run left in --workdir")
     parser.add_argument("--no-check", action="store_true", help="exit 0 even if the engines' answers differ")
     args = parser.parse_args(argv)
 
@@ -800,23 +817,21 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="k2-tsbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    settings, trades_path, quotes_path, plan, trades, quotes, days = prepare(shape, workdir)
-    facts = conditions(trades, quotes)
+    settings, trades_path, quotes_path, plan, counts = prepare(shape, workdir, reuse=args.reuse)
+    facts = conditions(counts)
     print(
-        f"# tsbench {facts['date']}: {trades.num_rows:,} trades, {quotes.num_rows:,} quotes, {shape.symbols} symbols "
+        f"# tsbench {facts['date']}: {counts['trades']:,} trades, {counts['quotes']:,} quotes, {shape.symbols} symbols "
         f"x {len(EXCHANGES)} exchanges, {shape.days} days; {facts['cores']} cores (load {facts['load_avg'][0]:.1f}), "
         f"python {facts['python']}, duckdb {facts['duckdb']}, chdb {facts['chdb']}, polars {facts['polars']}, "
         f"pyiceberg {facts['pyiceberg']}; generated and loaded in {time.perf_counter() - began:.0f} s; workdir "
         f"{workdir}"
     )
-    del trades, quotes
-
     wanted = [e for e in args.engines.split(",") if e]
     engines: dict[str, Engine] = {}
     k2_handle: QueryEngine | None = None
     for name in wanted:
         if name == "k2":
-            engines["k2"], k2_handle = k2_engine(settings, plan, days, asof=args.k2_asof)
+            engines["k2"], k2_handle = k2_engine(settings, plan, utc_days(shape, settings), asof=args.k2_asof)
         elif name == "duckdb":
             engines["duckdb"] = duckdb_engine(trades_path, quotes_path, plan)
         elif name == "chdb":
