@@ -22,7 +22,8 @@ Queries (median of --reps runs after one warm-up):
   max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql)
   hourly_volume traded volume by UTC hour, all symbols and exchanges                     (K2: run_sql)
   last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on per exchange)
-  asof_join     every trade joined to the quote of its stream in force at or before it (K2: with_quote, see below)
+  asof_join     every trade joined to the quote of its stream in force at or before it (K2: run_sql ASOF JOIN;
+                --k2-asof with_quote: its with-quote listing, per symbol, ~300x slower: minutes at the default scale)
   bars_1m       1-minute OHLCV + VWAP of every nyse symbol over one day                 (K2: ohlcv_many)
   markouts      the mid at +1 s, +5 s, +60 s after each nyse trade of one day            (K2: run_sql ASOF JOIN)
 "In force" everywhere: the latest quote of the stream at or before the moment; several at one timestamp -> the highest
@@ -809,8 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--k2-asof",
         choices=("with_quote", "sql"),
-        default="with_quote",
-        help="K2's as-of join: the with_quote listing (fetch_many), or run_sql's ASOF JOIN",
+        default="sql",
+        help="K2's as-of join: run_sql's ASOF JOIN, or the with-quote listing (fetch_many, per symbol: slow)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary directory")
     parser.add_argument("--reuse", action="store_true", help="keep the rows an earlier run left in --workdir")
