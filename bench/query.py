@@ -38,8 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 from k2_core.lake import scan
 from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.model.bars import compute_bars
-from k2_core.model.tables import TRADES
+from k2_core.model.tables import TRADES, TableDef
 from k2_core.read.cache import RedisTier, ResultCache
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import CatalogSettings, Settings
@@ -109,36 +109,52 @@ def generate(rows: int, symbols: int, days: int, seed: int = 7) -> pa.Table:
     return table.cast(TRADES.arrow_schema)
 
 
-def load(settings: Settings, table: pa.Table, days: int, layout: str) -> tuple[int, int]:
-    """Lay the trades out as K2 does; returns (snapshot before the last append, current snapshot).
-    The ingester appends time-ordered micro-batches (its default 50k rows) while a day is open. For `compacted`
-    (the default), each day is then closed the way the Dagster jobs close it: compacted (`k2_core.upkeep.compaction`,
-    clustered by instrument) and its 1-minute bars precomputed (`k2_core.upkeep.ohlcv`). A last append of 1,000 late
-    trades to the final day leaves a past snapshot to time-travel to and that day's bars stale. `ingested` stops
-    after the appends (every day still open)."""
+def lay_out(
+    settings: Settings, rows: Sequence[tuple[TableDef, pa.Table]], days: Iterable[date], *, compacted: bool = True
+) -> None:
+    """Write `rows` (pairs of a table and its rows, in time order) into the catalog of `settings` as K2 lays data
+    out: the ingester's time-ordered micro-batches (its `batch_max_rows`, 50k by default) while a day is open; then,
+    with `compacted`, each of `days` closed the way the Dagster jobs close it: every table's day compacted
+    (`k2_core.upkeep.compaction`, clustered by instrument) and, when trades are among `rows`, its 1-minute bars
+    precomputed (`k2_core.upkeep.ohlcv`). Shared by this bench and `bench.tsbench`."""
     catalog = open_catalog(settings)
     ns = settings.catalog.namespace
-    trades = ensure_tables(catalog, ns)["trades"]
+    tables = ensure_tables(catalog, ns)
     batch = settings.ingest.batch_max_rows
+    for table_def, body in rows:
+        target = tables[table_def.name]
+        for offset in range(0, body.num_rows, batch):
+            target.append(table_def.sort(body.slice(offset, batch)))
+    if compacted:
+        m = settings.maintenance
+        bars_1m = ensure_table(catalog, ns, OHLCV_TABLES["1m"]) if any(t is TRADES for t, _ in rows) else None
+        for when in days:
+            for table_def, _ in rows:
+                compact_day(
+                    tables[table_def.name],
+                    table_def,
+                    when,
+                    target_file_bytes=m.compaction_target_file_bytes,
+                    retries=m.commit_retries,
+                    backoff_seconds=m.retry_backoff_seconds,
+                )
+            if bars_1m is not None:
+                trades = tables[TRADES.name]
+                rebuild_minute_bars(trades, bars_1m, when, retries=m.commit_retries, backoff=m.retry_backoff_seconds)
+    catalog.close()
+
+
+def load(settings: Settings, table: pa.Table, days: int, layout: str) -> tuple[int, int]:
+    """Lay the trades out as K2 does (`lay_out`); returns (snapshot before the last append, current snapshot).
+    For `compacted` (the default), each day is closed as the Dagster jobs close it; a last append of 1,000 late
+    trades to the final day leaves a past snapshot to time-travel to and that day's bars stale. `ingested` stops
+    after the appends (every day still open)."""
     late_rows = 1_000
     body = table.slice(0, table.num_rows - late_rows)
-    for offset in range(0, body.num_rows, batch):
-        trades.append(TRADES.sort(body.slice(offset, batch)))
-    if layout == "compacted":
-        m = settings.maintenance
-        bars_1m = ensure_table(catalog, ns, OHLCV_TABLES["1m"])
-        for day in range(days):
-            when = (START + timedelta(days=day)).date()
-            compact_day(
-                trades,
-                TRADES,
-                when,
-                target_file_bytes=m.compaction_target_file_bytes,
-                retries=m.commit_retries,
-                backoff_seconds=m.retry_backoff_seconds,
-            )
-            rebuild_minute_bars(trades, bars_1m, when, retries=m.commit_retries, backoff=m.retry_backoff_seconds)
-    trades.refresh()
+    closed = [(START + timedelta(days=day)).date() for day in range(days)]
+    lay_out(settings, [(TRADES, body)], closed, compacted=layout == "compacted")
+    catalog = open_catalog(settings)
+    trades = catalog.load_table((settings.catalog.namespace, "trades"))
     before = trades.metadata.current_snapshot_id
     trades.append(TRADES.sort(table.slice(table.num_rows - late_rows)))
     current = trades.metadata.current_snapshot_id

@@ -296,6 +296,11 @@ def union_schema(first: pa.Schema, second: pa.Schema) -> pa.Schema:
     return pa.schema([*first, *(f for f in second if f.name not in first.names)])
 
 
+# (time, sequence) packed in one HUGEINT, ordered as the pair is (sequence numbers are validated non-negative 64-bit
+# integers): DuckDB's arg_max on it is much faster than on a struct or a window. `k2_core.model.bars` packs the same.
+_ORDER_KEY = f"epoch_us({TIME_COLUMN})::HUGEINT * 9223372036854775808 + exchange_sequence_number"
+
+
 def latest_of_many(sources: Sources, stream: Stream, symbols: Collection[str] | None) -> pa.Table:
     """The last committed row of each symbol of `stream.exchange` (of `symbols`, or of every symbol the snapshot
     holds there), one row per symbol in the snapshot's columns. `stream.symbol` is ignored.
@@ -339,9 +344,12 @@ def latest_of_many(sources: Sources, stream: Stream, symbols: Collection[str] | 
                 break
             scan.register_scan(con, "latest_src", table, table_def, plan, row_filter, direct_reads=sources.direct_reads)
             names = ", ".join(sql_text(s) for s in missing)
+            # Each symbol's row with the highest (time, sequence), every column taken from that row: arg_max_null keeps
+            # a null of the winning row (arg_max would take another row's value). About 4x faster than a
+            # row_number() window over the same rows (bench/tsbench.py, last_bid).
             rows = con.sql(
-                f"SELECT * FROM latest_src WHERE {condition} AND symbol IN ({names}) QUALIFY row_number() OVER "
-                f"(PARTITION BY symbol ORDER BY {TIME_COLUMN} DESC, exchange_sequence_number DESC) = 1"
+                f"SELECT arg_max_null(COLUMNS(*), {_ORDER_KEY}) FROM latest_src "
+                f"WHERE {condition} AND symbol IN ({names}) GROUP BY symbol"
             ).to_arrow_table()
             if rows.num_rows:
                 found.append(scan.cast_to(rows, schema))
