@@ -345,7 +345,9 @@ def test_openapi_documents_routes_and_decimal_strings(client: TestClient) -> Non
         assert {"application/json", "text/csv", "application/vnd.apache.parquet"} <= set(content), path
     assert "application/x-ndjson" in spec["paths"]["/v1/replay"]["get"]["responses"]["200"]["content"]
     trades = spec["paths"]["/v1/trades"]["get"]
-    assert trades["description"] == "Trades of one symbol, several, or every one of an exchange in [start, end), oldest first."
+    assert trades["description"] == (
+        "Trades of one symbol, several, or every one of an exchange in [start, end), oldest first."
+    )
     assert "400" in trades["responses"]
     trade_schema = spec["components"]["schemas"]["Trade"]["properties"]
     assert trade_schema["price"]["type"] == "string"
