@@ -27,6 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from k2_core import duck
+from k2_core.exceptions import QueryError
 from k2_core.model.tables import conform
 
 ExportFormat = Literal["csv", "arrow", "parquet", "ndjson"]
@@ -79,6 +80,19 @@ def json_ready(value: object) -> object:
     if isinstance(value, bytes):
         return value.hex()
     return str(value)
+
+
+def json_rows(table: pa.Table) -> list[dict[str, object]]:
+    """A SQL answer's rows as JSON values (`json_ready`). DuckDB's dates and times reach past Python's (`'infinity'`,
+    year 294247): such an answer is refused, naming the formats that carry it, rather than failing the request."""
+    try:
+        rows = table.to_pylist()
+    except (OverflowError, ValueError) as exc:
+        raise QueryError(
+            f"sql: a value cannot be written as JSON ({exc}); cast it to VARCHAR, or ask for format=csv, arrow or "
+            "parquet"
+        ) from None
+    return [{key: json_ready(value) for key, value in row.items()} for row in rows]
 
 
 def ndjson_lines(table: pa.Table | pa.RecordBatch) -> bytes:
