@@ -44,12 +44,17 @@ def sql(
             result = run_sql(engine, query, limits=SqlLimits.from_settings(Settings()), as_of_snapshot=as_of_snapshot)
     except QueryError as exc:
         raise _fail(exc) from None
-    if output is None and fmt == OutputFormat.table:
-        pinned = ", ".join(f"{name} @ {sid}" for name, sid in result.snapshots.items()) or "no table"
-        _render(result.table, "sql", caption=f"{result.table.num_rows} rows; {pinned}; {result.elapsed_ms} ms")
-        return
-    with _sink(output) as sink, Exporter(sink, _export_format(fmt), result.table.schema) as exporter:
-        exporter.write(result.table)
+    try:
+        if output is None and fmt == OutputFormat.table:
+            pinned = ", ".join(f"{name} @ {sid}" for name, sid in result.snapshots.items()) or "no table"
+            _render(result.table, "sql", caption=f"{result.table.num_rows} rows; {pinned}; {result.elapsed_ms} ms")
+            return
+        with _sink(output) as sink, Exporter(sink, _export_format(fmt), result.table.schema) as exporter:
+            exporter.write(result.table)
+    except (OverflowError, ValueError) as exc:  # DuckDB's 'infinity' and far dates are past Python's
+        raise _fail(
+            QueryError(f"sql: a value cannot be shown ({exc}); cast it to VARCHAR, or use --format csv or parquet")
+        ) from None
     if output is not None:
         Console(stderr=True).print(f"wrote {result.table.num_rows} rows to {output}")
 

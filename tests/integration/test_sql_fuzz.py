@@ -475,3 +475,24 @@ def test_budget_bombs_are_stopped_and_the_server_stays_healthy(
         long = client.post("/v1/sql", json={"sql": "SELECT 1 AS x -- " + "y" * MAX_SQL_CHARS})
         assert long.status_code == 400
         assert f"longer than {MAX_SQL_CHARS} characters" in long.json()["detail"]
+
+
+def test_cli_refuses_dates_past_pythons_with_a_reason(
+    make_settings: SettingsFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hole 3 in `k2 sql`: the table printout and NDJSON export failed with a traceback; CSV carries the value."""
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+    from tests.support.clients import cli_env
+
+    lake = _lake(make_settings, tmp_path, monkeypatch, auth="auto")
+    runner = CliRunner()
+    sql = "SELECT 'infinity'::TIMESTAMP AS t, count(*) AS n FROM trades"
+    for extra in ([], ["--format", "ndjson"]):
+        refused = runner.invoke(app, ["sql", sql, *extra], env=cli_env(lake.settings))
+        assert refused.exit_code == 2, refused.output
+        assert "cannot be shown" in refused.output
+    csv = runner.invoke(app, ["sql", sql, "--format", "csv"], env=cli_env(lake.settings))
+    assert csv.exit_code == 0, csv.output
+    assert csv.stdout.splitlines()[1].endswith(",5")
