@@ -8,8 +8,8 @@ Three runs, each bounded by examples per operation (together well under a minute
 * the same document with parameter values narrowed to K2's input grammar and the seeded data (known symbols
   and exchanges, formats, intervals, ISO times around the seeded day), so that most requests get past
   validation into the query engine instead of stopping at a 400; `POST /v1/sql` gets its body from a list of
-  queries (answered ones over every table, hostile ones refused), checked in the run's HAR record. Being narrower than what the API accepts,
-  this run leaves `negative_data_rejection` to the first.
+  queries (answered ones over every table, hostile ones refused), checked in the run's HAR record. Being
+  narrower than what the API accepts, this run leaves `negative_data_rejection` to the first.
 
 `positive_data_acceptance` is left out of both: the published document types symbols, exchanges, formats and
 times as free strings while the API refuses malformed ones with a 400 naming the parameter, which that check
