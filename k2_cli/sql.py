@@ -35,7 +35,7 @@ def sql(
     output: OutputOpt = None,
 ) -> None:
     """Run one read-only SQL query over K2's tables and print (or export) the answer."""
-    from k2_core.read.export import Exporter
+    from k2_core.read.export import Exporter, writable
     from k2_core.read.sql import SqlLimits, run_sql
     from k2_core.settings import Settings
 
@@ -44,12 +44,17 @@ def sql(
             result = run_sql(engine, query, limits=SqlLimits.from_settings(Settings()), as_of_snapshot=as_of_snapshot)
     except QueryError as exc:
         raise _fail(exc) from None
-    if output is None and fmt == OutputFormat.table:
-        pinned = ", ".join(f"{name} @ {sid}" for name, sid in result.snapshots.items()) or "no table"
-        _render(result.table, "sql", caption=f"{result.table.num_rows} rows; {pinned}; {result.elapsed_ms} ms")
-        return
-    with _sink(output) as sink, Exporter(sink, _export_format(fmt), result.table.schema) as exporter:
-        exporter.write(result.table)
+    try:
+        with writable(fmt.value):
+            if output is None and fmt == OutputFormat.table:
+                pinned = ", ".join(f"{name} @ {sid}" for name, sid in result.snapshots.items()) or "no table"
+                caption = f"{result.table.num_rows} rows; {pinned}; {result.elapsed_ms} ms"
+                _render(result.table, "sql", caption=caption)
+                return
+            with _sink(output) as sink, Exporter(sink, _export_format(fmt), result.table.schema) as exporter:
+                exporter.write(result.table)
+    except QueryError as exc:
+        raise _fail(exc) from None
     if output is not None:
         Console(stderr=True).print(f"wrote {result.table.num_rows} rows to {output}")
 

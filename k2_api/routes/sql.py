@@ -14,7 +14,7 @@ from k2_api.render import counted
 from k2_api.security import audit_params, authorize, scope_refused
 from k2_core.access.auth import Principal, readable_exchanges
 from k2_core.exceptions import ScopeError
-from k2_core.read.export import json_ready
+from k2_core.read.export import json_rows, writable
 from k2_core.read.sql import SqlLimits, run_sql
 
 router = APIRouter(
@@ -56,8 +56,9 @@ def sql(
     headers = {"K2-Sources": "iceberg"}
     headers.update({f"K2-Snapshot-{name}": str(sid) for name, sid in result.snapshots.items() if sid is not None})
     if fmt != "json":
-        return table_response(result.table, fmt, headers)
+        with writable(fmt):
+            return table_response(result.table, fmt, headers)
     response.headers.update(headers)
-    rows = [{key: json_ready(value) for key, value in row.items()} for row in result.table.to_pylist()]
+    rows = json_rows(result.table)
     counted(response, len(rows))
     return SqlResponse(data=rows, count=len(rows), snapshots=result.snapshots, exchanges=result.exchanges)

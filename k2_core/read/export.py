@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import TracebackType
@@ -27,6 +29,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from k2_core import duck
+from k2_core.exceptions import QueryError
 from k2_core.model.tables import conform
 
 ExportFormat = Literal["csv", "arrow", "parquet", "ndjson"]
@@ -70,6 +73,8 @@ def json_ready(value: object) -> object:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
+    if isinstance(value, datetime) and value.tzinfo is None:  # DuckDB's TIMESTAMP: UTC by K2's convention
+        return json_value(value.replace(tzinfo=UTC))
     if isinstance(value, Decimal | datetime | date):
         return json_value(value)
     if isinstance(value, dict):
@@ -79,6 +84,27 @@ def json_ready(value: object) -> object:
     if isinstance(value, bytes):
         return value.hex()
     return str(value)
+
+
+@contextmanager
+def writable(fmt: str) -> Iterator[None]:
+    """Around writing a SQL answer, which can hold any DuckDB type: one the format cannot carry (an interval in CSV or
+    Parquet, a union or an empty map in Parquet, DuckDB's bignum, a date past Python's in JSON) is a `QueryError`
+    naming the way out, not a failed request."""
+    try:
+        yield
+    except (pa.ArrowException, OverflowError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise QueryError(
+            f"sql: the answer cannot be written as {fmt} ({reason}); cast the column to VARCHAR, or ask for another "
+            "format (json, csv, arrow, parquet)"
+        ) from None
+
+
+def json_rows(table: pa.Table) -> list[dict[str, object]]:
+    """A SQL answer's rows as JSON values (`json_ready`); see `writable` for what cannot be."""
+    with writable("JSON"):
+        return [{key: json_ready(value) for key, value in row.items()} for row in table.to_pylist()]
 
 
 def ndjson_lines(table: pa.Table | pa.RecordBatch) -> bytes:

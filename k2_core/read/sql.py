@@ -115,20 +115,61 @@ def _table_functions() -> frozenset[str]:
     return frozenset(table - other)
 
 
+@lru_cache(maxsize=1)
+def _catalog_views() -> tuple[str, ...]:
+    """DuckDB's own views that an unqualified name reaches (`duckdb_views`, `pg_settings`, `sqlite_master` ...),
+    from its catalog: they show the sandbox's view definitions (data file paths) and settings."""
+    with duckdb.connect() as con:
+        rows = con.execute(
+            "SELECT DISTINCT view_name FROM duckdb_views() WHERE internal AND schema_name IN ('main', 'pg_catalog') "
+            "ORDER BY 1"
+        ).fetchall()
+    return tuple(name for (name,) in rows if name.lower() not in SQL_TABLES)
+
+
 def _function_name(node: exp.Func) -> str:
     return (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
 
 
 def _cte_names_in_scope(node: exp.Expression) -> set[str]:
-    """The CTE names a table reference at `node` can mean: those of every WITH on the way up to the root."""
+    """The CTE names a table reference at `node` can mean, as DuckDB resolves them: every CTE of a WITH whose query
+    holds `node`, but from inside a CTE's own body only the CTEs defined before it (and itself under WITH
+    RECURSIVE, in the recursive branch of its UNION). A name the reference cannot mean falls through to DuckDB's
+    catalog, where `duckdb_views`, `pg_settings` and the like live: `WITH pg_settings AS (SELECT * FROM
+    pg_settings) ...` reads the settings, and so does `WITH RECURSIVE` when the body is not a UNION or the
+    reference is in its first branch."""
     names: set[str] = set()
+    child: exp.Expr = node
     parent = node.parent
     while parent is not None:
-        found = parent.args.get("with") or parent.args.get("with_")
-        if isinstance(found, exp.With):
-            names.update(cte.alias_or_name.lower() for cte in found.expressions)
-        parent = parent.parent
+        if isinstance(parent, exp.With) and isinstance(child, exp.CTE):
+            for cte in parent.expressions:
+                if cte is child:
+                    if parent.args.get("recursive") and _in_recursive_part(node, cte):
+                        names.add(cte.alias_or_name.lower())
+                    break
+                names.add(cte.alias_or_name.lower())
+        else:
+            found = parent.args.get("with") or parent.args.get("with_")
+            if isinstance(found, exp.With) and found is not child:
+                names.update(cte.alias_or_name.lower() for cte in found.expressions)
+        child, parent = parent, parent.parent
     return names
+
+
+def _in_recursive_part(node: exp.Expression, cte: exp.CTE) -> bool:
+    """Whether `node` lies in the recursive (right-hand) branch of `cte`'s UNION, the one place DuckDB resolves a
+    CTE's own name to itself."""
+    body = cte.this
+    if not isinstance(body, exp.Union):
+        return False
+    branch = body.args.get("expression")
+    current: exp.Expr | None = node
+    while current is not None and current is not body:
+        if current is branch:
+            return True
+        current = current.parent
+    return False
 
 
 def _short(node: exp.Expression) -> str:
@@ -138,6 +179,13 @@ def _short(node: exp.Expression) -> str:
 
 def validate_sql(sql: str) -> frozenset[str]:
     """The K2 tables `sql` reads, or a `QueryError` saying why it may not run (see the module's docstring)."""
+    try:
+        return _validate(sql)
+    except RecursionError:  # sqlglot parses and prints recursively: `((((...))))` thousands deep
+        raise QueryError("sql: nested too deeply to check (parentheses, subqueries or operators)") from None
+
+
+def _validate(sql: str) -> frozenset[str]:
     if not sql.strip():
         raise QueryError("sql: empty query")
     if len(sql) > MAX_SQL_CHARS:
@@ -279,6 +327,11 @@ def _sandbox(limits: SqlLimits) -> duckdb.DuckDBPyConnection:
     con.execute("SET enable_progress_bar = false")
     # A name DuckDB cannot resolve must not fall back to a Python variable of the same name in a caller's frame.
     con.execute("SET python_enable_replacements = false")
+    # The second wall for DuckDB's catalog views: a name the validator let through that DuckDB resolves there
+    # (a CTE it scoped wrongly) finds an empty temp view of that name first.
+    con.execute(
+        "; ".join(f'CREATE TEMP VIEW "{name}" AS SELECT NULL AS hidden WHERE false' for name in _catalog_views())
+    )
     return con
 
 

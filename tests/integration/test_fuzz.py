@@ -7,8 +7,9 @@ Three runs, each bounded by examples per operation (together well under a minute
 * the document as published, with an admin key and again with a key holding only `read:trades:asx`;
 * the same document with parameter values narrowed to K2's input grammar and the seeded data (known symbols
   and exchanges, formats, intervals, ISO times around the seeded day), so that most requests get past
-  validation into the query engine instead of stopping at a 400. Being narrower than what the API accepts,
-  this run leaves `negative_data_rejection` to the first.
+  validation into the query engine instead of stopping at a 400; `POST /v1/sql` gets its body from a list of
+  queries (answered ones over every table, hostile ones refused), checked in the run's HAR record. Being
+  narrower than what the API accepts, this run leaves `negative_data_rejection` to the first.
 
 `positive_data_acceptance` is left out of both: the published document types symbols, exchanges, formats and
 times as free strings while the API refuses malformed ones with a 400 naming the parameter, which that check
@@ -71,6 +72,28 @@ def fuzzed_api(make_settings: SettingsFactory, tmp_path: Path) -> Iterator[Serve
         yield Server(url, token, narrow)
 
 
+SQL_BODIES = [
+    "SELECT exchange, count(*) AS n FROM trades GROUP BY exchange ORDER BY exchange",
+    "SELECT * FROM trades ORDER BY exchange_sequence_number LIMIT 3",
+    "SELECT symbol, max(bid_price) AS bid FROM quotes GROUP BY symbol",
+    "SELECT * FROM ohlcv_1m LIMIT 5",
+    "SELECT count(*) AS n FROM ohlcv_1d",
+    "SELECT * FROM sequence_gaps",
+    "WITH t AS (SELECT * FROM trades WHERE exchange = 'asx') SELECT DISTINCT exchange FROM t",
+    "SELECT t.symbol, count(*) AS n FROM trades t JOIN quotes q USING (symbol, exchange) GROUP BY t.symbol",
+    "SELECT exchange FROM trades UNION SELECT exchange FROM quotes",
+    "SELECT [1, 2] AS l, {'a': 1} AS s, INTERVAL 1 DAY AS i, 'abc'::BLOB AS b, 1.5::DOUBLE AS f, NULL AS n",
+    "SELECT 'infinity'::TIMESTAMP AS t",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM '/etc/passwd'",
+    "WITH pg_settings AS (SELECT * FROM pg_settings) SELECT * FROM pg_settings",
+    "SELECT getenv('HOME') AS h",
+    "COPY trades TO '/tmp/k2-fuzz-out.csv'",
+    "SELECT 1 AS a; DROP VIEW trades",
+    "SELECT " + "(" * 3000 + "1" + ")" * 3000 + " AS x",
+]
+
+
 def with_input_grammar(spec: dict[str, Any], max_limit: int) -> dict[str, Any]:
     """The published document with the rules k2_core.read.params applies written into the parameters."""
     # Mostly the seeded data (BHP on asx and nyse, 2024-01-02) so requests reach the query engine; the first run
@@ -97,6 +120,12 @@ def with_input_grammar(spec: dict[str, Any], max_limit: int) -> dict[str, Any]:
         "after": {"type": "string", "enum": ["0s", "250ms", "1s", "1d"]},
         "horizons": {"type": "string", "enum": ["1s", "1s,5s,60s", "500ms,1d"]},
     }
+    # POST /v1/sql's body: answered queries over every table and shape, and hostile ones refused with a 400,
+    # instead of free text that stops at the parser.
+    sql = spec["components"]["schemas"]["SqlRequest"]["properties"]["sql"]
+    sql.pop("examples", None)
+    sql["enum"] = SQL_BODIES
+    spec["components"]["schemas"]["SqlRequest"]["properties"].pop("as_of_snapshot", None)
     for operations in spec["paths"].values():
         for operation in operations.values():
             parameters = operation.get("parameters", [])
@@ -108,7 +137,7 @@ def with_input_grammar(spec: dict[str, Any], max_limit: int) -> dict[str, Any]:
     return spec
 
 
-def schemathesis(location: str, token: str, examples: int, *extra: str, exclude: str = "", cwd: Path) -> None:
+def schemathesis(location: str, token: str, examples: int, *extra: str, exclude: str = "", cwd: Path) -> str:
     command = [
         sys.executable,
         "-m",
@@ -135,6 +164,7 @@ def schemathesis(location: str, token: str, examples: int, *extra: str, exclude:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+    return result.stdout
 
 
 def test_schemathesis_finds_no_server_error_or_schema_violation(fuzzed_api: Server, tmp_path: Path) -> None:
@@ -148,6 +178,28 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(fuzzed_api: Serv
     tightened.write_text(json.dumps(with_input_grammar(spec, Settings().api.max_limit)))
     # Its values are a narrower set than the API accepts, so "invalid" ones there may be valid: the negative
     # check belongs to the first run.
+    har = tmp_path / "grammar.har"
     schemathesis(
-        str(tightened), fuzzed_api.token, 40, "--url", fuzzed_api.url, exclude="negative_data_rejection", cwd=tmp_path
+        str(tightened),
+        fuzzed_api.token,
+        40,
+        "--url",
+        fuzzed_api.url,
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+        exclude="negative_data_rejection",
+        cwd=tmp_path,
     )
+    # POST /v1/sql got bodies from its grammar: queries answered, hostile ones refused, none a 5xx.
+    sent = [
+        (json.loads(entry["request"]["postData"]["text"]).get("sql"), entry["response"]["status"])
+        for entry in json.loads(har.read_text())["log"]["entries"]
+        if entry["request"]["method"] == "POST" and entry["request"]["url"].split("?")[0].endswith("/v1/sql")
+        and entry["request"].get("postData", {}).get("text", "").startswith("{")
+    ]  # fmt: skip
+    statuses = {status for _, status in sent}
+    assert {200, 400} <= statuses, statuses
+    assert all(status < 500 for status in statuses)
+    assert len({sql for sql, _ in sent if sql in SQL_BODIES}) >= 10
