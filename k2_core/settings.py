@@ -180,8 +180,9 @@ class QuerySettings(BaseModel):
     sql_threads: int = Field(default=2, ge=1, description="DuckDB threads of one SQL query's database.")
     sql_max_rows: int = Field(default=100_000, ge=1, description="Most rows a SQL answer may hold.")
     # Each SQL query runs in a worker process (k2_core.read.sqlworker): its memory capped by an rlimit (what the
-    # worker holds at rest, plus sql_memory_limit, plus sql_worker_overhead_mb), killed past the time budget. sql_workers is also the most SQL
-    # queries one process runs at once; another waits up to sql_queue_seconds, then is answered 503.
+    # worker holds at rest, plus sql_memory_limit, plus sql_worker_overhead_mb), killed past the time budget.
+    # sql_workers is also the most SQL queries one process runs at once; another waits up to sql_queue_seconds,
+    # then is answered 503.
     sql_workers: int = Field(default=2, ge=1, le=64, description="SQL worker processes (and concurrent queries).")
     sql_queue_seconds: float = Field(default=5.0, ge=0, description="Longest wait for a free SQL worker.")
     sql_worker_overhead_mb: int = Field(

@@ -297,12 +297,12 @@ class _Worker:
             raise
 
     def _run(self, job: Job) -> pa.Table:
-        self.conn.send(job)
-        if not self.conn.poll(job.timeout_seconds + KILL_GRACE_SECONDS):
-            self.stop()
-            self._log("time budget", job, f"still running {KILL_GRACE_SECONDS:g} s past the time budget")
-            raise time_refusal(job.timeout_seconds, "; its worker process was killed")
         try:
+            self.conn.send(job)
+            if not self.conn.poll(job.timeout_seconds + KILL_GRACE_SECONDS):
+                self.stop()
+                self._log("time budget", job, f"still running {KILL_GRACE_SECONDS:g} s past the time budget")
+                raise time_refusal(job.timeout_seconds, "; its worker process was killed")
             header = self.conn.recv()
             body = self.conn.recv_bytes() if header[0] == "ok" else None
         except (EOFError, OSError):
@@ -376,6 +376,11 @@ class SqlWorkerPool:
                 self._forget(worker)
                 worker = None
             self._slots.put(worker)
+
+    @property
+    def busy(self) -> int:
+        """How many queries hold a worker now."""
+        return self.size - self._slots.qsize()
 
     def pids(self) -> list[int]:
         """The live workers' process ids (for operators and tests)."""
