@@ -25,7 +25,6 @@ Arrow IPC); the answer comes back as Arrow IPC, at most `max_rows` rows.
 from __future__ import annotations
 
 import atexit
-import logging
 import math
 import queue
 import resource
@@ -43,8 +42,9 @@ import pyarrow as pa
 
 from k2_core import duck
 from k2_core.exceptions import K2Error, QueryError, QueryTimeoutError
+from k2_core.logging import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # How long past the time budget a query that ignores DuckDB's interrupt may run before its worker is killed.
 KILL_GRACE_SECONDS = 1.0

@@ -1,4 +1,5 @@
-"""Not part of the suite: median latency of a tiny SQL query, run by hand (pytest -s tests/integration/bench_sql_latency.py)."""
+"""Not collected by the suite: the median latency of a tiny SQL query, by run_sql and over HTTP; run it by hand
+with `pytest -s tests/integration/bench_sql_latency.py` (the SQL worker processes were measured with it)."""
 
 from __future__ import annotations
 
@@ -35,5 +36,7 @@ def test_bench(make_settings: Callable[..., Settings]) -> None:
             t = time.perf_counter()
             assert client.post("/v1/sql", json={"sql": sql}).status_code == 200
             http.append((time.perf_counter() - t) * 1000)
-    print(f"\nrun_sql median {statistics.median(times):.2f} ms p90 {sorted(times)[44]:.2f}; "
-          f"HTTP median {statistics.median(http):.2f} ms p90 {sorted(http)[44]:.2f}")
+    print(
+        f"\nrun_sql median {statistics.median(times):.2f} ms p90 {sorted(times)[44]:.2f}; "
+        f"HTTP median {statistics.median(http):.2f} ms p90 {sorted(http)[44]:.2f}"
+    )

@@ -6,6 +6,7 @@ pool caps how many SQL queries run at once (503 with Retry-After beyond the queu
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 from k2_api.main import create_app
 from k2_core.exceptions import QueryError, QueryTimeoutError
+from k2_core.logging import JsonFormatter
 from k2_core.read.engine import QueryEngine
 from k2_core.read.sql import SqlLimits, run_sql
 from k2_core.read.sqlworker import KILL_GRACE_SECONDS, SqlWorkerPool, shared_pool
@@ -110,8 +112,11 @@ def test_a_query_deaf_to_the_interrupt_is_killed_and_its_worker_replaced(
         assert after.json()["data"] == [{"n": 5}]
         assert len(before - set(pool.pids())) == 1  # the killed worker is gone, another took its slot
     [killed] = [r for r in caplog.records if r.getMessage() == "sql worker killed"]
-    assert killed.reason == "time budget"  # type: ignore[attr-defined]
-    assert killed.sql == DEAF  # type: ignore[attr-defined]
+    line = json.loads(JsonFormatter("api").format(killed))
+    assert line["level"] == "warning"
+    assert line["reason"] == "time budget"
+    assert line["sql"] == DEAF
+    assert line["timeout_seconds"] == 0.5
 
 
 def test_a_worker_that_dies_is_a_memory_refusal_and_is_replaced(make_settings: SettingsFactory) -> None:
