@@ -9,7 +9,8 @@ DuckDB work runs in a worker process, never in the API's:
   plus the query's `memory_limit` plus `K2_QUERY_SQL_WORKER_OVERHEAD_MB` (its connection, threads, the answer and
   its IPC copy). An allocation past it fails inside the
   worker (DuckDB's out-of-memory error, or Python's `MemoryError`): a 400 naming the budget. A worker that dies
-  instead (a signal, the kernel's OOM killer) is answered the same 400 and replaced.
+  instead (a signal, the kernel's OOM killer) is answered the same 400 and replaced; one whose resting memory grew
+  by more than a whole budget (allocators keep what they freed) retires after answering.
 * **Time**: inside the worker a timer interrupts the connection at the time budget, as before (a 408, the worker
   kept); a query that ignores the interrupt is killed with SIGKILL `KILL_GRACE_SECONDS` later, answered the same 408,
   logged once (`sql worker killed`, with the reason) and its worker replaced.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import queue
 import resource
 import signal
@@ -243,6 +245,7 @@ def serve(fd: int) -> None:
     watchdog = _Watchdog()
     watchdog.start()
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    baseline = _data_bytes()
     while True:
         try:
             job: Job = conn.recv()
@@ -254,7 +257,8 @@ def serve(fd: int) -> None:
             header, body = _answer(job, watchdog)
         finally:
             resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
-        conn.send(header)
+        # Memory the allocators keep after a big query raises the next query's cap: past a whole budget, retire.
+        conn.send((header, _data_bytes() > baseline + job.data_limit_bytes))
         if body is not None:
             conn.send_bytes(memoryview(body))  # pa.Buffer exports the buffer protocol: no copy
 
@@ -262,12 +266,14 @@ def serve(fd: int) -> None:
 # --- in the caller: the pool --------------------------------------------------------------------------------------
 
 
+# What a worker's environment keeps of the caller's: never K2_* settings (a catalog password) nor other secrets.
+_WORKER_ENV = frozenset({"PATH", "PYTHONPATH", "PYTHONHASHSEED", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"})
 _WORKER_MAIN = "import sys; from k2_core.read.sqlworker import serve; serve(int(sys.argv[1]))"
 
 
 class _Worker:
-    """One worker process (a fresh interpreter importing this module: nothing of the caller's memory, threads or
-    secrets in it) and the caller's end of its socket."""
+    """One worker process (a fresh interpreter importing this module: nothing of the caller's memory, threads,
+    environment or secrets in it) and the caller's end of its socket."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
@@ -276,6 +282,7 @@ class _Worker:
                 [sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env={name: value for name, value in os.environ.items() if name in _WORKER_ENV},
                 start_new_session=True,  # a terminal's Ctrl-C reaches the caller, which decides
             )
         self.conn = Connection(ours.detach())
@@ -303,8 +310,10 @@ class _Worker:
                 self.stop()
                 self._log("time budget", job, f"still running {KILL_GRACE_SECONDS:g} s past the time budget")
                 raise time_refusal(job.timeout_seconds, "; its worker process was killed")
-            header = self.conn.recv()
+            header, retire = self.conn.recv()
             body = self.conn.recv_bytes() if header[0] == "ok" else None
+            if retire:
+                self.stop()  # it grew at rest by more than a query's budget; the next query starts a fresh one
         except (EOFError, OSError):
             self.stop()
             code = self.process.returncode

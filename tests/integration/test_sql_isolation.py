@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -149,8 +150,12 @@ def test_a_worker_that_dies_is_a_memory_refusal_and_is_replaced(make_settings: S
         pool.close()
 
 
-def test_the_memory_cap_is_the_workers_not_the_servers(make_settings: SettingsFactory) -> None:
-    """Refused inside the worker (an allocation past its rlimit fails), which lives on to answer the next query."""
+def test_the_memory_cap_is_the_workers_not_the_servers(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused inside the worker (an allocation past its rlimit fails), which lives on to answer the next query; the
+    worker's environment holds none of the caller's K2 settings (a catalog password would be one)."""
+    monkeypatch.setenv("K2_SQLWORKER_CANARY", "must-not-reach-the-worker")
     settings = small_lake(make_settings)
     limits = SqlLimits.from_settings(settings)
     pool = SqlWorkerPool(1)
@@ -158,6 +163,9 @@ def test_the_memory_cap_is_the_workers_not_the_servers(make_settings: SettingsFa
         with QueryEngine.from_settings(settings, cache=False) as engine:
             run_sql(engine, COUNT, limits=limits, pool=pool)
             [pid] = pool.pids()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"K2_SQLWORKER_CANARY" not in environ
+            assert b"must-not-reach-the-worker" not in environ
             for sql in ("SELECT length(repeat('x', 4000000000)) AS n", "SELECT repeat('x', 1000000000) AS x"):
                 with pytest.raises(QueryError, match=r"memory budget \(256MB"):
                     run_sql(engine, sql, limits=limits, pool=pool)
