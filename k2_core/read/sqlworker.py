@@ -352,7 +352,9 @@ class _Worker:
 
 class SqlWorkerPool:
     """Up to `size` warm worker processes, started on first need and reused; a dead or killed one is replaced by
-    the next query that takes its slot. At most `size` queries run at once; the rest wait for a slot."""
+    the next query that takes its slot. At most `size` queries run at once and at most `size` more wait for a
+    slot: a flood of SQL is turned away at once instead of holding the API's request threads, which every other
+    route needs too."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -362,16 +364,25 @@ class SqlWorkerPool:
             self._slots.put(None)
         self._lock = threading.Lock()
         self._workers: set[_Worker] = set()
+        self.waiting = 0
 
     def run(self, job: Job, wait_seconds: float) -> pa.Table:
         """The answer to `job` from a free worker, waiting at most `wait_seconds` for one (else `SqlBusyError`)."""
+        busy = SqlBusyError(
+            f"sql: all {self.size} SQL workers are busy (K2_QUERY_SQL_WORKERS); retry shortly",
+            max(1, math.ceil(min(job.timeout_seconds, 5.0))),
+        )
+        with self._lock:
+            if self.waiting >= self.size and self._slots.empty():
+                raise busy
+            self.waiting += 1
         try:
             worker = self._slots.get(timeout=wait_seconds) if wait_seconds > 0 else self._slots.get_nowait()
         except queue.Empty:
-            raise SqlBusyError(
-                f"sql: all {self.size} SQL workers are busy (K2_QUERY_SQL_WORKERS); retry shortly",
-                max(1, math.ceil(min(job.timeout_seconds, 5.0))),
-            ) from None
+            raise busy from None
+        finally:
+            with self._lock:
+                self.waiting -= 1
         try:
             if worker is None or not worker.alive:
                 if worker is not None:

@@ -24,7 +24,7 @@ from k2_core.exceptions import QueryError, QueryTimeoutError
 from k2_core.logging import JsonFormatter
 from k2_core.read.engine import QueryEngine
 from k2_core.read.sql import SqlLimits, run_sql
-from k2_core.read.sqlworker import KILL_GRACE_SECONDS, SqlWorkerPool, shared_pool
+from k2_core.read.sqlworker import KILL_GRACE_SECONDS, SqlBusyError, SqlWorkerPool, shared_pool
 from k2_core.settings import QuerySettings, Settings, parse_bytes
 from tests.support.clients import local_client
 from tests.support.lake import seed
@@ -201,6 +201,42 @@ def test_sql_beyond_the_workers_waits_then_is_a_503(make_settings: SettingsFacto
         thread.join(60)
         assert isinstance(outcome[0], QueryTimeoutError)
         assert client.post("/v1/sql", json={"sql": COUNT}).status_code == 200
+
+
+def test_no_more_queries_wait_than_there_are_workers(make_settings: SettingsFactory) -> None:
+    """With one worker busy and one query waiting, the next is turned away at once, whatever its queue wait."""
+    settings = small_lake(make_settings, sql_timeout_seconds=3, sql_queue_seconds=60)
+    limits = SqlLimits.from_settings(settings)
+    pool = SqlWorkerPool(1)
+    endless = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) AS n FROM t"
+    outcome: list[Any] = []
+
+    def query(engine: QueryEngine, sql: str) -> None:
+        try:
+            outcome.append(run_sql(engine, sql, limits=limits, pool=pool).table.to_pylist())
+        except QueryError as exc:
+            outcome.append(exc)
+
+    try:
+        with QueryEngine.from_settings(settings, cache=False) as engine:
+            running = threading.Thread(target=query, args=(engine, endless))
+            running.start()
+            wait_busy(pool, 1)
+            waiting = threading.Thread(target=query, args=(engine, COUNT))
+            waiting.start()
+            for _ in range(3000):
+                if pool.waiting:
+                    break
+                time.sleep(0.01)
+            with pytest.raises(SqlBusyError, match="all 1 SQL workers are busy") as refused:
+                run_sql(engine, COUNT, limits=limits, pool=pool)
+            assert refused.value.retry_after == 3
+            running.join(60)
+            waiting.join(60)
+            [timed_out] = [o for o in outcome if isinstance(o, QueryTimeoutError)]
+            assert [o for o in outcome if o is not timed_out] == [[{"n": 5}]]  # the one that waited got its turn
+    finally:
+        pool.close()
 
 
 def test_memory_limit_setting_must_be_a_size() -> None:
