@@ -1,7 +1,8 @@
 """`k2 sql "SELECT ..."`: one read-only DuckDB query over K2's tables, in-process (no API server needed).
 
 The same rules as `POST /v1/sql` (`k2_core.read.sql`): one SELECT over trades, quotes, ohlcv_1m, ohlcv_1d and
-sequence_gaps, each pinned to one snapshot, with the same time and memory budgets. Like `k2 query`, it reads the
+sequence_gaps, each pinned to one snapshot, with the same time and memory budgets (the query runs in a worker
+process of its own, capped and killed as the API's are). Like `k2 query`, it reads the
 catalog directly and sees every exchange (scopes are the API's). A refused or failed query exits with code 2.
 """
 
@@ -37,6 +38,7 @@ def sql(
     """Run one read-only SQL query over K2's tables and print (or export) the answer."""
     from k2_core.read.export import Exporter, writable
     from k2_core.read.sql import SqlLimits, run_sql
+    from k2_core.read.sqlworker import SqlBusyError
     from k2_core.settings import Settings
 
     try:
@@ -44,6 +46,8 @@ def sql(
             result = run_sql(engine, query, limits=SqlLimits.from_settings(Settings()), as_of_snapshot=as_of_snapshot)
     except QueryError as exc:
         raise _fail(exc) from None
+    except SqlBusyError as exc:  # only when other threads of this process run SQL too
+        raise _fail(QueryError(str(exc))) from None
     try:
         with writable(fmt.value):
             if output is None and fmt == OutputFormat.table:

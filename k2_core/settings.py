@@ -12,6 +12,7 @@ file), so `settings.catalog.uri = "postgresql://..."` stores a `SecretStr` too.
 
 from __future__ import annotations
 
+import re
 from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -141,6 +142,24 @@ class ApiSettings(BaseModel):
     max_limit: int = Field(default=100_000, ge=1)
 
 
+_UNITS = {
+    "": 1, "b": 1, "byte": 1, "bytes": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str) -> int:
+    """The bytes DuckDB reads `text` (a `memory_limit` such as `1GB`, `256MiB`) as: GB are 1000^3, GiB 1024^3."""
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"not a size DuckDB reads: {text!r} (e.g. 1GB, 512MB, 2GiB)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
 class QuerySettings(BaseModel):
     model_config = SECRET_SECTION
 
@@ -160,6 +179,21 @@ class QuerySettings(BaseModel):
     sql_memory_limit: str = Field(default="1GB", description="DuckDB memory_limit of one SQL query's database.")
     sql_threads: int = Field(default=2, ge=1, description="DuckDB threads of one SQL query's database.")
     sql_max_rows: int = Field(default=100_000, ge=1, description="Most rows a SQL answer may hold.")
+    # Each SQL query runs in a worker process (k2_core.read.sqlworker): its memory capped by an rlimit (what the
+    # worker holds at rest, plus sql_memory_limit, plus sql_worker_overhead_mb), killed past the time budget.
+    # sql_workers is also the most SQL queries one process runs at once; another waits up to sql_queue_seconds,
+    # then is answered 503.
+    sql_workers: int = Field(default=2, ge=1, le=64, description="SQL worker processes (and concurrent queries).")
+    sql_queue_seconds: float = Field(default=5.0, ge=0, description="Longest wait for a free SQL worker.")
+    sql_worker_overhead_mb: int = Field(
+        default=256, ge=64, description="A SQL worker's memory cap above sql_memory_limit (connection, answer)."
+    )
+
+    @field_validator("sql_memory_limit")
+    @classmethod
+    def _sql_memory_limit_is_a_size(cls, value: str) -> str:
+        parse_bytes(value)  # a ValueError names the accepted forms
+        return value
 
     @field_validator("cursor_secret")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from k2_api.deps import FormatDep, ReaderDep, SettingsDep
 from k2_api.formats import ALTERNATE_CONTENT, table_response
@@ -16,6 +16,7 @@ from k2_core.access.auth import Principal, readable_exchanges
 from k2_core.exceptions import ScopeError
 from k2_core.read.export import json_rows, writable
 from k2_core.read.sql import SqlLimits, run_sql
+from k2_core.read.sqlworker import SqlBusyError
 
 router = APIRouter(
     prefix="/v1",
@@ -23,6 +24,10 @@ router = APIRouter(
     responses={
         400: {"model": ErrorResponse, "description": "The SQL is refused (the reason is named) or failed"},
         408: {"model": ErrorResponse, "description": "The query ran past K2_QUERY_SQL_TIMEOUT_SECONDS"},
+        503: {
+            "model": ErrorResponse,
+            "description": "Every SQL worker stayed busy (K2_QUERY_SQL_WORKERS); see Retry-After",
+        },
         **ALTERNATE_CONTENT,
     },
 )
@@ -53,6 +58,10 @@ def sql(
         )
     except ScopeError as exc:
         raise scope_refused(request, exc.scope, str(exc)) from None
+    except SqlBusyError as exc:  # the server's capacity, not this caller's rate: 503, not 429
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": str(exc.retry_after)}
+        ) from None
     headers = {"K2-Sources": "iceberg"}
     headers.update({f"K2-Snapshot-{name}": str(sid) for name, sid in result.snapshots.items() if sid is not None})
     if fmt != "json":

@@ -11,8 +11,9 @@ and nothing else. Two independent walls keep it there, so that a miss in one is 
 2. The query runs on a DuckDB database of its own (so its `memory_limit` is its own), where each table is a view
    pinned to one snapshot and narrowed to the exchanges the caller's scopes allow, and then the configuration is
    closed: `allowed_paths` lists exactly the snapshot's data files, `enable_external_access=false` refuses every
-   other file, URL, ATTACH and extension, and `lock_configuration=true` refuses the SET that would undo it. A timer
-   interrupts the connection once the time budget is spent.
+   other file, URL, ATTACH and extension, and `lock_configuration=true` refuses the SET that would undo it. That
+   database lives in a worker process (`k2_core.read.sqlworker`) whose memory is capped by an rlimit and which is
+   killed once the time budget (plus a grace) is spent, so the budgets hold even where DuckDB's own do not reach.
 
 Scopes (`read:trades:<exchange>`, ...) are the API's: it passes `readable`, what the caller may read of each scope
 resource (`k2_core.access.auth.readable_exchanges`); `readable=None` (the CLI, a loopback client without credentials)
@@ -21,7 +22,6 @@ reads everything, as `k2 query` does. Bars are computed from trades, so `ohlcv_*
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -37,11 +37,12 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from k2_core import duck
-from k2_core.exceptions import QueryError, QueryTimeoutError, ScopeError
+from k2_core.exceptions import QueryError, ScopeError
 from k2_core.lake.scan import projection_sql, read_arrow_schema, read_schema
 from k2_core.model.tables import GAPS, OHLCV_1D, OHLCV_1M, QUOTES, TRADES, TableDef
 from k2_core.read.engine import QueryEngine
-from k2_core.settings import Settings
+from k2_core.read.sqlworker import Job, Source, SqlWorkerPool, shared_pool
+from k2_core.settings import Settings, parse_bytes
 
 SQL_TABLES: dict[str, TableDef] = {t.name: t for t in (TRADES, QUOTES, OHLCV_1M, OHLCV_1D, GAPS)}
 # The scope resource each table is read under: bars are computed from trades, so they need the trades scope.
@@ -76,18 +77,40 @@ _FORBIDDEN_PREFIXES = ("read_", "duckdb_", "pragma_", "parquet_", "iceberg_", "s
 
 @dataclass(frozen=True)
 class SqlLimits:
-    """One query's budgets: time (then the connection is interrupted), memory (DuckDB `memory_limit` of its own
-    database), threads, and the most rows an answer may hold (a bigger one is refused, not cut short quietly)."""
+    """One query's budgets: time (then the connection is interrupted, and its worker killed a grace later), memory
+    (DuckDB `memory_limit` of its own database, and the worker's RLIMIT_DATA: that plus `worker_overhead_mb`),
+    threads, and the most rows an answer may hold (a bigger one is refused, not cut short quietly); and the pool
+    it runs in: `workers` processes, a free one awaited at most `queue_seconds`."""
 
     timeout_seconds: float = 30.0
     memory_limit: str = "1GB"
     threads: int = 2
     max_rows: int = 100_000
+    workers: int = 2
+    queue_seconds: float = 5.0
+    worker_overhead_mb: int = 256
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqlLimits:
         query = settings.query
-        return cls(query.sql_timeout_seconds, query.sql_memory_limit, query.sql_threads, query.sql_max_rows)
+        return cls(
+            query.sql_timeout_seconds,
+            query.sql_memory_limit,
+            query.sql_threads,
+            query.sql_max_rows,
+            query.sql_workers,
+            query.sql_queue_seconds,
+            query.sql_worker_overhead_mb,
+        )
+
+    def data_limit_bytes(self) -> int:
+        """The worker's RLIMIT_DATA while the query runs, above what it holds at rest: the DuckDB budget plus room
+        for the connection, its threads, the answer and its IPC copy."""
+        try:
+            budget = parse_bytes(self.memory_limit)
+        except ValueError as exc:
+            raise QueryError(f"sql: K2_QUERY_SQL_MEMORY_LIMIT: {exc}") from None
+        return budget + self.worker_overhead_mb * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -280,66 +303,33 @@ def _current(table: Table | None) -> int | None:
     return table.metadata.current_snapshot_id if table is not None else None
 
 
-def _register(
-    con: duckdb.DuckDBPyConnection,
-    engine: QueryEngine,
-    name: str,
-    table: Table | None,
-    snapshot_id: int | None,
-    exchanges: frozenset[str] | None,
-) -> list[str]:
-    """Make `name` the table's rows at `snapshot_id`, narrowed to `exchanges`; the data files DuckDB must be allowed
-    to open for it (none when the rows are in memory)."""
+def _source(
+    engine: QueryEngine, name: str, table: Table | None, snapshot_id: int | None, exchanges: frozenset[str] | None
+) -> Source:
+    """How the worker makes `name` the table's rows at `snapshot_id`, narrowed to `exchanges`: a view over the data
+    files DuckDB must be allowed to open, or the rows themselves (none, or read by pyiceberg) as Arrow IPC."""
     table_def = SQL_TABLES[name]
     if table is None or snapshot_id is None:
-        con.register(name, table_def.arrow_schema.empty_table())
-        return []
+        return Source(name, rows=_ipc(table_def.arrow_schema.empty_table()))
     row_filter: BooleanExpression = AlwaysTrue() if exchanges is None else In(term="exchange", literals=set(exchanges))
     plan = engine.sources.plans.plan(table, table_def, row_filter, snapshot_id)
     if not plan.data_files:
-        con.register(name, read_arrow_schema(table, snapshot_id).empty_table())
-        return []
+        return Source(name, rows=_ipc(read_arrow_schema(table, snapshot_id).empty_table()))
     paths = plan.local_paths if engine.sources.direct_reads else None
     select = projection_sql(read_schema(table, snapshot_id), paths) if paths is not None else None
     if select is not None and paths is not None:
         # Iceberg prunes per file: a planned file may still hold other exchanges' rows, so the view filters too.
         where = "" if exchanges is None else f" WHERE exchange IN ({', '.join(map(duck.sql_text, sorted(exchanges)))})"
-        con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM ({select}){where}")
-        return paths
+        return Source(name, select=f"SELECT * FROM ({select}){where}", paths=tuple(paths))
     # Delete files or remote storage: pyiceberg reads (and filters rows by `row_filter`).
-    con.register(name, table.scan(row_filter=row_filter, snapshot_id=snapshot_id).to_arrow())
-    return []
+    return Source(name, rows=_ipc(table.scan(row_filter=row_filter, snapshot_id=snapshot_id).to_arrow()))
 
 
-def _sandbox(limits: SqlLimits) -> duckdb.DuckDBPyConnection:
-    """A database of the query's own: its memory limit is the query's, and nothing else lives in it."""
-    con = duckdb.connect(
-        config={
-            "memory_limit": limits.memory_limit,
-            "threads": limits.threads,
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            # No spilling: the memory limit is a hard budget, and the query writes nothing to disk.
-            "temp_directory": "",
-        }
-    )
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    # A name DuckDB cannot resolve must not fall back to a Python variable of the same name in a caller's frame.
-    con.execute("SET python_enable_replacements = false")
-    # The second wall for DuckDB's catalog views: a name the validator let through that DuckDB resolves there
-    # (a CTE it scoped wrongly) finds an empty temp view of that name first.
-    con.execute(
-        "; ".join(f'CREATE TEMP VIEW "{name}" AS SELECT NULL AS hidden WHERE false' for name in _catalog_views())
-    )
-    return con
-
-
-def _close_configuration(con: duckdb.DuckDBPyConnection, paths: list[str]) -> None:
-    """From here on the connection opens only the snapshot's own data files, and its settings cannot change."""
-    con.execute(f"SET allowed_paths = [{', '.join(map(duck.sql_text, paths))}]")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+def _ipc(rows: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return sink.getvalue().to_pybytes()
 
 
 def run_sql(
@@ -349,63 +339,32 @@ def run_sql(
     limits: SqlLimits | None = None,
     as_of_snapshot: int | None = None,
     readable: Readable | None = None,
+    pool: SqlWorkerPool | None = None,
 ) -> SqlResult:
     """Run one validated read-only query (`validate_sql`) over the tables it names, each pinned to one snapshot and
     narrowed to the exchanges `readable` allows (None: everything, as the CLI reads). Raises `QueryError` (refused
-    or failed, with why), `QueryTimeoutError` (past the time budget) and `ScopeError` (a table the caller may not
-    read at all)."""
+    or failed, with why; past the memory budget too), `QueryTimeoutError` (past the time budget), `ScopeError` (a
+    table the caller may not read at all) and `SqlBusyError` (every worker of `pool`, by default the process's
+    pool of `limits.workers`, stayed busy for `limits.queue_seconds`)."""
     limits = limits or SqlLimits()
     began = time.perf_counter()
     names = sorted(validate_sql(sql))
     access = {name: None if readable is None else allowed_exchanges(readable, name) for name in names}
     pinned = _pin(engine, names, as_of_snapshot)
-    con = _sandbox(limits)
-    timer = threading.Timer(limits.timeout_seconds, con.interrupt)
-    try:
-        paths: list[str] = []
-        for name in names:
-            table, snapshot_id = pinned[name]
-            paths += _register(con, engine, name, table, snapshot_id, access[name])
-        _close_configuration(con, paths)
-        timer.start()
-        rows = _fetch(con, sql, limits)
-    except duckdb.InterruptException:
-        raise QueryTimeoutError(
-            f"sql: interrupted after {limits.timeout_seconds:g} s (the time budget, K2_QUERY_SQL_TIMEOUT_SECONDS)"
-        ) from None
-    except duckdb.OutOfMemoryException:
-        raise QueryError(
-            f"sql: ran out of its memory budget ({limits.memory_limit}, K2_QUERY_SQL_MEMORY_LIMIT)"
-        ) from None
-    except duckdb.PermissionException as exc:
-        raise QueryError(f"sql: refused, it reaches outside the tables: {str(exc).splitlines()[0][:300]}") from None
-    except duckdb.Error as exc:
-        raise QueryError(f"sql: {str(exc).splitlines()[0][:300]}") from None
-    finally:
-        timer.cancel()
-        con.close()
+    job = Job(
+        sql=sql,
+        sources=tuple(_source(engine, name, *pinned[name], access[name]) for name in names),
+        memory_limit=limits.memory_limit,
+        threads=limits.threads,
+        max_rows=limits.max_rows,
+        timeout_seconds=limits.timeout_seconds,
+        data_limit_bytes=limits.data_limit_bytes(),
+        hidden_views=_catalog_views(),
+    )
+    rows = (pool or shared_pool(limits.workers)).run(job, limits.queue_seconds)
     return SqlResult(
         rows,
         {name: pinned[name][1] for name in names},
         {name: None if access[name] is None else sorted(access[name] or ()) for name in names},
         round((time.perf_counter() - began) * 1000, 2),
     )
-
-
-def _fetch(con: duckdb.DuckDBPyConnection, sql: str, limits: SqlLimits) -> pa.Table:
-    """The answer, batch by batch, refused once it holds more than `max_rows` (never cut short quietly)."""
-    reader = con.sql(sql).to_arrow_reader(min(limits.max_rows + 1, 100_000))
-    batches: list[pa.RecordBatch] = []
-    count = 0
-    for batch in reader:
-        batches.append(batch)
-        count += batch.num_rows
-        if count > limits.max_rows:
-            raise QueryError(
-                f"sql: the answer has more than {limits.max_rows} rows (K2_QUERY_SQL_MAX_ROWS); aggregate, or add a "
-                "LIMIT"
-            )
-    repeated = sorted({name for name in reader.schema.names if reader.schema.names.count(name) > 1})
-    if repeated:  # a JSON row or a CSV header could not tell them apart
-        raise QueryError(f"sql: column names must be unique; name them apart with AS: {', '.join(repeated)}")
-    return pa.Table.from_batches(batches, schema=reader.schema)
