@@ -24,7 +24,7 @@ from k2_core.exceptions import QueryError, QueryTimeoutError
 from k2_core.logging import JsonFormatter
 from k2_core.read.engine import QueryEngine
 from k2_core.read.sql import SqlLimits, run_sql
-from k2_core.read.sqlworker import KILL_GRACE_SECONDS, SqlBusyError, SqlWorkerPool, shared_pool
+from k2_core.read.sqlworker import SqlBusyError, SqlWorkerPool, shared_pool
 from k2_core.settings import QuerySettings, Settings, parse_bytes
 from tests.support.clients import local_client
 from tests.support.lake import seed
@@ -64,15 +64,12 @@ def test_the_fuzz_overruns_are_refused_by_the_memory_cap(make_settings: Settings
             "SELECT count(DISTINCT x || repeat('y', 200)) AS n "
             "FROM (SELECT unnest(generate_series(1, 100000000)) AS x)",
         ):
-            began = time.monotonic()
+            # Before the worker processes, the first answered 200 after 50 s and 4 GB. How long a refusal takes
+            # is bench/sql_latency.py's business, not a test's.
             answer = client.post("/v1/sql", json={"sql": sql})
-            elapsed = time.monotonic() - began
             assert answer.status_code in (400, 408), answer.text
             if answer.status_code == 400:
                 assert "memory budget (256MB, K2_QUERY_SQL_MEMORY_LIMIT)" in answer.json()["detail"]
-            # Bounded whatever the machine: the worker is killed at timeout + grace (a generous margin for a
-            # loaded machine; before the worker processes these took 50 s and 9 s).
-            assert elapsed < 0.5 + KILL_GRACE_SECONDS + 10
             healthy = client.post("/v1/sql", json={"sql": COUNT})
             assert healthy.status_code == 200
             assert healthy.json()["data"] == [{"n": 5}]
