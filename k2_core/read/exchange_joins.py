@@ -429,7 +429,8 @@ def _join_days(
     for lo, hi in itertools.pairwise(bounds):
         day_end_us = (int(days[lo]) + 1) * DAY_US
         span_start_us = int(us[lo]) if carried is None else carried_until
-        span_end_us = min(day_end_us, int(us[hi - 1]) + 1) + after_us
+        # The whole day unless it is the page's last: what is in force at the next day's start is carried from it.
+        span_end_us = (day_end_us if hi < len(us) else min(day_end_us, int(us[hi - 1]) + 1)) + after_us
         span = TimeRange(_from_us(span_start_us), _from_us(span_end_us))
         parts: list[pa.Table] = []
         if reach.prior:

@@ -92,6 +92,10 @@ def _rows(rng: random.Random) -> tuple[list[Row], list[Row]]:
     for at, side in ((-1000, "buy"), (-50, "sell"), (-1, "buy"), (0, "buy"), (0, "sell"), (2, "sell"), (5000, "buy")):
         trades.append(trade("MID", seq("t", "MID"), midnight + timedelta(milliseconds=at), "7.25", 1, side=side))
     trades.append(trade("OLD", seq("t", "OLD"), midnight + timedelta(milliseconds=3), "5.05", 1, side="buy"))
+    # LAT's quote comes after the day's last trade of the exchange (MID's, 1ms before midnight), its trade after it.
+    quotes.append(quote("LAT", seq("q", "LAT"), midnight - timedelta(microseconds=200), "3.00", "3.02"))
+    trades.append(trade("LAT", seq("t", "LAT"), midnight - timedelta(minutes=30), "3.01", 1, side="sell"))
+    trades.append(trade("LAT", seq("t", "LAT"), midnight + timedelta(milliseconds=4), "3.01", 1, side="sell"))
     # BHP on another exchange, quotes only: for exchange-to-exchange joins.
     t = T0
     for _ in range(60):
@@ -477,7 +481,7 @@ def test_asof_join_of_a_whole_exchange_matches_merge_asof_by_symbol(
     got = engine.asof_join(None, "asx", *WIDE, 10_000, direction=direction, tolerance=tolerance).table.to_pylist()
     expected = _by_symbol_oracle(seeded.trades, seeded.quotes, WIDE, direction, tolerance)
     assert _keyed(got) == expected
-    assert {r["symbol"] for r in got} == {"BHP", "CBA", "NOQ", "MID", "OLD"}
+    assert {r["symbol"] for r in got} == {"BHP", "CBA", "NOQ", "MID", "OLD", "LAT"}
     assert all(r["quote_symbol"] in (None, r["symbol"]) for r in got)
     by_seq = {(q["symbol"], q["exchange_sequence_number"]): q for q in seeded.quotes if q["exchange"] == "asx"}
     for row in got:
@@ -494,6 +498,8 @@ def test_asof_join_of_a_whole_exchange_matches_merge_asof_by_symbol(
         assert mid[midnight] == 5
         old = next(r for r in got if r["symbol"] == "OLD")
         assert (old["quote_sequence_number"], old["bid_price"]) == (1, Decimal("5.00"))
+        lat = [(r["quote_sequence_number"], r["quote_time_diff_us"]) for r in got if r["symbol"] == "LAT"]
+        assert lat == [(None, None), (1, -4200)]
 
 
 def test_asof_join_of_a_whole_exchange_equals_the_per_symbol_join(engine: QueryEngine) -> None:
