@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -74,13 +75,16 @@ def _columns(kind: Kind) -> list[str]:
 # --- reading the right side -----------------------------------------------------------------------------------
 
 
-def in_force_before(sources: Sources, stream: Stream, symbols: Sequence[str], before: datetime) -> pa.Table:
+def in_force_before(
+    sources: Sources, stream: Stream, symbols: Sequence[str], before: datetime, columns: Sequence[str] | None = None
+) -> pa.Table:
     """Each of `symbols`' last committed row strictly before `before` on `stream.exchange` (one per symbol that has
-    one), in `_columns(kind)`. Day partitions are searched newest first, each older one only for the symbols still
-    missing, so an instrument that traded the day before costs one day's read."""
+    one), in `columns` (default: all `_columns(kind)`; symbol, time and sequence always). Day partitions are searched
+    newest first, each older one only for the symbols still missing, so an instrument that traded the day before
+    costs one day's read."""
     kind, table, table_def, exchange = stream.kind, stream.table, stream.table_def, stream.exchange
-    columns = _columns(kind)
-    schema = pa.schema([stream.schema.field(c) for c in columns])
+    picked_columns = list(columns if columns is not None else _columns(kind))
+    schema = pa.schema([stream.schema.field(c) for c in picked_columns])
     snapshot_id = stream.choice.snapshot_id
     if snapshot_id is None or not symbols:
         return schema.empty_table()
@@ -105,7 +109,7 @@ def in_force_before(sources: Sources, stream: Stream, symbols: Sequence[str], be
     found: list[pa.Table] = []
     seen: set[str] = set()
     wanted = set(symbols)
-    picked = ", ".join(columns)
+    picked = ", ".join(picked_columns)
     with scan.connect() as con:
         for plan in plans:
             missing = sorted(wanted - seen)
@@ -125,11 +129,18 @@ def in_force_before(sources: Sources, stream: Stream, symbols: Sequence[str], be
 
 
 def _read_span(
-    sources: Sources, stream: Stream, span: TimeRange, *, realtime: bool, max_rows: int, schema: pa.Schema
+    sources: Sources,
+    stream: Stream,
+    span: TimeRange,
+    *,
+    columns: Sequence[str],
+    realtime: bool,
+    max_rows: int,
+    schema: pa.Schema,
 ) -> pa.Table:
     """The right rows of every instrument of the exchange in `span`, from Iceberg and (unless pinned) the tail."""
     route = sources.route(stream.kind, stream.exchange, span, pinned=not realtime)
-    picked = ", ".join(_columns(stream.kind))
+    picked = ", ".join(columns)
     with scan.connect() as con:
         sources.market_view(con, stream, span, route, name="r")
         rows = con.sql(f"SELECT {picked} FROM r").to_arrow_table()
@@ -259,6 +270,7 @@ class Reach:
     prior: bool
     match: Callable[[pa.Table, np.ndarray, np.ndarray, Sorted], pa.Table]
     schema: Callable[[pa.Schema], pa.Schema]
+    columns: tuple[str, ...]  # the right columns read: symbol, time and sequence, and those output
 
 
 def asof_reach(kind: Kind, direction: Direction, tolerance: timedelta | None) -> Reach:
@@ -306,6 +318,7 @@ def asof_reach(kind: Kind, direction: Direction, tolerance: timedelta | None) ->
         prior=direction != "forward",
         match=match,
         schema=lambda trades: asof_schema(trades, kind),
+        columns=tuple(_columns(kind)),
     )
 
 
@@ -344,6 +357,7 @@ def markouts_reach(horizons: Sequence[timedelta]) -> Reach:
         prior=True,
         match=match,
         schema=lambda trades: markout_schema(trades, horizons),
+        columns=("symbol", TIME_COLUMN, "exchange_sequence_number", "bid_price", "ask_price"),
     )
 
 
@@ -409,61 +423,76 @@ def exchange_join(
 def _join_days(
     sources: Sources, trades: pa.Table, right: Stream, reach: Reach, *, realtime: bool, max_rows: int
 ) -> pa.Table:
-    """`trades` (in time order) cut at UTC midnights, each day joined to its right rows (see the module docstring)."""
+    """`trades` (in time order) cut at UTC midnights, each day joined to its right rows (see the module docstring).
+    The next day's right rows are read (by DuckDB, which releases the GIL) while this day's are matched."""
     if trades.num_rows == 0:
-        return reach.match(trades, np.zeros(0, np.int64), np.zeros(0, np.int64), _empty_sorted(right))
+        return reach.match(trades, np.zeros(0, np.int64), np.zeros(0, np.int64), _empty_sorted(right, reach))
     us = _us(trades.column(TIME_COLUMN))
     # Codes in symbol order, the order compaction clusters a day's files in: their rows arrive nearly sorted by key,
     # which the stable sort below then merely checks.
     distinct = pc.unique(trades.column("symbol"))
     symbols = distinct.take(pc.array_sort_indices(distinct))
     codes = np.asarray(pc.index_in(trades.column("symbol"), value_set=symbols).to_numpy(), dtype=np.int64)
-    schema = pa.schema([right.schema.field(c) for c in _columns(right.kind)])
+    schema = pa.schema([right.schema.field(c) for c in reach.columns])
     after_us = reach.after // timedelta(microseconds=1)
     days = us // DAY_US
     cuts = np.flatnonzero(np.diff(days)) + 1
     bounds = [0, *cuts.tolist(), len(us)]
-    carried: pa.Table | None = None
-    carried_until = 0
-    out: list[pa.Table] = []
+    # Each day's right span: from the page's first trade (then from the day before's end, so that the spans are
+    # contiguous and what is in force at a day's start is carried from the day before) to the day's end, or for the
+    # page's last day its last trade, plus the look-ahead.
+    days_: list[tuple[int, int, int, int]] = []  # (lo, hi, span start, span end) in row numbers and microseconds
     for lo, hi in itertools.pairwise(bounds):
         day_end_us = (int(days[lo]) + 1) * DAY_US
-        span_start_us = int(us[lo]) if carried is None else carried_until
-        # The whole day unless it is the page's last: what is in force at the next day's start is carried from it.
+        span_start_us = int(us[0]) if lo == 0 else days_[-1][3] - after_us
         span_end_us = (day_end_us if hi < len(us) else min(day_end_us, int(us[hi - 1]) + 1)) + after_us
-        span = TimeRange(_from_us(span_start_us), _from_us(span_end_us))
-        parts: list[pa.Table] = []
-        if reach.prior:
-            if carried is None:
-                names = [str(s) for s in symbols.to_pylist()]
-                parts.append(in_force_before(sources, right, names, span.start))
-                if realtime and sources.realtime is not None:
-                    parts.append(_tail_before(sources, right, span.start, schema))
-            else:
-                parts.append(carried)
-        parts.append(_read_span(sources, right, span, realtime=realtime, max_rows=max_rows, schema=schema))
-        rows = pa.concat_tables(parts)
-        right_codes = np.asarray(
-            pc.fill_null(pc.index_in(rows.column("symbol"), value_set=symbols), -1).to_numpy(), dtype=np.int64
+        days_.append((lo, hi, span_start_us, span_end_us))
+
+    def read(place: int) -> pa.Table:
+        _, _, first, last = days_[place]
+        span = TimeRange(_from_us(first), _from_us(last))
+        return _read_span(
+            sources, right, span, columns=reach.columns, realtime=realtime, max_rows=max_rows, schema=schema
         )
-        base = span_start_us - 1
-        bits = _bits(span_end_us - base + 1, len(symbols))
-        # Prior rows: one per instrument, clamped to `base`; the tail may add several before the span, so keep the
-        # last of each first (they are not in the sort's time order once clamped).
-        if reach.prior and carried is None and realtime and sources.realtime is not None:
-            rows, right_codes = _last_before(rows, right_codes, span_start_us)
-        ordered = Sorted.of(rows, right_codes, base, bits)
-        day_codes = codes[lo:hi]
-        # A stable sort of small integers is a radix sort: the trades, in time order, end up in key order.
-        ordered.trade_order = np.argsort(
-            day_codes.astype(np.int16 if len(symbols) < 2**15 else np.int64), kind="stable"
-        )
-        out.append(reach.match(trades.slice(lo, hi - lo), day_codes, us[lo:hi], ordered))
-        if hi == len(us):
-            break
-        # What is in force at the next day's start: each instrument's last row before it.
-        carried_until = day_end_us
-        carried = rows.take(pa.array(ordered.last_per_code(day_end_us))) if reach.prior else rows.slice(0, 0)
+
+    carried: pa.Table | None = None
+    out: list[pa.Table] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future[pa.Table] = pool.submit(read, 0)
+        for place, (lo, hi, span_start_us, span_end_us) in enumerate(days_):
+            parts: list[pa.Table] = []
+            if reach.prior:
+                if carried is None:
+                    before = _from_us(span_start_us)
+                    names = [str(s) for s in symbols.to_pylist()]
+                    parts.append(in_force_before(sources, right, names, before, reach.columns))
+                    if realtime and sources.realtime is not None:
+                        parts.append(_tail_before(sources, right, before, schema))
+                else:
+                    parts.append(carried)
+            parts.append(pending.result())
+            if place + 1 < len(days_):
+                pending = pool.submit(read, place + 1)
+            rows = pa.concat_tables(parts)
+            right_codes = np.asarray(
+                pc.fill_null(pc.index_in(rows.column("symbol"), value_set=symbols), -1).to_numpy(), dtype=np.int64
+            )
+            base = span_start_us - 1
+            bits = _bits(span_end_us - base + 1, len(symbols))
+            # Prior rows: one per instrument, clamped to `base`; the tail may add several before the span, so keep
+            # the last of each first (they are not in the sort's time order once clamped).
+            if reach.prior and carried is None and realtime and sources.realtime is not None:
+                rows, right_codes = _last_before(rows, right_codes, span_start_us)
+            ordered = Sorted.of(rows, right_codes, base, bits)
+            day_codes = codes[lo:hi]
+            # A stable sort of small integers is a radix sort: the trades, in time order, end up in key order.
+            ordered.trade_order = np.argsort(
+                day_codes.astype(np.int16 if len(symbols) < 2**15 else np.int64), kind="stable"
+            )
+            out.append(reach.match(trades.slice(lo, hi - lo), day_codes, us[lo:hi], ordered))
+            if hi < len(us):  # what is in force at the next day's start: each instrument's last row before it
+                next_start = days_[place + 1][2]
+                carried = rows.take(pa.array(ordered.last_per_code(next_start))) if reach.prior else rows.slice(0, 0)
     return pa.concat_tables(out)
 
 
@@ -479,8 +508,8 @@ def _last_before(rows: pa.Table, codes: np.ndarray, before_us: int) -> tuple[pa.
     return rows.take(pa.array(keep)), codes[keep]
 
 
-def _empty_sorted(right: Stream) -> Sorted:
-    schema = pa.schema([right.schema.field(c) for c in _columns(right.kind)])
+def _empty_sorted(right: Stream, reach: Reach) -> Sorted:
+    schema = pa.schema([right.schema.field(c) for c in reach.columns])
     empty = np.zeros(0, np.int64)
     return Sorted(schema.empty_table(), empty, empty, empty, 1, 0)
 
