@@ -502,18 +502,26 @@ def test_asof_join_of_a_whole_exchange_matches_merge_asof_by_symbol(
         assert lat == [(None, None), (1, -4200)]
 
 
-def test_asof_join_of_a_whole_exchange_equals_the_per_symbol_join(engine: QueryEngine) -> None:
-    """The same rows, column for column, as each instrument's own join merged in (time, symbol, sequence) order."""
-    whole = engine.asof_join(None, "asx", START, END, 1000, direction="nearest", tolerance="3s").table
-    parts = [
-        engine.asof_join(s, "asx", START, END, 1000, direction="nearest", tolerance="3s").table
-        for s in ("BHP", "CBA", "NOQ")
-    ]
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"direction": "nearest", "tolerance": "3s"},
+        {"right_kind": "trades", "direction": "forward"},
+        {"right_exchange": "nyse", "direction": "backward"},
+    ],
+)
+def test_asof_join_of_a_whole_exchange_equals_the_per_symbol_join(engine: QueryEngine, options: Any) -> None:
+    """The same rows, column for column, as each instrument's own join merged in (time, symbol, sequence) order: to
+    quotes, to the instrument's own trades, to its quotes on another exchange."""
+    whole = engine.asof_join(None, "asx", START, END, 1000, **options).table
+    parts = [engine.asof_join(s, "asx", START, END, 1000, **options).table for s in ("BHP", "CBA", "NOQ")]
     merged = pa.concat_tables(parts).sort_by(
         [("exchange_timestamp", "ascending"), ("symbol", "ascending"), ("exchange_sequence_number", "ascending")]
     )
     assert whole.schema == merged.schema
     assert whole.to_pylist() == merged.to_pylist()
+    matched = whole.column("right_sequence_number" if "right_kind" in options else "quote_sequence_number")
+    assert matched.null_count < whole.num_rows  # something matched
 
 
 @pytest.mark.parametrize("limit", [1, 7])
