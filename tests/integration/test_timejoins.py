@@ -502,6 +502,14 @@ def test_asof_join_of_a_whole_exchange_matches_merge_asof_by_symbol(
         assert lat == [(None, None), (1, -4200)]
 
 
+def test_a_whole_exchange_read_through_pyiceberg(seeded: Seeded) -> None:
+    """The same answer when pyiceberg, not DuckDB, reads the files (the path for delete files or remote storage)."""
+    with QueryEngine.from_settings(seeded.settings, cache=False) as engine:
+        engine.sources.direct_reads = False
+        got = engine.asof_join(None, "asx", *WIDE, 10_000).table.to_pylist()
+    assert _keyed(got) == _by_symbol_oracle(seeded.trades, seeded.quotes, WIDE, "backward", None)
+
+
 @pytest.mark.parametrize(
     "options",
     [
