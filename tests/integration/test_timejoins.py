@@ -502,6 +502,16 @@ def test_asof_join_of_a_whole_exchange_matches_merge_asof_by_symbol(
         assert lat == [(None, None), (1, -4200)]
 
 
+def test_a_whole_exchange_without_trades_is_an_empty_answer(engine: QueryEngine) -> None:
+    """nyse has quotes but no trades: no rows, in the columns a page with rows has."""
+    empty = engine.asof_join(None, "nyse", START, END)
+    assert (empty.table.num_rows, empty.next_cursor) == (0, None)
+    assert empty.table.schema == engine.asof_join(None, "asx", START, END, 1).table.schema
+    marks = engine.markouts(None, "nyse", START, END, horizons="1s").table
+    assert marks.num_rows == 0
+    assert marks.schema == engine.markouts(None, "asx", START, END, 1, horizons="1s").table.schema
+
+
 def test_a_whole_exchange_read_through_pyiceberg(seeded: Seeded) -> None:
     """The same answer when pyiceberg, not DuckDB, reads the files (the path for delete files or remote storage)."""
     with QueryEngine.from_settings(seeded.settings, cache=False) as engine:
