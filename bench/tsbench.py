@@ -22,10 +22,11 @@ Queries (median of --reps runs after one warm-up):
   max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql)
   hourly_volume traded volume by UTC hour, all symbols and exchanges                     (K2: run_sql)
   last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on per exchange)
-  asof_join     every trade joined to the quote of its stream in force at or before it (K2: run_sql ASOF JOIN;
-                --k2-asof with_quote: its with-quote listing, per symbol, ~300x slower: minutes at the default scale)
+  asof_join     every trade joined to the quote of its stream in force at or before it (K2: asof_join of each
+                whole exchange; --k2-asof sql: run_sql's ASOF JOIN; --k2-asof with_quote: the with-quote listing,
+                per symbol, ~300x slower: minutes at the default scale)
   bars_1m       1-minute OHLCV + VWAP of every nyse symbol over one day                 (K2: ohlcv_many)
-  markouts      the mid at +1 s, +5 s, +60 s after each nyse trade of one day            (K2: run_sql ASOF JOIN)
+  markouts      the mid at +1 s, +5 s, +60 s after each nyse trade of one day            (K2: markouts, whole exchange)
 "In force" everywhere: the latest quote of the stream at or before the moment; several at one timestamp -> the highest
 sequence number.
 
@@ -347,10 +348,13 @@ def bars_sql(plan: Plan) -> str:
 # --- K2 ----------------------------------------------------------------------------------------------------------
 
 
-def k2_markouts(engine: QueryEngine, plan: Plan, limits: SqlLimits) -> pa.Table:
-    """K2's markouts for now: DuckDB's ASOF JOIN through `run_sql` over K2's own tables. A `QueryEngine.markouts`
-    is being added; switch this one function to it when it lands."""
-    return run_sql(engine, markouts_sql(plan), limits=limits).table
+def k2_markouts(engine: QueryEngine, plan: Plan) -> pa.Table:
+    """K2's markouts of a whole exchange: `QueryEngine.markouts(None, ...)`, one scan per side, the quotes in force
+    matched in numpy (`k2_core.read.exchange_joins`); one page holds the day (the bench lifts `max_limit`)."""
+    horizons = [f"{s}s" for s in MARKOUT_SECONDS]
+    result = engine.markouts(None, plan.exchange, plan.start, plan.end, engine.limits.max_limit, horizons=horizons)
+    assert result.next_cursor is None
+    return result.table
 
 
 def k2_bars(engine: QueryEngine, plan: Plan) -> pa.Table:
@@ -364,9 +368,22 @@ def k2_bars(engine: QueryEngine, plan: Plan) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def k2_asof(engine: QueryEngine, plan: Plan, days: list[date]) -> pa.Table:
+def k2_asof(engine: QueryEngine, days: list[date]) -> pa.Table:
+    """Every trade with its instrument's quote in force: `QueryEngine.asof_join(None, exchange, ...)`, the native
+    whole-exchange join (one scan per side, day by day, numpy merge), one call per exchange over every day."""
+    start = datetime.combine(days[0], datetime.min.time(), UTC)
+    end = datetime.combine(days[-1], datetime.min.time(), UTC) + timedelta(days=1)
+    parts = []
+    for exchange in EXCHANGES:
+        result = engine.asof_join(None, exchange, start, end, engine.limits.max_limit)
+        assert result.next_cursor is None
+        parts.append(result.table)
+    return pa.concat_tables(parts)
+
+
+def k2_with_quote(engine: QueryEngine, plan: Plan, days: list[date]) -> pa.Table:
     """Every trade with the quote in force: `fetch_many(with_quote=True)` per exchange and UTC day, all symbols,
-    page after page (its page limit is per symbol). The public with-quote path."""
+    page after page (its page limit is per symbol). The public with-quote listing, ~300x slower."""
     parts = []
     for exchange in EXCHANGES:
         for day in days:
@@ -394,6 +411,7 @@ def k2_engine(settings: Settings, plan: Plan, days: list[date], *, asof: str) ->
     engine = QueryEngine.from_settings(settings, cache=False)
     engine.limits.max_limit = 10_000_000
     engine.limits.max_bars = 10_000_000
+    engine.limits.max_window = None
     limits = SqlLimits(timeout_seconds=3600, memory_limit="8GB", threads=os.cpu_count() or 2, max_rows=100_000_000)
 
     def last_bid() -> pa.Table:
@@ -406,7 +424,9 @@ def k2_engine(settings: Settings, plan: Plan, days: list[date], *, asof: str) ->
     def asof_join() -> pa.Table:
         if asof == "sql":
             return run_sql(engine, ASOF_JOIN, limits=limits).table
-        return k2_asof(engine, plan, days)
+        if asof == "with_quote":
+            return k2_with_quote(engine, plan, days)
+        return k2_asof(engine, days)
 
     queries: Engine = {
         "max_price": lambda: run_sql(engine, MAX_PRICE, limits=limits).table,
@@ -414,7 +434,7 @@ def k2_engine(settings: Settings, plan: Plan, days: list[date], *, asof: str) ->
         "last_bid": last_bid,
         "asof_join": asof_join,
         "bars_1m": lambda: k2_bars(engine, plan),
-        "markouts": lambda: k2_markouts(engine, plan, limits),
+        "markouts": lambda: k2_markouts(engine, plan),
     }
     return queries, engine
 
@@ -809,9 +829,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", default=",".join(QUERIES))
     parser.add_argument(
         "--k2-asof",
-        choices=("with_quote", "sql"),
-        default="sql",
-        help="K2's as-of join: run_sql's ASOF JOIN, or the with-quote listing (fetch_many, per symbol: slow)",
+        choices=("engine", "sql", "with_quote"),
+        default="engine",
+        help="K2's as-of join: asof_join of each whole exchange (native), run_sql's ASOF JOIN, or the with-quote "
+        "listing (fetch_many, per symbol: slow)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary directory")
     parser.add_argument("--reuse", action="store_true", help="keep the rows an earlier run left in --workdir")

@@ -37,7 +37,7 @@ from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
 from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TRADES, TableDef
 from k2_core.model.topics import Kind, TopicLayout
-from k2_core.read import activity_bars, bars, exchange_bars, joins, paging, timejoins
+from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
@@ -883,7 +883,7 @@ class QueryEngine:
 
     def asof_join(
         self,
-        symbol: str,
+        symbol: str | None,
         exchange: str,
         start: TimeInput = None,
         end: TimeInput = None,
@@ -905,11 +905,23 @@ class QueryEngine:
         `tolerance` (`"500ms"`, `"2s"`, a timedelta; at most 1 day) keeps matches within it, boundary included;
         beyond it the right columns are null. Without it, forward/nearest look ahead at most one day. Right
         columns: quotes as `with_quote` names them plus quote_symbol, quote_exchange; trades prefixed `right_`;
-        `*_time_diff_us` = right time - trade time in microseconds."""
+        `*_time_diff_us` = right time - trade time in microseconds.
+
+        `symbol` None joins every trade of the exchange to its OWN instrument's row (so `right_symbol` must be None):
+        one scan per side, day by day, matched in numpy (`k2_core.read.exchange_joins`); pages in `(time, symbol,
+        sequence)` order as `fetch_exchange` does. Raise `limit` (up to `Limits.max_limit`) to get a whole range in
+        one call."""
         kind = timejoins.validate_right_kind(right_kind)
         way = timejoins.validate_direction(direction)
         tol = timejoins.parse_span(tolerance, "tolerance") if tolerance is not None else None
         r_symbol, r_exchange = timejoins.right_side(right_symbol, right_exchange, self.exchanges)
+        if symbol is None:
+            if r_symbol is not None:
+                raise QueryError("right_symbol needs a symbol: without one, each trade joins its own instrument's rows")
+            return exchange_joins.exchange_join(
+                self, "asof", exchange, start, end, limit, cursor, validate_as_of(as_of_snapshot, as_of),
+                exchange_joins.asof_reach(kind, way, tol), (kind, way, tol, r_exchange), r_exchange,
+            )  # fmt: skip
         reach = tol if tol is not None else timejoins.MAX_SPAN
         right = timejoins.Right(
             kind,
@@ -978,8 +990,15 @@ class QueryEngine:
         0, at most 1 day; default 1s, 5s, 60s) three columns named by it (`mid_1s`, `markout_1s`, `markout_bps_1s`):
         the mid `(bid + ask) / 2` of the instrument's quote in force at `t + h` (exact, decimal(19,9)), the markout
         `(mid - price)` signed by the aggressor (+ buy, - sell, null otherwise; decimal(20,9)) and the same in basis
-        points of the price (float64). Null when no quote was in force at `t + h`."""
+        points of the price (float64). Null when no quote was in force at `t + h`. A whole exchange (`symbols` None)
+        is read in one scan per side, day by day, matched in numpy (`k2_core.read.exchange_joins`); its cursor holds
+        the last row's symbol, as `fetch_exchange`'s."""
         spans = timejoins.validate_horizons(horizons)
+        if symbols is None:
+            return exchange_joins.exchange_join(
+                self, "markouts", exchange, start, end, limit, cursor, validate_as_of(as_of_snapshot, as_of),
+                exchange_joins.markouts_reach(spans), spans,
+            )  # fmt: skip
         right = timejoins.Right("quotes", None, None, before=timedelta(0), after=spans[-1], prior=True)
         wanted = symbols if symbols is None else validate_symbols(symbols)
         return timejoins.paged_join(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from k2_api.main import create_app
@@ -81,6 +82,20 @@ def _rows(rng: random.Random) -> tuple[list[Row], list[Row]]:
                 bid = Decimal(rng.randrange(900, 1100)) / 100
                 ask = bid + Decimal(rng.randrange(1, 7)) / 1000
                 quotes.append(quote(symbol, seq("q", symbol), t, bid, ask))
+    # Across UTC midnight, before the window the other tests read (so none of them sees these): MID trades on both
+    # sides of midnight, its last quote of the day before 50ms before midnight (a tie of two) and two at midnight
+    # exactly; OLD's only quote is two days before its trade (older day partitions).
+    midnight = datetime(2024, 5, 6, tzinfo=UTC)
+    quotes.append(quote("OLD", seq("q", "OLD"), midnight - timedelta(days=2), "5.00", "5.10"))
+    for at, bid in ((-3000, "7.00"), (-50, "7.10"), (-50, "7.20"), (0, "7.30"), (0, "7.40"), (1, "7.50")):
+        quotes.append(quote("MID", seq("q", "MID"), midnight + timedelta(milliseconds=at), bid, Decimal(bid) + 1))
+    for at, side in ((-1000, "buy"), (-50, "sell"), (-1, "buy"), (0, "buy"), (0, "sell"), (2, "sell"), (5000, "buy")):
+        trades.append(trade("MID", seq("t", "MID"), midnight + timedelta(milliseconds=at), "7.25", 1, side=side))
+    trades.append(trade("OLD", seq("t", "OLD"), midnight + timedelta(milliseconds=3), "5.05", 1, side="buy"))
+    # LAT's quote comes after the day's last trade of the exchange (MID's, 1ms before midnight), its trade after it.
+    quotes.append(quote("LAT", seq("q", "LAT"), midnight - timedelta(microseconds=200), "3.00", "3.02"))
+    trades.append(trade("LAT", seq("t", "LAT"), midnight - timedelta(minutes=30), "3.01", 1, side="sell"))
+    trades.append(trade("LAT", seq("t", "LAT"), midnight + timedelta(milliseconds=4), "3.01", 1, side="sell"))
     # BHP on another exchange, quotes only: for exchange-to-exchange joins.
     t = T0
     for _ in range(60):
@@ -397,6 +412,257 @@ def test_markouts_of_a_whole_exchange_page_like_one_read(seeded: Seeded, engine:
     assert get_markouts(engine, "BHP,CBA,NOQ", "asx", START, END, 1000, horizons="1s,5s").to_pylist() == whole
 
 
+# --- a whole exchange: every trade joined to its own instrument ---------------------------------------------------
+
+# From before midnight (MID's and OLD's rows) to the end of the window the other tests read.
+WIDE = (datetime(2024, 5, 5, 23, 0, tzinfo=UTC), END)
+
+
+def _frame(rows: list[Row], start: datetime, end: datetime) -> pd.DataFrame:
+    picked = [r for r in rows if r["exchange"] == "asx" and start <= r["exchange_timestamp"] < end]
+    frame = pd.DataFrame(picked)
+    frame["exchange_timestamp"] = pd.to_datetime(frame["exchange_timestamp"], utc=True).astype("datetime64[us, UTC]")
+    return frame
+
+
+def _by_symbol_oracle(
+    trades: list[Row], quotes: list[Row], window: tuple[datetime, datetime], direction: str, tolerance: Any
+) -> list[tuple[str, int, int | None, int | None]]:
+    """(symbol, trade sequence, matched quote sequence, quote - trade in us) per trade in (time, symbol, sequence)
+    order: `pd.merge_asof(by="symbol")` against each instrument's quotes, one per timestamp (the highest sequence)."""
+    left = _frame(trades, *window).sort_values(["exchange_timestamp", "symbol", "exchange_sequence_number"])
+    left = left.reset_index(drop=True)
+    right = _frame(quotes, datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+    right = right.sort_values(["symbol", "exchange_timestamp", "exchange_sequence_number"]).drop_duplicates(
+        ["symbol", "exchange_timestamp"], keep="last"
+    )
+    right = right.rename(columns={"exchange_timestamp": "at", "exchange_sequence_number": "rseq"})[
+        ["symbol", "at", "rseq"]
+    ].sort_values("at")
+
+    def merged(way: str, tol: Any) -> pd.DataFrame:
+        out = pd.merge_asof(
+            left.sort_values("exchange_timestamp"), right, left_on="exchange_timestamp", right_on="at", by="symbol",
+            direction=way, tolerance=None if tol is None else pd.Timedelta(tol),
+        )  # fmt: skip
+        return out.set_index(left.sort_values("exchange_timestamp").index).sort_index()
+
+    back = merged("backward", tolerance)
+    fwd = merged("forward", tolerance if tolerance is not None else timedelta(days=1))
+    out = []
+    for b, f in zip(back.itertuples(), fwd.itertuples(), strict=True):
+        pick = b if direction == "backward" else f
+        if direction == "nearest":
+            far_b = pd.isna(b.at)
+            pick = (
+                f
+                if far_b or (not pd.isna(f.at) and (f.at - f.exchange_timestamp) < (b.exchange_timestamp - b.at))
+                else b
+            )
+        if pd.isna(pick.at):
+            out.append((b.symbol, b.exchange_sequence_number, None, None))
+        else:
+            diff = (pick.at - pick.exchange_timestamp) // pd.Timedelta(microseconds=1)
+            out.append((b.symbol, b.exchange_sequence_number, int(pick.rseq), int(diff)))
+    return out
+
+
+def _keyed(rows: list[Row]) -> list[tuple[str, int, int | None, int | None]]:
+    return [
+        (r["symbol"], r["exchange_sequence_number"], r["quote_sequence_number"], r["quote_time_diff_us"]) for r in rows
+    ]
+
+
+@pytest.mark.parametrize("direction", ["backward", "forward", "nearest"])
+@pytest.mark.parametrize("tolerance", [None, timedelta(seconds=2), timedelta(0)])
+def test_asof_join_of_a_whole_exchange_matches_merge_asof_by_symbol(
+    seeded: Seeded, engine: QueryEngine, direction: str, tolerance: Any
+) -> None:
+    got = engine.asof_join(None, "asx", *WIDE, 10_000, direction=direction, tolerance=tolerance).table.to_pylist()
+    expected = _by_symbol_oracle(seeded.trades, seeded.quotes, WIDE, direction, tolerance)
+    assert _keyed(got) == expected
+    assert {r["symbol"] for r in got} == {"BHP", "CBA", "NOQ", "MID", "OLD", "LAT"}
+    assert all(r["quote_symbol"] in (None, r["symbol"]) for r in got)
+    by_seq = {(q["symbol"], q["exchange_sequence_number"]): q for q in seeded.quotes if q["exchange"] == "asx"}
+    for row in got:
+        if row["quote_sequence_number"] is not None:
+            quote_row = by_seq[(row["symbol"], row["quote_sequence_number"])]
+            assert (row["bid_price"], row["ask_price"]) == (quote_row["bid_price"], quote_row["ask_price"])
+            assert row["quote_timestamp"] == quote_row["exchange_timestamp"]
+    if direction == "backward" and tolerance is None:
+        # Just after midnight: MID's trade 1ms before it sees the later of the two quotes 50ms before midnight (the
+        # day before's last), those at midnight see the second quote there; OLD's the quote two days before.
+        mid = {r["exchange_timestamp"]: r["quote_sequence_number"] for r in got if r["symbol"] == "MID"}
+        midnight = datetime(2024, 5, 6, tzinfo=UTC)
+        assert mid[midnight - timedelta(milliseconds=1)] == 3
+        assert mid[midnight] == 5
+        old = next(r for r in got if r["symbol"] == "OLD")
+        assert (old["quote_sequence_number"], old["bid_price"]) == (1, Decimal("5.00"))
+        lat = [(r["quote_sequence_number"], r["quote_time_diff_us"]) for r in got if r["symbol"] == "LAT"]
+        assert lat == [(None, None), (1, -4200)]
+
+
+def test_a_whole_exchange_without_trades_is_an_empty_answer(engine: QueryEngine) -> None:
+    """nyse has quotes but no trades: no rows, in the columns a page with rows has."""
+    empty = engine.asof_join(None, "nyse", START, END)
+    assert (empty.table.num_rows, empty.next_cursor) == (0, None)
+    assert empty.table.schema == engine.asof_join(None, "asx", START, END, 1).table.schema
+    marks = engine.markouts(None, "nyse", START, END, horizons="1s").table
+    assert marks.num_rows == 0
+    assert marks.schema == engine.markouts(None, "asx", START, END, 1, horizons="1s").table.schema
+
+
+def test_a_whole_exchange_read_through_pyiceberg(seeded: Seeded) -> None:
+    """The same answer when pyiceberg, not DuckDB, reads the files (the path for delete files or remote storage)."""
+    with QueryEngine.from_settings(seeded.settings, cache=False) as engine:
+        engine.sources.direct_reads = False
+        got = engine.asof_join(None, "asx", *WIDE, 10_000).table.to_pylist()
+    assert _keyed(got) == _by_symbol_oracle(seeded.trades, seeded.quotes, WIDE, "backward", None)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"direction": "nearest", "tolerance": "3s"},
+        {"right_kind": "trades", "direction": "forward"},
+        {"right_exchange": "nyse", "direction": "backward"},
+    ],
+)
+def test_asof_join_of_a_whole_exchange_equals_the_per_symbol_join(engine: QueryEngine, options: Any) -> None:
+    """The same rows, column for column, as each instrument's own join merged in (time, symbol, sequence) order: to
+    quotes, to the instrument's own trades, to its quotes on another exchange."""
+    whole = engine.asof_join(None, "asx", START, END, 1000, **options).table
+    parts = [engine.asof_join(s, "asx", START, END, 1000, **options).table for s in ("BHP", "CBA", "NOQ")]
+    merged = pa.concat_tables(parts).sort_by(
+        [("exchange_timestamp", "ascending"), ("symbol", "ascending"), ("exchange_sequence_number", "ascending")]
+    )
+    assert whole.schema == merged.schema
+    assert whole.to_pylist() == merged.to_pylist()
+    matched = whole.column("right_sequence_number" if "right_kind" in options else "quote_sequence_number")
+    assert matched.null_count < whole.num_rows  # something matched
+
+
+@pytest.mark.parametrize("limit", [1, 7])
+def test_a_whole_exchange_pages_like_one_read(engine: QueryEngine, limit: int) -> None:
+    whole = engine.asof_join(None, "asx", *WIDE, 10_000, direction="nearest").table.to_pylist()
+    assert _all_pages(lambda **k: engine.asof_join(None, "asx", *WIDE, direction="nearest", **k), limit) == whole
+    marks = engine.markouts(None, "asx", *WIDE, 10_000, horizons="1s,5s").table.to_pylist()
+    assert _all_pages(lambda **k: engine.markouts(None, "asx", *WIDE, horizons="1s,5s", **k), limit) == marks
+
+
+def _by_symbol_markouts(
+    trades: list[Row], quotes: list[Row], window: tuple[datetime, datetime], horizons: dict[str, timedelta]
+) -> list[dict[str, Any]]:
+    left = _frame(trades, *window).sort_values(["exchange_timestamp", "symbol", "exchange_sequence_number"])
+    left = left.reset_index(drop=True)
+    right = _frame(quotes, datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+    right = right.sort_values(["symbol", "exchange_timestamp", "exchange_sequence_number"]).drop_duplicates(
+        ["symbol", "exchange_timestamp"], keep="last"
+    )
+    right = right.rename(columns={"exchange_timestamp": "at"})[["symbol", "at", "bid_price", "ask_price"]]
+    out = [dict(r) for r in left[["symbol", "exchange_sequence_number", "price", "side"]].to_dict("records")]
+    for name, h in horizons.items():
+        target = left.assign(target=left["exchange_timestamp"] + pd.Timedelta(h)).sort_values("target")
+        merged = pd.merge_asof(target, right.sort_values("at"), left_on="target", right_on="at", by="symbol")
+        for i, row in zip(target.index, merged.itertuples(), strict=True):
+            mid = None if pd.isna(row.at) else (row.bid_price + row.ask_price) / 2
+            sign = {"buy": 1, "sell": -1}.get(out[i]["side"])
+            mark = None if mid is None or sign is None else (mid - out[i]["price"]) * sign
+            out[i] |= {
+                f"mid_{name}": mid,
+                f"markout_{name}": mark,
+                f"markout_bps_{name}": None if mark is None else float(mark) / float(out[i]["price"]) * 10_000,
+            }
+    return out
+
+
+def _assert_markouts(got: list[Row], expected: list[dict[str, Any]], horizons: Collection[str]) -> None:
+    assert [(r["symbol"], r["exchange_sequence_number"]) for r in got] == [
+        (r["symbol"], r["exchange_sequence_number"]) for r in expected
+    ]
+    for g, e in zip(got, expected, strict=True):
+        for name in horizons:
+            assert (g[f"mid_{name}"], g[f"markout_{name}"]) == (e[f"mid_{name}"], e[f"markout_{name}"])
+            bps = e[f"markout_bps_{name}"]
+            assert g[f"markout_bps_{name}"] == (pytest.approx(bps, rel=1e-12) if bps is not None else None)
+
+
+def test_markouts_of_a_whole_exchange_match_merge_asof_by_symbol(seeded: Seeded, engine: QueryEngine) -> None:
+    horizons = {"1ms": timedelta(milliseconds=1), "1s": timedelta(seconds=1), "60s": timedelta(seconds=60)}
+    result = engine.markouts(None, "asx", *WIDE, 10_000, horizons=["60s", "1s", "1ms"])
+    got = result.table.to_pylist()
+    expected = _by_symbol_markouts(seeded.trades, seeded.quotes, WIDE, horizons)
+    _assert_markouts(got, expected, horizons)
+    assert result.table.schema == engine.markouts(["BHP"], "asx", *WIDE, 10, horizons="60s,1s,1ms").table.schema
+    # MID's trade 1ms before midnight: at +1ms, the second of the two quotes at midnight (bid 7.40, ask 8.40).
+    before = next(g for g in got if g["symbol"] == "MID" and g["exchange_sequence_number"] == 3)
+    assert (before["mid_1ms"], before["markout_1ms"]) == (Decimal("7.9"), Decimal("0.65"))
+    assert any(g["mid_1s"] is None for g in got)
+    assert any(g["markout_1s"] is not None for g in got)
+
+
+def test_a_whole_exchange_joins_the_realtime_tail(seeded: Seeded) -> None:
+    """Tail quotes inside the window and before it (NOQ's only quote) join like committed ones."""
+    buffer = RealtimeBuffer(1000, retention=timedelta(days=3650))
+    tail_quotes = [
+        quote("NOQ", 1, START - timedelta(seconds=1), "8.00", "8.02"),
+        quote("BHP", 10_000, END - timedelta(seconds=2), "9.50", "9.60"),
+        quote("CBA", 10_000, END - timedelta(milliseconds=500), "9.70000001", "9.85"),
+    ]
+    tail_trades = [
+        trade("BHP", 10_000, END - timedelta(seconds=1), "9.55", 1, side="buy"),
+        trade("CBA", 10_000, END - timedelta(milliseconds=400), "9.55", 1, side="sell"),
+    ]
+    for row in tail_quotes:
+        buffer.add("quotes", row, datetime.now(UTC))
+    for row in tail_trades:
+        buffer.add("trades", row, datetime.now(UTC))
+    buffer.mark_ready("trades", "asx", None)
+    buffer.mark_ready("quotes", "asx", None)
+    lake = open_lake(seeded.settings)
+    try:
+        engine = QueryEngine(lake.catalog, seeded.settings.catalog.namespace, realtime=buffer, clock=lambda: END)
+        trades, quotes = [*seeded.trades, *tail_trades], [*seeded.quotes, *tail_quotes]
+        result = engine.asof_join(None, "asx", START, END, 1000)
+        assert "realtime" in result.sources
+        got = _keyed(result.table.to_pylist())
+        assert got == _by_symbol_oracle(trades, quotes, (START, END), "backward", None)
+        assert {r[2] for r in got if r[0] == "NOQ"} == {1}
+        assert got[-1] == ("CBA", 10_000, 10_000, -100_000)
+        horizons = {"1s": timedelta(seconds=1)}
+        marks = engine.markouts(None, "asx", START, END, 1000, horizons="1s").table.to_pylist()
+        _assert_markouts(marks, _by_symbol_markouts(trades, quotes, (START, END), horizons), horizons)
+    finally:
+        lake.catalog.close()
+
+
+def test_a_whole_exchange_cursor_pins_the_quotes_read(make_settings: Any) -> None:
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    lake = open_lake(settings)
+    lake.append("quotes", [quote("BHP", 1, T0, "9", "11"), quote("CBA", 1, T0, "19", "21")])
+    time.sleep(0.01)
+    lake.append(
+        "trades", [trade(s, i, T0 + timedelta(seconds=i), "10", 1) for i in range(1, 4) for s in ("BHP", "CBA")]
+    )
+    window = (T0 - timedelta(minutes=1), T0 + timedelta(minutes=1))
+    try:
+        with QueryEngine.from_settings(settings, cache=False) as engine:
+            first = engine.asof_join(None, "asx", *window, 3)
+            time.sleep(0.01)
+            lake.append("quotes", [quote("CBA", 2, T0 + timedelta(milliseconds=1500), "18", "22")])
+            second = engine.asof_join(None, "asx", *window, 3, cursor=first.next_cursor)
+            assert second.next_cursor is None
+            rows = [*first.table.to_pylist(), *second.table.to_pylist()]
+            assert [(r["symbol"], r["quote_sequence_number"]) for r in rows] == [("BHP", 1), ("CBA", 1)] * 3
+            fresh = engine.asof_join(None, "asx", *window, 10).table.to_pylist()
+            assert [r["quote_sequence_number"] for r in fresh] == [1, 1, 1, 2, 1, 2]
+            with pytest.raises(QueryError, match=r"^cursor"):
+                engine.markouts(None, "asx", *window, 3, cursor=first.next_cursor)
+    finally:
+        lake.catalog.close()
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
@@ -416,6 +682,9 @@ def test_markouts_of_a_whole_exchange_page_like_one_read(seeded: Seeded, engine:
         (lambda e: e.markouts("BHP", "asx", START, END, horizons="25h"), r"^horizons must be at most"),
         (lambda e: e.markouts("BHP", "asx", START, END, horizons=""), r"^horizons must be a duration"),
         (lambda e: e.markouts("BHP", "asx", START, END, limit=0), r"^limit must be"),
+        (lambda e: e.asof_join(None, "asx", START, END, right_symbol="RIO"), r"^right_symbol needs a symbol"),
+        (lambda e: e.asof_join(None, "asx", START, END, direction="up"), r"^direction must be one of"),
+        (lambda e: e.markouts(None, "asx", START, END, limit=0), r"^limit must be"),
     ],
 )
 def test_bad_input(engine: QueryEngine, call: Any, message: str) -> None:

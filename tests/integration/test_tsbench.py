@@ -18,12 +18,22 @@ TINY = ["--symbols", "20", "--days", "1", "--trades-per-day", "3000", "--reps", 
 
 
 def test_every_engine_agrees_on_every_query_at_a_tiny_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # K2's as-of join through its public with-quote listing (fetch_many), not SQL.
-    assert tsbench.main([*TINY, "--workdir", str(tmp_path), "--k2-asof", "with_quote"]) == 0
+    # K2's as-of join and markouts through its native whole-exchange joins (asof_join / markouts without a symbol).
+    assert tsbench.main([*TINY, "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "MISMATCH" not in out
     for query in tsbench.QUERIES:
         assert f"\n{query} " in out
+    # And through its public with-quote listing (fetch_many), over the same rows.
+    assert (
+        tsbench.main(
+            [*TINY, "--workdir", str(tmp_path), "--reuse", "--k2-asof", "with_quote", "--queries", "asof_join"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "MISMATCH" not in out
+    assert "\nasof_join " in out
 
 
 def test_the_generated_rows_keep_the_promises_the_queries_rely_on() -> None:
