@@ -565,8 +565,15 @@ def _joined(
 
 @app.command()
 def asof(
-    symbol: Annotated[str, typer.Argument(help="Uppercase ticker of the trades.", show_default=False)],
     exchange: ExchangeOpt,
+    symbol: Annotated[
+        str | None,
+        typer.Argument(
+            help="Uppercase ticker of the trades. Omitted: every trade of the exchange, each joined to its own "
+            "instrument's quotes.",
+            show_default=False,
+        ),
+    ] = None,
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = None,
@@ -580,7 +587,8 @@ def asof(
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
-    """Each trade of SYMBOL joined as of its time to a quote (or trade) of an instrument (default: its own)."""
+    """Each trade of SYMBOL (or of the whole exchange) joined as of its time to a quote (or trade) of an instrument
+    (default: its own)."""
     with _engine() as engine:
         _joined(
             lambda size, cursor: engine.asof_join(
@@ -588,7 +596,7 @@ def asof(
                 right_symbol=right_symbol, right_exchange=right_exchange, right_kind=right_kind, direction=direction,
                 tolerance=tolerance, cursor=cursor, as_of=_as_of(as_of_snapshot, as_of),
             ),
-            f"as-of {direction} {symbol}@{exchange}", limit, fmt, output, engine.limits.max_limit,
+            f"as-of {direction} {symbol or 'every symbol'}@{exchange}", limit, fmt, output, engine.limits.max_limit,
         )  # fmt: skip
 
 

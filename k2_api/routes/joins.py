@@ -31,7 +31,7 @@ RightExchange = Annotated[
 _SPAN = "A duration: 500ms, 2s, 5m, 1h (units us, ms, s, m, h, d), at most 1d."
 
 
-def _echo(symbol: str, exchange: str, result: QueryResult) -> dict[str, Any]:
+def _echo(symbol: str | None, exchange: str, result: QueryResult) -> dict[str, Any]:
     assert result.window is not None
     return {
         "symbol": symbol,
@@ -48,8 +48,14 @@ def asof(
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    symbol: Symbol,
     exchange: Exchange,
+    symbol: Annotated[
+        str | None,
+        Query(
+            description="Uppercase ticker of the trades. Omitted: every trade of the exchange, each joined to its own "
+            "instrument's quotes (or trades), by time then symbol; right_symbol must then be omitted too."
+        ),
+    ] = None,
     start: Start = None,
     end: End = None,
     limit: Limit = None,
@@ -65,7 +71,8 @@ def asof(
     ] = "backward",
     tolerance: Annotated[str | None, Query(description=f"Farthest match kept, boundary included. {_SPAN}")] = None,
 ) -> Any:
-    """Each trade of one symbol in [start, end) joined as of its time to a quote (or trade) of an instrument."""
+    """Each trade of one symbol (or of every one of the exchange) in [start, end) joined as of its time to a quote (or
+    trade) of an instrument."""
     result = reader.asof_join(
         symbol, exchange, start, end, limit, right_symbol=right_symbol, right_exchange=right_exchange,
         right_kind=right_kind, direction=direction, tolerance=tolerance, cursor=cursor, as_of=as_of,

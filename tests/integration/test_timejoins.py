@@ -743,6 +743,23 @@ def test_http_endpoints(seeded: Seeded, engine: QueryEngine) -> None:
         every = client.get("/v1/markouts", params={**window, "limit": "1000"})
         assert every.status_code == 200, every.text
         assert {r["symbol"] for r in every.json()["data"]} == {"BHP", "CBA", "NOQ"}
+        # No symbol: every trade of the exchange, each joined to its own instrument's quotes, paged.
+        whole: list[Row] = []
+        cursor: str | None = None
+        while True:
+            extra = {"cursor": cursor} if cursor else {}
+            page = client.get("/v1/asof", params={**window, "limit": "25", **extra})
+            assert page.status_code == 200, page.text
+            assert page.json()["symbol"] is None
+            whole += page.json()["data"]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        want_whole = engine.asof_join(None, "asx", START, END, 100_000).table.to_pylist()
+        assert [(r["symbol"], r["exchange_sequence_number"], r["quote_sequence_number"]) for r in whole] == [
+            (r["symbol"], r["exchange_sequence_number"], r["quote_sequence_number"]) for r in want_whole
+        ]
+        assert len(whole) > 25
         csv = client.get("/v1/asof", params={**window, "symbol": "BHP", "format": "csv"})
         assert csv.status_code == 200
         assert "quote_time_diff_us" in csv.text.splitlines()[0]
@@ -806,6 +823,11 @@ def test_cli(seeded: Seeded) -> None:
     marks = runner.invoke(app, ["query", "markouts", "BHP,CBA", *window, "--horizons", "1s,5s", "-f", "csv"], env=env)
     assert marks.exit_code == 0, marks.output
     assert len(marks.stdout.splitlines()) == 1 + len(_left(seeded.trades, ["BHP", "CBA"]))
+    every = runner.invoke(app, ["query", "asof", *window, "-f", "csv"], env=env)
+    assert every.exit_code == 0, every.output
+    assert len(every.stdout.splitlines()) == 1 + len(
+        [t for t in seeded.trades if t["exchange"] == "asx" and START <= t["exchange_timestamp"] < END]
+    )
     bad = runner.invoke(app, ["query", "asof", "BHP", *window, "--direction", "up"], env=env)
     assert bad.exit_code == 2
 
