@@ -35,7 +35,7 @@ from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TRADES, TableDef
+from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, MARKET_TABLES, QUOTES, TRADES, TableDef
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, joins, paging, timejoins
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -54,6 +54,7 @@ from k2_core.read.params import (
     validate_exchange,
     validate_gap_status,
     validate_interval,
+    validate_kinds,
     validate_limit,
     validate_market_query,
     validate_spec_bar_count,
@@ -582,6 +583,7 @@ class QueryEngine:
         exchange: str,
         symbols: Collection[str] | str | None = None,
         *,
+        kinds: Collection[str] | str | None = None,
         as_of_snapshot: int | str | None = None,
         as_of: AsOf | TimeInput = None,
     ) -> QueryResult:
@@ -590,10 +592,12 @@ class QueryEngine:
         and volume and the quote's time, sequence, bid and ask; a half is null when the symbol has only the other
         kind. Each kind follows `latest`'s rules (exchange order; the realtime tail's newest wins when later), read
         newest day partition first and further back only for symbols not found yet. A requested symbol with
-        neither has no row."""
+        neither has no row. `kinds` (`"quotes"`, `"trades"`, a list; default both) reads only those tables: the
+        other half is null and a symbol without the kinds asked for has no row; the halves read are `kinds=None`'s."""
         travel = validate_as_of(as_of_snapshot, as_of)
         exchange = validate_exchange(exchange, self.exchanges)
         wanted = validate_symbols(symbols)
+        halves = validate_kinds(kinds)
         if self.check_symbols and wanted is not None:
             for symbol in wanted:
                 self.symbol_index.require(exchange, symbol, self.sources)
@@ -601,11 +605,18 @@ class QueryEngine:
         # Quotes as of the same moment as trades, as `with_quote` reads them.
         quote_choice = joins.quote_snapshot(self.sources, trades.choice, travel, None)
         quotes = Stream("quotes", self.sources.load(QUOTES), "", exchange, quote_choice)
-        trade_rows, trade_live, trade_tier = self._latest_half(trades, wanted, live=travel is None)
-        quote_rows, quote_live, quote_tier = self._latest_half(quotes, wanted, live=travel is None)
+        found: dict[Kind, tuple[pa.Table, bool, Tier | None]] = {}
+        for stream in (trades, quotes):
+            if stream.kind in halves:
+                found[stream.kind] = self._latest_half(stream, wanted, live=travel is None)
+            else:
+                found[stream.kind] = (_latest_schema(stream.kind).empty_table(), False, None)
+        trade_rows, trade_live, trade_tier = found["trades"]
+        quote_rows, quote_live, quote_tier = found["quotes"]
         table = _latest_rows(trade_rows, quote_rows)
         realtime = trade_live or quote_live
-        cached = trade_tier if trade_tier is not None and quote_tier is not None and not realtime else None
+        tiers = [found[kind][2] for kind in halves]
+        cached = tiers[0] if all(t is not None for t in tiers) and not realtime else None
         return QueryResult(
             table, (ICEBERG, REALTIME) if realtime else (ICEBERG,), trades.choice.snapshot_id, cached=cached
         )
@@ -614,13 +625,26 @@ class QueryEngine:
         self, stream: Stream, wanted: tuple[str, ...] | None, *, live: bool
     ) -> tuple[pa.Table, bool, Tier | None]:
         """One kind's last row per symbol for `latest_on`: the committed rows (cached per snapshot), each replaced by
-        the realtime tail's newest when that is later in exchange order (`live`); and whether the tail served."""
+        the realtime tail's newest when that is later in exchange order (`live`); and whether the tail served. Only
+        the columns `latest_on` shows are read, and which symbols to expect comes from the symbol index."""
+        columns = LATEST_HALF[stream.kind]
+
+        def expected(files: Sequence[str]) -> set[str]:
+            assert stream.choice.snapshot_id is not None
+            return self.symbol_index.symbols_in_files(
+                stream.table,
+                stream.table_def,
+                stream.choice.snapshot_id,
+                files,
+                stream.exchange,
+                direct_reads=self.sources.direct_reads,
+            )
+
         committed, cached = self._cached(
             ("latest_on", stream.kind, stream.exchange, wanted, stream.choice.snapshot_id),
-            lambda: latest_of_many(self.sources, stream, wanted),
+            lambda: latest_of_many(self.sources, stream, wanted, columns=columns, expected=expected),
         )
-        columns = LATEST_HALF[stream.kind]
-        schema = pa.schema([stream.table_def.arrow_schema.field(n) for n in columns])
+        schema = _latest_schema(stream.kind)
         realtime = self.sources.realtime
         if not live or realtime is None:
             return scan.cast_to(committed, schema), False, cached
@@ -1003,6 +1027,12 @@ LATEST_HALF: dict[Kind, tuple[str, ...]] = {
         "ask_size",
     ),
 }
+
+
+def _latest_schema(kind: Kind) -> pa.Schema:
+    """The columns of one half of a `latest_on` row, as the table defines them."""
+    schema = MARKET_TABLES[kind].arrow_schema
+    return pa.schema([schema.field(name) for name in LATEST_HALF[kind]])
 
 
 def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
