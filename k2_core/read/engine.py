@@ -611,8 +611,8 @@ class QueryEngine:
                 found[stream.kind] = self._latest_half(stream, wanted, live=travel is None)
             else:
                 found[stream.kind] = (_latest_schema(stream.kind).empty_table(), False, None)
-        trade_rows, trade_live, trade_tier = found["trades"]
-        quote_rows, quote_live, quote_tier = found["quotes"]
+        trade_rows, trade_live, _ = found["trades"]
+        quote_rows, quote_live, _ = found["quotes"]
         table = _latest_rows(trade_rows, quote_rows)
         realtime = trade_live or quote_live
         tiers = [found[kind][2] for kind in halves]
