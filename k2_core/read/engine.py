@@ -832,9 +832,16 @@ class QueryEngine:
         snapshot_id: int | None = None
         tiers: list[Tier | None] = []
         at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
-        for place, symbol in enumerate(wanted):
+        if at_once is not None and spec.fill == "none":
+            # Unfilled bars of the whole exchange: one table, placed without a pass per symbol.
+            snapshot_id, every, sources, cached = at_once
+            served.update(sources)
+            tiers.append(cached)
+            found.append(exchange_bars.placed(every, wanted))
+        parts = exchange_bars.by_symbol(at_once[1]) if at_once is not None and spec.fill != "none" else {}
+        for place, symbol in enumerate(wanted if at_once is None or spec.fill != "none" else ()):
             if at_once is not None:
-                snapshot_id, parts, sources, cached = at_once
+                snapshot_id, _, sources, cached = at_once
                 rows = bars.fill(parts.get(symbol, exchange_bars.empty(spec)), spec, window, symbol, exchange)
                 served.update(sources)
             else:
@@ -869,17 +876,21 @@ class QueryEngine:
 
     def _exchange_bars(
         self, exchange: str, spec: BarSpec, window: TimeRange, travel: AsOf | None, position: Cursor | None
-    ) -> tuple[int | None, dict[str, pa.Table], tuple[str, ...], Tier | None]:
-        """Every symbol's bars of the exchange from one scan (`k2_core.read.exchange_bars`), cut by symbol, unfilled;
-        cached unless the tail served."""
+    ) -> tuple[int | None, pa.Table, tuple[str, ...], Tier | None]:
+        """Every symbol's bars of the exchange from one scan (`k2_core.read.exchange_bars`; precomputed days of 1m / 1d
+        bars from one scan of their table), by symbol then bar, unfilled, with the sources that served; cached unless
+        the tail served."""
         stream, pinned = self.sources.stream("trades", None, exchange, travel, position)
         route = self.sources.route("trades", exchange, window, pinned=pinned)
         snapshot_id = stream.choice.snapshot_id
         key = ("bars_exchange", exchange, spec.key, window.start, window.end, snapshot_id)
         found, cached = self._cached(
-            key, lambda: exchange_bars.compute(self.sources, stream, spec, window, route), cacheable=not route.realtime
+            key,
+            lambda: exchange_bars.read(self.sources, stream, spec, window, route, use_precomputed=not pinned),
+            cacheable=not route.realtime,
         )
-        return snapshot_id, exchange_bars.by_symbol(found), route.sources, cached
+        served = bars.sources_of(found, route.sources)
+        return snapshot_id, bars.unlabelled(found), served, cached
 
     def _spec_bars(
         self, stream: Stream, spec: BarSpec, window: TimeRange, *, pinned: bool

@@ -22,9 +22,12 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import DateType
 
+from k2_core.duck import sql_text, sql_time
+from k2_core.lake import scan
 from k2_core.logging import get_logger
 from k2_core.model.bars import BARS_ARROW_SCHEMA, source_snapshot
 from k2_core.model.days import EPOCH_DAY, day_bounds
+from k2_core.model.tables import TableDef
 
 logger = get_logger(__name__)
 
@@ -88,3 +91,36 @@ def read_days(bars: Table, symbol: str, exchange: str, days: list[date], start: 
     wanted = pa.array([day_bounds(d)[0] for d in days], pa.timestamp("us", tz="UTC"))
     bar_days = pc.floor_temporal(rows.column("bar_start"), unit="day")
     return rows.filter(pc.is_in(bar_days, value_set=wanted)).sort_by("bar_start")
+
+
+def read_exchange_days(
+    bars: Table, bars_def: TableDef, exchange: str, days: list[date], start: datetime, end: datetime
+) -> pa.Table:
+    """The precomputed bars of every symbol of `exchange` on `days`, restricted to `[start, end)`, by symbol then bar:
+    one scan of the bar table's current snapshot (the one `fresh_days` judged), read by DuckDB."""
+    if not days:
+        return BARS_ARROW_SCHEMA.empty_table()
+    row_filter = And(
+        EqualTo(term="exchange", value=exchange),
+        And(
+            GreaterThanOrEqual(term="bar_start", value=start.isoformat()),
+            LessThan(term="bar_start", value=end.isoformat()),
+        ),
+    )
+    wanted = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
+    with scan.connect() as con:
+        scan.register(
+            con,
+            "bars",
+            bars,
+            bars_def,
+            row_filter,
+            bars.metadata.current_snapshot_id,
+            {"exchange": exchange, "start": start, "end": end},
+        )
+        rows = con.sql(
+            f"SELECT {', '.join(BARS_ARROW_SCHEMA.names)} FROM bars WHERE exchange = {sql_text(exchange)} "
+            f"AND bar_start >= {sql_time(start)} AND bar_start < {sql_time(end)} "
+            f"AND CAST(timezone('UTC', bar_start) AS DATE) IN ({wanted}) ORDER BY symbol, bar_start"
+        ).to_arrow_table()
+    return rows.cast(BARS_ARROW_SCHEMA)
