@@ -382,16 +382,17 @@ def k2_bars(engine: QueryEngine, plan: Plan) -> pa.Table:
             return pa.concat_tables(parts)
 
 
-def bars_cover(engine: QueryEngine) -> bool:
+def bars_cover(engine: QueryEngine) -> list[date] | None:
     """Whether `ohlcv_1m` provably answers a whole-table aggregate of trades exactly: every day partition of the
     current trades snapshot is fresh in it (`k2_core.read.precomputed.fresh_days`: its bars were built from trades that
-    no later commit touched) and it holds no other day. `lay_out` closes every day it loads, the last one included, so
-    here it does; a day still open (or one a late trade reopened) makes it false, and run_sql over trades answers."""
+    no later commit touched) and it holds no other day. Returns the days that are not (empty: it does), None when there
+    is no bar table. `lay_out` closes every day it loads, the last one included; a day still open (or one a later
+    commit may have touched, as the freshness rule judges it) is in the list, and run_sql over trades answers."""
     trades = engine.load(TRADES)
     snapshot_id = trades.metadata.current_snapshot_id
     bar_table = precomputed_table(engine.sources, "1m")
     if bar_table is None or snapshot_id is None or bar_table.metadata.current_snapshot_id is None:
-        return False
+        return None
 
     def days(table: Any, snapshot: int) -> set[date]:
         files = table.scan(snapshot_id=snapshot).plan_files()
@@ -399,17 +400,21 @@ def bars_cover(engine: QueryEngine) -> bool:
 
     trade_days = days(trades, snapshot_id)
     bar_days = days(bar_table, bar_table.metadata.current_snapshot_id)
-    if not bar_days <= trade_days:
-        return False
-    return set(fresh_days(trades, bar_table, sorted(trade_days), snapshot_id)) == trade_days
+    fresh = set(fresh_days(trades, bar_table, sorted(trade_days), snapshot_id))
+    return sorted((trade_days - fresh) | (bar_days - trade_days))
 
 
 def k2_aggregate(engine: QueryEngine, query: str, limits: SqlLimits) -> pa.Table:
     """max_price / hourly_volume as a K2 user answers them: from the minute bars when `bars_cover` proves them
-    identical, else run_sql over trades (`K2_PATHS` records which)."""
-    from_bars = bars_cover(engine)
+    identical, else run_sql over trades (`K2_PATHS` records which, and why)."""
+    stale = bars_cover(engine)
+    from_bars = stale == []
     sql = {"max_price": (MAX_PRICE, MAX_PRICE_BARS), "hourly_volume": (HOURLY_VOLUME, HOURLY_VOLUME_BARS)}[query]
-    K2_PATHS[query] = "run_sql over ohlcv_1m (fresh for every day)" if from_bars else "run_sql over trades"
+    if from_bars:
+        K2_PATHS[query] = "run_sql over ohlcv_1m (fresh for every day of trades)"
+    else:
+        why = "no ohlcv_1m table" if stale is None else "not provably fresh: " + ", ".join(map(str, stale))
+        K2_PATHS[query] = f"run_sql over trades (ohlcv_1m {why})"
     return run_sql(engine, sql[from_bars], limits=limits).table
 
 

@@ -344,7 +344,7 @@ def latest_of_many(
             by_day.setdefault(int(task.file.partition[0]), []).append(task.file.file_path)
         plans = [ScanPlan(table_def.name, snapshot_id, tuple(f), 0) for _, f in sorted(by_day.items(), reverse=True)]
     condition = f"exchange = {sql_text(exchange)}"
-    picked = "*" if columns is None else ", ".join(f'"{name}"' for name in columns)
+    carried = ", ".join(f'"{name}"' for name in schema.names if name != "symbol")
     found: list[pa.Table] = []
     seen: set[str] = set()
     with scan.connect() as con:
@@ -361,13 +361,13 @@ def latest_of_many(
                 break
             scan.register_scan(con, "latest_src", table, table_def, plan, row_filter, direct_reads=sources.direct_reads)
             names = ", ".join(sql_text(s) for s in missing)
-            # Each symbol's row with the highest (time, sequence), every column taken from that row: arg_max_null keeps
-            # a null of the winning row (arg_max would take another row's value). About 4x faster than a
-            # row_number() window over the same rows (bench/tsbench.py, last_bid).
+            # Each symbol's row with the highest (time, sequence), every column taken from that row: one arg_max of the
+            # row's other columns packed in a struct (never null, so a null inside it is the winning row's own). About
+            # 4x faster than a row_number() window over the same rows, and ~30% faster than one arg_max_null per
+            # column (bench/tsbench.py, last_bid).
             rows = con.sql(
-                f"SELECT arg_max_null(COLUMNS(*), {_ORDER_KEY}) FROM "
-                f"(SELECT {picked} FROM latest_src "
-                f"WHERE {condition} AND symbol IN ({names})) GROUP BY symbol"
+                f"SELECT symbol, unnest(arg_max(struct_pack({carried}), {_ORDER_KEY})) FROM latest_src "
+                f"WHERE {condition} AND symbol IN ({names}) GROUP BY symbol"
             ).to_arrow_table()
             if rows.num_rows:
                 found.append(scan.cast_to(rows, schema))
