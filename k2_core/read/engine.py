@@ -1047,7 +1047,12 @@ def _latest_schema(kind: Kind) -> pa.Schema:
 
 def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
     """The last trade and last quote of each symbol side by side (a full outer join on symbol), by symbol. On the
-    process's shared DuckDB (`scan.connect`): opening a database of its own cost ~100 ms a call."""
+    process's shared DuckDB (`scan.connect`): opening a database of its own cost ~100 ms a call. One half empty
+    (`latest_on(kinds=...)`): the other's rows as they are, its columns null."""
+    halves: tuple[tuple[pa.Table, pa.Table, Kind], ...] = ((trades, quotes, "trades"), (quotes, trades, "quotes"))
+    for rows, other, mine in halves:
+        if other.num_rows == 0:
+            return _one_half(rows.sort_by("symbol"), mine)
     with scan.connect() as con:
         con.register("t", trades)
         con.register("q", quotes)
@@ -1063,6 +1068,33 @@ def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
             """
         ).to_arrow_table()
     return scan.cast_to(joined, LATEST_ON_SCHEMA)
+
+
+# A `latest_on` row's columns by the half they come from, as named in each half's rows.
+_LATEST_ON_NAMES: dict[Kind, dict[str, str]] = {
+    "trades": {
+        "trade_timestamp": TIME_COLUMN,
+        "trade_sequence_number": "exchange_sequence_number",
+        "price": "price",
+        "volume": "volume",
+    },
+    "quotes": {
+        "quote_timestamp": TIME_COLUMN,
+        "quote_sequence_number": "exchange_sequence_number",
+        **{n: n for n in ("bid_price", "bid_size", "ask_price", "ask_size")},
+    },
+}
+
+
+def _one_half(rows: pa.Table, kind: Kind) -> pa.Table:
+    """`latest_on` rows from one kind's rows alone (sorted by symbol), the other half's columns null."""
+    names = _LATEST_ON_NAMES[kind]
+    columns = []
+    for field in LATEST_ON_SCHEMA:
+        source = field.name if field.name in ("symbol", "exchange") else names.get(field.name)
+        column = rows.column(source) if source is not None else pa.nulls(rows.num_rows, field.type)
+        columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=LATEST_ON_SCHEMA)
 
 
 # Keyset bounds for "any sequence number": sequence numbers are 64-bit.

@@ -329,20 +329,14 @@ def latest_of_many(
     row_filter: BooleanExpression = EqualTo(term="exchange", value=exchange)
     if symbols is not None:
         row_filter = And(row_filter, In(term="symbol", literals=tuple(symbols)))
-    tasks = list(table.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files())
-    if not tasks:
+    whole, by_day = sources.plans.by_day(table, table_def, row_filter, snapshot_id)
+    if not whole.data_files:
         return schema.empty_table()
-    whole = ScanPlan(
-        table_def.name, snapshot_id, tuple(t.file.file_path for t in tasks), sum(len(t.delete_files) for t in tasks)
-    )
     direct = whole.local_paths is not None and sources.direct_reads
     if not direct:
         plans = [whole]
     else:
-        by_day: dict[int, list[str]] = {}
-        for task in tasks:
-            by_day.setdefault(int(task.file.partition[0]), []).append(task.file.file_path)
-        plans = [ScanPlan(table_def.name, snapshot_id, tuple(f), 0) for _, f in sorted(by_day.items(), reverse=True)]
+        plans = [ScanPlan(table_def.name, snapshot_id, f, 0) for _, f in sorted(by_day.items(), reverse=True)]
     condition = f"exchange = {sql_text(exchange)}"
     carried = ", ".join(f'"{name}"' for name in schema.names if name != "symbol")
     found: list[pa.Table] = []
