@@ -338,7 +338,8 @@ def latest_of_many(
     else:
         plans = [ScanPlan(table_def.name, snapshot_id, f, 0) for _, f in sorted(by_day.items(), reverse=True)]
     condition = f"exchange = {sql_text(exchange)}"
-    carried = ", ".join(f'"{name}"' for name in schema.names if name != "symbol")
+    # The exchange is the one asked for: a constant, not a column to decode and carry.
+    carried = ", ".join(f'"{name}"' for name in schema.names if name not in ("symbol", "exchange"))
     found: list[pa.Table] = []
     seen: set[str] = set()
     with scan.connect() as con:
@@ -354,14 +355,18 @@ def latest_of_many(
             if not missing:
                 break
             scan.register_scan(con, "latest_src", table, table_def, plan, row_filter, direct_reads=sources.direct_reads)
+            # Without a list, the first day read wants every symbol the files may hold (`wanted` is a superset of
+            # them), so the IN filter would keep every row: left out, it costs nothing.
             names = ", ".join(sql_text(s) for s in missing)
+            which = f" AND symbol IN ({names})" if symbols is not None or seen or plan is not plans[0] else ""
             # Each symbol's row with the highest (time, sequence), every column taken from that row: one arg_max of the
             # row's other columns packed in a struct (never null, so a null inside it is the winning row's own). About
             # 4x faster than a row_number() window over the same rows, and ~30% faster than one arg_max_null per
             # column (bench/tsbench.py, last_bid).
             rows = con.sql(
-                f"SELECT symbol, unnest(arg_max(struct_pack({carried}), {_ORDER_KEY})) FROM latest_src "
-                f"WHERE {condition} AND symbol IN ({names}) GROUP BY symbol"
+                f"SELECT symbol, {sql_text(exchange)} AS exchange, "
+                f"unnest(arg_max(struct_pack({carried}), {_ORDER_KEY})) FROM latest_src "
+                f"WHERE {condition}{which} GROUP BY symbol"
             ).to_arrow_table()
             if rows.num_rows:
                 found.append(scan.cast_to(rows, schema))
