@@ -19,13 +19,17 @@ its minute bars precomputed as the Dagster jobs do); the others read `trades.par
 rows in time order. Each engine re-reads its files on every run (no engine keeps a result or a loaded table).
 
 Queries (median of --reps runs after one warm-up):
-  max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql)
-  hourly_volume traded volume by UTC hour, all symbols and exchanges                     (K2: run_sql)
-  last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on per exchange)
+  max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql *)
+  hourly_volume traded volume by UTC hour, all symbols and exchanges                     (K2: run_sql *)
+  last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on per exchange,
+                kinds="quotes": the quotes table alone; K2's result cache is off, as in every query here)
   asof_join     every trade joined to the quote of its stream in force at or before it (K2: run_sql ASOF JOIN;
                 --k2-asof with_quote: its with-quote listing, per symbol, ~300x slower: minutes at the default scale)
-  bars_1m       1-minute OHLCV + VWAP of every nyse symbol over one day                 (K2: ohlcv_many)
+  bars_1m       1-minute OHLCV + VWAP of every nyse symbol over one day                 (K2: ohlcv_many of the whole
+                exchange, symbols left out: the day's precomputed ohlcv_1m bars in one scan when fresh)
   markouts      the mid at +1 s, +5 s, +60 s after each nyse trade of one day            (K2: run_sql ASOF JOIN)
+* over `market.ohlcv_1m` instead (max(high), hourly sums of volume: the same answers) only when that table is provably
+fresh for every day of the trades (`bars_cover`, checked once before the timing); the output says which path answered.
 "In force" everywhere: the latest quote of the stream at or before the moment; several at one timestamp -> the highest
 sequence number.
 
