@@ -5,7 +5,9 @@ trades snapshot they read. A day's precomputed bars equal what `k2_core.model.ba
 trades commit since that snapshot touched the day. That is checked on the manifest list of the trades snapshot
 being read, without opening a data file: a manifest newer than the source snapshot whose day-partition range
 includes the day means the day changed (or may have: the check is conservative) and the day is computed from
-trades instead. Days never built, or whose source snapshot has expired, are computed too.
+trades instead, unless the day's files (data and delete files) are exactly those of the source snapshot (a manifest
+rewritten with its entries unchanged fails the manifest test; planning the day at both snapshots settles it). Days
+never built, or whose source snapshot has expired, are computed too.
 """
 
 from __future__ import annotations
@@ -54,9 +56,27 @@ def fresh_days(trades: Table, bars: Table, days: list[date], trades_snapshot_id:
         changed = any(
             (m.sequence_number or 0) > source.sequence_number and _may_hold_day(m, specs, day) for m in manifests
         )
-        if not changed:
+        if not changed or _same_files(trades, day, source.snapshot_id, trades_snapshot_id):
             fresh.append(day)
     return fresh
+
+
+def _same_files(trades: Table, day: date, source_id: int, read_id: int) -> bool:
+    """Whether the files that may hold rows of `day` (data files and the delete files applying to them) are the same
+    at both snapshots: then the day's rows are too, files being immutable. The exact check behind the manifest test,
+    which a manifest merely rewritten since (its entries carried over unchanged, as a commit to another day may do)
+    fails; it plans the day at both snapshots, so it is taken only then."""
+    start, end = day_bounds(day)
+    row_filter = And(
+        GreaterThanOrEqual(term="exchange_timestamp", value=start.isoformat()),
+        LessThan(term="exchange_timestamp", value=end.isoformat()),
+    )
+
+    def files(snapshot_id: int) -> set[tuple[str, frozenset[str]]]:
+        tasks = trades.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files()
+        return {(t.file.file_path, frozenset(d.file_path for d in t.delete_files)) for t in tasks}
+
+    return files(source_id) == files(read_id)
 
 
 def _may_hold_day(manifest: ManifestFile, specs: dict[int, PartitionSpec], day: date) -> bool:

@@ -16,9 +16,11 @@ from k2_api.main import create_app
 from k2_core.lake import scan
 from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.model.tables import TRADES
+from k2_core.read import precomputed
 from k2_core.read.engine import QueryEngine
 from k2_core.read.params import AsOf
 from k2_core.settings import Settings
+from k2_core.upkeep.compaction import compact_day
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
 from tests.support import factories
 from tests.support import query_oracle as oracle
@@ -265,3 +267,51 @@ def test_precomputed_bars_are_served_for_fresh_days_only(settings: Settings) -> 
         pinned = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2], as_of=AsOf(snapshot_id=snapshot))
         assert pinned.sources == ("iceberg",)  # time travel always computes from the trades it reads
         assert pinned.table.equals(travel.table)
+
+
+def test_a_day_whose_manifest_was_only_rewritten_stays_fresh(make_settings: SettingsFactory) -> None:
+    """One append holding every day's rows leaves one manifest listing every day's file. Compacting day two rewrites
+    it: day one's file is carried over unchanged into a newer manifest, which the manifest test alone takes for a
+    change. Planning day one at both snapshots finds the same files, so its bars are still served (and equal the
+    oracle's); a file truly added to day one (a late trade) still makes it stale."""
+    second = late_trade(DAYS[1], seq=2000, price="41.5")
+    rows_then = [*TRADE_ROWS, second]
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    catalog = open_catalog(settings)
+    try:
+        tables = ensure_tables(catalog, settings.catalog.namespace)
+        tables["trades"].append(TRADES.to_arrow(TRADE_ROWS))
+        tables["trades"].append(TRADES.to_arrow([second]))  # day two's second file, for compaction to merge
+    finally:
+        catalog.close()
+    _build(settings, DAYS[:2])
+    catalog = open_catalog(settings)
+    try:
+        trades = catalog.load_table((settings.catalog.namespace, "trades"))
+        compact_day(trades, TRADES, DAYS[1].date(), target_file_bytes=1 << 20, retries=2, backoff_seconds=0.01)
+    finally:
+        catalog.close()
+    _build(settings, DAYS[1:2])
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        table = engine.load(TRADES)
+        snapshot = table.metadata.current_snapshot_id
+        assert snapshot is not None
+        bars_1m = engine.sources.loader.load("ohlcv_1m")
+        with pytest.MonkeyPatch.context() as patch:  # the manifest test alone: day one looks changed
+            patch.setattr(precomputed, "_same_files", lambda *args: False)
+            assert precomputed.fresh_days(table, bars_1m, [DAYS[0].date()], snapshot) == []
+        assert precomputed.fresh_days(table, bars_1m, [d.date() for d in DAYS[:2]], snapshot) == [
+            d.date() for d in DAYS[:2]
+        ]
+        for interval in ("1m", "1d"):
+            rows, sources = _whole(engine, interval, D1, DAYS[2])
+            assert sources == {("precomputed",)}
+            assert rows == _expected(rows_then, interval, D1, DAYS[2])
+            one = engine.ohlcv("BHP", "asx", interval, D1, DAYS[2])
+            assert one.sources == ("precomputed",)
+        late = late_trade(DAYS[0])
+        append(settings, [late])
+        rows, sources = _whole(engine, "1m", D1, DAYS[2])
+        assert sources == {("precomputed", "iceberg")}
+        assert rows == _expected([*rows_then, late], "1m", D1, DAYS[2])
