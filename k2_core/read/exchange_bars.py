@@ -59,7 +59,9 @@ def read(
     if fresh:
         table_def = OHLCV_TABLES[interval]
         parts.append(
-            precomputed.read_exchange_days(bars_table, table_def, stream.exchange, fresh, window.start, window.end)
+            precomputed.read_exchange_days(
+                bars_table, table_def, stream.exchange, fresh, window.start, window.end, plans=sources.plans
+            )
         )
         served.append(PRECOMPUTED)
     fresh_set = set(fresh)

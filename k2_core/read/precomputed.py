@@ -114,10 +114,18 @@ def read_days(bars: Table, symbol: str, exchange: str, days: list[date], start: 
 
 
 def read_exchange_days(
-    bars: Table, bars_def: TableDef, exchange: str, days: list[date], start: datetime, end: datetime
+    bars: Table,
+    bars_def: TableDef,
+    exchange: str,
+    days: list[date],
+    start: datetime,
+    end: datetime,
+    *,
+    plans: scan.PlanCache | None = None,
 ) -> pa.Table:
     """The precomputed bars of every symbol of `exchange` on `days`, restricted to `[start, end)`, by symbol then bar:
-    one scan of the bar table's current snapshot (the one `fresh_days` judged), read by DuckDB."""
+    one scan of the bar table's current snapshot (the one `fresh_days` judged), read by DuckDB; its plan cached in
+    `plans` (per snapshot, so never stale)."""
     if not days:
         return BARS_ARROW_SCHEMA.empty_table()
     row_filter = And(
@@ -128,6 +136,12 @@ def read_exchange_days(
         ),
     )
     wanted = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
+    # Every day of the window fresh (the usual case): the time bounds alone select the rows.
+    on_days = (
+        ""
+        if set(days) >= set(days_between(start, end))
+        else f" AND CAST(timezone('UTC', bar_start) AS DATE) IN ({wanted})"
+    )
     with scan.connect() as con:
         scan.register(
             con,
@@ -137,10 +151,11 @@ def read_exchange_days(
             row_filter,
             bars.metadata.current_snapshot_id,
             {"exchange": exchange, "start": start, "end": end},
+            plans=plans,
         )
         rows = con.sql(
             f"SELECT {', '.join(BARS_ARROW_SCHEMA.names)} FROM bars WHERE exchange = {sql_text(exchange)} "
             f"AND bar_start >= {sql_time(start)} AND bar_start < {sql_time(end)} "
-            f"AND CAST(timezone('UTC', bar_start) AS DATE) IN ({wanted}) ORDER BY symbol, bar_start"
+            f"{on_days} ORDER BY symbol, bar_start"
         ).to_arrow_table()
     return rows.cast(BARS_ARROW_SCHEMA)
