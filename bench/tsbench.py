@@ -19,14 +19,18 @@ its minute bars precomputed as the Dagster jobs do); the others read `trades.par
 rows in time order. Each engine re-reads its files on every run (no engine keeps a result or a loaded table).
 
 Queries (median of --reps runs after one warm-up):
-  max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql)
-  hourly_volume traded volume by UTC hour, all symbols and exchanges                     (K2: run_sql)
-  last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on per exchange)
+  max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql *)
+  hourly_volume traded volume by UTC hour, all symbols and exchanges                     (K2: run_sql *)
+  last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on per exchange,
+                kinds="quotes": the quotes table alone; K2's result cache is off, as in every query here)
   asof_join     every trade joined to the quote of its stream in force at or before it (K2: asof_join of each
                 whole exchange; --k2-asof sql: run_sql's ASOF JOIN; --k2-asof with_quote: the with-quote listing,
                 per symbol, ~300x slower: minutes at the default scale)
-  bars_1m       1-minute OHLCV + VWAP of every nyse symbol over one day                 (K2: ohlcv_many)
+  bars_1m       1-minute OHLCV + VWAP of every nyse symbol over one day                 (K2: ohlcv_many of the whole
+                exchange, symbols left out: the day's precomputed ohlcv_1m bars in one scan when fresh)
   markouts      the mid at +1 s, +5 s, +60 s after each nyse trade of one day            (K2: markouts, whole exchange)
+* over `market.ohlcv_1m` instead (max(high), hourly sums of volume: the same answers) only when that table is provably
+fresh for every day of the trades (`bars_cover`, checked once before the timing); the output says which path answered.
 "In force" everywhere: the latest quote of the stream at or before the moment; several at one timestamp -> the highest
 sequence number.
 
@@ -53,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -64,10 +69,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.query import decimals, lay_out
+from k2_core.model.days import EPOCH_DAY as EPOCH
 from k2_core.model.tables import QUOTES, TRADES
+from k2_core.read.bars import precomputed_table
 from k2_core.read.engine import QueryEngine
 from k2_core.read.functions import get_latest_on
-from k2_core.read.params import MAX_SYMBOLS
+from k2_core.read.precomputed import fresh_days
 from k2_core.read.sql import SqlLimits, run_sql
 from k2_core.settings import CatalogSettings, Settings
 
@@ -272,6 +279,9 @@ class Plan:
 
 
 Engine = dict[str, Callable[[], pa.Table]]
+SQL_LIMITS = SqlLimits(timeout_seconds=3600, memory_limit="8GB", threads=os.cpu_count() or 2, max_rows=100_000_000)
+# Which K2 path answered each query (filled in as K2's queries run; printed with the results).
+K2_PATHS: dict[str, str] = {}
 
 
 # --- DuckDB-dialect SQL, shared by K2's run_sql and plain DuckDB ------------------------------------------------
@@ -282,6 +292,15 @@ MAX_PRICE = "SELECT symbol, exchange, max(price) AS max_price FROM trades GROUP 
 HOURLY_VOLUME = """
     SELECT make_timestamptz(any_value(h) * 3600000000) AS hour, sum(volume) AS volume
     FROM (SELECT epoch_us(exchange_timestamp) // 3600000000 AS h, volume FROM trades) GROUP BY h
+"""
+
+# The same two answers from the precomputed minute bars (`market.ohlcv_1m`): a minute's high is the max of its trades'
+# prices and its volume their sum, and a minute lies inside one UTC hour, so these equal MAX_PRICE / HOURLY_VOLUME
+# exactly when the bar table holds, for every day of the trades, the bars of exactly those trades (`bars_cover`).
+MAX_PRICE_BARS = "SELECT symbol, exchange, max(high) AS max_price FROM ohlcv_1m GROUP BY symbol, exchange"
+HOURLY_VOLUME_BARS = """
+    SELECT make_timestamptz(any_value(h) * 3600000000) AS hour, sum(volume) AS volume
+    FROM (SELECT epoch_us(bar_start) // 3600000000 AS h, volume FROM ohlcv_1m) GROUP BY h
 """
 
 
@@ -358,14 +377,81 @@ def k2_markouts(engine: QueryEngine, plan: Plan) -> pa.Table:
 
 
 def k2_bars(engine: QueryEngine, plan: Plan) -> pa.Table:
-    """Every symbol's bars of the day on one exchange. `ohlcv_many` takes a list of at most `MAX_SYMBOLS` today (a
-    symbol-less form is being added): it reads the precomputed `ohlcv_1m` day per symbol."""
-    names = list(plan.symbols)
-    parts = [
-        engine.ohlcv_many(names[i : i + MAX_SYMBOLS], plan.exchange, "1m", plan.start, plan.end).table
-        for i in range(0, len(names), MAX_SYMBOLS)
-    ]
-    return pa.concat_tables(parts)
+    """Every symbol's bars of the day on one exchange: `ohlcv_many` with the symbols left out (the whole exchange),
+    page after page. It reads the day's precomputed `ohlcv_1m` bars in one scan of that table when they are fresh
+    against the trades snapshot (they are here: `lay_out` closes every day), else computes them from trades in one
+    scan; `K2_PATHS` records which."""
+    parts, cursor = [], None
+    while True:
+        result = engine.ohlcv_many(None, plan.exchange, "1m", plan.start, plan.end, cursor=cursor)
+        parts.append(result.table)
+        K2_PATHS["bars_1m"] = "ohlcv_many(whole exchange) from " + "+".join(result.sources)
+        cursor = result.next_cursor
+        if cursor is None:
+            return pa.concat_tables(parts)
+
+
+def bars_cover(engine: QueryEngine) -> list[date] | None:
+    """Whether `ohlcv_1m` provably answers a whole-table aggregate of trades exactly: every day partition of the
+    current trades snapshot is fresh in it (`k2_core.read.precomputed.fresh_days`: its bars were built from trades that
+    no later commit touched) and it holds no other day. Returns the days that are not (empty: it does), None when there
+    is no bar table. `lay_out` closes every day it loads, the last one included; a day still open (or one a later
+    commit may have touched, as the freshness rule judges it) is in the list, and run_sql over trades answers."""
+    trades = engine.load(TRADES)
+    snapshot_id = trades.metadata.current_snapshot_id
+    bar_table = precomputed_table(engine.sources, "1m")
+    if bar_table is None or snapshot_id is None or bar_table.metadata.current_snapshot_id is None:
+        return None
+
+    def days(table: Any, snapshot: int) -> set[date]:
+        files = table.scan(snapshot_id=snapshot).plan_files()
+        return {EPOCH + timedelta(days=int(task.file.partition[0])) for task in files}
+
+    trade_days = days(trades, snapshot_id)
+    bar_days = days(bar_table, bar_table.metadata.current_snapshot_id)
+    fresh = set(fresh_days(trades, bar_table, sorted(trade_days), snapshot_id))
+    return sorted((trade_days - fresh) | (bar_days - trade_days))
+
+
+def k2_aggregates(engine: QueryEngine, limits: SqlLimits) -> dict[str, Callable[[], pa.Table]]:
+    """max_price / hourly_volume as a K2 user answers them: from the minute bars when `bars_cover` proves them
+    identical, else run_sql over trades. Checked once, before the timing (nothing commits during a run); `K2_PATHS`
+    records which path, why, and what the check cost."""
+    began = time.perf_counter()
+    stale = bars_cover(engine)
+    check_ms = (time.perf_counter() - began) * 1000
+    from_bars = stale == []
+    if from_bars:
+        path = "run_sql over ohlcv_1m (fresh for every day of trades)"
+    else:
+        why = "no ohlcv_1m table" if stale is None else "not provably fresh: " + ", ".join(map(str, stale))
+        path = f"run_sql over trades (ohlcv_1m {why})"
+    path += f"; freshness checked once, {check_ms:.0f} ms"
+    out: dict[str, Callable[[], pa.Table]] = {}
+    for query, sql in (
+        ("max_price", (MAX_PRICE, MAX_PRICE_BARS)),
+        ("hourly_volume", (HOURLY_VOLUME, HOURLY_VOLUME_BARS)),
+    ):
+        K2_PATHS[query] = path
+        out[query] = partial(_sql_table, engine, sql[from_bars], limits)
+    return out
+
+
+def _sql_table(engine: QueryEngine, sql: str, limits: SqlLimits) -> pa.Table:
+    return run_sql(engine, sql, limits=limits).table
+
+
+def run_sql_overhead(engine: QueryEngine, limits: SqlLimits, reps: int = 15) -> dict[str, float]:
+    """run_sql's fixed cost, median ms: a query naming no table (validation, its sandboxed DuckDB opened and locked),
+    and one reading no row of trades (plus pinning and registering the table)."""
+
+    def query(sql: str) -> Callable[[], pa.Table]:
+        return lambda: run_sql(engine, sql, limits=limits).table
+
+    out = {}
+    for label, sql in (("no table", "SELECT 1 AS one"), ("trades, no rows", "SELECT * FROM trades LIMIT 0")):
+        out[label], _ = timed(query(sql), reps)
+    return out
 
 
 def k2_asof(engine: QueryEngine, days: list[date]) -> pa.Table:
@@ -412,10 +498,13 @@ def k2_engine(settings: Settings, plan: Plan, days: list[date], *, asof: str) ->
     engine.limits.max_limit = 10_000_000
     engine.limits.max_bars = 10_000_000
     engine.limits.max_window = None
-    limits = SqlLimits(timeout_seconds=3600, memory_limit="8GB", threads=os.cpu_count() or 2, max_rows=100_000_000)
+    limits = SQL_LIMITS
 
     def last_bid() -> pa.Table:
-        parts = [get_latest_on(engine, exchange) for exchange in EXCHANGES]
+        # Only the quotes half: the trades table is not read. The result cache is off (`cache=False` above), else a
+        # repeated call would be a cache hit.
+        parts = [get_latest_on(engine, exchange, kinds="quotes") for exchange in EXCHANGES]
+        K2_PATHS["last_bid"] = "get_latest_on(kinds=quotes) per exchange, result cache off"
         table = pa.concat_tables(parts)
         return table.select(["symbol", "exchange", "quote_timestamp", "bid_price"]).filter(
             pc.is_valid(table.column("bid_price"))
@@ -429,8 +518,7 @@ def k2_engine(settings: Settings, plan: Plan, days: list[date], *, asof: str) ->
         return k2_asof(engine, days)
 
     queries: Engine = {
-        "max_price": lambda: run_sql(engine, MAX_PRICE, limits=limits).table,
-        "hourly_volume": lambda: run_sql(engine, HOURLY_VOLUME, limits=limits).table,
+        **k2_aggregates(engine, limits),
         "last_bid": last_bid,
         "asof_join": asof_join,
         "bars_1m": lambda: k2_bars(engine, plan),
@@ -867,18 +955,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unknown engine {name!r}")
     queries = tuple(q for q in args.queries.split(",") if q)
+    overhead: dict[str, float] = {}
     try:
         outcome = run_all(engines, args.reps, queries)
+        if k2_handle is not None:
+            overhead = run_sql_overhead(k2_handle, SQL_LIMITS)
     finally:
         if k2_handle is not None:
             k2_handle.close()
     report(outcome)
+    for query, path in K2_PATHS.items():
+        print(f"K2 path, {query}: {path}")
+    if overhead:
+        print("run_sql fixed cost (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()))
     for line in outcome.mismatches:
         print(f"!!! MISMATCH {line}")
     print(
         json.dumps(
             {"tsbench": facts | {"symbols": shape.symbols, "days": shape.days, "reps": args.reps}}
             | {"median_ms": outcome.times_ms, "rows": outcome.rows, "agree": outcome.agree}
+            | {"k2_paths": K2_PATHS, "run_sql_overhead_ms": overhead}
         )
     )
     return 1 if outcome.mismatches and not args.no_check else 0

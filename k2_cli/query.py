@@ -419,18 +419,24 @@ def latest(
     symbols: Annotated[
         str | None, typer.Option("--symbols", "-s", help="Comma-separated tickers: their last trade and quote.")
     ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="Without SYMBOL: only trades or only quotes (reads that table alone)."),
+    ] = None,
     as_of_snapshot: SnapshotOpt = None,
     as_of: AsOfOpt = None,
 ) -> None:
     """The last trade of SYMBOL in exchange order; without SYMBOL, the last trade and the last quote of every
-    instrument of the exchange (or of --symbols), one row each."""
+    instrument of the exchange (or of --symbols), one row each (--kind: one half only)."""
     if symbol is not None and symbols is not None:
         raise _fail(QueryError("symbols: give either SYMBOL or --symbols, not both"))
+    if symbol is not None and kind is not None:
+        raise _fail(QueryError("kind: --kind applies to the listing of every instrument (leave out SYMBOL)"))
     try:
         with _engine() as engine:
             travel = _as_of(as_of_snapshot, as_of)
             if symbol is None:
-                result = engine.latest_on(exchange, symbols, as_of=travel)
+                result = engine.latest_on(exchange, symbols, kinds=kind, as_of=travel)
             else:
                 result = engine.latest(symbol, exchange, as_of=travel)
     except QueryError as exc:

@@ -135,10 +135,18 @@ def latest_on(
             "Default: every instrument of the exchange."
         ),
     ] = None,
+    kind: Annotated[
+        list[str] | None,
+        Query(
+            description="Only this half: trades or quotes (the other half's columns are null, and only its table is "
+            "read). Default: both."
+        ),
+    ] = None,
 ) -> Any:
     """The last trade and the last quote of every instrument of an exchange (or of the symbols named), one row per
     symbol. A separate path, not a list form of /v1/latest, so that each path keeps one answer shape. With
     authentication on, this needs both the trades and the quotes scope of the exchange."""
     symbols = ",".join(symbol) if symbol else None
-    result = reader.latest_on(exchange, symbols, as_of=as_of)
+    kinds = ",".join(kind) if kind else None
+    result = reader.latest_on(exchange, symbols, kinds=kinds, as_of=as_of)
     return page(LatestOnResponse, result, fmt, response, exchange=exchange)

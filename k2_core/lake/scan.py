@@ -109,6 +109,7 @@ class PlanCache:
     def __init__(self, max_entries: int = 1024) -> None:
         self.max_entries = max_entries
         self._plans: OrderedDict[tuple[str, int, str], ScanPlan] = OrderedDict()
+        self._days: OrderedDict[tuple[str, int, str], tuple[ScanPlan, dict[int, tuple[str, ...]]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def plan(
@@ -128,6 +129,34 @@ class PlanCache:
             while len(self._plans) > self.max_entries:
                 self._plans.popitem(last=False)
         return plan
+
+    def by_day(
+        self, table: Table, table_def: TableDef, row_filter: BooleanExpression, snapshot_id: int
+    ) -> tuple[ScanPlan, dict[int, tuple[str, ...]]]:
+        """The plan and its data files grouped by day partition (the first partition field, days since the epoch):
+        what a newest-day-first search reads (`k2_core.read.routing.latest_of_many`). Cached as `plan` is."""
+        key = (str(table.metadata.table_uuid), snapshot_id, "by_day:" + repr(row_filter))
+        with self._lock:
+            found = self._days.get(key)
+            if found is not None:
+                self._days.move_to_end(key)
+                return found
+        tasks = list(table.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files())
+        plan = ScanPlan(
+            table_def.name,
+            snapshot_id,
+            tuple(t.file.file_path for t in tasks),
+            sum(len(t.delete_files) for t in tasks),
+        )
+        days: dict[int, list[str]] = {}
+        for task in tasks:
+            days.setdefault(int(task.file.partition[0]), []).append(task.file.file_path)
+        found = (plan, {day: tuple(files) for day, files in days.items()})
+        with self._lock:
+            self._days[key] = found
+            while len(self._days) > self.max_entries:
+                self._days.popitem(last=False)
+        return found
 
 
 def local_path(uri: str) -> str | None:

@@ -52,7 +52,7 @@ def read_bars(
     served."""
     if route.realtime:
         return labelled(computed(sources, stream, interval, window, route), route.sources)
-    bars_table = _precomputed_table(sources, interval) if use_precomputed else None
+    bars_table = precomputed_table(sources, interval) if use_precomputed else None
     snapshot_id = stream.choice.snapshot_id
     if bars_table is None or snapshot_id is None:
         return labelled(computed(sources, stream, interval, window, Route(window.end, False)), (ICEBERG,))
@@ -64,7 +64,7 @@ def read_bars(
         parts.append(precomputed.read_days(bars_table, stream.symbol, stream.exchange, fresh, window.start, window.end))
         served.append(PRECOMPUTED)
     fresh_set = set(fresh)
-    for run in _runs([d for d in days if d not in fresh_set]):
+    for run in runs([d for d in days if d not in fresh_set]):
         lo = max(window.start, datetime.combine(run[0], datetime.min.time(), tzinfo=UTC))
         hi = min(window.end, datetime.combine(run[-1], datetime.min.time(), tzinfo=UTC) + timedelta(days=1))
         parts.append(computed(sources, stream, interval, TimeRange(lo, hi), Route(hi, False)))
@@ -111,7 +111,8 @@ def unlabelled(bars: pa.Table) -> pa.Table:
     return bars.replace_schema_metadata(None)
 
 
-def _precomputed_table(sources: Sources, interval: Interval) -> Table | None:
+def precomputed_table(sources: Sources, interval: Interval) -> Table | None:
+    """The precomputed bar table of `interval` (1m, 1d), if there is one and it exists."""
     name = PRECOMPUTED_TABLES.get(interval)
     if name is None:
         return None
@@ -121,7 +122,7 @@ def _precomputed_table(sources: Sources, interval: Interval) -> Table | None:
         return None
 
 
-def _runs(days: list[date]) -> list[list[date]]:
+def runs(days: list[date]) -> list[list[date]]:
     """Consecutive days grouped: [1, 2, 4] -> [[1, 2], [4]]."""
     runs: list[list[date]] = []
     for day in days:

@@ -19,7 +19,6 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
@@ -35,7 +34,7 @@ from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, QUOTES, TRADES, TableDef
+from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, MARKET_TABLES, QUOTES, TRADES, TableDef
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -54,6 +53,7 @@ from k2_core.read.params import (
     validate_exchange,
     validate_gap_status,
     validate_interval,
+    validate_kinds,
     validate_limit,
     validate_market_query,
     validate_spec_bar_count,
@@ -582,6 +582,7 @@ class QueryEngine:
         exchange: str,
         symbols: Collection[str] | str | None = None,
         *,
+        kinds: Collection[str] | str | None = None,
         as_of_snapshot: int | str | None = None,
         as_of: AsOf | TimeInput = None,
     ) -> QueryResult:
@@ -590,10 +591,12 @@ class QueryEngine:
         and volume and the quote's time, sequence, bid and ask; a half is null when the symbol has only the other
         kind. Each kind follows `latest`'s rules (exchange order; the realtime tail's newest wins when later), read
         newest day partition first and further back only for symbols not found yet. A requested symbol with
-        neither has no row."""
+        neither has no row. `kinds` (`"quotes"`, `"trades"`, a list; default both) reads only those tables: the
+        other half is null and a symbol without the kinds asked for has no row; the halves read are `kinds=None`'s."""
         travel = validate_as_of(as_of_snapshot, as_of)
         exchange = validate_exchange(exchange, self.exchanges)
         wanted = validate_symbols(symbols)
+        halves = validate_kinds(kinds)
         if self.check_symbols and wanted is not None:
             for symbol in wanted:
                 self.symbol_index.require(exchange, symbol, self.sources)
@@ -601,11 +604,18 @@ class QueryEngine:
         # Quotes as of the same moment as trades, as `with_quote` reads them.
         quote_choice = joins.quote_snapshot(self.sources, trades.choice, travel, None)
         quotes = Stream("quotes", self.sources.load(QUOTES), "", exchange, quote_choice)
-        trade_rows, trade_live, trade_tier = self._latest_half(trades, wanted, live=travel is None)
-        quote_rows, quote_live, quote_tier = self._latest_half(quotes, wanted, live=travel is None)
+        found: dict[Kind, tuple[pa.Table, bool, Tier | None]] = {}
+        for stream in (trades, quotes):
+            if stream.kind in halves:
+                found[stream.kind] = self._latest_half(stream, wanted, live=travel is None)
+            else:
+                found[stream.kind] = (_latest_schema(stream.kind).empty_table(), False, None)
+        trade_rows, trade_live, _ = found["trades"]
+        quote_rows, quote_live, _ = found["quotes"]
         table = _latest_rows(trade_rows, quote_rows)
         realtime = trade_live or quote_live
-        cached = trade_tier if trade_tier is not None and quote_tier is not None and not realtime else None
+        tiers = [found[kind][2] for kind in halves]
+        cached = tiers[0] if all(t is not None for t in tiers) and not realtime else None
         return QueryResult(
             table, (ICEBERG, REALTIME) if realtime else (ICEBERG,), trades.choice.snapshot_id, cached=cached
         )
@@ -614,13 +624,26 @@ class QueryEngine:
         self, stream: Stream, wanted: tuple[str, ...] | None, *, live: bool
     ) -> tuple[pa.Table, bool, Tier | None]:
         """One kind's last row per symbol for `latest_on`: the committed rows (cached per snapshot), each replaced by
-        the realtime tail's newest when that is later in exchange order (`live`); and whether the tail served."""
+        the realtime tail's newest when that is later in exchange order (`live`); and whether the tail served. Only
+        the columns `latest_on` shows are read, and which symbols to expect comes from the symbol index."""
+        columns = LATEST_HALF[stream.kind]
+
+        def expected(files: Sequence[str]) -> set[str]:
+            assert stream.choice.snapshot_id is not None
+            return self.symbol_index.symbols_in_files(
+                stream.table,
+                stream.table_def,
+                stream.choice.snapshot_id,
+                files,
+                stream.exchange,
+                direct_reads=self.sources.direct_reads,
+            )
+
         committed, cached = self._cached(
             ("latest_on", stream.kind, stream.exchange, wanted, stream.choice.snapshot_id),
-            lambda: latest_of_many(self.sources, stream, wanted),
+            lambda: latest_of_many(self.sources, stream, wanted, columns=columns, expected=expected),
         )
-        columns = LATEST_HALF[stream.kind]
-        schema = pa.schema([stream.table_def.arrow_schema.field(n) for n in columns])
+        schema = _latest_schema(stream.kind)
         realtime = self.sources.realtime
         if not live or realtime is None:
             return scan.cast_to(committed, schema), False, cached
@@ -808,9 +831,16 @@ class QueryEngine:
         snapshot_id: int | None = None
         tiers: list[Tier | None] = []
         at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
-        for place, symbol in enumerate(wanted):
+        if at_once is not None and spec.fill == "none":
+            # Unfilled bars of the whole exchange: one table, placed without a pass per symbol.
+            snapshot_id, every, sources, cached = at_once
+            served.update(sources)
+            tiers.append(cached)
+            found.append(exchange_bars.placed(every, wanted))
+        parts = exchange_bars.by_symbol(at_once[1]) if at_once is not None and spec.fill != "none" else {}
+        for place, symbol in enumerate(wanted if at_once is None or spec.fill != "none" else ()):
             if at_once is not None:
-                snapshot_id, parts, sources, cached = at_once
+                snapshot_id, _, sources, cached = at_once
                 rows = bars.fill(parts.get(symbol, exchange_bars.empty(spec)), spec, window, symbol, exchange)
                 served.update(sources)
             else:
@@ -845,17 +875,21 @@ class QueryEngine:
 
     def _exchange_bars(
         self, exchange: str, spec: BarSpec, window: TimeRange, travel: AsOf | None, position: Cursor | None
-    ) -> tuple[int | None, dict[str, pa.Table], tuple[str, ...], Tier | None]:
-        """Every symbol's bars of the exchange from one scan (`k2_core.read.exchange_bars`), cut by symbol, unfilled;
-        cached unless the tail served."""
+    ) -> tuple[int | None, pa.Table, tuple[str, ...], Tier | None]:
+        """Every symbol's bars of the exchange from one scan (`k2_core.read.exchange_bars`; precomputed days of 1m / 1d
+        bars from one scan of their table), by symbol then bar, unfilled, with the sources that served; cached unless
+        the tail served."""
         stream, pinned = self.sources.stream("trades", None, exchange, travel, position)
         route = self.sources.route("trades", exchange, window, pinned=pinned)
         snapshot_id = stream.choice.snapshot_id
         key = ("bars_exchange", exchange, spec.key, window.start, window.end, snapshot_id)
         found, cached = self._cached(
-            key, lambda: exchange_bars.compute(self.sources, stream, spec, window, route), cacheable=not route.realtime
+            key,
+            lambda: exchange_bars.read(self.sources, stream, spec, window, route, use_precomputed=not pinned),
+            cacheable=not route.realtime,
         )
-        return snapshot_id, exchange_bars.by_symbol(found), route.sources, cached
+        served = bars.sources_of(found, route.sources)
+        return snapshot_id, bars.unlabelled(found), served, cached
 
     def _spec_bars(
         self, stream: Stream, spec: BarSpec, window: TimeRange, *, pinned: bool
@@ -1024,9 +1058,21 @@ LATEST_HALF: dict[Kind, tuple[str, ...]] = {
 }
 
 
+def _latest_schema(kind: Kind) -> pa.Schema:
+    """The columns of one half of a `latest_on` row, as the table defines them."""
+    schema = MARKET_TABLES[kind].arrow_schema
+    return pa.schema([schema.field(name) for name in LATEST_HALF[kind]])
+
+
 def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
-    """The last trade and last quote of each symbol side by side (a full outer join on symbol), by symbol."""
-    with duckdb.connect() as con:
+    """The last trade and last quote of each symbol side by side (a full outer join on symbol), by symbol. On the
+    process's shared DuckDB (`scan.connect`): opening a database of its own cost ~100 ms a call. One half empty
+    (`latest_on(kinds=...)`): the other's rows as they are, its columns null."""
+    halves: tuple[tuple[pa.Table, pa.Table, Kind], ...] = ((trades, quotes, "trades"), (quotes, trades, "quotes"))
+    for rows, other, mine in halves:
+        if other.num_rows == 0:
+            return _one_half(rows.sort_by("symbol"), mine)
+    with scan.connect() as con:
         con.register("t", trades)
         con.register("q", quotes)
         joined = con.sql(
@@ -1041,6 +1087,33 @@ def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
             """
         ).to_arrow_table()
     return scan.cast_to(joined, LATEST_ON_SCHEMA)
+
+
+# A `latest_on` row's columns by the half they come from, as named in each half's rows.
+_LATEST_ON_NAMES: dict[Kind, dict[str, str]] = {
+    "trades": {
+        "trade_timestamp": TIME_COLUMN,
+        "trade_sequence_number": "exchange_sequence_number",
+        "price": "price",
+        "volume": "volume",
+    },
+    "quotes": {
+        "quote_timestamp": TIME_COLUMN,
+        "quote_sequence_number": "exchange_sequence_number",
+        **{n: n for n in ("bid_price", "bid_size", "ask_price", "ask_size")},
+    },
+}
+
+
+def _one_half(rows: pa.Table, kind: Kind) -> pa.Table:
+    """`latest_on` rows from one kind's rows alone (sorted by symbol), the other half's columns null."""
+    names = _LATEST_ON_NAMES[kind]
+    columns = []
+    for field in LATEST_ON_SCHEMA:
+        source = field.name if field.name in ("symbol", "exchange") else names.get(field.name)
+        column = rows.column(source) if source is not None else pa.nulls(rows.num_rows, field.type)
+        columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=LATEST_ON_SCHEMA)
 
 
 # Keyset bounds for "any sequence number": sequence numbers are 64-bit.

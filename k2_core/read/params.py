@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from k2_core.exceptions import QueryError
 from k2_core.model.bars import INTERVALS, Interval
 from k2_core.model.buckets import ALIGNS, Align, BarInterval, parse_interval
+from k2_core.model.topics import Kind
 from k2_core.settings import ApiSettings, MarketHours, QuerySettings, Settings
 
 GapStatus = Literal["open", "filled", "unrecoverable"]
@@ -209,6 +210,21 @@ def validate_gap_status(status: str) -> GapStatus:
     if status not in GAP_STATUSES:
         raise QueryError(f"status must be one of {', '.join(GAP_STATUSES)}; got {status!r}")
     return status
+
+
+MARKET_KINDS: tuple[Kind, ...] = ("trades", "quotes")
+
+
+def validate_kinds(kinds: Collection[str] | str | None) -> tuple[Kind, ...]:
+    """Which halves of a `latest_on` row to read: `trades`, `quotes` or both (a list or a comma list; None: both),
+    in that order. Asking for one half reads only its table."""
+    if kinds is None:
+        return MARKET_KINDS
+    items = kinds.split(",") if isinstance(kinds, str) else list(kinds)
+    items = [k.strip() if isinstance(k, str) else k for k in items]
+    if not items or any(k not in MARKET_KINDS for k in items):
+        raise QueryError(f"kind must be trades, quotes or both (a comma list); got {kinds!r}")
+    return tuple(k for k in MARKET_KINDS if k in items)
 
 
 def validate_market_query(

@@ -5,12 +5,17 @@ index is built from the data files themselves (no reference-data table to keep i
 incrementally: a refresh reads only the `exchange` and `symbol` columns of files it has not seen. It is only
 consulted for pairs it does not yet know, at most once per `min_refresh_seconds`, so neither a steady stream of
 known queries nor a burst of typos re-plans the table on every request.
+
+It also tells a whole-exchange read which symbols to expect (`symbols_in_files`): pairs are kept per table, and
+asking about a snapshot's data files first indexes any of them it has not seen, so the answer covers every symbol
+those files hold (a superset: pairs are never forgotten, so a symbol since removed by retention stays listed).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
@@ -28,6 +33,7 @@ class SymbolIndex:
     def __init__(self, min_refresh_seconds: float = 1.0) -> None:
         self.min_refresh_seconds = min_refresh_seconds
         self._pairs: set[tuple[str, str]] = set()
+        self._table_pairs: dict[str, set[tuple[str, str]]] = {}
         self._seen_files: set[str] = set()
         self._snapshots: dict[str, int | None] = {}
         self._last_refresh = float("-inf")
@@ -70,18 +76,49 @@ class SymbolIndex:
                 self._index(table, table_def, direct_reads)
                 self._snapshots[table_def.name] = table.metadata.current_snapshot_id
 
+    def symbols_in_files(
+        self,
+        table: Table,
+        table_def: TableDef,
+        snapshot_id: int,
+        files: Collection[str],
+        exchange: str,
+        *,
+        direct_reads: bool = True,
+    ) -> set[str]:
+        """Every symbol of `exchange` that `files` (data files of `table` at `snapshot_id`) may hold, without reading
+        them again once indexed: the files not seen yet are indexed first (their `exchange` and `symbol` columns
+        only), then the table's known symbols of the exchange are a superset of what the files hold. What a
+        newest-first search for each symbol's last row needs to know when it may stop (`routing.latest_of_many`);
+        true for any snapshot, time travel included, because it is the files read that are indexed."""
+        with self._lock:
+            new_files = [f for f in files if f not in self._seen_files]
+            if new_files:
+                partial = scan.ScanPlan(table_def.name, snapshot_id, tuple(new_files), 0)
+                self._index_files(table, table_def, partial, direct_reads)
+            return {sym for ex, sym in self._table_pairs.get(table_def.name, ()) if ex == exchange}
+
     def _index(self, table: Table, table_def: TableDef, direct_reads: bool) -> None:
         plan = scan.plan_scan(table, table_def, AlwaysTrue(), table.metadata.current_snapshot_id)
         new_files = [f for f in plan.data_files if f not in self._seen_files]
         if not new_files:
             return
         partial = scan.ScanPlan(plan.table, plan.snapshot_id, tuple(new_files), plan.delete_files)
+        self._index_files(table, table_def, partial, direct_reads)
+
+    def _index_files(self, table: Table, table_def: TableDef, plan: scan.ScanPlan, direct_reads: bool) -> None:
+        """Add the (exchange, symbol) pairs of the plan's files (lock held); a pair of a row since deleted is kept (a
+        superset is safe). Files DuckDB cannot read directly are read through pyiceberg (the whole snapshot)."""
         with scan.connect() as con:
             read_path = scan.register_scan(
-                con, "files", table, table_def, partial, AlwaysTrue(), direct_reads=direct_reads
+                con, "files", table, table_def, plan, AlwaysTrue(), direct_reads=direct_reads
             )
-            pairs = con.sql("SELECT DISTINCT exchange, symbol FROM files").fetchall()
-        self._pairs.update((str(ex), str(sym)) for ex, sym in pairs)
+            pairs = {
+                (str(ex), str(sym)) for ex, sym in con.sql("SELECT DISTINCT exchange, symbol FROM files").fetchall()
+            }
+        self._pairs.update(pairs)
+        self._table_pairs.setdefault(table_def.name, set()).update(pairs)
+        new_files = plan.data_files
         self._seen_files.update(new_files)
         logger.info(
             "symbol index refreshed",

@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 
 from k2_api.main import create_app
+from k2_core.lake import scan
 from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.model.tables import TRADES
+from k2_core.read import precomputed
 from k2_core.read.engine import QueryEngine
 from k2_core.read.params import AsOf
 from k2_core.settings import Settings
+from k2_core.upkeep.compaction import compact_day
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
 from tests.support import factories
 from tests.support import query_oracle as oracle
@@ -161,6 +164,76 @@ def _build(settings: Settings, days: list[datetime]) -> None:
         catalog.close()
 
 
+def _whole(engine: QueryEngine, interval: str, start: datetime, end: datetime, limit: int | None = None) -> Any:
+    """`ohlcv_many` of the whole exchange, every page: (rows, the sources each page named)."""
+    rows: list[dict[str, Any]] = []
+    sources = set()
+    cursor = None
+    while True:
+        page = engine.ohlcv_many(None, "asx", interval, start, end, limit=limit, cursor=cursor)
+        rows += page.table.to_pylist()
+        sources.add(page.sources)
+        cursor = page.next_cursor
+        if cursor is None:
+            return rows, sources
+
+
+def _expected(rows: list[dict[str, Any]], interval: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The oracle's bars of every symbol in rows, in the listing's (bar_start, symbol) order."""
+    found = []
+    for symbol in ("BHP", "CBA"):
+        found += oracle.bars(
+            [r for r in rows if r["symbol"] == symbol and start <= r["exchange_timestamp"] < end], interval
+        )
+    return sorted(found, key=lambda b: (b["bar_start"], b["symbol"]))
+
+
+def test_whole_exchange_bars_from_the_precomputed_tables(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ohlcv_many(None, ...)` at 1m / 1d reads the fresh days from the precomputed table in one scan for the whole
+    exchange and computes the others from trades, as one symbol's bars do: equal to the oracle, to the per-symbol
+    listing and to bars computed from trades alone (time travel), labelled with the sources that served; a day a late
+    trade made stale is computed, not served."""
+    _build(settings, DAYS[:2])  # the third day has no precomputed bars
+    reads: list[str] = []
+    register = scan.register
+
+    def spy(con: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(name)
+        return register(con, name, *args, **kwargs)
+
+    monkeypatch.setattr(scan, "register", spy)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for interval in ("1m", "1d"):
+            reads.clear()
+            rows, sources = _whole(engine, interval, D1, END)
+            assert reads == ["bars", "market_ice"]  # one scan of the bar table, one of trades for the third day
+            assert sources == {("precomputed", "iceberg")}
+            assert rows == _expected(TRADE_ROWS, interval, D1, END)
+            per_symbol = engine.ohlcv_many(["BHP", "CBA"], "asx", interval, D1, END).table.to_pylist()
+            assert rows == per_symbol
+            snapshot = engine.load(TRADES).metadata.current_snapshot_id
+            computed = engine.ohlcv_many(None, "asx", interval, D1, END, as_of_snapshot=snapshot)
+            assert computed.sources == ("iceberg",)  # time travel computes from the trades it reads
+            assert computed.table.to_pylist() == rows
+            built, built_sources = _whole(engine, interval, D1, DAYS[2])
+            assert built_sources == {("precomputed",)}
+            assert built == _expected(TRADE_ROWS, interval, D1, DAYS[2])
+        paged, _ = _whole(engine, "1m", D1, END, limit=7)
+        assert paged == _whole(engine, "1m", D1, END)[0]
+
+        # A late trade lands on day one: that day is computed from trades (the bar table still holds the old bars).
+        late = late_trade(DAYS[0])
+        append(settings, [late])
+        for interval in ("1m", "1d"):
+            rows, sources = _whole(engine, interval, D1, DAYS[2])
+            assert sources == {("precomputed", "iceberg")}
+            assert rows == _expected([*TRADE_ROWS, late], interval, D1, DAYS[2])
+            assert rows == engine.ohlcv_many(["BHP", "CBA"], "asx", interval, D1, DAYS[2]).table.to_pylist()
+        day_two, sources = _whole(engine, "1m", DAYS[1], DAYS[2])
+        assert sources == {("precomputed",)}
+        assert day_two == _expected(TRADE_ROWS, "1m", DAYS[1], DAYS[2])
+
+
 def test_precomputed_bars_are_served_for_fresh_days_only(settings: Settings) -> None:
     _build(settings, DAYS[:2])  # the third day has no precomputed bars
     with QueryEngine.from_settings(settings, cache=False) as engine:
@@ -194,3 +267,51 @@ def test_precomputed_bars_are_served_for_fresh_days_only(settings: Settings) -> 
         pinned = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2], as_of=AsOf(snapshot_id=snapshot))
         assert pinned.sources == ("iceberg",)  # time travel always computes from the trades it reads
         assert pinned.table.equals(travel.table)
+
+
+def test_a_day_whose_manifest_was_only_rewritten_stays_fresh(make_settings: SettingsFactory) -> None:
+    """One append holding every day's rows leaves one manifest listing every day's file. Compacting day two rewrites
+    it: day one's file is carried over unchanged into a newer manifest, which the manifest test alone takes for a
+    change. Planning day one at both snapshots finds the same files, so its bars are still served (and equal the
+    oracle's); a file truly added to day one (a late trade) still makes it stale."""
+    second = late_trade(DAYS[1], seq=2000, price="41.5")
+    rows_then = [*TRADE_ROWS, second]
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    catalog = open_catalog(settings)
+    try:
+        tables = ensure_tables(catalog, settings.catalog.namespace)
+        tables["trades"].append(TRADES.to_arrow(TRADE_ROWS))
+        tables["trades"].append(TRADES.to_arrow([second]))  # day two's second file, for compaction to merge
+    finally:
+        catalog.close()
+    _build(settings, DAYS[:2])
+    catalog = open_catalog(settings)
+    try:
+        trades = catalog.load_table((settings.catalog.namespace, "trades"))
+        compact_day(trades, TRADES, DAYS[1].date(), target_file_bytes=1 << 20, retries=2, backoff_seconds=0.01)
+    finally:
+        catalog.close()
+    _build(settings, DAYS[1:2])
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        table = engine.load(TRADES)
+        snapshot = table.metadata.current_snapshot_id
+        assert snapshot is not None
+        bars_1m = engine.sources.loader.load("ohlcv_1m")
+        with pytest.MonkeyPatch.context() as patch:  # the manifest test alone: day one looks changed
+            patch.setattr(precomputed, "_same_files", lambda *args: False)
+            assert precomputed.fresh_days(table, bars_1m, [DAYS[0].date()], snapshot) == []
+        assert precomputed.fresh_days(table, bars_1m, [d.date() for d in DAYS[:2]], snapshot) == [
+            d.date() for d in DAYS[:2]
+        ]
+        for interval in ("1m", "1d"):
+            rows, sources = _whole(engine, interval, D1, DAYS[2])
+            assert sources == {("precomputed",)}
+            assert rows == _expected(rows_then, interval, D1, DAYS[2])
+            one = engine.ohlcv("BHP", "asx", interval, D1, DAYS[2])
+            assert one.sources == ("precomputed",)
+        late = late_trade(DAYS[0])
+        append(settings, [late])
+        rows, sources = _whole(engine, "1m", D1, DAYS[2])
+        assert sources == {("precomputed", "iceberg")}
+        assert rows == _expected([*rows_then, late], "1m", D1, DAYS[2])

@@ -632,3 +632,127 @@ def test_api_and_cli_list_a_whole_exchange(seeded: Seeded, tmp_path: Path) -> No
     table = pa_csv.read_csv(exported)
     keys = [(r["symbol"], r["exchange_sequence_number"]) for r in table.to_pylist()]
     assert keys == exchange_order(seeded.trades, start, end)
+
+
+# --- one half only (`kinds`), and the symbol index telling the search which symbols to expect ---------------------
+
+
+@pytest.mark.parametrize("kinds", ["quotes", ("trades",), "trades,quotes", None])
+def test_one_half_only(seeded: Seeded, engine: QueryEngine, kinds: Any) -> None:
+    """A half not asked for is null throughout, and a symbol without the kinds asked for has no row (QUIET has no
+    trades, OLD no quotes): the oracle over the other kind's rows left out."""
+    asked = kinds.split(",") if isinstance(kinds, str) else kinds or ("trades", "quotes")
+    trades = seeded.trades if "trades" in asked else []
+    quotes = seeded.quotes if "quotes" in asked else []
+    result = engine.latest_on("asx", kinds=kinds)
+    assert result.table.schema == LATEST_ON_SCHEMA
+    assert result.table.to_pylist() == oracle.latest_on(trades, quotes, "asx", None)
+    assert engine.latest_on("asx", "OLD,QUIET,BHP", kinds=kinds).table.to_pylist() == oracle.latest_on(
+        trades, quotes, "asx", ["OLD", "QUIET", "BHP"]
+    )
+
+
+def test_one_half_reads_only_its_table(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    register = scan.register_scan
+
+    def spy(con: Any, name: str, table: Any, table_def: Any, plan: scan.ScanPlan, *a: Any, **k: Any) -> Any:
+        reads.append(table_def.name)
+        return register(con, name, table, table_def, plan, *a, **k)
+
+    monkeypatch.setattr(scan, "register_scan", spy)
+    engine.latest_on("asx", kinds="quotes")
+    assert set(reads) == {"quotes"}
+
+
+def test_one_half_as_of_a_past_snapshot(seeded: Seeded, engine: QueryEngine) -> None:
+    """Time travel: the quotes half is the one `kinds=None` reads (quotes as of the trades snapshot's commit)."""
+    first = seeded.snapshots[2]
+    both = engine.latest_on("asx", as_of_snapshot=first).table
+    quotes_only = engine.latest_on("asx", kinds="quotes", as_of_snapshot=first).table.to_pylist()
+    quote_columns = ("quote_timestamp", "quote_sequence_number", "bid_price", "bid_size", "ask_price", "ask_size")
+    expected = [
+        {**r, "trade_timestamp": None, "trade_sequence_number": None, "price": None, "volume": None}
+        for r in both.to_pylist()
+        if r["quote_sequence_number"] is not None
+    ]
+    assert quotes_only == expected
+    assert all(any(r[c] is not None for c in quote_columns) for r in quotes_only)
+    trades_then = seeded_rows(seeded.settings, "trades", first)
+    trades_only = engine.latest_on("asx", kinds="trades", as_of_snapshot=first).table.to_pylist()
+    assert trades_only == oracle.latest_on(trades_then, [], "asx", None)
+
+
+def test_one_half_with_the_realtime_tail(seeded: Seeded) -> None:
+    buffer = RealtimeBuffer(1000, retention=timedelta(days=3650))
+    newest = max(r["exchange_timestamp"] for r in seeded.quotes if r["exchange"] == "asx")
+    new_quotes = [quote("CBA", 10_000, newest + timedelta(seconds=3), "5", "6"), quote("NEWQ", 1, newest, "1", "2")]
+    stale = quote("BHP", 0, DAY - timedelta(days=1), "1", "2")  # older than Iceberg's: must not win
+    for row in [*new_quotes, stale]:
+        buffer.add("quotes", row, datetime.now(UTC))
+    buffer.add("trades", trade("BHP", 10_000, newest + timedelta(seconds=1), "77", 3), datetime.now(UTC))
+    with QueryEngine.from_settings(seeded.settings, realtime=buffer, cache=False) as engine:
+        result = engine.latest_on("asx", kinds="quotes")
+    assert result.sources == ("iceberg", "realtime")
+    assert result.table.to_pylist() == oracle.latest_on([], [*seeded.quotes, *new_quotes, stale], "asx", None)
+
+
+def test_bad_kinds(engine: QueryEngine) -> None:
+    for bad in ("bars", "", ["quotes", "trade"]):
+        with pytest.raises(QueryError, match=r"^kind must be trades, quotes or both"):
+            engine.latest_on("asx", kinds=bad)
+
+
+def test_api_and_cli_one_half(seeded: Seeded) -> None:
+    from typer.testing import CliRunner
+
+    from k2_cli.main import app
+    from tests.support.clients import cli_env
+
+    expected = oracle.latest_on([], seeded.quotes, "asx", None)
+    with local_client(create_app(seeded.settings)) as client:
+        body = client.get("/v1/latest/all", params={"exchange": "asx", "kind": "quotes"}).json()
+        assert [r["symbol"] for r in body["data"]] == [r["symbol"] for r in expected]
+        assert all(r["price"] is None and r["bid_price"] is not None for r in body["data"])
+        assert client.get("/v1/latest/all", params={"exchange": "asx", "kind": "bars"}).status_code == 400
+    env = cli_env(seeded.settings)
+    runner = CliRunner()
+    out = runner.invoke(app, ["query", "latest", "-e", "asx", "--kind", "trades"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "OLD" in out.stdout
+    assert "QUIET" not in out.stdout  # quotes only
+    assert runner.invoke(app, ["query", "latest", "BHP", "-e", "asx", "--kind", "quotes"], env=env).exit_code == 2
+
+
+def test_the_symbol_index_says_when_to_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a list, which symbols to expect comes from the engine's symbol index: once it has seen the files, the
+    search reads the newest day and stops (no scan of every day's symbols). Files committed later, holding a symbol on
+    an old day only, are indexed before they are searched, so the answer stays the oracle's, as of any snapshot."""
+    settings = Settings(home=tmp_path / "k2home", catalog=CatalogSettings(name=f"idx{random.randrange(10**9)}"))
+    settings.query.tail_enabled = False
+    rows = [trade(s, d + 1, DAY + timedelta(days=d, hours=1), "10", 1) for d in range(3) for s in BUSY]
+    lake = open_lake(settings)
+    lake.append("trades", rows)
+    reads: list[tuple[str, int]] = []
+    register = scan.register_scan
+
+    def spy(con: Any, name: str, table: Any, table_def: Any, plan: scan.ScanPlan, *a: Any, **k: Any) -> Any:
+        reads.append((name, len(plan.data_files)))
+        return register(con, name, table, table_def, plan, *a, **k)
+
+    monkeypatch.setattr(scan, "register_scan", spy)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        assert engine.latest_on("asx", kinds="trades").table.to_pylist() == oracle.latest_on(rows, [], "asx", None)
+        reads.clear()
+        engine.latest_on("asx", kinds="trades")
+        assert [name for name, _ in reads] == ["latest_src"]  # the newest day alone
+        before = lake.table("trades").metadata.current_snapshot_id
+        late = trade("LATE", 1, DAY + timedelta(hours=5), "3", 2)  # the first day only, in a new file
+        lake.append("trades", [late])
+        reads.clear()
+        got = engine.latest_on("asx", kinds="trades").table.to_pylist()
+        assert got == oracle.latest_on([*rows, late], [], "asx", None)
+        assert [name for name, _ in reads].count("latest_src") == 3  # back to the first day, for LATE alone
+        past = engine.latest_on("asx", kinds="trades", as_of_snapshot=before).table.to_pylist()
+        assert past == oracle.latest_on(rows, [], "asx", None)
+    lake.catalog.close()
