@@ -99,6 +99,15 @@ def time_refusal(timeout_seconds: float, how: str = "") -> QueryTimeoutError:
 # --- in the worker: the sandbox ---------------------------------------------------------------------------------------
 
 
+SandboxKey = tuple[str, int, tuple[str, ...]]
+
+
+def sandbox_key(job: Job) -> SandboxKey:
+    """What a sandbox is made of before a query's own views go in: a spare made for one job serves the next one with
+    the same key (the settings rarely change between queries)."""
+    return (job.memory_limit, job.threads, job.hidden_views)
+
+
 def _sandbox(job: Job) -> duckdb.DuckDBPyConnection:
     """A database of the query's own: its memory limit is the query's, and nothing else lives in it."""
     con = duckdb.connect(
@@ -164,9 +173,11 @@ class _Watchdog(threading.Thread):
                 self._con = None
 
 
-def execute(job: Job, watchdog: _Watchdog) -> pa.Table:
-    """Run `job` on a locked sandbox of its own (in the worker): the answer, or a `QueryError` saying why not."""
-    con = _sandbox(job)
+def execute(job: Job, watchdog: _Watchdog, spare: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
+    """Run `job` on a locked sandbox of its own (in the worker): the answer, or a `QueryError` saying why not.
+    `spare`, a fresh sandbox made for this job's `sandbox_key` while the worker was idle, saves making one now
+    (most of a small query's cost); it is used once, like any sandbox."""
+    con = spare if spare is not None else _sandbox(job)
     try:
         paths: list[str] = []
         for source in job.sources:
@@ -216,10 +227,12 @@ def _ipc(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-def _answer(job: Job, watchdog: _Watchdog) -> tuple[tuple[str, ...], pa.Buffer | None]:
+def _answer(
+    job: Job, watchdog: _Watchdog, spare: duckdb.DuckDBPyConnection | None = None
+) -> tuple[tuple[str, ...], pa.Buffer | None]:
     """What the worker sends back: ("ok",) and the IPC bytes, or (kind, class name, message)."""
     try:
-        return ("ok",), _ipc(execute(job, watchdog))
+        return ("ok",), _ipc(execute(job, watchdog, spare))
     except QueryError as exc:
         return ("refused", type(exc).__name__, str(exc)), None
     except MemoryError:
@@ -246,21 +259,33 @@ def serve(fd: int) -> None:
     watchdog.start()
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     baseline = _data_bytes()
+    spare: tuple[SandboxKey, duckdb.DuckDBPyConnection] | None = None
     while True:
         try:
             job: Job = conn.recv()
         except (EOFError, OSError):
             return
+        ready = None
+        if spare is not None:
+            key, ready = spare
+            if key != sandbox_key(job):
+                ready.close()
+                ready = None
+            spare = None
         soft = _data_bytes() + job.data_limit_bytes
         resource.setrlimit(resource.RLIMIT_DATA, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         try:
-            header, body = _answer(job, watchdog)
+            header, body = _answer(job, watchdog, ready)
         finally:
             resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
         # Memory the allocators keep after a big query raises the next query's cap: past a whole budget, retire.
-        conn.send((header, _data_bytes() > baseline + job.data_limit_bytes))
+        retire = _data_bytes() > baseline + job.data_limit_bytes
+        conn.send((header, retire))
         if body is not None:
             conn.send_bytes(memoryview(body))  # pa.Buffer exports the buffer protocol: no copy
+        if not retire:
+            # The next query's sandbox, made while the caller reads this answer and the worker would sit idle.
+            spare = (sandbox_key(job), _sandbox(job))
 
 
 # --- in the caller: the pool --------------------------------------------------------------------------------------
@@ -358,8 +383,9 @@ class SqlWorkerPool:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        # LIFO: the most recently used (warm) worker first; None is a slot whose worker is not started (yet, again).
-        self._slots: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
+        # FIFO: the worker idle the longest first, whose spare sandbox is ready (the one just used is still making
+        # its own); None is a slot whose worker is not started (yet, again).
+        self._slots: queue.Queue[_Worker | None] = queue.Queue()
         for _ in range(size):
             self._slots.put(None)
         self._lock = threading.Lock()
