@@ -218,12 +218,15 @@ class RedisSettings(BaseModel):
 
 
 class MarketHours(BaseModel):
-    """When an exchange trades, in its own time zone; `open == close` means around the clock."""
+    """When an exchange trades, in its own time zone; `open == close` means around the clock. `calendar`, an
+    `exchange_calendars` code (XASX, XNYS, 24/7, ...), makes the sessions the exchange's real ones (holidays, early
+    closes; `k2_core.model.calendars`); the weekly hours are the fallback without one."""
 
     timezone: str = "UTC"
     open: time = time(0, 0)
     close: time = time(0, 0)
     weekdays: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)  # Monday = 0
+    calendar: str | None = None
 
 
 class RecordedFile(BaseModel):
@@ -242,9 +245,13 @@ class RecordedFile(BaseModel):
 def _default_market_hours() -> dict[str, MarketHours]:
     weekdays = (0, 1, 2, 3, 4)
     return {
-        "asx": MarketHours(timezone="Australia/Sydney", open=time(10, 0), close=time(16, 0), weekdays=weekdays),
-        "nyse": MarketHours(timezone="America/New_York", open=time(9, 30), close=time(16, 0), weekdays=weekdays),
-        "binance": MarketHours(),
+        "asx": MarketHours(
+            timezone="Australia/Sydney", open=time(10, 0), close=time(16, 0), weekdays=weekdays, calendar="XASX"
+        ),
+        "nyse": MarketHours(
+            timezone="America/New_York", open=time(9, 30), close=time(16, 0), weekdays=weekdays, calendar="XNYS"
+        ),
+        "binance": MarketHours(calendar="24/7"),
     }
 
 

@@ -13,10 +13,12 @@ Alignments:
   there is no boundary and the bar before is longer, where it exists twice (fall back) both instants are boundaries.
   Days are local calendar days (23 or 25 hours across a DST change), weeks start Monday, months on the 1st;
   `<N>d` / `<N>w` bars are counted from 1970-01-01 / Monday 1970-01-05 so a bar never depends on the window asked.
-- `session`: anchored at each trading day's session open (`MarketHours.open`, on `MarketHours.weekdays`); sub-day
-  bars run open, open + width, ... and the last ends at the close; a day (week, month) bar covers the session hours
-  of the trading days in that local calendar period and starts at the first of those opens. Trades outside session
-  hours belong to no session bar. `open == close` means a 24-hour session starting at `open`.
+- `session`: anchored at each session's actual open (`k2_core.model.calendars`: the exchange's trading calendar, so no
+  session on a holiday and an early close on a half day; or, for an exchange without a calendar code, the weekly
+  `MarketHours`); sub-day bars run open, open + width, ... and the last ends at that session's close; a day (week,
+  month) bar covers the sessions labelled with a trading date in that local calendar period and starts at the first
+  of their opens. Trades outside sessions belong to no session bar. Weekly hours with `open == close` mean a 24-hour
+  session starting at `open`.
 
 All calendar arithmetic is `zoneinfo` (exact across DST); segments are generated per local day, vectorised with numpy
 on days whose UTC offset does not change, so even 500,000 bars are generated in well under a second.
@@ -33,6 +35,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pyarrow as pa
 
+from k2_core.model import calendars
 from k2_core.settings import MarketHours
 
 Align = Literal["utc", "exchange", "session"]
@@ -126,7 +129,7 @@ def segments(interval: BarInterval, align: Align, hours: MarketHours | None, lo:
     days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
     if align == "session":
         assert hours is not None
-        table = _session_segments(interval, hours, zone, days)
+        table = _session_segments(interval, hours, first_day, last_day)
     elif interval.fixed is not None and interval.unit != "d":
         table = _subday_segments(interval.fixed, zone, days)
     else:
@@ -193,52 +196,58 @@ def _calendar_segments(interval: BarInterval, zone: ZoneInfo, days: list[date]) 
     return _table(starts, ends, starts)
 
 
-def _session_segments(interval: BarInterval, hours: MarketHours, zone: ZoneInfo, days: list[date]) -> pa.Table:
-    open_wall = timedelta(hours=hours.open.hour, minutes=hours.open.minute, seconds=hours.open.second)
-    close_wall = timedelta(hours=hours.close.hour, minutes=hours.close.minute, seconds=hours.close.second)
-    if close_wall <= open_wall:
-        close_wall += timedelta(days=1)  # a 24-hour session, or one that closes after midnight
+def _session_segments(interval: BarInterval, hours: MarketHours, first: date, last: date) -> pa.Table:
+    """Session bars over the sessions labelled `first` .. `last` (`k2_core.model.calendars`: the exchange's calendar,
+    holidays and early closes included, or its weekly hours)."""
+    found = calendars.sessions(hours, first, last)
+    zone = found.zone
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
     buckets: list[np.ndarray] = []
     group, group_start = None, 0
-    for day in days:
-        if day.weekday() not in hours.weekdays:
-            continue
-        opens, closes = _at(day, open_wall, zone), _at(day, close_wall, zone)
-        if interval.fixed is not None and interval.unit != "d":
-            width = interval.fixed
-            if closes - opens == close_wall - open_wall:  # no DST change inside the session
-                begin = np.arange(_micros(opens), _micros(closes), width // _US, dtype=np.int64)
-            else:
-                count = -(-(close_wall - open_wall) // width)
-                walls = [open_wall + width * k for k in range(count)]
-                begin = np.array(sorted({_micros(t) for w in walls for t in _instants(day, w, zone)}), np.int64)
+    subday = interval.fixed is not None and interval.unit != "d"
+    for i in range(len(found)):
+        open_us, close_us = int(found.opens[i]), int(found.closes[i])
+        if subday:
+            assert interval.fixed is not None
+            begin = _session_starts(interval.fixed, _from_micros(open_us), _from_micros(close_us), zone)
             starts.append(begin)
-            ends.append(np.append(begin[1:], _micros(closes)))
+            ends.append(np.append(begin[1:], close_us))
             buckets.append(begin)
             continue
-        key = _group(interval, day)
+        key = _group(interval, found.label(i))
         if key != group:
-            group, group_start = key, _micros(opens)
-        starts.append(np.array([_micros(opens)], np.int64))
-        ends.append(np.array([_micros(closes)], np.int64))
+            group, group_start = key, open_us
+        starts.append(np.array([open_us], np.int64))
+        ends.append(np.array([close_us], np.int64))
         buckets.append(np.array([group_start], np.int64))
     if not starts:
         return SEGMENTS_SCHEMA.empty_table()
     return _table(np.concatenate(starts), np.concatenate(ends), np.concatenate(buckets))
 
 
-def _at(day: date, wall: timedelta, zone: ZoneInfo) -> datetime:
-    """The UTC instant of local wall-clock time `day 00:00 + wall` (the earlier one if it happens twice; if it does
-    not exist, the instant the clocks jumped to)."""
-    local = datetime.combine(day, time(0), tzinfo=zone) + wall
-    return local.astimezone(UTC).astimezone(zone).astimezone(UTC)
+def _session_starts(width: timedelta, opens: datetime, closes: datetime, zone: ZoneInfo) -> np.ndarray:
+    """Sub-day bar starts of one session: open, open + width, ... before the close, in wall-clock widths (so across
+    a DST change inside a session, bars still start on the local clock's whole widths from the open)."""
+    if opens.astimezone(zone).utcoffset() == closes.astimezone(zone).utcoffset():  # no DST change inside
+        return np.arange(_micros(opens), _micros(closes), width // _US, dtype=np.int64)
+    local_open = opens.astimezone(zone).replace(tzinfo=None)
+    local_close = closes.astimezone(zone).replace(tzinfo=None)
+    count = -(-(local_close - local_open) // width)
+    found = {_micros(t) for k in range(count) for t in _naive_instants(local_open + width * k, zone)}
+    return np.array(sorted(t for t in found if _micros(opens) <= t < _micros(closes)), np.int64)
+
+
+_at = calendars.at
 
 
 def _instants(day: date, wall: timedelta, zone: ZoneInfo) -> list[datetime]:
     """Every UTC instant showing wall-clock time `day 00:00 + wall`: none, one, or two (fall back)."""
-    naive = datetime.combine(day, time(0)) + wall
+    return _naive_instants(datetime.combine(day, time(0)) + wall, zone)
+
+
+def _naive_instants(naive: datetime, zone: ZoneInfo) -> list[datetime]:
+    """Every UTC instant showing local wall-clock time `naive`: none, one, or two (fall back)."""
     found = set()
     for fold in (0, 1):
         instant = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)

@@ -21,7 +21,8 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from k2_core.exceptions import QueryError
+from k2_core.exceptions import ConfigError, QueryError
+from k2_core.model import calendars
 from k2_core.model.bars import INTERVALS, Interval
 from k2_core.model.buckets import ALIGNS, Align, BarInterval, parse_interval
 from k2_core.model.topics import Kind
@@ -366,6 +367,7 @@ class BarSpec:
                 self.hours.open.isoformat(),
                 self.hours.close.isoformat(),
                 self.hours.weekdays,
+                self.hours.calendar,
             )
         interval = self.interval.text if self.interval is not None else None
         return (
@@ -428,6 +430,10 @@ def validate_bar_spec(
             raise QueryError(
                 f"align {align}: exchange {exchange} has an unknown time zone {hours.timezone!r}"
             ) from None
+        try:
+            calendars.check(hours)
+        except ConfigError as exc:
+            raise QueryError(f"align {align}: exchange {exchange}: {exc}") from None
         if parsed.unit in ("s", "m", "h") and parsed.fixed is not None and parsed.fixed > timedelta(days=1):
             raise QueryError(f"interval {parsed.text} is longer than a day: with align={align} use <N>d, <N>w or 1mo")
     return BarSpec(parsed, align, fill, "time", None, hours if align != "utc" else None)  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pandera.pandas as pdr
@@ -27,6 +26,7 @@ from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
 
 from k2_core.lake.lineage import partition_data_files
+from k2_core.model import calendars
 from k2_core.model.days import from_partition_value
 from k2_core.model.tables import DEDUP_KEY, conform, feed_schema
 from k2_core.model.topics import Kind
@@ -173,16 +173,9 @@ def check_day(table: Table, kind: Kind, day: date, now: datetime, future_toleran
 
 
 def market_open(hours: MarketHours, now: datetime) -> bool:
-    """Whether the market trades at `now` (its own time zone; `open == close` means around the clock)."""
-    local = now.astimezone(ZoneInfo(hours.timezone))
-    if local.weekday() not in hours.weekdays:
-        return False
-    if hours.open == hours.close:
-        return True
-    t = local.time().replace(tzinfo=None)
-    if hours.open < hours.close:
-        return hours.open <= t < hours.close
-    return t >= hours.open or t < hours.close  # a session across local midnight
+    """Whether the market trades at `now`: inside one of its sessions (`k2_core.model.calendars`: its trading
+    calendar, so a holiday, a weekend or the time after an early close is closed; or its weekly hours)."""
+    return calendars.is_open(hours, now)
 
 
 @dataclass(frozen=True)
@@ -219,7 +212,8 @@ def newest_trades(table: Table, since: datetime) -> dict[str, datetime]:
 
 
 def freshness(table: Table, hours: Mapping[str, MarketHours], now: datetime, max_lag: timedelta) -> list[Freshness]:
-    """Per exchange with market hours: stale means open now and no trade within `max_lag`."""
+    """Per exchange with market hours: stale means in a session now (holidays and early closes per its calendar) and
+    no trade within `max_lag`."""
     newest = newest_trades(table, now - max_lag)
     out = []
     for exchange, h in sorted(hours.items()):

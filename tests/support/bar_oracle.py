@@ -18,6 +18,19 @@ from tests.support.query_oracle import EIGHT_PLACES, in_order, vwap
 Row = dict[str, Any]
 _UNITS = {"s": "s", "m": "min", "h": "h", "d": "D"}
 
+# The 2024 trading calendars as the exchanges publish them (asx.com.au "trading calendar", nyse.com "holidays and
+# trading hours"), written out by hand so session bars and freshness are not checked against exchange_calendars
+# itself: full-day closures, and early closes at a local time.
+ASX_2024_HOLIDAYS = frozenset(
+    date(2024, m, d) for m, d in ((1, 1), (1, 26), (3, 29), (4, 1), (4, 25), (6, 10), (12, 25), (12, 26))
+)
+ASX_2024_EARLY_CLOSES = {date(2024, 12, 24): time(14, 10), date(2024, 12, 31): time(14, 10)}
+NYSE_2024_HOLIDAYS = frozenset(
+    date(2024, m, d)
+    for m, d in ((1, 1), (1, 15), (2, 19), (3, 29), (5, 27), (6, 19), (7, 4), (9, 2), (11, 28), (12, 25))
+)
+NYSE_2024_EARLY_CLOSES = {date(2024, 7, 3): time(13), date(2024, 11, 29): time(13), date(2024, 12, 24): time(13)}
+
 
 def split(interval: str) -> tuple[int, str]:
     unit = "mo" if interval.endswith("mo") else interval[-1]
@@ -46,8 +59,18 @@ def _first_day(day: date, count: int, unit: str) -> date:
     return day - timedelta(days=(day - date(1970, 1, 1)).days % count)
 
 
-def bar_start(ts: datetime, interval: str, align: str, tz: str, open_: time, close: time) -> datetime | None:
-    """The start of the bar holding `ts`, computed trade by trade from the definitions (None: in no bar)."""
+def bar_start(
+    ts: datetime,
+    interval: str,
+    align: str,
+    tz: str,
+    open_: time,
+    close: time,
+    holidays: frozenset[date] = frozenset(),
+    early_closes: dict[date, time] | None = None,
+) -> datetime | None:
+    """The start of the bar holding `ts`, computed trade by trade from the definitions (None: in no bar). Session
+    bars skip weekends and `holidays` and end at `early_closes` (local date -> local close) on half days."""
     count, unit = split(interval)
     stamp = pd.Timestamp(ts)
     if align == "utc":
@@ -69,25 +92,35 @@ def bar_start(ts: datetime, interval: str, align: str, tz: str, open_: time, clo
         first = _first_day(local.date(), count, unit)
         return _localize(datetime.combine(first, time(0)), tz)[0]
     # session
-    if local.weekday() >= 5 or not (open_ <= local.time() < close):
+    closing = (early_closes or {}).get(local.date(), close)
+    if local.weekday() >= 5 or local.date() in holidays or not (open_ <= local.time() < closing):
         return None
     opening = datetime.combine(local.date(), open_)
     if unit in ("s", "m", "h"):
         width = pd.Timedelta(f"{count}{_UNITS[unit]}").to_pytimedelta()
         return _localize(opening + ((local - opening) // width) * width, tz)[0]
     first = _first_day(local.date(), count, unit)
-    while first.weekday() >= 5:
+    while first.weekday() >= 5 or first in holidays:
         first += timedelta(days=1)
     return _localize(datetime.combine(first, open_), tz)[0]
 
 
 def time_bars(
-    rows: Iterable[Row], interval: str, align: str, tz: str = "UTC", open_: time = time(0), close: time = time(0)
+    rows: Iterable[Row],
+    interval: str,
+    align: str,
+    tz: str = "UTC",
+    open_: time = time(0),
+    close: time = time(0),
+    holidays: frozenset[date] = frozenset(),
+    early_closes: dict[date, time] | None = None,
 ) -> list[Row]:
     frame = pd.DataFrame(in_order(rows))
     if frame.empty:
         return []
-    frame["bar_start"] = [bar_start(t, interval, align, tz, open_, close) for t in frame["exchange_timestamp"]]
+    frame["bar_start"] = [
+        bar_start(t, interval, align, tz, open_, close, holidays, early_closes) for t in frame["exchange_timestamp"]
+    ]
     frame = frame[frame["bar_start"].notna()]
     out = []
     for (symbol, bar), group in frame.groupby(["symbol", "bar_start"], sort=True):
