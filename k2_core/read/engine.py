@@ -72,7 +72,7 @@ from k2_core.read.routing import (
     union_schema,
     utcnow,
 )
-from k2_core.read.snapshots import SNAPSHOT_TABLES, snapshot_log
+from k2_core.read.snapshots import SNAPSHOT_TABLES, choose_snapshot, snapshot_log
 from k2_core.read.symbols import SymbolIndex
 from k2_core.settings import CatalogSettings, MaintenanceSettings, MarketHours, Settings
 
@@ -1026,20 +1026,33 @@ class QueryEngine:
         `(mid - price)` signed by the aggressor (+ buy, - sell, null otherwise; decimal(20,9)) and the same in basis
         points of the price (float64). Null when no quote was in force at `t + h`. A whole exchange (`symbols` None)
         is read in one scan per side, day by day, matched in numpy (`k2_core.read.exchange_joins`); its cursor holds
-        the last row's symbol, as `fetch_exchange`'s."""
+        the last row's symbol, as `fetch_exchange`'s. A horizon that has not come yet (`t + h` after now, or after
+        the moment a time-travel read is as of) is null, not the latest mid known."""
         spans = timejoins.validate_horizons(horizons)
+        travel = validate_as_of(as_of_snapshot, as_of)
         if symbols is None:
-            return exchange_joins.exchange_join(
-                self, "markouts", exchange, start, end, limit, cursor, validate_as_of(as_of_snapshot, as_of),
+            result = exchange_joins.exchange_join(
+                self, "markouts", exchange, start, end, limit, cursor, travel,
                 exchange_joins.markouts_reach(spans), spans,
             )  # fmt: skip
-        right = timejoins.Right("quotes", None, None, before=timedelta(0), after=spans[-1], prior=True)
-        wanted = symbols if symbols is None else validate_symbols(symbols)
-        return timejoins.paged_join(
-            self, "markouts", wanted, exchange, start, end, limit, cursor,
-            validate_as_of(as_of_snapshot, as_of), right, spans,
-            lambda trades, rows: timejoins.markouts(trades, rows, spans),
-        )  # fmt: skip
+        else:
+            right = timejoins.Right("quotes", None, None, before=timedelta(0), after=spans[-1], prior=True)
+            result = timejoins.paged_join(
+                self, "markouts", validate_symbols(symbols), exchange, start, end, limit, cursor, travel, right,
+                spans, lambda trades, rows: timejoins.markouts(trades, rows, spans),
+            )  # fmt: skip
+        known_until = self._known_until(travel)
+        return replace(result, table=timejoins.not_yet_known(result.table, spans, known_until))
+
+    def _known_until(self, travel: AsOf | None) -> datetime:
+        """The last moment a read knows the market at: now, or the moment a time-travel read is as of (for a snapshot
+        id, its commit)."""
+        if travel is None:
+            return self.sources.clock()
+        if travel.timestamp is not None:
+            return travel.timestamp
+        committed = choose_snapshot(self.sources.load(TRADES), travel, TRADES.name).committed_at
+        return committed if committed is not None else self.sources.clock()
 
 
 # The columns each half of a `latest_on` row comes from.

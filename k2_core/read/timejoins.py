@@ -491,6 +491,24 @@ def markouts(trades: pa.Table, quotes: pa.Table, horizons: Sequence[timedelta]) 
     return scan.cast_to(result, schema)
 
 
+def not_yet_known(marks: pa.Table, horizons: Sequence[timedelta], known_until: datetime) -> pa.Table:
+    """Markouts whose moment `t + h` lies after `known_until` (now, for a live read; the moment read as of, for time
+    travel) set to null: the quote in force then is not known yet, and the latest one known is not it."""
+    if marks.num_rows == 0:
+        return marks
+    times = marks.column(TIME_COLUMN)
+    for h in horizons:
+        later = pc.greater(pc.add(times, pa.scalar(h, pa.duration("us"))), pa.scalar(known_until, times.type))
+        if not pc.any(later).as_py():
+            continue
+        for prefix in ("mid_", "markout_", "markout_bps_"):
+            name = f"{prefix}{label(h)}"
+            column = marks.column(name)
+            masked = pc.if_else(later, pa.scalar(None, column.type), column)
+            marks = marks.set_column(marks.schema.get_field_index(name), name, masked)
+    return marks
+
+
 def right_side(
     right_symbol: str | None, right_exchange: str | None, exchanges: Collection[str] | None
 ) -> tuple[str | None, str | None]:
@@ -509,6 +527,7 @@ __all__ = [
     "asof",
     "label",
     "markouts",
+    "not_yet_known",
     "paged_join",
     "parse_span",
     "right_side",

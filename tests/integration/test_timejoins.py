@@ -551,8 +551,13 @@ def test_a_whole_exchange_pages_like_one_read(engine: QueryEngine, limit: int) -
 
 
 def _by_symbol_markouts(
-    trades: list[Row], quotes: list[Row], window: tuple[datetime, datetime], horizons: dict[str, timedelta]
+    trades: list[Row],
+    quotes: list[Row],
+    window: tuple[datetime, datetime],
+    horizons: dict[str, timedelta],
+    known_until: datetime | None = None,
 ) -> list[dict[str, Any]]:
+    """pandas' markouts; a horizon after `known_until` (the reader's now) has not come yet: null."""
     left = _frame(trades, *window).sort_values(["exchange_timestamp", "symbol", "exchange_sequence_number"])
     left = left.reset_index(drop=True)
     right = _frame(quotes, datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
@@ -565,7 +570,8 @@ def _by_symbol_markouts(
         target = left.assign(target=left["exchange_timestamp"] + pd.Timedelta(h)).sort_values("target")
         merged = pd.merge_asof(target, right.sort_values("at"), left_on="target", right_on="at", by="symbol")
         for i, row in zip(target.index, merged.itertuples(), strict=True):
-            mid = None if pd.isna(row.at) else (row.bid_price + row.ask_price) / 2
+            future = known_until is not None and row.target > pd.Timestamp(known_until)
+            mid = None if pd.isna(row.at) or future else (row.bid_price + row.ask_price) / 2
             sign = {"buy": 1, "sell": -1}.get(out[i]["side"])
             mark = None if mid is None or sign is None else (mid - out[i]["price"]) * sign
             out[i] |= {
@@ -631,7 +637,10 @@ def test_a_whole_exchange_joins_the_realtime_tail(seeded: Seeded) -> None:
         assert got[-1] == ("CBA", 10_000, 10_000, -100_000)
         horizons = {"1s": timedelta(seconds=1)}
         marks = engine.markouts(None, "asx", START, END, 1000, horizons="1s").table.to_pylist()
-        _assert_markouts(marks, _by_symbol_markouts(trades, quotes, (START, END), horizons), horizons)
+        _assert_markouts(marks, _by_symbol_markouts(trades, quotes, (START, END), horizons, END), horizons)
+        # CBA's trade 400 ms before now: its +1 s has not come, so no mid (not the latest one known).
+        assert marks[-1]["symbol"] == "CBA"
+        assert (marks[-1]["mid_1s"], marks[-1]["markout_1s"]) == (None, None)
     finally:
         lake.catalog.close()
 
@@ -900,3 +909,29 @@ def test_unknown_right_symbol_and_too_many_right_rows(engine: QueryEngine, monke
     with pytest.raises(QueryError, match=r"^limit: .* more than 10: lower limit"):
         engine.window_join("BHP", "asx", START, END, 50, before="1d")
     assert engine.window_join("BHP", "asx", START, START + timedelta(seconds=31), before="0s").table.num_rows == 1
+
+
+@pytest.mark.parametrize("symbols", [None, ["BHP", "CBA", "NOQ"]])
+def test_a_horizon_that_has_not_come_yet_is_null(seeded: Seeded, symbols: Any) -> None:
+    """Read live at `now`, a trade's +h after now has no mid yet (not the latest one known), exactly as pandas computes
+    it with that cut-off, for a whole exchange and for a list. Read as of a moment, the cut-off is that moment."""
+    horizons = {"1s": timedelta(seconds=1), "60s": timedelta(seconds=60)}
+    asx = [r for r in seeded.trades if r["exchange"] == "asx"]
+    last = max(r["exchange_timestamp"] for r in asx if r["exchange_timestamp"] < END)
+    now = last + timedelta(seconds=30)
+    lake = open_lake(seeded.settings)
+    try:
+        engine = QueryEngine(lake.catalog, seeded.settings.catalog.namespace, clock=lambda: now)
+        window = (START, last + timedelta(microseconds=1))
+        got = engine.markouts(symbols, "asx", *window, 10_000, horizons="1s,60s").table.to_pylist()
+        picked = [t for t in seeded.trades if symbols is None or t["symbol"] in symbols]
+        _assert_markouts(got, _by_symbol_markouts(picked, seeded.quotes, window, horizons, now), horizons)
+        assert any(g["mid_60s"] is None and g["mid_1s"] is not None for g in got)
+        # Read as of a moment after every commit (long after these trades' exchange times), the market is known up to
+        # that moment, whatever the reader's clock says: every horizon with a quote gets its mid.
+        travelled = engine.markouts(symbols, "asx", *window, 10_000, horizons="1s,60s", as_of=datetime.now(UTC))
+        expected = _by_symbol_markouts(picked, seeded.quotes, window, horizons)
+        _assert_markouts(travelled.table.to_pylist(), expected, horizons)
+        assert travelled.table.to_pylist() != got
+    finally:
+        lake.catalog.close()
