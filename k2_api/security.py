@@ -98,6 +98,9 @@ class Rule:
     body_scoped: bool = False
     # Query parameters naming the exchanges read: every value of each (a join's right side may be another exchange).
     exchange_params: tuple[str, ...] = ("exchange",)
+    # A query parameter that narrows the response to some of `resource` and `also` (latest-on's `kind=quotes`): only
+    # those are needed then. Absent, or naming anything else, every one is.
+    narrow_param: str | None = None
 
 
 # What a boolean query parameter may say to mean false (pydantic's spellings); any other value, or any other among
@@ -111,8 +114,8 @@ POLICY: dict[str, Rule] = {
     "/v1/ohlcv": Rule("trades"),
     "/v1/summary": Rule("trades"),
     "/v1/latest": Rule("trades"),
-    # The last trade and the last quote of every instrument: both streams' columns, always.
-    "/v1/latest/all": Rule("trades", also=("quotes",)),
+    # The last trade and the last quote of every instrument: both streams' columns, unless `kind` names one.
+    "/v1/latest/all": Rule("trades", also=("quotes",), narrow_param="kind"),
     "/v1/replay": Rule("trades", resource_param="kind"),
     "/v1/gaps": Rule("gaps", per_exchange=False),
     "/v1/snapshots": Rule("snapshots", per_exchange=False),
@@ -136,7 +139,12 @@ def required_scopes(route: str, request: Request) -> list[str]:
         chosen = request.query_params.get(rule.resource_param)
         if chosen in PER_EXCHANGE:  # anything else is refused by the route's own validation
             resource = chosen
-    resources = [resource, *rule.also] + [
+    carried = [resource, *rule.also]
+    if rule.narrow_param is not None:
+        named = {v.strip() for value in request.query_params.getlist(rule.narrow_param) for v in value.split(",")}
+        if named and named <= set(carried):  # anything else is refused by the route's own validation
+            carried = [r for r in carried if r in named]
+    resources = carried + [
         joined
         for flag, joined in rule.joins
         if any(value.strip().lower() not in _FALSE for value in request.query_params.getlist(flag))

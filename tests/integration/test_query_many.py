@@ -250,7 +250,8 @@ def test_api_latest_all(seeded: Seeded, tmp_path: Path) -> None:
 
 
 def test_latest_all_needs_the_trades_and_the_quotes_scope(make_settings: Callable[..., Settings]) -> None:
-    """It carries both streams' columns, so both scopes, like /v1/trades?with_quote=true."""
+    """It carries both streams' columns, so both scopes, like /v1/trades?with_quote=true; `kind` naming one half needs
+    that half's scope alone."""
     settings = make_settings()
     settings.query.tail_enabled = False
     settings.auth = AuthSettings(mode="on")
@@ -261,10 +262,11 @@ def test_latest_all_needs_the_trades_and_the_quotes_scope(make_settings: Callabl
     try:
         with local_client(create_app(settings)) as client:
 
-            def get(*scopes: str, exchange: str = "asx") -> Any:
+            def get(*scopes: str, exchange: str = "asx", kind: list[str] | None = None) -> Any:
                 _, token = store.create(f"t{random.randrange(10**9)}", scopes, expires)
                 headers = {"Authorization": f"Bearer {token}"}
-                return client.get("/v1/latest/all", params={"exchange": exchange}, headers=headers)
+                params = [("exchange", exchange), *(("kind", k) for k in kind or ())]
+                return client.get("/v1/latest/all", params=params, headers=headers)
 
             assert get("read:trades:asx").status_code == 403
             assert "missing scope read:quotes:asx" in get("read:trades:asx").json()["detail"]
@@ -272,6 +274,17 @@ def test_latest_all_needs_the_trades_and_the_quotes_scope(make_settings: Callabl
             assert get("read:trades:asx", "read:quotes:nyse").status_code == 403
             assert get("read:trades:asx", "read:quotes:asx").status_code == 200
             assert get("read:trades:*", "read:quotes:*", exchange="nyse").status_code == 200
+            # One half asked for: its scope alone, and it alone is answered.
+            quotes_only = get("read:quotes:asx", kind=["quotes"])
+            assert quotes_only.status_code == 200, quotes_only.text
+            assert all(row["price"] is None for row in quotes_only.json()["data"])
+            assert get("read:trades:asx", kind=["trades"]).status_code == 200
+            assert get("read:trades:asx", kind=["quotes"]).status_code == 403
+            assert get("read:quotes:asx", kind=["trades,quotes"]).status_code == 403
+            assert get("read:quotes:asx", kind=["quotes", "trades"]).status_code == 403
+            # A value the route refuses is not a way around a scope: it needs both, then gets its 400.
+            assert get("read:quotes:asx", kind=["bids"]).status_code == 403
+            assert get("read:trades:asx", "read:quotes:asx", kind=["bids"]).status_code == 400
     finally:
         engine.dispose()
 
