@@ -52,7 +52,9 @@ from k2_core.read.timejoins import (
     Direction,
     asof_schema,
     label,
+    markout_columns,
     markout_schema,
+    mid_sql,
     right_snapshot,
 )
 
@@ -326,7 +328,7 @@ def markouts_reach(horizons: Sequence[timedelta]) -> Reach:
     """Markouts at `horizons` (see `k2_core.read.timejoins`' rules): per horizon the mid in force at `t + h`."""
 
     def match(trades: pa.Table, code: np.ndarray, us: np.ndarray, right: Sorted) -> pa.Table:
-        # numpy finds the quotes; DuckDB does the arithmetic, with `timejoins.markouts`' very expressions, so the
+        # numpy finds the quotes; DuckDB does the arithmetic, with the per-symbol join's `markout_columns`, so the
         # float basis points are bit for bit the per-symbol join's.
         quoted = trades.select(["price", "side"])
         columns: list[str] = []
@@ -335,14 +337,7 @@ def markouts_reach(horizons: Sequence[timedelta]) -> Reach:
             quoted = quoted.append_column(f"b{n}", quote.column("bid_price")).append_column(
                 f"a{n}", quote.column("ask_price")
             )
-            name = label(h)
-            mid = f"((b{n} + a{n}) * 0.5::DECIMAL(2, 1))::DECIMAL(19, 9)"
-            markout = f"(CASE side WHEN 'buy' THEN 1 WHEN 'sell' THEN -1 END) * ({mid} - price)::DECIMAL(20, 9)"
-            columns += [
-                f"{mid} AS mid_{name}",
-                f"({markout})::DECIMAL(20, 9) AS markout_{name}",
-                f"({markout})::DOUBLE / price::DOUBLE * 10000 AS markout_bps_{name}",
-            ]
+            columns += markout_columns(mid_sql(f"b{n}", f"a{n}"), "price", "side", label(h))
         with scan.connect() as con:
             con.register("quoted", quoted)
             marks = con.sql(f"SELECT {', '.join(columns)} FROM quoted").to_arrow_table()

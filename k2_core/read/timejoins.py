@@ -451,12 +451,29 @@ def window(
             )
             SELECT t.*, s.quote_count, s.min_bid, s.max_bid, s.min_ask, s.max_ask, s.mean_mid, s.mean_spread,
                    s.last_bid, s.last_ask,
-                   ((s.last_bid + s.last_ask) * 0.5::DECIMAL(2, 1))::DECIMAL(19, 9) AS last_mid
+                   {mid_sql("s.last_bid", "s.last_ask")} AS last_mid
             FROM page t JOIN s USING (__i)
             ORDER BY t.__i
             """
         ).to_arrow_table()
     return scan.cast_to(result, schema)
+
+
+def mid_sql(bid: str, ask: str) -> str:
+    """The exact mid of a quote, `(bid + ask) / 2` in one more decimal place than prices hold: never rounded."""
+    return f"(({bid} + {ask}) * 0.5::DECIMAL(2, 1))::DECIMAL(19, 9)"
+
+
+def markout_columns(mid: str, price: str, side: str, name: str) -> list[str]:
+    """One horizon's columns, `mid_<name>`, `markout_<name>` and `markout_bps_<name>`, from SQL expressions of the mid
+    in force at `t + h`, the trade's price and its side: the one definition of a markout (see the module's rules),
+    shared by the per-symbol and the whole-exchange joins so that their answers agree to the bit."""
+    markout = f"(CASE {side} WHEN 'buy' THEN 1 WHEN 'sell' THEN -1 END) * ({mid} - {price})::DECIMAL(20, 9)"
+    return [
+        f"{mid} AS mid_{name}",
+        f"({markout})::DECIMAL(20, 9) AS markout_{name}",
+        f"({markout})::DOUBLE / {price}::DOUBLE * 10000 AS markout_bps_{name}",
+    ]
 
 
 def markouts(trades: pa.Table, quotes: pa.Table, horizons: Sequence[timedelta]) -> pa.Table:
@@ -467,12 +484,7 @@ def markouts(trades: pa.Table, quotes: pa.Table, horizons: Sequence[timedelta]) 
     for n, h in enumerate(horizons):
         name, us = label(h), h // timedelta(microseconds=1)
         joins.append(f"ASOF LEFT JOIN mids m{n} ON epoch_us(t.{TIME_COLUMN}) + {us} >= m{n}.us")
-        markout = f"(CASE t.side WHEN 'buy' THEN 1 WHEN 'sell' THEN -1 END) * (m{n}.mid - t.price)::DECIMAL(20, 9)"
-        columns += [
-            f"m{n}.mid AS mid_{name}",
-            f"({markout})::DECIMAL(20, 9) AS markout_{name}",
-            f"({markout})::DOUBLE / t.price::DOUBLE * 10000 AS markout_bps_{name}",
-        ]
+        columns += markout_columns(f"m{n}.mid", "t.price", "t.side", name)
     with scan.connect() as con:
         con.register("page", _numbered(trades))
         con.register("right_rows", quotes)
@@ -480,7 +492,7 @@ def markouts(trades: pa.Table, quotes: pa.Table, horizons: Sequence[timedelta]) 
             f"""
             WITH mids AS (
                 SELECT epoch_us({TIME_COLUMN}) AS us,
-                       ((bid_price + ask_price) * 0.5::DECIMAL(2, 1))::DECIMAL(19, 9) AS mid
+                       {mid_sql("bid_price", "ask_price")} AS mid
                 FROM ({_IN_FORCE})
             )
             SELECT t.*, {", ".join(columns)}
@@ -526,7 +538,9 @@ __all__ = [
     "Right",
     "asof",
     "label",
+    "markout_columns",
     "markouts",
+    "mid_sql",
     "not_yet_known",
     "paged_join",
     "parse_span",
