@@ -836,7 +836,7 @@ class QueryEngine:
             snapshot_id, every, sources, cached = at_once
             served.update(sources)
             tiers.append(cached)
-            found.append(exchange_bars.placed(every, wanted))
+            found.append(exchange_bars.placed(every, spec, wanted))
         parts = exchange_bars.by_symbol(at_once[1]) if at_once is not None and spec.fill != "none" else {}
         for place, symbol in enumerate(wanted if at_once is None or spec.fill != "none" else ()):
             if at_once is not None:
@@ -850,11 +850,10 @@ class QueryEngine:
                 served.update(sources)
             tiers.append(cached)
             rows = rows.append_column("k2_place", pa.array([place] * rows.num_rows, pa.int64()))
-            rows = rows.append_column("k2_ord", pa.array(range(rows.num_rows), pa.int64()))
+            ordinal = [0] * rows.num_rows if spec.bar_type == "time" else range(rows.num_rows)  # as `placed`
+            rows = rows.append_column("k2_ord", pa.array(ordinal, pa.int64()))
             found.append(rows)
-        merged = pa.concat_tables(found).sort_by(
-            [("bar_start", "ascending"), ("k2_place", "ascending"), ("k2_ord", "ascending")]
-        )
+        merged = found[0] if len(found) == 1 else pa.concat_tables(found).sort_by(exchange_bars.LISTING_ORDER)
         if position is not None:
             merged = merged.filter(_after(merged, position.after))
         rows, last = paging.cut(merged, limit)
