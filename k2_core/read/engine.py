@@ -831,23 +831,18 @@ class QueryEngine:
         snapshot_id: int | None = None
         tiers: list[Tier | None] = []
         at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
-        if at_once is not None and spec.fill == "none":
-            # Unfilled bars of the whole exchange: one table, placed without a pass per symbol.
+        if at_once is not None:
+            # The whole exchange: every symbol's bars in one table (filled in one query), placed in one sort.
             snapshot_id, every, sources, cached = at_once
             served.update(sources)
             tiers.append(cached)
+            every = bars.fill_many(every, spec, window, list(wanted), exchange)
             found.append(exchange_bars.placed(every, spec, wanted))
-        parts = exchange_bars.by_symbol(at_once[1]) if at_once is not None and spec.fill != "none" else {}
-        for place, symbol in enumerate(wanted if at_once is None or spec.fill != "none" else ()):
-            if at_once is not None:
-                snapshot_id, _, sources, cached = at_once
-                rows = bars.fill(parts.get(symbol, exchange_bars.empty(spec)), spec, window, symbol, exchange)
-                served.update(sources)
-            else:
-                stream, pinned = self._open("trades", exchange, symbol, travel, position)
-                snapshot_id = stream.choice.snapshot_id
-                rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
-                served.update(sources)
+        for place, symbol in enumerate(wanted if at_once is None else ()):
+            stream, pinned = self._open("trades", exchange, symbol, travel, position)
+            snapshot_id = stream.choice.snapshot_id
+            rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
+            served.update(sources)
             tiers.append(cached)
             rows = rows.append_column("k2_place", pa.array([place] * rows.num_rows, pa.int64()))
             ordinal = [0] * rows.num_rows if spec.bar_type == "time" else range(rows.num_rows)  # as `placed`
