@@ -45,6 +45,15 @@ class FencedError(K2Error):
     """This writer no longer owns a partition it is about to commit: another writer moved its offsets."""
 
 
+class CommitRejectedError(FencedError):
+    """The coordinated committer refused a worker's batch: a partition's range did not start where the table holds
+    it (the worker lost the partition, or the range is already committed). The worker resumes from the table."""
+
+
+class CommitTimeoutError(K2Error):
+    """No committer answered a worker's commit request in time (none elected, or it failed over)."""
+
+
 class PartitionHaltedError(K2Error):
     """A sequence gap too large to ingest past blindly: the partition stops until an operator acts."""
 

@@ -121,6 +121,15 @@ class IngestSettings(BaseModel):
     # 0 = leave it to the Dagster job.
     retention_every_commits: int = Field(default=50, ge=0)
     keep_snapshots: int = Field(default=20, ge=1)
+    # `independent` (default): each ingester commits its own batches. `coordinated`: ingesters write data files and
+    # hand them to the one elected committer (`python -m k2_stream.committer`) over `control_topic`
+    # (k2_core.ingest.coordination, docs/scaleout.md).
+    commit_mode: Literal["independent", "coordinated"] = "independent"
+    control_topic: str = Field(default="k2.control.commits", min_length=1)
+    # A worker waits this long for the committer's verdict, then hands the same request in again (same id: it is
+    # committed at most once), `commit_resubmits` times, then resets as after a failed write.
+    commit_verdict_seconds: float = Field(default=10.0, gt=0)
+    commit_resubmits: int = Field(default=3, ge=0)
 
 
 class DegradationSettings(BaseModel):

@@ -1,0 +1,159 @@
+"""The coordinated committer (k2_core.ingest.coordination) against real Iceberg tables: many workers' files in one
+snapshot, fenced by the table's offsets, offsets that only move forward, requests committed at most once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pytest
+from pyiceberg.table import Table
+
+from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, Verdict, decode_message
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.files import write_files
+from k2_core.lake.offsets import OffsetIndex
+from k2_core.model.tables import TRADES
+from k2_core.settings import Settings
+from tests.integration.test_writer import parquet_on_disk, referenced
+from tests.support import factories
+
+TOPIC = "market.equities.trades.asx"
+CLUSTER = "cluster-1"
+
+
+def batch(table: Table, worker: str, seqs: range) -> tuple[pa.Table, list[str]]:
+    """A worker's rows (its own symbol) written as uncommitted data files, as a coordinated worker writes them."""
+    now = datetime.now(UTC)
+    rows = [
+        factories.trade(
+            worker, s, now, "45.1", Decimal(1), side="buy", trade_id=f"{worker}{s}", ingestion_timestamp=now
+        )
+        for s in seqs
+    ]
+    data = TRADES.sort(TRADES.to_arrow(rows))
+    return data, [f.file_path for f in write_files(table, data)]
+
+
+def request(table: Table, worker: str, partition: int, start: int, end: int, rid: str) -> CommitRequest:
+    _, files = batch(table, worker, range(start + 1, end + 1))  # sequence numbers follow the offsets
+    return CommitRequest(rid, worker, 1, "trades", {(TOPIC, partition): (start, end)}, files)
+
+
+def paths(req: CommitRequest) -> set[str]:
+    return {urlparse(f).path for f in req.files}
+
+
+def stored(table: Table) -> list[tuple[str, int]]:
+    table.refresh()
+    return sorted((r["symbol"], r["exchange_sequence_number"]) for r in table.scan().to_arrow().to_pylist())
+
+
+def expected(*ranges: tuple[str, int, int]) -> list[tuple[str, int]]:
+    """The rows the oracle says are stored: each accepted (worker, start, end) once."""
+    return sorted((w, s) for w, start, end in ranges for s in range(start + 1, end + 1))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def trades(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Callable[[], Table]:
+    settings = make_settings(catalog=request.param)
+    ensure_tables(open_catalog(settings), "market")
+    return lambda: open_catalog(settings).load_table("market.trades")  # each caller its own catalog, as a process
+
+
+def test_two_workers_commit_in_one_snapshot_with_every_offset(trades: Callable[[], Table]) -> None:
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    a, b = trades(), trades()
+    verdicts = committer.commit([request(a, "A", 0, 0, 5, "a1"), request(b, "B", 1, 0, 3, "b1")])
+    assert [v.outcome for v in verdicts] == [Outcome.COMMITTED, Outcome.COMMITTED]
+    assert verdicts[0].snapshot_id == verdicts[1].snapshot_id is not None
+    table = trades()
+    assert len(table.snapshots()) == 1
+    assert OffsetIndex(CLUSTER).refresh(table) == {(TOPIC, 0): 5, (TOPIC, 1): 3}
+    # the next round: each worker's next range starts where the table holds its partition
+    committer.commit([request(a, "A", 0, 5, 7, "a2"), request(b, "B", 1, 3, 4, "b2")])
+    assert stored(table) == expected(("A", 0, 7), ("B", 0, 4))
+    assert OffsetIndex(CLUSTER).refresh(table) == {(TOPIC, 0): 7, (TOPIC, 1): 4}
+
+
+def test_a_zombie_is_rejected_and_nothing_of_it_is_stored(trades: Callable[[], Table]) -> None:
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    old, new = trades(), trades()
+    committer.commit([request(old, "old", 0, 0, 4, "o1")])
+    # the partition moved to `new`, which resumed from the table (4) and committed on; `old` does not know yet
+    committer.commit([request(new, "new", 0, 4, 8, "n1")])
+    zombie = request(old, "zombie", 0, 4, 6, "o2")  # old's next batch, from where it thought it was
+    (verdict,) = committer.commit([zombie])
+    assert verdict.outcome is Outcome.REJECTED
+    assert "already committed past" in verdict.reason
+    assert verdict.stored == {(TOPIC, 0): 8}  # where the worker would resume
+    assert verdict.files_certain_uncommitted
+    table = trades()
+    assert stored(table) == expected(("old", 0, 4), ("new", 4, 8))
+    assert OffsetIndex(CLUSTER).refresh(table) == {(TOPIC, 0): 8}
+    assert not paths(zombie) & referenced(table)
+
+
+def test_a_new_owner_racing_a_zombie_over_one_range_commits_it_once(trades: Callable[[], Table]) -> None:
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    committer.commit([request(trades(), "A", 0, 0, 3, "a1")])
+    zombie = request(trades(), "Z", 0, 3, 6, "z")
+    owner = request(trades(), "A", 0, 3, 6, "a2")
+    verdicts = committer.commit([zombie, owner])  # the same range twice in one round: the first one handed in wins
+    assert [v.outcome for v in verdicts] == [Outcome.COMMITTED, Outcome.REJECTED]
+    assert verdicts[1].files_certain_uncommitted
+    assert not paths(owner) & referenced(trades())
+    table = trades()
+    assert stored(table) == expected(("A", 0, 3), ("Z", 3, 6))
+    assert OffsetIndex(CLUSTER).refresh(table) == {(TOPIC, 0): 6}
+
+
+def test_a_request_handed_in_again_is_committed_once(trades: Callable[[], Table]) -> None:
+    first = Committer(trades(), "committer-1", CLUSTER)
+    req = request(trades(), "A", 0, 0, 5, "a1")
+    (committed,) = first.commit([req])
+    # a new committer (the first failed after its commit, before the control topic said so) re-reads the request
+    second = Committer(trades(), "committer-2", CLUSTER)
+    (again,) = second.commit([req, request(trades(), "B", 1, 0, 2, "b1")])[:1]
+    assert again.outcome is Outcome.COMMITTED
+    assert again.snapshot_id == committed.snapshot_id
+    assert stored(trades()) == expected(("A", 0, 5), ("B", 0, 2))
+
+
+def test_offsets_never_move_back_and_partitions_not_in_a_round_are_carried(trades: Callable[[], Table]) -> None:
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    committer.commit([request(trades(), "A", 0, 0, 10, "a1"), request(trades(), "B", 1, 0, 10, "b1")])
+    stale = Committer(trades(), "committer-stale", CLUSTER)  # a zombie committer, its table object long stale
+    verdicts = stale.commit([request(trades(), "A", 0, 2, 4, "rewind"), request(trades(), "B", 1, 10, 12, "b2")])
+    assert [v.outcome for v in verdicts] == [Outcome.REJECTED, Outcome.COMMITTED]
+    table = trades()
+    assert OffsetIndex(CLUSTER).refresh(table) == {(TOPIC, 0): 10, (TOPIC, 1): 12}
+    assert table.current_snapshot() is not None
+    summary = table.current_snapshot().summary  # type: ignore[union-attr]
+    assert summary is not None
+    assert '"0":10' in summary.additional_properties["k2.kafka.offsets"]  # carried, not only the round's partitions
+
+
+def test_a_gap_or_an_empty_range_is_rejected(trades: Callable[[], Table]) -> None:
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    committer.commit([request(trades(), "A", 0, 0, 3, "a1")])
+    skip = request(trades(), "A", 0, 5, 7, "skip")
+    empty = CommitRequest("empty", "A", 1, "trades", {(TOPIC, 0): (3, 3)}, [])
+    verdicts = committer.commit([skip, empty])
+    assert [v.outcome for v in verdicts] == [Outcome.REJECTED, Outcome.REJECTED]
+    assert "would skip" in verdicts[0].reason
+    table = trades()
+    assert stored(table) == expected(("A", 0, 3))
+    assert parquet_on_disk(table) - referenced(table) == paths(skip)  # the worker deletes them, not the committer
+
+
+def test_messages_round_trip() -> None:
+    req = CommitRequest("r", "w", 3, "trades", {(TOPIC, 2): (5, 9)}, ["file:///x.parquet"], {TOPIC: "id"})
+    verdict = Verdict("r", "w", Outcome.REJECTED, None, "why", {(TOPIC, 2): 7}, True)
+    assert decode_message(req.encode()) == req
+    assert decode_message(verdict.encode()) == verdict
+    assert decode_message(b"not json") is None
+    assert decode_message(b'{"type": "other"}') is None
