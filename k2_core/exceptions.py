@@ -47,7 +47,12 @@ class FencedError(K2Error):
 
 class CommitRejectedError(FencedError):
     """The coordinated committer refused a worker's batch: a partition's range did not start where the table holds
-    it (the worker lost the partition, or the range is already committed). The worker resumes from the table."""
+    it (the worker lost the partition, or the range is already committed). The worker resumes from the table.
+    `files_uncommitted`: the committer found the request's files in no snapshot, so the worker may delete them."""
+
+    def __init__(self, message: str, files_uncommitted: bool = False) -> None:
+        super().__init__(message)
+        self.files_uncommitted = files_uncommitted
 
 
 class CommitTimeoutError(K2Error):

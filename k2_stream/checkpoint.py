@@ -8,6 +8,10 @@
 4. State: the sequence state merges what the plan staged, only now, so a failed commit leaves it as the table is.
 5. Kafka offsets: best effort, since the table already holds them.
 
+In coordinated mode (ingest.commit_mode) step 3 writes the data files only and hands them to the elected committer
+(k2_stream.control, k2_core.ingest.coordination), waiting for its verdict: the batch is in once the committer's
+snapshot holds it, and a refused batch raises as a fenced one does (the ingester resumes from the table).
+
 Steps 3 and 4 go table by table. Any failure before step 5 raises, and the ingester commits the same batch again
 after a reset; gap fills and halts come after the data (a fill lost to a crash leaves a gap open whose rows are
 stored, which the backfill closes). This is quix-streams' checkpoint idea (flush the sinks, then commit the offsets)
@@ -17,26 +21,32 @@ with Iceberg as the sink.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
-from k2_core.exceptions import K2Error, WriteError
+from k2_core.exceptions import CommitRejectedError, K2Error, WriteError
+from k2_core.ingest.coordination import CommitRequest
 from k2_core.ingest.degradation import Degradation
 from k2_core.ingest.gaps import SHED_GAP_REASON, WARNING, GapGrading, GapStore
 from k2_core.ingest.plan import BatchPlan, Halt
 from k2_core.ingest.sequence import GapEvent, StreamKey
 from k2_core.ingest.state import SequenceState
 from k2_core.ingest.writer import TableWriter
+from k2_core.lake.files import delete_uncommitted, write_files
 from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.logging import get_logger
 from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import KINDS, Kind, TopicLayout
 from k2_core.upkeep.retention import RetentionPolicy, apply_retention
 from k2_stream import metrics
+from k2_stream.control import CommitClient
 from k2_stream.dead_letters import DeadLetterSender
 from k2_stream.prepare import PreparedBatch
 
@@ -63,7 +73,9 @@ class Checkpoint:
         halted: dict[TP, str],
         shed_streams: set[StreamKey],
         stats: MutableMapping[str, int],
+        coordinator: CommitClient | None = None,
     ) -> None:
+        """`coordinator`: hand the data to the elected committer (coordinated mode) instead of appending it."""
         self.layout = layout
         self.consumer = consumer
         self.dead_letters = dead_letters
@@ -76,6 +88,7 @@ class Checkpoint:
         self.halted = halted
         self.shed_streams = shed_streams
         self.stats = stats
+        self.coordinator = coordinator
         self._unrecorded_fills: list[GapEvent] = []  # deferred under load, or their write failed
 
     def commit(self, batch: PreparedBatch, now: datetime) -> float:
@@ -109,11 +122,18 @@ class Checkpoint:
         written = rows.num_rows if rows is not None else 0
         table_def = MARKET_TABLES[kind]
         snapshot_id, elapsed = None, 0.0
-        if rows is not None and written:
+        started = time.perf_counter()
+        if self.coordinator is not None:
+            # Every batch that moves a partition is handed in, rows or not (all duplicates, all dead letters): the
+            # committer accepts a range only from the offset the table holds, so the table must follow each move.
+            data = table_def.sort(rows) if rows is not None and written else None
+            snapshot_id = self._hand_in(self.coordinator, kind, data, offsets)
+            elapsed = time.perf_counter() - started
+        elif rows is not None and written:
             data = table_def.sort(rows)
-            started = time.perf_counter()
             # Every owned partition of this data type rides along at its position, so the newest snapshot holds
-            # each one's offset and snapshot expiry never keeps a long chain behind an idle partition.
+            # each one's offset and snapshot expiry never keeps a long chain behind an idle partition (in
+            # coordinated mode the committer carries every partition's offset in each snapshot).
             covered = {**self._carried(kind, offsets), **offsets}
             fills, checked_at = plan.fills.get(kind, (None, None))
             snapshot_id = self.writers[kind].append(
@@ -126,6 +146,7 @@ class Checkpoint:
                 recheck=True,
             )
             elapsed = time.perf_counter() - started
+        if written:
             metrics.WRITE_DURATION.labels(table_def.name).observe(elapsed)
             metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(written)
             metrics.ROWS_WRITTEN.labels(table_def.name).inc(written)
@@ -133,6 +154,46 @@ class Checkpoint:
         self.stats[f"{kind}_duplicates"] += plan.duplicates.get(kind, 0)
         metrics.DUPLICATES.labels(table_def.name).inc(plan.duplicates.get(kind, 0))
         return snapshot_id, elapsed
+
+    def _hand_in(
+        self, coordinator: CommitClient, kind: Kind, data: pa.Table | None, offsets: dict[TP, int]
+    ) -> int | None:
+        """Coordinated mode: write `data` as uncommitted files and have the committer commit them with each
+        partition's range [position, offset); returns the committer's snapshot (None: nothing to hand in). A
+        refused request's files are deleted when the committer found them in no snapshot, else left to orphan-file
+        cleanup. Partitions the batch does not move past their position (messages re-read after a reset) are
+        left out: their offsets are stored already."""
+        writer = self.writers[kind]
+        ranges = {tp: (self.positions[tp], end) for tp, end in offsets.items() if end > self.positions[tp]}
+        if not ranges:
+            return None
+        files = []
+        if data is not None:
+            data = writer.fit(data)
+            try:
+                files = write_files(writer.table, data)
+            except OSError as exc:
+                raise WriteError(f"writing data files for {writer.table.name()} failed: {exc}") from exc
+        request = CommitRequest(
+            request_id=uuid.uuid4().hex,
+            worker=writer.writer_id,
+            generation=coordinator.generation,
+            table=MARKET_TABLES[kind].name,
+            ranges=ranges,
+            files=[f.file_path for f in files],
+            topic_ids={t: i for t, i in writer.index.topic_ids.items() if any(t == tp[0] for tp in offsets)},
+        )
+        try:
+            verdict = coordinator.submit(request)
+        except CommitRejectedError as exc:
+            if exc.files_uncommitted:
+                delete_uncommitted(writer.table, files)
+            raise
+        try:
+            writer.table.refresh()  # the committer's snapshot, for the sequence state's bookkeeping (step 4)
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("cannot refresh after a coordinated commit", extra={"error": str(exc)})
+        return verdict.snapshot_id
 
     def _carried(self, kind: Kind, offsets: dict[TP, int]) -> dict[TP, int]:
         """Owned partitions of `kind` this batch has nothing from, at their committed positions."""

@@ -27,6 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from k2_core.exceptions import (
     CommitConflictError,
+    CommitTimeoutError,
     FencedError,
     K2Error,
     SchemaRegistryUnavailableError,
@@ -50,6 +51,7 @@ from k2_core.upkeep.retention import RetentionPolicy
 from k2_stream import metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout, topic_ids
 from k2_stream.checkpoint import Checkpoint, RetentionCadence
+from k2_stream.control import CommitClient
 from k2_stream.dead_letters import DeadLetterSender
 from k2_stream.prepare import BatchPreparer, Preparer
 from k2_stream.registry_confluent import make_registry
@@ -58,7 +60,15 @@ log = get_logger(__name__)
 
 # A batch that fails with one of these is committed again after a backoff (a registry that cannot answer says nothing
 # about the messages: they wait, they are not dead-lettered).
-_RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException, SchemaRegistryUnavailableError)
+# A coordinated commit refused (CommitRejectedError, a FencedError) or unanswered resets the same way.
+_RECOVERABLE = (
+    WriteError,
+    CommitConflictError,
+    CommitTimeoutError,
+    FencedError,
+    KafkaException,
+    SchemaRegistryUnavailableError,
+)
 
 
 class Mode(Enum):
@@ -144,6 +154,8 @@ class Ingester:
             }
         )
         self.dead_letters = DeadLetterSender(settings.kafka.bootstrap_servers, self.layout, self.stats)
+        # Coordinated mode: batches are handed to the elected committer (k2_stream.committer), not appended here.
+        self.coordinator = CommitClient(settings, self.writer_id) if ing.commit_mode == "coordinated" else None
         self.checkpoint = Checkpoint(
             layout=self.layout,
             consumer=self.consumer,
@@ -157,6 +169,7 @@ class Ingester:
             halted=self.halted,
             shed_streams=self.shed_streams,
             stats=self.stats,
+            coordinator=self.coordinator,
         )
         self.retention = RetentionCadence(
             self.tables,
@@ -191,12 +204,16 @@ class Ingester:
         finally:
             self.consumer.close()
             self.dead_letters.close()
+            if self.coordinator is not None:
+                self.coordinator.close()
             log.info("ingester stopped", extra={"writer": self.writer_id, **self.stats})
 
     # ---- rebalances ------------------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assignments += 1
+        if self.coordinator is not None:
+            self.coordinator.generation = self._assignments
         self.held = []  # re-read from the committed positions instead
         try:
             self._refresh_topic_ids()
@@ -239,7 +256,12 @@ class Ingester:
         stored: dict[TP, int] = {}
         for writer in self.writers.values():
             stored.update(writer.committed_offsets())
-        return resume_offsets({(c.topic, c.partition): c.offset for c in committed}, stored)
+        kafka: dict[TP, int | None] = {(c.topic, c.partition): c.offset for c in committed}
+        if self.coordinator is not None:
+            # The committer accepts a range only from the offset the table holds: where the table holds a partition,
+            # resume exactly there (a Kafka offset ahead of it, left by an independent-mode run, is re-read).
+            kafka = {tp: None if tp in stored else offset for tp, offset in kafka.items()}
+        return resume_offsets(kafka, stored)
 
     def _reset(self) -> None:
         """After a failed write: wait out the backoff, bring the state up to the table and keep the failed batch

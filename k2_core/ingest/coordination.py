@@ -140,7 +140,7 @@ class Verdict:
         return cls(
             request_id=str(raw["request_id"]),
             worker=str(raw["worker"]),
-            outcome=Outcome(raw["outcome"]),
+            outcome=Outcome(str(raw["outcome"])),
             snapshot_id=None if snapshot is None else int(str(snapshot)),
             reason=str(raw.get("reason", "")),
             stored={(str(t), int(p)): int(o) for t, p, o in raw.get("stored", [])},  # type: ignore[attr-defined]

@@ -33,6 +33,10 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_SECONDS=str(settings.ingest.batch_max_seconds),
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
+        K2_INGEST_COMMIT_MODE=settings.ingest.commit_mode,
+        K2_INGEST_CONTROL_TOPIC=settings.ingest.control_topic,
+        K2_INGEST_COMMIT_VERDICT_SECONDS=str(settings.ingest.commit_verdict_seconds),
+        K2_INGEST_COMMIT_RESUBMITS=str(settings.ingest.commit_resubmits),
     )
     if settings.kafka.max_partitions is not None:
         env["K2_KAFKA_MAX_PARTITIONS"] = str(settings.kafka.max_partitions)
@@ -44,6 +48,17 @@ def spawn_ingester(settings: Settings, log: Path, metrics_port: int = 0) -> subp
         return subprocess.Popen(
             [sys.executable, "-m", "k2_stream"],
             env=settings_env(settings, metrics_port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def spawn_committer(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """A committer candidate of coordinated commits (`python -m k2_stream.committer`)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "k2_stream.committer"],
+            env=settings_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

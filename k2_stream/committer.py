@@ -1,0 +1,158 @@
+"""`python -m k2_stream.committer`: the committer of coordinated commits (ingest.commit_mode=coordinated).
+
+Run one or more; Kafka elects the one that commits: every candidate joins the consumer group
+`<kafka.group_id>.committer` on the one-partition control topic, and the owner of that partition is the committer
+(a candidate that owns nothing idles). The group does the election, its session timeout the fail-over, and no
+extra service (ZooKeeper, a lease table) is needed.
+
+A round: read what the control topic holds, commit each table's requests in one snapshot
+(k2_core.ingest.coordination.Committer), produce the verdicts, then commit the control topic's offset. A committer
+that dies anywhere in a round loses and duplicates nothing: its successor reads from the last committed control
+offset, so requests not committed yet are committed now, and requests already committed are recognised by their
+ids in the table and answered COMMITTED again. A deposed committer that does not know it yet is still fenced by the
+table's offsets (a range commits only from where the table holds its partition).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from types import FrameType
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from k2_core.exceptions import K2Error
+from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, Verdict, decode_message
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.logging import configure_logging, get_logger
+from k2_core.model.tables import MARKET_TABLES
+from k2_core.settings import Settings
+from k2_stream.admin import cluster_id
+from k2_stream.control import ensure_control_topic
+
+log = get_logger(__name__)
+
+
+class CommitterService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.committer_id = f"committer-{uuid.uuid4().hex[:12]}"
+        self.topic = ensure_control_topic(settings)
+        tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
+        cluster = cluster_id(settings.kafka.bootstrap_servers)
+        ing = settings.ingest
+        self.committers = {
+            d.name: Committer(
+                tables[d.name], self.committer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds
+            )
+            for d in MARKET_TABLES.values()
+        }
+        self.pending: list[CommitRequest] = []
+        self.next_offset: int | None = None  # the control offset to commit once `pending` is answered
+        self.rounds = 0
+        self._stop = threading.Event()
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": f"{settings.kafka.group_id}.committer",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": settings.kafka.session_timeout_ms,
+                "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        self.producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True})
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("committer candidate started", extra={"committer": self.committer_id, "topic": self.topic})
+        backoff = self.settings.ingest.retry_backoff_seconds
+        try:
+            while not self._stop.is_set():
+                for msg in self.consumer.consume(1000, 0.2):
+                    self._take(msg)
+                if not self.pending:
+                    continue
+                try:
+                    self._round()
+                    backoff = self.settings.ingest.retry_backoff_seconds
+                except (K2Error, KafkaException) as exc:
+                    log.error("commit round failed, retrying", extra={"error": str(exc), "wait_s": backoff})
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.settings.ingest.max_backoff_seconds)
+        finally:
+            self.consumer.close()
+            self.producer.flush(5)
+            log.info("committer stopped", extra={"committer": self.committer_id, "rounds": self.rounds})
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.pending, self.next_offset = [], None
+        if partitions:
+            log.info("elected committer", extra={"committer": self.committer_id})
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.pending, self.next_offset = [], None  # the next committer reads them from the committed offset
+        if partitions:
+            log.info("committer deposed", extra={"committer": self.committer_id})
+
+    def _take(self, msg: Message) -> None:
+        if msg.error() is not None:
+            log.warning("control topic error", extra={"error": str(msg.error())})
+            return
+        self.next_offset = (msg.offset() or 0) + 1
+        found = decode_message(msg.value() or b"")
+        if isinstance(found, CommitRequest):
+            self.pending.append(found)
+
+    def _round(self) -> None:
+        """Commit every pending request, table by table, answer each, then move the control offset past them. A
+        failure before the offset commit leaves them pending: the retry (or the next committer) answers those
+        already committed as COMMITTED again."""
+        verdicts: list[Verdict] = []
+        by_table: dict[str, list[CommitRequest]] = {}
+        for request in self.pending:
+            if request.table in self.committers:
+                by_table.setdefault(request.table, []).append(request)
+            else:
+                verdicts.append(
+                    Verdict(request.request_id, request.worker, Outcome.REJECTED, reason=f"no table {request.table}")
+                )
+        for name, requests in by_table.items():
+            verdicts.extend(self.committers[name].commit(requests))
+        errors: list[str] = []
+        for verdict in verdicts:
+            self.producer.produce(
+                self.topic,
+                verdict.encode(),
+                key=verdict.worker.encode(),
+                on_delivery=lambda err, _msg: errors.append(str(err)) if err is not None else None,
+            )
+        self.producer.flush(30)
+        if errors or len(self.producer):
+            raise K2Error(f"verdicts not delivered: {errors or 'timed out'}")
+        if self.next_offset is not None:
+            self.consumer.commit(offsets=[TopicPartition(self.topic, 0, self.next_offset)], asynchronous=False)
+        self.pending = []
+        self.rounds += 1
+
+
+def run_committer(settings: Settings) -> None:
+    configure_logging("committer", settings.log_level)
+    service = CommitterService(settings)
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service.run()
+
+
+if __name__ == "__main__":
+    run_committer(Settings())

@@ -1,0 +1,182 @@
+"""Coordinated commits (ingest.commit_mode=coordinated) as they run: ingester processes as workers, committer
+processes elected over the control topic, a real broker and PostgreSQL catalog. Each run ends by checking the table
+against what the broker really holds: every message stored once, every partition's offset in the table."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from pyiceberg.exceptions import NoSuchTableError
+
+from k2_core.exceptions import CommitRejectedError
+from k2_core.ingest.coordination import CommitRequest
+from k2_core.lake.catalog import open_catalog
+from k2_core.lake.files import write_files
+from k2_core.lake.offsets import WRITER_PROPERTY, OffsetIndex
+from k2_core.model.tables import TRADES
+from k2_core.settings import Settings
+from k2_stream.admin import cluster_id, load_layout
+from k2_stream.committer import CommitterService
+from k2_stream.control import CommitClient
+from tests.reliability.test_faults import check_exactly_once, feed, reliable_settings
+from tests.support.lake import table_rows
+from tests.support.processes import spawn_committer, spawn_ingester
+from tests.support.waits import wait_for
+
+
+def coordinated_settings(make_settings: Callable[..., Settings], broker: str) -> Settings:
+    settings = reliable_settings(make_settings, broker, catalog="postgres")
+    settings.kafka.max_partitions = 4
+    settings.ingest.commit_mode = "coordinated"
+    settings.ingest.commit_verdict_seconds = 4.0
+    return settings
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(30)
+
+
+def started(stack: ExitStack, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    stack.callback(_stop, proc)
+    return proc
+
+
+def trades_writers(settings: Settings) -> list[str]:
+    """Who committed each snapshot of the trades table, oldest first."""
+    try:
+        table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    except NoSuchTableError:
+        return []
+    return [s.summary.additional_properties.get(WRITER_PROPERTY, "") for s in table.snapshots() if s.summary]
+
+
+def check_offsets(settings: Settings) -> None:
+    """The table's offset of every trades partition is one past the last message the broker holds in it (read back:
+    the embedded broker's reported high watermark is not to be trusted)."""
+    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    stored = OffsetIndex(cluster_id(settings.kafka.bootstrap_servers)).refresh(table)
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "offset-oracle"})
+    parts = [TopicPartition(t.name, p, 0) for t in load_layout(settings).topics if t.kind == "trades"
+             for p in range(t.partitions)]  # fmt: skip
+    consumer.assign(parts)
+    ends: dict[tuple[str, int], int] = {}
+    idle_since = time.monotonic()
+    try:
+        while time.monotonic() - idle_since < 2.0:
+            msgs = [m for m in consumer.consume(10_000, 0.5) if m.error() is None]
+            if msgs:
+                idle_since = time.monotonic()
+            for m in msgs:
+                tp = (m.topic() or "", m.partition() or 0)
+                ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
+    finally:
+        consumer.close()
+    assert ends
+    assert {tp: stored.get(tp) for tp in ends} == ends, f"table {stored} broker {ends}"
+
+
+def test_two_workers_one_committer_store_every_message_once(
+    broker: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = coordinated_settings(make_settings, broker)
+    with ExitStack() as stack:
+        started(stack, spawn_committer(settings, tmp_path / "committer.log"))
+        with feed(settings, count=4000, rate=400):
+            started(stack, spawn_ingester(settings, tmp_path / "a.log"))
+            started(stack, spawn_ingester(settings, tmp_path / "b.log"))
+        check_exactly_once(settings, "coordinated: two workers, one committer")
+        wait_for(lambda: _offsets_caught_up(settings), timeout=60)
+    writers = set(trades_writers(settings))
+    assert len(writers) == 1
+    assert next(iter(writers)).startswith("committer-")  # no worker committed on its own
+    workers = {line for name in ("a.log", "b.log") for line in (tmp_path / name).read_text().splitlines()}
+    assert any('"partitions assigned"' in line for line in workers)
+
+
+def test_committer_killed_mid_stream_is_replaced_with_nothing_lost_or_duplicated(
+    broker: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = coordinated_settings(make_settings, broker)
+    logs = [tmp_path / "c1.log", tmp_path / "c2.log"]
+    with ExitStack() as stack:
+        committers = [started(stack, spawn_committer(settings, log)) for log in logs]
+        with feed(settings, count=6000, rate=300):
+            started(stack, spawn_ingester(settings, tmp_path / "a.log"))
+            started(stack, spawn_ingester(settings, tmp_path / "b.log"))
+            wait_for(lambda: len(trades_writers(settings)) >= 3, timeout=90)  # the elected one is committing
+            elected = [i for i, log in enumerate(logs) if '"elected committer"' in log.read_text()]
+            assert len(elected) == 1
+            committers[elected[0]].send_signal(signal.SIGKILL)  # mid-stream, whatever it was doing
+            committers[elected[0]].wait()
+        check_exactly_once(settings, "coordinated: committer killed and replaced")
+        wait_for(lambda: _offsets_caught_up(settings), timeout=60)
+    assert len(set(trades_writers(settings))) == 2  # the survivor took over and committed too
+
+
+def _offsets_caught_up(settings: Settings) -> bool:
+    try:
+        check_offsets(settings)
+    except AssertionError as exc:
+        print(exc)
+        return False
+    return True
+
+
+@pytest.fixture
+def committer_thread(broker: str) -> Iterator[Callable[[Settings], CommitterService]]:
+    """An in-process committer candidate (on a thread), stopped when the test ends."""
+    running: list[tuple[CommitterService, threading.Thread]] = []
+
+    def start(settings: Settings) -> CommitterService:
+        service = CommitterService(settings)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        running.append((service, thread))
+        return service
+
+    yield start
+    for service, thread in running:
+        service.stop()
+        thread.join(30)
+
+
+def test_a_zombie_worker_is_rejected_and_nothing_of_it_is_stored(
+    make_settings: Callable[..., Settings],
+    broker: str,
+    tmp_path: Path,
+    committer_thread: Callable[[Settings], CommitterService],
+) -> None:
+    settings = coordinated_settings(make_settings, broker)
+    committer_thread(settings)
+    with ExitStack() as stack:
+        with feed(settings, count=600, rate=300):
+            started(stack, spawn_ingester(settings, tmp_path / "worker.log"))
+        check_exactly_once(settings, "coordinated: before a zombie")
+        wait_for(lambda: _offsets_caught_up(settings), timeout=60)
+    before = sorted(map(str, table_rows(settings, "trades")))
+    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    tp, end = max(OffsetIndex(cluster_id(settings.kafka.bootstrap_servers)).refresh(table).items())
+    # A worker that owned tp until offset 0 lost it (the live worker committed up to `end`) and now hands in a batch
+    # from where it thought it was: rows of its own, written as real data files.
+    rows = table.scan(limit=50).to_arrow()
+    files = [f.file_path for f in write_files(table, TRADES.sort(rows))]
+    zombie = CommitClient(settings, "zombie")
+    try:
+        with pytest.raises(CommitRejectedError, match="already committed past") as rejected:
+            zombie.submit(CommitRequest("zombie-1", "zombie", 1, "trades", {tp: (0, end)}, files))
+    finally:
+        zombie.close()
+    assert rejected.value.files_uncommitted  # the committer found them in no snapshot: the worker may delete them
+    assert sorted(map(str, table_rows(settings, "trades"))) == before
+    table.refresh()
+    assert not set(files) & {task.file.file_path for task in table.scan().plan_files()}
