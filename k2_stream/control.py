@@ -106,6 +106,7 @@ class CommitClient:
                 continue
             found = decode_message(msg.value() or b"")
             if isinstance(found, Verdict) and found.request_id == request_id:
+                log.debug("commit verdict", extra={"request": request_id, "outcome": found.outcome.value})
                 return found
         return None
 

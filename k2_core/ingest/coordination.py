@@ -250,6 +250,9 @@ class Committer:
                 if request.request_id in committed:
                     verdicts.append(self._verdict(request, Outcome.COMMITTED, stored, committed[request.request_id]))
                     continue
+                if any(request.request_id == r.request_id for r in accepted):  # handed in twice in one round
+                    verdicts.append(self._verdict(request, Outcome.COMMITTED, stored))
+                    continue
                 reason = judge(request, position)
                 if reason:
                     certain = not self._any_in_table(table, request)

@@ -3,6 +3,7 @@ platform under `k2 run`, and the processes a platform left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_CONTROL_TOPIC=settings.ingest.control_topic,
         K2_INGEST_COMMIT_VERDICT_SECONDS=str(settings.ingest.commit_verdict_seconds),
         K2_INGEST_COMMIT_RESUBMITS=str(settings.ingest.commit_resubmits),
+        K2_DEGRADATION_WRITE_SECONDS=json.dumps(settings.degradation.write_seconds),
     )
     if settings.kafka.max_partitions is not None:
         env["K2_KAFKA_MAX_PARTITIONS"] = str(settings.kafka.max_partitions)
