@@ -4,9 +4,9 @@ table on a real catalog (PostgreSQL) and a real warehouse (local files), the two
 * `independent` (today's design): each worker commits its own micro-batches (`TableWriter.append`: its files and its
   partition's offsets in one snapshot, optimistic, refreshed and retried on a conflict).
 * `coordinated` (the Kafka Connect sink / Redpanda pattern): workers only write data files and hand them, with their
-  partition's offsets, to one committer, which commits everything handed in since its last commit in one snapshot.
-  The simulation measures its throughput and latency; the fencing that makes it exactly-once (issue 19, item 1) is
-  not part of it.
+  partition's offset range, to one committer, which commits everything handed in since its last commit in one
+  snapshot. The committer is K2's own (`k2_core.ingest.coordination.Committer`, issue 19 item 1: each range fenced
+  against the table's offsets); the hand-off is a process queue here, the control topic in K2.
 
 Each worker is a partition: every `1 / --rate` seconds it is due a batch of `--rows` trades, stamped with the moment
 it was due (a worker that falls behind is due several at once, and their latency shows it). Per run it prints commits
@@ -38,15 +38,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table
 
 from k2_core.exceptions import CommitConflictError
+from k2_core.ingest.coordination import CommitRequest, Committer, Outcome
 from k2_core.ingest.writer import TableWriter
 from k2_core.lake.catalog import ensure_table, open_catalog
-from k2_core.lake.files import append_files, write_files
-from k2_core.lake.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, WRITER_PROPERTY, encode_offsets
-from k2_core.lake.retry import commit_with_retries
+from k2_core.lake.files import write_files
 from k2_core.model.tables import TRADES, conform
 from k2_core.settings import CatalogSettings, Settings
 
@@ -172,7 +169,8 @@ def worker_main(index: int, catalog: str, home: str, control: Connection, handof
                     out["rows"] += rows
                 out["latencies"].append(done - due)
             else:
-                handoff.put((index, offset + rows, write_files(table, data), rows, due))
+                files = [f.file_path for f in write_files(table, data)]
+                handoff.put((index, offset, offset + rows, files, rows, due))
             batch += 1
             offset += rows
         out["conflicts"] = conflicts.count
@@ -180,13 +178,14 @@ def worker_main(index: int, catalog: str, home: str, control: Connection, handof
 
 
 def committer(settings: Settings, handoff: Any, run: Run, start: float, expected: int) -> None:
-    """The coordinated design's one committer: commits everything handed in since its last commit, in one snapshot
-    with every partition's offsets, until `expected` batches are committed."""
+    """The coordinated design's one committer (K2's `Committer`): commits everything handed in since its last commit,
+    in one snapshot with every partition's offsets, until `expected` batches are committed. A refused batch (none
+    is expected: each worker's ranges follow on) counts as given up."""
     table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
     handler = _Conflicts()
     logging.getLogger("k2_core.lake.retry").addHandler(handler)
     logging.getLogger("k2_core.lake.retry").setLevel(logging.INFO)
-    offsets: dict[tuple[str, int], int] = {}
+    coordinator = Committer(table, "committer", CLUSTER, retries=20, backoff_seconds=0.01)
     seen = 0
     try:
         while seen < expected:
@@ -196,27 +195,22 @@ def committer(settings: Settings, handoff: Any, run: Run, start: float, expected
                     pending.append(handoff.get_nowait())
                 except queue.Empty:
                     break
-            files = [f for item in pending for f in item[2]]
-            for worker, upto, _, _, _ in pending:
-                offsets[(TOPIC, worker)] = upto
-            props = {OFFSETS_PROPERTY: encode_offsets(offsets), CLUSTER_PROPERTY: CLUSTER, WRITER_PROPERTY: "committer"}
-
-            def attempt(t: Table, files: list[DataFile] = files, props: dict[str, str] = props) -> int | None:
-                return append_files(t, files, props)
-
-            commit_with_retries(
-                table,
-                attempt,
-                retries=20,
-                backoff_seconds=0.01,
-                what="coordinated commit",
-            )
+            requests = [
+                CommitRequest(uuid.uuid4().hex, f"worker-{w}", 1, "trades", {(TOPIC, w): (lo, hi)}, files)
+                for w, lo, hi, files, _, _ in pending
+            ]
+            verdicts = coordinator.commit(requests)
             done = time.time()
             seen += len(pending)
+            for verdict, item in zip(verdicts, pending, strict=True):
+                if verdict.outcome is not Outcome.COMMITTED:
+                    run.gave_up += 1
+                    continue
+                if done <= start + run.seconds:
+                    run.rows_committed += item[4]
+                run.latencies.append(done - item[5])
             if done <= start + run.seconds:
                 run.commits += 1
-                run.rows_committed += sum(item[3] for item in pending)
-            run.latencies += [done - item[4] for item in pending]
     finally:
         run.conflicts = handler.count
         logging.getLogger("k2_core.lake.retry").removeHandler(handler)

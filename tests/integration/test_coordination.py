@@ -18,8 +18,8 @@ from k2_core.lake.files import write_files
 from k2_core.lake.offsets import OffsetIndex
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
-from tests.integration.test_writer import parquet_on_disk, referenced
 from tests.support import factories
+from tests.support.lake import parquet_on_disk, referenced
 
 TOPIC = "market.equities.trades.asx"
 CLUSTER = "cluster-1"

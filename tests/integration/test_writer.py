@@ -5,11 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
-from pyiceberg.table import Table
 
 from k2_core.exceptions import FencedError
 from k2_core.ingest.writer import TableWriter
@@ -18,6 +15,7 @@ from k2_core.lake.offsets import OffsetIndex
 from k2_core.model.tables import TABLE_PROPERTIES, TRADES
 from k2_core.settings import Settings
 from tests.support import factories
+from tests.support.lake import parquet_on_disk, referenced
 
 TP = ("market.equities.trades.asx", 0)
 TP2 = ("market.equities.trades.asx", 1)
@@ -52,14 +50,6 @@ def test_a_writer_that_lost_its_partition_is_fenced(catalog: str, make_settings:
     assert OffsetIndex("cluster-1").refresh(table) == {TP: 3}
     # the fenced batch's written file was removed, not left behind
     assert parquet_on_disk(table) == referenced(table)
-
-
-def parquet_on_disk(table: Table) -> set[str]:
-    return {str(p) for p in (Path(urlparse(table.location()).path) / "data").rglob("*.parquet")}
-
-
-def referenced(table: Table) -> set[str]:
-    return {urlparse(task.file.file_path).path for task in table.scan().plan_files()}
 
 
 @pytest.mark.parametrize("catalog", ["sqlite", "postgres"])

@@ -26,9 +26,9 @@ from k2_core.settings import Settings
 from k2_stream.admin import cluster_id, load_layout
 from k2_stream.committer import CommitterService
 from k2_stream.control import CommitClient
-from tests.reliability.test_faults import check_exactly_once, feed, reliable_settings
 from tests.support.lake import table_rows
 from tests.support.processes import spawn_committer, spawn_ingester
+from tests.support.reliability import check_exactly_once, feed, reliable_settings
 from tests.support.waits import wait_for
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
@@ -97,3 +99,13 @@ def seed(settings: Settings) -> None:
         tables["sequence_gaps"].append(GAPS.to_arrow([open_gap]))
     finally:
         catalog.close()
+
+
+def parquet_on_disk(table: Table) -> set[str]:
+    """Every Parquet file under a local table's data directory, committed or not."""
+    return {str(p) for p in (Path(urlparse(table.location()).path) / "data").rglob("*.parquet")}
+
+
+def referenced(table: Table) -> set[str]:
+    """The local paths of the data files the table's current snapshot references."""
+    return {urlparse(task.file.file_path).path for task in table.scan().plan_files()}
