@@ -25,11 +25,10 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import QueryError
 from k2_core.lake import scan
-from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import CATALOG_FAILURES, ensure_tables, open_catalog
 from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
@@ -80,7 +79,7 @@ logger = get_logger(__name__)
 
 DEFAULT_NAMESPACE = CatalogSettings().namespace
 # The failures that mean "the catalog (or the warehouse behind it) cannot be read", as opposed to a bug.
-_CATALOG_FAILURES = (SQLAlchemyError, OSError, NoSuchTableError, NoSuchNamespaceError)
+_CATALOG_FAILURES: tuple[type[Exception], ...] = (*CATALOG_FAILURES, NoSuchTableError, NoSuchNamespaceError)
 
 
 class QueryEngine:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 from pyarrow import fs
+from pyiceberg.catalog.rest import RestCatalog
+from pyiceberg.exceptions import NoSuchNamespaceError, RESTError
 
 from tests.support.ports import free_port
 
@@ -62,6 +64,7 @@ def _free_pair() -> int:
 class S3Server:
     endpoint: str
     proc: subprocess.Popen[bytes]
+    iceberg: str | None = None  # the Iceberg REST catalog's URL, when started with a table bucket
 
     def filesystem(self, access_key: str, secret_key: str) -> fs.S3FileSystem:
         """A client of its own (pyarrow's, the AWS C++ SDK) signed with these credentials."""
@@ -84,10 +87,19 @@ class S3Server:
 
 @contextmanager
 def seaweedfs(
-    data_dir: Path, admin: tuple[str, str], user: tuple[str, str], bucket: str, log: Path
+    data_dir: Path,
+    admin: tuple[str, str],
+    user: tuple[str, str],
+    bucket: str,
+    log: Path,
+    table_bucket: str | None = None,
 ) -> Iterator[S3Server]:
     """SeaweedFS with `admin` (access key, secret) allowed everything and `user` allowed only `bucket`, which the
-    admin creates. Stopped (its whole process group) when the block ends."""
+    admin creates. With `table_bucket`, also SeaweedFS's Iceberg REST catalog (`S3Server.iceberg`) over an S3 Tables
+    bucket of that name (clients authenticate with S3 keys as OAuth2 client credentials `access:secret`). SeaweedFS
+    4.48 authorises namespace and table creation in a table bucket by ownership: a bucket-scoped identity such as
+    `user` is refused ("not authorized to create namespace in this bucket"), so the catalog's clients use `admin`.
+    Stopped (its whole process group) when the block ends."""
     data_dir.mkdir(parents=True, exist_ok=True)
     identities = {
         "identities": [
@@ -107,6 +119,7 @@ def seaweedfs(
     config.write_text(json.dumps(identities))
     config.chmod(0o600)
     s3_port = free_port()
+    iceberg_port = free_port() if table_bucket else 0
     ports = {
         "master.port": free_port(),
         "master.port.grpc": free_port(),
@@ -126,7 +139,9 @@ def seaweedfs(
         "-ip.bind=127.0.0.1",
         *(f"-{flag}={port}" for flag, port in ports.items()),
         f"-s3.config={config}",
-        "-s3.port.iceberg=0",  # no Iceberg REST catalog, no Lance, no WebDAV, no admin UI: only S3
+        # no Iceberg REST catalog unless asked, no Lance, no WebDAV, no admin UI
+        f"-s3.port.iceberg={iceberg_port}",
+        *([f"-tableBucket={table_bucket}"] if table_bucket else []),
         "-s3.port.lance=0",
         "-webdav=false",
         "-admin.ui=false",
@@ -134,7 +149,8 @@ def seaweedfs(
     ]
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{s3_port}", proc)
+    iceberg = f"http://127.0.0.1:{iceberg_port}" if table_bucket else None
+    server = S3Server(f"http://127.0.0.1:{s3_port}", proc, iceberg)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -146,9 +162,28 @@ def seaweedfs(
                 assert time.monotonic() < deadline, f"SeaweedFS did not come up: {log.read_text()[-2000:]}"
                 time.sleep(0.1)
         server.filesystem(*admin).create_dir(bucket)
+        if table_bucket:
+            _wait_for_table_bucket(server, admin, table_bucket, log, deadline)
         yield server
     finally:
         stop(proc)
+
+
+def _wait_for_table_bucket(
+    server: S3Server, admin: tuple[str, str], table_bucket: str, log: Path, deadline: float
+) -> None:
+    """`weed mini` creates its table bucket only after every component reports ready: until then the catalog
+    answers that the bucket does not exist. Wait until it lists the bucket's namespaces."""
+    properties = {"uri": server.iceberg, "warehouse": f"s3://{table_bucket}", "credential": ":".join(admin)}
+    while True:
+        assert server.proc.poll() is None, f"SeaweedFS exited: {log.read_text()[-2000:]}"
+        try:
+            RestCatalog("probe", **properties).list_namespaces()
+            return
+        except (RESTError, NoSuchNamespaceError, OSError) as exc:  # 404 until the bucket exists
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no table bucket {table_bucket}: {exc}; {log.read_text()[-2000:]}") from exc
+            time.sleep(0.2)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 2) -> None:
