@@ -6,15 +6,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
 from k2_cli.probes import read_catalog
 from k2_core.exceptions import ConfigError
+from k2_core.ingest.writer import TableWriter
 from k2_core.lake.catalog import CATALOG_FAILURES, open_catalog, rest_properties
+from k2_core.lake.offsets import OffsetIndex
+from k2_core.model.tables import TRADES
 from k2_core.settings import CatalogSettings, Settings
-from tests.support.lake import SEED_DAY, seed, table_rows
+from k2_core.upkeep.expiry import expire_snapshots, remove_orphans
+from tests.support.factories import at, trade
+from tests.support.fixtures import REST_ADMIN, REST_TABLE_BUCKET
+from tests.support.lake import SEED_DAY, open_lake, seed, table_rows
 from tests.support.ports import free_port
 from tests.support.seaweedfs import S3Server
 
@@ -89,3 +96,44 @@ def test_rest_settings_come_from_k2_environment_variables(monkeypatch: pytest.Mo
     monkeypatch.setenv("K2_CATALOG_TYPE", "hive")
     with pytest.raises(ValidationError, match=r"catalog\.type"):
         Settings()
+
+
+def test_expiry_and_orphan_removal_through_the_rest_catalog(
+    make_settings: Callable[..., Settings], iceberg_rest: S3Server
+) -> None:
+    """The daily upkeep on the REST server's tables: expiry commits through the catalog and keeps the ingester's
+    offsets chain; orphan removal lists and deletes in the S3 table bucket through the table's own FileIO."""
+    settings = make_settings(catalog="rest")
+    table = open_lake(settings).table("trades")
+    writer = TableWriter(table, "ingester", "cluster-1", retries=3, backoff_seconds=0.05)
+    topic, day = "market.equities.trades.asx", date(2026, 11, 20)
+    snapshots = []
+    for n in range(5):
+        rows = [trade("BHP", 10 * n + i, at(day, 10 * n + i)) for i in range(1, 11)]
+        snapshots.append(writer.append(TRADES.to_arrow(rows), {(topic, 0): 10 * n + 10}, {(topic, 0): 10 * n}))
+    manifest_lists = {s.snapshot_id: s.manifest_list for s in table.metadata.snapshots}
+    rows_now = sorted(r["exchange_sequence_number"] for r in table.scan().to_arrow().to_pylist())
+    later = datetime.now(UTC) + timedelta(days=30)
+
+    result = expire_snapshots(table, later, retention=timedelta(days=7), keep_last=1, retries=2, backoff_seconds=0.05)
+    table = open_lake(settings).table("trades")
+    assert sorted(result.expired) == sorted(snapshots[:-1])
+    assert [s.snapshot_id for s in table.metadata.snapshots] == snapshots[-1:]
+    assert OffsetIndex("cluster-1").refresh(table) == {(topic, 0): 50}
+
+    # A stray object in the table's data folder (a write that never committed), besides what expiry released.
+    live = table.scan().plan_files()
+    needed = {t.file.file_path for t in live} | {table.metadata_location, table.current_snapshot().manifest_list}  # type: ignore[union-attr]
+    stray = next(iter(needed - {table.metadata_location})).rsplit("/", 1)[0] + "/stray.parquet"
+    with iceberg_rest.filesystem(*REST_ADMIN).open_output_stream(stray.removeprefix("s3://")) as out:
+        out.write(b"never committed")
+    before = set(iceberg_rest.keys(*REST_ADMIN, REST_TABLE_BUCKET))
+    orphans = remove_orphans(table, later, min_age=timedelta(hours=1))
+    after = set(iceberg_rest.keys(*REST_ADMIN, REST_TABLE_BUCKET))
+
+    deleted = {d.removeprefix("s3://") for d in orphans.deleted}
+    assert deleted == before - after
+    assert stray.removeprefix("s3://") in deleted
+    assert {manifest_lists[s].removeprefix("s3://") for s in result.expired} <= deleted
+    assert {n.removeprefix("s3://") for n in needed} <= after
+    assert sorted(r["exchange_sequence_number"] for r in table.scan().to_arrow().to_pylist()) == rows_now
