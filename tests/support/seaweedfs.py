@@ -19,7 +19,7 @@ import sysconfig
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -60,11 +60,27 @@ def _free_pair() -> int:
             return port
 
 
-@dataclass(frozen=True)
+@dataclass
 class S3Server:
     endpoint: str
     proc: subprocess.Popen[bytes]
     iceberg: str | None = None  # the Iceberg REST catalog's URL, when started with a table bucket
+    argv: list[str] = field(default_factory=list)
+    log: Path = Path("/dev/null")
+    admin: tuple[str, str] = ("", "")
+    table_bucket: str | None = None
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def start(self) -> None:
+        """Start it again after `stop()`: the same ports and data, so clients find it where it was."""
+        assert self.proc.poll() is not None, "still running"
+        self.proc = _launch(self.argv, self.log)
+        deadline = time.monotonic() + 30
+        _wait_until_up(self, deadline)
+        if self.table_bucket:
+            _wait_for_table_bucket(self, self.admin, self.table_bucket, self.log, deadline)
 
     def filesystem(self, access_key: str, secret_key: str) -> fs.S3FileSystem:
         """A client of its own (pyarrow's, the AWS C++ SDK) signed with these credentials."""
@@ -147,26 +163,34 @@ def seaweedfs(
         "-admin.ui=false",
         "-master.telemetry=false",
     ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     iceberg = f"http://127.0.0.1:{iceberg_port}" if table_bucket else None
-    server = S3Server(f"http://127.0.0.1:{s3_port}", proc, iceberg)
+    server = S3Server(f"http://127.0.0.1:{s3_port}", _launch(argv, log), iceberg, argv, log, admin, table_bucket)
     try:
         deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"SeaweedFS exited with {proc.returncode}: {log.read_text()[-2000:]}"
-            try:
-                httpx.get(server.endpoint, timeout=1)  # any answer (403 to anonymous) means the gateway is up
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, f"SeaweedFS did not come up: {log.read_text()[-2000:]}"
-                time.sleep(0.1)
+        _wait_until_up(server, deadline)
         server.filesystem(*admin).create_dir(bucket)
         if table_bucket:
             _wait_for_table_bucket(server, admin, table_bucket, log, deadline)
         yield server
     finally:
-        stop(proc)
+        server.stop()
+
+
+def _launch(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_until_up(server: S3Server, deadline: float) -> None:
+    while True:
+        proc = server.proc
+        assert proc.poll() is None, f"SeaweedFS exited with {proc.returncode}: {server.log.read_text()[-2000:]}"
+        try:
+            httpx.get(server.endpoint, timeout=1)  # any answer (403 to anonymous) means the gateway is up
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"SeaweedFS did not come up: {server.log.read_text()[-2000:]}"
+            time.sleep(0.1)
 
 
 def _wait_for_table_bucket(
