@@ -19,11 +19,12 @@ from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, Valida
 from pyiceberg.table import Table
 
 from k2_core.exceptions import CommitConflictError
-from k2_core.lake.catalog import ensure_table
+from k2_core.lake.catalog import ensure_table, open_catalog
 from k2_core.lake.files import delete_uncommitted, replace_files, write_chunks
 from k2_core.logging import get_logger
-from k2_core.model.instruments import Instrument, fingerprint, to_arrow
+from k2_core.model.instruments import Instrument, fingerprint, parse_dir, to_arrow
 from k2_core.model.tables import INSTRUMENTS, arrow_schema_of
+from k2_core.settings import Settings
 
 log = get_logger(__name__)
 
@@ -75,12 +76,12 @@ def store_instruments(catalog: Catalog, namespace: str, instruments: Sequence[In
 
 
 def read_instruments(
-    table: Table, snapshot_id: int | None, *, exchange: str | None = None, symbol: str | None = None
+    table: Table | None, snapshot_id: int | None, *, exchange: str | None = None, symbol: str | None = None
 ) -> pa.Table:
-    """The rows of `snapshot_id` (None: the table had none then, so no rows), by exchange and symbol. The table is
-    small (one row per instrument): it is read whole and narrowed in Arrow."""
+    """The rows of `snapshot_id` (None: the table had none then, or does not exist, so no rows), by exchange and
+    symbol. The table is small (one row per instrument): it is read whole and narrowed in Arrow."""
     schema = _ARROW
-    if snapshot_id is None:
+    if table is None or snapshot_id is None:
         return schema.empty_table()
     rows = table.scan(snapshot_id=snapshot_id).to_arrow()
     if exchange is not None:
@@ -97,3 +98,14 @@ def load_table(catalog: Catalog, namespace: str) -> Table | None:
         return catalog.load_table((namespace, INSTRUMENTS.name))
     except NoSuchTableError:
         return None
+
+
+def load_reference_files(settings: Settings) -> LoadResult:
+    """Parse every file of `K2_INSTRUMENTS_DIR` and store them: a bad file raises `ConfigError` before the table is
+    touched, so what is stored never changes because of it."""
+    instruments = parse_dir(settings.instruments.dir)
+    catalog = open_catalog(settings)
+    try:
+        return store_instruments(catalog, settings.catalog.namespace, instruments)
+    finally:
+        catalog.close()
