@@ -412,8 +412,9 @@ def test_k2_import_rejects_a_strict_instruments_off_tick_rows_and_leaves_the_oth
     day = datetime(2024, 11, 25, tzinfo=UTC)
     dumps = tmp_path / "dumps"
     dumps.mkdir()
-    for symbol in ("BTCUSDT", "ETHUSDT"):
-        write_binance_trades(dumps / f"{symbol}-trades-2024-11-25.csv", range(1, 201), day)
+    # The same prices in both (the ETH file an hour later: an import skips a file whose bytes it has imported).
+    for hour, symbol in enumerate(("BTCUSDT", "ETHUSDT")):
+        write_binance_trades(dumps / f"{symbol}-trades-2024-11-25.csv", range(1, 201), day + timedelta(hours=hour))
     runner, env = CliRunner(), settings_env(settings)
 
     results = {
@@ -455,6 +456,6 @@ def test_k2_import_rejects_a_strict_instruments_off_tick_rows_and_leaves_the_oth
         assert stored == sorted(seq for seq, why in judged.items() if why is None)
         refused = sum(why is not None for why in judged.values())
         assert (symbol, refused > 0) == (symbol, symbol == "BTCUSDT")
-        assert f"{refused} rejected" in results[symbol].output or refused == 0
+        assert f"200 rows read, {200 - refused} written" in results[symbol].output
     assert "ReferenceDataError: BTCUSDT on binance: price" in results["BTCUSDT"].output
     assert "is not a multiple of tick_size 0.05" in results["BTCUSDT"].output
