@@ -1,9 +1,9 @@
 """Reference data (`market.instruments`) end to end on real components: files loaded into real Iceberg tables on
 SQLite and PostgreSQL catalogs (idempotent, one snapshot a change, time travel), the API over HTTP with its scopes,
-the `k2 instruments` CLI, and strict instruments enforced by the real ingester behind a real Tansu broker and by
-`k2 import`: off-tick, off-lot, unlisted and out-of-dates records go to the dead-letter path with their reason, the
-rest land, and non-strict instruments are untouched. Expected rows come from the CSV text and Decimal arithmetic
-here, not from K2's own parser."""
+the `k2 instruments` CLI, the Dagster asset, and strict instruments enforced by the real ingester behind a real Tansu
+broker and by `k2 import`: off-tick, off-lot, unlisted and out-of-dates records go to the dead-letter path with their
+reason, the rest land, and non-strict instruments are untouched. Expected rows come from the CSV text and Decimal
+arithmetic here, not from K2's own parser."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import sqlalchemy
 from typer.testing import CliRunner
@@ -30,9 +31,11 @@ from k2_core.lake.instruments import load_reference_files, load_table
 from k2_core.lake.sqldb import catalog_engine
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import AuthSettings, Settings
+from k2_dagster.defs.reference import instruments as instruments_asset
 from k2_stream.ingester import Ingester
 from tests.support import factories
 from tests.support.clients import cli_env, local_client
+from tests.support.definitions import k2_resources
 from tests.support.dumps import write_binance_trades
 from tests.support.kafka import produce, read_dead_letters
 from tests.support.lake import table_rows
@@ -459,3 +462,28 @@ def test_k2_import_rejects_a_strict_instruments_off_tick_rows_and_leaves_the_oth
         assert f"200 rows read, {200 - refused} written" in results[symbol].output
     assert "ReferenceDataError: BTCUSDT on binance: price" in results["BTCUSDT"].output
     assert "is not a multiple of tick_size 0.05" in results["BTCUSDT"].output
+
+
+def test_the_dagster_asset_reloads_the_files(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    settings = make_settings()
+    settings.instruments.dir = tmp_path / "instruments"
+    write(settings.instruments.dir, "asx", ASX)
+    resources = k2_resources(settings)
+
+    def run() -> dg.ExecuteInProcessResult:
+        return dg.materialize([instruments_asset], resources=resources, raise_on_error=False)
+
+    first = run()
+    assert first.success
+    (materialized,) = first.asset_materializations_for_node("instruments")
+    assert (materialized.metadata["rows"].value, materialized.metadata["changed"].value) == (2, True)
+    (unchanged,) = run().asset_materializations_for_node("instruments")
+    assert unchanged.metadata["changed"].value is False
+    assert snapshot_count(settings) == 1
+
+    write(settings.instruments.dir, "asx", [*ASX, "WES,equities,AUD,0.01,1,,,,,perhaps"])
+    failed = run()
+    assert not failed.success
+    assert "asx.csv:4: strict: 'perhaps' is not true or false" in str(failed.failure_data_for_node("instruments"))
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        assert engine.instruments().table.to_pylist() == expected_rows({"asx": ASX})
