@@ -44,6 +44,11 @@ _EPOCH = date(1970, 1, 1)
 _DAY_US = 86_400_000_000
 
 
+def _plain(value: Decimal) -> str:
+    """45.12500000 -> 45.125, 10.00000000 -> 10 (no exponent)."""
+    return format(value.normalize(), "f")
+
+
 def _unscaled(value: Decimal) -> int:
     return int(value.scaleb(DECIMAL_SCALE))
 
@@ -105,7 +110,7 @@ class ReferenceRules:
                 values, _ = unscaled(rows.column(name))  # the record rules bound them: they fit
                 for i in np.flatnonzero(values % step_unscaled != 0).tolist():
                     value = rows.column(name)[i].as_py()
-                    yield i, f"{name} {value.normalize()} is not a multiple of {what} {step.normalize()}"
+                    yield i, f"{name} {_plain(value)} is not a multiple of {what} {_plain(step)}"
         if instrument.listed is None and instrument.delisted is None:
             return
         days = as_int64(rows.column("exchange_timestamp")) // _DAY_US
