@@ -309,10 +309,20 @@ class Supervisor:
 
     def _load_reference_data(self) -> None:
         """`market.instruments` from K2_INSTRUMENTS_DIR before the ingester starts, so strict instruments are strict
-        from its first batch; an unchanged file set commits nothing."""
+        from its first batch; an unchanged file set commits nothing. A bad file raises `ConfigError` (no start); an
+        unreachable catalog only warns, since every process then fails and is supervised as usual."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         from k2_core.lake.instruments import load_reference_files
 
-        result = load_reference_files(self.settings)
+        try:
+            result = load_reference_files(self.settings)
+        except (SQLAlchemyError, OSError) as exc:
+            # The catalog is not there (yet): start anyway, as the processes would; they say so, and are supervised.
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            log.warning("reference data not loaded: catalog unreachable", extra={"error": reason})
+            console.print(Text(f"instruments  not loaded, catalog unreachable: {reason}", style="yellow"))
+            return
         state = f"new snapshot {result.snapshot_id}" if result.changed else "unchanged"
         console.print(f"instruments  {result.rows} from {self.settings.instruments.dir} ({state})")
 
