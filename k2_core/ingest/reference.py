@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +68,11 @@ class ReferenceRules:
     ) -> ReferenceRules:
         return cls({(i.exchange, i.symbol): i for i in instruments}, frozenset(strict_exchanges), snapshot_id)
 
+    @cached_property
+    def any_strict(self) -> bool:
+        """Whether any rule applies at all (most installations: none, and a batch is passed through untouched)."""
+        return bool(self.strict_exchanges) or any(i.strict for i in self.instruments.values())
+
     def is_strict(self, exchange: str, symbol: str) -> bool:
         if exchange in self.strict_exchanges:
             return True
@@ -76,7 +82,7 @@ class ReferenceRules:
     def refuse(self, kind: Kind, exchange: str, table: pa.Table) -> list[tuple[int, str]]:
         """Each row of `table` (records of `exchange`, already valid by the record rules) a strict rule refuses, by
         index, with its reason; in index order."""
-        if not table.num_rows or not (self.strict_exchanges or any(i.strict for i in self.instruments.values())):
+        if not table.num_rows or not self.any_strict:
             return []
         encoded = pc.dictionary_encode(table.column("symbol")).combine_chunks()
         codes = np.asarray(encoded.indices, dtype=np.int64)
