@@ -354,6 +354,21 @@ class RecordSettings(BaseModel):
     max_message_bytes: int = Field(default=1024 * 1024, ge=64, description="Larger Kafka messages are refused.")
 
 
+class InstrumentSettings(BaseModel):
+    """Reference data (`market.instruments`, k2_core.model.instruments): where its files are, which exchanges are
+    strict as a whole, and how often the ingester looks for a reload."""
+
+    dir: Path = Field(
+        default=REPO_ROOT / "config" / "instruments",
+        description="One <exchange>.csv per exchange (docs/instruments.md).",
+    )
+    # Every instrument of these exchanges is strict, and a symbol the table does not list is refused.
+    strict_exchanges: list[str] = Field(default_factory=list)
+    refresh_seconds: float = Field(
+        default=5.0, gt=0, description="The ingester re-checks the table's snapshot at most this often."
+    )
+
+
 class AuthSettings(BaseModel):
     """API authentication (API keys, OAuth2 bearer JWTs), per-key rate limits. See docs/security.md.
 
@@ -422,6 +437,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     records: RecordSettings = RecordSettings()
+    instruments: InstrumentSettings = InstrumentSettings()
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
     supervisor: SupervisorSettings = SupervisorSettings()

@@ -30,10 +30,20 @@ from k2_core.exceptions import QueryError
 from k2_core.lake import scan
 from k2_core.lake.catalog import CATALOG_FAILURES, ensure_tables, open_catalog
 from k2_core.lake.gaps import read_gaps
+from k2_core.lake.instruments import read_instruments
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, MARKET_TABLES, QUOTES, TRADES, TableDef
+from k2_core.model.tables import (
+    ALL_TABLES,
+    GAPS,
+    INSTRUMENTS,
+    LATEST_ON_SCHEMA,
+    MARKET_TABLES,
+    QUOTES,
+    TRADES,
+    TableDef,
+)
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -716,6 +726,31 @@ class QueryEngine:
         table = self.load(GAPS)
         return read_gaps(table, plans=self.sources.plans, direct_reads=self.sources.direct_reads, **equal)
 
+    def instruments(
+        self,
+        exchange: str | None = None,
+        symbol: str | None = None,
+        *,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """Reference data (`market.instruments`), by exchange and symbol, as of the current load or a past one. An
+        exchange need not have topics: reference data may come first. Before any load: no rows."""
+        exchange = validate_exchange(exchange, None) if exchange is not None else None
+        symbol = validate_symbol(symbol) if symbol is not None else None
+        travel = validate_as_of(as_of_snapshot, as_of)
+        try:
+            table = self.sources.loader.load(INSTRUMENTS.name)
+        except NoSuchTableError:
+            if travel is not None and travel.snapshot_id is not None:
+                raise QueryError(
+                    f"as_of_snapshot {travel.snapshot_id} is not a snapshot of table instruments"
+                ) from None
+            return QueryResult(read_instruments(None, None), (ICEBERG,), None)
+        choice = choose_snapshot(table, travel, INSTRUMENTS.name)
+        rows = read_instruments(table, choice.snapshot_id, exchange=exchange, symbol=symbol)
+        return QueryResult(rows, (ICEBERG,), choice.snapshot_id)
+
     # --- planning and health -------------------------------------------------------------------------------
 
     def load(self, table_def: TableDef) -> Table:
@@ -830,23 +865,18 @@ class QueryEngine:
         snapshot_id: int | None = None
         tiers: list[Tier | None] = []
         at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
-        if at_once is not None and spec.fill == "none":
-            # Unfilled bars of the whole exchange: one table, placed without a pass per symbol.
+        if at_once is not None:
+            # The whole exchange: every symbol's bars in one table (filled in one query), placed in one sort.
             snapshot_id, every, sources, cached = at_once
             served.update(sources)
             tiers.append(cached)
+            every = bars.fill_many(every, spec, window, list(wanted), exchange)
             found.append(exchange_bars.placed(every, spec, wanted))
-        parts = exchange_bars.by_symbol(at_once[1]) if at_once is not None and spec.fill != "none" else {}
-        for place, symbol in enumerate(wanted if at_once is None or spec.fill != "none" else ()):
-            if at_once is not None:
-                snapshot_id, _, sources, cached = at_once
-                rows = bars.fill(parts.get(symbol, exchange_bars.empty(spec)), spec, window, symbol, exchange)
-                served.update(sources)
-            else:
-                stream, pinned = self._open("trades", exchange, symbol, travel, position)
-                snapshot_id = stream.choice.snapshot_id
-                rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
-                served.update(sources)
+        for place, symbol in enumerate(wanted if at_once is None else ()):
+            stream, pinned = self._open("trades", exchange, symbol, travel, position)
+            snapshot_id = stream.choice.snapshot_id
+            rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
+            served.update(sources)
             tiers.append(cached)
             rows = rows.append_column("k2_place", pa.array([place] * rows.num_rows, pa.int64()))
             ordinal = [0] * rows.num_rows if spec.bar_type == "time" else range(rows.num_rows)  # as `placed`

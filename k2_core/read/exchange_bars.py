@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -79,17 +78,6 @@ def read(
     return bars.labelled(found, tuple(served))
 
 
-def by_symbol(table: pa.Table) -> dict[str, pa.Table]:
-    """Time bars cut into each symbol's rows, each in bar order."""
-    if table.num_rows == 0:
-        return {}
-    table = table.sort_by([("symbol", "ascending"), ("bar_start", "ascending")])
-    symbols = table.column("symbol").to_numpy(zero_copy_only=False)
-    firsts = np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]])
-    bounds = [*firsts.tolist(), len(symbols)]
-    return {str(symbols[lo]): table.slice(lo, hi - lo) for lo, hi in pairwise(bounds)}
-
-
 LISTING_ORDER = [("bar_start", "ascending"), ("k2_place", "ascending"), ("k2_ord", "ascending")]
 
 
@@ -110,8 +98,3 @@ def placed(table: pa.Table, spec: BarSpec, wanted: Sequence[str]) -> pa.Table:
         ordinal = pa.array(np.arange(count) - starts, pa.int64())
     out = table.append_column("k2_place", place).append_column("k2_ord", ordinal).filter(pc.is_valid(place))
     return out.sort_by(LISTING_ORDER)
-
-
-def empty(spec: BarSpec) -> pa.Table:
-    """No bars, in the schema of `spec`'s bars."""
-    return (activity_bars.ACTIVITY_BARS_SCHEMA if spec.bar_type != "time" else BARS_ARROW_SCHEMA).empty_table()

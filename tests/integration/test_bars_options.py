@@ -222,19 +222,29 @@ def test_fill(seeded: Seeded, engine: QueryEngine, how: str, align: str) -> None
     result = engine.ohlcv("CBA", "asx", interval, start, end, align=align, fill=how)
     assert result.window is not None
     window = (result.window.start, result.window.end)
-    rows = picked(seeded, "asx", "CBA", *window)
-    if align == "utc":
-        bars = bar_oracle.time_bars(rows, interval, "utc")
-        grid = _grid_utc(*window, "15min")
-    else:
-        bars = bar_oracle.time_bars(rows, interval, "session", SYDNEY, ASX_OPEN, ASX_CLOSE)
-        grid = _grid_session(*window)
-    expected = bar_oracle.filled(bars, grid, how)
+
+    def expected(symbol: str) -> list[dict[str, Any]]:
+        rows = picked(seeded, "asx", symbol, *window)
+        if align == "utc":
+            bars = bar_oracle.time_bars(rows, interval, "utc")
+            grid = _grid_utc(*window, "15min")
+        else:
+            bars = bar_oracle.time_bars(rows, interval, "session", SYDNEY, ASX_OPEN, ASX_CLOSE)
+            grid = _grid_session(*window)
+        return bar_oracle.filled(bars, grid, how)
+
     got = result.table.to_pylist()
-    assert plain(got) == plain(expected)
+    assert plain(got) == plain(expected("CBA"))
     assert any(r["trade_count"] == 0 for r in got)
     assert any(r["trade_count"] > 0 for r in got)
     assert all(r["symbol"] == "CBA" for r in got)
+    # The whole exchange, filled in one query for every symbol, paged: each symbol's rows as the oracle fills them,
+    # in (bar_start, symbol) order.
+    whole = all_pages(partial(engine.ohlcv_many, None, "asx", interval, start, end, align=align, fill=how), 41)
+    assert [(r["bar_start"], r["symbol"]) for r in whole] == sorted((r["bar_start"], r["symbol"]) for r in whole)
+    for symbol in ("BHP", "CBA"):
+        assert plain([r for r in whole if r["symbol"] == symbol]) == plain(expected(symbol))
+    assert {r["symbol"] for r in whole} == {"BHP", "CBA"}
 
 
 def test_fill_pages_through_the_same_answer(seeded: Seeded, engine: QueryEngine) -> None:

@@ -35,6 +35,9 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
         K2_DEGRADATION_WRITE_SECONDS=json.dumps(settings.degradation.write_seconds),
+        K2_INSTRUMENTS_DIR=str(settings.instruments.dir),
+        K2_INSTRUMENTS_STRICT_EXCHANGES=json.dumps(settings.instruments.strict_exchanges),
+        K2_INSTRUMENTS_REFRESH_SECONDS=str(settings.instruments.refresh_seconds),
     )
     if settings.kafka.max_partitions is not None:
         env["K2_KAFKA_MAX_PARTITIONS"] = str(settings.kafka.max_partitions)
