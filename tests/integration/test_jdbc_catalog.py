@@ -1,6 +1,6 @@
 """Trino and Spark read K2's tables through Iceberg's JDBC catalog on the same PostgreSQL (docs/engines.md): here the
-catalog rows a real ingest leaves are checked with the SQL Java's `JdbcCatalog` itself runs (JdbcUtil.java, copied
-from apache/iceberg into tests/support/iceberg_jdbc), and K2 runs on catalog tables JdbcCatalog created first."""
+catalog rows a real ingest leaves are checked with the SQL Java's `JdbcCatalog` runs (`JdbcUtil`'s statements,
+written out in tests/support/jdbc_catalog.py), and K2 runs on catalog tables JdbcCatalog created first."""
 
 from __future__ import annotations
 
