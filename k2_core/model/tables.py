@@ -16,6 +16,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import (
+    BooleanType,
+    DateType,
     DecimalType,
     IntegerType,
     ListType,
@@ -130,6 +132,22 @@ OHLCV_SCHEMA = Schema(
     NestedField(8, "volume", VOLUME_SUM, required=True),
     NestedField(9, "vwap", PRICE, required=True),
     NestedField(10, "trade_count", LongType(), required=True),
+)
+
+# Reference data (k2_core.model.instruments): one row per listed instrument, replaced whole by each load, so a
+# snapshot is what K2 knew of every instrument at that time. Ticks and lots are exact, like the prices they divide.
+INSTRUMENTS_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "asset_class", StringType(), required=True, doc="equities or crypto"),
+    NestedField(4, "currency", StringType(), required=True, doc="ISO 4217 code (or the quote asset, e.g. USDT)"),
+    NestedField(5, "tick_size", PRICE, required=True, doc="Every price is a whole multiple of it."),
+    NestedField(6, "lot_size", PRICE, required=True, doc="Every size is a whole multiple of it."),
+    NestedField(7, "isin", StringType(), required=False),
+    NestedField(8, "figi", StringType(), required=False),
+    NestedField(9, "listed", DateType(), required=False, doc="First trading day (UTC date), if known."),
+    NestedField(10, "delisted", DateType(), required=False, doc="Last trading day (UTC date), if delisted."),
+    NestedField(11, "strict", BooleanType(), required=True, doc="Records breaking these rules are dead-lettered."),
 )
 
 
@@ -288,6 +306,8 @@ GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
 # Precomputed bars (`k2_core.model.bars` defines a bar, `k2_core.upkeep.ohlcv` rebuilds them a day at a time).
 OHLCV_1M = TableDef("ohlcv_1m", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)
 OHLCV_1D = TableDef("ohlcv_1d", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)
+
+INSTRUMENTS = TableDef("instruments", INSTRUMENTS_SCHEMA, PartitionSpec(), _order(2, 1), ("exchange", "symbol"))
 
 MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}
 ALL_TABLES = (TRADES, QUOTES, GAPS)

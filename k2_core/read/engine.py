@@ -25,16 +25,25 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import QueryError
 from k2_core.lake import scan
-from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import CATALOG_FAILURES, ensure_tables, open_catalog
 from k2_core.lake.gaps import read_gaps
+from k2_core.lake.instruments import read_instruments
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, MARKET_TABLES, QUOTES, TRADES, TableDef
+from k2_core.model.tables import (
+    ALL_TABLES,
+    GAPS,
+    INSTRUMENTS,
+    LATEST_ON_SCHEMA,
+    MARKET_TABLES,
+    QUOTES,
+    TRADES,
+    TableDef,
+)
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
 from k2_core.read.cache import RedisTier, ResultCache, Tier
@@ -80,7 +89,7 @@ logger = get_logger(__name__)
 
 DEFAULT_NAMESPACE = CatalogSettings().namespace
 # The failures that mean "the catalog (or the warehouse behind it) cannot be read", as opposed to a bug.
-_CATALOG_FAILURES = (SQLAlchemyError, OSError, NoSuchTableError, NoSuchNamespaceError)
+_CATALOG_FAILURES: tuple[type[Exception], ...] = (*CATALOG_FAILURES, NoSuchTableError, NoSuchNamespaceError)
 
 
 class QueryEngine:
@@ -716,6 +725,31 @@ class QueryEngine:
             equal["status"] = validate_gap_status(status)
         table = self.load(GAPS)
         return read_gaps(table, plans=self.sources.plans, direct_reads=self.sources.direct_reads, **equal)
+
+    def instruments(
+        self,
+        exchange: str | None = None,
+        symbol: str | None = None,
+        *,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """Reference data (`market.instruments`), by exchange and symbol, as of the current load or a past one. An
+        exchange need not have topics: reference data may come first. Before any load: no rows."""
+        exchange = validate_exchange(exchange, None) if exchange is not None else None
+        symbol = validate_symbol(symbol) if symbol is not None else None
+        travel = validate_as_of(as_of_snapshot, as_of)
+        try:
+            table = self.sources.loader.load(INSTRUMENTS.name)
+        except NoSuchTableError:
+            if travel is not None and travel.snapshot_id is not None:
+                raise QueryError(
+                    f"as_of_snapshot {travel.snapshot_id} is not a snapshot of table instruments"
+                ) from None
+            return QueryResult(read_instruments(None, None), (ICEBERG,), None)
+        choice = choose_snapshot(table, travel, INSTRUMENTS.name)
+        rows = read_instruments(table, choice.snapshot_id, exchange=exchange, symbol=symbol)
+        return QueryResult(rows, (ICEBERG,), choice.snapshot_id)
 
     # --- planning and health -------------------------------------------------------------------------------
 
