@@ -91,6 +91,8 @@ class RecoveryStore:
     def add(self, event: Event) -> None:
         if event.record["exchange"] != self.exchange:
             raise ReplayFormatError(f"recovery store for {self.exchange} given a {event.record['exchange']} record")
+        if event.kind not in KINDS:  # a book heals by its next snapshot: its updates are never retransmitted
+            raise ReplayFormatError(f"the recovery store keeps trades and quotes, not {event.kind}")
         self._records.setdefault((event.kind, event.record["symbol"]), {})[event.sequence] = event.record
 
     def fetch(self, kind: Kind, symbol: str, first: int, last: int) -> list[dict[str, Any]]:
