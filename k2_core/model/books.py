@@ -123,3 +123,29 @@ def spread_mid_imbalance(book: Book) -> tuple[Decimal | None, Decimal | None, De
         return None, None, None
     imbalance = (bid[1] - ask[1]) / (bid[1] + ask[1])
     return ask[0] - bid[0], (ask[0] + bid[0]) / 2, imbalance
+
+
+def check_book_record(record_type: str, record: Mapping[str, Any], exchange: str) -> None:
+    """The rules a book record meets before storage; `BookError` says which it breaks (the record is
+    dead-lettered). A snapshot's sides come best first without repeats and do not cross; an update names a side, a
+    positive price and a size of 0 or more."""
+    if record["exchange"] != exchange:
+        raise BookError(f"a {record['exchange']!r} record on the {exchange!r} books topic")
+    if record["exchange_sequence_number"] < 0:
+        raise BookError(f"negative sequence number {record['exchange_sequence_number']}")
+    if record_type == "book_updates":
+        Book().side(record["side"])
+        if record["price"] <= 0:
+            raise BookError(f"price {record['price']} is not positive")
+        if record["size"] < 0:
+            raise BookError(f"negative size {record['size']} at {record['price']}")
+        return
+    for side in (BID, ASK):
+        levels = record[side + "s"]
+        prices = [lv["price"] for lv in levels]
+        if any(lv["price"] <= 0 or lv["size"] <= 0 for lv in levels):
+            raise BookError(f"{side}s hold a level whose price or size is not positive")
+        if prices != sorted(set(prices), reverse=side == BID):
+            raise BookError(f"{side}s are not best first without repeats")
+    if record["bids"] and record["asks"] and record["bids"][0]["price"] >= record["asks"][0]["price"]:
+        raise BookError(f"crossed book: bid {record['bids'][0]['price']} >= ask {record['asks'][0]['price']}")

@@ -34,9 +34,21 @@ from k2_core.lake.gaps import read_gaps
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
-from k2_core.model.tables import ALL_TABLES, GAPS, LATEST_ON_SCHEMA, MARKET_TABLES, QUOTES, TRADES, TableDef
+from k2_core.model.tables import (
+    ALL_TABLES,
+    BOOK_SNAPSHOTS,
+    BOOK_UPDATES,
+    BOOK_VALIDITY,
+    GAPS,
+    LATEST_ON_SCHEMA,
+    MARKET_TABLES,
+    QUOTES,
+    TRADES,
+    TableDef,
+)
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
+from k2_core.read.book import BookAnswer, book_at, validate_depth
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
@@ -46,6 +58,7 @@ from k2_core.read.params import (
     MarketQuery,
     TimeInput,
     TimeRange,
+    parse_time,
     validate_as_of,
     validate_bar_count,
     validate_bar_spec,
@@ -716,6 +729,24 @@ class QueryEngine:
             equal["status"] = validate_gap_status(status)
         table = self.load(GAPS)
         return read_gaps(table, plans=self.sources.plans, direct_reads=self.sources.direct_reads, **equal)
+
+    # --- level-2 books -------------------------------------------------------------------------------------
+
+    def book(self, symbol: str, exchange: str, at: TimeInput = None, depth: int | None = None) -> BookAnswer:
+        """The instrument's book at `at` (default: now), `depth` levels a side, rebuilt from the nearest snapshot
+        at or before it and the updates after (k2_core.read.book); an answer with `valid` False says why not."""
+        symbol = validate_symbol(symbol)
+        exchange = validate_exchange(exchange, self.exchanges)
+        when = self.sources.clock() if at is None else parse_time(at, "at")
+        return book_at(
+            self.load(BOOK_SNAPSHOTS),
+            self.load(BOOK_UPDATES),
+            self.load(BOOK_VALIDITY),
+            exchange,
+            symbol,
+            when,
+            validate_depth(depth),
+        )
 
     # --- planning and health -------------------------------------------------------------------------------
 
