@@ -225,9 +225,7 @@ class Supervisor:
         if self.simulators:
             for exchange in EXCHANGES:
                 name = f"simulator-{exchange}"
-                children.append(
-                    self._k2(name, "simulate", "--exchange", exchange, "--rate", str(self.rate), "--books")
-                )
+                children.append(self._k2(name, "simulate", "--exchange", exchange, "--rate", str(self.rate), "--books"))
         return children
 
     def _ports(self) -> dict[str, tuple[str, int]]:

@@ -1,0 +1,185 @@
+"""The done-when test of level-2 books: the simulator's books, through the real broker and the real book ingester,
+rebuild at any time exactly as the simulator held them; a gap in the updates is detected, recorded, reported as an
+unknown book, and healed by the next snapshot. The simulator's own books (`book_at`) are the oracle."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from k2_core.ingest.gaps import HEALED, OPEN, grade
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.read.engine import QueryEngine
+from k2_core.settings import Settings
+from k2_stream.admin import ensure_topics
+from k2_stream.book_ingester import BookIngester
+from k2_stream.producer import FeedProducer
+from k2_stream.simulator import Event, FaultConfig, MarketSimulator, SimulatorConfig
+from tests.support.lake import table_rows
+from tests.support.waits import wait_for
+
+SYMBOLS = ("BHP", "CBA")
+
+
+class StepClock:
+    """A millisecond per reading from an hour ago: distinct, ordered, recent exchange times."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+def simulate(trades: int, **config: Any) -> tuple[MarketSimulator, list[Event]]:
+    sim = MarketSimulator(
+        SimulatorConfig(
+            "asx",
+            symbols=SYMBOLS,
+            seed=21,
+            books=True,
+            book_depth=8,
+            snapshot_every=60,
+            keep_book_history=True,
+            **config,
+        ),
+        StepClock(),
+    )
+    events = [e for e in sim.events(trades) if e.kind in ("book_updates", "book_snapshots")]
+    return sim, events
+
+
+def produce(settings: Settings, events: list[Event]) -> None:
+    layout = ensure_topics(settings)
+    producer = FeedProducer(settings, layout, FileSchemaRegistry(settings.kafka.schemas_dir))
+    for kind, record in events:
+        producer.send_event(kind, record)
+    producer.flush()
+
+
+def levels(book: Any, depth: int) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
+    return book.levels("bid", depth), book.levels("ask", depth)
+
+
+def stored(settings: Settings, table: str) -> int:
+    return len(table_rows(settings, table))
+
+
+def test_books_rebuild_at_any_time_exactly_as_the_simulator_held_them(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    sim, events = simulate(400)
+    updates = [r for kind, r in events if kind == "book_updates"]
+    snapshots = [r for kind, r in events if kind == "book_snapshots"]
+    produce(settings, events)
+    produce(settings, events[: len(events) // 3])  # re-delivery: stored once
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    wait_for(lambda: stored(settings, "book_snapshots") >= len(snapshots), timeout=60)
+    assert stored(settings, "book_updates") == len(updates)
+    assert stored(settings, "book_snapshots") == len(snapshots)
+    assert table_rows(settings, "book_validity") == []
+    rng = random.Random(4)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for symbol in SYMBOLS:
+            times = [r["exchange_timestamp"] for r in updates if r["symbol"] == symbol]
+            picks = [*rng.sample(times, 12), times[-1], times[0] + timedelta(microseconds=500)]
+            for at in picks:
+                want = sim.book_at(symbol, at)
+                assert want is not None
+                got = engine.book(symbol, "asx", at=at, depth=100)
+                assert got.valid, got.reason
+                assert (got.bids, got.asks) == levels(want, 100)
+                assert got.sequence == want.sequence
+                shallow = engine.book(symbol, "asx", at=at, depth=3)
+                assert (shallow.bids, shallow.asks) == levels(want, 3)
+        first_snapshot = min(r["exchange_timestamp"] for r in snapshots)
+        before = engine.book("BHP", "asx", at=first_snapshot - timedelta(seconds=1))
+        assert not before.valid
+        assert "no snapshot" in (before.reason or "")
+
+
+def unknown_intervals(
+    events: list[Event], withheld: dict[str, list[int]]
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Per symbol, from the time of the last update before each withheld number to the first snapshot that
+    includes it: when the stored data cannot know the book (plain reading of what was sent)."""
+    out: dict[str, list[tuple[datetime, datetime]]] = {}
+    for symbol, missing in withheld.items():
+        sent = {
+            r["exchange_sequence_number"]: r["exchange_timestamp"]
+            for k, r in events
+            if k == "book_updates" and r["symbol"] == symbol
+        }
+        snaps = [
+            (r["exchange_sequence_number"], r["exchange_timestamp"])
+            for k, r in events
+            if k == "book_snapshots" and r["symbol"] == symbol
+        ]
+        for seq in missing:
+            start = sent[max(s for s in sent if s < seq)]
+            heal = next((t for s, t in snaps if s >= seq), None)
+            if heal is not None:
+                out.setdefault(symbol, []).append((start, heal))
+    return out
+
+
+def test_a_gap_in_book_updates_is_recorded_reported_unknown_and_healed_by_the_next_snapshot(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    sim, events = simulate(300, book_faults=FaultConfig(gap_every=97))
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    assert sum(len(v) for v in withheld.values()) >= 4
+    updates = [r for kind, r in events if kind == "book_updates"]
+    produce(settings, events)
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    gaps = [g for g in table_rows(settings, "sequence_gaps") if g["data_type"] == "book_updates"]
+    assert sorted((g["symbol"], g["first_missing"]) for g in gaps) == sorted(
+        (symbol, seq) for symbol, seqs in withheld.items() for seq in seqs
+    )
+    intervals = unknown_intervals(events, withheld)
+    healed_count = sum(len(v) for v in intervals.values())
+    wait_for(
+        lambda: sum(g["status"] == HEALED for g in table_rows(settings, "sequence_gaps")) == healed_count, timeout=60
+    )
+    ing = settings.ingest
+    for g in table_rows(settings, "sequence_gaps"):
+        assert g["missing_count"] == 1
+        assert g["severity"] == grade(1, ing.gap_alert_threshold, ing.gap_halt_threshold)
+        assert g["status"] in (HEALED, OPEN)
+    open_gaps = [g for g in table_rows(settings, "sequence_gaps") if g["status"] == OPEN]
+    assert len(open_gaps) == len(gaps) - healed_count  # the ones after each symbol's last snapshot
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for symbol, spans in intervals.items():
+            for start, heal in spans:
+                inside = start + (heal - start) / 2
+                for at in (start, inside, heal - timedelta(microseconds=1)):
+                    answer = engine.book(symbol, "asx", at=at)
+                    assert not answer.valid, at
+                    assert answer.bids == []
+                    assert "gap" in (answer.reason or "")
+                healed = engine.book(symbol, "asx", at=heal, depth=100)
+                assert healed.valid, healed.reason
+                want = sim.book_at(symbol, heal)
+                assert want is not None
+                assert (healed.bids, healed.asks) == levels(want, 100)
+            # between gaps the book rebuilds exactly
+            compared = 0
+            for t in sorted(r["exchange_timestamp"] for r in updates if r["symbol"] == symbol)[::37]:
+                if any(s <= t < h for s, h in spans):
+                    continue
+                answer = engine.book(symbol, "asx", at=t, depth=100)
+                if not answer.valid and "gap" in (answer.reason or ""):
+                    continue  # after the last gap, which no snapshot healed yet
+                want = sim.book_at(symbol, t)
+                assert want is not None
+                assert answer.valid, answer.reason
+                assert (answer.bids, answer.asks) == levels(want, 100)
+                compared += 1
+            assert compared >= 3
