@@ -39,6 +39,7 @@ class BookAnswer:
     symbol: str
     exchange: str
     at: datetime
+    depth: int
     valid: bool
     reason: str | None = None
     snapshot_at: datetime | None = None
@@ -126,11 +127,11 @@ def book_at(
             f"a gap in the updates after number {invalid['sequence']} makes the book unknown from "
             f"{invalid['at'].isoformat()} until the next snapshot (gap {invalid['gap_id']})"
         )
-        return BookAnswer(symbol, exchange, at, valid=False, reason=reason)
+        return BookAnswer(symbol, exchange, at, depth, valid=False, reason=reason)
     snapshot = newest_snapshot(snapshots, exchange, symbol, at)
     if snapshot is None:
         reason = f"no snapshot of the book in the {SNAPSHOT_LOOKBACK.days} days up to {at.isoformat()}"
-        return BookAnswer(symbol, exchange, at, valid=False, reason=reason)
+        return BookAnswer(symbol, exchange, at, depth, valid=False, reason=reason)
     applied = updates_after(updates, exchange, symbol, snapshot, at)
     book, broken = rebuild(snapshot, applied)
     common: dict[str, Any] = {
@@ -139,12 +140,13 @@ def book_at(
         "snapshot_sequence": snapshot["exchange_sequence_number"],
     }
     if broken is not None:
-        return BookAnswer(symbol, exchange, at, valid=False, reason=broken, **common)
+        return BookAnswer(symbol, exchange, at, depth, valid=False, reason=broken, **common)
     spread, mid, imbalance = spread_mid_imbalance(book)
     return BookAnswer(
         symbol,
         exchange,
         at,
+        depth,
         valid=True,
         sequence=book.sequence,
         updates_applied=applied.num_rows,

@@ -7,8 +7,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from typer.testing import CliRunner
+
+from k2_api.main import create_app
+from k2_cli.main import app
 from k2_core.ingest.gaps import HEALED, OPEN, grade
 from k2_core.model.registry import FileSchemaRegistry
 from k2_core.read.engine import QueryEngine
@@ -17,6 +22,7 @@ from k2_stream.admin import ensure_topics
 from k2_stream.book_ingester import BookIngester
 from k2_stream.producer import FeedProducer
 from k2_stream.simulator import Event, FaultConfig, MarketSimulator, SimulatorConfig
+from tests.support.clients import cli_env, local_client
 from tests.support.lake import table_rows
 from tests.support.waits import wait_for
 
@@ -183,3 +189,52 @@ def test_a_gap_in_book_updates_is_recorded_reported_unknown_and_healed_by_the_ne
                 assert (answer.bids, answer.asks) == levels(want, 100)
                 compared += 1
             assert compared >= 3
+
+
+def test_the_book_over_http_and_the_cli(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    """`GET /v1/book` and `k2 query book` answer what the simulator held, exact decimals as text; an unknown book
+    is said to be unknown (HTTP 200 with valid false, CLI exit 1); bad input is a 400 / exit 2."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    settings.query.tail_enabled = False
+    sim, events = simulate(200, book_faults=FaultConfig(gap_every=150))
+    updates = [r for kind, r in events if kind == "book_updates"]
+    produce(settings, events)
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    (symbol, spans), *_ = unknown_intervals(events, withheld).items()
+    start, heal = spans[0]
+    at = heal + timedelta(microseconds=1)
+    want = sim.book_at(symbol, at)
+    assert want is not None
+    with local_client(create_app(settings)) as client:
+        body = client.get("/v1/book", params={"symbol": symbol, "exchange": "asx", "at": at.isoformat(), "depth": 4})
+        assert body.status_code == 200, body.text
+        got = body.json()
+        assert got["valid"] is True
+        assert got["depth"] == 4
+        assert [(Decimal(lv["price"]), Decimal(lv["size"])) for lv in got["bids"]] == want.levels("bid", 4)
+        assert [(Decimal(lv["price"]), Decimal(lv["size"])) for lv in got["asks"]] == want.levels("ask", 4)
+        (best_bid, bid_size), (best_ask, ask_size) = want.levels("bid", 1)[0], want.levels("ask", 1)[0]
+        assert Decimal(got["spread"]) == best_ask - best_bid
+        assert Decimal(got["mid"]) == (best_ask + best_bid) / 2
+        assert Decimal(got["imbalance"]) == (bid_size - ask_size) / (bid_size + ask_size)
+        unknown = client.get("/v1/book", params={"symbol": symbol, "exchange": "asx", "at": start.isoformat()})
+        assert unknown.status_code == 200
+        assert unknown.json()["valid"] is False
+        assert unknown.json()["bids"] == []
+        assert "gap" in unknown.json()["reason"]
+        for bad in ({"depth": 0}, {"at": "yesterday"}, {"symbol": "bhp"}, {"exchange": "lse"}):
+            refused = client.get("/v1/book", params={"symbol": symbol, "exchange": "asx", **bad})
+            assert refused.status_code == 400, (bad, refused.text)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--at", at.isoformat()], env=cli_env(settings))
+    assert shown.exit_code == 0, shown.output
+    assert format(want.levels("bid", 1)[0][0].quantize(Decimal("0.00000001")), "f") in shown.output
+    said = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--at", start.isoformat()], env=cli_env(settings))
+    assert said.exit_code == 1
+    assert "book unknown" in said.output
+    refused = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--depth", "0"], env=cli_env(settings))
+    assert refused.exit_code == 2
