@@ -242,7 +242,7 @@ def test_health_reports_snapshots(client: TestClient, settings: Settings) -> Non
         want = {name: catalog.load_table(("market", name)).metadata.current_snapshot_id for name in body["snapshots"]}
     finally:
         catalog.close()
-    assert set(want) == {"trades", "quotes", "sequence_gaps"}
+    assert set(want) == {"trades", "quotes", "sequence_gaps", "book_updates", "book_snapshots", "book_validity"}
     assert body["snapshots"] == want
     assert all(isinstance(snapshot, int) for snapshot in want.values())
 

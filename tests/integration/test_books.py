@@ -10,19 +10,23 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import dagster as dg
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
 from k2_cli.main import app
 from k2_core.ingest.gaps import HEALED, OPEN, grade
 from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.tables import SOURCE_K2
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import Settings
+from k2_dagster.defs.books import k2_book_snapshots
 from k2_stream.admin import ensure_topics
 from k2_stream.book_ingester import BookIngester
 from k2_stream.producer import FeedProducer
 from k2_stream.simulator import Event, FaultConfig, MarketSimulator, SimulatorConfig
 from tests.support.clients import cli_env, local_client
+from tests.support.definitions import k2_resources
 from tests.support.lake import table_rows
 from tests.support.waits import wait_for
 
@@ -30,17 +34,20 @@ SYMBOLS = ("BHP", "CBA")
 
 
 class StepClock:
-    """A millisecond per reading from an hour ago: distinct, ordered, recent exchange times."""
+    """`step` per reading from an hour ago: distinct, ordered, recent exchange times."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: timedelta = timedelta(milliseconds=1)) -> None:
         self.now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self.step = step
 
     def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
+        self.now += self.step
         return self.now
 
 
-def simulate(trades: int, **config: Any) -> tuple[MarketSimulator, list[Event]]:
+def simulate(
+    trades: int, step: timedelta = timedelta(milliseconds=1), **config: Any
+) -> tuple[MarketSimulator, list[Event]]:
     sim = MarketSimulator(
         SimulatorConfig(
             "asx",
@@ -48,11 +55,10 @@ def simulate(trades: int, **config: Any) -> tuple[MarketSimulator, list[Event]]:
             seed=21,
             books=True,
             book_depth=8,
-            snapshot_every=60,
             keep_book_history=True,
-            **config,
+            **{"snapshot_every": 60, **config},
         ),
-        StepClock(),
+        StepClock(step),
     )
     events = [e for e in sim.events(trades) if e.kind in ("book_updates", "book_snapshots")]
     return sim, events
@@ -238,3 +244,49 @@ def test_the_book_over_http_and_the_cli(
     assert "book unknown" in said.output
     refused = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--depth", "0"], env=cli_env(settings))
     assert refused.exit_code == 2
+
+
+def test_k2_writes_a_snapshot_a_minute_that_later_rebuilds_start_from(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    """The Dagster asset stores each book at every minute mark as the simulator held it, skips the marks where the
+    book was unknown, writes nothing more when run again, and a rebuild then replays at most a minute of updates."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    settings.maintenance.book_snapshot_lookback_minutes = 120
+    sim, events = simulate(
+        300, step=timedelta(milliseconds=700), snapshot_every=400, book_faults=FaultConfig(gap_every=333)
+    )
+    updates = [r for kind, r in events if kind == "book_updates"]
+    produce(settings, events)
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    unknown = unknown_intervals(events, withheld)
+    resources = k2_resources(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([k2_book_snapshots], resources=resources, instance=instance).success
+    k2 = [r for r in table_rows(settings, "book_snapshots") if r["source"] == SOURCE_K2]
+    assert len(k2) >= 2 * len(SYMBOLS)
+    for row in k2:
+        mark = row["exchange_timestamp"]
+        assert mark.second == 0
+        assert mark.microsecond == 0
+        assert not any(start <= mark < heal for start, heal in unknown.get(row["symbol"], []))
+        want = sim.book_at(row["symbol"], mark)
+        assert want is not None
+        assert row["exchange_sequence_number"] == want.sequence
+        assert [(lv["price"], lv["size"]) for lv in row["bids"]] == want.levels("bid", None)
+        assert [(lv["price"], lv["size"]) for lv in row["asks"]] == want.levels("ask", None)
+    assert dg.materialize([k2_book_snapshots], resources=resources, instance=instance).success
+    assert len([r for r in table_rows(settings, "book_snapshots") if r["source"] == SOURCE_K2]) == len(k2)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for row in k2:
+            at = row["exchange_timestamp"] + timedelta(seconds=59)
+            answer = engine.book(row["symbol"], "asx", at=at, depth=100)
+            if not answer.valid:
+                continue  # a gap after the mark
+            assert answer.snapshot_at is not None
+            assert at - answer.snapshot_at < timedelta(minutes=1)
+            want = sim.book_at(row["symbol"], at)
+            assert want is not None
+            assert (answer.bids, answer.asks) == levels(want, 100)
