@@ -97,6 +97,11 @@ class BookStreams:
         seq = r["exchange_sequence_number"]
         if s.last_snapshot is not None and seq <= s.last_snapshot:
             out.duplicates += 1
+            if s.open_gap is not None and seq >= s.open_gap[1]:
+                # A replayed batch re-found a gap this stored snapshot healed: its VALID row was recorded before
+                # the snapshot was stored (validity precedes data), so the book is known again already.
+                out.healed += [s.gap_id] if s.gap_id is not None else []
+                s.open_gap, s.gap_id = None, None
             return
         if s.last_update is not None and seq > s.last_update:
             # Updates the snapshot includes never arrived: the book between them was unknown until now.
