@@ -149,7 +149,9 @@ class MarketSimulator:
     def _snapshot(self, symbol: str, at: datetime) -> Event:
         self._since_snapshot[symbol] = 0
         self.book_snapshots_generated += 1
-        return Event("book_snapshots", self.books[symbol].book.snapshot_record(symbol, self.exchange, at, at))
+        record = self.books[symbol].book.snapshot_record(symbol, self.exchange, at, at)
+        self.recovery.add_snapshot(record)
+        return Event("book_snapshots", record)
 
     def snapshot_now(self, symbol: str) -> Event:
         """A snapshot of the symbol's book as it is, on request (what a venue's snapshot service answers)."""

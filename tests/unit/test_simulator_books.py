@@ -162,3 +162,18 @@ def test_book_prices_are_on_tick_and_sizes_on_lot(exchange: str) -> None:
             inst = instruments[r["symbol"]]
             assert inst.on_tick(r["price"])
             assert r["size"] % inst.lot_step == 0
+
+
+def test_the_recovery_store_hands_out_the_newest_snapshot_at_or_before_a_time() -> None:
+    sim, events = run("asx", keep_book_history=True)
+    snapshots = [r for kind, r in events if kind == "book_snapshots" and r["symbol"] == "BHP"]
+    middle = snapshots[len(snapshots) // 2]
+    assert sim.recovery.snapshot("BHP", middle["exchange_timestamp"]) == middle
+    assert sim.recovery.snapshot("BHP") == snapshots[-1]
+    assert sim.recovery.snapshot("BHP", T0) is None
+    asked = sim.snapshot_now("BHP")
+    assert asked.kind == "book_snapshots"
+    book = sim.book_at("BHP", asked.record["exchange_timestamp"])
+    assert book is not None
+    assert asked.record["exchange_sequence_number"] == book.sequence
+    assert sim.recovery.snapshot("BHP") == asked.record
