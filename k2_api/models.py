@@ -390,3 +390,26 @@ class BookResponse(BaseModel):
     spread: DecimalString | None
     mid: DecimalString | None
     imbalance: DecimalString | None = Field(description="(bid size - ask size) / (bid size + ask size) at the top.")
+
+
+class TopOfBookPoint(BaseModel):
+    at: AwareDatetime
+    valid: bool
+    best_bid: DecimalString | None
+    bid_size: DecimalString | None
+    best_ask: DecimalString | None
+    ask_size: DecimalString | None
+    spread: DecimalString | None
+    mid: DecimalString | None
+    imbalance: DecimalString | None
+
+
+class BookSeriesResponse(BaseModel):
+    """An instrument's top of book every `every` from `start` to `end`; points where the book is unknown have
+    `valid` false and no prices."""
+
+    symbol: str
+    exchange: str
+    every: str
+    count: int
+    data: list[TopOfBookPoint]

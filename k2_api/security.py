@@ -118,6 +118,7 @@ POLICY: dict[str, Rule] = {
     "/v1/latest/all": Rule("trades", also=("quotes",), narrow_param="kind"),
     "/v1/replay": Rule("trades", resource_param="kind"),
     "/v1/book": Rule("books"),
+    "/v1/book/series": Rule("books"),
     "/v1/gaps": Rule("gaps", per_exchange=False),
     "/v1/snapshots": Rule("snapshots", per_exchange=False),
     # Joins on time read trades and quotes (or trades) of the exchange and of the right side's: both scopes of each.

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from k2_api.deps import ReaderDep
-from k2_api.models import BookResponse, ErrorResponse
-from k2_api.params import Exchange, Symbol
+from k2_api.models import BookResponse, BookSeriesResponse, ErrorResponse
+from k2_api.params import End, Exchange, Symbol
 
 router = APIRouter(prefix="/v1", tags=["market data"], responses={400: {"model": ErrorResponse}})
 
@@ -33,5 +33,27 @@ def book(
             "spread": answer.spread,
             "mid": answer.mid,
             "imbalance": answer.imbalance,
+        }
+    )
+
+
+@router.get("/book/series", response_model=BookSeriesResponse)
+def book_series(
+    reader: ReaderDep,
+    symbol: Symbol,
+    exchange: Exchange,
+    start: Annotated[str | None, Query(description="ISO-8601 first point; no offset means UTC.")] = None,
+    end: End = None,
+    every: Annotated[str, Query(description="Spacing of the points: 100ms, 1s, 1m, ...")] = "1s",
+) -> BookSeriesResponse:
+    """Spread, mid and imbalance of the book as a time series (`valid` false where the book is unknown)."""
+    points = reader.book_series(symbol, exchange, start, end, every)
+    return BookSeriesResponse.model_validate(
+        {
+            "symbol": symbol,
+            "exchange": exchange,
+            "every": every,
+            "count": len(points),
+            "data": [vars(p) for p in points],
         }
     )

@@ -157,3 +157,109 @@ def book_at(
         imbalance=imbalance,
         **common,
     )
+
+
+MAX_SERIES_POINTS = 100_000
+
+
+@dataclass(frozen=True)
+class TopOfBook:
+    """One point of a book's top-of-book series: None prices where the book is unknown (`valid` False) or a side
+    is empty."""
+
+    at: datetime
+    valid: bool
+    best_bid: Decimal | None = None
+    bid_size: Decimal | None = None
+    best_ask: Decimal | None = None
+    ask_size: Decimal | None = None
+    spread: Decimal | None = None
+    mid: Decimal | None = None
+    imbalance: Decimal | None = None
+
+
+def series_marks(start: datetime, end: datetime, every: timedelta) -> list[datetime]:
+    """start, start + every, ... up to end inclusive; a QueryError past `MAX_SERIES_POINTS` or for a bad step."""
+    if every <= timedelta(0):
+        raise QueryError(f"every must be a positive interval, got {every}")
+    if end < start:
+        raise QueryError(f"end {end.isoformat()} is before start {start.isoformat()}")
+    count = (end - start) // every + 1
+    if count > MAX_SERIES_POINTS:
+        raise QueryError(f"every: {count:,} points from start to end; at most {MAX_SERIES_POINTS:,}")
+    return [start + i * every for i in range(count)]
+
+
+def _point(at: datetime, book: Book | None) -> TopOfBook:
+    if book is None:
+        return TopOfBook(at, valid=False)
+    bid, ask = book.best(BID), book.best(ASK)
+    spread, mid, imbalance = spread_mid_imbalance(book)
+    return TopOfBook(
+        at,
+        True,
+        bid[0] if bid else None,
+        bid[1] if bid else None,
+        ask[0] if ask else None,
+        ask[1] if ask else None,
+        spread,
+        mid,
+        imbalance,
+    )
+
+
+def top_of_book_series(
+    snapshots: Table, updates: Table, validity: Table, exchange: str, symbol: str, marks: list[datetime]
+) -> list[TopOfBook]:
+    """Spread, mid and imbalance of the book at each of `marks` (ascending), by the rule of `book_at`, rebuilt once
+    and carried forward update by update rather than from a snapshot per point. Where the book is unknown the point
+    says so, and the book starts again from the next snapshot once it is known."""
+    if not marks:
+        return []
+    states = validity.scan(
+        row_filter=And(_instrument(exchange, symbol), LessThanOrEqual(term="at", value=marks[-1]))
+    ).to_arrow()
+    changes = sorted((r["at"], r["sequence"], r["state"] != BOOK_INVALID, r["state"]) for r in states.to_pylist())
+    first = newest_snapshot(snapshots, exchange, symbol, marks[0])
+    since = first["exchange_timestamp"] if first is not None else marks[0] - SNAPSHOT_LOOKBACK
+    loaded = updates.scan(
+        row_filter=And(
+            _instrument(exchange, symbol),
+            And(
+                GreaterThanOrEqual(term="exchange_timestamp", value=since),
+                LessThanOrEqual(term="exchange_timestamp", value=marks[-1]),
+            ),
+        )
+    ).to_arrow()
+    ups = loaded.sort_by([("exchange_sequence_number", "ascending")]).to_pylist()
+    out: list[TopOfBook] = []
+    book: Book | None = None
+    i = c = 0
+    state = None
+    for mark in marks:
+        while c < len(changes) and changes[c][0] <= mark:
+            state = changes[c][3]
+            if state == BOOK_INVALID:
+                book = None  # even if healed again before this mark: the book carried so far misses updates
+            c += 1
+        if state == BOOK_INVALID:
+            book = None
+            out.append(TopOfBook(mark, valid=False))
+            continue
+        if book is None:
+            snapshot = first if first is not None and not out else newest_snapshot(snapshots, exchange, symbol, mark)
+            if snapshot is None:
+                out.append(TopOfBook(mark, valid=False))
+                continue
+            book = Book.from_levels(snapshot["exchange_sequence_number"], snapshot["bids"], snapshot["asks"])
+            i = next((k for k, u in enumerate(ups) if u["exchange_sequence_number"] > book.sequence), len(ups))
+        while i < len(ups) and ups[i]["exchange_timestamp"] <= mark:
+            u = ups[i]
+            if u["exchange_sequence_number"] != book.sequence + 1:
+                break
+            book.apply(u["side"], u["price"], u["size"], u["exchange_sequence_number"])
+            i += 1
+        if i < len(ups) and ups[i]["exchange_timestamp"] <= mark:  # a number skipped before this mark
+            book = None
+        out.append(_point(mark, book))
+    return out

@@ -48,7 +48,7 @@ from k2_core.model.tables import (
 )
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
-from k2_core.read.book import BookAnswer, book_at, validate_depth
+from k2_core.read.book import BookAnswer, TopOfBook, book_at, series_marks, top_of_book_series, validate_depth
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
@@ -87,6 +87,7 @@ from k2_core.read.routing import (
 )
 from k2_core.read.snapshots import SNAPSHOT_TABLES, choose_snapshot, snapshot_log
 from k2_core.read.symbols import SymbolIndex
+from k2_core.read.timejoins import SpanInput, parse_span
 from k2_core.settings import CatalogSettings, MaintenanceSettings, MarketHours, Settings
 
 logger = get_logger(__name__)
@@ -746,6 +747,27 @@ class QueryEngine:
             symbol,
             when,
             validate_depth(depth),
+        )
+
+    def book_series(
+        self,
+        symbol: str,
+        exchange: str,
+        start: TimeInput,
+        end: TimeInput = None,
+        every: SpanInput = "1s",
+    ) -> list[TopOfBook]:
+        """Spread, mid and size imbalance of the instrument's book at every `every` from `start` to `end` (default
+        now), as a series; points where the book is unknown say so (k2_core.read.book)."""
+        symbol = validate_symbol(symbol)
+        exchange = validate_exchange(exchange, self.exchanges)
+        if start is None:
+            raise QueryError("start is required")
+        first = parse_time(start, "start")
+        last = self.sources.clock() if end is None else parse_time(end, "end")
+        marks = series_marks(first, last, parse_span(every, "every", allow_zero=False))
+        return top_of_book_series(
+            self.load(BOOK_SNAPSHOTS), self.load(BOOK_UPDATES), self.load(BOOK_VALIDITY), exchange, symbol, marks
         )
 
     # --- planning and health -------------------------------------------------------------------------------

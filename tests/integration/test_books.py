@@ -195,6 +195,22 @@ def test_a_gap_in_book_updates_is_recorded_reported_unknown_and_healed_by_the_ne
                 assert (answer.bids, answer.asks) == levels(want, 100)
                 compared += 1
             assert compared >= 3
+            # the top-of-book series agrees point by point: unknown inside each gap, the simulator's top elsewhere
+            first, last = spans[0][0] - timedelta(milliseconds=40), spans[-1][1] + timedelta(milliseconds=40)
+            series = engine.book_series(symbol, "asx", first, last, "3ms")
+            assert len(series) == (last - first) // timedelta(milliseconds=3) + 1
+            for point in series:
+                if any(s <= point.at < h for s, h in spans):
+                    assert not point.valid, point.at
+                    continue
+                want = sim.book_at(symbol, point.at)
+                assert want is not None
+                assert point.valid, point.at
+                (bid, bid_size), (ask, ask_size) = want.levels("bid", 1)[0], want.levels("ask", 1)[0]
+                got = (point.best_bid, point.bid_size, point.best_ask, point.ask_size)
+                assert got == (bid, bid_size, ask, ask_size), point
+                assert point.mid == (bid + ask) / 2
+                assert point.imbalance == (bid_size - ask_size) / (bid_size + ask_size)
 
 
 def test_the_book_over_http_and_the_cli(
@@ -235,6 +251,25 @@ def test_the_book_over_http_and_the_cli(
         for bad in ({"depth": 0}, {"at": "yesterday"}, {"symbol": "bhp"}, {"exchange": "lse"}):
             refused = client.get("/v1/book", params={"symbol": symbol, "exchange": "asx", **bad})
             assert refused.status_code == 400, (bad, refused.text)
+        series = client.get(
+            "/v1/book/series",
+            params={
+                "symbol": symbol,
+                "exchange": "asx",
+                "start": start.isoformat(),
+                "end": at.isoformat(),
+                "every": "1ms",
+            },
+        )
+        assert series.status_code == 200, series.text
+        points = series.json()["data"]
+        assert points[0]["valid"] is False  # the first point is the gap's start
+        assert points[-1]["valid"] is True
+        assert Decimal(points[-1]["mid"]) == (best_ask + best_bid) / 2
+        assert (
+            client.get("/v1/book/series", params={"symbol": symbol, "exchange": "asx", "every": "1s"}).status_code
+            == 400
+        )
     runner = CliRunner()
     shown = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--at", at.isoformat()], env=cli_env(settings))
     assert shown.exit_code == 0, shown.output
