@@ -101,4 +101,4 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         wait_for(lambda: _trade_count(api) > 0, timeout=60)
     finally:
         children = _stop(quiet)
-    assert len(children) == 3  # broker, ingester, api
+    assert len(children) == 4  # broker, ingester, book ingester, api
