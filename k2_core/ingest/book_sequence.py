@@ -11,6 +11,10 @@ includes. In stream order (a symbol's snapshots and updates share a partition), 
   between were never received (a gap too, healed at once by that snapshot); one that covers the open gap's last
   missing number heals the book (a `book_validity` row: VALID from the snapshot's time).
 
+A record numbered at or below what is stored but timed after everything stored is a new session (a feed handler
+restarted and numbers its book from the start again, as the simulator does): kept, with the stream started afresh;
+a new session that begins with an update rather than a snapshot leaves the book INVALID until its first snapshot.
+
 The tracker is pure: the book ingester (k2_stream.book_ingester) feeds it a batch and commits what it decided, and
 rebuilds it from the tables on start (`BookStreams.load`), so a replayed batch decides the same.
 """
@@ -22,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from k2_core.ingest.sequence import GapEvent
 from k2_core.model.tables import BOOK_INVALID, BOOK_VALID
@@ -46,6 +49,20 @@ class BookStream:
     last_snapshot: int | None = None
     open_gap: tuple[int, int] | None = None
     gap_id: str | None = None
+    last_at: datetime | None = None  # the newest exchange time stored, of an update or a snapshot
+
+    def restarts(self, seq: int, at: datetime, stored: int | None) -> bool:
+        """A number at or below the stored one, timed after everything stored: the feed began a new session
+        (numbers restart, as after a feed handler's restart). A re-delivered record is never timed after what is
+        stored, since it is stored itself."""
+        return stored is not None and seq <= stored and self.last_at is not None and at > self.last_at
+
+    def new_session(self) -> None:
+        self.last_update = self.last_snapshot = None
+        self.last_update_at = None
+
+    def stored(self, at: datetime) -> None:
+        self.last_at = at if self.last_at is None else max(self.last_at, at)
 
 
 @dataclass
@@ -82,19 +99,27 @@ class BookStreams:
         return out
 
     def _update(self, s: BookStream, r: dict[str, Any], now: datetime, out: BookDecisions) -> None:
-        seq = r["exchange_sequence_number"]
-        if s.last_update is not None and seq <= s.last_update:
+        seq, at = r["exchange_sequence_number"], r["exchange_timestamp"]
+        if s.restarts(seq, at, s.last_update):
+            # A new session without its snapshot yet: the book is unknown until one comes.
+            s.new_session()
+            out.validity.append(_validity(r["exchange"], r["symbol"], at, BOOK_INVALID, seq - 1, None, now))
+            s.open_gap, s.gap_id = (1, seq - 1), None
+        elif s.last_update is not None and seq <= s.last_update:
             out.duplicates += 1
             return
         # The number after the last stored update, or after a newer snapshot (which holds the updates between).
         follows_snapshot = s.last_snapshot is not None and seq == s.last_snapshot + 1
         if s.last_update is not None and seq > s.last_update + 1 and not follows_snapshot:
             self._gap(s, r, s.last_update + 1, seq - 1, now, out)
-        s.last_update, s.last_update_at = seq, r["exchange_timestamp"]
+        s.last_update, s.last_update_at = seq, at
+        s.stored(at)
         out.updates.append(r)
 
     def _snapshot(self, s: BookStream, r: dict[str, Any], now: datetime, out: BookDecisions) -> None:
-        seq = r["exchange_sequence_number"]
+        seq, at = r["exchange_sequence_number"], r["exchange_timestamp"]
+        if s.restarts(seq, at, s.last_snapshot) or s.restarts(seq + 1, at, s.last_update):
+            s.new_session()  # a new session's snapshot: the book is known from it
         if s.last_snapshot is not None and seq <= s.last_snapshot:
             out.duplicates += 1
             if s.open_gap is not None and seq >= s.open_gap[1]:
@@ -114,6 +139,7 @@ class BookStreams:
                 out.healed.append(s.gap_id)
             s.open_gap, s.gap_id = None, None
         s.last_snapshot = seq
+        s.stored(at)
         out.snapshots.append(r)
 
     def _gap(self, s: BookStream, r: dict[str, Any], first: int, last: int, now: datetime, out: BookDecisions) -> None:
@@ -136,24 +162,23 @@ class BookStreams:
     ) -> None:
         """Rebuild from what is stored: `updates` and `snapshots` hold (exchange, symbol, exchange_sequence_number,
         exchange_timestamp) of every stored row (feed snapshots only), `validity` the book_validity rows; an
-        instrument whose newest validity row is INVALID has its gap open again (`open_gap_ids`: its gap's id)."""
+        instrument whose newest validity row is INVALID has its gap open again (`open_gap_ids`: its gap's id). The
+        last number of each is the newest record's by time (a later session restarts its numbers)."""
         self.streams.clear()
-        for table, attr in ((updates, "last_update"), (snapshots, "last_snapshot")):
-            if table.num_rows == 0:
-                continue
-            grouped = table.group_by(["exchange", "symbol"]).aggregate([("exchange_sequence_number", "max")])
-            for row in grouped.to_pylist():
-                setattr(self.stream(row["exchange"], row["symbol"]), attr, row["exchange_sequence_number_max"])
-        if updates.num_rows:
-            for (exchange, symbol), s in self.streams.items():
-                if s.last_update is None:
-                    continue
-                mask = pc.and_(
-                    pc.and_(pc.equal(updates["exchange"], exchange), pc.equal(updates["symbol"], symbol)),
-                    pc.equal(updates["exchange_sequence_number"], s.last_update),
-                )
-                stamps = updates.filter(mask)["exchange_timestamp"].to_pylist()
-                s.last_update_at = stamps[0] if stamps else None
+        newest_snapshot: dict[Instrument, tuple[datetime, int]] = {}
+        for row in updates.to_pylist():
+            s = self.stream(row["exchange"], row["symbol"])
+            seq, at = row["exchange_sequence_number"], row["exchange_timestamp"]
+            if s.last_update_at is None or (at, seq) > (s.last_update_at, s.last_update or 0):
+                s.last_update, s.last_update_at = seq, at
+            s.stored(at)
+        for row in snapshots.to_pylist():
+            key = (row["exchange"], row["symbol"])
+            seq, at = row["exchange_sequence_number"], row["exchange_timestamp"]
+            newest_snapshot[key] = max(newest_snapshot.get(key, (at, seq)), (at, seq))
+            self.stream(*key).stored(at)
+        for key, (_, seq) in newest_snapshot.items():
+            self.stream(*key).last_snapshot = seq
         newest: dict[Instrument, dict[str, Any]] = {}
         for row in validity.to_pylist():
             key = (row["exchange"], row["symbol"])

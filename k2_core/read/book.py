@@ -76,7 +76,7 @@ def invalid_since(validity: Table, exchange: str, symbol: str, at: datetime) -> 
 
 
 def newest_snapshot(snapshots: Table, exchange: str, symbol: str, at: datetime) -> dict[str, Any] | None:
-    """The snapshot at or before `at` with the highest update number (the latest, of whichever source)."""
+    """The latest snapshot at or before `at` (of whichever source; at one time, the highest update number)."""
     row_filter = And(
         _instrument(exchange, symbol),
         And(
@@ -87,7 +87,8 @@ def newest_snapshot(snapshots: Table, exchange: str, symbol: str, at: datetime) 
     rows = snapshots.scan(row_filter=row_filter).to_arrow()
     if rows.num_rows == 0:
         return None
-    return max(rows.to_pylist(), key=lambda r: (r["exchange_sequence_number"], r["exchange_timestamp"]))
+    # The newest by time: a feed that restarts its numbers (a new session) numbers its new books from 0 again.
+    return max(rows.to_pylist(), key=lambda r: (r["exchange_timestamp"], r["exchange_sequence_number"]))
 
 
 def updates_after(updates: Table, exchange: str, symbol: str, snapshot: dict[str, Any], at: datetime) -> pa.Table:

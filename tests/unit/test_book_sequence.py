@@ -100,3 +100,43 @@ def test_an_invalid_book_stays_invalid_across_a_restart() -> None:
     healed = reloaded.decide([upd(5), snap(5)], NOW)
     assert [v["state"] for v in healed.validity] == [BOOK_VALID]
     assert healed.healed == [event_gap_id(out.gaps[0])]
+
+
+def later(i: int) -> datetime:
+    return T0 + timedelta(hours=2, milliseconds=i)
+
+
+def test_a_feed_that_restarts_its_numbers_starts_a_new_session_not_duplicates() -> None:
+    """After a feed handler restart its numbers begin again, timed after everything stored: kept, not dropped."""
+    streams = BookStreams(event_gap_id)
+    streams.decide([snap(0), *(upd(i) for i in range(1, 11)), snap(10)], NOW)
+    new_snapshot = ("book_snapshots", Book(0).snapshot_record("BHP", "asx", later(0), NOW))
+    new_updates = [
+        ("book_updates", update_record("BHP", "asx", later(i), i, "ask", Decimal(2), Decimal(i), later(i)))
+        for i in range(1, 4)
+    ]
+    out = streams.decide([new_snapshot, *new_updates], NOW)
+    assert len(out.snapshots) == 1
+    assert [r["exchange_sequence_number"] for r in out.updates] == [1, 2, 3]
+    assert out.gaps == []
+    assert out.validity == []
+    again = streams.decide([new_snapshot, *new_updates], NOW)  # re-delivery of the new session
+    assert again.duplicates == 4
+    reloaded = BookStreams(event_gap_id)
+    stored_updates = [*(upd(i)[1] for i in range(1, 11)), *(r for _, r in new_updates)]
+    stored_snapshots = [snap(0)[1], snap(10)[1], new_snapshot[1]]
+    reloaded.load(_keys(stored_updates), _keys(stored_snapshots), BOOK_VALIDITY.to_arrow([]), {})
+    assert reloaded.stream("asx", "BHP").last_update == 3  # the newest by time, not the highest number
+    assert reloaded.decide([new_snapshot, *new_updates], NOW).duplicates == 4
+
+
+def test_a_session_that_begins_without_a_snapshot_is_unknown_until_one_comes() -> None:
+    streams = BookStreams(event_gap_id)
+    streams.decide([snap(0), *(upd(i) for i in range(1, 11))], NOW)
+    first = ("book_updates", update_record("BHP", "asx", later(5), 5, "bid", Decimal(1), Decimal(1), later(5)))
+    out = streams.decide([first], NOW)
+    assert [r["exchange_sequence_number"] for r in out.updates] == [5]
+    assert [(v["state"], v["at"]) for v in out.validity] == [(BOOK_INVALID, later(5))]
+    healing = ("book_snapshots", Book(5).snapshot_record("BHP", "asx", later(6), NOW))
+    healed = streams.decide([healing], NOW)
+    assert [(v["state"], v["at"]) for v in healed.validity] == [(BOOK_VALID, later(6))]
