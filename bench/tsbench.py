@@ -16,7 +16,8 @@ time) happen as in real feeds; sequence numbers rise per (symbol, exchange) stre
 
 K2 holds the rows as it lays data out (`bench.query.lay_out`: the ingester's micro-batches, then each day compacted and
 its minute bars precomputed as the Dagster jobs do); the others read `trades.parquet` and `quotes.parquet`, the same
-rows in time order. Each engine re-reads its files on every run (no engine keeps a result or a loaded table).
+rows in time order. Each engine re-reads its files on every run (no engine keeps a result or a loaded table;
+DuckDB keeps one connection and K2 its SQL worker's database, as users of each would).
 
 Queries (median of --reps runs after one warm-up):
   max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql *)
@@ -531,15 +532,15 @@ def k2_engine(settings: Settings, plan: Plan, days: list[date], *, asof: str) ->
 
 
 def duckdb_engine(trades: Path, quotes: Path, plan: Plan) -> Engine:
-    def run(sql: str) -> Callable[[], pa.Table]:
-        def go() -> pa.Table:
-            with duckdb.connect() as con:
-                con.execute("SET TimeZone = 'UTC'")
-                con.execute(f"CREATE VIEW trades AS SELECT * FROM read_parquet('{trades}')")
-                con.execute(f"CREATE VIEW quotes AS SELECT * FROM read_parquet('{quotes}')")
-                return con.sql(sql).to_arrow_table()
+    # One connection for the run, as a DuckDB user keeps one (K2's SQL worker keeps its database too); the views
+    # re-read the files on every query.
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"CREATE VIEW trades AS SELECT * FROM read_parquet('{trades}')")
+    con.execute(f"CREATE VIEW quotes AS SELECT * FROM read_parquet('{quotes}')")
 
-        return go
+    def run(sql: str) -> Callable[[], pa.Table]:
+        return lambda: con.sql(sql).to_arrow_table()
 
     return {
         "max_price": run(MAX_PRICE),

@@ -326,6 +326,31 @@ class GapsResponse(BaseModel):
     status: str | None
 
 
+class InstrumentRow(BaseModel):
+    symbol: str
+    exchange: str
+    asset_class: str
+    currency: str
+    tick_size: DecimalString
+    lot_size: DecimalString
+    isin: str | None
+    figi: str | None
+    listed: date | None
+    delisted: date | None
+    strict: bool
+
+
+class InstrumentsResponse(BaseModel):
+    data: list[InstrumentRow]
+    count: int
+    exchange: str | None
+    symbol: str | None
+    snapshot_id: int | None = Field(description="The instruments snapshot read; null before the first load.")
+    exchanges: list[str] | None = Field(
+        description="The exchanges the caller's scopes narrowed the rows to; null when not narrowed."
+    )
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     catalog_reachable: bool

@@ -19,7 +19,8 @@ ExchangeSymbols = Annotated[
     list[str] | None,
     Query(
         description="Uppercase ticker, e.g. BHP. Several: repeat the parameter (symbol=BHP&symbol=CBA) or give a comma "
-        "list. Omitted: every instrument of the exchange. Rows of many come in one listing, by time, then symbol."
+        "list. Omitted: every instrument of the exchange. Rows of many come in one listing, by time (or bar start), "
+        "then symbol."
     ),
 ]
 Exchange = Annotated[str, Query(description="Exchange code from the topic layout, e.g. asx.")]

@@ -127,6 +127,9 @@ POLICY: dict[str, Rule] = {
     "/v1/markouts": Rule("trades", also=("quotes",)),
     # The SQL names its tables; the route checks each against the principal's scopes.
     "/v1/sql": Rule("sql", per_exchange=False, body_scoped=True),
+    # An exchange's trades scope or its quotes scope (either) reads its instruments: the route checks, and narrows
+    # a listing of every exchange to those the caller may read (k2_core.access.auth.instrument_exchanges).
+    "/v1/instruments": Rule("instruments", per_exchange=False, body_scoped=True),
 }
 
 

@@ -215,6 +215,13 @@ def redact(secret: SecretStr) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def catalog_location(settings: Settings) -> str:
+    """Where the catalog is, to show: the REST server's URL, or the catalog database's URL without its password."""
+    if settings.catalog.type == "rest":
+        return redact(SecretStr(settings.catalog.rest_uri))
+    return redact(settings.catalog_uri)
+
+
 # ---- metrics -----------------------------------------------------------------------------------------------------
 
 
@@ -261,15 +268,16 @@ def read_catalog(settings: Settings) -> CatalogState:
     """Each table's snapshot log and the open gaps, through the query engine (the API's own reads). It creates no
     table and changes no property; on the embedded default it does not even create the SQLite catalog file."""
     from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from k2_core.exceptions import QueryError
-    from k2_core.lake.catalog import open_catalog
+    from k2_core.exceptions import ConfigError, QueryError
+    from k2_core.lake.catalog import CATALOG_FAILURES, open_catalog
     from k2_core.read.engine import QueryEngine
     from k2_core.read.snapshots import SNAPSHOT_TABLES
 
-    uri = redact(settings.catalog_uri)
-    if not settings.catalog.uri.get_secret_value() and not (settings.home / "catalog.db").exists():
+    failures: tuple[type[Exception], ...] = (*CATALOG_FAILURES, ConfigError)
+    uri = catalog_location(settings)
+    embedded = settings.catalog.type == "sql" and not settings.catalog.uri.get_secret_value()
+    if embedded and not (settings.home / "catalog.db").exists():
         return CatalogState(
             reachable=True, uri=uri, tables=[TableStatus(name, exists=False) for name in SNAPSHOT_TABLES]
         )
@@ -301,7 +309,7 @@ def read_catalog(settings: Settings) -> CatalogState:
                 gaps = engine.gaps(status="open").select(["severity", "exchange"]).to_pylist()
             except (NoSuchTableError, NoSuchNamespaceError):
                 gaps = None
-    except (SQLAlchemyError, OSError) as exc:
+    except failures as exc:
         return CatalogState(reachable=False, uri=uri, error=f"{type(exc).__name__}: {_why(exc)}")
     open_gaps: dict[str, dict[str, int]] | None = None
     if gaps is not None:
@@ -321,7 +329,7 @@ def read_catalog_within(settings: Settings, timeout: float) -> CatalogState:
     try:
         return _Job(lambda: read_catalog(settings)).result(time.monotonic() + timeout)
     except TimeoutError:
-        return CatalogState(reachable=False, uri=redact(settings.catalog_uri), error=f"no answer within {timeout:g}s")
+        return CatalogState(reachable=False, uri=catalog_location(settings), error=f"no answer within {timeout:g}s")
 
 
 # ---- putting it together -----------------------------------------------------------------------------------------
@@ -414,7 +422,7 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     # With nothing running, that is the news, given at once: the catalog is not read (its client alone takes a
     # second or more to load).
     if not by_k2_run and all(p.up is False for p in processes):
-        catalog = CatalogState(reachable=None, uri=redact(settings.catalog_uri), error="not read: nothing is running")
+        catalog = CatalogState(reachable=None, uri=catalog_location(settings), error="not read: nothing is running")
     else:
         catalog = read_catalog_within(settings, catalog_timeout)
     return Report(

@@ -30,9 +30,10 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from rich.console import Console
+from rich.text import Text
 
 from k2_core.access.auth import auth_banner, auth_required
-from k2_core.exceptions import K2Error
+from k2_core.exceptions import ConfigError, K2Error
 from k2_core.logging import configure_logging, get_logger
 from k2_core.settings import Settings, SupervisorSettings
 from k2_dagster.launcher import DagsterProcess, dagster_processes, webserver_url
@@ -284,6 +285,11 @@ class Supervisor:
         self._claim_home()
         self._check_ports()
         configure_logging("supervisor", self.settings.log_level, path=self.logs / "supervisor.log")
+        try:
+            self._load_reference_data()
+        except ConfigError as exc:  # a bad reference file stops the start; what is stored stays as it was
+            console.print(Text(f"reference data not loaded: {exc}", style="bold red"))
+            return 1
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         server = None
@@ -301,6 +307,24 @@ class Supervisor:
             if server is not None:
                 server.shutdown()
         return code
+
+    def _load_reference_data(self) -> None:
+        """`market.instruments` from K2_INSTRUMENTS_DIR before the ingester starts, so strict instruments are strict
+        from its first batch; an unchanged file set commits nothing. A bad file raises `ConfigError` (no start); an
+        unreachable catalog only warns, since every process then fails and is supervised as usual."""
+        from k2_core.lake.catalog import CATALOG_FAILURES
+        from k2_core.lake.instruments import load_reference_files
+
+        try:
+            result = load_reference_files(self.settings)
+        except CATALOG_FAILURES as exc:
+            # The catalog is not there (yet): start anyway, as the processes would; they say so, and are supervised.
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            log.warning("reference data not loaded: catalog unreachable", extra={"error": reason})
+            console.print(Text(f"instruments  not loaded, catalog unreachable: {reason}", style="yellow"))
+            return
+        state = f"new snapshot {result.snapshot_id}" if result.changed else "unchanged"
+        console.print(f"instruments  {result.rows} from {self.settings.instruments.dir} ({state})")
 
     def _start_all(self) -> None:
         s = self.settings

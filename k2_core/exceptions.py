@@ -37,6 +37,11 @@ class ValidationError(K2Error):
     """A record decoded but breaks a rule (negative price, wrong exchange, ...)."""
 
 
+class ReferenceDataError(ValidationError):
+    """A record breaks its strict instrument's reference data (`market.instruments`): off tick, off lot, outside its
+    listed dates, or an instrument a strict exchange does not list. Dead-lettered (or rejected by `k2 import`)."""
+
+
 class CommitConflictError(K2Error):
     """Another writer committed to the table first; re-check ownership and retry."""
 

@@ -70,14 +70,33 @@ class KafkaSettings(BaseModel):
 
 
 class CatalogSettings(BaseModel):
+    """Where the Iceberg tables are registered: pyiceberg's SQL catalog on K2's database (`sql`, the default), or an
+    Iceberg REST catalog server (`rest`), so engines that speak only REST read the same tables. K2's own tables (API
+    keys, audit log) stay in the SQL database `uri` names either way."""
+
     model_config = SECRET_SECTION
 
     name: str = "k2"
+    type: Literal["sql", "rest"] = "sql"
     # The catalog database URL, password included (a secret); empty means SQLite under K2_HOME (the embedded default).
+    # With `type=rest` it holds only K2's own tables.
     uri: Secret = SecretStr("")
-    # Empty means a local-file warehouse under K2_HOME.
+    # Empty means a local-file warehouse under K2_HOME (`sql`), or the REST server's default warehouse (`rest`, where
+    # it is the warehouse the server knows, e.g. `s3://bucket` for SeaweedFS, a name for Polaris or Lakekeeper).
     warehouse: str = ""
     namespace: str = "market"
+    # `type=rest`: the server's base URL (e.g. http://127.0.0.1:8181), OAuth2 client credentials `id:secret` or a
+    # bearer token, and any further pyiceberg RestCatalog properties (JSON, e.g. {"scope": "PRINCIPAL_ROLE:ALL"}).
+    rest_uri: str = ""
+    rest_credential: Secret = SecretStr("")
+    rest_token: Secret = SecretStr("")
+    rest_properties: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _rest_needs_uri(self) -> CatalogSettings:
+        if self.type == "rest" and not self.rest_uri:
+            raise ValueError("catalog.type=rest needs catalog.rest_uri (K2_CATALOG_REST_URI), the REST server's URL")
+        return self
 
 
 class S3Settings(BaseModel):
@@ -339,6 +358,21 @@ class RecordSettings(BaseModel):
     max_message_bytes: int = Field(default=1024 * 1024, ge=64, description="Larger Kafka messages are refused.")
 
 
+class InstrumentSettings(BaseModel):
+    """Reference data (`market.instruments`, k2_core.model.instruments): where its files are, which exchanges are
+    strict as a whole, and how often the ingester looks for a reload."""
+
+    dir: Path = Field(
+        default=REPO_ROOT / "config" / "instruments",
+        description="One <exchange>.csv per exchange (docs/instruments.md).",
+    )
+    # Every instrument of these exchanges is strict, and a symbol the table does not list is refused.
+    strict_exchanges: list[str] = Field(default_factory=list)
+    refresh_seconds: float = Field(
+        default=5.0, gt=0, description="The ingester re-checks the table's snapshot at most this often."
+    )
+
+
 class AuthSettings(BaseModel):
     """API authentication (API keys, OAuth2 bearer JWTs), per-key rate limits. See docs/security.md.
 
@@ -407,6 +441,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     records: RecordSettings = RecordSettings()
+    instruments: InstrumentSettings = InstrumentSettings()
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
     supervisor: SupervisorSettings = SupervisorSettings()

@@ -3,7 +3,7 @@
 from dagster import Definitions, ScheduleDefinition, SensorDefinition
 
 from k2_core.settings import MaintenanceSettings, Settings
-from k2_dagster.defs import bars, books, gaps, market, quality, upkeep
+from k2_dagster.defs import bars, books, gaps, market, quality, reference, upkeep
 from k2_dagster.defs.resources import K2Settings, resources
 
 
@@ -22,7 +22,14 @@ def build_definitions(k2: K2Settings | None = None) -> Definitions:
     here, when the code location loads, only for the schedules' crons and the sensors' intervals)."""
     maintenance = (k2.get() if k2 is not None else Settings()).maintenance
     return Definitions(
-        assets=[market.trades, market.quotes, bars.ohlcv_bars, gaps.sequence_gaps, books.k2_book_snapshots],
+        assets=[
+            market.trades,
+            market.quotes,
+            bars.ohlcv_bars,
+            gaps.sequence_gaps,
+            reference.instruments,
+            books.k2_book_snapshots,
+        ],
         asset_checks=quality.CHECKS,
         jobs=[
             bars.ohlcv_job,

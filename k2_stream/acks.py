@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pyiceberg.exceptions import NoSuchTableError
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import K2Error
-from k2_core.lake.catalog import open_catalog
+from k2_core.lake.catalog import CATALOG_FAILURES, open_catalog
 from k2_core.lake.offsets import OffsetIndex
 from k2_core.logging import get_logger
 from k2_core.model.tables import MARKET_TABLES
@@ -81,7 +80,7 @@ class CommittedPositions:
                 table = self.catalog.load_table((self.settings.catalog.namespace, MARKET_TABLES[kind].name))
             except NoSuchTableError:
                 continue
-            except (OSError, SQLAlchemyError) as exc:
+            except CATALOG_FAILURES as exc:
                 raise K2Error(f"cannot read the catalog: {exc}") from exc
             positions.update(self.indexes[kind].refresh(table))
         if not group:

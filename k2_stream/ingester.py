@@ -35,6 +35,7 @@ from k2_core.exceptions import (
 from k2_core.ingest.dedup import to_us
 from k2_core.ingest.degradation import Degradation
 from k2_core.ingest.gaps import GapGrading, GapStore
+from k2_core.ingest.reference import ReferenceWatcher
 from k2_core.ingest.resume import position, resume_offsets
 from k2_core.ingest.sequence import StreamKey
 from k2_core.ingest.state import SequenceState
@@ -106,7 +107,10 @@ class Ingester:
         self.decoder = Decoder(registry)
         self.readers = {t.subject: registry.latest(t.subject) for t in self.layout.topics}
         ing = settings.ingest
-        tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
+        catalog = open_catalog(settings)
+        tables = ensure_tables(catalog, settings.catalog.namespace)
+        # Strict instruments' rules, re-read within K2_INSTRUMENTS_REFRESH_SECONDS of a reload (no restart).
+        self.reference = ReferenceWatcher(catalog, settings.catalog.namespace, settings.instruments)
         self.tables = {kind: tables[MARKET_TABLES[kind].name] for kind in KINDS}
         cluster = cluster_id(settings.kafka.bootstrap_servers)
         self.writers = {

@@ -9,7 +9,8 @@ ROWS_WRITTEN = Counter("k2_rows_written_total", "Rows committed to Iceberg", ["t
 DUPLICATES = Counter("k2_duplicates_dropped_total", "Messages dropped as duplicates", ["table"])
 DLQ_MESSAGES = Counter(
     "k2_dlq_messages_total",
-    "Messages sent to a dead-letter topic, by reason class (decode_error, validation_error, too_large, shed)",
+    "Messages sent to a dead-letter topic, by reason class"
+    " (decode_error, validation_error, reference_data, too_large, shed)",
     ["topic", "reason"],
 )
 SEQUENCE_GAPS = Counter("sequence_gaps_total", "Sequence gaps detected", ["exchange", "severity"])

@@ -23,6 +23,7 @@ from k2_core.ingest.dead_letters import shed_reason
 from k2_core.ingest.dedup import to_us
 from k2_core.ingest.degradation import Level
 from k2_core.ingest.plan import BatchPlan, KindRows, history_wanted, plan_batch
+from k2_core.ingest.reference import keep_mask
 from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.model.tables import MARKET_TABLES, conform
 from k2_core.model.topics import Kind
@@ -132,6 +133,7 @@ class BatchPreparer:
         ing = self.ingester
         parts: dict[Kind, list[tuple[pa.Table, Int64Array]]] = defaultdict(list)
         dead: list[tuple[int, str]] = []
+        reference = ing.reference.rules()
         for topic, idx in view.by_topic():
             metrics.MESSAGES_CONSUMED.labels(topic).inc(len(idx))
             spec = ing.layout.by_name[topic]
@@ -143,6 +145,11 @@ class BatchPreparer:
             ing.stats["decoded_per_message"] += out.per_message
             dead.extend((int(idx[p]), reason) for p, reason in out.dead)
             table, positions = out.table, idx[out.positions]
+            refused = reference.refuse(spec.kind, spec.exchange, table)
+            if refused:  # strict instruments' reference data (k2_core.ingest.reference)
+                dead.extend((int(positions[i]), reason) for i, reason in refused)
+                keep = keep_mask(table.num_rows, refused)
+                table, positions = table.filter(pa.array(keep)), positions[keep]
             if ing.degradation.level >= Level.SHED_SYMBOLS and table.num_rows:
                 table, positions = self._shed(spec.kind, spec.exchange, table, positions, dead)
             parts[spec.kind].append((table, positions))

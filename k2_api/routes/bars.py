@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT, provenance_headers
 from k2_api.models import BarsResponse, ErrorResponse, LatestOnResponse, LatestResponse, SummaryResponse
-from k2_api.params import Cursor, Day, End, Exchange, Start, Symbol
+from k2_api.params import Cursor, Day, End, Exchange, ExchangeSymbols, Start, Symbol
 from k2_api.render import counted, page, provenance
 from k2_core.model.bars import INTERVALS
 from k2_core.read.params import validate_symbols
@@ -62,13 +62,7 @@ def ohlcv(
     as_of: AsOfDep,
     response: Response,
     exchange: Exchange,
-    symbol: Annotated[
-        list[str] | None,
-        Query(
-            description="Uppercase ticker, e.g. BHP. Several: repeat the parameter or give a comma list; rows of "
-            "every one come in one listing, by bar start, then symbol. Omitted: every symbol of the exchange."
-        ),
-    ] = None,
+    symbol: ExchangeSymbols = None,
     interval: Interval = "1m",
     start: Start = None,
     end: End = None,
@@ -128,13 +122,7 @@ def latest_on(
     as_of: AsOfDep,
     response: Response,
     exchange: Exchange,
-    symbol: Annotated[
-        list[str] | None,
-        Query(
-            description="Only these instruments: repeat the parameter (symbol=BHP&symbol=CBA) or give a comma list. "
-            "Default: every instrument of the exchange."
-        ),
-    ] = None,
+    symbol: ExchangeSymbols = None,
     kind: Annotated[
         list[str] | None,
         Query(

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Response
 from k2_api.deps import AsOfDep, FormatDep, ReaderDep
 from k2_api.formats import ALTERNATE_CONTENT
 from k2_api.models import AsofResponse, ErrorResponse, MarkoutsResponse, WindowResponse
-from k2_api.params import Cursor, End, Exchange, Limit, Start, Symbol
+from k2_api.params import Cursor, End, Exchange, ExchangeSymbols, Limit, Start, Symbol
 from k2_api.render import page
 from k2_core.read.result import QueryResult
 
@@ -116,10 +116,7 @@ def markouts(
     as_of: AsOfDep,
     response: Response,
     exchange: Exchange,
-    symbol: Annotated[
-        list[str] | None,
-        Query(description="Tickers (repeat or comma list); none: every symbol of the exchange."),
-    ] = None,
+    symbol: ExchangeSymbols = None,
     start: Start = None,
     end: End = None,
     limit: Limit = None,

@@ -122,6 +122,15 @@ def readable_exchanges(granted: Iterable[str], resource: str) -> frozenset[str] 
     return frozenset(scope[len(prefix) :] for scope in granted if scope.startswith(prefix))
 
 
+def instrument_exchanges(granted: Iterable[str]) -> frozenset[str] | None:
+    """The exchanges whose reference data (`market.instruments`) `granted` lets a caller read: those whose trades or
+    quotes it may read, since the instruments only describe what those carry. None for all of them."""
+    trades, quotes = readable_exchanges(granted, "trades"), readable_exchanges(granted, "quotes")
+    if trades is None or quotes is None:
+        return None
+    return trades | quotes
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

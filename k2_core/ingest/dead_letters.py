@@ -29,10 +29,11 @@ DEAD_LETTER_MAX_BODY = 512 * 1024
 
 SHED_PREFIX = "shed:"
 
-ReasonClass = Literal["decode_error", "validation_error", "too_large", "shed", "other"]
+ReasonClass = Literal["decode_error", "validation_error", "reference_data", "too_large", "shed", "other"]
 _REASON_CLASSES: dict[str, ReasonClass] = {
     "DecodeError": "decode_error",
     "ValidationError": "validation_error",
+    "ReferenceDataError": "reference_data",
     "MessageTooLargeError": "too_large",
     "shed": "shed",
 }

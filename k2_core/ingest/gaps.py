@@ -19,10 +19,10 @@ from typing import Any
 import duckdb
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, WriteError
 from k2_core.ingest.sequence import GapEvent, Recorded, StreamKey
+from k2_core.lake.catalog import CATALOG_FAILURES
 from k2_core.lake.gaps import read_gaps
 from k2_core.model.tables import GAPS
 from k2_core.model.topics import KINDS
@@ -75,6 +75,10 @@ class GapGrading:
         return grade(missing, self.alert_threshold, self.halt_threshold)
 
 
+# Reading the open gaps goes through the catalog and then DuckDB.
+_READ_FAILURES: tuple[type[Exception], ...] = (*CATALOG_FAILURES, duckdb.Error)
+
+
 class GapStore:
     def __init__(self, table: Table, grading: GapGrading) -> None:
         self.table = table
@@ -112,7 +116,7 @@ class GapStore:
         self._refresh()
         try:
             return read_gaps(self.table, status=OPEN).to_pylist()
-        except (OSError, SQLAlchemyError, duckdb.Error) as exc:
+        except _READ_FAILURES as exc:
             raise WriteError(f"cannot read sequence_gaps: {exc}") from exc
 
     def record_detected(self, gaps: Iterable[GapEvent], now: datetime, reasons: dict[int, str] | None = None) -> None:
@@ -175,13 +179,13 @@ class GapStore:
                 if attempt == attempts - 1:
                     raise CommitConflictError(f"sequence_gaps: gave up after {attempts} attempts") from exc
                 self._refresh()
-            except (OSError, SQLAlchemyError) as exc:
+            except CATALOG_FAILURES as exc:
                 raise WriteError(f"cannot write sequence_gaps: {exc}") from exc
 
     def _refresh(self) -> None:
         try:
             self.table.refresh()
-        except (OSError, SQLAlchemyError) as exc:
+        except CATALOG_FAILURES as exc:
             raise WriteError(f"cannot read sequence_gaps: {exc}") from exc
 
 

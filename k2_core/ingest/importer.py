@@ -28,6 +28,7 @@ from pathlib import Path
 from queue import Full, Queue
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from k2_core.exceptions import K2Error
@@ -35,6 +36,7 @@ from k2_core.ingest.dedup import to_us
 from k2_core.ingest.formats import BadRow, Chunk, FileFormat, ReadOptions
 from k2_core.ingest.gaps import GapGrading, GapStore
 from k2_core.ingest.plan import BatchPlan, KindRows, history_wanted, plan_batch
+from k2_core.ingest.reference import ReferenceWatcher, keep_mask
 from k2_core.ingest.state import SequenceState
 from k2_core.ingest.validate import reasons, surely_valid
 from k2_core.ingest.writer import TableWriter
@@ -107,8 +109,11 @@ class Importer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         ing = settings.ingest
-        tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
+        catalog = open_catalog(settings)
+        tables = ensure_tables(catalog, settings.catalog.namespace)
         self.tables = {kind: tables[MARKET_TABLES[kind].name] for kind in KINDS}
+        # Strict instruments' rules, as the ingester applies them; a reload during a long import is seen.
+        self.reference = ReferenceWatcher(catalog, settings.catalog.namespace, settings.instruments)
         # The committer thread works on table objects of its own: a pyiceberg Table is not shared between threads.
         committing = ensure_tables(open_catalog(settings), settings.catalog.namespace)
         self.writer_id = f"import-{uuid.uuid4().hex[:12]}"
@@ -258,10 +263,23 @@ class Importer:
             self.recorded_gaps.record_filled(plan.filled, job.at)
 
     def _valid(self, table: pa.Table, kind: Kind, exchange: str, now: datetime, report: FileReport) -> pa.Table:
-        """The rows that meet the record rules; the others are reported with their reasons."""
+        """The rows that meet the record rules and their strict instruments' reference data (k2_core.ingest.reference);
+        the others are reported with their reasons."""
         ok = surely_valid(kind, exchange, table, now, self.settings.records)
-        if ok.all():
+        if not ok.all():
+            table = self._recheck(table, ok, kind, exchange, now, report)
+        refused = self.reference.rules().refuse(kind, exchange, table)
+        if not refused:
             return table
+        symbols = table.column("symbol").to_pylist()
+        sequences = table.column("exchange_sequence_number").to_pylist()
+        report.rejected.extend(Rejected(symbols[i], sequences[i], reason) for i, reason in refused)
+        return table.filter(pa.array(keep_mask(table.num_rows, refused)))
+
+    def _recheck(
+        self, table: pa.Table, ok: npt.NDArray[np.bool_], kind: Kind, exchange: str, now: datetime, report: FileReport
+    ) -> pa.Table:
+        """The rows the vector checks doubted, checked alone: those `validate` refuses are reported and dropped."""
         doubtful = np.flatnonzero(~ok)
         suspects = table.take(pa.array(doubtful))
         refused = dict(reasons(kind, exchange, suspects, now, self.settings.records))

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 import pyarrow as pa
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, FencedError, SchemaEvolutionError, WriteError
 from k2_core.ingest.dedup import STORED_KEY, key_mask, keys_in_files
+from k2_core.lake.catalog import CATALOG_FAILURES
 from k2_core.lake.evolution import arrow_schema, definition_of, evolve
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
 from k2_core.lake.lineage import files_added_since
@@ -78,7 +78,7 @@ class TableWriter:
         """Re-read the table and return the newest committed offset of every partition it covers."""
         try:
             self.table.refresh()
-        except (OSError, SQLAlchemyError) as exc:
+        except CATALOG_FAILURES as exc:
             raise WriteError(f"cannot refresh {self.table.name()}: {exc}") from exc
         return dict(self.index.refresh(self.table))
 

@@ -1,7 +1,11 @@
-"""The only module that opens an Iceberg catalog. Tables are created on first use, idempotently and safely when
-several processes start at the same instant on an empty catalog (`k2 run` starts the ingester and the API together,
-a deployment starts many ingesters): pyiceberg's SQL catalog creates its own tables and namespaces check-then-insert,
-so the loser of such a race gets a database error that here means "someone else just created it"."""
+"""The only module that opens an Iceberg catalog: pyiceberg's SQL catalog (`K2_CATALOG_TYPE=sql`, the default) or its
+REST catalog (`rest`). Everything else in K2 sees a `Catalog` and the failures in `CATALOG_FAILURES`, whichever it is.
+
+Tables are created on first use, idempotently and safely when several processes start at the same instant on an empty
+catalog (`k2 run` starts the ingester and the API together, a deployment starts many ingesters): pyiceberg's SQL
+catalog creates its own tables and namespaces check-then-insert, so the loser of such a race gets a database error
+that here means "someone else just created it"; a REST server answers 409, which pyiceberg raises as "already exists".
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,38 @@ import contextlib
 from pathlib import Path
 
 from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.exceptions import (
+    BadRequestError,
+    CommitFailedException,
+    ForbiddenError,
+    NamespaceAlreadyExistsError,
+    OAuthError,
+    RESTError,
+    TableAlreadyExistsError,
+    UnauthorizedError,
+)
 from pyiceberg.table import Table
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from k2_core.exceptions import CommitConflictError
+from k2_core.exceptions import CommitConflictError, ConfigError
 from k2_core.logging import get_logger
 from k2_core.model.tables import ALL_TABLES, TABLE_PROPERTIES, TableDef
 from k2_core.settings import Settings
 
 log = get_logger(__name__)
 
+# What reading or committing through either catalog raises when the catalog or the storage behind it fails (not a
+# bug, not a conflict): the SQL database's errors, a REST server's error answers (pyiceberg's `RESTError`, 4xx and
+# 5xx, `CommitStateUnknownException` included), and the network or file system (`OSError`, which `requests`' and
+# pyarrow's errors are).
+CATALOG_FAILURES: tuple[type[Exception], ...] = (OSError, SQLAlchemyError, RESTError)
+
 
 def open_catalog(settings: Settings) -> Catalog:
+    if settings.catalog.type == "rest":
+        return _open_rest(settings)
     warehouse = settings.warehouse
     if warehouse.startswith("file://"):
         Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
@@ -40,6 +62,33 @@ def open_catalog(settings: Settings) -> Catalog:
                 raise
             log.info("catalog tables created concurrently, opening again", extra={"error": str(exc).splitlines()[0]})
     raise AssertionError("unreachable")
+
+
+def rest_properties(settings: Settings) -> dict[str, str]:
+    """The RestCatalog properties for these settings, secrets revealed (hand them only to pyiceberg). The S3 FileIO
+    settings go along whether or not the warehouse names S3: the server decides where tables live, and credentials
+    it vends for a table override these."""
+    c = settings.catalog
+    props = {**settings.s3.fileio_properties(), **c.rest_properties, "uri": c.rest_uri}
+    if c.warehouse:
+        props["warehouse"] = c.warehouse
+    if credential := c.rest_credential.get_secret_value():
+        props["credential"] = credential
+    if token := c.rest_token.get_secret_value():
+        props["token"] = token
+    return props
+
+
+def _open_rest(settings: Settings) -> RestCatalog:
+    """pyiceberg's REST catalog. It asks the server for its configuration (and a token) at once, so a server that
+    refuses K2's credentials or warehouse is a `ConfigError` at startup, naming the URL. An unreachable server raises
+    what an unreachable database does (an `OSError`, one of `CATALOG_FAILURES`): it may be back soon."""
+    try:
+        return RestCatalog(settings.catalog.name, **rest_properties(settings))
+    except (BadRequestError, UnauthorizedError, ForbiddenError, OAuthError) as exc:
+        raise ConfigError(
+            f"cannot open the Iceberg REST catalog at {settings.catalog.rest_uri}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 _CREATE_ATTEMPTS = 3

@@ -36,9 +36,9 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import NestedField
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import SchemaEvolutionError, WriteError
+from k2_core.lake.catalog import CATALOG_FAILURES
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.tables import ALL_TABLES, TableDef
@@ -108,7 +108,7 @@ def evolve(
         return None
     try:
         table.refresh()  # the local view may be stale: another writer may have added them already
-    except (OSError, SQLAlchemyError) as exc:
+    except CATALOG_FAILURES as exc:
         raise WriteError(f"cannot refresh {table.name()}: {exc}") from exc
 
     def attempt(current: Table) -> int | None:

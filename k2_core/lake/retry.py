@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import CommitConflictError, WriteError
+from k2_core.lake.catalog import CATALOG_FAILURES
 from k2_core.logging import get_logger
 
 log = get_logger(__name__)
@@ -49,8 +49,8 @@ def commit_with_retries(
             time.sleep(wait)
             try:
                 table.refresh()
-            except (OSError, SQLAlchemyError) as refresh_exc:
+            except CATALOG_FAILURES as refresh_exc:
                 raise WriteError(f"cannot refresh {table.name()}: {refresh_exc}") from refresh_exc
-        except (OSError, SQLAlchemyError, CommitStateUnknownException) as exc:
+        except CATALOG_FAILURES as exc:  # CommitStateUnknownException is a RESTError
             raise WriteError(f"{what} on {table.name()} failed: {exc}") from exc
     raise AssertionError("unreachable")  # the loop returns or raises

@@ -17,6 +17,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import (
+    BooleanType,
+    DateType,
     DecimalType,
     IntegerType,
     ListType,
@@ -186,6 +188,22 @@ OHLCV_SCHEMA = Schema(
     NestedField(10, "trade_count", LongType(), required=True),
 )
 
+# Reference data (k2_core.model.instruments): one row per listed instrument, replaced whole by each load, so a
+# snapshot is what K2 knew of every instrument at that time. Ticks and lots are exact, like the prices they divide.
+INSTRUMENTS_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "asset_class", StringType(), required=True, doc="equities or crypto"),
+    NestedField(4, "currency", StringType(), required=True, doc="ISO 4217 code (or the quote asset, e.g. USDT)"),
+    NestedField(5, "tick_size", PRICE, required=True, doc="Every price is a whole multiple of it."),
+    NestedField(6, "lot_size", PRICE, required=True, doc="Every size is a whole multiple of it."),
+    NestedField(7, "isin", StringType(), required=False),
+    NestedField(8, "figi", StringType(), required=False),
+    NestedField(9, "listed", DateType(), required=False, doc="First trading day (UTC date), if known."),
+    NestedField(10, "delisted", DateType(), required=False, doc="Last trading day (UTC date), if delisted."),
+    NestedField(11, "strict", BooleanType(), required=True, doc="Records breaking these rules are dead-lettered."),
+)
+
 
 def _day_spec(name: str = "day") -> PartitionSpec:
     """Partitions by the UTC day of field 3, the time column of every table that has one."""
@@ -352,6 +370,7 @@ BOOK_SNAPSHOTS = TableDef(
 BOOK_VALIDITY = TableDef(
     "book_validity", BOOK_VALIDITY_SCHEMA, PartitionSpec(), _order(1, 2, 3), ("exchange", "symbol", "at")
 )
+INSTRUMENTS = TableDef("instruments", INSTRUMENTS_SCHEMA, PartitionSpec(), _order(2, 1), ("exchange", "symbol"))
 
 MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}
 BOOK_TABLES: dict[BookRecord, TableDef] = {"book_snapshots": BOOK_SNAPSHOTS, "book_updates": BOOK_UPDATES}

@@ -196,9 +196,15 @@ def from_view(con: duckdb.DuckDBPyConnection, view: str, spec: BarSpec, window: 
 
 
 def fill(bars: pa.Table, spec: BarSpec, window: TimeRange, symbol: str, exchange: str) -> pa.Table:
-    """One symbol's bars with a row for every interval of `window` (every bar start of the alignment's segments in
-    the window: for sessions, session intervals of trading days only). An interval without trades is a row with
-    volume 0 and trade_count 0 (how a filled row is told from a real one) and prices by `spec.fill`:
+    """One symbol's bars filled (`fill_many`), in bar order."""
+    return fill_many(bars, spec, window, [symbol], exchange)
+
+
+def fill_many(bars: pa.Table, spec: BarSpec, window: TimeRange, symbols: list[str], exchange: str) -> pa.Table:
+    """The bars of `symbols` (rows of other symbols left out) with a row for every interval of `window` for each
+    (every bar start of the alignment's segments in the window: for sessions, session intervals of trading days
+    only), by symbol then bar, in one query for them all. An interval without trades is a row with volume 0 and
+    trade_count 0 (how a filled row is told from a real one) and prices by `spec.fill`:
 
     - `null`: no prices, no vwap.
     - `previous`: open = high = low = close = the previous bar's close (null before the window's first trade); vwap
@@ -218,61 +224,68 @@ def fill(bars: pa.Table, spec: BarSpec, window: TimeRange, symbol: str, exchange
         starts = buckets.bar_starts(segments_for(spec, window), window.start, window.end)
     grid = pa.table({"bucket_us": pa.array(starts, pa.int64())})
     if spec.fill == "previous":
-        price = "last_value(b.close IGNORE NULLS) OVER (ORDER BY g.bucket_us ROWS UNBOUNDED PRECEDING)"
+        price = (
+            "last_value(b.close IGNORE NULLS) OVER (PARTITION BY g.symbol ORDER BY g.bucket_us "
+            "ROWS UNBOUNDED PRECEDING)"
+        )
     elif spec.fill == "null":
         price = "NULL"
     else:
         price = "k2_interpolated"
     with duck.connect() as con:
         con.register("g0", grid)
+        con.register("k2_symbols", pa.table({"symbol": pa.array(symbols, pa.string())}))
         con.register("b", bars)
         con.sql(
             """
             CREATE TEMP VIEW g AS
-            SELECT bucket_us, row_number() OVER (ORDER BY bucket_us) AS idx FROM g0
+            SELECT s.symbol, g0.bucket_us, row_number() OVER (PARTITION BY s.symbol ORDER BY g0.bucket_us) AS idx
+            FROM k2_symbols s CROSS JOIN g0
             """
         )
         con.sql(f"CREATE TEMP VIEW k2_interp AS {_INTERPOLATED}")
         filled = con.sql(
             f"""
-            SELECT {sql_text(symbol)} AS symbol, {sql_text(exchange)} AS exchange,
+            SELECT g.symbol, {sql_text(exchange)} AS exchange,
                    make_timestamptz(g.bucket_us) AS bar_start,
                    coalesce(b.open, {price}) AS open, coalesce(b.high, {price}) AS high,
                    coalesce(b.low, {price}) AS low, coalesce(b.close, {price}) AS close,
                    coalesce(b.volume, 0) AS volume, b.vwap, coalesce(b.trade_count, 0) AS trade_count
             FROM g
-            LEFT JOIN b ON epoch_us(b.bar_start) = g.bucket_us
-            LEFT JOIN k2_interp i ON i.bucket_us = g.bucket_us
-            ORDER BY g.bucket_us
+            LEFT JOIN b ON b.symbol = g.symbol AND epoch_us(b.bar_start) = g.bucket_us
+            LEFT JOIN k2_interp i ON i.symbol = g.symbol AND i.bucket_us = g.bucket_us
+            ORDER BY g.symbol, g.bucket_us
             """
         ).to_arrow_table()
     return filled.cast(FILLED_BARS_SCHEMA).replace_schema_metadata(bars.schema.metadata)
 
 
-# Linear interpolation of closes in exact integers (1e-8 units), rounded half-even, by interval index.
+# Linear interpolation of closes in exact integers (1e-8 units), rounded half-even, by interval index (per symbol).
 _INTERPOLATED = """
 WITH j AS (
-    SELECT g.bucket_us, g.idx,
+    SELECT g.symbol, g.bucket_us, g.idx,
            CAST(b.close * 100000000 AS HUGEINT) AS c,
            CASE WHEN b.close IS NOT NULL THEN g.idx END AS ci
-    FROM g LEFT JOIN b ON epoch_us(b.bar_start) = g.bucket_us
+    FROM g LEFT JOIN b ON b.symbol = g.symbol AND epoch_us(b.bar_start) = g.bucket_us
 ),
 n AS (
     SELECT *,
-           last_value(c IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS pc,
-           last_value(ci IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS pi,
-           first_value(c IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS nc,
-           first_value(ci IGNORE NULLS) OVER (ORDER BY idx ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS ni
+           last_value(c IGNORE NULLS) OVER w_before AS pc,
+           last_value(ci IGNORE NULLS) OVER w_before AS pi,
+           first_value(c IGNORE NULLS) OVER w_after AS nc,
+           first_value(ci IGNORE NULLS) OVER w_after AS ni
     FROM j
+    WINDOW w_before AS (PARTITION BY symbol ORDER BY idx ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+           w_after AS (PARTITION BY symbol ORDER BY idx ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)
 ),
 d AS (
-    SELECT bucket_us, pc, (nc - pc) * (idx - pi) AS num, CAST(ni - pi AS HUGEINT) AS den FROM n
+    SELECT symbol, bucket_us, pc, (nc - pc) * (idx - pi) AS num, CAST(ni - pi AS HUGEINT) AS den FROM n
     WHERE c IS NULL AND pc IS NOT NULL AND nc IS NOT NULL
 ),
 r AS (
-    SELECT bucket_us, pc, sign(num) AS s, abs(num) // den AS q, abs(num) % den AS rem, den FROM d
+    SELECT symbol, bucket_us, pc, sign(num) AS s, abs(num) // den AS q, abs(num) % den AS rem, den FROM d
 )
-SELECT bucket_us,
+SELECT symbol, bucket_us,
        CAST(CAST(pc + s * (q + CASE WHEN 2 * rem > den OR (2 * rem = den AND q % 2 = 1) THEN 1 ELSE 0 END)
                  AS DECIMAL(38, 0)) * CAST(0.00000001 AS DECIMAL(9, 8)) AS DECIMAL(18, 8)) AS k2_interpolated
 FROM r

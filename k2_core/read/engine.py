@@ -25,12 +25,12 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import QueryError
 from k2_core.lake import scan
-from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import CATALOG_FAILURES, ensure_tables, open_catalog
 from k2_core.lake.gaps import read_gaps
+from k2_core.lake.instruments import read_instruments
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
@@ -40,6 +40,7 @@ from k2_core.model.tables import (
     BOOK_UPDATES,
     BOOK_VALIDITY,
     GAPS,
+    INSTRUMENTS,
     LATEST_ON_SCHEMA,
     MARKET_TABLES,
     QUOTES,
@@ -94,7 +95,7 @@ logger = get_logger(__name__)
 
 DEFAULT_NAMESPACE = CatalogSettings().namespace
 # The failures that mean "the catalog (or the warehouse behind it) cannot be read", as opposed to a bug.
-_CATALOG_FAILURES = (SQLAlchemyError, OSError, NoSuchTableError, NoSuchNamespaceError)
+_CATALOG_FAILURES: tuple[type[Exception], ...] = (*CATALOG_FAILURES, NoSuchTableError, NoSuchNamespaceError)
 
 
 class QueryEngine:
@@ -770,6 +771,31 @@ class QueryEngine:
             self.load(BOOK_SNAPSHOTS), self.load(BOOK_UPDATES), self.load(BOOK_VALIDITY), exchange, symbol, marks
         )
 
+    def instruments(
+        self,
+        exchange: str | None = None,
+        symbol: str | None = None,
+        *,
+        as_of_snapshot: int | str | None = None,
+        as_of: AsOf | TimeInput = None,
+    ) -> QueryResult:
+        """Reference data (`market.instruments`), by exchange and symbol, as of the current load or a past one. An
+        exchange need not have topics: reference data may come first. Before any load: no rows."""
+        exchange = validate_exchange(exchange, None) if exchange is not None else None
+        symbol = validate_symbol(symbol) if symbol is not None else None
+        travel = validate_as_of(as_of_snapshot, as_of)
+        try:
+            table = self.sources.loader.load(INSTRUMENTS.name)
+        except NoSuchTableError:
+            if travel is not None and travel.snapshot_id is not None:
+                raise QueryError(
+                    f"as_of_snapshot {travel.snapshot_id} is not a snapshot of table instruments"
+                ) from None
+            return QueryResult(read_instruments(None, None), (ICEBERG,), None)
+        choice = choose_snapshot(table, travel, INSTRUMENTS.name)
+        rows = read_instruments(table, choice.snapshot_id, exchange=exchange, symbol=symbol)
+        return QueryResult(rows, (ICEBERG,), choice.snapshot_id)
+
     # --- planning and health -------------------------------------------------------------------------------
 
     def load(self, table_def: TableDef) -> Table:
@@ -884,30 +910,24 @@ class QueryEngine:
         snapshot_id: int | None = None
         tiers: list[Tier | None] = []
         at_once = self._exchange_bars(exchange, spec, window, travel, position) if whole_exchange else None
-        if at_once is not None and spec.fill == "none":
-            # Unfilled bars of the whole exchange: one table, placed without a pass per symbol.
+        if at_once is not None:
+            # The whole exchange: every symbol's bars in one table (filled in one query), placed in one sort.
             snapshot_id, every, sources, cached = at_once
             served.update(sources)
             tiers.append(cached)
-            found.append(exchange_bars.placed(every, wanted))
-        parts = exchange_bars.by_symbol(at_once[1]) if at_once is not None and spec.fill != "none" else {}
-        for place, symbol in enumerate(wanted if at_once is None or spec.fill != "none" else ()):
-            if at_once is not None:
-                snapshot_id, _, sources, cached = at_once
-                rows = bars.fill(parts.get(symbol, exchange_bars.empty(spec)), spec, window, symbol, exchange)
-                served.update(sources)
-            else:
-                stream, pinned = self._open("trades", exchange, symbol, travel, position)
-                snapshot_id = stream.choice.snapshot_id
-                rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
-                served.update(sources)
+            every = bars.fill_many(every, spec, window, list(wanted), exchange)
+            found.append(exchange_bars.placed(every, spec, wanted))
+        for place, symbol in enumerate(wanted if at_once is None else ()):
+            stream, pinned = self._open("trades", exchange, symbol, travel, position)
+            snapshot_id = stream.choice.snapshot_id
+            rows, sources, cached = self._spec_bars(stream, spec, window, pinned=pinned)
+            served.update(sources)
             tiers.append(cached)
             rows = rows.append_column("k2_place", pa.array([place] * rows.num_rows, pa.int64()))
-            rows = rows.append_column("k2_ord", pa.array(range(rows.num_rows), pa.int64()))
+            ordinal = [0] * rows.num_rows if spec.bar_type == "time" else range(rows.num_rows)  # as `placed`
+            rows = rows.append_column("k2_ord", pa.array(ordinal, pa.int64()))
             found.append(rows)
-        merged = pa.concat_tables(found).sort_by(
-            [("bar_start", "ascending"), ("k2_place", "ascending"), ("k2_ord", "ascending")]
-        )
+        merged = found[0] if len(found) == 1 else pa.concat_tables(found).sort_by(exchange_bars.LISTING_ORDER)
         if position is not None:
             merged = merged.filter(_after(merged, position.after))
         rows, last = paging.cut(merged, limit)

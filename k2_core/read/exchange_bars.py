@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +41,10 @@ def compute(sources: Sources, stream: Stream, spec: BarSpec, window: TimeRange, 
 def read(
     sources: Sources, stream: Stream, spec: BarSpec, window: TimeRange, route: Route, *, use_precomputed: bool
 ) -> pa.Table:
-    """Bars of `spec` of every symbol of `stream.exchange` in `window`, by symbol then bar, labelled with the sources
-    that served (`bars.labelled`). Precomputed days serve when `spec` is a precomputed interval, nothing is read from
-    the realtime tail and `use_precomputed` (not for a pinned read: a past snapshot's bars are computed, as
-    `read_bars` does); otherwise `compute`."""
+    """Bars of `spec` of every symbol of `stream.exchange` in `window` (time bars in no particular order, activity
+    bars by symbol then bar), labelled with the sources that served (`bars.labelled`). Precomputed days serve when
+    `spec` is a precomputed interval, nothing is read from the realtime tail and `use_precomputed` (not for a pinned
+    read: a past snapshot's bars are computed, as `read_bars` does); otherwise `compute`."""
     interval = spec.legacy
     bars_table = bars.precomputed_table(sources, interval) if interval is not None and use_precomputed else None
     snapshot_id = stream.choice.snapshot_id
@@ -76,36 +75,26 @@ def read(
         extra={"interval": interval, "days": len(days), "precomputed_days": len(fresh), "exchange": stream.exchange},
     )
     found = pa.concat_tables(parts) if parts else BARS_ARROW_SCHEMA.empty_table()
-    if len(parts) > 1:
-        found = found.sort_by([("symbol", "ascending"), ("bar_start", "ascending")])
     return bars.labelled(found, tuple(served))
 
 
-def by_symbol(table: pa.Table) -> dict[str, pa.Table]:
-    """A table sorted by symbol, cut into each symbol's rows (zero-copy slices)."""
-    if table.num_rows == 0:
-        return {}
-    symbols = table.column("symbol").to_numpy(zero_copy_only=False)
-    firsts = np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]])
-    bounds = [*firsts.tolist(), len(symbols)]
-    return {str(symbols[lo]): table.slice(lo, hi - lo) for lo, hi in pairwise(bounds)}
+LISTING_ORDER = [("bar_start", "ascending"), ("k2_place", "ascending"), ("k2_ord", "ascending")]
 
 
-def placed(table: pa.Table, wanted: Sequence[str]) -> pa.Table:
-    """A table sorted by symbol with each row's `k2_place` (its symbol's place in `wanted`; rows of a symbol not in
-    it are left out) and `k2_ord` (its place among its symbol's rows): the keys a several-symbol listing sorts and
-    pages by, computed for the whole table at once."""
+def placed(table: pa.Table, spec: BarSpec, wanted: Sequence[str]) -> pa.Table:
+    """`read`'s bars in the order a several-symbol listing pages by (`LISTING_ORDER`), with each row's `k2_place`
+    (its symbol's place in `wanted`; rows of a symbol not in it are left out) and `k2_ord` (its place among its
+    symbol's bars of that start: always 0 for time bars, whose starts differ; activity bars of one symbol may
+    share a start). Computed for the whole table at once."""
     column = table.column("symbol")
     place = pc.index_in(column, value_set=pa.array(wanted, column.type)).cast(pa.int64())
     count = table.num_rows
-    symbols = column.to_numpy(zero_copy_only=False)
-    firsts = np.r_[True, symbols[1:] != symbols[:-1]] if count else np.zeros(0, np.bool_)
-    starts = np.maximum.accumulate(np.where(firsts, np.arange(count), 0)) if count else np.zeros(0, np.int64)
-    ordinal = pa.array(np.arange(count) - starts, pa.int64())
-    out = table.append_column("k2_place", place).append_column("k2_ord", ordinal)
-    return out.filter(pc.is_valid(place))
-
-
-def empty(spec: BarSpec) -> pa.Table:
-    """No bars, in the schema of `spec`'s bars."""
-    return (activity_bars.ACTIVITY_BARS_SCHEMA if spec.bar_type != "time" else BARS_ARROW_SCHEMA).empty_table()
+    if spec.bar_type == "time":
+        ordinal = pa.array(np.zeros(count, np.int64))
+    else:  # by symbol then bar, as computed
+        symbols = column.to_numpy(zero_copy_only=False)
+        firsts = np.r_[True, symbols[1:] != symbols[:-1]] if count else np.zeros(0, np.bool_)
+        starts = np.maximum.accumulate(np.where(firsts, np.arange(count), 0)) if count else np.zeros(0, np.int64)
+        ordinal = pa.array(np.arange(count) - starts, pa.int64())
+    out = table.append_column("k2_place", place).append_column("k2_ord", ordinal).filter(pc.is_valid(place))
+    return out.sort_by(LISTING_ORDER)

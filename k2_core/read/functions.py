@@ -83,5 +83,6 @@ get_window_join = _table_function("get_window_join", QueryEngine.window_join)
 get_markouts = _table_function("get_markouts", QueryEngine.markouts)
 get_snapshots = _table_function("get_snapshots", QueryEngine.snapshots)
 get_gaps = _table_function("get_gaps", QueryEngine.gaps)
+get_instruments = _table_function("get_instruments", QueryEngine.instruments)
 # Lazy, as a generator is: the input is validated on the first `next()`.
 replay_day = _rows_function("replay_day", QueryEngine.replay)

@@ -123,7 +123,8 @@ def read_exchange_days(
     *,
     plans: scan.PlanCache | None = None,
 ) -> pa.Table:
-    """The precomputed bars of every symbol of `exchange` on `days`, restricted to `[start, end)`, by symbol then bar:
+    """The precomputed bars of every symbol of `exchange` on `days`, restricted to `[start, end)`, in no particular
+    order (sorting them here cost more than reading them: callers order them as they need, `exchange_bars.placed`):
     one scan of the bar table's current snapshot (the one `fresh_days` judged), read by DuckDB; its plan cached in
     `plans` (per snapshot, so never stale)."""
     if not days:
@@ -156,6 +157,6 @@ def read_exchange_days(
         rows = con.sql(
             f"SELECT {', '.join(BARS_ARROW_SCHEMA.names)} FROM bars WHERE exchange = {sql_text(exchange)} "
             f"AND bar_start >= {sql_time(start)} AND bar_start < {sql_time(end)} "
-            f"{on_days} ORDER BY symbol, bar_start"
+            f"{on_days}"
         ).to_arrow_table()
     return rows.cast(BARS_ARROW_SCHEMA)

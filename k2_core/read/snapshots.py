@@ -16,11 +16,11 @@ from pyiceberg.table import Table
 from k2_core.exceptions import QueryError
 from k2_core.lake.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
 from k2_core.model.bars import PRECOMPUTED_TABLES
-from k2_core.model.tables import ALL_TABLES
+from k2_core.model.tables import ALL_TABLES, INSTRUMENTS
 from k2_core.read.params import AsOf
 
 # The tables whose snapshot log can be listed.
-SNAPSHOT_TABLES = tuple(t.name for t in ALL_TABLES) + tuple(PRECOMPUTED_TABLES.values())
+SNAPSHOT_TABLES = (*(t.name for t in ALL_TABLES), *PRECOMPUTED_TABLES.values(), INSTRUMENTS.name)
 
 
 @dataclass(frozen=True)

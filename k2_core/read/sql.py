@@ -14,6 +14,8 @@ and nothing else. Two independent walls keep it there, so that a miss in one is 
    other file, URL, ATTACH and extension, and `lock_configuration=true` refuses the SET that would undo it. That
    database lives in a worker process (`k2_core.read.sqlworker`) whose memory is capped by an rlimit and which is
    killed once the time budget (plus a grace) is spent, so the budgets hold even where DuckDB's own do not reach.
+   The worker keeps the database of its last answer for a next query over exactly the same views (the same
+   snapshots and exchanges, so the same rows and files): a burst of queries skips creating one each time.
 
 Scopes (`read:trades:<exchange>`, ...) are the API's: it passes `readable`, what the caller may read of each scope
 resource (`k2_core.access.auth.readable_exchanges`); `readable=None` (the CLI, a loopback client without credentials)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from k2_core.settings import REPO_ROOT
 from tests.support.ports import free_port
 from tests.support.waits import wait_for
 
@@ -79,6 +80,9 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
     run = _start(home, env)
     try:
         wait_for(lambda: _trade_count(api) > 0, timeout=60)
+        # Reference data was loaded before the processes started: every row of the shipped files.
+        shipped = sum(len(f.read_text().splitlines()) - 1 for f in (REPO_ROOT / "config" / "instruments").glob("*.csv"))
+        assert httpx.get(f"{api}/v1/instruments", timeout=10).json()["count"] == shipped
         wait_for(lambda: _serves(f"http://127.0.0.1:{dagster_port}/server_info"), timeout=120)
     finally:
         children = _stop(run)
@@ -99,6 +103,34 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
     quiet = _start(home, env, "--no-simulators", "--no-dagster")
     try:
         wait_for(lambda: _trade_count(api) > 0, timeout=60)
+        # Three starts on unchanged files: one load committed, two found nothing to do.
+        loads = httpx.get(f"{api}/v1/snapshots", params={"table": "instruments"}, timeout=10).json()
+        assert loads["count"] == 1
     finally:
         children = _stop(quiet)
     assert len(children) == 4  # broker, ingester, book ingester, api
+
+
+def test_k2_run_refuses_to_start_on_a_bad_reference_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    bad = tmp_path / "instruments"
+    bad.mkdir()
+    (bad / "asx.csv").write_text("symbol,asset_class,currency,tick_size,lot_size\nBHP,equities,AUD,0.01,-1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    env.update(
+        K2_HOME=str(home),
+        K2_INSTRUMENTS_DIR=str(bad),
+        K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        K2_API_PORT=str(free_port()),
+        K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_MAINTENANCE_DAGSTER_PORT=str(free_port()),
+        K2_SUPERVISOR_PORT=str(free_port()),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "k2_cli.main", "run", "--no-dagster"], env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 1
+    out = done.stdout.decode() + done.stderr.decode()
+    assert "reference data not loaded" in out
+    assert "asx.csv:2: lot_size: '-1' must be a positive decimal" in out

@@ -96,7 +96,7 @@ def message(response: httpx.Response) -> str:
     return "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in detail)
 
 
-@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres", "rest"])
 def test_trades_returns_the_window_with_exact_decimals(
     catalog: str, make_settings: SettingsFactory, request: pytest.FixtureRequest
 ) -> None:

@@ -16,18 +16,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.query import lay_out
 from k2_api.main import create_app
 from k2_core.exceptions import QueryError
 from k2_core.lake import scan
+from k2_core.model.tables import TRADES
 from k2_core.read import exchange_bars, routing
 from k2_core.read.engine import QueryEngine
 from k2_core.read.functions import get_ohlcv, get_ohlcv_many
 from k2_core.settings import CatalogSettings, Settings
-from tests.support import bar_oracle
+from tests.support import bar_oracle, query_oracle
 from tests.support.clients import local_client
 from tests.support.factories import trade
 from tests.support.lake import open_lake
@@ -219,19 +222,29 @@ def test_fill(seeded: Seeded, engine: QueryEngine, how: str, align: str) -> None
     result = engine.ohlcv("CBA", "asx", interval, start, end, align=align, fill=how)
     assert result.window is not None
     window = (result.window.start, result.window.end)
-    rows = picked(seeded, "asx", "CBA", *window)
-    if align == "utc":
-        bars = bar_oracle.time_bars(rows, interval, "utc")
-        grid = _grid_utc(*window, "15min")
-    else:
-        bars = bar_oracle.time_bars(rows, interval, "session", SYDNEY, ASX_OPEN, ASX_CLOSE)
-        grid = _grid_session(*window)
-    expected = bar_oracle.filled(bars, grid, how)
+
+    def expected(symbol: str) -> list[dict[str, Any]]:
+        rows = picked(seeded, "asx", symbol, *window)
+        if align == "utc":
+            bars = bar_oracle.time_bars(rows, interval, "utc")
+            grid = _grid_utc(*window, "15min")
+        else:
+            bars = bar_oracle.time_bars(rows, interval, "session", SYDNEY, ASX_OPEN, ASX_CLOSE)
+            grid = _grid_session(*window)
+        return bar_oracle.filled(bars, grid, how)
+
     got = result.table.to_pylist()
-    assert plain(got) == plain(expected)
+    assert plain(got) == plain(expected("CBA"))
     assert any(r["trade_count"] == 0 for r in got)
     assert any(r["trade_count"] > 0 for r in got)
     assert all(r["symbol"] == "CBA" for r in got)
+    # The whole exchange, filled in one query for every symbol, paged: each symbol's rows as the oracle fills them,
+    # in (bar_start, symbol) order.
+    whole = all_pages(partial(engine.ohlcv_many, None, "asx", interval, start, end, align=align, fill=how), 41)
+    assert [(r["bar_start"], r["symbol"]) for r in whole] == sorted((r["bar_start"], r["symbol"]) for r in whole)
+    for symbol in ("BHP", "CBA"):
+        assert plain([r for r in whole if r["symbol"] == symbol]) == plain(expected(symbol))
+    assert {r["symbol"] for r in whole} == {"BHP", "CBA"}
 
 
 def test_fill_pages_through_the_same_answer(seeded: Seeded, engine: QueryEngine) -> None:
@@ -431,3 +444,33 @@ def test_cli(seeded: Seeded) -> None:
     )
     assert bad.exit_code == 2
     assert "align must be one of" in bad.output
+
+
+def test_whole_exchange_minute_bars_precomputed_and_open_day_page_in_order(tmp_path: Path) -> None:
+    """The whole exchange's 1m bars over a closed day (served by the precomputed `ohlcv_1m`, read in no order) and
+    an open one (computed from trades), paged in small pages: every bar the pandas oracle makes, in (bar_start,
+    symbol) order, each once."""
+    settings = Settings(home=tmp_path / "k2home", catalog=CatalogSettings(name=f"wholepre{random.randrange(10**9)}"))
+    settings.query.tail_enabled = False
+    rng = random.Random(7)
+    first = datetime(2024, 5, 6, tzinfo=UTC)
+    rows: list[dict[str, Any]] = []
+    for symbol in ("ANZ", "BHP", "CBA", "NAB", "WBC"):
+        t, seq = first, 0
+        while t < first + timedelta(days=2):
+            t += timedelta(seconds=rng.choice((1, 20, 45, 90, 600, 3600)))
+            seq += 1
+            rows.append(
+                trade(symbol, seq, t, Decimal(rng.randrange(1000, 1100)) / 100, Decimal(rng.randrange(1, 9)), "asx")
+            )
+    rows.sort(key=lambda r: (r["exchange_timestamp"], r["symbol"]))
+    lay_out(settings, [(TRADES, TRADES.to_arrow(rows))], [first.date()])  # the first day closed, the second open
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        end = first + timedelta(days=2)
+        listed = all_pages(partial(engine.ohlcv_many, None, "asx", "1m", first, end), 53)
+        sources = engine.ohlcv_many(None, "asx", "1m", first, end).sources
+    assert set(sources) == {"precomputed", "iceberg"}
+    in_window = query_oracle.window(rows, first, first + timedelta(days=2))
+    expected = sorted(query_oracle.bars(in_window, "1m"), key=lambda r: (r["bar_start"], r["symbol"]))
+    assert [(r["bar_start"], r["symbol"]) for r in listed] == [(r["bar_start"], r["symbol"]) for r in expected]
+    assert plain(listed) == plain(expected)

@@ -69,7 +69,7 @@ def file_paths(table: Table, day: date, snapshot_id: int | None = None) -> set[s
     return {t.file.file_path for t in scan.plan_files()}
 
 
-@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres", "rest"])
 def test_compaction_keeps_rows_and_order_while_a_concurrent_append_lands(
     catalog: str, make_settings: Callable[..., Settings]
 ) -> None:

@@ -37,7 +37,7 @@ def test_definitions_load(make_settings: Callable[..., Settings]) -> None:
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"trades", "quotes", "ohlcv_1m", "ohlcv_1d", "sequence_gaps", "book_snapshots"}
+    assert keys == {"trades", "quotes", "ohlcv_1m", "ohlcv_1d", "sequence_gaps", "instruments", "book_snapshots"}
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("ohlcv_1m")).parent_keys == {dg.AssetKey("trades")}
     assert graph.get(dg.AssetKey("ohlcv_1d")).parent_keys == {dg.AssetKey("ohlcv_1m")}

@@ -1,4 +1,4 @@
-"""The ingester against a real Tansu broker and real Iceberg tables (SQLite and PostgreSQL catalogs)."""
+"""The ingester against a real Tansu broker and real Iceberg tables (SQLite, PostgreSQL and REST catalogs)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.support.lake import table_rows
 from tests.support.waits import wait_for
 
 
-@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres", "rest"])
 def test_gaps_duplicates_and_reorders_land_exactly_once(
     catalog: str, broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[..., Ingester]
 ) -> None:
@@ -58,10 +58,11 @@ def test_gaps_duplicates_and_reorders_land_exactly_once(
     assert all(g["severity"] == "warning" for g in gaps)
 
 
+@pytest.mark.parametrize("catalog", ["sqlite", "rest"])
 def test_restart_resumes_from_table_offsets_without_duplicates(
-    broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[..., Ingester]
+    catalog: str, broker: str, make_settings: Callable[..., Settings], running_ingester: Callable[..., Ingester]
 ) -> None:
-    settings = make_settings(bootstrap=broker, batch_max_seconds=0.3, metrics_port=0)
+    settings = make_settings(catalog=catalog, bootstrap=broker, batch_max_seconds=0.3, metrics_port=0)
     produce(settings, [("trades", feed_trade("BHP", s)) for s in range(1, 101)])
     first = running_ingester(settings)
     wait_for(lambda: len(table_rows(settings, "trades")) == 100)

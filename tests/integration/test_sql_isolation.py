@@ -12,7 +12,9 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,15 @@ from k2_core.read.sql import SqlLimits, run_sql
 from k2_core.read.sqlworker import SqlBusyError, SqlWorkerPool, shared_pool
 from k2_core.settings import QuerySettings, Settings, parse_bytes
 from tests.support.clients import local_client
-from tests.support.lake import seed
+from tests.support.factories import trade
+from tests.support.lake import SEED_DAY, open_lake, seed
 
 SettingsFactory = Callable[..., Settings]
 COUNT = "SELECT count(*) AS n FROM trades"
 # One scalar call DuckDB does not interrupt: sorting a 30-million-element list runs tens of seconds.
 DEAF = "SELECT len(list_sort(list_reverse(generate_series(1, 30000000)))) AS n"
+# An endless query over trades that DuckDB does interrupt: past a 0.5 s budget, a 408 and the worker kept.
+ENDLESS = "WITH RECURSIVE t(n) AS (SELECT count(*) FROM trades UNION ALL SELECT n + 1 FROM t) SELECT max(n) AS n FROM t"
 
 
 def small_lake(make_settings: SettingsFactory, **query: Any) -> Settings:
@@ -242,3 +247,48 @@ def test_memory_limit_setting_must_be_a_size() -> None:
     assert parse_bytes("1.5 GB") == 1_500_000_000
     with pytest.raises(pydantic.ValidationError, match="not a size DuckDB reads"):
         QuerySettings(sql_memory_limit="lots")
+
+
+def test_a_warm_sandbox_answers_only_what_its_job_may_see(make_settings: SettingsFactory) -> None:
+    """One worker keeps the sandbox of its last answer warm for a job over the same views (`warm_key`): a narrower
+    scope, a later snapshot, rows of a job's own and a query that ran out of time must each get their own rows,
+    whatever ran on that worker before."""
+    settings = small_lake(make_settings)
+    limits = SqlLimits.from_settings(settings)
+    pool = SqlWorkerPool(1)
+    by_exchange = "SELECT exchange, count(*) AS n FROM trades GROUP BY exchange ORDER BY exchange"
+    lake = open_lake(settings)
+
+    def counts(engine: QueryEngine, **extra: Any) -> dict[str, int]:
+        rows = run_sql(engine, by_exchange, limits=limits, pool=pool, **extra).table.to_pylist()
+        return {row["exchange"]: row["n"] for row in rows}
+
+    def asx_only(_scope: str) -> frozenset[str]:
+        return frozenset({"asx"})
+
+    try:
+        with QueryEngine.from_settings(settings, cache=False) as engine:
+            first = lake.table("trades").metadata.current_snapshot_id
+            stored = Counter(row["exchange"] for row in lake.rows("trades"))
+            assert counts(engine) == stored
+            assert counts(engine) == stored  # the same job again: the warm sandbox, the same answer
+            assert counts(engine, readable=asx_only) == {"asx": stored["asx"]}
+            assert counts(engine) == stored
+            more = [
+                trade("RIO", seq, SEED_DAY + timedelta(hours=3, seconds=seq), "99.5", "2", "nyse")
+                for seq in range(1, 4)
+            ]
+            lake.append("trades", more)
+            assert counts(engine) == stored + Counter(row["exchange"] for row in more)
+            assert counts(engine, as_of_snapshot=first) == stored
+            with pytest.raises(QueryTimeoutError):
+                run_sql(engine, ENDLESS, limits=limits, pool=pool, as_of_snapshot=first)
+            assert counts(engine, as_of_snapshot=first) == stored
+            # No quotes table narrowed to nyse has rows: the job registers an empty table of its own (Arrow IPC).
+            empty = "SELECT count(*) AS n FROM quotes"
+            nyse = run_sql(engine, empty, limits=limits, pool=pool, readable=lambda _s: frozenset({"nyse"}))
+            assert nyse.table.to_pylist() == [{"n": 0}]
+            assert run_sql(engine, empty, limits=limits, pool=pool).table.to_pylist() == [{"n": 1}]
+            assert len(pool.pids()) == 1
+    finally:
+        pool.close()

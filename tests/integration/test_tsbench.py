@@ -24,6 +24,8 @@ def test_every_engine_agrees_on_every_query_at_a_tiny_scale(tmp_path: Path, caps
     assert "MISMATCH" not in out
     for query in tsbench.QUERIES:
         assert f"\n{query} " in out
+    # Every day is closed: the whole exchange's minute bars come from the precomputed table (read in no order).
+    assert "K2 path, bars_1m: ohlcv_many(whole exchange) from precomputed\n" in out
     # And through its public with-quote listing (fetch_many), over the same rows.
     assert (
         tsbench.main(

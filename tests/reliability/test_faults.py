@@ -1,9 +1,11 @@
-"""Faults survived with nothing lost: a hung broker, a restarted catalog database, two ingesters with one
-killed, a full warehouse disk. Each run ends by checking the table against what the broker really holds."""
+"""Faults survived with nothing lost: a hung broker, a restarted catalog database, a hung REST catalog server, two
+ingesters with one killed, a full warehouse disk. Each run ends by checking the table against what the broker really
+holds."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import threading
@@ -25,6 +27,7 @@ from tests.support.kafka import produced_keys
 from tests.support.lake import table_rows
 from tests.support.ports import free_port
 from tests.support.processes import spawn_ingester
+from tests.support.seaweedfs import S3Server
 from tests.support.waits import wait_for
 
 
@@ -122,6 +125,36 @@ def test_catalog_database_stopped_and_restarted_mid_run(
             finally:
                 _pg("start")
         check_exactly_once(settings, "PostgreSQL catalog stopped 5 s")
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("fault", ["hung", "stopped"])
+def test_rest_catalog_server_hung_or_stopped_mid_run(
+    fault: str, broker: str, make_settings: Callable[..., Settings], iceberg_rest: S3Server, tmp_path: Path
+) -> None:
+    """The REST catalog server (and the S3 gateway beside it) stops answering (`hung`) or stops, refusing connections
+    (`stopped`, then started again on the same ports and data) for 5 s while the ingester, a process configured only
+    by K2_CATALOG_TYPE=rest and the rest of its environment, commits: nothing lost, nothing twice.
+    A 5 s commit is slow enough for the degradation cascade to shed non-critical symbols to the DLQ (its job, tested
+    in test_degradation.py): its write thresholds are raised here so that every trade must reach the table."""
+    settings = reliable_settings(make_settings, broker, catalog="rest")
+    settings.degradation.write_seconds = [60.0, 120.0, 300.0]
+    with ingester_process(settings, tmp_path / "ingester.log") as proc:
+        with feed(settings, count=1500, rate=150):
+            wait_for(lambda: len(table_rows(settings, "trades")) > 0, timeout=60)
+            if fault == "hung":
+                os.killpg(iceberg_rest.proc.pid, signal.SIGSTOP)
+            else:
+                iceberg_rest.stop()
+            try:
+                time.sleep(5)  # the feed goes on; commits wait or fail and back off
+                assert proc.poll() is None
+            finally:
+                if fault == "hung":
+                    os.killpg(iceberg_rest.proc.pid, signal.SIGCONT)
+                else:
+                    iceberg_rest.start()
+        check_exactly_once(settings, f"REST catalog server {fault} 5 s")
     assert proc.returncode == 0
 
 

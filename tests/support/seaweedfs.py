@@ -19,11 +19,13 @@ import sysconfig
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from pyarrow import fs
+from pyiceberg.catalog.rest import RestCatalog
+from pyiceberg.exceptions import NoSuchNamespaceError, RESTError
 
 from tests.support.ports import free_port
 
@@ -58,10 +60,27 @@ def _free_pair() -> int:
             return port
 
 
-@dataclass(frozen=True)
+@dataclass
 class S3Server:
     endpoint: str
     proc: subprocess.Popen[bytes]
+    iceberg: str | None = None  # the Iceberg REST catalog's URL, when started with a table bucket
+    argv: list[str] = field(default_factory=list)
+    log: Path = Path("/dev/null")
+    admin: tuple[str, str] = ("", "")
+    table_bucket: str | None = None
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def start(self) -> None:
+        """Start it again after `stop()`: the same ports and data, so clients find it where it was."""
+        assert self.proc.poll() is not None, "still running"
+        self.proc = _launch(self.argv, self.log)
+        deadline = time.monotonic() + 30
+        _wait_until_up(self, deadline)
+        if self.table_bucket:
+            _wait_for_table_bucket(self, self.admin, self.table_bucket, self.log, deadline)
 
     def filesystem(self, access_key: str, secret_key: str) -> fs.S3FileSystem:
         """A client of its own (pyarrow's, the AWS C++ SDK) signed with these credentials."""
@@ -84,10 +103,19 @@ class S3Server:
 
 @contextmanager
 def seaweedfs(
-    data_dir: Path, admin: tuple[str, str], user: tuple[str, str], bucket: str, log: Path
+    data_dir: Path,
+    admin: tuple[str, str],
+    user: tuple[str, str],
+    bucket: str,
+    log: Path,
+    table_bucket: str | None = None,
 ) -> Iterator[S3Server]:
     """SeaweedFS with `admin` (access key, secret) allowed everything and `user` allowed only `bucket`, which the
-    admin creates. Stopped (its whole process group) when the block ends."""
+    admin creates. With `table_bucket`, also SeaweedFS's Iceberg REST catalog (`S3Server.iceberg`) over an S3 Tables
+    bucket of that name (clients authenticate with S3 keys as OAuth2 client credentials `access:secret`). SeaweedFS
+    4.48 authorises namespace and table creation in a table bucket by ownership: a bucket-scoped identity such as
+    `user` is refused ("not authorized to create namespace in this bucket"), so the catalog's clients use `admin`.
+    Stopped (its whole process group) when the block ends."""
     data_dir.mkdir(parents=True, exist_ok=True)
     identities = {
         "identities": [
@@ -107,6 +135,7 @@ def seaweedfs(
     config.write_text(json.dumps(identities))
     config.chmod(0o600)
     s3_port = free_port()
+    iceberg_port = free_port() if table_bucket else 0
     ports = {
         "master.port": free_port(),
         "master.port.grpc": free_port(),
@@ -126,29 +155,59 @@ def seaweedfs(
         "-ip.bind=127.0.0.1",
         *(f"-{flag}={port}" for flag, port in ports.items()),
         f"-s3.config={config}",
-        "-s3.port.iceberg=0",  # no Iceberg REST catalog, no Lance, no WebDAV, no admin UI: only S3
+        # no Iceberg REST catalog unless asked, no Lance, no WebDAV, no admin UI
+        f"-s3.port.iceberg={iceberg_port}",
+        *([f"-tableBucket={table_bucket}"] if table_bucket else []),
         "-s3.port.lance=0",
         "-webdav=false",
         "-admin.ui=false",
         "-master.telemetry=false",
     ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{s3_port}", proc)
+    iceberg = f"http://127.0.0.1:{iceberg_port}" if table_bucket else None
+    server = S3Server(f"http://127.0.0.1:{s3_port}", _launch(argv, log), iceberg, argv, log, admin, table_bucket)
     try:
         deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"SeaweedFS exited with {proc.returncode}: {log.read_text()[-2000:]}"
-            try:
-                httpx.get(server.endpoint, timeout=1)  # any answer (403 to anonymous) means the gateway is up
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, f"SeaweedFS did not come up: {log.read_text()[-2000:]}"
-                time.sleep(0.1)
+        _wait_until_up(server, deadline)
         server.filesystem(*admin).create_dir(bucket)
+        if table_bucket:
+            _wait_for_table_bucket(server, admin, table_bucket, log, deadline)
         yield server
     finally:
-        stop(proc)
+        server.stop()
+
+
+def _launch(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_until_up(server: S3Server, deadline: float) -> None:
+    while True:
+        proc = server.proc
+        assert proc.poll() is None, f"SeaweedFS exited with {proc.returncode}: {server.log.read_text()[-2000:]}"
+        try:
+            httpx.get(server.endpoint, timeout=1)  # any answer (403 to anonymous) means the gateway is up
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"SeaweedFS did not come up: {server.log.read_text()[-2000:]}"
+            time.sleep(0.1)
+
+
+def _wait_for_table_bucket(
+    server: S3Server, admin: tuple[str, str], table_bucket: str, log: Path, deadline: float
+) -> None:
+    """`weed mini` creates its table bucket only after every component reports ready: until then the catalog
+    answers that the bucket does not exist. Wait until it lists the bucket's namespaces."""
+    properties = {"uri": server.iceberg, "warehouse": f"s3://{table_bucket}", "credential": ":".join(admin)}
+    while True:
+        assert server.proc.poll() is None, f"SeaweedFS exited: {log.read_text()[-2000:]}"
+        try:
+            RestCatalog("probe", **properties).list_namespaces()
+            return
+        except (RESTError, NoSuchNamespaceError, OSError) as exc:  # 404 until the bucket exists
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no table bucket {table_bucket}: {exc}; {log.read_text()[-2000:]}") from exc
+            time.sleep(0.2)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 2) -> None:

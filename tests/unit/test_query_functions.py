@@ -25,6 +25,7 @@ PAIRS = [
     ("replay_day", "replay"),
     ("get_snapshots", "snapshots"),
     ("get_gaps", "gaps"),
+    ("get_instruments", "instruments"),
 ]
 
 
