@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pyiceberg.expressions import GreaterThan
+from pyiceberg.expressions import And, EqualTo, GreaterThan, LessThanOrEqual
 from pyiceberg.table import Table
 
 from k2_core.lake.retry import commit_with_retries
@@ -58,6 +58,22 @@ def active_instruments(updates: Table, start: datetime, end: datetime) -> dict[t
         if key in active:
             latest[key] = max(latest.get(key, r["exchange_timestamp"]), r["exchange_timestamp"])
     return dict(sorted(latest.items()))
+
+
+def written_marks(snapshots: Table, start: datetime, end: datetime) -> set[tuple[str, str, datetime]]:
+    """(exchange, symbol, mark) of K2's snapshots already stored in (start, end]: an earlier run's, not rebuilt
+    again (a run every minute looking back ten would otherwise rebuild each mark ten times)."""
+    rows = snapshots.scan(
+        row_filter=And(
+            EqualTo(term="source", value=SOURCE_K2),
+            And(
+                GreaterThan(term="exchange_timestamp", value=start),
+                LessThanOrEqual(term="exchange_timestamp", value=end),
+            ),
+        ),
+        selected_fields=("exchange", "symbol", "exchange_timestamp"),
+    ).to_arrow()
+    return {(r["exchange"], r["symbol"], r["exchange_timestamp"]) for r in rows.to_pylist()}
 
 
 def snapshot_rows(
@@ -106,8 +122,9 @@ def write_k2_snapshots(
     instruments = active_instruments(updates, start, end) if marks else {}
     rows: list[dict[str, Any]] = []
     unknown = 0
+    done = written_marks(snapshots, start, end) if instruments else set()
     for (exchange, symbol), latest in instruments.items():
-        passed = [m for m in marks if m < latest]
+        passed = [m for m in marks if m < latest and (exchange, symbol, m) not in done]
         found, missed = snapshot_rows(snapshots, updates, validity, exchange, symbol, passed, now)
         rows += found
         unknown += missed
