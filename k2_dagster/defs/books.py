@@ -1,4 +1,4 @@
-"""Level-2 books: every minute, K2's own snapshot of each active instrument's book (k2_core.upkeep.book_snapshots),
+"""Level-2 books: K2's own snapshot of each active instrument's book at every minute mark (k2_core.upkeep.book_snapshots),
 so a rebuild of a book at any time replays at most a minute of updates."""
 
 from datetime import UTC, datetime, timedelta
@@ -52,7 +52,7 @@ def schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
             "book_snapshots_schedule",
             book_snapshots_job,
             m.book_snapshot_cron,
-            "Every minute: K2 snapshots of the books, so a rebuild replays at most a minute of updates.",
+            "K2 snapshots of the books at every minute mark since the last run, so a rebuild replays at most a minute.",
         )
     ]
 
