@@ -1,5 +1,5 @@
-"""Level-2 books: K2's own snapshot of each active instrument's book at every minute mark (k2_core.upkeep.book_snapshots),
-so a rebuild of a book at any time replays at most a minute of updates."""
+"""Level-2 books: K2's own snapshot of each active instrument's book at every minute mark
+(k2_core.upkeep.book_snapshots), so a rebuild of a book at any time replays at most a minute of updates."""
 
 from datetime import UTC, datetime, timedelta
 
