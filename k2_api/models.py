@@ -388,3 +388,53 @@ class SqlResponse(BaseModel):
     exchanges: dict[str, list[str] | None] = Field(
         description="Per table, the exchanges its rows were narrowed to by the caller's scopes; null = all."
     )
+
+
+class BookLevel(BaseModel):
+    price: DecimalString
+    size: DecimalString
+
+
+class BookResponse(BaseModel):
+    """One instrument's level-2 book at a time: rebuilt from the nearest snapshot at or before it plus the updates
+    after. `valid` false: the book is unknown there (a gap not yet healed by a snapshot, or no snapshot), `reason`
+    says why, and no level is given."""
+
+    symbol: str
+    exchange: str
+    at: AwareDatetime
+    depth: int
+    valid: bool
+    reason: str | None
+    snapshot_at: AwareDatetime | None = Field(description="The snapshot the book was rebuilt from.")
+    snapshot_source: str | None = Field(description="feed (the exchange's) or k2 (computed by K2).")
+    sequence: int | None = Field(description="The number of the last update applied.")
+    updates_applied: int
+    bids: list[BookLevel] = Field(description="Highest price first, at most `depth`.")
+    asks: list[BookLevel] = Field(description="Lowest price first, at most `depth`.")
+    spread: DecimalString | None
+    mid: DecimalString | None
+    imbalance: DecimalString | None = Field(description="(bid size - ask size) / (bid size + ask size) at the top.")
+
+
+class TopOfBookPoint(BaseModel):
+    at: AwareDatetime
+    valid: bool
+    best_bid: DecimalString | None
+    bid_size: DecimalString | None
+    best_ask: DecimalString | None
+    ask_size: DecimalString | None
+    spread: DecimalString | None
+    mid: DecimalString | None
+    imbalance: DecimalString | None
+
+
+class BookSeriesResponse(BaseModel):
+    """An instrument's top of book every `every` from `start` to `end`; points where the book is unknown have
+    `valid` false and no prices."""
+
+    symbol: str
+    exchange: str
+    every: str
+    count: int
+    data: list[TopOfBookPoint]

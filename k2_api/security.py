@@ -46,7 +46,6 @@ from k2_api.formats import ROW_COUNT
 from k2_core.access.audit import MAX_PARAMS_CHARS, MAX_ROUTE_CHARS, AuditEntry, AuditLog
 from k2_core.access.auth import (
     ADMIN,
-    PER_EXCHANGE,
     JwtVerifier,
     KeyStore,
     Principal,
@@ -60,6 +59,7 @@ from k2_core.access.refusals import REFUSED_PARAMS_CHARS, RefusalTally
 from k2_core.exceptions import AuditError, AuthenticationError, CredentialStoreError, RateLimitError
 from k2_core.lake.sqldb import access_engine
 from k2_core.logging import REQUEST_ID, get_logger
+from k2_core.model.topics import KINDS
 from k2_core.settings import Settings
 
 logger = get_logger(__name__)
@@ -117,6 +117,8 @@ POLICY: dict[str, Rule] = {
     # The last trade and the last quote of every instrument: both streams' columns, unless `kind` names one.
     "/v1/latest/all": Rule("trades", also=("quotes",), narrow_param="kind"),
     "/v1/replay": Rule("trades", resource_param="kind"),
+    "/v1/book": Rule("books"),
+    "/v1/book/series": Rule("books"),
     "/v1/gaps": Rule("gaps", per_exchange=False),
     "/v1/snapshots": Rule("snapshots", per_exchange=False),
     # Joins on time read trades and quotes (or trades) of the exchange and of the right side's: both scopes of each.
@@ -140,7 +142,7 @@ def required_scopes(route: str, request: Request) -> list[str]:
     resource = rule.resource
     if rule.resource_param is not None:
         chosen = request.query_params.get(rule.resource_param)
-        if chosen in PER_EXCHANGE:  # anything else is refused by the route's own validation
+        if chosen in KINDS:  # anything else is refused by the route's own validation
             resource = chosen
     carried = [resource, *rule.also]
     if rule.narrow_param is not None:

@@ -127,6 +127,10 @@ def simulate(
     seed: Annotated[int | None, typer.Option(help="Seed for a reproducible market.")] = None,
     symbols: Annotated[str | None, typer.Option(help="Comma-separated subset, e.g. BHP,CBA.")] = None,
     quotes: Annotated[bool, typer.Option("--quotes/--no-quotes", help="Emit a quote update before each trade.")] = True,
+    books: Annotated[
+        bool, typer.Option("--books/--no-books", help="Also publish level-2 book snapshots and updates.")
+    ] = False,
+    book_gap_every: Annotated[int, typer.Option(min=0, help="Withhold every Nth book update of each symbol.")] = 0,
     gap_every: Annotated[int, typer.Option(min=0, help="Withhold every Nth sequence number of each stream.")] = 0,
     duplicate_every: Annotated[int, typer.Option(min=0, help="Send every Nth message of a stream twice.")] = 0,
     reorder_every: Annotated[int, typer.Option(min=0, help="Swap every Nth message with its stream's next.")] = 0,
@@ -156,9 +160,12 @@ def simulate(
             raise typer.BadParameter(str(exc), param_hint="--symbols") from exc
     try:
         faults = FaultConfig(gap_every=gap_every, duplicate_every=duplicate_every, reorder_every=reorder_every)
+        book_faults = FaultConfig(gap_every=book_gap_every)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    config = SimulatorConfig(exchange=exchange, symbols=wanted, quotes=quotes, seed=seed, faults=faults)
+    config = SimulatorConfig(
+        exchange=exchange, symbols=wanted, quotes=quotes, seed=seed, faults=faults, books=books, book_faults=book_faults
+    )
     if wait is None:
         wait = count is not None or duration is not None
     try:

@@ -17,6 +17,13 @@ def register(app: typer.Typer) -> None:
 
         run_ingester(Settings())
 
+    @app.command("ingest-books")
+    def ingest_books() -> None:
+        """Run the level-2 books ingester (books topics -> book_snapshots, book_updates, exactly once) until Ctrl-C."""
+        from k2_stream.__main__ import run_book_ingester
+
+        run_book_ingester(Settings())
+
     @app.command()
     def api() -> None:
         """Serve the query API (REST + OpenAPI at /docs)."""

@@ -1,4 +1,4 @@
-"""`k2 query trades|quotes|ohlcv|summary|latest|replay|snapshots|gaps|asof|window|markouts`: read K2 in-process,
+"""`k2 query trades|quotes|ohlcv|summary|latest|book|replay|snapshots|gaps|asof|window|markouts`: read K2 in-process,
 no API server needed.
 
 The commands call k2_core's query engine directly, so they apply exactly the API's input rules. Without
@@ -447,6 +447,46 @@ def latest(
     if result.table.num_rows == 0:
         raise _fail(QueryError(f"symbol {symbol} has no trades on {exchange} in this snapshot"))
     _render(result.table, f"latest trade {symbol}@{exchange}", hide=("symbol", "exchange"), caption=_provenance(result))
+
+
+@app.command()
+def book(
+    symbol: Annotated[str, typer.Argument(help="Uppercase ticker, e.g. BHP.", show_default=False)],
+    exchange: ExchangeOpt,
+    at: Annotated[str | None, typer.Option(help="ISO-8601 time; no offset means UTC. Default: now.")] = None,
+    depth: Annotated[int | None, typer.Option(help="Levels a side, 1-1000. Default: 10.")] = None,
+) -> None:
+    """SYMBOL's level-2 book at --at, rebuilt from the nearest stored snapshot and the updates after it; says so
+    (exit 1) when a gap in the updates left the book unknown there."""
+    try:
+        with _engine() as engine:
+            answer = engine.book(symbol, exchange, at, depth)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    console = Console()
+    if not answer.valid:
+        Console(stderr=True).print(Text(f"book unknown at {answer.at.isoformat()}: {answer.reason}", style="bold red"))
+        raise typer.Exit(code=1)
+    table = Table(
+        title=f"book {symbol}@{exchange} at {answer.at.isoformat()}",
+        caption=(
+            f"from the {answer.snapshot_source} snapshot of {_cell(answer.snapshot_at)} + "
+            f"{answer.updates_applied} updates (last #{answer.sequence}); spread {_cell(answer.spread)}, "
+            f"mid {_cell(answer.mid)}, imbalance {_cell(answer.imbalance)}"
+        ),
+    )
+    for header in ("bid size", "bid", "ask", "ask size"):
+        table.add_column(header, justify="right")
+    for i in range(max(len(answer.bids), len(answer.asks))):
+        bid = answer.bids[i] if i < len(answer.bids) else None
+        ask = answer.asks[i] if i < len(answer.asks) else None
+        table.add_row(
+            _cell(bid[1] if bid else None),
+            _cell(bid[0] if bid else None),
+            _cell(ask[0] if ask else None),
+            _cell(ask[1] if ask else None),
+        )
+    console.print(table)
 
 
 @app.command()

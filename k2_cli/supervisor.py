@@ -218,6 +218,7 @@ class Supervisor:
             # Tansu exits at once on SIGINT; on SIGTERM it waits ~5 s for clients to leave (nothing to flush: memory)
             Child(BROKER, self._broker, stop_signal=signal.SIGINT),
             self._k2("ingester", "ingest"),
+            self._k2("book-ingester", "ingest-books"),
             self._k2("api", "api"),
         ]
         if self.dagster:
@@ -225,7 +226,7 @@ class Supervisor:
         if self.simulators:
             for exchange in EXCHANGES:
                 name = f"simulator-{exchange}"
-                children.append(self._k2(name, "simulate", "--exchange", exchange, "--rate", str(self.rate)))
+                children.append(self._k2(name, "simulate", "--exchange", exchange, "--rate", str(self.rate), "--books"))
         return children
 
     def _ports(self) -> dict[str, tuple[str, int]]:
@@ -463,7 +464,7 @@ class Supervisor:
         Dagster UI, then the broker. Each tier stops together."""
         tiers = [
             [n for n in self.children if n.startswith("simulator")] + ["dagster-daemon"],
-            ["ingester"],
+            ["ingester", "book-ingester"],
             ["api", "dagster-webserver"],
             [BROKER],
         ]

@@ -145,3 +145,7 @@ class AuditError(K2Error):
 
 class CredentialStoreError(K2Error):
     """API keys cannot be read from the catalog database: no request can be authenticated (the API answers 503)."""
+
+
+class BookError(ValidationError):
+    """A book update that cannot apply (an unknown side, a negative size)."""

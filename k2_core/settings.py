@@ -310,6 +310,11 @@ class MaintenanceSettings(BaseModel):
     gap_sweep_cron: str = Field(default="15 1 * * *", pattern=CRON)
     maintenance_cron: str = Field(default="45 2 * * *", pattern=CRON, description="Snapshot expiry, orphan files.")
     quality_cron: str = Field(default="*/15 * * * *", pattern=CRON)
+    # K2's own book snapshots (k2_core.upkeep.book_snapshots): one per instrument per minute mark, so a book rebuild
+    # replays at most a minute of updates; a run every 5 minutes writes the marks since, looking back this far
+    # (overlap is harmless: marks already written are skipped).
+    book_snapshot_cron: str = Field(default="*/5 * * * *", pattern=CRON)
+    book_snapshot_lookback_minutes: int = Field(default=10, ge=1, le=1440)
     snapshot_sensor_seconds: int = Field(default=30, ge=1)
     ohlcv_sensor_seconds: int = Field(default=120, ge=1)
     compaction_sensor_seconds: int = Field(default=600, ge=1)

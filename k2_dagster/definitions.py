@@ -3,7 +3,7 @@
 from dagster import Definitions, ScheduleDefinition, SensorDefinition
 
 from k2_core.settings import MaintenanceSettings, Settings
-from k2_dagster.defs import bars, gaps, market, quality, reference, upkeep
+from k2_dagster.defs import bars, books, gaps, market, quality, reference, upkeep
 from k2_dagster.defs.resources import K2Settings, resources
 
 
@@ -14,7 +14,7 @@ def build_sensors(m: MaintenanceSettings) -> list[SensorDefinition]:
 
 def build_schedules(m: MaintenanceSettings) -> list[ScheduleDefinition]:
     """Every domain's schedules (UTC), each on the cron `K2_MAINTENANCE_*_CRON` sets."""
-    return [*gaps.schedules(m), *upkeep.schedules(m), *quality.schedules(m)]
+    return [*gaps.schedules(m), *upkeep.schedules(m), *quality.schedules(m), *books.schedules(m)]
 
 
 def build_definitions(k2: K2Settings | None = None) -> Definitions:
@@ -22,7 +22,14 @@ def build_definitions(k2: K2Settings | None = None) -> Definitions:
     here, when the code location loads, only for the schedules' crons and the sensors' intervals)."""
     maintenance = (k2.get() if k2 is not None else Settings()).maintenance
     return Definitions(
-        assets=[market.trades, market.quotes, bars.ohlcv_bars, gaps.sequence_gaps, reference.instruments],
+        assets=[
+            market.trades,
+            market.quotes,
+            bars.ohlcv_bars,
+            gaps.sequence_gaps,
+            reference.instruments,
+            books.k2_book_snapshots,
+        ],
         asset_checks=quality.CHECKS,
         jobs=[
             bars.ohlcv_job,
@@ -30,6 +37,7 @@ def build_definitions(k2: K2Settings | None = None) -> Definitions:
             quality.quality_job,
             upkeep.compaction_job,
             upkeep.maintenance_job,
+            books.book_snapshots_job,
         ],
         sensors=build_sensors(maintenance),
         schedules=build_schedules(maintenance),

@@ -44,6 +44,7 @@ INSTANCE: dict[str, Any] = {
             {"key": "k2/job", "value": "gap_backfill", "limit": 1},
             {"key": "k2/job", "value": "maintenance", "limit": 1},
             {"key": "k2/job", "value": "ohlcv", "limit": 2},
+            {"key": "k2/job", "value": "book_snapshots", "limit": 1},
         ],
     },
     "retention": {

@@ -32,5 +32,20 @@ def run_ingester(settings: Settings) -> None:
             server.shutdown()
 
 
+def run_book_ingester(settings: Settings) -> None:
+    """The level-2 books ingester (k2_stream.book_ingester) until SIGINT/SIGTERM."""
+    from k2_stream.book_ingester import BookIngester
+
+    configure_logging("book-ingester", settings.log_level)
+    ingester = BookIngester(settings)
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        ingester.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    ingester.run()
+
+
 if __name__ == "__main__":
     run_ingester(Settings())

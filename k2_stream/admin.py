@@ -7,7 +7,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2_core.exceptions import K2Error
 from k2_core.logging import get_logger
-from k2_core.model.topics import TopicLayout
+from k2_core.model.topics import DLQ_SUFFIX, TopicLayout
 from k2_core.settings import Settings
 
 log = get_logger(__name__)
@@ -24,8 +24,8 @@ def ensure_topics(settings: Settings, layout: TopicLayout | None = None) -> Topi
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = []
-    for spec in layout.topics:
-        for name, partitions in ((spec.name, spec.partitions), (spec.dlq, 1)):
+    for topic, topic_partitions in layout.all_names():
+        for name, partitions in ((topic, topic_partitions), (topic + DLQ_SUFFIX, 1)):
             if name not in existing:
                 wanted.append(NewTopic(name, partitions, layout.replication_factor))
     if not wanted:

@@ -15,7 +15,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from k2_core.exceptions import WriteError
 from k2_core.ingest.dead_letters import dead_letter, is_shed, reason_class
 from k2_core.logging import get_logger
-from k2_core.model.topics import TopicLayout
+from k2_core.model.topics import DLQ_SUFFIX, TopicLayout
 from k2_stream import metrics
 
 log = get_logger(__name__)
@@ -42,7 +42,7 @@ class DeadLetterSender:
                 continue
             delivered.append((topic, partition, offset))
             letter = dead_letter(m.value(), reason, topic, partition, offset, datetime.now(UTC))
-            self._produce(self.layout.by_name[topic].dlq, m.key(), letter.body, letter.headers)
+            self._produce(topic + DLQ_SUFFIX, m.key(), letter.body, letter.headers)
             metrics.DLQ_MESSAGES.labels(topic, reason_class(reason)).inc()
             if is_shed(reason):
                 shed += 1  # summarised once per batch below

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaException, Producer
 from k2_core.exceptions import K2Error, SchemaRegistryError
 from k2_core.model.avro import encode
 from k2_core.model.registry import ParsedSchema, SchemaRegistry
-from k2_core.model.topics import Kind, TopicLayout
+from k2_core.model.topics import BOOK_RECORDS, BookRecord, Kind, TopicLayout
 from k2_core.settings import Settings
 
 
@@ -51,8 +51,8 @@ class FeedProducer:
         if err is not None:
             self._errors.append(str(err))
             return
-        if not self.track_deliveries:
-            return
+        if not self.track_deliveries or msg.topic() not in self.layout.by_name:
+            return  # books topics are not tracked: the trades/quotes ingester, whose commits acks waits for, skips them
         tp = (msg.topic(), msg.partition())
         offsets = self.delivered.get(tp)
         if offsets is None:
@@ -68,6 +68,20 @@ class FeedProducer:
         else:
             schema = self._version(spec.subject, schema_id)
         self.send_raw(spec.name, record["symbol"].encode(), encode(schema_id, schema, record))
+
+    def send_book(self, record_type: BookRecord, record: dict[str, Any]) -> None:
+        """Encode a book snapshot or update with its subject's newest version onto the exchange's books topic,
+        keyed by symbol like trades (a symbol's snapshots and updates share a partition, so keep their order)."""
+        spec = self.layout.book_spec(record["exchange"])
+        schema_id, schema = self.registry.latest(spec.subject(record_type))
+        self.send_raw(spec.name, record["symbol"].encode(), encode(schema_id, schema, record))
+
+    def send_event(self, kind: Kind | BookRecord, record: dict[str, Any]) -> None:
+        """`send` for trades and quotes, `send_book` for book records."""
+        if kind in BOOK_RECORDS:
+            self.send_book(kind, record)
+        else:
+            self.send(kind, record)  # type: ignore[arg-type]
 
     def _version(self, subject: str, schema_id: int) -> ParsedSchema:
         key = (subject, schema_id)

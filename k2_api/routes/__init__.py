@@ -1,6 +1,7 @@
 """One router per resource; `k2_api.main` mounts them all."""
 
 from k2_api.routes.bars import router as bars_router
+from k2_api.routes.books import router as books_router
 from k2_api.routes.gaps import router as gaps_router
 from k2_api.routes.health import router as health_router
 from k2_api.routes.instruments import router as instruments_router
@@ -14,6 +15,7 @@ ROUTERS = (
     health_router,
     trades_router,
     bars_router,
+    books_router,
     joins_router,
     replay_router,
     snapshots_router,

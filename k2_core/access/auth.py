@@ -35,7 +35,7 @@ from k2_core.lake.sqldb import METADATA, create_tables, utc
 from k2_core.settings import AuthSettings, Settings
 
 ADMIN = "admin"
-PER_EXCHANGE = ("trades", "quotes")  # resources whose scopes name an exchange (or `*`)
+PER_EXCHANGE = ("trades", "quotes", "books")  # resources whose scopes name an exchange (or `*`)
 GLOBAL = ("gaps", "snapshots")  # resources read as a whole
 SCOPE_RE = re.compile(
     rf"admin|read:(?:{'|'.join(GLOBAL)})|read:(?:{'|'.join(PER_EXCHANGE)}):(?:\*|[a-z][a-z0-9_]{{0,31}})"
@@ -96,7 +96,7 @@ def parse_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     if bad:
         raise ApiKeyError(
             f"unknown scope {', '.join(map(repr, bad))}: use admin, read:gaps, read:snapshots, "
-            "read:trades:<exchange>|*, read:quotes:<exchange>|*"
+            "read:trades:<exchange>|*, read:quotes:<exchange>|*, read:books:<exchange>|*"
         )
     return tuple(parsed)
 

@@ -25,8 +25,13 @@ from k2_core.ingest.sequence import GapEvent, Recorded, StreamKey
 from k2_core.lake.catalog import CATALOG_FAILURES
 from k2_core.lake.gaps import read_gaps
 from k2_core.model.tables import GAPS
+from k2_core.model.topics import KINDS
 
 OPEN, FILLED, UNRECOVERABLE = "open", "filled", "unrecoverable"
+# A gap in a book's updates is never filled (the updates are not retransmitted): a snapshot covering it makes the
+# book known again, and the gap is then `healed` (k2_core.ingest.book_sequence).
+HEALED = "healed"
+HEALED_REASON = "book known again from a snapshot that includes the missing updates"
 SHED_GAP_REASON = "shed under load (degradation level 3): the messages are in the DLQ; replay them to fill the gap"
 WARNING, ALERT, HALT = "warning", "alert", "halt"
 HEAD_GAP_REASON = "the session began above 1: its first numbers never arrived"
@@ -46,6 +51,11 @@ def gap_id(key: StreamKey, first: int, window_end: datetime | None = None) -> st
     data_type, exchange, symbol = key
     base = f"{data_type}/{exchange}/{symbol}/{first}"
     return base if window_end is None else f"{base}@{window_end.isoformat()}"
+
+
+def event_gap_id(event: GapEvent) -> str:
+    """The id `record_detected` gives a detected gap."""
+    return gap_id(event.key, event.first, _time(event.window_end))
 
 
 def _time(us: int | None) -> datetime | None:
@@ -75,14 +85,32 @@ class GapStore:
         self.grading = grading
 
     def open_gaps(self) -> list[tuple[StreamKey, Recorded]]:
-        """Every open gap, as the sequence tracker holds it: (stream, (first, last, window start, window end))."""
+        """Every open gap of trades and quotes, as the sequence tracker holds it: (stream, (first, last, window
+        start, window end)). Book gaps are the book ingester's (`open_book_gaps`)."""
         return [
             (
                 (r["data_type"], r["exchange"], r["symbol"]),
                 (r["first_missing"], r["last_missing"], _us(r.get("window_start")), _us(r.get("window_end"))),
             )
             for r in self._open_rows()
+            if r["data_type"] in KINDS
         ]
+
+    def open_book_gaps(self) -> dict[tuple[str, str], str]:
+        """(exchange, symbol) -> the id of its open book gap."""
+        return {(r["exchange"], r["symbol"]): r["gap_id"] for r in self._open_rows() if r["data_type"] not in KINDS}
+
+    def record_healed(self, gap_ids: Iterable[str], now: datetime) -> None:
+        """Mark open book gaps healed: a snapshot made their book known again."""
+        wanted = set(gap_ids)
+        if not wanted:
+            return
+        rows = [
+            {**r, "status": HEALED, "resolved_at": now, "reason": HEALED_REASON}
+            for r in self._open_rows()
+            if r["gap_id"] in wanted
+        ]
+        self._upsert(rows)
 
     def _open_rows(self) -> list[dict[str, Any]]:
         self._refresh()

@@ -1,5 +1,6 @@
-"""Iceberg table definitions: the one place that says what `market.trades`, `market.quotes`, `market.sequence_gaps`
-and the bar tables `market.ohlcv_1m` / `market.ohlcv_1d` look like, how they are partitioned and sorted, and how rows
+"""Iceberg table definitions: the one place that says what `market.trades`, `market.quotes`, `market.sequence_gaps`,
+the bar tables `market.ohlcv_1m` / `market.ohlcv_1d` and the level-2 book tables `market.book_updates`,
+`market.book_snapshots` and `market.book_validity` look like, how they are partitioned and sorted, and how rows
 become Arrow; and the shapes of the query results built from them, derived here so that a column is written once."""
 
 from __future__ import annotations
@@ -24,15 +25,22 @@ from pyiceberg.types import (
     LongType,
     NestedField,
     StringType,
+    StructType,
     TimestamptzType,
 )
 
-from k2_core.model.topics import Kind
+from k2_core.model.topics import BookRecord, Kind
 
 PRICE = DecimalType(18, 8)
 # A day of a busy instrument trades more than DECIMAL(18, 8) holds (10 billion DOGE): sums are (38, 8).
 VOLUME_SUM = DecimalType(38, 8)
 DEDUP_KEY = ("exchange", "symbol", "exchange_sequence_number")
+# A stored snapshot is one book of one source at one update number: the feed's and K2's own of the same moment
+# are both kept (K2 writes its own where the feed sent none), and re-delivery of either is a duplicate.
+BOOK_SNAPSHOT_KEY = (*DEDUP_KEY, "source")
+SOURCE_FEED = "feed"  # a snapshot the exchange sent
+SOURCE_K2 = "k2"  # a snapshot K2 computed from stored snapshots and updates (k2_core.upkeep.book_snapshots)
+SIDES = ("bid", "ask")
 
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
@@ -119,6 +127,52 @@ GAPS_SCHEMA = Schema(
     NestedField(14, "window_start", TimestamptzType(), required=False),
     NestedField(15, "window_end", TimestamptzType(), required=False),
 )
+
+BOOK_UPDATES_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "exchange_timestamp", TimestamptzType(), required=True),
+    NestedField(4, "exchange_sequence_number", LongType(), required=True, doc="Per symbol, consecutive."),
+    NestedField(5, "side", StringType(), required=True, doc="bid or ask"),
+    NestedField(6, "price", PRICE, required=True),
+    NestedField(7, "size", PRICE, required=True, doc="The level's new size; 0 removes the level."),
+    NestedField(8, "ingestion_timestamp", TimestamptzType(), required=True),
+)
+
+
+def _levels(list_id: int, price_id: int, size_id: int) -> ListType:
+    """A side of a book: price levels best first."""
+    level = StructType(
+        NestedField(price_id, "price", PRICE, required=True), NestedField(size_id, "size", PRICE, required=True)
+    )
+    return ListType(list_id, level, element_required=True)
+
+
+BOOK_SNAPSHOTS_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "exchange", StringType(), required=True),
+    NestedField(3, "exchange_timestamp", TimestamptzType(), required=True),
+    NestedField(4, "exchange_sequence_number", LongType(), required=True, doc="The last update the book includes."),
+    NestedField(5, "bids", _levels(9, 10, 11), required=True, doc="Highest price first."),
+    NestedField(6, "asks", _levels(12, 13, 14), required=True, doc="Lowest price first."),
+    NestedField(7, "source", StringType(), required=True, doc="feed (the exchange's) or k2 (computed by K2)"),
+    NestedField(8, "ingestion_timestamp", TimestamptzType(), required=True),
+)
+
+# When a book is known: a gap in an instrument's updates makes its book unknown from the last update before the
+# gap (`state` invalid, `at` that update's time) until the next snapshot (`state` valid, `at` the snapshot's time).
+# Append-only: the book at T is valid unless the latest row at or before T says invalid.
+BOOK_VALIDITY_SCHEMA = Schema(
+    NestedField(1, "exchange", StringType(), required=True),
+    NestedField(2, "symbol", StringType(), required=True),
+    NestedField(3, "at", TimestamptzType(), required=True),
+    NestedField(4, "state", StringType(), required=True, doc="invalid or valid"),
+    NestedField(5, "sequence", LongType(), required=True, doc="Last update before the gap, or the snapshot's."),
+    NestedField(6, "gap_id", StringType(), required=False, doc="The sequence_gaps row that made it invalid."),
+    NestedField(7, "recorded_at", TimestamptzType(), required=True),
+)
+BOOK_INVALID = "invalid"
+BOOK_VALID = "valid"
 
 
 OHLCV_SCHEMA = Schema(
@@ -307,10 +361,21 @@ GAPS = TableDef("sequence_gaps", GAPS_SCHEMA, PartitionSpec(), SortOrder(), ())
 OHLCV_1M = TableDef("ohlcv_1m", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)
 OHLCV_1D = TableDef("ohlcv_1d", OHLCV_SCHEMA, _day_spec("bar_day"), _order(1, 2, 3), _BAR_KEYS)
 
+# Level-2 books (k2_core.model.books): partitioned and clustered like trades, so a rebuild of one instrument at T
+# reads one day's few row groups.
+BOOK_UPDATES = TableDef("book_updates", BOOK_UPDATES_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS)
+BOOK_SNAPSHOTS = TableDef(
+    "book_snapshots", BOOK_SNAPSHOTS_SCHEMA, _day_spec(), _order(3, 4), _TIME_KEYS, _INSTRUMENT_KEYS
+)
+BOOK_VALIDITY = TableDef(
+    "book_validity", BOOK_VALIDITY_SCHEMA, PartitionSpec(), _order(1, 2, 3), ("exchange", "symbol", "at")
+)
 INSTRUMENTS = TableDef("instruments", INSTRUMENTS_SCHEMA, PartitionSpec(), _order(2, 1), ("exchange", "symbol"))
 
 MARKET_TABLES: dict[Kind, TableDef] = {"trades": TRADES, "quotes": QUOTES}
-ALL_TABLES = (TRADES, QUOTES, GAPS)
+BOOK_TABLES: dict[BookRecord, TableDef] = {"book_snapshots": BOOK_SNAPSHOTS, "book_updates": BOOK_UPDATES}
+BOOK_KEYS: dict[BookRecord, tuple[str, ...]] = {"book_snapshots": BOOK_SNAPSHOT_KEY, "book_updates": DEDUP_KEY}
+ALL_TABLES = (TRADES, QUOTES, GAPS, BOOK_UPDATES, BOOK_SNAPSHOTS, BOOK_VALIDITY)
 
 
 def feed_schema(kind: Kind) -> pa.Schema:

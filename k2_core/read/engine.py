@@ -36,6 +36,9 @@ from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
 from k2_core.model.tables import (
     ALL_TABLES,
+    BOOK_SNAPSHOTS,
+    BOOK_UPDATES,
+    BOOK_VALIDITY,
     GAPS,
     INSTRUMENTS,
     LATEST_ON_SCHEMA,
@@ -46,6 +49,7 @@ from k2_core.model.tables import (
 )
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
+from k2_core.read.book import BookAnswer, TopOfBook, book_at, series_marks, top_of_book_series, validate_depth
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
@@ -55,6 +59,7 @@ from k2_core.read.params import (
     MarketQuery,
     TimeInput,
     TimeRange,
+    parse_time,
     validate_as_of,
     validate_bar_count,
     validate_bar_spec,
@@ -83,6 +88,7 @@ from k2_core.read.routing import (
 )
 from k2_core.read.snapshots import SNAPSHOT_TABLES, choose_snapshot, snapshot_log
 from k2_core.read.symbols import SymbolIndex
+from k2_core.read.timejoins import SpanInput, parse_span
 from k2_core.settings import CatalogSettings, MaintenanceSettings, MarketHours, Settings
 
 logger = get_logger(__name__)
@@ -725,6 +731,45 @@ class QueryEngine:
             equal["status"] = validate_gap_status(status)
         table = self.load(GAPS)
         return read_gaps(table, plans=self.sources.plans, direct_reads=self.sources.direct_reads, **equal)
+
+    # --- level-2 books -------------------------------------------------------------------------------------
+
+    def book(self, symbol: str, exchange: str, at: TimeInput = None, depth: int | None = None) -> BookAnswer:
+        """The instrument's book at `at` (default: now), `depth` levels a side, rebuilt from the nearest snapshot
+        at or before it and the updates after (k2_core.read.book); an answer with `valid` False says why not."""
+        symbol = validate_symbol(symbol)
+        exchange = validate_exchange(exchange, self.exchanges)
+        when = self.sources.clock() if at is None else parse_time(at, "at")
+        return book_at(
+            self.load(BOOK_SNAPSHOTS),
+            self.load(BOOK_UPDATES),
+            self.load(BOOK_VALIDITY),
+            exchange,
+            symbol,
+            when,
+            validate_depth(depth),
+        )
+
+    def book_series(
+        self,
+        symbol: str,
+        exchange: str,
+        start: TimeInput,
+        end: TimeInput = None,
+        every: SpanInput = "1s",
+    ) -> list[TopOfBook]:
+        """Spread, mid and size imbalance of the instrument's book at every `every` from `start` to `end` (default
+        now), as a series; points where the book is unknown say so (k2_core.read.book)."""
+        symbol = validate_symbol(symbol)
+        exchange = validate_exchange(exchange, self.exchanges)
+        if start is None:
+            raise QueryError("start is required")
+        first = parse_time(start, "start")
+        last = self.sources.clock() if end is None else parse_time(end, "end")
+        marks = series_marks(first, last, parse_span(every, "every", allow_zero=False))
+        return top_of_book_series(
+            self.load(BOOK_SNAPSHOTS), self.load(BOOK_UPDATES), self.load(BOOK_VALIDITY), exchange, symbol, marks
+        )
 
     def instruments(
         self,

@@ -44,7 +44,7 @@ from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.model.records import validate
 from k2_core.model.tables import GAPS, MARKET_TABLES, conform
-from k2_core.model.topics import Kind
+from k2_core.model.topics import KINDS, Kind
 
 log = get_logger(__name__)
 
@@ -117,7 +117,8 @@ def open_gaps(
 ) -> list[dict[str, Any]]:
     """Open gaps detected at least `min_age` ago (all of `gap_ids` if given), oldest first, at most `limit`."""
     gaps_table.refresh()
-    rows = read_gaps(gaps_table, status=OPEN).to_pylist()
+    # Book gaps heal by snapshot, not by retransmission (k2_core.ingest.book_sequence): never backfilled.
+    rows = [r for r in read_gaps(gaps_table, status=OPEN).to_pylist() if r["data_type"] in KINDS]
     if gap_ids is not None:
         wanted = set(gap_ids)
         rows = [r for r in rows if r["gap_id"] in wanted]

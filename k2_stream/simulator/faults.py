@@ -12,24 +12,25 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from k2_core.exceptions import ConfigError
-from k2_core.model.topics import Kind
+from k2_core.model.topics import BookRecord, Kind
 
 
 class Stream(NamedTuple):
-    """One sequence space: trades and quotes of a symbol are numbered independently."""
+    """One sequence space: trades, quotes and book updates of a symbol are numbered independently."""
 
     exchange: str
     symbol: str
-    kind: Kind
+    kind: Kind | BookRecord
 
     def __str__(self) -> str:
         return f"{self.exchange}/{self.symbol}/{self.kind}"
 
 
 class Event(NamedTuple):
-    """What the simulator emits: the record and which topic kind it belongs to (unpacks as `kind, record`)."""
+    """What the simulator emits: the record and which topic kind it belongs to (unpacks as `kind, record`); book
+    records name their record type (k2_core.model.topics.BookRecord)."""
 
-    kind: Kind
+    kind: Kind | BookRecord
     record: dict[str, Any]
 
     @property

@@ -84,13 +84,30 @@ def append_recovery(path: Path, events: Iterable[Event]) -> int:
 class RecoveryStore:
     """Withheld records of one exchange, addressable by stream and sequence range."""
 
+    KEPT_SNAPSHOTS = 100  # per symbol: the newest book snapshots it can hand out again
+
     def __init__(self, exchange: str) -> None:
         self.exchange = exchange
         self._records: dict[tuple[Kind, str], dict[int, dict[str, Any]]] = {}
+        self._snapshots: dict[str, list[dict[str, Any]]] = {}
+
+    def add_snapshot(self, record: dict[str, Any]) -> None:
+        """Keep a book snapshot the simulator published, so it can be asked for again (a venue's snapshot service:
+        how a consumer that lost updates gets a book back)."""
+        kept = self._snapshots.setdefault(record["symbol"], [])
+        kept.append(record)
+        del kept[: -self.KEPT_SNAPSHOTS]
+
+    def snapshot(self, symbol: str, at: datetime | None = None) -> dict[str, Any] | None:
+        """The newest kept snapshot of `symbol` at or before `at` (any time when None), or None."""
+        kept = [r for r in self._snapshots.get(symbol, []) if at is None or r["exchange_timestamp"] <= at]
+        return dict(kept[-1]) if kept else None
 
     def add(self, event: Event) -> None:
         if event.record["exchange"] != self.exchange:
             raise ReplayFormatError(f"recovery store for {self.exchange} given a {event.record['exchange']} record")
+        if event.kind not in KINDS:  # a book heals by its next snapshot: its updates are never retransmitted
+            raise ReplayFormatError(f"the recovery store keeps trades and quotes, not {event.kind}")
         self._records.setdefault((event.kind, event.record["symbol"]), {})[event.sequence] = event.record
 
     def fetch(self, kind: Kind, symbol: str, first: int, last: int) -> list[dict[str, Any]]:

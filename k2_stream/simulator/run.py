@@ -76,7 +76,7 @@ def run_simulation(
     def send(events: list[Event]) -> None:
         append_recovery(recovery, simulator.take_unpersisted())
         for kind, record in events:
-            producer.send(kind, {**record, "ingestion_timestamp": datetime.now(UTC)})
+            producer.send_event(kind, {**record, "ingestion_timestamp": datetime.now(UTC)})
 
     chunk = max(1, round(rate * CHUNK_SECONDS)) if rate else UNTHROTTLED_CHUNK
     start = time.monotonic()

@@ -86,7 +86,7 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         wait_for(lambda: _serves(f"http://127.0.0.1:{dagster_port}/server_info"), timeout=120)
     finally:
         children = _stop(run)
-    assert len(children) == 8  # broker, ingester, api, three simulators, Dagster webserver and daemon
+    assert len(children) == 9  # broker, ingester, book ingester, api, three simulators, Dagster webserver and daemon
     wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
     assert (home / "catalog.db").exists()
 
@@ -108,7 +108,7 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         assert loads["count"] == 1
     finally:
         children = _stop(quiet)
-    assert len(children) == 3  # broker, ingester, api
+    assert len(children) == 4  # broker, ingester, book ingester, api
 
 
 def test_k2_run_refuses_to_start_on_a_bad_reference_file(tmp_path: Path) -> None:

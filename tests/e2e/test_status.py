@@ -19,7 +19,7 @@ from k2_core.settings import Settings
 from tests.support.ports import free_port
 from tests.support.waits import wait_for
 
-PROCESSES = ("broker", "ingester", "api", "simulator-asx", "simulator-nyse", "simulator-binance")
+PROCESSES = ("broker", "ingester", "book-ingester", "api", "simulator-asx", "simulator-nyse", "simulator-binance")
 TABLES = ("trades", "quotes", "sequence_gaps", "ohlcv_1m", "ohlcv_1d")
 # A recorded Binance dump that jumps from trade id 3 to 1000: a gap of 996 numbers halts its partition.
 HALTING_DUMP = [
@@ -103,7 +103,12 @@ def test_status_names_what_runs_and_exits_non_zero_on_what_is_wrong(tmp_path: Pa
 
         def healthy() -> bool:
             code, last["report"] = status_json(env)
-            return code == 0 and bool(last["report"]["lag"]) and bool(_table(last["report"], "trades").get("snapshots"))
+            return (
+                code == 0
+                and bool(last["report"]["lag"])
+                and bool(_table(last["report"], "trades").get("snapshots"))
+                and bool(_table(last["report"], "book_updates").get("rows"))  # the feeds' books are ingested too
+            )
 
         wait_for(healthy, timeout=90, interval=1.0)
         report = last["report"]

@@ -37,7 +37,7 @@ def test_definitions_load(make_settings: Callable[..., Settings]) -> None:
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"trades", "quotes", "ohlcv_1m", "ohlcv_1d", "sequence_gaps", "instruments"}
+    assert keys == {"trades", "quotes", "ohlcv_1m", "ohlcv_1d", "sequence_gaps", "instruments", "book_snapshots"}
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("ohlcv_1m")).parent_keys == {dg.AssetKey("trades")}
     assert graph.get(dg.AssetKey("ohlcv_1d")).parent_keys == {dg.AssetKey("ohlcv_1m")}
@@ -55,14 +55,26 @@ def test_definitions_load(make_settings: Callable[..., Settings]) -> None:
         "quotes_prices_positive",
         "quotes_unique_sequence",
     } <= checks
-    assert set(repo.job_names) >= {"ohlcv_job", "compaction_job", "gap_backfill_job", "maintenance_job", "quality_job"}
+    assert set(repo.job_names) >= {
+        "ohlcv_job",
+        "compaction_job",
+        "gap_backfill_job",
+        "maintenance_job",
+        "quality_job",
+        "book_snapshots_job",
+    }
     assert {s.name for s in repo.sensor_defs} == {
         "iceberg_snapshot_sensor",
         "ohlcv_sensor",
         "compaction_sensor",
         "gap_backfill_sensor",
     }
-    assert {s.name for s in repo.schedule_defs} == {"gap_sweep_schedule", "maintenance_schedule", "quality_schedule"}
+    assert {s.name for s in repo.schedule_defs} == {
+        "gap_sweep_schedule",
+        "maintenance_schedule",
+        "quality_schedule",
+        "book_snapshots_schedule",
+    }
     assert set(repo.get_top_level_resources()) == {"k2", "iceberg", "kafka", "recovery"}
 
 

@@ -410,19 +410,22 @@ def test_scopes_per_route_and_exchange(make_settings: SettingsFactory, keys: Cal
     store = keys(settings)
     tokens = {
         scope: new_key(store, *scope.split())[1]
-        for scope in ("read:trades:asx", "read:trades:*", "read:quotes:asx", "read:gaps", "admin")
+        for scope in ("read:trades:asx", "read:trades:*", "read:quotes:asx", "read:gaps", "read:books:asx", "admin")
     }
     routes = {
         "trades@asx": ("/v1/trades", {**WINDOW, "exchange": "asx"}),
         "trades@nyse": ("/v1/trades", {**WINDOW, "exchange": "nyse"}),
         "quotes@asx": ("/v1/quotes", {**WINDOW, "exchange": "asx"}),
         "gaps": ("/v1/gaps", {}),
+        "book@asx": ("/v1/book", {"symbol": "BHP", "exchange": "asx"}),
+        "book@nyse": ("/v1/book", {"symbol": "IBM", "exchange": "nyse"}),
     }
     allowed = {
         "read:trades:asx": {"trades@asx"},
         "read:trades:*": {"trades@asx", "trades@nyse"},
         "read:quotes:asx": {"quotes@asx"},
         "read:gaps": {"gaps"},
+        "read:books:asx": {"book@asx"},
         "admin": set(routes),
     }
     with local_client(create_app(settings)) as client:

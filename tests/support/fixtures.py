@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from k2_core.logging import configure_logging
 from k2_core.settings import CatalogSettings, IngestSettings, KafkaSettings, S3Settings, Settings
+from k2_stream.book_ingester import BookIngester
 from k2_stream.broker import start_tansu
 from k2_stream.ingester import Ingester
 from tests.support.databases import private_database
@@ -137,6 +138,24 @@ def running_ingester() -> Iterator[Callable[[Settings], Ingester]]:
 
     def start(settings: Settings) -> Ingester:
         ingester = Ingester(settings)
+        thread = threading.Thread(target=ingester.run, daemon=True)
+        thread.start()
+        started.append((ingester, thread))
+        return ingester
+
+    yield start
+    for ingester, thread in started:
+        ingester.stop()
+        thread.join(30)
+
+
+@pytest.fixture
+def running_book_ingester() -> Iterator[Callable[[Settings], BookIngester]]:
+    """Start in-process book ingesters (k2_stream.book_ingester, each on a thread), stopped when the test ends."""
+    started: list[tuple[BookIngester, threading.Thread]] = []
+
+    def start(settings: Settings) -> BookIngester:
+        ingester = BookIngester(settings)
         thread = threading.Thread(target=ingester.run, daemon=True)
         thread.start()
         started.append((ingester, thread))

@@ -1,0 +1,240 @@
+"""The book ingester: `market.<asset_class>.books.<exchange>` -> `book_snapshots` and `book_updates`, exactly once.
+
+A consumer group of its own beside the trades/quotes ingester (k2_stream.ingester), with the same rules in the same
+order for each micro-batch:
+
+1. dead letters delivered (a record that is not Avro, or breaks `check_book_record`);
+2. what the batch reveals recorded before its data: gaps (`sequence_gaps`, data type `book_updates`, graded like
+   trade gaps), the books' validity changes (`book_validity`, upserted: a replayed batch writes the same rows) and
+   the gaps a snapshot healed;
+3. the feed's snapshots appended, then the updates appended with the batch's Kafka offsets in the snapshot summary
+   (k2_core.ingest.writer: fenced, retried) - always, rows or not, so the updates table is where every books
+   partition resumes (k2_core.ingest.resume); a crash between the two appends replays the batch, whose stored
+   snapshots the tracker, reloaded from the tables, finds and drops;
+4. Kafka offsets, best effort.
+
+Duplicates and gaps are decided per symbol by k2_core.ingest.book_sequence, rebuilt from the tables on every
+assignment and after every failed write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import EqualTo
+from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from k2_core.exceptions import (
+    CommitConflictError,
+    DecodeError,
+    FencedError,
+    SchemaRegistryUnavailableError,
+    ValidationError,
+    WriteError,
+)
+from k2_core.ingest.book_sequence import BookDecisions, BookStreams
+from k2_core.ingest.gaps import GapGrading, GapStore, event_gap_id
+from k2_core.ingest.resume import position, resume_offsets
+from k2_core.ingest.writer import TableWriter
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.offsets import TopicPartition as TP
+from k2_core.logging import get_logger
+from k2_core.model.avro import Decoder, schema_id_of
+from k2_core.model.books import check_book_record
+from k2_core.model.registry import ParsedSchema
+from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALIDITY, SOURCE_FEED
+from k2_core.model.topics import BOOK_RECORDS, BookRecord, TopicLayout
+from k2_core.settings import Settings
+from k2_stream.admin import cluster_id, ensure_topics, load_layout
+from k2_stream.dead_letters import DeadLetterSender
+from k2_stream.registry_confluent import make_registry
+
+log = get_logger(__name__)
+
+_RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException, SchemaRegistryUnavailableError)
+_KEY = ["exchange", "symbol", "exchange_sequence_number", "exchange_timestamp"]
+VALIDITY_KEY = ["exchange", "symbol", "state", "sequence"]
+
+
+class BookIngester:
+    def __init__(self, settings: Settings, layout: TopicLayout | None = None) -> None:
+        self.settings = settings
+        self.layout = layout or load_layout(settings)
+        self.writer_id = f"book-ingester-{uuid.uuid4().hex[:12]}"
+        registry = make_registry(settings.kafka.schema_registry_url, settings.kafka.schemas_dir)
+        self.decoder = Decoder(registry)
+        # The reader schema per record type, and which record type each writer schema's name is.
+        self.readers: dict[BookRecord, ParsedSchema] = {}
+        self.record_names: dict[str, BookRecord] = {}
+        for spec in self.layout.books:
+            for record_type in BOOK_RECORDS:
+                _, schema = registry.latest(spec.subject(record_type))
+                self.readers[record_type] = schema
+                self.record_names[schema["name"]] = record_type
+        ing = settings.ingest
+        tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
+        self.updates: Table = tables[BOOK_UPDATES.name]
+        self.snapshots: Table = tables[BOOK_SNAPSHOTS.name]
+        self.validity: Table = tables[BOOK_VALIDITY.name]
+        cluster = cluster_id(settings.kafka.bootstrap_servers)
+        self.update_writer = TableWriter(
+            self.updates, self.writer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds
+        )
+        self.snapshot_writer = TableWriter(
+            self.snapshots, self.writer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds
+        )
+        self.gaps = GapStore(tables["sequence_gaps"], GapGrading(ing.gap_alert_threshold, ing.gap_halt_threshold))
+        self.streams = BookStreams(event_gap_id)
+        self.stats: dict[str, int] = {"updates_written": 0, "snapshots_written": 0, "duplicates": 0, "gaps": 0}
+        self.positions: dict[TP, int] = {}
+        self._stop = threading.Event()
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": f"{settings.kafka.group_id}-books",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": settings.kafka.session_timeout_ms,
+                "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
+                "enable.partition.eof": False,
+            }
+        )
+        self.dead_letters = DeadLetterSender(settings.kafka.bootstrap_servers, self.layout, self.stats)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        ensure_topics(self.settings, self.layout)
+        topics = [b.name for b in self.layout.books]
+        if not topics:
+            log.info("no books topics configured: book ingester idle")
+            return
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        log.info("book ingester started", extra={"writer": self.writer_id, "topics": len(topics)})
+        ing = self.settings.ingest
+        backoff = ing.retry_backoff_seconds
+        try:
+            while not self._stop.is_set():
+                batch = self.consumer.consume(ing.batch_max_rows, ing.batch_max_seconds)
+                batch = [m for m in batch if m.error() is None and (m.topic(), m.partition()) in self.positions]
+                if not batch:
+                    continue
+                try:
+                    self.commit(batch)
+                    backoff = ing.retry_backoff_seconds
+                except _RECOVERABLE as exc:
+                    log.warning("book batch not committed, retrying", extra={"error": str(exc), "backoff": backoff})
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, ing.max_backoff_seconds)
+                    self._rewind()
+        finally:
+            self.consumer.close()
+            self.dead_letters.close()
+            log.info("book ingester stopped", extra={"writer": self.writer_id, **self.stats})
+
+    # ---- rebalances and resets ------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = {
+            (p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in consumer.committed(partitions)
+        }
+        resume = resume_offsets(committed, self.update_writer.committed_offsets())
+        for p in partitions:
+            start = resume[(p.topic, p.partition)]
+            p.offset = OFFSET_BEGINNING if start is None else start
+            self.positions[(p.topic, p.partition)] = position(start)
+        self.load()
+        consumer.assign(partitions)
+        log.info("book partitions assigned", extra={"count": len(partitions)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.positions.pop((p.topic, p.partition), None)
+
+    def _rewind(self) -> None:
+        """After a failed write: the tracker as the tables are, and every owned partition back where it was."""
+        self.load()
+        for (topic, partition), offset in self.positions.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.warning("cannot seek back", extra={"topic": topic, "partition": partition, "error": str(exc)})
+
+    def load(self) -> None:
+        """Rebuild the per-symbol tracker from what the tables hold."""
+        for table in (self.updates, self.snapshots, self.validity):
+            table.refresh()
+        updates = self.updates.scan(selected_fields=tuple(_KEY)).to_arrow()
+        snapshots = self.snapshots.scan(
+            row_filter=EqualTo(term="source", value=SOURCE_FEED), selected_fields=tuple(_KEY)
+        ).to_arrow()
+        self.streams.load(updates, snapshots, self.validity.scan().to_arrow(), self.gaps.open_book_gaps())
+
+    # ---- one batch -------------------------------------------------------------------------------------------
+
+    def decode(self, message: Message) -> tuple[BookRecord, dict[str, Any]]:
+        payload = message.value()
+        writer = self.decoder.writer(schema_id_of(payload))
+        record_type = self.record_names.get(str(writer.get("name")))
+        if record_type is None:
+            raise DecodeError(f"schema {writer.get('name')!r} is not a book record")
+        record = self.decoder.decode(payload, self.readers[record_type])
+        exchange = (message.topic() or "").rsplit(".", 1)[-1]
+        check_book_record(record_type, record, exchange)
+        return record_type, record
+
+    def commit(self, batch: list[Message]) -> BookDecisions:
+        now = datetime.now(UTC)
+        records: list[tuple[str, dict[str, Any]]] = []
+        dead: list[tuple[Message, str]] = []
+        offsets: dict[TP, int] = {}
+        for m in batch:
+            tp = (m.topic() or "", m.partition() or 0)
+            offsets[tp] = max(offsets.get(tp, 0), (m.offset() or 0) + 1)
+            try:
+                records.append(self.decode(m))
+            except (DecodeError, ValidationError) as exc:
+                dead.append((m, f"{type(exc).__name__}: {exc}"))
+        decisions = self.streams.decide(records, now)
+        self.dead_letters.send(dead)  # 1
+        self.gaps.record_detected(decisions.gaps, now)  # 2
+        if decisions.validity:
+            self._upsert_validity(decisions.validity)
+        self.gaps.record_healed(decisions.healed, now)
+        positions = {tp: self.positions.get(tp, 0) for tp in offsets}
+        if decisions.snapshots:  # 3
+            rows = [{**r, "source": SOURCE_FEED} for r in decisions.snapshots]
+            self.snapshot_writer.append(BOOK_SNAPSHOTS.to_arrow(rows), offsets, positions)
+        self.update_writer.append(BOOK_UPDATES.to_arrow(decisions.updates), offsets, positions)
+        self.positions.update(offsets)
+        self.dead_letters.batch_committed()
+        try:  # 4
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            log.warning("kafka offset commit failed; the table holds them", extra={"error": str(exc)})
+        self.stats["updates_written"] += len(decisions.updates)
+        self.stats["snapshots_written"] += len(decisions.snapshots)
+        self.stats["duplicates"] += decisions.duplicates
+        self.stats["gaps"] += len(decisions.gaps)
+        if decisions.gaps:
+            log.warning("book gaps detected", extra={"gaps": len(decisions.gaps), "healed": len(decisions.healed)})
+        return decisions
+
+    def _upsert_validity(self, rows: list[dict[str, Any]]) -> None:
+        data = BOOK_VALIDITY.to_arrow(rows)
+        try:
+            self.validity.refresh()
+            self.validity.upsert(data, join_cols=VALIDITY_KEY)
+        except CommitFailedException as exc:
+            raise CommitConflictError(f"book_validity: {exc}") from exc
+        except (OSError, SQLAlchemyError) as exc:
+            raise WriteError(f"cannot write book_validity: {exc}") from exc

@@ -1,0 +1,360 @@
+"""The done-when test of level-2 books: the simulator's books, through the real broker and the real book ingester,
+rebuild at any time exactly as the simulator held them; a gap in the updates is detected, recorded, reported as an
+unknown book, and healed by the next snapshot. The simulator's own books (`book_at`) are the oracle."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import dagster as dg
+from typer.testing import CliRunner
+
+from k2_api.main import create_app
+from k2_cli.main import app
+from k2_core.ingest.gaps import HEALED, OPEN, grade
+from k2_core.model.registry import FileSchemaRegistry
+from k2_core.model.tables import SOURCE_K2
+from k2_core.read.engine import QueryEngine
+from k2_core.settings import Settings
+from k2_dagster.defs.books import k2_book_snapshots
+from k2_stream.admin import ensure_topics
+from k2_stream.book_ingester import BookIngester
+from k2_stream.producer import FeedProducer
+from k2_stream.simulator import Event, FaultConfig, MarketSimulator, SimulatorConfig
+from tests.support.clients import cli_env, local_client
+from tests.support.definitions import k2_resources
+from tests.support.lake import table_rows
+from tests.support.waits import wait_for
+
+SYMBOLS = ("BHP", "CBA")
+
+
+class StepClock:
+    """`step` per reading from an hour ago: distinct, ordered, recent exchange times."""
+
+    def __init__(self, step: timedelta = timedelta(milliseconds=1), start: datetime | None = None) -> None:
+        self.now = start or datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self.step = step
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
+def simulate(
+    trades: int, step: timedelta = timedelta(milliseconds=1), **config: Any
+) -> tuple[MarketSimulator, list[Event]]:
+    sim = MarketSimulator(
+        SimulatorConfig(
+            "asx",
+            symbols=SYMBOLS,
+            seed=21,
+            books=True,
+            book_depth=8,
+            keep_book_history=True,
+            **{"snapshot_every": 60, **config},
+        ),
+        StepClock(step),
+    )
+    events = [e for e in sim.events(trades) if e.kind in ("book_updates", "book_snapshots")]
+    return sim, events
+
+
+def produce(settings: Settings, events: list[Event]) -> None:
+    layout = ensure_topics(settings)
+    producer = FeedProducer(settings, layout, FileSchemaRegistry(settings.kafka.schemas_dir))
+    for kind, record in events:
+        producer.send_event(kind, record)
+    producer.flush()
+
+
+def levels(book: Any, depth: int) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
+    return book.levels("bid", depth), book.levels("ask", depth)
+
+
+def stored(settings: Settings, table: str) -> int:
+    return len(table_rows(settings, table))
+
+
+def test_books_rebuild_at_any_time_exactly_as_the_simulator_held_them(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    sim, events = simulate(400)
+    updates = [r for kind, r in events if kind == "book_updates"]
+    snapshots = [r for kind, r in events if kind == "book_snapshots"]
+    produce(settings, events)
+    produce(settings, events[: len(events) // 3])  # re-delivery: stored once
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    wait_for(lambda: stored(settings, "book_snapshots") >= len(snapshots), timeout=60)
+    assert stored(settings, "book_updates") == len(updates)
+    assert stored(settings, "book_snapshots") == len(snapshots)
+    assert table_rows(settings, "book_validity") == []
+    rng = random.Random(4)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for symbol in SYMBOLS:
+            times = [r["exchange_timestamp"] for r in updates if r["symbol"] == symbol]
+            picks = [*rng.sample(times, 12), times[-1], times[0] + timedelta(microseconds=500)]
+            for at in picks:
+                want = sim.book_at(symbol, at)
+                assert want is not None
+                got = engine.book(symbol, "asx", at=at, depth=100)
+                assert got.valid, got.reason
+                assert (got.bids, got.asks) == levels(want, 100)
+                assert got.sequence == want.sequence
+                shallow = engine.book(symbol, "asx", at=at, depth=3)
+                assert (shallow.bids, shallow.asks) == levels(want, 3)
+        first_snapshot = min(r["exchange_timestamp"] for r in snapshots)
+        before = engine.book("BHP", "asx", at=first_snapshot - timedelta(seconds=1))
+        assert not before.valid
+        assert "no snapshot" in (before.reason or "")
+
+
+def unknown_intervals(
+    events: list[Event], withheld: dict[str, list[int]]
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Per symbol, from the time of the last update before each withheld number to the first snapshot that
+    includes it: when the stored data cannot know the book (plain reading of what was sent)."""
+    out: dict[str, list[tuple[datetime, datetime]]] = {}
+    for symbol, missing in withheld.items():
+        sent = {
+            r["exchange_sequence_number"]: r["exchange_timestamp"]
+            for k, r in events
+            if k == "book_updates" and r["symbol"] == symbol
+        }
+        snaps = [
+            (r["exchange_sequence_number"], r["exchange_timestamp"])
+            for k, r in events
+            if k == "book_snapshots" and r["symbol"] == symbol
+        ]
+        for seq in missing:
+            start = sent[max(s for s in sent if s < seq)]
+            heal = next((t for s, t in snaps if s >= seq), None)
+            if heal is not None:
+                out.setdefault(symbol, []).append((start, heal))
+    return out
+
+
+def test_a_gap_in_book_updates_is_recorded_reported_unknown_and_healed_by_the_next_snapshot(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    sim, events = simulate(300, book_faults=FaultConfig(gap_every=97))
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    assert sum(len(v) for v in withheld.values()) >= 4
+    updates = [r for kind, r in events if kind == "book_updates"]
+    produce(settings, events)
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    gaps = [g for g in table_rows(settings, "sequence_gaps") if g["data_type"] == "book_updates"]
+    assert sorted((g["symbol"], g["first_missing"]) for g in gaps) == sorted(
+        (symbol, seq) for symbol, seqs in withheld.items() for seq in seqs
+    )
+    intervals = unknown_intervals(events, withheld)
+    healed_count = sum(len(v) for v in intervals.values())
+    wait_for(
+        lambda: sum(g["status"] == HEALED for g in table_rows(settings, "sequence_gaps")) == healed_count, timeout=60
+    )
+    ing = settings.ingest
+    for g in table_rows(settings, "sequence_gaps"):
+        assert g["missing_count"] == 1
+        assert g["severity"] == grade(1, ing.gap_alert_threshold, ing.gap_halt_threshold)
+        assert g["status"] in (HEALED, OPEN)
+    open_gaps = [g for g in table_rows(settings, "sequence_gaps") if g["status"] == OPEN]
+    assert len(open_gaps) == len(gaps) - healed_count  # the ones after each symbol's last snapshot
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for symbol, spans in intervals.items():
+            for start, heal in spans:
+                inside = start + (heal - start) / 2
+                for at in (start, inside, heal - timedelta(microseconds=1)):
+                    answer = engine.book(symbol, "asx", at=at)
+                    assert not answer.valid, at
+                    assert answer.bids == []
+                    assert "gap" in (answer.reason or "")
+                healed = engine.book(symbol, "asx", at=heal, depth=100)
+                assert healed.valid, healed.reason
+                want = sim.book_at(symbol, heal)
+                assert want is not None
+                assert (healed.bids, healed.asks) == levels(want, 100)
+            # between gaps the book rebuilds exactly
+            compared = 0
+            for t in sorted(r["exchange_timestamp"] for r in updates if r["symbol"] == symbol)[::37]:
+                if any(s <= t < h for s, h in spans):
+                    continue
+                answer = engine.book(symbol, "asx", at=t, depth=100)
+                if not answer.valid and "gap" in (answer.reason or ""):
+                    continue  # after the last gap, which no snapshot healed yet
+                want = sim.book_at(symbol, t)
+                assert want is not None
+                assert answer.valid, answer.reason
+                assert (answer.bids, answer.asks) == levels(want, 100)
+                compared += 1
+            assert compared >= 3
+            # the top-of-book series agrees point by point: unknown inside each gap, the simulator's top elsewhere
+            first, last = spans[0][0] - timedelta(milliseconds=40), spans[-1][1] + timedelta(milliseconds=40)
+            series = engine.book_series(symbol, "asx", first, last, "3ms")
+            assert len(series) == (last - first) // timedelta(milliseconds=3) + 1
+            for point in series:
+                if any(s <= point.at < h for s, h in spans):
+                    assert not point.valid, point.at
+                    continue
+                want = sim.book_at(symbol, point.at)
+                assert want is not None
+                assert point.valid, point.at
+                (bid, bid_size), (ask, ask_size) = want.levels("bid", 1)[0], want.levels("ask", 1)[0]
+                got = (point.best_bid, point.bid_size, point.best_ask, point.ask_size)
+                assert got == (bid, bid_size, ask, ask_size), point
+                assert point.mid == (bid + ask) / 2
+                assert point.imbalance == (bid_size - ask_size) / (bid_size + ask_size)
+
+
+def test_the_book_over_http_and_the_cli(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    """`GET /v1/book` and `k2 query book` answer what the simulator held, exact decimals as text; an unknown book
+    is said to be unknown (HTTP 200 with valid false, CLI exit 1); bad input is a 400 / exit 2."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    settings.query.tail_enabled = False
+    sim, events = simulate(200, book_faults=FaultConfig(gap_every=150))
+    updates = [r for kind, r in events if kind == "book_updates"]
+    produce(settings, events)
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    (symbol, spans), *_ = unknown_intervals(events, withheld).items()
+    start, heal = spans[0]
+    at = heal + timedelta(microseconds=1)
+    want = sim.book_at(symbol, at)
+    assert want is not None
+    with local_client(create_app(settings)) as client:
+        body = client.get("/v1/book", params={"symbol": symbol, "exchange": "asx", "at": at.isoformat(), "depth": 4})
+        assert body.status_code == 200, body.text
+        got = body.json()
+        assert got["valid"] is True
+        assert got["depth"] == 4
+        assert [(Decimal(lv["price"]), Decimal(lv["size"])) for lv in got["bids"]] == want.levels("bid", 4)
+        assert [(Decimal(lv["price"]), Decimal(lv["size"])) for lv in got["asks"]] == want.levels("ask", 4)
+        (best_bid, bid_size), (best_ask, ask_size) = want.levels("bid", 1)[0], want.levels("ask", 1)[0]
+        assert Decimal(got["spread"]) == best_ask - best_bid
+        assert Decimal(got["mid"]) == (best_ask + best_bid) / 2
+        assert Decimal(got["imbalance"]) == (bid_size - ask_size) / (bid_size + ask_size)
+        unknown = client.get("/v1/book", params={"symbol": symbol, "exchange": "asx", "at": start.isoformat()})
+        assert unknown.status_code == 200
+        assert unknown.json()["valid"] is False
+        assert unknown.json()["bids"] == []
+        assert "gap" in unknown.json()["reason"]
+        for bad in ({"depth": 0}, {"at": "yesterday"}, {"symbol": "bhp"}, {"exchange": "lse"}):
+            refused = client.get("/v1/book", params={"symbol": symbol, "exchange": "asx", **bad})
+            assert refused.status_code == 400, (bad, refused.text)
+        series = client.get(
+            "/v1/book/series",
+            params={
+                "symbol": symbol,
+                "exchange": "asx",
+                "start": start.isoformat(),
+                "end": at.isoformat(),
+                "every": "1ms",
+            },
+        )
+        assert series.status_code == 200, series.text
+        points = series.json()["data"]
+        assert points[0]["valid"] is False  # the first point is the gap's start
+        assert points[-1]["valid"] is True
+        assert Decimal(points[-1]["mid"]) == (best_ask + best_bid) / 2
+        assert (
+            client.get("/v1/book/series", params={"symbol": symbol, "exchange": "asx", "every": "1s"}).status_code
+            == 400
+        )
+    runner = CliRunner()
+    shown = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--at", at.isoformat()], env=cli_env(settings))
+    assert shown.exit_code == 0, shown.output
+    assert format(want.levels("bid", 1)[0][0].quantize(Decimal("0.00000001")), "f") in shown.output
+    said = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--at", start.isoformat()], env=cli_env(settings))
+    assert said.exit_code == 1
+    assert "book unknown" in said.output
+    refused = runner.invoke(app, ["query", "book", symbol, "-e", "asx", "--depth", "0"], env=cli_env(settings))
+    assert refused.exit_code == 2
+
+
+def test_k2_writes_a_snapshot_a_minute_that_later_rebuilds_start_from(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    """The Dagster asset stores each book at every minute mark as the simulator held it, skips the marks where the
+    book was unknown, writes nothing more when run again, and a rebuild then replays at most a minute of updates."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    settings.maintenance.book_snapshot_lookback_minutes = 120
+    sim, events = simulate(
+        300, step=timedelta(milliseconds=700), snapshot_every=400, book_faults=FaultConfig(gap_every=333)
+    )
+    updates = [r for kind, r in events if kind == "book_updates"]
+    produce(settings, events)
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    unknown = unknown_intervals(events, withheld)
+    resources = k2_resources(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([k2_book_snapshots], resources=resources, instance=instance).success
+    k2 = [r for r in table_rows(settings, "book_snapshots") if r["source"] == SOURCE_K2]
+    assert len(k2) >= 2 * len(SYMBOLS)
+    for row in k2:
+        mark = row["exchange_timestamp"]
+        assert mark.second == 0
+        assert mark.microsecond == 0
+        assert not any(start <= mark < heal for start, heal in unknown.get(row["symbol"], []))
+        want = sim.book_at(row["symbol"], mark)
+        assert want is not None
+        assert row["exchange_sequence_number"] == want.sequence
+        assert [(lv["price"], lv["size"]) for lv in row["bids"]] == want.levels("bid", None)
+        assert [(lv["price"], lv["size"]) for lv in row["asks"]] == want.levels("ask", None)
+    assert dg.materialize([k2_book_snapshots], resources=resources, instance=instance).success
+    assert len([r for r in table_rows(settings, "book_snapshots") if r["source"] == SOURCE_K2]) == len(k2)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for row in k2:
+            at = row["exchange_timestamp"] + timedelta(seconds=59)
+            answer = engine.book(row["symbol"], "asx", at=at, depth=100)
+            if not answer.valid:
+                continue  # a gap after the mark
+            assert answer.snapshot_at is not None
+            assert at - answer.snapshot_at < timedelta(minutes=1)
+            want = sim.book_at(row["symbol"], at)
+            assert want is not None
+            assert (answer.bids, answer.asks) == levels(want, 100)
+
+
+def test_a_restarted_feed_numbering_its_books_again_is_a_new_session(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    """A simulator restarted (as `k2 run` restarts its feeds) numbers its books from 0 again, later in time: its
+    books are stored and rebuilt, not dropped as duplicates of the first run's numbers."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    first, first_events = simulate(200)
+    second = MarketSimulator(
+        SimulatorConfig("asx", symbols=SYMBOLS, seed=99, books=True, book_depth=8, keep_book_history=True),
+        StepClock(start=first_events[-1].record["exchange_timestamp"] + timedelta(seconds=5)),
+    )
+    second_events = [e for e in second.events(200) if e.kind in ("book_updates", "book_snapshots")]
+    produce(settings, first_events)
+    produce(settings, second_events)
+    updates = [r for kind, r in first_events + second_events if kind == "book_updates"]
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    assert stored(settings, "book_updates") == len(updates)
+    assert [g for g in table_rows(settings, "sequence_gaps") if g["data_type"] == "book_updates"] == []
+    rng = random.Random(5)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for sim, events in ((first, first_events), (second, second_events)):
+            times = [r["exchange_timestamp"] for kind, r in events if kind == "book_updates"]
+            for at in rng.sample(times, 10):
+                for symbol in SYMBOLS:
+                    want = sim.book_at(symbol, at)
+                    if want is None:
+                        continue
+                    got = engine.book(symbol, "asx", at=at, depth=100)
+                    assert got.valid, got.reason
+                    assert (got.bids, got.asks) == levels(want, 100)
