@@ -14,6 +14,7 @@ An invalid answer carries no levels and says why; a wrong book is never returned
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -221,7 +222,25 @@ def top_of_book_series(
         row_filter=And(_instrument(exchange, symbol), LessThanOrEqual(term="at", value=marks[-1]))
     ).to_arrow()
     changes = sorted((r["at"], r["sequence"], r["state"] != BOOK_INVALID, r["state"]) for r in states.to_pylist())
-    first = newest_snapshot(snapshots, exchange, symbol, marks[0])
+    # Every snapshot a point may start from, read once (not a scan per point: a series of an unknown book would
+    # otherwise scan the table at every mark), newest at or before a mark by `newest_snapshot`'s rule.
+    kept = snapshots.scan(
+        row_filter=And(
+            _instrument(exchange, symbol),
+            And(
+                GreaterThanOrEqual(term="exchange_timestamp", value=marks[0] - SNAPSHOT_LOOKBACK),
+                LessThanOrEqual(term="exchange_timestamp", value=marks[-1]),
+            ),
+        )
+    ).to_arrow()
+    taken = sorted(kept.to_pylist(), key=lambda r: (r["exchange_timestamp"], r["exchange_sequence_number"]))
+    taken_at = [r["exchange_timestamp"] for r in taken]
+
+    def newest(mark: datetime) -> dict[str, Any] | None:
+        found = bisect_right(taken_at, mark) - 1
+        return taken[found] if found >= 0 and taken_at[found] >= mark - SNAPSHOT_LOOKBACK else None
+
+    first = newest(marks[0])
     since = first["exchange_timestamp"] if first is not None else marks[0] - SNAPSHOT_LOOKBACK
     loaded = updates.scan(
         row_filter=And(
@@ -248,7 +267,7 @@ def top_of_book_series(
             out.append(TopOfBook(mark, valid=False))
             continue
         if book is None:
-            snapshot = first if first is not None and not out else newest_snapshot(snapshots, exchange, symbol, mark)
+            snapshot = first if first is not None and not out else newest(mark)
             if snapshot is None:
                 out.append(TopOfBook(mark, valid=False))
                 continue
