@@ -39,14 +39,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from k2_core.exceptions import WriteError
 from k2_core.lake.files import append_files
 from k2_core.lake.offsets import (
-    CLUSTER_PROPERTY,
-    OFFSETS_PROPERTY,
-    TOPIC_IDS_PROPERTY,
-    WRITER_PROPERTY,
     OffsetIndex,
     TopicPartition,
-    encode_offsets,
-    encode_topic_ids,
+    summary_properties,
 )
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
@@ -265,14 +260,9 @@ class Committer:
                 return verdicts
             files = [f for request in accepted for f in self._files(table, request)]
             topic_ids = {t: i for request in accepted for t, i in request.topic_ids.items()}
-            props = {
-                OFFSETS_PROPERTY: encode_offsets(position),  # every partition's, never lower than stored
-                CLUSTER_PROPERTY: self.cluster_id,
-                WRITER_PROPERTY: self.committer_id,
-                REQUESTS_PROPERTY: json.dumps(sorted(r.request_id for r in accepted), separators=(",", ":")),
-            }
-            if topic_ids:
-                props[TOPIC_IDS_PROPERTY] = encode_topic_ids(topic_ids)
+            # every partition's offset, never lower than stored
+            props = summary_properties(position, self.cluster_id, self.committer_id, topic_ids)
+            props[REQUESTS_PROPERTY] = json.dumps(sorted(r.request_id for r in accepted), separators=(",", ":"))
             snapshot_id = append_files(table, files, props)
             ids = {r.request_id for r in accepted}
             return [

@@ -34,12 +34,10 @@ from k2_core.lake.lineage import files_added_since
 from k2_core.lake.offsets import (
     CLUSTER_PROPERTY,
     OFFSETS_PROPERTY,
-    TOPIC_IDS_PROPERTY,
     WRITER_PROPERTY,
     OffsetIndex,
     TopicPartition,
-    encode_offsets,
-    encode_topic_ids,
+    summary_properties,
 )
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
@@ -108,15 +106,8 @@ class TableWriter:
         re-checked against the files other kinds of writers added after `planned_at`, the snapshot the rows were
         planned against (None: an empty table). `properties` go into the snapshot summary too. Returns the new
         snapshot id."""
-        props = {
-            **(properties or {}),
-            OFFSETS_PROPERTY: encode_offsets(offsets),
-            CLUSTER_PROPERTY: self.cluster_id,
-            WRITER_PROPERTY: self.writer_id,
-        }
         ids = {topic: self.index.topic_ids[topic] for topic, _ in offsets if topic in self.index.topic_ids}
-        if ids:
-            props[TOPIC_IDS_PROPERTY] = encode_topic_ids(ids)
+        props = {**(properties or {}), **summary_properties(offsets, self.cluster_id, self.writer_id, ids)}
         try:
             self._check_owner(positions)
             data = self.fit(data)

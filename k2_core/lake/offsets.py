@@ -40,6 +40,21 @@ def encode_topic_ids(topic_ids: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(topic_ids.items())), separators=(",", ":"))
 
 
+def summary_properties(
+    offsets: Mapping[TopicPartition, int], cluster_id: str, writer_id: str, topic_ids: Mapping[str, str]
+) -> dict[str, str]:
+    """What a snapshot holding Kafka rows records of them (the one place exactly-once is written down): the next
+    offset of each partition, the cluster and the writer, and the ids of the topics named (when known)."""
+    props = {
+        OFFSETS_PROPERTY: encode_offsets(offsets),
+        CLUSTER_PROPERTY: cluster_id,
+        WRITER_PROPERTY: writer_id,
+    }
+    if topic_ids:
+        props[TOPIC_IDS_PROPERTY] = encode_topic_ids(topic_ids)
+    return props
+
+
 class OffsetIndex:
     """Newest committed offset per partition for one table, refreshed incrementally: only snapshots newer than
     the last one indexed are read, unless that one left the chain (expired or rolled back). `topic_ids` are the

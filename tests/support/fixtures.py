@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 import sqlalchemy
@@ -131,37 +132,38 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> SettingsFac
     return factory
 
 
+class _Runner(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+R = TypeVar("R", bound=_Runner)
+
+
+def _on_threads(make: Callable[[Settings], R]) -> Iterator[Callable[[Settings], R]]:
+    """A factory starting `make(settings).run` on a thread of its own; every one is stopped cleanly at the end."""
+    started: list[tuple[R, threading.Thread]] = []
+
+    def start(settings: Settings) -> R:
+        runner = make(settings)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        started.append((runner, thread))
+        return runner
+
+    yield start
+    for runner, thread in started:
+        runner.stop()
+        thread.join(30)
+
+
 @pytest.fixture
 def running_ingester() -> Iterator[Callable[[Settings], Ingester]]:
     """Start in-process ingesters (each on a thread); every one is stopped cleanly when the test ends."""
-    started: list[tuple[Ingester, threading.Thread]] = []
-
-    def start(settings: Settings) -> Ingester:
-        ingester = Ingester(settings)
-        thread = threading.Thread(target=ingester.run, daemon=True)
-        thread.start()
-        started.append((ingester, thread))
-        return ingester
-
-    yield start
-    for ingester, thread in started:
-        ingester.stop()
-        thread.join(30)
+    yield from _on_threads(Ingester)
 
 
 @pytest.fixture
 def running_book_ingester() -> Iterator[Callable[[Settings], BookIngester]]:
     """Start in-process book ingesters (k2_stream.book_ingester, each on a thread), stopped when the test ends."""
-    started: list[tuple[BookIngester, threading.Thread]] = []
-
-    def start(settings: Settings) -> BookIngester:
-        ingester = BookIngester(settings)
-        thread = threading.Thread(target=ingester.run, daemon=True)
-        thread.start()
-        started.append((ingester, thread))
-        return ingester
-
-    yield start
-    for ingester, thread in started:
-        ingester.stop()
-        thread.join(30)
+    yield from _on_threads(BookIngester)
