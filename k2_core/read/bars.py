@@ -264,7 +264,7 @@ def fill_many(bars: pa.Table, spec: BarSpec, window: TimeRange, symbols: list[st
 _INTERPOLATED = """
 WITH j AS (
     SELECT g.symbol, g.bucket_us, g.idx,
-           CAST(b.close * 100000000 AS HUGEINT) AS c,
+           CAST(CAST(b.close AS DECIMAL(38, 8)) * 100000000 AS HUGEINT) AS c,
            CASE WHEN b.close IS NOT NULL THEN g.idx END AS ci
     FROM g LEFT JOIN b ON b.symbol = g.symbol AND epoch_us(b.bar_start) = g.bucket_us
 ),

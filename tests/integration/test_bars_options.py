@@ -474,3 +474,26 @@ def test_whole_exchange_minute_bars_precomputed_and_open_day_page_in_order(tmp_p
     expected = sorted(query_oracle.bars(in_window, "1m"), key=lambda r: (r["bar_start"], r["symbol"]))
     assert [(r["bar_start"], r["symbol"]) for r in listed] == [(r["bar_start"], r["symbol"]) for r in expected]
     assert plain(listed) == plain(expected)
+
+
+@pytest.mark.parametrize("how", ["previous", "null", "linear"])
+def test_fill_of_large_prices(tmp_path: Path, how: str) -> None:
+    """Closes far above 100 (make run's nyse names, BTC): the exact interpolation in 1e-8 units must not overflow
+    DECIMAL(18), whatever the fill (the interpolation is computed for every fill)."""
+    settings = Settings(home=tmp_path / "k2home", catalog=CatalogSettings(name=f"bigfill{random.randrange(10**9)}"))
+    settings.query.tail_enabled = False
+    start = datetime(2024, 5, 6, 14, tzinfo=UTC)
+    rows = [
+        trade("BTCUSDT", seq, start + timedelta(minutes=minute, seconds=5), Decimal(price), Decimal("0.5"), "binance")
+        for seq, (minute, price) in enumerate([(0, "213.05"), (3, "97123.45678901"), (4, "250000.12345678")], 1)
+    ]
+    lake = open_lake(settings)
+    lake.append("trades", rows)
+    lake.catalog.close()
+    end = start + timedelta(minutes=6)
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        got = engine.ohlcv("BTCUSDT", "binance", "1m", start, end, fill=how).table.to_pylist()
+        whole = engine.ohlcv_many(None, "binance", "1m", start, end, fill=how).table.to_pylist()
+    expected = bar_oracle.filled(bar_oracle.time_bars(rows, "1m", "utc"), _grid_utc(start, end, "1min"), how)
+    assert plain(got) == plain(expected)
+    assert plain(whole) == plain(expected)
