@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-from types import FrameType
-
 from k2_core.logging import configure_logging
 from k2_core.settings import Settings
 from k2_stream.ingester import Ingester
+from k2_stream.signals import stop_on_signals
 from k2_stream.status import serve_status
 
 
@@ -15,11 +13,7 @@ def run_ingester(settings: Settings) -> None:
     configure_logging("ingester", settings.log_level)
     ingester = Ingester(settings)
 
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        ingester.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop_on_signals(ingester.stop)
     server = (
         serve_status(ingester.health, settings.api.host, settings.ingest.metrics_port)
         if settings.ingest.metrics_port
@@ -39,11 +33,7 @@ def run_book_ingester(settings: Settings) -> None:
     configure_logging("book-ingester", settings.log_level)
     ingester = BookIngester(settings)
 
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        ingester.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop_on_signals(ingester.stop)
     ingester.run()
 
 

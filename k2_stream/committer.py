@@ -15,10 +15,8 @@ table's offsets (a range commits only from where the table holds its partition).
 
 from __future__ import annotations
 
-import signal
 import threading
 import uuid
-from types import FrameType
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
@@ -30,6 +28,7 @@ from k2_core.model.tables import MARKET_TABLES
 from k2_core.settings import Settings
 from k2_stream.admin import cluster_id
 from k2_stream.control import ensure_control_topic
+from k2_stream.signals import stop_on_signals
 
 log = get_logger(__name__)
 
@@ -146,11 +145,7 @@ def run_committer(settings: Settings) -> None:
     configure_logging("committer", settings.log_level)
     service = CommitterService(settings)
 
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        service.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop_on_signals(service.stop)
     service.run()
 
 

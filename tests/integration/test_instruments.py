@@ -11,7 +11,7 @@ import csv
 import io
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +19,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-import sqlalchemy
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
@@ -28,7 +27,6 @@ from k2_core.access.auth import KeyStore
 from k2_core.exceptions import ConfigError, QueryError
 from k2_core.lake.catalog import open_catalog
 from k2_core.lake.instruments import load_reference_files, load_table
-from k2_core.lake.sqldb import catalog_engine
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import AuthSettings, Settings
 from k2_dagster.defs.reference import instruments as instruments_asset
@@ -181,19 +179,6 @@ def test_a_bad_file_is_refused_naming_file_line_and_field_and_nothing_stored_cha
 
 
 # ---- the API and the CLI -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def key_store() -> Iterator[Callable[[Settings], KeyStore]]:
-    engines: list[sqlalchemy.Engine] = []
-
-    def open_store(settings: Settings) -> KeyStore:
-        engines.append(engine := catalog_engine(settings))
-        return KeyStore(engine)
-
-    yield open_store
-    for engine in engines:
-        engine.dispose()
 
 
 def test_the_api_serves_instruments_to_callers_who_may_read_the_exchanges_trades_or_quotes(

@@ -71,19 +71,6 @@ def secured(make_settings: SettingsFactory, catalog: str = "sqlite", **auth: Any
     return settings
 
 
-@pytest.fixture
-def keys() -> Iterator[Callable[[Settings], KeyStore]]:
-    engines: list[sqlalchemy.Engine] = []
-
-    def open_store(settings: Settings) -> KeyStore:
-        engines.append(engine := catalog_engine(settings))
-        return KeyStore(engine)
-
-    yield open_store
-    for engine in engines:
-        engine.dispose()
-
-
 def new_key(store: KeyStore, *scopes: str, name: str | None = None) -> tuple[str, str]:
     key, token = store.create(name or f"tester-{uuid.uuid4().hex[:6]}", scopes, datetime.now(UTC) + timedelta(days=1))
     return key.key_id, token
@@ -156,7 +143,7 @@ def test_the_server_refuses_to_start_with_auth_off_on_a_public_address(tmp_path:
 
 
 def test_auth_auto_is_decided_on_the_socket_peer_not_the_configured_host(
-    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore], tmp_path: Path
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore], tmp_path: Path
 ) -> None:
     # uvicorn's own command line binds 0.0.0.0 while K2_API_HOST keeps its default, 127.0.0.1: only a direct loopback
     # client goes without credentials, whatever host the settings name and however uvicorn treats proxy headers.
@@ -165,7 +152,7 @@ def test_auth_auto_is_decided_on_the_socket_peer_not_the_configured_host(
         pytest.skip("this machine has no non-loopback IPv4 address to reach the server from")
     settings = make_settings()
     seed(settings)
-    token = new_key(keys(settings), "read:trades:asx")[1]
+    token = new_key(key_store(settings), "read:trades:asx")[1]
     port, log = free_port(), tmp_path / "uvicorn.log"
     after = last_audit_id(settings)
     with api_server(settings, log, uvicorn_command("0.0.0.0", port), port=port) as local:
@@ -237,10 +224,10 @@ def test_auth_off_serves_direct_loopback_clients_only(make_settings: SettingsFac
 
 
 def test_missing_or_bad_credentials_get_401_with_a_challenge(
-    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
 ) -> None:
     settings = secured(make_settings, jwt_secret=SECRET)
-    store = keys(settings)
+    store = key_store(settings)
     key_id, token = new_key(store, "read:trades:asx")
     revoked_id, revoked = new_key(store, "read:trades:asx")
     store.revoke(revoked_id)
@@ -301,9 +288,9 @@ def test_the_docs_pages_and_their_bundled_assets_are_public(make_settings: Setti
         assert client.get("/v1/snapshots").status_code == 401  # while the data still needs a credential
 
 
-def test_keys_are_stored_hashed(make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]) -> None:
+def test_keys_are_stored_hashed(make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]) -> None:
     settings = make_settings()
-    store = keys(settings)
+    store = key_store(settings)
     key_id, token = new_key(store, "admin", name="ops")
     assert token.startswith(f"k2_{key_id}_")
     with store.engine.connect() as conn:
@@ -405,9 +392,11 @@ def test_rs256_jwts_are_verified_against_the_issuers_jwks(
 # ---- authorisation ---------------------------------------------------------------------------------------------
 
 
-def test_scopes_per_route_and_exchange(make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]) -> None:
+def test_scopes_per_route_and_exchange(
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
+) -> None:
     settings = secured(make_settings)
-    store = keys(settings)
+    store = key_store(settings)
     tokens = {
         scope: new_key(store, *scope.split())[1]
         for scope in ("read:trades:asx", "read:trades:*", "read:quotes:asx", "read:gaps", "read:books:asx", "admin")
@@ -453,10 +442,10 @@ def test_scopes_per_route_and_exchange(make_settings: SettingsFactory, keys: Cal
 
 
 def test_a_route_missing_from_the_policy_needs_admin(
-    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
 ) -> None:
     settings = secured(make_settings)
-    store = keys(settings)
+    store = key_store(settings)
     reader, admin = new_key(store, "read:trades:*", "read:gaps")[1], new_key(store, "admin")[1]
     app = create_app(settings)
 
@@ -476,12 +465,12 @@ def test_a_route_missing_from_the_policy_needs_admin(
 
 @pytest.mark.parametrize("redis_up", [True, False], ids=["redis", "redis-down"])
 def test_rate_limit_per_key_answers_429_with_retry_after(
-    redis_up: bool, make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+    redis_up: bool, make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
 ) -> None:
     settings = secured(make_settings, rate_limit_per_second=0.5, rate_limit_burst=3)
     if not redis_up:
         settings.redis.url = "redis://127.0.0.1:1/0"  # nothing listens there: each process counts for itself
-    store = keys(settings)
+    store = key_store(settings)
     limited_id, limited = new_key(store, "read:gaps")
     other = new_key(store, "read:gaps")[1]
     with local_client(create_app(settings)) as client:
@@ -502,12 +491,15 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
 
 @pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
 def test_every_data_access_is_audited(
-    catalog: str, make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore], request: pytest.FixtureRequest
+    catalog: str,
+    make_settings: SettingsFactory,
+    key_store: Callable[[Settings], KeyStore],
+    request: pytest.FixtureRequest,
 ) -> None:
     if catalog == "postgres":
         request.getfixturevalue("postgres_uri")
     settings = secured(make_settings, catalog=catalog)
-    store = keys(settings)
+    store = key_store(settings)
     name = f"auditor-{uuid.uuid4().hex[:8]}"
     key_id, token = new_key(store, "read:trades:asx", name=name)
     tag = "T" + uuid.uuid4().hex[:8].upper()
@@ -656,11 +648,11 @@ def test_the_audit_log_never_parses_a_response_body(make_settings: SettingsFacto
 
 
 def test_refusals_are_summarised_per_client_not_stored_in_full(
-    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
 ) -> None:
     settings = secured(make_settings, client_failure_burst=5, client_failures_per_second=0.01)
     settings.audit.refusal_window_seconds = 0.5
-    token = new_key(keys(settings), "read:trades:asx")[1]
+    token = new_key(key_store(settings), "read:trades:asx")[1]
     params = {**WINDOW, "exchange": "asx", "pad": "x" * 400}
     before = {reason: refused(reason) for reason in ("no_credentials", "client_failures")}
     with local_client(create_app(settings)) as attacker:
@@ -742,9 +734,11 @@ def test_the_api_prunes_audit_rows_past_their_retention(make_settings: SettingsF
 # ---- secrets stay out of logs ----------------------------------------------------------------------------------
 
 
-def test_tokens_never_reach_the_json_logs(make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]) -> None:
+def test_tokens_never_reach_the_json_logs(
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
+) -> None:
     settings = secured(make_settings, jwt_secret=SECRET, rate_limit_per_second=0.1, rate_limit_burst=2)
-    store = keys(settings)
+    store = key_store(settings)
     _, token = new_key(store, "read:trades:asx")
     jwt_token = hs256("carol", "read:gaps")
     secrets = [token, token.split("_", 2)[2], jwt_token, jwt_token.split(".")[2], SECRET]
@@ -850,10 +844,10 @@ def test_keys_and_audit_cli(make_settings: SettingsFactory, tmp_path: Path) -> N
 
 
 def test_caller_input_cannot_break_or_inject_response_headers(
-    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
 ) -> None:
     settings = secured(make_settings, jwt_secret=SECRET)
-    token = new_key(keys(settings), "read:trades:asx")[1]
+    token = new_key(key_store(settings), "read:trades:asx")[1]
 
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -876,10 +870,10 @@ def test_caller_input_cannot_break_or_inject_response_headers(
 
 
 def test_with_quote_needs_the_quotes_scope_of_the_exchange_too(
-    make_settings: SettingsFactory, keys: Callable[[Settings], KeyStore]
+    make_settings: SettingsFactory, key_store: Callable[[Settings], KeyStore]
 ) -> None:
     settings = secured(make_settings)
-    store = keys(settings)
+    store = key_store(settings)
     refused_scopes = ("read:trades:asx", "read:trades:asx read:quotes:nyse", "read:trades:* read:quotes:nyse")
     allowed_scopes = ("read:trades:asx read:quotes:asx", "read:trades:* read:quotes:*", "admin")
     tokens = {scopes: new_key(store, *scopes.split())[1] for scopes in refused_scopes + allowed_scopes}
@@ -969,7 +963,7 @@ def test_one_cursor_secret_per_home_shared_by_the_api_and_the_cli(make_settings:
 
 def test_no_secret_reaches_repr_or_the_logs_of_a_startup(
     make_settings: SettingsFactory,
-    keys: Callable[[Settings], KeyStore],
+    key_store: Callable[[Settings], KeyStore],
     postgres_uri: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -1005,7 +999,7 @@ def test_no_secret_reaches_repr_or_the_logs_of_a_startup(
     settings = make_settings(catalog="postgres")
     settings.query.tail_enabled = False
     seed(settings)
-    token = new_key(keys(settings), "read:trades:asx")[1]
+    token = new_key(key_store(settings), "read:trades:asx")[1]
     log = tmp_path / "api.log"
     with api_server(settings, log, **secrets, K2_AUTH_MODE="on", K2_LOG_LEVEL="DEBUG") as url:
         params = {**WINDOW, "exchange": "asx", "limit": 1}

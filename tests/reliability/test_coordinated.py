@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -26,6 +25,7 @@ from k2_core.settings import Settings
 from k2_stream.admin import cluster_id, load_layout
 from k2_stream.committer import CommitterService
 from k2_stream.control import CommitClient
+from tests.support.fixtures import on_threads
 from tests.support.lake import table_rows
 from tests.support.processes import spawn_committer, spawn_ingester
 from tests.support.reliability import check_exactly_once, feed, reliable_settings
@@ -140,19 +140,7 @@ def _offsets_caught_up(settings: Settings) -> bool:
 @pytest.fixture
 def committer_thread(broker: str) -> Iterator[Callable[[Settings], CommitterService]]:
     """An in-process committer candidate (on a thread), stopped when the test ends."""
-    running: list[tuple[CommitterService, threading.Thread]] = []
-
-    def start(settings: Settings) -> CommitterService:
-        service = CommitterService(settings)
-        thread = threading.Thread(target=service.run, daemon=True)
-        thread.start()
-        running.append((service, thread))
-        return service
-
-    yield start
-    for service, thread in running:
-        service.stop()
-        thread.join(30)
+    yield from on_threads(CommitterService)
 
 
 def test_a_zombie_worker_is_rejected_and_nothing_of_it_is_stored(

@@ -15,6 +15,8 @@ import pytest
 import sqlalchemy
 from pydantic import SecretStr
 
+from k2_core.access.auth import KeyStore
+from k2_core.lake.sqldb import catalog_engine
 from k2_core.logging import configure_logging
 from k2_core.settings import CatalogSettings, IngestSettings, KafkaSettings, S3Settings, Settings
 from k2_stream.book_ingester import BookIngester
@@ -140,8 +142,9 @@ class _Runner(Protocol):
 R = TypeVar("R", bound=_Runner)
 
 
-def _on_threads(make: Callable[[Settings], R]) -> Iterator[Callable[[Settings], R]]:
-    """A factory starting `make(settings).run` on a thread of its own; every one is stopped cleanly at the end."""
+def on_threads(make: Callable[[Settings], R]) -> Iterator[Callable[[Settings], R]]:
+    """A factory starting `make(settings).run` on a thread of its own; every one is stopped cleanly at the end (for a
+    fixture to `yield from`)."""
     started: list[tuple[R, threading.Thread]] = []
 
     def start(settings: Settings) -> R:
@@ -160,10 +163,24 @@ def _on_threads(make: Callable[[Settings], R]) -> Iterator[Callable[[Settings], 
 @pytest.fixture
 def running_ingester() -> Iterator[Callable[[Settings], Ingester]]:
     """Start in-process ingesters (each on a thread); every one is stopped cleanly when the test ends."""
-    yield from _on_threads(Ingester)
+    yield from on_threads(Ingester)
 
 
 @pytest.fixture
 def running_book_ingester() -> Iterator[Callable[[Settings], BookIngester]]:
     """Start in-process book ingesters (k2_stream.book_ingester, each on a thread), stopped when the test ends."""
-    yield from _on_threads(BookIngester)
+    yield from on_threads(BookIngester)
+
+
+@pytest.fixture
+def key_store() -> Iterator[Callable[[Settings], KeyStore]]:
+    """Open the API-key store of a lake's catalog database (its engines disposed when the test ends)."""
+    engines: list[sqlalchemy.Engine] = []
+
+    def open_store(settings: Settings) -> KeyStore:
+        engines.append(engine := catalog_engine(settings))
+        return KeyStore(engine)
+
+    yield open_store
+    for engine in engines:
+        engine.dispose()
