@@ -22,8 +22,8 @@ DuckDB keeps one connection and K2 its SQL worker's database, as users of each w
 Queries (median of --reps runs after one warm-up):
   max_price     max trade price by symbol and exchange, over all days                   (K2: run_sql *)
   hourly_volume traded volume by UTC hour, all symbols and exchanges                     (K2: run_sql *)
-  last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on per exchange,
-                kinds="quotes": the quotes table alone; K2's result cache is off, as in every query here)
+  last_bid      the latest quote (bid) of every symbol on every exchange, "latest on"   (K2: get_latest_on of every
+                exchange at once, kinds="quotes": the quotes table alone; K2's result cache is off, as everywhere here)
   asof_join     every trade joined to the quote of its stream in force at or before it (K2: asof_join of each
                 whole exchange; --k2-asof sql: run_sql's ASOF JOIN; --k2-asof with_quote: the with-quote listing,
                 per symbol, ~300x slower: minutes at the default scale)
@@ -504,9 +504,8 @@ def k2_engine(settings: Settings, plan: Plan, days: list[date], *, asof: str) ->
     def last_bid() -> pa.Table:
         # Only the quotes half: the trades table is not read. The result cache is off (`cache=False` above), else a
         # repeated call would be a cache hit.
-        parts = [get_latest_on(engine, exchange, kinds="quotes") for exchange in EXCHANGES]
-        K2_PATHS["last_bid"] = "get_latest_on(kinds=quotes) per exchange, result cache off"
-        table = pa.concat_tables(parts)
+        table = get_latest_on(engine, list(EXCHANGES), kinds="quotes")
+        K2_PATHS["last_bid"] = "get_latest_on(every exchange, kinds=quotes): one read, result cache off"
         return table.select(["symbol", "exchange", "quote_timestamp", "bid_price"]).filter(
             pc.is_valid(table.column("bid_price"))
         )

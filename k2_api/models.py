@@ -277,7 +277,7 @@ class LatestOn(BaseModel):
 
 
 class LatestOnResponse(Provenance):
-    exchange: str
+    exchange: str = Field(description="The exchange read; several: their names, sorted, comma-separated.")
     count: int
     data: list[LatestOn]
     snapshot_id: int | None = Field(

@@ -427,7 +427,7 @@ def latest(
     as_of: AsOfOpt = None,
 ) -> None:
     """The last trade of SYMBOL in exchange order; without SYMBOL, the last trade and the last quote of every
-    instrument of the exchange (or of --symbols), one row each (--kind: one half only)."""
+    instrument of the exchange (of several: -e asx,nyse; or of --symbols), one row each (--kind: one half only)."""
     if symbol is not None and symbols is not None:
         raise _fail(QueryError("symbols: give either SYMBOL or --symbols, not both"))
     if symbol is not None and kind is not None:
@@ -436,13 +436,14 @@ def latest(
         with _engine() as engine:
             travel = _as_of(as_of_snapshot, as_of)
             if symbol is None:
-                result = engine.latest_on(exchange, symbols, kinds=kind, as_of=travel)
+                result = engine.latest_on(exchange.split(","), symbols, kinds=kind, as_of=travel)
             else:
                 result = engine.latest(symbol, exchange, as_of=travel)
     except QueryError as exc:
         raise _fail(exc) from None
     if symbol is None:
-        _render(result.table, f"latest trade and quote on {exchange}", hide=("exchange",), caption=_provenance(result))
+        hide = ("exchange",) if "," not in exchange else ()
+        _render(result.table, f"latest trade and quote on {exchange}", hide=hide, caption=_provenance(result))
         return
     if result.table.num_rows == 0:
         raise _fail(QueryError(f"symbol {symbol} has no trades on {exchange} in this snapshot"))

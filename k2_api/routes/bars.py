@@ -121,7 +121,13 @@ def latest_on(
     fmt: FormatDep,
     as_of: AsOfDep,
     response: Response,
-    exchange: Exchange,
+    exchange: Annotated[
+        list[str],
+        Query(
+            description="Exchange code from the topic layout, e.g. asx; repeat it for several exchanges, read together "
+            "(each needs its scopes)."
+        ),
+    ],
     symbol: ExchangeSymbols = None,
     kind: Annotated[
         list[str] | None,
@@ -131,10 +137,11 @@ def latest_on(
         ),
     ] = None,
 ) -> Any:
-    """The last trade and the last quote of every instrument of an exchange (or of the symbols named), one row per
-    symbol. A separate path, not a list form of /v1/latest, so that each path keeps one answer shape. With
-    authentication on, this needs both the trades and the quotes scope of the exchange."""
+    """The last trade and the last quote of every instrument of an exchange, of several, or of the symbols named
+    there: one row per instrument, by exchange and symbol. A separate path, not a list form of /v1/latest, so that
+    each path keeps one answer shape. With authentication on, this needs both the trades and the quotes scope of each
+    exchange (or the scope of the `kind` asked for)."""
     symbols = ",".join(symbol) if symbol else None
     kinds = ",".join(kind) if kind else None
     result = reader.latest_on(exchange, symbols, kinds=kinds, as_of=as_of)
-    return page(LatestOnResponse, result, fmt, response, exchange=exchange)
+    return page(LatestOnResponse, result, fmt, response, exchange=",".join(sorted(set(exchange))))

@@ -65,6 +65,7 @@ from k2_core.read.params import (
     validate_bar_spec,
     validate_date,
     validate_exchange,
+    validate_exchanges,
     validate_gap_status,
     validate_interval,
     validate_kinds,
@@ -594,35 +595,37 @@ class QueryEngine:
 
     def latest_on(
         self,
-        exchange: str,
+        exchange: str | Collection[str],
         symbols: Collection[str] | str | None = None,
         *,
         kinds: Collection[str] | str | None = None,
         as_of_snapshot: int | str | None = None,
         as_of: AsOf | TimeInput = None,
     ) -> QueryResult:
-        """The last trade and the last quote of every instrument of `exchange` (or of `symbols`, a list or a
-        comma-separated string) in one call: one row per symbol, by symbol, with the trade's time, sequence, price
-        and volume and the quote's time, sequence, bid and ask; a half is null when the symbol has only the other
-        kind. Each kind follows `latest`'s rules (exchange order; the realtime tail's newest wins when later), read
-        newest day partition first and further back only for symbols not found yet. A requested symbol with
-        neither has no row. `kinds` (`"quotes"`, `"trades"`, a list; default both) reads only those tables: the
-        other half is null and a symbol without the kinds asked for has no row; the halves read are `kinds=None`'s."""
+        """The last trade and the last quote of every instrument of `exchange` (or of several: a list of exchanges,
+        read together) or of `symbols` there (a list or a comma-separated string) in one call: one row per
+        instrument, by exchange and symbol, with the trade's time, sequence, price and volume and the quote's time,
+        sequence, bid and ask; a half is null when the instrument has only the other kind. Each kind follows
+        `latest`'s rules (exchange order; the realtime tail's newest wins when later), read newest day partition
+        first and further back only for instruments not found yet. A requested symbol with neither has no row (on
+        several exchanges, a symbol need only be listed on one of them). `kinds` (`"quotes"`, `"trades"`, a list;
+        default both) reads only those tables: the other half is null and an instrument without the kinds asked for
+        has no row; the halves read are `kinds=None`'s."""
         travel = validate_as_of(as_of_snapshot, as_of)
-        exchange = validate_exchange(exchange, self.exchanges)
+        exchanges = validate_exchanges(exchange, self.exchanges)
         wanted = validate_symbols(symbols)
         halves = validate_kinds(kinds)
         if self.check_symbols and wanted is not None:
             for symbol in wanted:
-                self.symbol_index.require(exchange, symbol, self.sources)
-        trades, _ = self.sources.stream("trades", "", exchange, travel)
+                self.symbol_index.require(exchanges, symbol, self.sources)
+        trades, _ = self.sources.stream("trades", "", exchanges[0], travel)
         # Quotes as of the same moment as trades, as `with_quote` reads them.
         quote_choice = joins.quote_snapshot(self.sources, trades.choice, travel, None)
-        quotes = Stream("quotes", self.sources.load(QUOTES), "", exchange, quote_choice)
+        quotes = Stream("quotes", self.sources.load(QUOTES), "", exchanges[0], quote_choice)
         found: dict[Kind, tuple[pa.Table, bool, Tier | None]] = {}
         for stream in (trades, quotes):
             if stream.kind in halves:
-                found[stream.kind] = self._latest_half(stream, wanted, live=travel is None)
+                found[stream.kind] = self._latest_half(stream, exchanges, wanted, live=travel is None)
             else:
                 found[stream.kind] = (_latest_schema(stream.kind).empty_table(), False, None)
         trade_rows, trade_live, _ = found["trades"]
@@ -636,41 +639,44 @@ class QueryEngine:
         )
 
     def _latest_half(
-        self, stream: Stream, wanted: tuple[str, ...] | None, *, live: bool
+        self, stream: Stream, exchanges: tuple[str, ...], wanted: tuple[str, ...] | None, *, live: bool
     ) -> tuple[pa.Table, bool, Tier | None]:
-        """One kind's last row per symbol for `latest_on`: the committed rows (cached per snapshot), each replaced by
-        the realtime tail's newest when that is later in exchange order (`live`); and whether the tail served. Only
-        the columns `latest_on` shows are read, and which symbols to expect comes from the symbol index."""
+        """One kind's last row per instrument for `latest_on`: the committed rows (cached per snapshot), each
+        replaced by the realtime tail's newest when that is later in exchange order (`live`); and whether the tail
+        served. Only the columns `latest_on` shows are read, and which symbols to expect comes from the symbol
+        index."""
         columns = LATEST_HALF[stream.kind]
 
-        def expected(files: Sequence[str]) -> set[str]:
+        def expected(files: Sequence[str], exchange: str) -> set[str]:
             assert stream.choice.snapshot_id is not None
             return self.symbol_index.symbols_in_files(
                 stream.table,
                 stream.table_def,
                 stream.choice.snapshot_id,
                 files,
-                stream.exchange,
+                exchange,
                 direct_reads=self.sources.direct_reads,
             )
 
         committed, cached = self._cached(
-            ("latest_on", stream.kind, stream.exchange, wanted, stream.choice.snapshot_id),
-            lambda: latest_of_many(self.sources, stream, wanted, columns=columns, expected=expected),
+            ("latest_on", stream.kind, exchanges, wanted, stream.choice.snapshot_id),
+            lambda: latest_of_many(self.sources, stream, exchanges, wanted, columns=columns, expected=expected),
         )
         schema = _latest_schema(stream.kind)
         realtime = self.sources.realtime
         if not live or realtime is None:
             return scan.cast_to(committed, schema), False, cached
-        rows = {row["symbol"]: row for row in committed.select(list(columns)).to_pylist()}
+        rows = {(row["exchange"], row["symbol"]): row for row in committed.select(list(columns)).to_pylist()}
         served = False
-        for symbol in realtime.symbols(stream.exchange) if wanted is None else wanted:
-            recent = realtime.latest(stream.kind, symbol, stream.exchange)
-            held = rows.get(symbol)
-            if recent is not None and (held is None or paging.order_key(recent) > paging.order_key(held)):
-                rows[symbol] = {n: recent.get(n) for n in columns}
-                served = True
-        return pa.Table.from_pylist(list(rows.values()), schema=schema), served, cached
+        for exchange in exchanges:
+            for symbol in realtime.symbols(exchange) if wanted is None else wanted:
+                recent = realtime.latest(stream.kind, symbol, exchange)
+                held = rows.get((exchange, symbol))
+                if recent is not None and (held is None or paging.order_key(recent) > paging.order_key(held)):
+                    rows[(exchange, symbol)] = {n: recent.get(n) for n in columns}
+                    served = True
+        ordered = [rows[key] for key in sorted(rows)]
+        return pa.Table.from_pylist(ordered, schema=schema), served, cached
 
     # --- replay, snapshots, gaps ----------------------------------------------------------------------------
 
@@ -1157,7 +1163,7 @@ def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
     halves: tuple[tuple[pa.Table, pa.Table, Kind], ...] = ((trades, quotes, "trades"), (quotes, trades, "quotes"))
     for rows, other, mine in halves:
         if other.num_rows == 0:
-            return _one_half(rows.sort_by("symbol"), mine)
+            return _one_half(rows.sort_by([("exchange", "ascending"), ("symbol", "ascending")]), mine)
     with scan.connect() as con:
         con.register("t", trades)
         con.register("q", quotes)
@@ -1168,8 +1174,8 @@ def _latest_rows(trades: pa.Table, quotes: pa.Table) -> pa.Table:
                    t.price, t.volume,
                    q.{TIME_COLUMN} AS quote_timestamp, q.exchange_sequence_number AS quote_sequence_number,
                    q.bid_price, q.bid_size, q.ask_price, q.ask_size
-            FROM t FULL OUTER JOIN q ON t.symbol = q.symbol
-            ORDER BY symbol
+            FROM t FULL OUTER JOIN q ON t.exchange = q.exchange AND t.symbol = q.symbol
+            ORDER BY exchange, symbol
             """
         ).to_arrow_table()
     return scan.cast_to(joined, LATEST_ON_SCHEMA)
@@ -1192,7 +1198,7 @@ _LATEST_ON_NAMES: dict[Kind, dict[str, str]] = {
 
 
 def _one_half(rows: pa.Table, kind: Kind) -> pa.Table:
-    """`latest_on` rows from one kind's rows alone (sorted by symbol), the other half's columns null."""
+    """`latest_on` rows from one kind's rows alone (sorted by exchange and symbol), the other half's columns null."""
     names = _LATEST_ON_NAMES[kind]
     columns = []
     for field in LATEST_ON_SCHEMA:

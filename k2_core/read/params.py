@@ -118,6 +118,17 @@ def validate_exchange(exchange: str, known: Collection[str] | None, parameter: s
     return exchange
 
 
+def validate_exchanges(
+    exchanges: str | Collection[str], known: Collection[str] | None, parameter: str = "exchange"
+) -> tuple[str, ...]:
+    """One exchange or a list of them (read together), each checked as `validate_exchange`, de-duplicated and
+    sorted so that the same set is one cache entry."""
+    items = [exchanges] if isinstance(exchanges, str) else list(exchanges)
+    if not items:
+        raise QueryError(f"{parameter} must name at least one exchange")
+    return tuple(sorted({validate_exchange(e, known, parameter) for e in items}))
+
+
 def parse_time(value: datetime | date | str, parameter: str) -> datetime:
     """An ISO-8601 string, datetime or date -> an aware UTC datetime (naive input is taken as UTC, a date is its
     UTC midnight)."""

@@ -304,29 +304,35 @@ _ORDER_KEY = f"epoch_us({TIME_COLUMN})::HUGEINT * 9223372036854775808 + exchange
 def latest_of_many(
     sources: Sources,
     stream: Stream,
+    exchanges: Sequence[str],
     symbols: Collection[str] | None,
     *,
     columns: Sequence[str] | None = None,
-    expected: Callable[[Sequence[str]], set[str]] | None = None,
+    expected: Callable[[Sequence[str], str], set[str]] | None = None,
 ) -> pa.Table:
-    """The last committed row of each symbol of `stream.exchange` (of `symbols`, or of every symbol the snapshot
-    holds there), one row per symbol in the snapshot's columns (only `columns`, when given: the other columns'
-    files are not read). `stream.symbol` is ignored.
+    """The last committed row of each symbol of `exchanges` (of `symbols` there, or of every symbol the snapshot
+    holds there), one row per (exchange, symbol), by exchange and symbol, in the snapshot's columns (only `columns`,
+    when given: the other columns' files are not read). `stream.symbol` and `stream.exchange` are ignored.
 
     Fast because most instruments traded recently: day partitions are read newest first and each older day is read
-    only for the symbols still missing, stopping once every one is found. Without a list, the search must know which
-    symbols to expect: `expected(files)` says, a superset of the symbols the planned data files hold
-    (`SymbolIndex.symbols_in_files`: known from earlier reads, so usually no file is opened for it); with no such
-    function, or when the files are read through pyiceberg, one scan of the `symbol` column alone. A superset is
-    enough for a correct answer: a symbol expected but absent only makes the search read every day."""
-    table, table_def, exchange = stream.table, stream.table_def, stream.exchange
+    only for the instruments still missing, stopping once every one is found; several exchanges are one read of each
+    day (the tables are partitioned by day alone, so one exchange at a time would read each day's files again). The
+    search must know which instruments to expect: `expected(files, exchange)` says, a superset of the symbols the
+    planned data files hold on that exchange (`SymbolIndex.symbols_in_files`: known from earlier reads, so usually no
+    file is opened for it); with no such function, or when the files are read through pyiceberg, `symbols` on every
+    exchange, or one scan of the `exchange` and `symbol` columns. A superset is enough for a correct answer: an
+    instrument expected but absent only makes the search read every day."""
+    table, table_def = stream.table, stream.table_def
     snapshot_id, schema = stream.choice.snapshot_id, stream.schema
     if columns is not None:
         assert {"symbol", TIME_COLUMN, "exchange_sequence_number"} <= set(columns), "the order and group keys"
         schema = pa.schema([schema.field(name) for name in columns])
-    if snapshot_id is None or (symbols is not None and not symbols):
+    if snapshot_id is None or not exchanges or (symbols is not None and not symbols):
         return schema.empty_table()
-    row_filter: BooleanExpression = EqualTo(term="exchange", value=exchange)
+    one = exchanges[0] if len(exchanges) == 1 else None
+    row_filter: BooleanExpression = (
+        EqualTo(term="exchange", value=one) if one is not None else In(term="exchange", literals=tuple(exchanges))
+    )
     if symbols is not None:
         row_filter = And(row_filter, In(term="symbol", literals=tuple(symbols)))
     whole, by_day = sources.plans.by_day(table, table_def, row_filter, snapshot_id)
@@ -337,40 +343,55 @@ def latest_of_many(
         plans = [whole]
     else:
         plans = [ScanPlan(table_def.name, snapshot_id, f, 0) for _, f in sorted(by_day.items(), reverse=True)]
-    condition = f"exchange = {sql_text(exchange)}"
-    # The exchange is the one asked for: a constant, not a column to decode and carry.
+    condition = f"exchange IN ({', '.join(sql_text(e) for e in exchanges)})"
+    # One exchange is a constant, not a column to decode and carry.
+    exchange_column, group = (sql_text(one), "symbol") if one is not None else ("exchange", "exchange, symbol")
     carried = ", ".join(f'"{name}"' for name in schema.names if name not in ("symbol", "exchange"))
     found: list[pa.Table] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     with scan.connect() as con:
-        if symbols is not None:
-            wanted = set(symbols)
-        elif expected is not None and direct:
-            wanted = expected(whole.data_files)
+        if expected is not None and direct:
+            wanted = {(e, s) for e in exchanges for s in expected(whole.data_files, e)}
+            if symbols is not None:
+                wanted = {(e, s) for e, s in wanted if s in symbols}
+        elif symbols is not None:
+            wanted = {(e, s) for e in exchanges for s in symbols}
         else:
             scan.register_scan(con, "universe", table, table_def, whole, row_filter, direct_reads=sources.direct_reads)
-            wanted = {str(r[0]) for r in con.sql(f"SELECT DISTINCT symbol FROM universe WHERE {condition}").fetchall()}
+            pairs = con.sql(f"SELECT DISTINCT exchange, symbol FROM universe WHERE {condition}").fetchall()
+            wanted = {(str(e), str(s)) for e, s in pairs}
         for plan in plans:
-            missing = sorted(wanted - seen)
+            missing = wanted - seen
             if not missing:
                 break
             scan.register_scan(con, "latest_src", table, table_def, plan, row_filter, direct_reads=sources.direct_reads)
-            # Without a list, the first day read wants every symbol the files may hold (`wanted` is a superset of
-            # them), so the IN filter would keep every row: left out, it costs nothing.
-            names = ", ".join(sql_text(s) for s in missing)
-            which = f" AND symbol IN ({names})" if symbols is not None or seen or plan is not plans[0] else ""
-            # Each symbol's row with the highest (time, sequence), every column taken from that row: one arg_max of the
-            # row's other columns packed in a struct (never null, so a null inside it is the winning row's own). About
-            # 4x faster than a row_number() window over the same rows, and ~30% faster than one arg_max_null per
-            # column (bench/tsbench.py, last_bid).
+            # The first day read wants every instrument the files may hold (`wanted` is a superset of them), so a
+            # filter on symbols would keep every row: left out, it costs nothing. Later days name the missing ones.
+            which = "" if plan is plans[0] and symbols is None else " AND " + _instruments_sql(missing)
+            # Each instrument's row with the highest (time, sequence), every column taken from that row: one arg_max
+            # of the row's other columns packed in a struct (never null, so a null inside it is the winning row's
+            # own). About 4x faster than a row_number() window over the same rows, and ~30% faster than one
+            # arg_max_null per column (bench/tsbench.py, last_bid).
             rows = con.sql(
-                f"SELECT symbol, {sql_text(exchange)} AS exchange, "
+                f"SELECT symbol, {exchange_column} AS exchange, "
                 f"unnest(arg_max(struct_pack({carried}), {_ORDER_KEY})) FROM latest_src "
-                f"WHERE {condition}{which} GROUP BY symbol"
+                f"WHERE {condition}{which} GROUP BY {group}"
             ).to_arrow_table()
             if rows.num_rows:
                 found.append(scan.cast_to(rows, schema))
-                seen.update(str(s) for s in rows.column("symbol").to_pylist())
+                seen.update(zip(rows.column("exchange").to_pylist(), rows.column("symbol").to_pylist(), strict=True))
     if not found:
         return schema.empty_table()
-    return pa.concat_tables(found).sort_by("symbol")
+    return pa.concat_tables(found).sort_by([("exchange", "ascending"), ("symbol", "ascending")])
+
+
+def _instruments_sql(pairs: Collection[tuple[str, str]]) -> str:
+    """A SQL condition true for the rows of these (exchange, symbol) pairs."""
+    by_exchange: dict[str, list[str]] = {}
+    for exchange, symbol in sorted(pairs):
+        by_exchange.setdefault(exchange, []).append(symbol)
+    terms = [
+        f"(exchange = {sql_text(e)} AND symbol IN ({', '.join(sql_text(s) for s in names)}))"
+        for e, names in by_exchange.items()
+    ]
+    return f"({' OR '.join(terms)})"

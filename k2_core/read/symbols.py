@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
@@ -47,21 +47,28 @@ class SymbolIndex:
         with self._lock:
             return sorted(s for ex, s in self._pairs if ex == exchange)
 
-    def require(self, exchange: str, symbol: str, sources: Sources) -> None:
-        """Raise `UnknownSymbolError` unless the pair has data: known already, in the realtime tail, or found by a
-        refresh; the message names some symbols the exchange does have."""
-        if self.known(exchange, symbol):
-            return
-        if sources.realtime is not None and symbol in sources.realtime.symbols(exchange):
+    def require(self, exchange: str | Sequence[str], symbol: str, sources: Sources) -> None:
+        """Raise `UnknownSymbolError` unless the symbol has data on the exchange (on one of several): known already,
+        in the realtime tail, or found by a refresh; the message names some symbols the exchanges do have."""
+        exchanges = (exchange,) if isinstance(exchange, str) else tuple(exchange)
+        realtime = sources.realtime
+
+        def found() -> bool:
+            return any(
+                self.known(e, symbol) or (realtime is not None and symbol in realtime.symbols(e)) for e in exchanges
+            )
+
+        if found():
             return
         self.refresh(
             [(sources.load(TRADES), TRADES), (sources.load(QUOTES), QUOTES)], direct_reads=sources.direct_reads
         )
-        if self.known(exchange, symbol):
+        if found():
             return
-        known = self.symbols(exchange)
+        known = sorted({s for e in exchanges for s in self.symbols(e)})
         hint = f"; symbols there include {', '.join(known[:10])}" if known else "; it has no data yet"
-        raise UnknownSymbolError(f"symbol {symbol!r} has no trades or quotes on exchange {exchange}{hint}")
+        where = f"exchange {exchanges[0]}" if len(exchanges) == 1 else f"any of exchanges {', '.join(exchanges)}"
+        raise UnknownSymbolError(f"symbol {symbol!r} has no trades or quotes on {where}{hint}")
 
     def refresh(self, tables: list[tuple[Table, TableDef]], *, direct_reads: bool = True) -> None:
         """Index the files the tables' current snapshots added since the last refresh (rate-limited)."""

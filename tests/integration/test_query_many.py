@@ -41,6 +41,7 @@ DAYS = 5
 BUSY = ("AAA", "BHP", "CBA", "CSL")  # trade and quote every day
 OLD = "OLD"  # trades on the first day only
 QUIET = "QUIET"  # quotes only, on the second day
+NYSE_ONLY = "IBM"  # one trade on nyse, on the first day
 
 
 @dataclass
@@ -84,6 +85,8 @@ def _rows(rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     # Another exchange, later than everything on asx: must never show up in an asx answer.
     trades.append(trade("BHP", 1, DAY + timedelta(days=DAYS), "99", 1, exchange="nyse"))
     quotes.append(quote("BHP", 1, DAY + timedelta(days=DAYS), "98", "99", exchange="nyse"))
+    # Only on nyse, and only on the first day: a read of several exchanges goes back for it.
+    trades.append(trade(NYSE_ONLY, 1, DAY + timedelta(hours=5), "12.5", 4, exchange="nyse"))
     return trades, quotes
 
 
@@ -167,6 +170,43 @@ def test_reads_older_days_only_for_symbols_not_found(
     assert len(trades_reads) == DAYS  # newest day, then back one day at a time until OLD's first day
 
 
+def test_several_exchanges_in_one_read(seeded: Seeded, engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole lake's last trade and quote of every instrument, by exchange and symbol, as each exchange alone
+    answers it; each day's files are read once for every exchange, not once per exchange."""
+    reads: list[str] = []
+    register = scan.register_scan
+
+    def spy(con: Any, name: str, table: Any, table_def: Any, plan: scan.ScanPlan, *a: Any, **k: Any) -> Any:
+        if name == "latest_src":
+            reads.append(table_def.name)
+        return register(con, name, table, table_def, plan, *a, **k)
+
+    monkeypatch.setattr(routing.scan, "register_scan", spy)
+    expected = [*oracle.latest_on(seeded.trades, seeded.quotes, "asx", None)]
+    expected += oracle.latest_on(seeded.trades, seeded.quotes, "nyse", None)
+    result = engine.latest_on(["nyse", "asx", "nyse"])
+    assert result.table.schema == LATEST_ON_SCHEMA
+    assert result.table.to_pylist() == expected
+    assert {(r["exchange"], r["symbol"]) for r in expected} >= {("nyse", NYSE_ONLY), ("nyse", "BHP"), ("asx", OLD)}
+    # Each day read once for both exchanges: trades from the nyse rows' own day (after asx's last) back to the first
+    # (OLD and IBM), quotes back to QUIET's, the second.
+    assert reads.count("trades") == DAYS + 1
+    assert reads.count("quotes") == DAYS
+    for kinds in ("trades", "quotes"):
+        alone = [*engine.latest_on("asx", kinds=kinds).table.to_pylist()]
+        alone += engine.latest_on("nyse", kinds=kinds).table.to_pylist()
+        assert engine.latest_on(["asx", "nyse"], kinds=kinds).table.to_pylist() == alone
+    # A symbol list applies on every exchange named; a symbol listed on only one of them is no error.
+    some = engine.latest_on(["asx", "nyse"], [NYSE_ONLY, OLD, "BHP"]).table.to_pylist()
+    assert some == [r for r in expected if r["symbol"] in (NYSE_ONLY, OLD, "BHP")]
+    with pytest.raises(UnknownSymbolError, match="on any of exchanges asx, nyse"):
+        engine.latest_on(["asx", "nyse"], ["NOPE"])
+    with pytest.raises(QueryError, match=r"^exchange must be one of"):
+        engine.latest_on(["asx", "mars"])
+    with pytest.raises(QueryError, match=r"^exchange must name at least one"):
+        engine.latest_on([])
+
+
 def test_time_travel_reads_both_tables_as_of_the_same_moment(seeded: Seeded, engine: QueryEngine) -> None:
     first = seeded.snapshots[0]
     trades_then = seeded_rows(seeded.settings, "trades", first)
@@ -221,6 +261,14 @@ def test_the_realtime_tail_wins_when_later(seeded: Seeded) -> None:
         (r["symbol"], r["trade_sequence_number"], r["quote_sequence_number"]) for r in expected
     ]
     assert got == expected
+    # Several exchanges: the tail's rows win on their own exchange only.
+    nyse_quote = quote("BHP", 2, newest + timedelta(days=3), "97", "98", exchange="nyse")
+    buffer.add("quotes", nyse_quote, datetime.now(UTC))
+    with QueryEngine.from_settings(seeded.settings, realtime=buffer, cache=False) as engine:
+        both = engine.latest_on(["asx", "nyse"]).table.to_pylist()
+    quotes = [*seeded.quotes, new_quote, nyse_quote]
+    assert both == expected + oracle.latest_on([*seeded.trades, *later], quotes, "nyse", None)
+    assert next(r for r in both if r["exchange"] == "nyse" and r["symbol"] == "BHP")["quote_sequence_number"] == 2
 
 
 def test_api_latest_all(seeded: Seeded, tmp_path: Path) -> None:
@@ -244,6 +292,14 @@ def test_api_latest_all(seeded: Seeded, tmp_path: Path) -> None:
         assert csv.text.startswith('"symbol","exchange","trade_timestamp"')
         assert client.get("/v1/latest/all", params={"exchange": "asx", "symbol": "bhp"}).status_code == 400
         assert client.get("/v1/latest/all", params={"exchange": "asx", "symbol": "NOPE"}).status_code == 404
+        several = client.get("/v1/latest/all", params=[("exchange", "nyse"), ("exchange", "asx")])
+        assert several.status_code == 200, several.text
+        assert several.json()["exchange"] == "asx,nyse"
+        every = [oracle.latest_on(seeded.trades, seeded.quotes, e, None) for e in ("asx", "nyse")]
+        assert [(r["exchange"], r["symbol"]) for r in several.json()["data"]] == [
+            (r["exchange"], r["symbol"]) for rows in every for r in rows
+        ]
+        assert client.get("/v1/latest/all", params={"exchange": "asx,nyse"}).status_code == 400
         # The single-symbol answer keeps its shape.
         single = client.get("/v1/latest", params={"exchange": "asx", "symbol": "BHP"}).json()
         assert single["data"]["exchange_sequence_number"] == expected[0]["trade_sequence_number"]
@@ -265,7 +321,8 @@ def test_latest_all_needs_the_trades_and_the_quotes_scope(make_settings: Callabl
             def get(*scopes: str, exchange: str = "asx", kind: list[str] | None = None) -> Any:
                 _, token = store.create(f"t{random.randrange(10**9)}", scopes, expires)
                 headers = {"Authorization": f"Bearer {token}"}
-                params = [("exchange", exchange), *(("kind", k) for k in kind or ())]
+                exchanges = [("exchange", e) for e in exchange.split("+")]  # several: asx+nyse
+                params = [*exchanges, *(("kind", k) for k in kind or ())]
                 return client.get("/v1/latest/all", params=params, headers=headers)
 
             assert get("read:trades:asx").status_code == 403
@@ -274,6 +331,11 @@ def test_latest_all_needs_the_trades_and_the_quotes_scope(make_settings: Callabl
             assert get("read:trades:asx", "read:quotes:nyse").status_code == 403
             assert get("read:trades:asx", "read:quotes:asx").status_code == 200
             assert get("read:trades:*", "read:quotes:*", exchange="nyse").status_code == 200
+            # Several exchanges: every scope of each.
+            assert get("read:trades:asx", "read:quotes:asx", exchange="asx+nyse").status_code == 403
+            assert get("read:trades:*", "read:quotes:asx", exchange="asx+nyse").status_code == 403
+            assert get("read:quotes:asx", "read:quotes:nyse", exchange="asx+nyse", kind=["quotes"]).status_code == 200
+            assert get("read:trades:*", "read:quotes:*", exchange="asx+nyse").status_code == 200
             # One half asked for: its scope alone, and it alone is answered.
             quotes_only = get("read:quotes:asx", kind=["quotes"])
             assert quotes_only.status_code == 200, quotes_only.text
@@ -308,6 +370,10 @@ def test_cli_latest_on_an_exchange(seeded: Seeded) -> None:
     assert "QUIET" in some.stdout
     bad = runner.invoke(app, ["query", "latest", "BHP", "-e", "asx", "--symbols", "CBA"], env=env)
     assert bad.exit_code == 2
+    several = runner.invoke(app, ["query", "latest", "-e", "asx,nyse"], env=env)
+    assert several.exit_code == 0, several.output
+    assert "nyse" in several.stdout
+    assert NYSE_ONLY in several.stdout
     single = runner.invoke(app, ["query", "latest", "BHP", "-e", "asx"], env=env)  # unchanged
     assert single.exit_code == 0, single.output
 
