@@ -13,7 +13,6 @@ from rich.table import Table
 
 from k2_core.exceptions import ConfigError, K2Error
 from k2_core.logging import configure_logging
-from k2_core.read.params import EXCHANGE_PATTERN
 from k2_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -67,6 +66,7 @@ def import_files(
     from k2_core.ingest.formats import ReadOptions, file_format
     from k2_core.ingest.formats.sources import expand
     from k2_core.ingest.importer import Importer
+    from k2_core.read.params import EXCHANGE_PATTERN
 
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     try:
