@@ -34,7 +34,13 @@ def run_book_ingester(settings: Settings) -> None:
     ingester = BookIngester(settings)
 
     stop_on_signals(ingester.stop)
-    ingester.run()
+    port = settings.ingest.book_metrics_port
+    server = serve_status(ingester.health, settings.api.host, port) if port else None
+    try:
+        ingester.run()
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 if __name__ == "__main__":
