@@ -58,7 +58,7 @@ from k2_core.model.registry import ParsedSchema
 from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALID, BOOK_VALIDITY, SOURCE_FEED, TableDef
 from k2_core.model.topics import BOOK_RECORDS, BookRecord, TopicLayout
 from k2_core.settings import Settings
-from k2_stream import metrics
+from k2_stream import book_metrics, metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout
 from k2_stream.dead_letters import DeadLetterSender
 from k2_stream.lag import export_lag, newest_of
@@ -112,6 +112,7 @@ class BookIngester:
         self.last_commit: datetime | None = None  # wall time of the last committed batch
         self.lag_seconds = 0.0  # the worst partition's, as of the last committed batch
         self.failing: str | None = None  # why the last batch failed, until one commits
+        self._unknown_exchanges: set[str] = set()  # those with a BOOK_UNKNOWN_SINCE series
         self.positions: dict[TP, int] = {}
         self._stop = threading.Event()
         self.consumer = Consumer(
@@ -155,7 +156,7 @@ class BookIngester:
                     log.warning("book batch not committed, retrying", extra={"error": str(exc), "backoff": backoff})
                     self.stats["failed_batches"] += 1
                     self.failing = f"{type(exc).__name__}: {exc}"
-                    metrics.BOOK_FAILED_BATCHES.inc()
+                    book_metrics.BOOK_FAILED_BATCHES.inc()
                     time.sleep(backoff)
                     backoff = min(backoff * 2, ing.max_backoff_seconds)
                     self._rewind()
@@ -272,7 +273,7 @@ class BookIngester:
     def _export(self, batch: list[Message], decisions: BookDecisions, now: datetime) -> None:
         """The metrics of one committed batch."""
         self.last_commit = datetime.now(UTC)
-        metrics.BOOK_LAST_COMMIT.set(self.last_commit.timestamp())
+        book_metrics.BOOK_LAST_COMMIT.set(self.last_commit.timestamp())
         self.lag_seconds = export_lag(self.consumer, self.positions, newest_of(batch), now)
         for table_def in (BOOK_UPDATES, BOOK_SNAPSHOTS):
             metrics.DUPLICATES.labels(table_def.name)  # present from the first batch, at 0
@@ -281,24 +282,27 @@ class BookIngester:
             metrics.SEQUENCE_GAPS.labels(gap.key[1], self.grading(gap.missing)).inc()
         healed = Counter(v["exchange"] for v in decisions.validity if v["state"] == BOOK_VALID)
         for exchange, count in healed.items():
-            metrics.BOOK_GAPS_HEALED.labels(exchange).inc(count)
+            book_metrics.BOOK_GAPS_HEALED.labels(exchange).inc(count)
         self._export_books()
 
     def _export_books(self) -> None:
-        """Unknown books per exchange, and how long the longest-unknown of each has been unknown."""
-        now = datetime.now(UTC)
+        """Unknown books per exchange, and since when the longest-unknown of each is unknown (no series while none
+        is: the BookUnknownTooLong alert reads its age against Prometheus's clock)."""
         count: Counter[str] = Counter()
-        longest: dict[str, float] = {}
+        oldest: dict[str, datetime] = {}
         for (exchange, _), since in self.streams.unknown().items():
             count[exchange] += 1
-            longest[exchange] = max(longest.get(exchange, 0.0), (now - since).total_seconds())
-        for exchange in {e for e, _ in self.streams.streams} | set(count):
-            metrics.BOOKS_UNKNOWN.labels(exchange).set(count[exchange])
-            metrics.BOOK_UNKNOWN_SECONDS.labels(exchange).set(longest.get(exchange, 0.0))
+            oldest[exchange] = min(oldest.get(exchange, since), since)
+        for exchange in {e for e, _ in self.streams.streams} | set(count) | self._unknown_exchanges:
+            book_metrics.BOOKS_UNKNOWN.labels(exchange).set(count[exchange])
+            if exchange in oldest:
+                book_metrics.BOOK_UNKNOWN_SINCE.labels(exchange).set(oldest[exchange].timestamp())
+            elif exchange in self._unknown_exchanges:
+                book_metrics.BOOK_UNKNOWN_SINCE.remove(exchange)
+        self._unknown_exchanges = set(oldest)
 
     def health(self) -> dict[str, Any]:
         """What /health of the book ingester reports (`k2 status` reads it): `down` while batches keep failing."""
-        self._export_books()  # the age of an unknown book grows between batches
         now = datetime.now(UTC)
         unknown = self.streams.unknown()
         return {

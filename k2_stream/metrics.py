@@ -32,22 +32,3 @@ DEGRADATION_LEVEL = Gauge("k2_degradation_level", "Degradation cascade level 0-4
 SHED_MESSAGES = Counter(
     "k2_shed_messages_total", "Messages shed at degradation level 3 (sent to the DLQ)", ["exchange"]
 )
-
-# The book ingester (k2_stream.book_ingester), a process of its own: it also counts into MESSAGES_CONSUMED,
-# ROWS_WRITTEN (book_updates, book_snapshots), DUPLICATES, WRITE_DURATION, ROWS_PER_COMMIT, DLQ_MESSAGES,
-# SEQUENCE_GAPS and the consumer lag gauges above; Prometheus tells the two apart by their scrape job.
-BOOK_GAPS_HEALED = Counter("k2_book_gaps_healed_total", "Book gaps healed by a snapshot", ["exchange"])
-BOOKS_UNKNOWN = Gauge(
-    "k2_books_unknown", "Books the book ingester holds as unknown (a gap no snapshot has healed yet)", ["exchange"]
-)
-BOOK_UNKNOWN_SECONDS = Gauge(
-    "k2_book_unknown_longest_seconds",
-    "How long the longest-unknown book of the exchange has been unknown (wall clock since recorded; 0: none)",
-    ["exchange"],
-)
-BOOK_LAST_COMMIT = Gauge(
-    "k2_book_last_commit_timestamp_seconds", "Unix time of the book ingester's last committed batch"
-)
-BOOK_FAILED_BATCHES = Counter(
-    "k2_book_failed_batches_total", "Book batches whose commit failed (retried after a backoff)"
-)
