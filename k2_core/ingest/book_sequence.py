@@ -164,8 +164,9 @@ class BookStreams:
         s.unknown_since = s.unknown_since or now
 
     def unknown(self) -> dict[Instrument, datetime]:
-        """The books held unknown (a gap no snapshot has healed yet), each with the wall time it became unknown."""
-        return {key: s.unknown_since or EPOCH for key, s in self.streams.items() if s.open_gap is not None}
+        """The books held unknown (a gap no snapshot has healed yet), each with the wall time it became unknown.
+        Safe to call from another thread (a status endpoint) while a batch is decided: it reads a copy."""
+        return {key: s.unknown_since or EPOCH for key, s in list(self.streams.items()) if s.open_gap is not None}
 
     def load(
         self, updates: pa.Table, snapshots: pa.Table, validity: pa.Table, open_gap_ids: dict[Instrument, str]

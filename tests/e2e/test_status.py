@@ -55,6 +55,7 @@ def _env(home: Path) -> dict[str, str]:
         K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         K2_API_PORT=str(free_port()),
         K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_SUPERVISOR_PORT=str(free_port()),
         K2_MAINTENANCE_DAGSTER_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
