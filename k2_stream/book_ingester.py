@@ -275,9 +275,8 @@ class BookIngester:
         self.last_commit = datetime.now(UTC)
         book_metrics.BOOK_LAST_COMMIT.set(self.last_commit.timestamp())
         self.lag_seconds = export_lag(self.consumer, self.positions, newest_of(batch), now)
-        for table_def in (BOOK_UPDATES, BOOK_SNAPSHOTS):
-            metrics.DUPLICATES.labels(table_def.name)  # present from the first batch, at 0
-        metrics.DUPLICATES.labels(BOOK_UPDATES.name).inc(decisions.duplicates)
+        metrics.DUPLICATES.labels(BOOK_UPDATES.name).inc(decisions.duplicates - decisions.duplicate_snapshots)
+        metrics.DUPLICATES.labels(BOOK_SNAPSHOTS.name).inc(decisions.duplicate_snapshots)
         for gap in decisions.gaps:
             metrics.SEQUENCE_GAPS.labels(gap.key[1], self.grading(gap.missing)).inc()
         healed = Counter(v["exchange"] for v in decisions.validity if v["state"] == BOOK_VALID)

@@ -78,7 +78,8 @@ class BookDecisions:
     gaps: list[GapEvent] = field(default_factory=list)
     validity: list[dict[str, Any]] = field(default_factory=list)
     healed: list[str] = field(default_factory=list)
-    duplicates: int = 0
+    duplicates: int = 0  # of both record types
+    duplicate_snapshots: int = 0
 
 
 class BookStreams:
@@ -127,6 +128,7 @@ class BookStreams:
             s.new_session()  # a new session's snapshot: the book is known from it
         if s.last_snapshot is not None and seq <= s.last_snapshot:
             out.duplicates += 1
+            out.duplicate_snapshots += 1
             if s.open_gap is not None and seq >= s.open_gap[1]:
                 # A replayed batch re-found a gap this stored snapshot healed: its VALID row was recorded before
                 # the snapshot was stored (validity precedes data), so the book is known again already.

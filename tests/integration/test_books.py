@@ -416,6 +416,13 @@ def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_
     before = [e for e in sent if events.index(e) < cut]
     after = sent[len(before) :]
     n_updates = sum(kind == "book_updates" for kind, _ in sent)
+    redelivered = before[-len(before) // 4 :]
+    counted = {  # the process's own metrics, read before and after (other tests of the session count into them too)
+        "written": ("k2_rows_written_total", {"table": "book_updates"}),
+        "duplicates": ("k2_duplicates_dropped_total", {"table": "book_updates"}),
+        "consumed": ("k2_messages_consumed_total", {"topic": "market.equities.books.asx"}),
+    }
+    at_start = {k: REGISTRY.get_sample_value(name, labels) or 0.0 for k, (name, labels) in counted.items()}
 
     first = BookIngester(settings)
     thread = threading.Thread(target=first.run, daemon=True)
@@ -453,9 +460,11 @@ def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_
     thread = threading.Thread(target=second.run, daemon=True)
     thread.start()
     try:
-        produce(settings, before[-len(before) // 4 :])  # re-delivered after the restart: stored already
+        produce(settings, redelivered)  # re-delivered after the restart: stored already
         produce(settings, after)
+        n_snapshots = sum(kind == "book_snapshots" for kind, _ in sent)
         wait_for(lambda: stored(settings, "book_updates") >= n_updates, timeout=120)
+        wait_for(lambda: stored(settings, "book_snapshots") >= n_snapshots, timeout=60)
         expected = holes(sent)
         assert any(seq in withheld["BHP"] for seq in expected["BHP"])
         intervals = unknown_intervals(sent, expected)
@@ -464,7 +473,7 @@ def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_
             lambda: sum(g["status"] == HEALED for g in table_rows(settings, "sequence_gaps")) == healed, timeout=60
         )
         assert stored(settings, "book_updates") == n_updates
-        assert stored(settings, "book_snapshots") == sum(kind == "book_snapshots" for kind, _ in sent)
+        assert stored(settings, "book_snapshots") == n_snapshots
         gaps = [g for g in table_rows(settings, "sequence_gaps") if g["data_type"] == "book_updates"]
         assert sorted((g["symbol"], g["first_missing"]) for g in gaps) == sorted(
             (symbol, seq) for symbol, seqs in expected.items() for seq in seqs
@@ -475,6 +484,14 @@ def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_
         assert {key.split(":")[1] for key in health["unknown_books"]} == unknown
         assert health["last_commit"] is not None
         assert REGISTRY.get_sample_value("k2_books_unknown", {"exchange": "asx"}) == len(unknown)
+        moved = {
+            k: (REGISTRY.get_sample_value(name, labels) or 0.0) - at_start[k] for k, (name, labels) in counted.items()
+        }
+        assert moved == {
+            "written": n_updates,
+            "duplicates": sum(kind == "book_updates" for kind, _ in redelivered),
+            "consumed": len(sent) + len(redelivered),
+        }
     finally:
         second.stop()
         thread.join(60)

@@ -43,6 +43,7 @@ def test_in_order_updates_and_snapshots_are_kept_and_re_delivery_is_dropped() ->
     assert again.updates == []
     assert again.snapshots == []
     assert again.duplicates == len(batch)
+    assert again.duplicate_snapshots == 2
 
 
 def test_a_gap_makes_the_book_invalid_until_a_snapshot_that_includes_it() -> None:
