@@ -14,14 +14,17 @@ from typing import Any
 
 import dagster as dg
 from prometheus_client import REGISTRY
+from pyiceberg.expressions import EqualTo
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
 from k2_cli.main import app
 from k2_core.ingest.book_state import newest_keys
 from k2_core.ingest.gaps import HEALED, OPEN, grade
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.model.books import Book
 from k2_core.model.registry import FileSchemaRegistry
-from k2_core.model.tables import SOURCE_K2
+from k2_core.model.tables import BOOK_SNAPSHOTS, SOURCE_FEED, SOURCE_K2
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import Settings
 from k2_dagster.defs.books import k2_book_snapshots
@@ -495,3 +498,35 @@ def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_
     finally:
         second.stop()
         thread.join(60)
+
+
+def test_a_restart_takes_the_feeds_snapshots_not_k2s_own(make_settings: Callable[..., Settings]) -> None:
+    """K2's minute snapshots (source `k2`) are newer than the feed's, but numbered from stored updates: the tracker's
+    last snapshot is the feed's, found on an older day, exactly as a scan of the whole table says."""
+    settings = make_settings()
+    tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
+    snapshots = tables["book_snapshots"]
+    now = datetime.now(UTC)
+    rows = [
+        {**Book(5).snapshot_record("BHP", "asx", now - timedelta(days=3), now), "source": SOURCE_FEED},
+        {**Book(7).snapshot_record("BHP", "asx", now - timedelta(days=2), now), "source": SOURCE_FEED},
+        {**Book(9).snapshot_record("BHP", "asx", now - timedelta(hours=1), now), "source": SOURCE_K2},
+        {**Book(4).snapshot_record("CBA", "asx", now - timedelta(hours=1), now), "source": SOURCE_FEED},
+    ]
+    snapshots.append(BOOK_SNAPSHOTS.to_arrow(rows))
+    feed = EqualTo(term="source", value=SOURCE_FEED)
+    keys, _ = newest_keys(snapshots, {("asx", "BHP"), ("asx", "CBA")}, feed)
+    whole = snapshots.scan(row_filter=feed).to_arrow()
+
+    def newest_of(table: Any) -> dict[str, tuple[datetime, int]]:
+        out: dict[str, tuple[datetime, int]] = {}
+        for r in table.to_pylist():
+            out[r["symbol"]] = max(
+                out.get(r["symbol"], (r["exchange_timestamp"], -1)),
+                (r["exchange_timestamp"], r["exchange_sequence_number"]),
+            )
+        return out
+
+    newest, got = newest_of(whole), newest_of(keys)
+    assert got == newest
+    assert got["BHP"][1] == 7
