@@ -135,6 +135,9 @@ class IngestSettings(BaseModel):
     # (a random wait up to this, doubling per attempt), not after a failed write's backoff.
     conflict_backoff_seconds: float = Field(default=0.02, gt=0)
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the /metrics endpoint.")
+    book_metrics_port: int = Field(
+        default=9110, ge=0, le=65535, description="The book ingester's /metrics and /health (0 disables them)."
+    )
     # Snapshot retention as the ingester writes (k2_core.upkeep.retention): every N commits to a table,
     # checkpoint-tag and expire down to the newest `keep_snapshots` plus hourly/daily checkpoints.
     # 0 = leave it to the Dagster job.

@@ -72,6 +72,7 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         K2_API_PORT=str(api_port),
         K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
         K2_MAINTENANCE_DAGSTER_PORT=str(dagster_port),
         K2_SUPERVISOR_PORT=str(free_port()),  # a K2 of the machine's own may hold the default
@@ -127,6 +128,7 @@ def test_k2_run_refuses_to_start_on_a_bad_reference_file(tmp_path: Path) -> None
         K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         K2_API_PORT=str(free_port()),
         K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_MAINTENANCE_DAGSTER_PORT=str(free_port()),
         K2_SUPERVISOR_PORT=str(free_port()),
     )
