@@ -35,6 +35,7 @@ from pathlib import Path
 from k2_core.exceptions import ReplayFormatError, SourceError
 from k2_core.ingest.formats import register_book
 from k2_core.ingest.formats.base import BadRow, ReadOptions
+from k2_core.ingest.formats.blocks import TextBlock, text_blocks
 from k2_core.ingest.formats.book_files import (
     BookChunk,
     BookChunker,
@@ -43,7 +44,8 @@ from k2_core.ingest.formats.book_files import (
     BookRow,
     micros_time,
 )
-from k2_core.ingest.formats.fields import BooleanField, DecimalField, EpochTimeField, SymbolField
+from k2_core.ingest.formats.delimited import Layout, parse_block
+from k2_core.ingest.formats.fields import BookSideField, BooleanField, DecimalField, EpochTimeField, SymbolField
 from k2_core.ingest.formats.sources import open_source
 from k2_core.model.books import ASK, BID, Book, Level, snapshot_record, update_record
 
@@ -55,8 +57,7 @@ _TIME = EpochTimeField("exchange_timestamp", "timestamp", unit="us")
 _IS_SNAPSHOT = BooleanField("is_snapshot", "is_snapshot")
 _PRICE = DecimalField("price", "price")
 _AMOUNT = DecimalField("size", "amount", positive=False)
-_LEVEL_AMOUNT = DecimalField("size", "amount")  # a level listed in a snapshot is there: its amount is positive
-_SIDES = {"bid": BID, "ask": ASK}
+_SIDE = BookSideField("side", "side")
 
 
 @contextmanager
@@ -68,9 +69,8 @@ def _lines(path: Path) -> Iterator[Iterator[tuple[int, str]]]:
         yield ((number, line.rstrip("\n")) for number, line in enumerate(text, start=1))
 
 
-def _columns(path: Path, lines: Iterator[tuple[int, str]], wanted: tuple[str, ...], name: str) -> list[str]:
-    first = next(lines, None)
-    header = [column.strip() for column in first[1].split(",")] if first is not None else []
+def _columns(path: Path, first: str | None, wanted: tuple[str, ...], name: str) -> list[str]:
+    header = [column.strip() for column in first.split(",")] if first is not None else []
     missing = [column for column in wanted if column not in header]
     if missing:
         raise SourceError(
@@ -80,18 +80,26 @@ def _columns(path: Path, lines: Iterator[tuple[int, str]], wanted: tuple[str, ..
     return header
 
 
+def _l2_layout(header: list[str]) -> Layout:
+    """The fields of a row, in file order (the first wrong one is told), by their columns' header names."""
+    fields = {
+        "symbol": _SYMBOL,
+        "timestamp": _TIME,
+        "is_snapshot": _IS_SNAPSHOT,
+        "side": _SIDE,
+        "price": _PRICE,
+        "amount": _AMOUNT,
+    }
+    positions = sorted(header.index(column) for column in fields)
+    by_position = {header.index(column): spec for column, spec in fields.items()}
+    return Layout(len(header), tuple(by_position[p] for p in positions), tuple(positions), dict)
+
+
 def _symbol(fields: list[str], at: int) -> str | None:
     try:
         return _SYMBOL.value(fields[at]) if at < len(fields) else None
     except ReplayFormatError:
         return None
-
-
-def _side(text: str) -> str:
-    side = _SIDES.get(text.strip().lower())
-    if side is None:
-        raise ReplayFormatError(f"side {text!r} is not bid or ask")
-    return side
 
 
 @dataclass
@@ -106,7 +114,9 @@ class _Run:
 
 
 class _L2Reader:
-    """One `incremental_book_L2` file's records (the module's rules)."""
+    """One `incremental_book_L2` file's records (the module's rules). Rows are parsed a block at a time by the
+    fields' vectorised rules (k2_core.ingest.formats.delimited, the same as every other text format's); what a row
+    means for its book is decided row by row, in file order."""
 
     def __init__(self, options: ReadOptions) -> None:
         self.options = options
@@ -115,43 +125,51 @@ class _L2Reader:
         self.runs: dict[str, _Run] = {}
 
     def read(self, path: Path) -> Iterator[BookChunk]:
-        with _lines(path) as lines:
-            header = _columns(path, lines, L2_HEADER, "incremental_book_L2")
-            at = {column: header.index(column) for column in L2_HEADER}
-            for number, text in lines:
-                if not text.strip():
-                    continue
-                done = self.chunker.begin_row()
-                if done is not None:
-                    yield done
-                fields = text.split(",")
-                try:
-                    if len(fields) != len(header):
-                        raise ReplayFormatError(f"expected {len(header)} columns, got {len(fields)}")
-                    self.row(number, fields, at)
-                except ReplayFormatError as exc:
-                    self.refuse(number, fields, at, str(exc))
+        layout: Layout | None = None
+        at: dict[str, int] = {}
+        with open_source(path) as stream:
+            for whole in text_blocks(stream):
+                block: TextBlock | None = whole
+                if layout is None:
+                    header = _columns(path, whole.line(whole.first_line), L2_HEADER, "incremental_book_L2")
+                    at = {column: header.index(column) for column in L2_HEADER}
+                    layout = _l2_layout(header)
+                    block = whole.without_first_line()
+                if block is not None:
+                    yield from self.block(block, layout, at)
         for symbol in list(self.runs):
             self.close(symbol)
         last = self.chunker.finish()
         if last is not None:
             yield last
 
-    def row(self, number: int, fields: list[str], at: dict[str, int]) -> None:
-        symbol = _SYMBOL.value(fields[at["symbol"]])
-        micros = _TIME.value(fields[at["timestamp"]])
-        is_snapshot = _IS_SNAPSHOT.value(fields[at["is_snapshot"]])
-        side = _side(fields[at["side"]])
-        price = _PRICE.value(fields[at["price"]])
-        size = _AMOUNT.value(fields[at["amount"]])
-        if is_snapshot:
-            self.snapshot_run(symbol, micros, number).book.apply(side, price, size)
-            return
-        self.close(symbol)
-        sequence = self.numbers.next(symbol)
-        o = self.options
-        record = update_record(symbol, o.exchange, micros_time(micros), sequence, side, price, size, o.received)
-        self.chunker.add(BookRow("book_updates", record, number))
+    def block(self, block: TextBlock, layout: Layout, at: dict[str, int]) -> Iterator[BookChunk]:
+        parsed = parse_block(block, layout)
+        v = {key: values.to_pylist() for key, values in parsed.values.items()}
+        symbols, times, flags, sides = v["symbol"], v["exchange_timestamp"], v["is_snapshot"], v["side"]
+        prices, sizes = v["price"], v["size"]
+        refused = {bad.line: bad.reason for bad in parsed.bad}
+        good = 0
+        for number in parsed.data_lines.tolist():
+            done = self.chunker.begin_row()
+            if done is not None:
+                yield done
+            reason = refused.get(number)
+            if reason is not None:
+                self.refuse(number, block.line(number).split(","), at, reason)
+                continue
+            i, good = good, good + 1
+            symbol, micros = symbols[i], times[i]
+            if flags[i]:
+                self.snapshot_run(symbol, micros, number).book.apply(sides[i], prices[i], sizes[i])
+                continue
+            self.close(symbol)
+            o = self.options
+            sequence = self.numbers.next(symbol)
+            record = update_record(
+                symbol, o.exchange, micros_time(micros), sequence, sides[i], prices[i], sizes[i], o.received
+            )
+            self.chunker.add(BookRow("book_updates", record, number))
 
     def snapshot_run(self, symbol: str, micros: int, number: int) -> _Run:
         """The run this snapshot row belongs to: the symbol's open one at the same time, else a new one."""
@@ -244,7 +262,8 @@ def read_book_snapshots(path: Path, options: ReadOptions) -> Iterator[BookChunk]
     numbers = BookNumbers()
     chunker = BookChunker(options.chunk_rows)
     with _lines(path) as lines:
-        header = _columns(path, lines, SNAPSHOT_HEADER_START, "book_snapshot_25")
+        first = next(lines, None)
+        header = _columns(path, first[1] if first else None, SNAPSHOT_HEADER_START, "book_snapshot_25")
         depth = _depth(header)
         symbol_at, time_at = header.index("symbol"), header.index("timestamp")
         sides = {
