@@ -9,6 +9,11 @@ rules is reported with its line and never stored; its number is missing, so its 
 snapshot. A refused snapshot (crossed, say) leaves no number out, so its symbol's later numbers in the file are moved
 up by one: the hole is a gap all the same, rather than a book carried on from before a reset it missed.
 
+Files go in date order per instrument: each file is a session numbered from its own start
+(k2_core.ingest.formats.book_files), so a file timed before what is stored for an instrument would be taken for a
+re-delivery and dropped. The first record of each instrument in a file is therefore looked up: timed at or before
+the newest stored row of its book and not stored itself, the import stops with a `BookOrderError` saying so.
+
 Progress rides in the updates table's snapshots, as the trade importer's does in the trades table's
 (k2_core.ingest.importer: the same file id, the same rows-read and complete marks): a crash mid-file resumes after
 the last committed chunk, and a file already complete is skipped without being read. The records of the chunks
@@ -24,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from k2_core.exceptions import ValidationError
+from k2_core.exceptions import BookOrderError, ValidationError
 from k2_core.ingest.book_sequence import BookStreams
 from k2_core.ingest.book_tables import BookTables
 from k2_core.ingest.formats import BadRow, BookFileFormat, ReadOptions
@@ -82,6 +87,7 @@ class BookImporter:
             self.books.load(self.streams)  # what the tables hold now, whoever wrote it
             read_to = 0
             checked = Checked(options.exchange)
+            first_seen: set[str] = set() if position == 0 else {"*"}  # a resumed file was in order
             for chunk, last in with_last(iter(chunks)):
                 chunk_start, read_to = read_to, chunk.end
                 records, refused = checked(chunk)
@@ -90,6 +96,7 @@ class BookImporter:
                 report.rows_read += chunk.end - chunk_start
                 report.bad.extend([*chunk.bad, *refused])
                 offsets = {(source, ROWS): chunk.end, **({(source, COMPLETE): 1} if last else {})}
+                self._in_order(records, first_seen, path)
                 self._commit(records, offsets, {(source, ROWS): position}, path, report)
                 position = chunk.end
                 if progress is not None:
@@ -111,6 +118,26 @@ class BookImporter:
             },
         )
         return report
+
+    def _in_order(self, records: list[tuple[str, dict[str, Any]]], first_seen: set[str], path: Path) -> None:
+        """The module's order check, on each instrument's first record of the file (none once resumed)."""
+        if "*" in first_seen:
+            return
+        for record_type, record in records:
+            symbol = record["symbol"]
+            if symbol in first_seen:
+                continue
+            first_seen.add(symbol)
+            stream = self.streams.streams.get((record["exchange"], symbol))
+            at = record["exchange_timestamp"]
+            if stream is None or stream.last_at is None or at > stream.last_at or self.books.holds(record_type, record):
+                continue
+            raise BookOrderError(
+                f"{path.name}: {symbol} opens at {at.isoformat()}, but its book is stored up to "
+                f"{stream.last_at.isoformat()} from other files: import an instrument's book files in date order "
+                "(each file is a session of its own; an earlier one after a later one would be taken for "
+                "re-delivered rows)"
+            )
 
     def _commit(
         self,

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import And, EqualTo
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -68,6 +69,21 @@ class BookTables:
             row_filter=EqualTo(term="source", value=SOURCE_FEED), selected_fields=STREAM_COLUMNS
         ).to_arrow()
         streams.load(updates, snapshots, self.validity.scan().to_arrow(), self.gaps.open_book_gaps())
+
+    def holds(self, record_type: str, record: Mapping[str, Any]) -> bool:
+        """Whether this record (its instrument, number and time; a snapshot of the feed's) is stored."""
+        table = self.updates if record_type == "book_updates" else self.snapshots
+        found = table.scan(
+            row_filter=And(
+                And(EqualTo(term="exchange", value=record["exchange"]), EqualTo(term="symbol", value=record["symbol"])),
+                And(
+                    EqualTo(term="exchange_sequence_number", value=record["exchange_sequence_number"]),
+                    EqualTo(term="exchange_timestamp", value=record["exchange_timestamp"]),
+                ),
+            ),
+            selected_fields=("exchange_sequence_number",),
+        ).to_arrow()
+        return found.num_rows > 0
 
     def committed_offsets(self) -> dict[TopicPartition, int]:
         """The progress the updates table holds, per partition (or file)."""

@@ -313,9 +313,8 @@ def test_tardis_book_snapshots_of_two_days_rebuild_as_each_row_says(
         (folder / name).write_text("\n".join(lines) + "\n")
         problems[name] = [13, 19] if day == 0 else []
 
-    result = CliRunner().invoke(
-        app, ["import", str(folder), "-f", "tardis-book-snapshot", "-e", "binance"], env=settings_env(settings)
-    )
+    env = settings_env(settings)
+    result = CliRunner().invoke(app, ["import", str(folder), "-f", "tardis-book-snapshot", "-e", "binance"], env=env)
     assert result.exit_code == 0, result.output
     assert "2 files: 60 rows read, 58 written" in result.output
     assert "line 13: bids[0].amount 'x' is not a number" in result.output
@@ -330,6 +329,16 @@ def test_tardis_book_snapshots_of_two_days_rebuild_as_each_row_says(
 
     times = {s: [us(DAY), *marks([t for t, _ in good[s]], step=2)] for s in good}
     assert check_books(settings, "binance", times, oracle) == sum(len(m) - 1 for m in times.values())
+
+    # A day before the stored ones, imported after them: refused with the reason, nothing of it stored.
+    earlier = tmp_path / "binance_book_snapshot_25_2024-11-24_BTCUSDT.csv"
+    earlier.write_text(
+        f"{snapshot_header()}\n{snapshot_line('BTCUSDT', us(DAY) - 3_600_000_000, good['BTCUSDT'][0][1])}\n"
+    )
+    refused = CliRunner().invoke(app, ["import", str(earlier), "-f", "tardis-book-snapshot", "-e", "binance"], env=env)
+    assert refused.exit_code == 1, refused.output
+    assert "import an instrument's book files in date order" in refused.output
+    assert stored(settings, "book_snapshots") == 58
 
 
 # --- Databento mbp-10 ---------------------------------------------------------------------------------------------
