@@ -56,7 +56,10 @@ def import_files(
         str | None, typer.Option(help="Generic formats: unit of integer times (s, ms, us, ns).")
     ] = None,
     time_zone: Annotated[str, typer.Option(help="Generic formats: zone of times written without one.")] = "UTC",
-    chunk_rows: Annotated[int, typer.Option(min=1000, help="Rows per commit.")] = 1 << 20,
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(min=1000, help="Rows per commit (default 1,048,576; 131,072 for book files)."),
+    ] = None,
 ) -> None:
     """Import historical files into K2's tables by the ingester's rules: duplicates dropped (against what is
     stored too), sequence gaps recorded and graded, late numbers filling recorded gaps. Book formats
@@ -67,7 +70,7 @@ def import_files(
     record rules are reported and skipped; they do not change the exit code. The exit code is 1 when a file
     cannot be read or written.
     """
-    from k2_core.ingest.book_importer import BookImporter
+    from k2_core.ingest.book_importer import BOOK_CHUNK_ROWS, BookImporter
     from k2_core.ingest.formats import BookFileFormat, ReadOptions, any_format
     from k2_core.ingest.formats.sources import expand
     from k2_core.ingest.importer import Importer
@@ -122,7 +125,7 @@ def import_files(
                 options = ReadOptions(
                     exchange=exchange,
                     symbol=symbol,
-                    chunk_rows=chunk_rows,
+                    chunk_rows=chunk_rows or (BOOK_CHUNK_ROWS if isinstance(spec, BookFileFormat) else 1 << 20),
                     mapping=columns,
                     time_unit=time_unit,
                     time_zone=time_zone,

@@ -54,6 +54,11 @@ from k2_core.settings import Settings
 
 log = get_logger(__name__)
 
+# A book file's chunk is held as Python records (a dict each, with its decimals and times) while it is decided and
+# stored, and the next one is read meanwhile: a smaller chunk than a trade file's Arrow chunk keeps that to a few
+# hundred megabytes.
+BOOK_CHUNK_ROWS = 1 << 17
+
 
 class BookImporter:
     """Imports book files into the catalog's book tables; one per process (its writer id fences it from others)."""

@@ -1,5 +1,6 @@
 """Databento DBN files (`.dbn`, or `.dbn.zst` as Databento delivers them): `trades` records become K2 trades,
-`mbp-1` and `tbbo` records K2 quotes.
+`mbp-1` and `tbbo` records K2 quotes (`mbp-10` records become level-2 books: k2_core.ingest.formats.databento_books,
+which reads its files with this module's metadata, symbology and record-block helpers).
 
 A DBN file is a metadata header (dataset, schema, symbology) followed by fixed-size little-endian C structs, one
 per event. `databento_dbn` decodes the header; the records are read here a chunk at a time as a numpy structured
