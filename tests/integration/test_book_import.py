@@ -152,19 +152,19 @@ def write_l2(path: Path, rows: list[L2Row], bad: dict[int, str] | None = None) -
 
 
 def l2_oracle(rows: list[L2Row]) -> Callable[[str, int], Book | None]:
-    """The book a plain replay of the rows holds at a time: a snapshot run (rows of one symbol and time flagged
-    is_snapshot) replaces the book; every other row sets its level's amount (0 removes it)."""
+    """The book a plain replay of the rows holds at a time, by Tardis's rule: a snapshot row that follows an update
+    of its symbol (or opens the file) resets the book; every row sets its level's amount (0 removes it)."""
 
     def book(symbol: str, micros: int) -> Book | None:
         bids: dict[Decimal, Decimal] = {}
         asks: dict[Decimal, Decimal] = {}
-        known, run_at = False, None
+        known, in_snapshot = False, False
         for row in rows:
             if row.symbol != symbol or row.micros > micros:
                 continue
-            if row.snapshot and run_at != row.micros:
+            if row.snapshot and not in_snapshot:
                 bids, asks, known = {}, {}, True
-            run_at = row.micros if row.snapshot else None
+            in_snapshot = row.snapshot
             levels = bids if row.side == "bid" else asks
             if row.amount:
                 levels[row.price] = row.amount

@@ -218,3 +218,17 @@ def test_mbp10_records_become_a_snapshot_then_the_level_changes_of_each_record(t
     assert rows[0]["exchange_timestamp"] == datetime(2024, 11, 1, 14, tzinfo=UTC)
     assert all(r["size"] == 0 for r in rows[5:])
     assert [c.end for c in chunks] == [3, 6, 7]
+
+
+def test_a_snapshot_sent_in_rows_of_several_times_is_one_book_as_of_its_last(tmp_path: Path) -> None:
+    """Tardis's rule: the book resets when a snapshot row follows an update, not when a snapshot row's time moves."""
+    dump = l2(
+        tmp_path / "e.csv",
+        row("BTCUSDT", 0, True, "bid", "100", "1"),
+        row("BTCUSDT", 2, True, "ask", "101", "1"),  # the same snapshot, a later message
+        row("BTCUSDT", 3, False, "bid", "100", "2"),
+    )
+    (snapshot, update) = [r.record for c in read("tardis-book-l2", dump) for r in c.rows]
+    assert snapshot["exchange_timestamp"] == datetime(2024, 11, 25, 1, tzinfo=UTC) + timedelta(microseconds=2)
+    assert (len(snapshot["bids"]), len(snapshot["asks"])) == (1, 1)
+    assert update["exchange_sequence_number"] == 1

@@ -8,8 +8,10 @@ column is Tardis's naming and is not read (the import names K2's); `timestamp` i
 
 - `incremental_book_L2` (exchange, symbol, timestamp, local_timestamp, is_snapshot, side, price, amount): one row
   per changed price level; `amount` is the level's new total (0 removes it), `side` bid or ask. A run of
-  `is_snapshot` true rows of one symbol and time is a whole book: a K2 snapshot (Tardis sends one at the start of
-  each day's file, and again after a reconnection, when the book is to be reset). Every other row is a K2 update.
+  `is_snapshot` true rows of one symbol (no other row of that symbol between them) is a whole book: a K2 snapshot
+  as of the run's last row's time. Tardis sends one at the start of each day's file, and again after a
+  reconnection; by Tardis's own rule, a snapshot row that follows an update of its symbol resets the book. Every
+  other row is a K2 update.
 - `book_snapshot_25` (and `_5`, `_10`: the depth is read from the header): exchange, symbol, timestamp,
   local_timestamp, then asks[0].price, asks[0].amount, bids[0].price, bids[0].amount, asks[1].price, ... best first,
   a level that is not there left empty. Each row is a K2 snapshot; there are no updates.
@@ -104,7 +106,7 @@ def _symbol(fields: list[str], at: int) -> str | None:
 
 @dataclass
 class _Run:
-    """A snapshot being read: rows of one symbol with is_snapshot true and one timestamp."""
+    """A snapshot being read: consecutive rows of one symbol with is_snapshot true; `micros` the newest's time."""
 
     micros: int
     sequence: int
@@ -172,12 +174,11 @@ class _L2Reader:
             self.chunker.add(BookRow("book_updates", record, number))
 
     def snapshot_run(self, symbol: str, micros: int, number: int) -> _Run:
-        """The run this snapshot row belongs to: the symbol's open one at the same time, else a new one."""
+        """The run this snapshot row belongs to: the symbol's open one, else a new one (the book is reset)."""
         run = self.runs.get(symbol)
-        if run is not None and run.micros == micros:
-            return run
-        self.close(symbol)
-        run = self.runs[symbol] = _Run(micros, self.numbers.last(symbol), number)
+        if run is None:
+            run = self.runs[symbol] = _Run(micros, self.numbers.last(symbol), number)
+        run.micros = max(run.micros, micros)
         return run
 
     def close(self, symbol: str) -> None:
@@ -205,9 +206,7 @@ class _L2Reader:
             if run is not None and is_snapshot is not False:
                 run.broken = dropped = True
             elif is_snapshot and symbol is not None:  # the first row of a snapshot: the rest of it goes too
-                micros = _time(fields, at["timestamp"])
-                self.close(name)
-                self.runs[name] = _Run(micros, self.numbers.last(name), number, broken=True)
+                self.runs[name] = _Run(0, self.numbers.last(name), number, broken=True)
                 dropped = True
             else:
                 self.close(name)
@@ -222,14 +221,6 @@ def _flag(fields: list[str], at: int) -> bool | None:
         return bool(_IS_SNAPSHOT.value(fields[at])) if at < len(fields) else None
     except ReplayFormatError:
         return None
-
-
-def _time(fields: list[str], at: int) -> int:
-    """The row's time, or -1 when it cannot be read."""
-    try:
-        return int(_TIME.value(fields[at])) if at < len(fields) else -1
-    except ReplayFormatError:
-        return -1
 
 
 def read_book_l2(path: Path, options: ReadOptions) -> Iterator[BookChunk]:
