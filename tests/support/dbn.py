@@ -110,6 +110,7 @@ def mbp10(
     action: str = "A",
     side: str = "B",
     sequence: int = 0,
+    flags: int = 0,
 ) -> dbn.MBP10Msg:
     """An mbp-10 record whose levels are `bids` and `asks` (price, size) best first, at most ten a side; the levels
     past them are empty (UNDEF_PRICE). A price given as an int is already in 1e-9 units."""
@@ -142,6 +143,7 @@ def mbp10(
         side=dbn.Side(side),
         depth=0,
         ts_recv=ns(ts_event),
+        flags=flags,
         sequence=sequence,
         levels=pairs,
     )

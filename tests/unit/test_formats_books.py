@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import databento_dbn as dbn
 import pytest
 
 from k2_core.exceptions import SourceError
@@ -184,8 +185,8 @@ def test_book_snapshot_rows_are_snapshots_of_the_headers_depth(tmp_path: Path) -
     assert (got[1]["asks"], got[1]["bids"]) == ([level("101.5", 5), level(102, 6)], [])
 
 
-def mbp(iid: int, ms: int, bids: list[tuple[str | int, int]], asks: list[tuple[str | int, int]]) -> Any:
-    return enc.mbp10(iid, f"2024-11-01T14:00:00.{ms:03d}000000", bids, asks)
+def mbp(iid: int, ms: int, bids: list[tuple[str | int, int]], asks: list[tuple[str | int, int]], flags: int = 0) -> Any:
+    return enc.mbp10(iid, f"2024-11-01T14:00:00.{ms:03d}000000", bids, asks, flags=flags)
 
 
 def test_mbp10_records_become_a_snapshot_then_the_level_changes_of_each_record(tmp_path: Path) -> None:
@@ -232,3 +233,18 @@ def test_a_snapshot_sent_in_rows_of_several_times_is_one_book_as_of_its_last(tmp
     assert snapshot["exchange_timestamp"] == datetime(2024, 11, 25, 1, tzinfo=UTC) + timedelta(microseconds=2)
     assert (len(snapshot["bids"]), len(snapshot["asks"])) == (1, 1)
     assert update["exchange_sequence_number"] == 1
+
+
+def test_an_mbp10_record_flagged_maybe_bad_book_leaves_its_book_unknown_until_the_next(tmp_path: Path) -> None:
+    day = date(2024, 11, 1)
+    recs = [
+        mbp(1, 0, [("100", 1)], [("101", 1)]),
+        mbp(1, 1, [("100", 2)], [("101", 1)]),
+        mbp(1, 2, [("100", 3)], [("101", 1)], flags=int(dbn.F_MAYBE_BAD_BOOK)),  # a gap in the venue's channel
+        mbp(1, 3, [("100", 4)], [("101", 1)]),
+    ]
+    meta = enc.metadata("mbp-10", {"AAPL": [(day, day + timedelta(days=1), 1)]})
+    chunks = read("databento-mbp10", enc.write(tmp_path / "f.dbn", enc.encode(meta, recs)))
+    assert [b for c in chunks for b in c.bad] == []  # not a bad row: the venue's own doubt
+    got = [(r.record_type, r.record["exchange_sequence_number"], r.line) for c in chunks for r in c.rows]
+    assert got == [("book_snapshots", 0, 1), ("book_updates", 1, 2), ("book_snapshots", 2, 4)]

@@ -10,6 +10,10 @@ new total, which K2's updates carry). So K2 reads the levels:
   whose total size changed or that appeared (its new total), a level that left the top ten (0). A trade changes no
   level and makes no update; a clear (`R`) removes them all.
 
+A record flagged `F_MAYBE_BAD_BOOK` (Databento found an unrecoverable gap in the venue's channel) is treated as one
+that cannot be read, without being reported: its instrument's book is unknown from it (a gap in K2's numbers) until
+its next unflagged record, which is a snapshot again.
+
 The K2 book is therefore exactly the ten levels a side Databento sent, as of each record. Levels whose price is
 undefined (`UNDEF_PRICE`, fewer than ten levels) or whose size is 0 are not there.
 
@@ -71,6 +75,7 @@ DEPTH = 10
 MBP10_RTYPE = 0x0A
 MBP10_DTYPE = np.dtype([*HEADER_FIELDS, *TRADE_FIELDS, ("levels", np.dtype(LEVEL_FIELDS), (DEPTH,))])  # 368 bytes
 _PRICE_DIVISOR = 10  # 1e-9 units -> 1e-8, K2's scale
+MAYBE_BAD_BOOK = dbn.F_MAYBE_BAD_BOOK  # the venue's channel had an unrecoverable gap: the levels may be wrong
 
 Side = dict[Decimal, Decimal]  # price -> total size
 
@@ -96,6 +101,7 @@ class _Mbp10Reader:
         codes = self.symbols.lookup((index_ts // NS_PER_DAY).astype(np.int64), rec["instrument_id"].astype(np.int64))
         levels = rec["levels"]
         rtypes, events, iids = rec["rtype"].tolist(), ts_event.tolist(), rec["instrument_id"].tolist()
+        doubtful = (rec["flags"] & MAYBE_BAD_BOOK != 0).tolist()
         bid_px, ask_px = levels["bid_px"].tolist(), levels["ask_px"].tolist()
         bid_sz, ask_sz = levels["bid_sz"].tolist(), levels["ask_sz"].tolist()
         for i, code in enumerate(codes.tolist()):
@@ -109,8 +115,9 @@ class _Mbp10Reader:
                 bids, reason = _side(bid_px[i], bid_sz[i], "bid")
                 asks, ask_reason = _side(ask_px[i], ask_sz[i], "ask")
                 reason = reason or ask_reason
-            if reason is not None or symbol is None:
-                self.chunker.refuse(BadRow(number, reason or "no symbol"))
+            if reason is not None or symbol is None or doubtful[i]:
+                if reason is not None or symbol is None:
+                    self.chunker.refuse(BadRow(number, reason or "no symbol"))
                 if symbol is not None:  # its book is unknown until its next good record
                     self.numbers.next(symbol)
                     self.unknown.add(symbol)
