@@ -347,8 +347,16 @@ MBP_DAY = date(2024, 11, 1)
 MBP_START = datetime(2024, 11, 1, 14, tzinfo=UTC)
 
 
-def mbp_time(ms: int) -> str:
-    """A record's ts_event: `ms` milliseconds into 14:00 UTC, plus 777 ns (floored away: K2 keeps microseconds)."""
+STEP_MS = 700  # between records: 240 of them span two minute marks, where a snapshot is stored too
+
+
+def mbp_us(i: int) -> int:
+    return us(MBP_START) + i * STEP_MS * 1000
+
+
+def mbp_time(i: int) -> str:
+    """Record `i`'s ts_event: `i` steps into 14:00 UTC, plus 777 ns (floored away: K2 keeps microseconds)."""
+    ms = i * STEP_MS
     return f"{MBP_DAY.isoformat()}T14:{ms // 60_000:02d}:{ms // 1000 % 60:02d}.{ms % 1000 * 1_000_000 + 777:09d}"
 
 
@@ -381,7 +389,7 @@ def test_databento_mbp10_rebuilds_the_top_ten_levels_of_every_record(
         bids, asks = top(books[symbol])
         records.append(dbn_files.mbp10(ids[symbol], mbp_time(ms), bids, asks, action=action, side=side))
         levels = ([(Decimal(p), Decimal(s)) for p, s in bids], [(Decimal(p), Decimal(s)) for p, s in asks])
-        good[symbol].append((us(MBP_START) + ms * 1000, levels))
+        good[symbol].append((mbp_us(ms), levels))
 
     for symbol in ids:
         emit(symbol, len(records))
@@ -403,7 +411,7 @@ def test_databento_mbp10_rebuilds_the_top_ten_levels_of_every_record(
             continue
         if ms == 122:
             symbol = "AAPL"
-            unknown["AAPL"] = (good["AAPL"][-1][0], us(MBP_START) + ms * 1000)
+            unknown["AAPL"] = (good["AAPL"][-1][0], mbp_us(ms))
         roll = rng.random()
         if roll < 0.1:  # a trade: the levels do not change
             emit(symbol, ms, action="T", side="B" if side == "bid" else "A")
@@ -427,13 +435,16 @@ def test_databento_mbp10_rebuilds_the_top_ten_levels_of_every_record(
     assert report.rows_read == len(records)
     (gap,) = book_gaps(settings)
     assert (gap["symbol"], gap["status"]) == ("AAPL", HEALED)
+    # Each instrument's first record and its first of each minute after (14:01, 14:02), and AAPL's after the hole.
+    assert stored(settings, "book_snapshots") == 2 * 3 + 1
 
     def oracle(symbol: str, micros: int) -> Book | None:
         last = [book for t, book in good[symbol] if t <= micros]
         return last[-1] if last else None
 
     edges = [t + d for t in unknown["AAPL"] for d in (-1, 0, 1)]
-    times = {s: [us(MBP_START) - 1, *marks([t for t, _ in good[s]], step=8)] for s in ids}
+    minutes = [us(MBP_START + timedelta(minutes=m)) + d for m in (1, 2) for d in (-1, 0, 350_000, 800_000)]
+    times = {s: [us(MBP_START) - 1, *minutes, *marks([t for t, _ in good[s]], step=8)] for s in ids}
     times["AAPL"] += edges
     assert check_books(settings, "nyse", times, oracle, unknown) >= 50
 

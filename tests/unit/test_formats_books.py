@@ -248,3 +248,23 @@ def test_an_mbp10_record_flagged_maybe_bad_book_leaves_its_book_unknown_until_th
     assert [b for c in chunks for b in c.bad] == []  # not a bad row: the venue's own doubt
     got = [(r.record_type, r.record["exchange_sequence_number"], r.line) for c in chunks for r in c.rows]
     assert got == [("book_snapshots", 0, 1), ("book_updates", 1, 2), ("book_snapshots", 2, 4)]
+
+
+def test_mbp10_stores_the_top_ten_as_a_snapshot_at_each_instruments_first_record_of_a_minute(tmp_path: Path) -> None:
+    day = date(2024, 11, 1)
+    times = ["14:00:30", "14:00:50", "14:01:10", "14:01:20", "14:03:00"]
+    recs = [enc.mbp10(1, f"2024-11-01T{t}.000000000", [("100", k + 1)], [("101", 1)]) for k, t in enumerate(times)]
+    meta = enc.metadata("mbp-10", {"AAPL": [(day, day + timedelta(days=1), 1)]})
+    chunks = read("databento-mbp10", enc.write(tmp_path / "g.dbn", enc.encode(meta, recs)))
+    got = [(r.record_type, r.record["exchange_sequence_number"], r.line) for c in chunks for r in c.rows]
+    assert got == [
+        ("book_snapshots", 0, 1),
+        ("book_updates", 1, 2),
+        ("book_updates", 2, 3),
+        ("book_snapshots", 2, 3),  # the first record of 14:01, after its update: the book as of number 2
+        ("book_updates", 3, 4),
+        ("book_updates", 4, 5),
+        ("book_snapshots", 4, 5),
+    ]
+    last = chunks[-1].rows[-1].record
+    assert last["bids"] == [{"price": Decimal(100), "size": Decimal(5)}]

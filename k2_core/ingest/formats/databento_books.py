@@ -8,7 +8,10 @@ new total, which K2's updates carry). So K2 reads the levels:
 - an instrument's first record in the file is a K2 snapshot of its levels;
 - every later record becomes the K2 updates that turn the levels before it into the levels after it: a level
   whose total size changed or that appeared (its new total), a level that left the top ten (0). A trade changes no
-  level and makes no update; a clear (`R`) removes them all.
+  level and makes no update; a clear (`R`) removes them all;
+- an instrument's first record of each minute (exchange time) is a snapshot too, after its updates: the record
+  holds the whole top ten, so this is the source's book, not one K2 computed, and a rebuild replays at most a
+  minute of updates (and a book a refused record left unknown is known again within a minute).
 
 A record flagged `F_MAYBE_BAD_BOOK` (Databento found an unrecoverable gap in the venue's channel) is treated as one
 that cannot be read, without being reported: its instrument's book is unknown from it (a gap in K2's numbers) until
@@ -33,6 +36,7 @@ symbols come from the metadata's symbology by instrument id and UTC date of `ts_
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -75,6 +79,9 @@ DEPTH = 10
 MBP10_RTYPE = 0x0A
 MBP10_DTYPE = np.dtype([*HEADER_FIELDS, *TRADE_FIELDS, ("levels", np.dtype(LEVEL_FIELDS), (DEPTH,))])  # 368 bytes
 _PRICE_DIVISOR = 10  # 1e-9 units -> 1e-8, K2's scale
+# Every record holds the whole top ten: a snapshot of it a minute costs one row and bounds a rebuild to a minute of
+# updates, as K2's own minute snapshots do for live books (k2_core.upkeep.book_snapshots).
+SNAPSHOT_EVERY = timedelta(minutes=1)
 MAYBE_BAD_BOOK = dbn.F_MAYBE_BAD_BOOK  # the venue's channel had an unrecoverable gap: the levels may be wrong
 
 Side = dict[Decimal, Decimal]  # price -> total size
@@ -94,6 +101,7 @@ class _Mbp10Reader:
         self.chunker = BookChunker(options.chunk_rows)
         self.books: dict[str, tuple[Side, Side]] = {}
         self.unknown: set[str] = set()  # a record was bad since: the next good one is a snapshot
+        self.next_snapshot: dict[str, datetime] = {}  # the minute from which the next good record is one too
 
     def block(self, rec: Any, first: int) -> Iterator[BookChunk]:
         ts_event, ts_recv = rec["ts_event"], rec["ts_recv"]
@@ -140,24 +148,26 @@ class _Mbp10Reader:
             return f"symbol {self.symbols.symbols[code]!r} is not a K2 symbol ({SYMBOL_RE.pattern})"
         return None
 
-    def levels(self, symbol: str, at: Any, bids: list[Level], asks: list[Level], number: int) -> None:
-        """A good record's levels: the instrument's snapshot, or the updates from its last levels to these."""
+    def levels(self, symbol: str, at: datetime, bids: list[Level], asks: list[Level], number: int) -> None:
+        """A good record's levels: the instrument's snapshot, or the updates from its last levels to these, and a
+        snapshot of them too at the instrument's first record of each minute."""
         o = self.options
         before = self.books.get(symbol)
         self.books[symbol] = (dict(bids), dict(asks))
-        if before is None or symbol in self.unknown:
-            self.unknown.discard(symbol)
-            sequence = self.numbers.last(symbol)
-            record = snapshot_record(symbol, o.exchange, at, sequence, bids, asks, o.received)
-            self.chunker.add(BookRow("book_snapshots", record, number))
-            return
-        for side, old, new in ((BID, before[0], dict(bids)), (ASK, before[1], dict(asks))):
-            changes = [(price, Decimal(0)) for price in old if price not in new]
-            changes += [(price, size) for price, size in new.items() if old.get(price) != size]
-            for price, size in sorted(changes):
-                sequence = self.numbers.next(symbol)
-                record = update_record(symbol, o.exchange, at, sequence, side, price, size, o.received)
-                self.chunker.add(BookRow("book_updates", record, number))
+        if before is not None and symbol not in self.unknown:
+            for side, old, new in ((BID, before[0], dict(bids)), (ASK, before[1], dict(asks))):
+                changes = [(price, Decimal(0)) for price in old if price not in new]
+                changes += [(price, size) for price, size in new.items() if old.get(price) != size]
+                for price, size in sorted(changes):
+                    sequence = self.numbers.next(symbol)
+                    record = update_record(symbol, o.exchange, at, sequence, side, price, size, o.received)
+                    self.chunker.add(BookRow("book_updates", record, number))
+            if at < self.next_snapshot.get(symbol, at):
+                return
+        self.unknown.discard(symbol)
+        self.next_snapshot[symbol] = at.replace(second=0, microsecond=0) + SNAPSHOT_EVERY
+        record = snapshot_record(symbol, o.exchange, at, self.numbers.last(symbol), bids, asks, o.received)
+        self.chunker.add(BookRow("book_snapshots", record, number))
 
 
 def _side(prices: list[int], sizes: list[int], side: str) -> tuple[list[Level], str | None]:
