@@ -92,7 +92,8 @@ class BookImporter:
             self.books.load(self.streams)  # what the tables hold now, whoever wrote it
             read_to = 0
             checked = Checked(options.exchange)
-            first_seen: set[str] = set() if position == 0 else {"*"}  # a resumed file was in order
+            in_order = position == 0  # a resumed file was found in order when it began
+            first_seen: set[str] = set()
             for chunk, last in with_last(iter(chunks)):
                 chunk_start, read_to = read_to, chunk.end
                 records, refused = checked(chunk)
@@ -101,7 +102,8 @@ class BookImporter:
                 report.rows_read += chunk.end - chunk_start
                 report.bad.extend([*chunk.bad, *refused])
                 offsets = {(source, ROWS): chunk.end, **({(source, COMPLETE): 1} if last else {})}
-                self._in_order(records, first_seen, path)
+                if in_order:
+                    self._in_order(records, first_seen, path)
                 self._commit(records, offsets, {(source, ROWS): position}, path, report)
                 position = chunk.end
                 if progress is not None:
@@ -125,9 +127,7 @@ class BookImporter:
         return report
 
     def _in_order(self, records: list[tuple[str, dict[str, Any]]], first_seen: set[str], path: Path) -> None:
-        """The module's order check, on each instrument's first record of the file (none once resumed)."""
-        if "*" in first_seen:
-            return
+        """The module's order check, on each instrument's first record of the file."""
         for record_type, record in records:
             symbol = record["symbol"]
             if symbol in first_seen:
