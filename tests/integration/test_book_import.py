@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from k2_cli.main import app
 from k2_core.ingest.book_importer import BookImporter
 from k2_core.ingest.formats import BOOK_FORMATS, ReadOptions
-from k2_core.ingest.gaps import HEALED
+from k2_core.ingest.gaps import HEALED, OPEN
 from k2_core.ingest.importer import Progress
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import Settings
@@ -106,13 +106,15 @@ class L2Row:
         return f"binance-futures,{self.symbol},{self.micros},{local},{flag},{self.side},{self.price},{self.amount}"
 
 
-def l2_rows(seed: int, symbols: tuple[str, ...], updates: int, reset_at: int) -> list[L2Row]:
+def l2_rows(
+    seed: int, symbols: tuple[str, ...], updates: int, reset_at: int, start: datetime = DAY + timedelta(hours=1)
+) -> list[L2Row]:
     """Each symbol's opening snapshot, then `updates` random level changes a millisecond apart (a level's new
     amount, 0 removing it), and after `reset_at` of them a new snapshot of the first symbol (a reconnection)."""
     rng = random.Random(seed)
     rows: list[L2Row] = []
     held: dict[tuple[str, str], set[Decimal]] = {}
-    t = us(DAY + timedelta(hours=1))
+    t = us(start)
 
     def snapshot(symbol: str, micros: int) -> None:
         for side, grid in (("bid", BID_GRID[-5:]), ("ask", ASK_GRID[:5])):
@@ -226,6 +228,30 @@ def test_a_tardis_incremental_book_rebuilds_as_the_file_replays(make_settings: S
     assert stored(settings, "book_updates") == len(updates)
     assert stored(settings, "book_snapshots") == len(snapshots)
     assert len(book_gaps(settings)) == 1
+
+
+def test_a_gap_one_days_file_leaves_open_is_healed_by_the_next_days_opening_snapshot(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Each file is a session numbered from its start: the next day's opens with a snapshot, and the book the day
+    before left unknown (a bad row after its last snapshot) is known again from it, across two imports."""
+    settings = make_settings()
+    fmt, options = BOOK_FORMATS["tardis-book-l2"], ReadOptions(exchange="binance")
+    first = l2_rows(21, ("BTCUSDT",), updates=40, reset_at=-1)
+    bad = {31: f"binance-futures,BTCUSDT,{first[30].micros + 1},0,false,ask,101,-1"}  # a negative amount
+    day1 = write_l2(tmp_path / "binance-futures_incremental_book_L2_2024-11-25_BTCUSDT.csv", first, bad)
+    report = BookImporter(settings).import_file(day1, fmt, options)
+    assert [(b.line, b.reason) for b in report.bad] == [(33, "amount '-1' must not be negative")]
+    assert [(g["symbol"], g["status"]) for g in book_gaps(settings)] == [("BTCUSDT", OPEN)]
+
+    second = l2_rows(22, ("BTCUSDT",), updates=40, reset_at=-1, start=DAY + timedelta(days=1, hours=1))
+    day2 = write_l2(tmp_path / "binance-futures_incremental_book_L2_2024-11-26_BTCUSDT.csv", second)
+    report = BookImporter(settings).import_file(day2, fmt, options)
+    assert (report.written, report.duplicates, report.gaps) == (len(second) - 10 + 1, 0, 0)
+    assert [(g["symbol"], g["status"]) for g in book_gaps(settings)] == [("BTCUSDT", HEALED)]
+    unknown = {"BTCUSDT": (first[30].micros, second[0].micros)}
+    times = {"BTCUSDT": [*marks(first, "BTCUSDT", 5), *marks(second, "BTCUSDT", 5)]}
+    assert check_books(settings, "binance", times, l2_oracle(first + second), unknown) >= 20
 
 
 class Interrupted(Exception):
