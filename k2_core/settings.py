@@ -261,8 +261,9 @@ class MarketHours(BaseModel):
 
 
 class RecordedFile(BaseModel):
-    """A recorded exchange dump (a file, a folder or a glob, in any format `k2 import` reads) that gap backfill may
-    re-read to recover missing sequences: of one symbol, or of every symbol its rows carry (`symbol` unset)."""
+    """A recorded exchange dump (a file, a folder or a glob, in any trade or quote format `k2 import` reads; book
+    gaps are healed by snapshots, not filled) that gap backfill may re-read to recover missing sequences: of one
+    symbol, or of every symbol its rows carry (`symbol` unset)."""
 
     exchange: str
     path: Path

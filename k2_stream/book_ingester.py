@@ -4,14 +4,11 @@ A consumer group of its own beside the trades/quotes ingester (k2_stream.ingeste
 order for each micro-batch:
 
 1. dead letters delivered (a record that is not Avro, or breaks `check_book_record`);
-2. what the batch reveals recorded before its data: gaps (`sequence_gaps`, data type `book_updates`, graded like
-   trade gaps), the books' validity changes (`book_validity`, upserted: a replayed batch writes the same rows) and
-   the gaps a snapshot healed;
-3. the feed's snapshots appended, then the updates appended with the batch's Kafka offsets in the snapshot summary
-   (k2_core.ingest.writer: fenced, retried) - always, rows or not, so the updates table is where every books
-   partition resumes (k2_core.ingest.resume); a crash between the two appends replays the batch, whose stored
-   snapshots the tracker, reloaded from the tables, finds and drops;
-4. Kafka offsets, best effort.
+2. the batch stored by k2_core.ingest.book_tables, in its crash-safe order (what the batch reveals - gaps, validity
+   changes, healed gaps - before its data; the snapshots, then the updates with the batch's Kafka offsets in the
+   snapshot summary, so the updates table is where every books partition resumes, k2_core.ingest.resume), the same
+   steps `k2 import` stores book files by;
+3. Kafka offsets, best effort.
 
 Duplicates and gaps are decided per symbol by k2_core.ingest.book_sequence, reset on every assignment and after
 every failed write, and filled for each instrument from its newest stored day before its first record is decided
@@ -32,9 +29,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
-from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import (
     CommitConflictError,
@@ -45,17 +39,16 @@ from k2_core.exceptions import (
     WriteError,
 )
 from k2_core.ingest.book_sequence import BookDecisions, BookStreams
-from k2_core.ingest.book_state import BookState
-from k2_core.ingest.gaps import GapGrading, GapStore, event_gap_id
+from k2_core.ingest.book_tables import BookTables
+from k2_core.ingest.gaps import event_gap_id
 from k2_core.ingest.resume import position, resume_offsets
-from k2_core.ingest.writer import TableWriter
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.logging import get_logger
 from k2_core.model.avro import Decoder, schema_id_of
 from k2_core.model.books import check_book_record
 from k2_core.model.registry import ParsedSchema
-from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALID, BOOK_VALIDITY, SOURCE_FEED, TableDef
+from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALID, TableDef
 from k2_core.model.topics import BOOK_RECORDS, BookRecord, TopicLayout
 from k2_core.settings import Settings
 from k2_stream import book_metrics, metrics
@@ -67,7 +60,6 @@ from k2_stream.registry_confluent import make_registry
 log = get_logger(__name__)
 
 _RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException, SchemaRegistryUnavailableError)
-VALIDITY_KEY = ["exchange", "symbol", "state", "sequence"]
 
 
 class BookIngester:
@@ -85,22 +77,11 @@ class BookIngester:
                 _, schema = registry.latest(spec.subject(record_type))
                 self.readers[record_type] = schema
                 self.record_names[schema["name"]] = record_type
-        ing = settings.ingest
         tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
-        self.updates: Table = tables[BOOK_UPDATES.name]
-        self.snapshots: Table = tables[BOOK_SNAPSHOTS.name]
-        self.validity: Table = tables[BOOK_VALIDITY.name]
         cluster = cluster_id(settings.kafka.bootstrap_servers)
-        self.update_writer = TableWriter(
-            self.updates, self.writer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds
-        )
-        self.snapshot_writer = TableWriter(
-            self.snapshots, self.writer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds
-        )
-        self.grading = GapGrading(ing.gap_alert_threshold, ing.gap_halt_threshold)
-        self.gaps = GapStore(tables["sequence_gaps"], self.grading)
+        self.books = BookTables(tables, self.writer_id, cluster, settings.ingest, observe=_observe_append)
         self.streams = BookStreams(event_gap_id)
-        self.state = BookState(self.updates, self.snapshots, self.validity, self.gaps.open_book_gaps, self.streams)
+        self.state = self.books.tracker(self.streams)
         self.stats: dict[str, int] = {
             "updates_written": 0,
             "snapshots_written": 0,
@@ -171,7 +152,7 @@ class BookIngester:
         committed = {
             (p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in consumer.committed(partitions)
         }
-        resume = resume_offsets(committed, self.update_writer.committed_offsets())
+        resume = resume_offsets(committed, self.books.committed_offsets())
         for p in partitions:
             start = resume[(p.topic, p.partition)]
             p.offset = OFFSET_BEGINNING if start is None else start
@@ -228,18 +209,11 @@ class BookIngester:
         self.state.ensure({(r["exchange"], r["symbol"]) for _, r in records})
         decisions = self.streams.decide(records, now)
         self.dead_letters.send(dead)  # 1
-        self.gaps.record_detected(decisions.gaps, now)  # 2
-        if decisions.validity:
-            self._upsert_validity(decisions.validity)
-        self.gaps.record_healed(decisions.healed, now)
         positions = {tp: self.positions.get(tp, 0) for tp in offsets}
-        if decisions.snapshots:  # 3
-            rows = [{**r, "source": SOURCE_FEED} for r in decisions.snapshots]
-            self._append(self.snapshot_writer, BOOK_SNAPSHOTS, rows, offsets, positions)
-        self._append(self.update_writer, BOOK_UPDATES, decisions.updates, offsets, positions)
+        self.books.store(decisions, offsets, positions, now)  # 2
         self.positions.update(offsets)
         self.dead_letters.batch_committed()
-        try:  # 4
+        try:  # 3
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         except KafkaException as exc:
             log.warning("kafka offset commit failed; the table holds them", extra={"error": str(exc)})
@@ -253,21 +227,6 @@ class BookIngester:
             log.warning("book gaps detected", extra={"gaps": len(decisions.gaps), "healed": len(decisions.healed)})
         return decisions
 
-    def _append(
-        self,
-        writer: TableWriter,
-        table_def: TableDef,
-        rows: list[dict[str, Any]],
-        offsets: dict[TP, int],
-        positions: dict[TP, int],
-    ) -> None:
-        started = time.perf_counter()
-        writer.append(table_def.to_arrow(rows), offsets, positions)
-        if rows:
-            metrics.WRITE_DURATION.labels(table_def.name).observe(time.perf_counter() - started)
-            metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(len(rows))
-            metrics.ROWS_WRITTEN.labels(table_def.name).inc(len(rows))
-
     # ---- what it reports -------------------------------------------------------------------------------------
 
     def _export(self, batch: list[Message], decisions: BookDecisions, now: datetime) -> None:
@@ -278,7 +237,7 @@ class BookIngester:
         metrics.DUPLICATES.labels(BOOK_UPDATES.name).inc(decisions.duplicates - decisions.duplicate_snapshots)
         metrics.DUPLICATES.labels(BOOK_SNAPSHOTS.name).inc(decisions.duplicate_snapshots)
         for gap in decisions.gaps:
-            metrics.SEQUENCE_GAPS.labels(gap.key[1], self.grading(gap.missing)).inc()
+            metrics.SEQUENCE_GAPS.labels(gap.key[1], self.books.grading(gap.missing)).inc()
         healed = Counter(v["exchange"] for v in decisions.validity if v["state"] == BOOK_VALID)
         for exchange, count in healed.items():
             book_metrics.BOOK_GAPS_HEALED.labels(exchange).inc(count)
@@ -318,12 +277,10 @@ class BookIngester:
             "stats": dict(self.stats),
         }
 
-    def _upsert_validity(self, rows: list[dict[str, Any]]) -> None:
-        data = BOOK_VALIDITY.to_arrow(rows)
-        try:
-            self.validity.refresh()
-            self.validity.upsert(data, join_cols=VALIDITY_KEY)
-        except CommitFailedException as exc:
-            raise CommitConflictError(f"book_validity: {exc}") from exc
-        except (OSError, SQLAlchemyError) as exc:
-            raise WriteError(f"cannot write book_validity: {exc}") from exc
+
+def _observe_append(table_def: TableDef, rows: int, seconds: float) -> None:
+    """The shared ingestion metrics of one append of a batch's rows (k2_core.ingest.book_tables)."""
+    if rows:
+        metrics.WRITE_DURATION.labels(table_def.name).observe(seconds)
+        metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(rows)
+        metrics.ROWS_WRITTEN.labels(table_def.name).inc(rows)

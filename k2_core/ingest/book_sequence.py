@@ -13,7 +13,9 @@ includes. In stream order (a symbol's snapshots and updates share a partition), 
 
 A record numbered at or below what is stored but timed after everything stored is a new session (a feed handler
 restarted and numbers its book from the start again, as the simulator does): kept, with the stream started afresh;
-a new session that begins with an update rather than a snapshot leaves the book INVALID until its first snapshot.
+a new session that begins with an update rather than a snapshot leaves the book INVALID until its first snapshot,
+and a new session's snapshot makes the book known again whatever gap the session before left open (a day's file of
+`k2 import`, numbered from its own start, is such a session).
 
 The tracker is pure: the book ingester (k2_stream.book_ingester) feeds it a batch and commits what it decided, and
 fills it from the tables (`BookStreams.add`, with what k2_core.ingest.book_state reads: each instrument's newest day
@@ -124,8 +126,9 @@ class BookStreams:
 
     def _snapshot(self, s: BookStream, r: dict[str, Any], now: datetime, out: BookDecisions) -> None:
         seq, at = r["exchange_sequence_number"], r["exchange_timestamp"]
-        if s.restarts(seq, at, s.last_snapshot) or s.restarts(seq + 1, at, s.last_update):
-            s.new_session()  # a new session's snapshot: the book is known from it
+        restarted = s.restarts(seq, at, s.last_snapshot) or s.restarts(seq + 1, at, s.last_update)
+        if restarted:
+            s.new_session()  # a new session's snapshot: the book is known from it, whatever the last one missed
         if s.last_snapshot is not None and seq <= s.last_snapshot:
             out.duplicates += 1
             out.duplicate_snapshots += 1
@@ -138,7 +141,7 @@ class BookStreams:
         if s.last_update is not None and seq > s.last_update:
             # Updates the snapshot includes never arrived: the book between them was unknown until now.
             self._gap(s, r, s.last_update + 1, seq, now, out)
-        if s.open_gap is not None and seq >= s.open_gap[1]:
+        if s.open_gap is not None and (restarted or seq >= s.open_gap[1]):
             out.validity.append(
                 _validity(r["exchange"], r["symbol"], r["exchange_timestamp"], BOOK_VALID, seq, None, now)
             )

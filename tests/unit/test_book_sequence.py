@@ -163,3 +163,19 @@ def test_unknown_books_are_reported_since_they_became_unknown_also_across_a_rest
     assert healed.gaps == []
     assert [v["state"] for v in healed.validity] == [BOOK_VALID]
     assert reloaded.unknown() == {}
+
+
+def test_a_new_sessions_snapshot_heals_the_gap_the_session_before_left_open() -> None:
+    """A gap in one day's file stays open to its end; the next day's file (numbered from its own start, a new
+    session) opens with a snapshot, and the book is known again from it."""
+    streams = BookStreams(event_gap_id)
+    first = streams.decide([snap(0), upd(1), upd(2), upd(4), upd(5)], NOW)
+    (gap,) = first.gaps
+    assert [v["state"] for v in first.validity] == [BOOK_INVALID]
+    opening = ("book_snapshots", Book(0).snapshot_record("BHP", "asx", later(0), NOW))
+    out = streams.decide([opening], NOW)
+    assert len(out.snapshots) == 1
+    assert out.gaps == []
+    assert [(v["state"], v["at"], v["sequence"]) for v in out.validity] == [(BOOK_VALID, later(0), 0)]
+    assert out.healed == [event_gap_id(gap)]
+    assert streams.stream("asx", "BHP").open_gap is None
