@@ -112,20 +112,7 @@ class BookImporter:
                     progress(Progress(path, chunk.end, report))
         report.bad.sort(key=lambda bad: bad.line)
         report.seconds = time.monotonic() - began
-        log.info(
-            "book file imported",
-            extra={
-                "path": str(path),
-                "format": fmt.name,
-                "rows_read": report.rows_read,
-                "written": report.written,
-                "duplicates": report.duplicates,
-                "gaps": report.gaps,
-                "bad": len(report.bad),
-                "resumed_at": report.resumed_at,
-                "seconds": round(report.seconds, 3),
-            },
-        )
+        report.log_done(fmt.name)
         return report
 
     def _in_order(self, records: list[tuple[str, dict[str, Any]]], first_seen: set[str], path: Path) -> None:

@@ -95,6 +95,25 @@ class FileReport:
     commits: int = 0
     seconds: float = 0.0
 
+    def log_done(self, fmt: str) -> None:
+        """The file's one log line once imported (trades, quotes or books alike)."""
+        log.info(
+            "file imported",
+            extra={
+                "path": str(self.path),
+                "format": fmt,
+                "kind": self.kind,
+                "rows_read": self.rows_read,
+                "written": self.written,
+                "duplicates": self.duplicates,
+                "gaps": self.gaps,
+                "bad": len(self.bad),
+                "rejected": len(self.rejected),
+                "resumed_at": self.resumed_at,
+                "seconds": round(self.seconds, 3),
+            },
+        )
+
 
 @dataclass
 class Progress:
@@ -173,21 +192,7 @@ class Importer:
                     committer.submit(job)
                     position = chunk.end
         report.seconds = time.monotonic() - began
-        log.info(
-            "file imported",
-            extra={
-                "path": str(path),
-                "format": fmt.name,
-                "rows_read": report.rows_read,
-                "written": report.written,
-                "duplicates": report.duplicates,
-                "gaps": report.gaps,
-                "bad": len(report.bad),
-                "rejected": len(report.rejected),
-                "resumed_at": report.resumed_at,
-                "seconds": round(report.seconds, 3),
-            },
-        )
+        report.log_done(fmt.name)
         return report
 
     def _prepare(
