@@ -11,7 +11,11 @@ table on a real catalog (PostgreSQL) and a real warehouse (local files), the two
 Each worker is a partition: every `1 / --rate` seconds it is due a batch of `--rows` trades, stamped with the moment
 it was due (a worker that falls behind is due several at once, and their latency shows it). Per run it prints commits
 per second, rows per second the table absorbed, conflicts (failed commit attempts) per commit and the retry rate,
-and the produce-to-Iceberg latency (p50 / p99: due -> committed) of every batch.
+and the produce-to-Iceberg latency (p50 / p99: due -> committed) of every batch. A worker still behind `--drain`
+seconds after the run's end stops: its remaining batches count as unfinished, their latency as a lower bound (`>=`).
+For the coordinated design it also prints the committer's profile: requests per round (`req/rnd`), its busy share of
+the run, and per round the ms reading the files' footers (`read`) and committing (`commit`: manifests, metadata
+file, catalog row); `--profile` adds a cProfile of the committer at the largest N.
 
     .venv/bin/python -m bench.scaleout_sim                                  # N = 1..32, 20 s per run
     .venv/bin/python -m bench.scaleout_sim --workers 1,4 --seconds 5 --catalog sqlite
@@ -20,10 +24,12 @@ and the produce-to-Iceberg latency (p50 / p99: due -> committed) of every batch.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import multiprocessing as mp
 import os
+import pstats
 import queue
 import statistics
 import tempfile
@@ -40,9 +46,10 @@ import numpy as np
 import pyarrow as pa
 
 from k2_core.exceptions import CommitConflictError
-from k2_core.ingest.coordination import CommitRequest, Committer, Outcome
+from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, RoundStats
 from k2_core.ingest.writer import TableWriter
 from k2_core.lake.catalog import ensure_table, open_catalog
+from k2_core.lake.data_files import encode_data_file
 from k2_core.lake.files import write_files
 from k2_core.model.tables import TRADES, conform
 from k2_core.settings import CatalogSettings, Settings
@@ -65,7 +72,9 @@ class Run:
     rows_committed: int = 0
     conflicts: int = 0
     gave_up: int = 0
+    unfinished: int = 0
     latencies: list[float] = field(default_factory=list)
+    rounds: list[RoundStats] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -83,6 +92,24 @@ class Run:
             "gave_up": self.gave_up,
             "p50_ms": round(1000 * statistics.median(lat)) if lat else None,
             "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]) if lat else None,
+            "unfinished": self.unfinished,  # batches never committed (their latency counts as a lower bound)
+            **self.committer_profile(),
+        }
+
+    def committer_profile(self) -> dict[str, Any]:
+        """Where the coordinated committer's time went: requests per round, its busy share of the run, and per
+        round the milliseconds reading footers and committing (manifests, metadata file, catalog row)."""
+        if not self.rounds:
+            return {}
+        busy = sum(r.seconds for r in self.rounds)
+        return {
+            "rounds": len(self.rounds),
+            "requests_per_round": round(statistics.fmean(r.requests for r in self.rounds), 1),
+            "committer_busy": round(busy / self.seconds, 2),
+            "round_ms": round(1000 * busy / len(self.rounds)),
+            "read_ms_per_round": round(1000 * statistics.fmean(r.read_seconds for r in self.rounds)),
+            "commit_ms_per_round": round(1000 * statistics.fmean(r.commit_seconds for r in self.rounds)),
+            "attempts_per_round": round(statistics.fmean(r.attempts for r in self.rounds), 2),
         }
 
 
@@ -140,68 +167,90 @@ def worker_main(index: int, catalog: str, home: str, control: Connection, handof
         job = control.recv()
         if job is None:
             return
-        name, design, rows, rate, seconds, start = job
+        name, design, rows, rate, seconds, start, drain, footers = job
         settings = settings_for(catalog, Path(home), name)
         table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
-        writer = TableWriter(table, f"worker-{index}", CLUSTER, retries=20, backoff_seconds=0.01)
+        ing = settings.ingest  # the ingester's own conflict retries and backoff
+        writer = TableWriter(table, f"worker-{index}", CLUSTER, ing.commit_retries, ing.conflict_backoff_seconds)
         tp = (TOPIC, index)
         conflicts.count = 0
-        out: dict[str, Any] = {"commits": 0, "rows": 0, "gave_up": 0, "latencies": []}
+        out: dict[str, Any] = {"commits": 0, "rows": 0, "gave_up": 0, "latencies": [], "unfinished": 0}
         batch, offset = 0, 0
         while True:
             due = start + batch / rate
             if due >= start + seconds:
+                break
+            if time.time() > start + seconds + drain:  # a worker this far behind never catches up: count the rest
+                out["unfinished"] = int(np.ceil(seconds * rate)) - batch
                 break
             pause = due - time.time()
             if pause > 0:
                 time.sleep(pause)
             data = trades(index, batch, rows, rng)
             if design == "independent":
-                while True:
+                committed = False
+                while not committed and time.time() <= start + seconds + drain:
                     try:
                         writer.append(data, {tp: offset + rows}, {tp: offset})
-                        break
+                        committed = True
                     except CommitConflictError:
                         out["gave_up"] += 1  # as the ingester would: the same batch again
+                if not committed:
+                    out["unfinished"] = int(np.ceil(seconds * rate)) - batch
+                    break
                 done = time.time()
                 if done <= start + seconds:
                     out["commits"] += 1
                     out["rows"] += rows
                 out["latencies"].append(done - due)
             else:
-                files = [f.file_path for f in write_files(table, data)]
-                handoff.put((index, offset, offset + rows, files, rows, due))
+                written = write_files(table, data)
+                spec = table.metadata.default_spec_id
+                entries = [] if footers else [e for f in written if (e := encode_data_file(f, spec)) is not None]
+                handoff.put((index, offset, offset + rows, [f.file_path for f in written], rows, due, entries))
             batch += 1
             offset += rows
+        stop = time.time()
+        # latencies of the batches never committed: at least until the worker stopped (lower bounds)
+        out["latencies"] += [stop - (start + b / rate) for b in range(batch, batch + out["unfinished"])]
+        if design == "coordinated":
+            handoff.put((index, None, batch, [], 0, 0.0, []))  # this worker hands in nothing more
         out["conflicts"] = conflicts.count
         control.send(out)
 
 
-def committer(settings: Settings, handoff: Any, run: Run, start: float, expected: int) -> None:
+def committer(settings: Settings, handoff: Any, run: Run, start: float) -> None:
     """The coordinated design's one committer (K2's `Committer`): commits everything handed in since its last commit,
-    in one snapshot with every partition's offsets, until `expected` batches are committed. A refused batch (none
-    is expected: each worker's ranges follow on) counts as given up."""
+    in one snapshot with every partition's offsets, until every worker said it hands in nothing more. A refused
+    batch (none is expected: each worker's ranges follow on) counts as given up. Each round's figures (requests,
+    files, seconds reading footers and committing) go to `run.rounds`."""
     table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
     handler = _Conflicts()
     logging.getLogger("k2_core.lake.retry").addHandler(handler)
     logging.getLogger("k2_core.lake.retry").setLevel(logging.INFO)
     coordinator = Committer(table, "committer", CLUSTER, retries=20, backoff_seconds=0.01)
-    seen = 0
+    finished = 0
     try:
-        while seen < expected:
-            pending = [handoff.get()]
+        while finished < run.workers:
+            got = [handoff.get()]
             while True:
                 try:
-                    pending.append(handoff.get_nowait())
+                    got.append(handoff.get_nowait())
                 except queue.Empty:
                     break
+            finished += sum(item[1] is None for item in got)
+            pending = [item for item in got if item[1] is not None]
+            if not pending:
+                continue
             requests = [
-                CommitRequest(uuid.uuid4().hex, f"worker-{w}", 1, "trades", {(TOPIC, w): (lo, hi)}, files)
-                for w, lo, hi, files, _, _ in pending
+                CommitRequest(
+                    uuid.uuid4().hex, f"worker-{w}", 1, "trades", {(TOPIC, w): (lo, hi)}, files, data_files=entries
+                )
+                for w, lo, hi, files, _, _, entries in pending
             ]
             verdicts = coordinator.commit(requests)
             done = time.time()
-            seen += len(pending)
+            run.rounds.append(coordinator.last_round)
             for verdict, item in zip(verdicts, pending, strict=True):
                 if verdict.outcome is not Outcome.COMMITTED:
                     run.gave_up += 1
@@ -231,6 +280,13 @@ def simulate(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rate", type=float, default=1.0, help="batches per second per worker")
     parser.add_argument("--catalog", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--home", type=Path, default=None, help="warehouse (and SQLite catalog) directory")
+    parser.add_argument(
+        "--drain", type=float, default=30.0, help="seconds after a run's end a worker still commits what it is due"
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile the coordinated committer (largest N)")
+    parser.add_argument(
+        "--footers", action="store_true", help="workers send no file entries: the committer reads every footer"
+    )
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
     designs = args.designs.split(",")
@@ -248,10 +304,12 @@ def simulate(argv: list[str] | None = None) -> list[dict[str, Any]]:
         assert pipe.recv() == "ready"
     print(
         f"# scaleout_sim {datetime.now(UTC).isoformat(timespec='seconds')}: {os.cpu_count()} cores, catalog "
-        f"{args.catalog}, {args.rows} rows x {args.rate:g}/s per worker, {args.seconds:g} s per run"
+        f"{args.catalog}, {args.rows} rows x {args.rate:g}/s per worker, {args.seconds:g} s per run "
+        f"(+ {args.drain:g} s drain), load {os.getloadavg()[0]:.1f}"
     )
     print(f"{'design':<12}{'N':>4}{'due rows/s':>12}{'commits/s':>11}{'rows/s':>10}{'absorbed':>10}"
-          f"{'confl/commit':>14}{'retry':>8}{'p50 ms':>8}{'p99 ms':>8}")  # fmt: skip
+          f"{'confl/commit':>14}{'retry':>8}{'p50 ms':>8}{'p99 ms':>9}{'unfin':>7}{'req/rnd':>8}{'busy':>6}"
+          f"{'read':>6}{'commit':>7}")  # fmt: skip
     results = []
     try:
         for n in counts:
@@ -263,22 +321,31 @@ def simulate(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 run = Run(name, design, n, args.seconds, args.rows, args.rate)
                 start = time.time() + 1.0
                 for pipe in pipes[:n]:
-                    pipe.send((name, design, args.rows, args.rate, args.seconds, start))
+                    pipe.send((name, design, args.rows, args.rate, args.seconds, start, args.drain, args.footers))
                 if design == "coordinated":
-                    per_worker = max(1, int(np.ceil(args.seconds * args.rate)))
-                    committer(settings, handoff, run, start, per_worker * n)
+                    profiler = cProfile.Profile() if args.profile and n == max(counts) else None
+                    if profiler is not None:
+                        profiler.enable()
+                    committer(settings, handoff, run, start)
+                    if profiler is not None:
+                        profiler.disable()
+                        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
                 for pipe in pipes[:n]:
                     got = pipe.recv()
                     run.commits += got["commits"]
                     run.rows_committed += got["rows"]
                     run.conflicts += got["conflicts"]
                     run.gave_up += got["gave_up"]
+                    run.unfinished += got["unfinished"]
                     run.latencies += got["latencies"]
                 s = run.summary()
                 results.append(s)
                 print(f"{design:<12}{n:>4}{s['rows_due_per_s']:>12,}{s['commits_per_s']:>11}{s['rows_per_s']:>10,}"
                       f"{s['absorbed']:>10}{s['conflicts_per_commit']:>14}{s['retry_rate']:>8}"
-                      f"{s['p50_ms']!s:>8}{s['p99_ms']!s:>8}", flush=True)  # fmt: skip
+                      f"{s['p50_ms']!s:>8}{('>=' if run.unfinished else '') + str(s['p99_ms']):>9}"
+                      f"{s['unfinished']:>7}{s.get('requests_per_round', '-')!s:>8}{s.get('committer_busy', '-')!s:>6}"
+                      f"{s.get('read_ms_per_round', '-')!s:>6}{s.get('commit_ms_per_round', '-')!s:>7}"
+                      f"  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     finally:
         for pipe in pipes:
             pipe.send(None)

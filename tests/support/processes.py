@@ -15,9 +15,9 @@ from tests.support.ports import free_port
 from tests.support.waits import wait_for
 
 
-def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
+def settings_env(settings: Settings, metrics_port: int = 0, committer_metrics_port: int = 0) -> dict[str, str]:
     """The same settings, as the K2_ environment a child process reads; the ingester serves /metrics only on
-    `metrics_port` when one is given."""
+    `metrics_port` when one is given, the committer only on `committer_metrics_port`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env.update(
         K2_HOME=str(settings.home),
@@ -34,6 +34,7 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_SECONDS=str(settings.ingest.batch_max_seconds),
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
+        K2_INGEST_COMMITTER_METRICS_PORT=str(committer_metrics_port),
         K2_INGEST_COMMIT_MODE=settings.ingest.commit_mode,
         K2_INGEST_CONTROL_TOPIC=settings.ingest.control_topic,
         K2_INGEST_COMMIT_VERDICT_SECONDS=str(settings.ingest.commit_verdict_seconds),
@@ -72,12 +73,13 @@ def spawn_ingester(settings: Settings, log: Path, metrics_port: int = 0) -> subp
         )
 
 
-def spawn_committer(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    """A committer candidate of coordinated commits (`python -m k2_stream.committer`)."""
+def spawn_committer(settings: Settings, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+    """A committer candidate of coordinated commits (`python -m k2_stream.committer`), serving /metrics and /health
+    on `metrics_port` when one is given."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "k2_stream.committer"],
-            env=settings_env(settings),
+            env=settings_env(settings, committer_metrics_port=metrics_port),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
