@@ -255,7 +255,7 @@ def bench_settings(bootstrap: str, home: Path, partitions: int, **ingest: Any) -
             group_id=f"k2-bench-{uuid.uuid4().hex[:8]}",
         ),
         catalog=CatalogSettings(name=f"bench{uuid.uuid4().hex[:8]}"),
-        ingest=IngestSettings(metrics_port=0, **ingest),
+        ingest=IngestSettings(metrics_port=0, committer_metrics_port=0, **ingest),
         degradation=DegradationSettings(lag_seconds=[1e9, 2e9, 3e9], write_seconds=[1e9, 2e9, 3e9]),
     )
 

@@ -19,6 +19,7 @@ file, catalog row); `--profile` adds a cProfile of the committer at the largest 
 
     .venv/bin/python -m bench.scaleout_sim                                  # N = 1..32, 20 s per run
     .venv/bin/python -m bench.scaleout_sim --workers 1,4 --seconds 5 --catalog sqlite
+    .venv/bin/python -m bench.scaleout_sim --capacity 1,8,32,128                  # the committer alone
 """
 
 from __future__ import annotations
@@ -113,10 +114,10 @@ class Run:
         }
 
 
-def settings_for(catalog: str, home: Path, name: str) -> Settings:
+def settings_for(catalog: str, home: Path, name: str, postgres: str = POSTGRES) -> Settings:
     settings = Settings(home=home, catalog=CatalogSettings(name=name))
     if catalog == "postgres":
-        settings.catalog.uri = POSTGRES  # type: ignore[assignment]
+        settings.catalog.uri = postgres  # type: ignore[assignment]
     return settings
 
 
@@ -143,6 +144,14 @@ def trades(worker: int, batch: int, rows: int, rng: np.random.Generator) -> pa.T
     return conform(table, TRADES.arrow_schema)
 
 
+def close(catalog: Any) -> None:
+    """Release a run's catalog connections: each run has a catalog of its own, and 32 workers keeping every run's
+    pool open exhaust PostgreSQL's connections."""
+    engine = getattr(catalog, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 class _Conflicts(logging.Handler):
     """Counts the commit conflicts `commit_with_retries` logs (one record per failed attempt)."""
 
@@ -155,7 +164,7 @@ class _Conflicts(logging.Handler):
             self.count += 1
 
 
-def worker_main(index: int, catalog: str, home: str, control: Connection, handoff: Any) -> None:
+def worker_main(index: int, catalog: str, postgres: str, home: str, control: Connection, handoff: Any) -> None:
     """One worker: waits for a run (table name, design, rows, rate, seconds, start time), produces its batches, and
     reports what it saw; until told to stop."""
     conflicts = _Conflicts()
@@ -168,8 +177,9 @@ def worker_main(index: int, catalog: str, home: str, control: Connection, handof
         if job is None:
             return
         name, design, rows, rate, seconds, start, drain, footers = job
-        settings = settings_for(catalog, Path(home), name)
-        table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+        settings = settings_for(catalog, Path(home), name, postgres)
+        opened = open_catalog(settings)
+        table = opened.load_table((settings.catalog.namespace, "trades"))
         ing = settings.ingest  # the ingester's own conflict retries and backoff
         writer = TableWriter(table, f"worker-{index}", CLUSTER, ing.commit_retries, ing.conflict_backoff_seconds)
         tp = (TOPIC, index)
@@ -216,6 +226,7 @@ def worker_main(index: int, catalog: str, home: str, control: Connection, handof
         if design == "coordinated":
             handoff.put((index, None, batch, [], 0, 0.0, []))  # this worker hands in nothing more
         out["conflicts"] = conflicts.count
+        close(opened)
         control.send(out)
 
 
@@ -224,7 +235,8 @@ def committer(settings: Settings, handoff: Any, run: Run, start: float) -> None:
     in one snapshot with every partition's offsets, until every worker said it hands in nothing more. A refused
     batch (none is expected: each worker's ranges follow on) counts as given up. Each round's figures (requests,
     files, seconds reading footers and committing) go to `run.rounds`."""
-    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    catalog = open_catalog(settings)
+    table = catalog.load_table((settings.catalog.namespace, "trades"))
     handler = _Conflicts()
     logging.getLogger("k2_core.lake.retry").addHandler(handler)
     logging.getLogger("k2_core.lake.retry").setLevel(logging.INFO)
@@ -263,6 +275,39 @@ def committer(settings: Settings, handoff: Any, run: Run, start: float) -> None:
     finally:
         run.conflicts = handler.count
         logging.getLogger("k2_core.lake.retry").removeHandler(handler)
+        close(catalog)
+
+
+def capacity(home: Path, catalog: str, postgres: str, rows: int, sizes: list[int], rounds: int) -> None:
+    """The committer's own ceiling, apart from the workers' CPU: data files written beforehand (one a request, as a
+    worker writes them), then committed `rounds` times in rounds of each size. CPU ms (the committer process's own,
+    steady under other load) and wall ms per round; requests/s on a core of its own = size / CPU s per round."""
+    print(f"# committer capacity: {rows} rows a file, {rounds} rounds per size, load {os.getloadavg()[0]:.1f}")
+    print(f"{'req/round':>10}{'CPU ms/round':>14}{'wall ms/round':>15}{'CPU ms/req':>12}{'req/s a core':>14}")
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        settings = settings_for(catalog, home, f"cap{uuid.uuid4().hex[:10]}", postgres)
+        opened = open_catalog(settings)
+        table = ensure_table(opened, settings.catalog.namespace, TRADES)
+        committer = Committer(table, "committer", CLUSTER)
+        spec = table.metadata.default_spec_id
+        cpu, wall = [], []
+        for r in range(rounds):
+            requests = []
+            for w in range(size):
+                written = write_files(table, trades(w, r, rows, rng))
+                entries = [e for f in written if (e := encode_data_file(f, spec)) is not None]
+                ranges = {(TOPIC, w): (r * rows, (r + 1) * rows)}
+                requests.append(CommitRequest(uuid.uuid4().hex, f"w{w}", 1, "trades", ranges,
+                                              [f.file_path for f in written], data_files=entries))  # fmt: skip
+            c0, t0 = time.process_time(), time.perf_counter()
+            verdicts = committer.commit(requests)
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - t0)
+            assert all(v.outcome is Outcome.COMMITTED for v in verdicts)
+        c, t = statistics.median(cpu), statistics.median(wall)
+        print(f"{size:>10}{1000 * c:>14.0f}{1000 * t:>15.0f}{1000 * c / size:>12.1f}{size / c:>14,.0f}", flush=True)
+        close(opened)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +324,9 @@ def simulate(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rows", type=int, default=2000, help="rows per batch")
     parser.add_argument("--rate", type=float, default=1.0, help="batches per second per worker")
     parser.add_argument("--catalog", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument(
+        "--postgres", default=POSTGRES, help="the PostgreSQL catalog's URI (a database of its own keeps others' out)"
+    )
     parser.add_argument("--home", type=Path, default=None, help="warehouse (and SQLite catalog) directory")
     parser.add_argument(
         "--drain", type=float, default=30.0, help="seconds after a run's end a worker still commits what it is due"
@@ -287,16 +335,24 @@ def simulate(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--footers", action="store_true", help="workers send no file entries: the committer reads every footer"
     )
+    parser.add_argument(
+        "--capacity", default="", help="round sizes (e.g. 1,8,32,128): measure the committer alone instead"
+    )
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
     designs = args.designs.split(",")
     home = args.home or Path(tempfile.mkdtemp(prefix="k2-scaleout-sim-"))
+    if args.capacity:
+        capacity(home, args.catalog, args.postgres, args.rows, [int(n) for n in args.capacity.split(",")], 12)
+        return []
     ctx = mp.get_context("spawn")
     handoff = ctx.Queue()
     pipes, procs = [], []
     for i in range(max(counts)):
         ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=worker_main, args=(i, args.catalog, str(home), theirs, handoff), daemon=True)
+        proc = ctx.Process(
+            target=worker_main, args=(i, args.catalog, args.postgres, str(home), theirs, handoff), daemon=True
+        )
         proc.start()
         pipes.append(ours)
         procs.append(proc)
@@ -315,9 +371,10 @@ def simulate(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for n in counts:
             for design in designs:
                 name = f"sim{uuid.uuid4().hex[:10]}"
-                settings = settings_for(args.catalog, home, name)
+                settings = settings_for(args.catalog, home, name, args.postgres)
                 catalog = open_catalog(settings)
                 ensure_table(catalog, settings.catalog.namespace, TRADES)
+                close(catalog)
                 run = Run(name, design, n, args.seconds, args.rows, args.rate)
                 start = time.time() + 1.0
                 for pipe in pipes[:n]:

@@ -113,6 +113,7 @@ class Platform:
             "kafka": free_port(),
             "api": free_port(),
             "ingester": free_port(),
+            "committer": free_port(),
             "supervisor": free_port(),
             "dagster": free_port(),
         }
@@ -122,6 +123,7 @@ class Platform:
             K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{self.ports['kafka']}",
             K2_API_PORT=str(self.ports["api"]),
             K2_INGEST_METRICS_PORT=str(self.ports["ingester"]),
+            K2_INGEST_COMMITTER_METRICS_PORT=str(self.ports["committer"]),
             K2_SUPERVISOR_PORT=str(self.ports["supervisor"]),
             K2_MAINTENANCE_DAGSTER_PORT=str(self.ports["dagster"]),
             K2_KAFKA_MAX_PARTITIONS="2",
