@@ -148,7 +148,7 @@ def test_k2_run_in_coordinated_mode_starts_the_committer_and_stores_a_replay_onc
         command = ["replay-file", str(dump), "-e", "binance", "--symbol", "BTCUSDT", "--rate", "3000"]
         replay = platform.run_k2(*command, "--wait-timeout", "240")
         assert replay.returncode == 0, replay.stdout + replay.stderr
-        assert f"{rows:,} produced, {rows:,} committed" in replay.stdout
+        assert f"{rows:,} produced, {rows:,} committed" in replay.stdout + replay.stderr
         metrics = httpx.get(f"http://127.0.0.1:{platform.ports['committer']}/metrics", timeout=5).text
     finally:
         assert platform.stop() == 0
