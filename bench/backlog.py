@@ -255,7 +255,7 @@ def bench_settings(bootstrap: str, home: Path, partitions: int, **ingest: Any) -
             group_id=f"k2-bench-{uuid.uuid4().hex[:8]}",
         ),
         catalog=CatalogSettings(name=f"bench{uuid.uuid4().hex[:8]}"),
-        ingest=IngestSettings(metrics_port=0, **ingest),
+        ingest=IngestSettings(metrics_port=0, committer_metrics_port=0, **ingest),
         degradation=DegradationSettings(lag_seconds=[1e9, 2e9, 3e9], write_seconds=[1e9, 2e9, 3e9]),
     )
 
@@ -314,6 +314,16 @@ def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any, shar
             return out
 
         writer.append = timed  # type: ignore[method-assign,assignment]
+    if ingester.coordinator is not None:  # coordinated mode: a commit is a hand-in answered by the committer
+        submit = ingester.coordinator.submit
+
+        def handed(request: Any, _orig: Any = submit) -> Any:
+            started = time.perf_counter()
+            out = _orig(request)
+            commit_ms.append((time.perf_counter() - started) * 1000)
+            return out
+
+        ingester.coordinator.submit = handed  # type: ignore[method-assign]
     process = ingester.process
 
     def done() -> int:

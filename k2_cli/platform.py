@@ -25,6 +25,13 @@ def register(app: typer.Typer) -> None:
         run_book_ingester(Settings())
 
     @app.command()
+    def committer() -> None:
+        """Run a committer candidate of coordinated commits (K2_INGEST_COMMIT_MODE=coordinated) until Ctrl-C."""
+        from k2_stream.committer import run_committer
+
+        run_committer(Settings())
+
+    @app.command()
     def api() -> None:
         """Serve the query API (REST + OpenAPI at /docs)."""
         from k2_api.main import serve

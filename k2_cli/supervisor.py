@@ -44,6 +44,7 @@ console = Console(stderr=True, soft_wrap=True)  # one line per message, greppabl
 log = get_logger(__name__)
 EXCHANGES = ("asx", "nyse", "binance")
 BROKER = "broker"
+COMMITTER = "committer"
 BROKER_LOST_GRACE_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
 
@@ -217,6 +218,8 @@ class Supervisor:
         children = [
             # Tansu exits at once on SIGINT; on SIGTERM it waits ~5 s for clients to leave (nothing to flush: memory)
             Child(BROKER, self._broker, stop_signal=signal.SIGINT),
+            # coordinated commits: the ingester hands its batches to the committer (docs/scaleout.md)
+            *([self._k2(COMMITTER, "committer")] if self.settings.ingest.commit_mode == "coordinated" else []),
             self._k2("ingester", "ingest"),
             self._k2("book-ingester", "ingest-books"),
             self._k2("api", "api"),
@@ -239,6 +242,8 @@ class Supervisor:
             ports["ingester metrics"] = (s.api.host, s.ingest.metrics_port)
         if s.ingest.book_metrics_port:
             ports["book ingester metrics"] = (s.api.host, s.ingest.book_metrics_port)
+        if s.ingest.commit_mode == "coordinated" and s.ingest.committer_metrics_port:
+            ports["committer metrics"] = (s.api.host, s.ingest.committer_metrics_port)
         if s.supervisor.port:
             ports["k2 run status"] = (s.api.host, s.supervisor.port)
         if self.dagster:
@@ -269,7 +274,8 @@ class Supervisor:
             raise SystemExit(
                 f"cannot start: in use: {', '.join(taken)}. Is another K2 running? "
                 "Stop it, or choose other ports (K2_KAFKA_BOOTSTRAP_SERVERS, K2_API_PORT, K2_INGEST_METRICS_PORT, "
-                "K2_INGEST_BOOK_METRICS_PORT, K2_SUPERVISOR_PORT, K2_MAINTENANCE_DAGSTER_PORT)."
+                "K2_INGEST_BOOK_METRICS_PORT, K2_INGEST_COMMITTER_METRICS_PORT, K2_SUPERVISOR_PORT, "
+                "K2_MAINTENANCE_DAGSTER_PORT)."
             )
 
     def _start(self, child: Child) -> None:
@@ -341,6 +347,8 @@ class Supervisor:
         console.print(f"broker       kafka://{self.broker_host}:{self.broker_port} (Tansu, in memory)")
         console.print(f"ingester     metrics on :{s.ingest.metrics_port}")
         console.print(f"books        metrics on :{s.ingest.book_metrics_port}")
+        if COMMITTER in self.children:
+            console.print(f"committer    coordinated commits, metrics on :{s.ingest.committer_metrics_port}")
         console.print(f"api          http://{s.api.host}:{s.api.port}/docs")
         console.print(f"auth         {auth_banner(s).removeprefix('auth ')}")
         if self.dagster:
@@ -468,6 +476,7 @@ class Supervisor:
         tiers = [
             [n for n in self.children if n.startswith("simulator")] + ["dagster-daemon"],
             ["ingester", "book-ingester"],
+            [COMMITTER],  # after the ingesters: it answers their last hand-ins
             ["api", "dagster-webserver"],
             [BROKER],
         ]

@@ -152,6 +152,9 @@ class IngestSettings(BaseModel):
     # committed at most once), `commit_resubmits` times, then resets as after a failed write.
     commit_verdict_seconds: float = Field(default=10.0, gt=0)
     commit_resubmits: int = Field(default=3, ge=0)
+    committer_metrics_port: int = Field(
+        default=9109, ge=0, le=65535, description="The committer's /metrics and /health; 0 disables them."
+    )
 
 
 class DegradationSettings(BaseModel):

@@ -39,6 +39,7 @@ from k2_core.ingest.plan import BatchPlan, Halt
 from k2_core.ingest.sequence import GapEvent, StreamKey
 from k2_core.ingest.state import SequenceState
 from k2_core.ingest.writer import TableWriter
+from k2_core.lake.data_files import encode_data_file
 from k2_core.lake.files import delete_uncommitted, write_files
 from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.logging import get_logger
@@ -182,6 +183,11 @@ class Checkpoint:
             ranges=ranges,
             files=[f.file_path for f in files],
             topic_ids={t: i for t, i in writer.index.topic_ids.items() if any(t == tp[0] for tp in offsets)},
+            data_files=[
+                entry
+                for f in files
+                if (entry := encode_data_file(f, writer.table.metadata.default_spec_id)) is not None
+            ],
         )
         try:
             verdict = coordinator.submit(request)

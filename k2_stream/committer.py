@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from k2_core.exceptions import K2Error
-from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, Verdict, decode_message
+from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, RoundStats, Verdict, decode_message
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.logging import configure_logging, get_logger
 from k2_core.model.tables import MARKET_TABLES
 from k2_core.settings import Settings
+from k2_stream import metrics
 from k2_stream.admin import cluster_id
 from k2_stream.control import ensure_control_topic
 from k2_stream.signals import stop_on_signals
+from k2_stream.status import serve_status
 
 log = get_logger(__name__)
 
@@ -50,6 +53,7 @@ class CommitterService:
         self.pending: list[CommitRequest] = []
         self.next_offset: int | None = None  # the control offset to commit once `pending` is answered
         self.rounds = 0
+        self.elected = False
         self._stop = threading.Event()
         self.consumer = Consumer(
             {
@@ -68,6 +72,10 @@ class CommitterService:
     def stop(self) -> None:
         self._stop.set()
 
+    def health(self) -> dict[str, Any]:
+        """For `/health`: up while running; whether this candidate is the elected committer."""
+        return {"status": "down" if self._stop.is_set() else "ok", "elected": self.elected, "rounds": self.rounds}
+
     def run(self) -> None:
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("committer candidate started", extra={"committer": self.committer_id, "topic": self.topic})
@@ -82,6 +90,7 @@ class CommitterService:
                     self._round()
                     backoff = self.settings.ingest.retry_backoff_seconds
                 except (K2Error, KafkaException) as exc:
+                    metrics.COMMITTER_FAILED_ROUNDS.inc()
                     log.error("commit round failed, retrying", extra={"error": str(exc), "wait_s": backoff})
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self.settings.ingest.max_backoff_seconds)
@@ -93,11 +102,15 @@ class CommitterService:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.pending, self.next_offset = [], None
         if partitions:
+            self.elected = True
+            metrics.COMMITTER_ELECTED.set(1)
             log.info("elected committer", extra={"committer": self.committer_id})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.pending, self.next_offset = [], None  # the next committer reads them from the committed offset
         if partitions:
+            self.elected = False
+            metrics.COMMITTER_ELECTED.set(0)
             log.info("committer deposed", extra={"committer": self.committer_id})
 
     def _take(self, msg: Message) -> None:
@@ -123,7 +136,9 @@ class CommitterService:
                     Verdict(request.request_id, request.worker, Outcome.REJECTED, reason=f"no table {request.table}")
                 )
         for name, requests in by_table.items():
-            verdicts.extend(self.committers[name].commit(requests))
+            committer = self.committers[name]
+            verdicts.extend(committer.commit(requests))
+            observe_round(name, committer.last_round)
         errors: list[str] = []
         for verdict in verdicts:
             self.producer.produce(
@@ -141,12 +156,30 @@ class CommitterService:
         self.rounds += 1
 
 
+def observe_round(table: str, stats: RoundStats) -> None:
+    """One table's round in the committer's metrics."""
+    metrics.COMMITTER_ROUNDS.labels(table).inc()
+    metrics.COMMITTER_REQUESTS.labels(table, Outcome.COMMITTED.value).inc(stats.committed)
+    metrics.COMMITTER_REQUESTS.labels(table, Outcome.REJECTED.value).inc(stats.rejected)
+    metrics.COMMITTER_FILES.labels(table).inc(stats.files)
+    metrics.COMMITTER_REQUESTS_PER_ROUND.labels(table).observe(stats.requests)
+    metrics.COMMITTER_ROUND_SECONDS.labels(table).observe(stats.seconds)
+    metrics.COMMITTER_COMMIT_SECONDS.labels(table).observe(stats.commit_seconds)
+    metrics.COMMITTER_READ_SECONDS.labels(table).observe(stats.read_seconds)
+
+
 def run_committer(settings: Settings) -> None:
     configure_logging("committer", settings.log_level)
     service = CommitterService(settings)
 
     stop_on_signals(service.stop)
-    service.run()
+    port = settings.ingest.committer_metrics_port
+    server = serve_status(service.health, settings.api.host, port) if port else None
+    try:
+        service.run()
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 if __name__ == "__main__":

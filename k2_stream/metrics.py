@@ -32,3 +32,20 @@ DEGRADATION_LEVEL = Gauge("k2_degradation_level", "Degradation cascade level 0-4
 SHED_MESSAGES = Counter(
     "k2_shed_messages_total", "Messages shed at degradation level 3 (sent to the DLQ)", ["exchange"]
 )
+
+# The committer of coordinated commits (k2_stream.committer): whether it is the elected one, and per table its rounds,
+# requests by verdict, files, and where a round's time goes. Requests per round tell whether it batches (one
+# snapshot for many hand-ins) or is itself the ceiling (busy all the time, one request a round).
+COMMITTER_ELECTED = Gauge("k2_committer_elected", "1 while this candidate owns the control topic (is the committer)")
+COMMITTER_ROUNDS = Counter("k2_committer_rounds_total", "Commit rounds (one snapshot each)", ["table"])
+COMMITTER_FAILED_ROUNDS = Counter("k2_committer_failed_rounds_total", "Rounds that failed and are retried")
+COMMITTER_REQUESTS = Counter("k2_committer_requests_total", "Requests answered, by verdict", ["table", "outcome"])
+COMMITTER_FILES = Counter("k2_committer_files_total", "Data files committed", ["table"])
+COMMITTER_REQUESTS_PER_ROUND = Histogram(
+    "k2_committer_requests_per_round", "Requests judged per round", ["table"], buckets=(1, 2, 5, 10, 20, 50, 100, 500)
+)
+COMMITTER_ROUND_SECONDS = Histogram("k2_committer_round_seconds", "A round, judging to snapshot", ["table"])
+COMMITTER_COMMIT_SECONDS = Histogram(
+    "k2_committer_commit_seconds", "A round's commit: manifests, metadata file, catalog row", ["table"]
+)
+COMMITTER_READ_SECONDS = Histogram("k2_committer_read_seconds", "A round's reading of data file footers", ["table"])

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
 from pyiceberg.manifest import DataFile
@@ -37,6 +38,7 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import WriteError
+from k2_core.lake.data_files import decode_data_file
 from k2_core.lake.files import append_files
 from k2_core.lake.offsets import (
     OffsetIndex,
@@ -63,6 +65,9 @@ class CommitRequest:
     ranges: Mapping[TopicPartition, tuple[int, int]]
     files: Sequence[str]
     topic_ids: Mapping[str, str] = field(default_factory=dict)
+    # The files' Iceberg entries as the worker wrote them (k2_core.lake.data_files): the committer reads no footer
+    # for a file whose entry came along.
+    data_files: Sequence[Mapping[str, Any]] = ()
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -75,6 +80,7 @@ class CommitRequest:
                 "ranges": [[t, p, s, e] for (t, p), (s, e) in sorted(self.ranges.items())],
                 "files": list(self.files),
                 "topic_ids": dict(self.topic_ids),
+                "data_files": list(self.data_files),
             },
             separators=(",", ":"),
         ).encode()
@@ -92,6 +98,7 @@ class CommitRequest:
             ranges={(str(t), int(p)): (int(s), int(e)) for t, p, s, e in ranges},
             files=[str(f) for f in raw["files"]],  # type: ignore[attr-defined]
             topic_ids={str(k): str(v) for k, v in raw.get("topic_ids", {}).items()},  # type: ignore[attr-defined]
+            data_files=tuple(dict(d) for d in raw.get("data_files", [])),  # type: ignore[attr-defined]
         )
 
 
@@ -199,6 +206,23 @@ class RequestIndex:
         return self.ids
 
 
+@dataclass
+class RoundStats:
+    """What one `Committer.commit` round did and where its time went: reading the data files' footers (once per
+    request) and committing (manifests, metadata file, catalog row; summed over attempts). For the committer's
+    metrics and the scale-out simulation's profile: they tell whether the committer itself is the ceiling."""
+
+    requests: int = 0
+    committed: int = 0
+    rejected: int = 0
+    files: int = 0
+    footers_read: int = 0  # files whose entry did not come with the request
+    attempts: int = 0
+    read_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    seconds: float = 0.0
+
+
 class Committer:
     """The one committer of one table. `commit` judges a round of requests against the table and commits every
     accepted one's files in one snapshot; on a conflict with another writer it re-reads the table and judges again."""
@@ -219,6 +243,7 @@ class Committer:
         self.offsets = OffsetIndex(cluster_id)
         self.requests = RequestIndex()
         self._data_files: dict[str, list[DataFile]] = {}
+        self.last_round = RoundStats()
 
     def commit(self, requests: Iterable[CommitRequest]) -> list[Verdict]:
         """One verdict per request, in order. Raises `WriteError` / `CommitConflictError` when the table cannot be
@@ -233,9 +258,11 @@ class Committer:
             if ids and any(self.offsets.topic_ids.get(t) != i for t, i in ids.items()):
                 self.offsets.set_topic_ids({**self.offsets.topic_ids, **ids})
         verdicts: list[Verdict] = []
+        stats = RoundStats(requests=len(pending))
 
         def attempt(table: Table) -> list[Verdict]:
             nonlocal verdicts
+            stats.attempts += 1
             stored = dict(self.offsets.refresh(table))
             committed = self.requests.refresh(table)
             position = dict(stored)
@@ -258,12 +285,19 @@ class Committer:
                 verdicts.append(self._verdict(request, Outcome.COMMITTED, stored))
             if not accepted:
                 return verdicts
-            files = [f for request in accepted for f in self._files(table, request)]
+            began = time.perf_counter()
+            files = [f for request in accepted for f in self._files(table, request, stats)]
+            stats.read_seconds += time.perf_counter() - began
+            stats.files = len(files)
             topic_ids = {t: i for request in accepted for t, i in request.topic_ids.items()}
             # every partition's offset, never lower than stored
             props = summary_properties(position, self.cluster_id, self.committer_id, topic_ids)
             props[REQUESTS_PROPERTY] = json.dumps(sorted(r.request_id for r in accepted), separators=(",", ":"))
-            snapshot_id = append_files(table, files, props)
+            began = time.perf_counter()
+            try:
+                snapshot_id = append_files(table, files, props)
+            finally:
+                stats.commit_seconds += time.perf_counter() - began
             ids = {r.request_id for r in accepted}
             return [
                 Verdict(v.request_id, v.worker, v.outcome, snapshot_id, v.reason, v.stored)
@@ -283,14 +317,22 @@ class Committer:
         )
         for request in pending:
             self._data_files.pop(request.request_id, None)
+        stats.committed = sum(v.outcome is Outcome.COMMITTED for v in result)
+        stats.rejected = len(result) - stats.committed
+        stats.seconds = time.perf_counter() - started
+        self.last_round = stats
         log.info(
             "coordinated commit",
             extra={
                 "table": str(self.table.name()),
                 "requests": len(pending),
-                "committed": sum(v.outcome is Outcome.COMMITTED for v in result),
+                "committed": stats.committed,
                 "rejected": [v.request_id for v in result if v.outcome is Outcome.REJECTED],
-                "seconds": round(time.perf_counter() - started, 3),
+                "files": stats.files,
+                "attempts": stats.attempts,
+                "read_s": round(stats.read_seconds, 3),
+                "commit_s": round(stats.commit_seconds, 3),
+                "seconds": round(stats.seconds, 3),
             },
         )
         return result
@@ -313,16 +355,36 @@ class Committer:
         held = {tp: stored[tp] for tp in request.ranges if tp in stored}
         return Verdict(request.request_id, request.worker, outcome, snapshot_id, reason, held, certain)
 
-    def _files(self, table: Table, request: CommitRequest) -> list[DataFile]:
-        """The request's data files as Iceberg entries, read from their Parquet footers (once per request)."""
+    def _files(self, table: Table, request: CommitRequest, stats: RoundStats) -> list[DataFile]:
+        """The request's data files as Iceberg entries (once per request): the entries the worker sent when they
+        are for the table's current partition spec, else read from the files' Parquet footers."""
         if request.request_id not in self._data_files:
+            carried = self._carried(table, request)
+            stats.footers_read += sum(path not in carried for path in request.files)
             try:
                 self._data_files[request.request_id] = [
-                    parquet_file_to_data_file(table.io, table.metadata, path) for path in request.files
-                ]
+                    entry if (entry := carried.get(path)) is not None
+                    else parquet_file_to_data_file(table.io, table.metadata, path)
+                    for path in request.files
+                ]  # fmt: skip
             except OSError as exc:
                 raise WriteError(f"cannot read the data files of request {request.request_id}: {exc}") from exc
         return self._data_files[request.request_id]
+
+    def _carried(self, table: Table, request: CommitRequest) -> dict[str, DataFile]:
+        """The entries that came with the request, by path; those for another partition spec (it changed since the
+        worker wrote them) or naming no file of the request are left out (their footers are read instead)."""
+        found: dict[str, DataFile] = {}
+        paths = set(request.files)
+        for raw in request.data_files:
+            try:
+                entry = decode_data_file(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("unreadable data file entry", extra={"request": request.request_id, "error": str(exc)})
+                continue
+            if entry.file_path in paths and entry.spec_id == table.metadata.default_spec_id:
+                found[entry.file_path] = entry
+        return found
 
     def _any_in_table(self, table: Table, request: CommitRequest) -> bool:
         """Whether any of a refused request's files is a data file of the table (then none may be deleted)."""

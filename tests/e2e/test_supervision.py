@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.lake import table_rows
@@ -129,3 +130,43 @@ def test_a_process_that_cannot_stay_up_makes_k2_run_give_up(tmp_path: Path) -> N
     assert "exited 2 times in a row" in out
     assert "all K2 processes stopped" in out
     _gone(platform)
+
+
+def test_k2_run_in_coordinated_mode_starts_the_committer_and_stores_a_replay_once(tmp_path: Path) -> None:
+    """K2_INGEST_COMMIT_MODE=coordinated: `k2 run` starts a committer beside the ingester, which hands it every
+    batch; the committer commits them (every snapshot is its own), reports on /metrics, and stops with the rest."""
+    platform = Platform(tmp_path / "home", K2_INGEST_COMMIT_MODE="coordinated")
+    platform.start("--no-dagster", "--no-simulators")
+    rows = 3000
+    dump = tmp_path / "BTCUSDT-trades.csv"
+    dump.write_text(
+        "\n".join([HEADER, *(f"{i},100.5,0.25,25.125,{1732492800000 + i},true,true" for i in range(1, rows + 1))])
+        + "\n"
+    )
+    try:
+        wait_for(lambda: platform.process("committer")["up"] and platform.process("ingester")["up"], timeout=60)
+        command = ["replay-file", str(dump), "-e", "binance", "--symbol", "BTCUSDT", "--rate", "3000"]
+        replay = platform.run_k2(*command, "--wait-timeout", "240")
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert f"{rows:,} produced, {rows:,} committed" in replay.stdout + replay.stderr
+        metrics = httpx.get(f"http://127.0.0.1:{platform.ports['committer']}/metrics", timeout=5).text
+    finally:
+        assert platform.stop() == 0
+    assert sorted(table_rows_of(platform)) == list(range(1, rows + 1))  # each row exactly once
+    writers = trades_writers(platform)
+    assert writers
+    assert all(w.startswith("committer-") for w in writers), writers  # the ingester committed nothing itself
+    assert "k2_committer_elected 1.0" in metrics
+    committed = [line for line in metrics.splitlines() if line.startswith("k2_committer_requests_total{")]
+    assert any('outcome="committed"' in line and 'table="trades"' in line for line in committed), committed
+    _gone(platform)
+
+
+def trades_writers(platform: Platform) -> list[str]:
+    from k2_core.lake.catalog import open_catalog
+    from k2_core.lake.offsets import WRITER_PROPERTY
+    from k2_core.settings import Settings
+
+    settings = Settings(home=platform.home)
+    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    return [s.summary.additional_properties.get(WRITER_PROPERTY, "") for s in table.snapshots() if s.summary]

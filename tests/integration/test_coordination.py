@@ -10,10 +10,12 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 import pytest
+from pyiceberg.io.pyarrow import parquet_file_to_data_file
 from pyiceberg.table import Table
 
 from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, Verdict, decode_message
 from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.data_files import encode_data_file
 from k2_core.lake.files import write_files
 from k2_core.lake.offsets import OffsetIndex
 from k2_core.model.tables import TRADES
@@ -162,3 +164,42 @@ def test_messages_round_trip() -> None:
     assert decode_message(verdict.encode()) == verdict
     assert decode_message(b"not json") is None
     assert decode_message(b'{"type": "other"}') is None
+
+
+def test_file_entries_sent_along_are_committed_without_reading_a_footer(trades: Callable[[], Table]) -> None:
+    """A worker sends each file's Iceberg entry with its request: the committer reads no footer, and what it
+    commits is what the footers say (the oracle: pyiceberg reading each committed file back). An entry for another
+    partition spec is not used: that file's footer is read."""
+    table = trades()
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    days = [datetime(2026, 11, 25, 23, 59, tzinfo=UTC), datetime(2026, 11, 26, 0, 1, tzinfo=UTC)]
+    rows = [factories.trade("A", s, days[s % 2], f"45.{s}", Decimal(s)) for s in range(1, 9)]
+    written = write_files(table, TRADES.sort(TRADES.to_arrow(rows)))
+    assert len(written) == 2  # one file a day
+    spec = table.metadata.default_spec_id
+    entries = [encode_data_file(f, spec) for f in written]
+    assert all(e is not None for e in entries)
+    req = CommitRequest("a1", "A", 1, "trades", {(TOPIC, 0): (0, 8)}, [f.file_path for f in written],
+                        data_files=[e for e in entries if e is not None])  # fmt: skip
+    (verdict,) = committer.commit([req])
+    assert verdict.outcome is Outcome.COMMITTED
+    assert committer.last_round.files == 2
+    assert committer.last_round.footers_read == 0
+    table = trades()
+    committed = {task.file.file_path: task.file for task in table.scan().plan_files()}
+    assert set(committed) == set(req.files)
+    for path, entry in committed.items():
+        footer = parquet_file_to_data_file(table.io, table.metadata, path)
+        for name in ("partition", "record_count", "file_size_in_bytes", "column_sizes", "value_counts",
+                     "null_value_counts", "nan_value_counts", "lower_bounds", "upper_bounds"):  # fmt: skip
+            assert getattr(entry, name) == getattr(footer, name), name
+    assert stored(table) == expected(("A", 0, 8))
+    # an entry for a partition spec the table does not have (it changed since the worker wrote the file)
+    more = write_files(table, TRADES.sort(TRADES.to_arrow([factories.trade("A", 9, days[1], "45.9", Decimal(1))])))
+    stale = [e for f in more if (e := encode_data_file(f, 99)) is not None]
+    (verdict,) = committer.commit(
+        [CommitRequest("a2", "A", 1, "trades", {(TOPIC, 0): (8, 9)}, [f.file_path for f in more], data_files=stale)]
+    )
+    assert verdict.outcome is Outcome.COMMITTED
+    assert committer.last_round.footers_read == 1
+    assert stored(trades()) == expected(("A", 0, 9))

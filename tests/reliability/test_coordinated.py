@@ -4,19 +4,25 @@ against what the broker really holds: every message stored once, every partition
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from pyiceberg.exceptions import NoSuchTableError
 
 from k2_core.exceptions import CommitRejectedError
-from k2_core.ingest.coordination import CommitRequest
+from k2_core.ingest.coordination import REQUESTS_PROPERTY, CommitRequest
 from k2_core.lake.catalog import open_catalog
 from k2_core.lake.files import write_files
 from k2_core.lake.offsets import WRITER_PROPERTY, OffsetIndex
@@ -25,8 +31,10 @@ from k2_core.settings import Settings
 from k2_stream.admin import cluster_id, load_layout
 from k2_stream.committer import CommitterService
 from k2_stream.control import CommitClient
+from tests.support import factories
 from tests.support.fixtures import on_threads
 from tests.support.lake import table_rows
+from tests.support.ports import free_port
 from tests.support.processes import spawn_committer, spawn_ingester
 from tests.support.reliability import check_exactly_once, feed, reliable_settings
 from tests.support.waits import wait_for
@@ -173,3 +181,54 @@ def test_a_zombie_worker_is_rejected_and_nothing_of_it_is_stored(
     assert sorted(map(str, table_rows(settings, "trades"))) == before
     table.refresh()
     assert not set(files) & {task.file.file_path for task in table.scan().plan_files()}
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The committer's /metrics, sample by sample (name and labels -> value)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_committer_reports_its_rounds_on_metrics_as_the_table_has_them(
+    make_settings: Callable[..., Settings], broker: str, tmp_path: Path
+) -> None:
+    settings = coordinated_settings(make_settings, broker)
+    port = free_port()
+    with ExitStack() as stack:
+        started(stack, spawn_committer(settings, tmp_path / "committer.log", metrics_port=port))
+        wait_for(lambda: _answers(port) and httpx.get(f"http://127.0.0.1:{port}/health").json()["elected"], timeout=60)
+        table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))  # the committer made it
+        worker = CommitClient(settings, "worker-a")
+        stack.callback(worker.close)
+        tp = ("market.equities.trades.asx", 0)
+        for start, end in ((0, 30), (30, 50)):
+            rows = [factories.trade("BHP", s, datetime.now(UTC), "45.1", Decimal(1)) for s in range(start + 1, end + 1)]
+            files = [f.file_path for f in write_files(table, TRADES.sort(TRADES.to_arrow(rows)))]
+            worker.submit(CommitRequest(uuid.uuid4().hex, "worker-a", 1, "trades", {tp: (start, end)}, files))
+        with pytest.raises(CommitRejectedError):  # a gap: the table holds 50
+            worker.submit(CommitRequest(uuid.uuid4().hex, "worker-a", 1, "trades", {tp: (60, 70)}, []))
+        samples = scrape(port)
+    # The oracle: the table's own snapshots (the request ids and files each one holds).
+    table.refresh()
+    summaries = [s.summary.additional_properties for s in table.snapshots() if s.summary]
+    committed = sum(len(json.loads(p.get(REQUESTS_PROPERTY, "[]"))) for p in summaries)
+    files = sum(int(p.get("added-data-files", 0)) for p in summaries)
+    trades_label = (("table", "trades"),)
+    assert committed == 2
+    assert samples[("k2_committer_requests_total", (("outcome", "committed"), ("table", "trades")))] == committed
+    assert samples[("k2_committer_requests_total", (("outcome", "rejected"), ("table", "trades")))] == 1
+    assert samples[("k2_committer_files_total", trades_label)] == files
+    assert samples[("k2_committer_rounds_total", trades_label)] == 3  # one a hand-in: each waited for its verdict
+    assert samples[("k2_committer_requests_per_round_count", trades_label)] == 3
+    assert samples[("k2_committer_elected", ())] == 1
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

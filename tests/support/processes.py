@@ -15,9 +15,9 @@ from tests.support.ports import free_port
 from tests.support.waits import wait_for
 
 
-def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
+def settings_env(settings: Settings, metrics_port: int = 0, committer_metrics_port: int = 0) -> dict[str, str]:
     """The same settings, as the K2_ environment a child process reads; the ingester serves /metrics only on
-    `metrics_port` when one is given."""
+    `metrics_port` when one is given, the committer only on `committer_metrics_port`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env.update(
         K2_HOME=str(settings.home),
@@ -35,6 +35,7 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
         K2_INGEST_BOOK_METRICS_PORT="0",  # a test that runs the book ingester gives it a port of its own
+        K2_INGEST_COMMITTER_METRICS_PORT=str(committer_metrics_port),
         K2_INGEST_COMMIT_MODE=settings.ingest.commit_mode,
         K2_INGEST_CONTROL_TOPIC=settings.ingest.control_topic,
         K2_INGEST_COMMIT_VERDICT_SECONDS=str(settings.ingest.commit_verdict_seconds),
@@ -73,12 +74,13 @@ def spawn_ingester(settings: Settings, log: Path, metrics_port: int = 0) -> subp
         )
 
 
-def spawn_committer(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    """A committer candidate of coordinated commits (`python -m k2_stream.committer`)."""
+def spawn_committer(settings: Settings, log: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+    """A committer candidate of coordinated commits (`python -m k2_stream.committer`), serving /metrics and /health
+    on `metrics_port` when one is given."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "k2_stream.committer"],
-            env=settings_env(settings),
+            env=settings_env(settings, committer_metrics_port=metrics_port),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -113,6 +115,7 @@ class Platform:
             "api": free_port(),
             "ingester": free_port(),
             "book-ingester": free_port(),
+            "committer": free_port(),
             "supervisor": free_port(),
             "dagster": free_port(),
         }
@@ -123,6 +126,7 @@ class Platform:
             K2_API_PORT=str(self.ports["api"]),
             K2_INGEST_METRICS_PORT=str(self.ports["ingester"]),
             K2_INGEST_BOOK_METRICS_PORT=str(self.ports["book-ingester"]),
+            K2_INGEST_COMMITTER_METRICS_PORT=str(self.ports["committer"]),
             K2_SUPERVISOR_PORT=str(self.ports["supervisor"]),
             K2_MAINTENANCE_DAGSTER_PORT=str(self.ports["dagster"]),
             K2_KAFKA_MAX_PARTITIONS="2",
