@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import dagster as dg
+import pytest
 from prometheus_client import REGISTRY
 from pyiceberg.expressions import EqualTo
 from typer.testing import CliRunner
@@ -372,17 +373,30 @@ def test_a_restarted_feed_numbering_its_books_again_is_a_new_session(
 
 
 def holes(events: list[Event]) -> dict[str, list[int]]:
-    """Per symbol, the first number of each run of update numbers missing from what was sent: the gaps the book
-    ingester must record, once each, whenever it ran."""
+    """Per symbol, the first number of each run of update numbers missing from what was sent, a run split after each
+    snapshot sent inside it (the snapshot holds the numbers up to its own: only those after it are missing from
+    then on): the gaps the book ingester must record, once each, whenever it ran."""
     sent: dict[str, set[int]] = {}
+    snapshots: dict[str, set[int]] = {}
     for kind, r in events:
-        if kind == "book_updates":
-            sent.setdefault(r["symbol"], set()).add(r["exchange_sequence_number"])
-    return {symbol: [a + 1 for a, b in itertools.pairwise(sorted(seqs)) if b > a + 1] for symbol, seqs in sent.items()}
+        into = sent if kind == "book_updates" else snapshots
+        into.setdefault(r["symbol"], set()).add(r["exchange_sequence_number"])
+    out: dict[str, list[int]] = {}
+    for symbol, seqs in sent.items():
+        for a, b in itertools.pairwise(sorted(seqs)):
+            if b > a + 1:
+                inside = sorted(n for n in snapshots.get(symbol, set()) if a < n < b - 1)
+                out.setdefault(symbol, []).extend([a + 1, *(n + 1 for n in inside)])
+    return out
 
 
+@pytest.mark.parametrize(
+    "hours_past_midnight",
+    # From a midnight, and from 15h past one: there CBA loses numbers twice before a snapshot heals both gaps.
+    [0, 15],
+)
 def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_restart_exactly(
-    broker: str, make_settings: Callable[..., Settings]
+    broker: str, make_settings: Callable[..., Settings], hours_past_midnight: int
 ) -> None:
     """Four days of stored books, the book ingester stopped mid-stream and started again: the new one fills each
     book from its newest stored day only (one day for the books stored that day, the day before for one that was
@@ -393,7 +407,8 @@ def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_
     symbols = ("BHP", "CBA", "NAB")
     # From a midnight: where the days begin among the events (and so which books a day holds) is then the same
     # whenever the test runs.
-    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=5)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = midnight - timedelta(days=5, hours=-hours_past_midnight)
     sim, events = simulate(
         200, step=timedelta(minutes=12), start=start, symbols=symbols, book_faults=FaultConfig(gap_every=97)
     )
