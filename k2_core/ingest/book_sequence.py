@@ -5,11 +5,13 @@ includes. In stream order (a symbol's snapshots and updates share a partition), 
 
 - an update numbered at or below the last stored update is a re-delivery: dropped (as trades dedup by their key);
 - an update above the next number reveals a gap: the missing numbers are a `sequence_gaps` row (data type
-  `book_updates`, graded like trade gaps) and the book is INVALID from the last update before the gap (a
+  `book_updates`, graded like trade gaps) and the book is INVALID from the last update before the gap, or from a
+  newer snapshot sent before it (the gap then starts after the snapshot's number, which it holds) (a
   `book_validity` row): nothing stored can rebuild it until a snapshot includes the missing numbers;
 - a snapshot at or below the last stored snapshot is a re-delivery; one above the last update seen says the updates
   between were never received (a gap too, healed at once by that snapshot); one that covers the open gap's last
-  missing number heals the book (a `book_validity` row: VALID from the snapshot's time).
+  missing number heals the book (a `book_validity` row: VALID from the snapshot's time) and every gap recorded
+  while it was unknown (numbers can be lost more than once before a snapshot comes).
 
 A record numbered at or below what is stored but timed after everything stored is a new session (a feed handler
 restarted and numbers its book from the start again, as the simulator does): kept, with the stream started afresh;
