@@ -5,11 +5,13 @@ includes. In stream order (a symbol's snapshots and updates share a partition), 
 
 - an update numbered at or below the last stored update is a re-delivery: dropped (as trades dedup by their key);
 - an update above the next number reveals a gap: the missing numbers are a `sequence_gaps` row (data type
-  `book_updates`, graded like trade gaps) and the book is INVALID from the last update before the gap (a
+  `book_updates`, graded like trade gaps) and the book is INVALID from the last update before the gap, or from a
+  newer snapshot sent before it (the gap then starts after the snapshot's number, which it holds) (a
   `book_validity` row): nothing stored can rebuild it until a snapshot includes the missing numbers;
 - a snapshot at or below the last stored snapshot is a re-delivery; one above the last update seen says the updates
   between were never received (a gap too, healed at once by that snapshot); one that covers the open gap's last
-  missing number heals the book (a `book_validity` row: VALID from the snapshot's time).
+  missing number heals the book (a `book_validity` row: VALID from the snapshot's time) and every gap recorded
+  while it was unknown (numbers can be lost more than once before a snapshot comes).
 
 A record numbered at or below what is stored but timed after everything stored is a new session (a feed handler
 restarted and numbers its book from the start again, as the simulator does): kept, with the stream started afresh;
@@ -52,8 +54,11 @@ class BookStream:
     last_update: int | None = None
     last_update_at: datetime | None = None
     last_snapshot: int | None = None
+    last_snapshot_at: datetime | None = None
     open_gap: tuple[int, int] | None = None
-    gap_id: str | None = None
+    # Every sequence_gaps row the open gap spans: a book can lose numbers again before a snapshot comes, and the
+    # snapshot that covers the last missing number heals each of them.
+    gap_ids: list[str] = field(default_factory=list)
     last_at: datetime | None = None  # the newest exchange time stored, of an update or a snapshot
     unknown_since: datetime | None = None  # wall time the book became unknown (while `open_gap` is set)
 
@@ -65,7 +70,7 @@ class BookStream:
 
     def new_session(self) -> None:
         self.last_update = self.last_snapshot = None
-        self.last_update_at = None
+        self.last_update_at = self.last_snapshot_at = None
 
     def stored(self, at: datetime) -> None:
         self.last_at = at if self.last_at is None else max(self.last_at, at)
@@ -111,15 +116,22 @@ class BookStreams:
             # A new session without its snapshot yet: the book is unknown until one comes.
             s.new_session()
             out.validity.append(_validity(r["exchange"], r["symbol"], at, BOOK_INVALID, seq - 1, None, now))
-            s.open_gap, s.gap_id = (1, seq - 1), None
+            s.open_gap = (1, seq - 1)
             s.unknown_since = s.unknown_since or now
         elif s.last_update is not None and seq <= s.last_update:
             out.duplicates += 1
             return
         # The number after the last stored update, or after a newer snapshot (which holds the updates between).
         follows_snapshot = s.last_snapshot is not None and seq == s.last_snapshot + 1
-        if s.last_update is not None and seq > s.last_update + 1 and not follows_snapshot:
-            self._gap(s, r, s.last_update + 1, seq - 1, now, out)
+        if s.last_update is not None and not follows_snapshot:
+            # A gap starts after the newer of the two, so numbers a snapshot sent before this update covered (and
+            # the gap that snapshot healed) are never recorded missing again. A snapshot timed at or after this
+            # update is not before it in the stream: one a crashed batch stored ahead of its updates, replayed now.
+            known, known_at = s.last_update, s.last_update_at
+            if s.last_snapshot is not None and s.last_snapshot > known and _before(s.last_snapshot_at, at):
+                known, known_at = s.last_snapshot, s.last_snapshot_at
+            if seq > known + 1:
+                self._gap(s, r, known + 1, seq - 1, now, out, since=known_at)
         s.last_update, s.last_update_at = seq, at
         s.stored(at)
         out.updates.append(r)
@@ -135,8 +147,8 @@ class BookStreams:
             if s.open_gap is not None and seq >= s.open_gap[1]:
                 # A replayed batch re-found a gap this stored snapshot healed: its VALID row was recorded before
                 # the snapshot was stored (validity precedes data), so the book is known again already.
-                out.healed += [s.gap_id] if s.gap_id is not None else []
-                s.open_gap, s.gap_id, s.unknown_since = None, None, None
+                out.healed += s.gap_ids
+                s.open_gap, s.gap_ids, s.unknown_since = None, [], None
             return
         if s.last_update is not None and seq > s.last_update:
             # Updates the snapshot includes never arrived: the book between them was unknown until now.
@@ -145,15 +157,24 @@ class BookStreams:
             out.validity.append(
                 _validity(r["exchange"], r["symbol"], r["exchange_timestamp"], BOOK_VALID, seq, None, now)
             )
-            if s.gap_id is not None:
-                out.healed.append(s.gap_id)
-            s.open_gap, s.gap_id, s.unknown_since = None, None, None
-        s.last_snapshot = seq
+            out.healed += s.gap_ids
+            s.open_gap, s.gap_ids, s.unknown_since = None, [], None
+        s.last_snapshot, s.last_snapshot_at = seq, at
         s.stored(at)
         out.snapshots.append(r)
 
-    def _gap(self, s: BookStream, r: dict[str, Any], first: int, last: int, now: datetime, out: BookDecisions) -> None:
-        since = s.last_update_at or r["exchange_timestamp"]
+    def _gap(
+        self,
+        s: BookStream,
+        r: dict[str, Any],
+        first: int,
+        last: int,
+        now: datetime,
+        out: BookDecisions,
+        since: datetime | None = None,
+    ) -> None:
+        """`since`: the time of the last record before the gap (the last update's unless said)."""
+        since = since or s.last_update_at or r["exchange_timestamp"]
         event = GapEvent(
             (BOOK_GAP_KIND, r["exchange"], r["symbol"]),
             first,
@@ -165,7 +186,7 @@ class BookStreams:
         gap_id = self._gap_id_of(event)
         out.validity.append(_validity(r["exchange"], r["symbol"], since, BOOK_INVALID, first - 1, gap_id, now))
         s.open_gap = (first, last) if s.open_gap is None else (s.open_gap[0], last)
-        s.gap_id = gap_id
+        s.gap_ids.append(gap_id)
         s.unknown_since = s.unknown_since or now
 
     def unknown(self) -> dict[Instrument, datetime]:
@@ -174,7 +195,7 @@ class BookStreams:
         return {key: s.unknown_since or EPOCH for key, s in list(self.streams.items()) if s.open_gap is not None}
 
     def load(
-        self, updates: pa.Table, snapshots: pa.Table, validity: pa.Table, open_gap_ids: dict[Instrument, str]
+        self, updates: pa.Table, snapshots: pa.Table, validity: pa.Table, open_gap_ids: Mapping[Instrument, list[str]]
     ) -> None:
         """Rebuild from everything stored (`add` for every instrument the rows name, on an empty tracker)."""
         self.streams.clear()
@@ -191,13 +212,14 @@ class BookStreams:
         updates: pa.Table,
         snapshots: pa.Table,
         validity: pa.Table,
-        open_gap_ids: Mapping[Instrument, str],
+        open_gap_ids: Mapping[Instrument, list[str]],
     ) -> None:
         """Set `instruments` to what is stored of them (each afresh, one stored nowhere as a new book): `updates` and
         `snapshots` hold (exchange, symbol, exchange_sequence_number, exchange_timestamp) of at least each one's
         newest stored rows (feed snapshots only), `validity` its book_validity rows; an instrument whose newest
-        validity row is INVALID has its gap open again (`open_gap_ids`: its gap's id). The last number of each is
-        the newest record's by time (a later session restarts its numbers). Rows of other instruments are ignored."""
+        validity row is INVALID has its gap open again (`open_gap_ids`: the ids of its open gaps). The last number of
+        each is the newest record's by time (a later session restarts its numbers). Rows of other instruments are
+        ignored."""
         wanted = set(instruments)
         for key in wanted:
             self.streams[key] = BookStream()
@@ -218,8 +240,8 @@ class BookStreams:
             seq, at = row["exchange_sequence_number"], row["exchange_timestamp"]
             newest_snapshot[key] = max(newest_snapshot.get(key, (at, seq)), (at, seq))
             self.streams[key].stored(at)
-        for key, (_, seq) in newest_snapshot.items():
-            self.streams[key].last_snapshot = seq
+        for key, (at, seq) in newest_snapshot.items():
+            self.streams[key].last_snapshot, self.streams[key].last_snapshot_at = seq, at
         newest: dict[Instrument, dict[str, Any]] = {}
         for row in validity.to_pylist():
             key = (row["exchange"], row["symbol"])
@@ -230,9 +252,14 @@ class BookStreams:
         for key, row in newest.items():
             if row["state"] == BOOK_INVALID:
                 s = self.streams[key]
-                s.gap_id = row["gap_id"] or open_gap_ids.get(key)
+                ids = list(open_gap_ids.get(key, []))
+                s.gap_ids = ids if row["gap_id"] is None or row["gap_id"] in ids else [*ids, row["gap_id"]]
                 s.open_gap = (row["sequence"] + 1, max(s.last_update or 0, row["sequence"] + 1))
                 s.unknown_since = row.get("recorded_at")
+
+
+def _before(earlier: datetime | None, later: datetime) -> bool:
+    return earlier is not None and earlier < later
 
 
 def _validity(

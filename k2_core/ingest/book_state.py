@@ -100,14 +100,14 @@ class BookState:
         updates: Table,
         snapshots: Table,
         validity: Table,
-        open_gap_ids: Callable[[], dict[Instrument, str]],
+        open_gap_ids: Callable[[], dict[Instrument, list[str]]],
         streams: BookStreams,
     ) -> None:
         self.updates, self.snapshots, self.validity = updates, snapshots, validity
         self.streams = streams
         self._open_gap_ids = open_gap_ids
         self._validity = validity.schema().as_arrow().empty_table()
-        self._gap_ids: dict[Instrument, str] = {}
+        self._gap_ids: dict[Instrument, list[str]] = {}
 
     def reset(self) -> None:
         """Forget every book (on an assignment, after a failed write) and fill at once the ones stored as unknown."""

@@ -96,9 +96,17 @@ class GapStore:
             if r["data_type"] in KINDS
         ]
 
-    def open_book_gaps(self) -> dict[tuple[str, str], str]:
-        """(exchange, symbol) -> the id of its open book gap."""
-        return {(r["exchange"], r["symbol"]): r["gap_id"] for r in self._open_rows() if r["data_type"] not in KINDS}
+    def open_book_gaps(self) -> dict[tuple[str, str], list[str]]:
+        """(exchange, symbol) -> the ids of its open book gaps, oldest first: a book can lose numbers more than once
+        before a snapshot heals them all."""
+        rows = sorted(
+            (r for r in self._open_rows() if r["data_type"] not in KINDS),
+            key=lambda r: (r["detected_at"], r["gap_id"]),
+        )
+        out: dict[tuple[str, str], list[str]] = {}
+        for r in rows:
+            out.setdefault((r["exchange"], r["symbol"]), []).append(r["gap_id"])
+        return out
 
     def record_healed(self, gap_ids: Iterable[str], now: datetime) -> None:
         """Mark open book gaps healed: a snapshot made their book known again."""

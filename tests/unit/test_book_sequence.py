@@ -179,3 +179,37 @@ def test_a_new_sessions_snapshot_heals_the_gap_the_session_before_left_open() ->
     assert [(v["state"], v["at"], v["sequence"]) for v in out.validity] == [(BOOK_VALID, later(0), 0)]
     assert out.healed == [event_gap_id(gap)]
     assert streams.stream("asx", "BHP").open_gap is None
+
+
+def test_updates_lost_after_a_snapshot_that_healed_a_gap_are_a_gap_of_their_own() -> None:
+    """A snapshot ahead of the updates records and heals the numbers it skipped; updates lost after it are a new
+    gap from the number after the snapshot's, invalid from the snapshot's time: the numbers it covered are never
+    recorded missing twice (nor the first gap's INVALID row overwritten by the second's)."""
+    streams = BookStreams(event_gap_id)
+    out = streams.decide([snap(0), upd(1), snap(3), upd(9)], NOW)
+    assert [(g.first, g.last) for g in out.gaps] == [(2, 3), (4, 8)]
+    states = [(v["state"], v["at"], v["sequence"]) for v in out.validity]
+    assert states == [(BOOK_INVALID, at(1), 1), (BOOK_VALID, at(3), 3), (BOOK_INVALID, at(3), 3)]
+    assert out.healed == [event_gap_id(out.gaps[0])]
+
+
+def test_a_snapshot_heals_every_gap_it_covers_also_across_a_restart() -> None:
+    """Numbers lost twice before a snapshot: the snapshot covering the last missing number heals both gaps, also
+    when the tracker was filled from the tables in between (the open gaps' ids from sequence_gaps)."""
+    streams = BookStreams(event_gap_id)
+    out = streams.decide([snap(0), upd(1), upd(3), upd(4), upd(7)], NOW)
+    assert [(g.first, g.last) for g in out.gaps] == [(2, 2), (5, 6)]
+    ids = [event_gap_id(g) for g in out.gaps]
+    assert streams.decide([snap(7)], NOW).healed == ids
+
+    reloaded = BookStreams(event_gap_id)
+    reloaded.add(
+        [("asx", "BHP")],
+        _keys(out.updates),
+        _keys(out.snapshots),
+        BOOK_VALIDITY.to_arrow(out.validity),
+        {("asx", "BHP"): ids},
+    )
+    healed = reloaded.decide([snap(7)], NOW)
+    assert sorted(healed.healed) == sorted(ids)
+    assert reloaded.unknown() == {}
