@@ -149,6 +149,9 @@ class IngestSettings(BaseModel):
     # committed at most once), `commit_resubmits` times, then resets as after a failed write.
     commit_verdict_seconds: float = Field(default=10.0, gt=0)
     commit_resubmits: int = Field(default=3, ge=0)
+    # Write and commit a batch on a thread of its own while the next one is consumed and decoded (k2_stream.pipeline);
+    # at most one batch in flight, committed in order. Independent commit mode only.
+    pipeline: bool = True
 
 
 class DegradationSettings(BaseModel):
