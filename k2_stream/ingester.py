@@ -403,6 +403,7 @@ class Ingester:
         except _RECOVERABLE as exc:
             error = exc
         if not self._drain():  # nothing of this batch is written: it is committed again after the failed one
+            log.warning("next batch held behind the failed one", extra={"messages": len(batch)})
             self.held.extend(batch)
             return
         try:
