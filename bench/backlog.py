@@ -297,9 +297,9 @@ def _cpu() -> float:
 
 
 def _run_ingester(
-    settings_json: str, expected: int, mode: str, queue: Any, shared: Any = None, phases: str = ""
+    settings_json: str, expected: int, mode: str, queue: Any, shared: Any = None, phases: bool = False
 ) -> None:
-    """`phases`: "" (none), "time" (time each phase) or "probe" (and run the GIL probe: bench/phases.py)."""
+    """`phases`: time each phase of each batch (bench/phases.py)."""
     from bench.per_message import PerMessagePreparer
     from k2_stream.ingester import Ingester
 
@@ -319,7 +319,7 @@ def _run_ingester(
             return out
 
         writer.append = timed  # type: ignore[method-assign,assignment]
-    timing = instrument(ingester, probe=phases == "probe") if phases else None
+    timing = instrument(ingester) if phases else None
     decode = ingester.preparer.decode
     finish = ingester.checkpoint.finish
 
@@ -361,8 +361,6 @@ def _run_ingester(
         time.sleep(0.02)
     ingester.stop()
     thread.join(60)
-    if timing is not None and timing.probe is not None:
-        timing.probe.running = False
     result = RunResult(
         mode,
         stats["trades_written"],
@@ -381,7 +379,9 @@ def _run_ingester(
     queue.put(asdict(result))
 
 
-def run_ingester(settings: Settings, expected: int, mode: str, timeout: float = 1800, phases: str = "") -> RunResult:
+def run_ingester(
+    settings: Settings, expected: int, mode: str, timeout: float = 1800, phases: bool = False
+) -> RunResult:
     return run_ingesters(settings, expected, mode, 1, timeout, phases=phases)[0]
 
 
@@ -392,7 +392,7 @@ def run_ingesters(
     processes: int,
     timeout: float = 1800,
     cores: list[set[int]] | None = None,
-    phases: str = "",
+    phases: bool = False,
 ) -> list[RunResult]:
     """`processes` ingester processes in one consumer group, until together they have handled `expected` rows.
     `cores[i]`, when given, pins process i to those CPUs."""
