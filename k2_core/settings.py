@@ -150,8 +150,9 @@ class IngestSettings(BaseModel):
     commit_verdict_seconds: float = Field(default=10.0, gt=0)
     commit_resubmits: int = Field(default=3, ge=0)
     # Write and commit a batch on a thread of its own while the next one is consumed and decoded (k2_stream.pipeline);
-    # at most one batch in flight, committed in order. Independent commit mode only.
-    pipeline: bool = True
+    # at most one batch in flight, committed in order. Independent commit mode only. Off by default: on this project's
+    # shared 2-core machine it showed no gain and ~15% more CPU per row (docs/performance.md, Pipelined batches).
+    pipeline: bool = False
 
 
 class DegradationSettings(BaseModel):

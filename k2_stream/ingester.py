@@ -10,7 +10,7 @@ stored in the table (k2_core.ingest.resume), so a crash between the Iceberg comm
 loses nor duplicates a row. A failed write puts the loop in `RESETTING`: it backs off, brings the sequence state up
 to the table, and commits the same batch again, on the partitions it still owns.
 
-With `ingest.pipeline` (the default, independent commit mode) a batch is written and committed on a writer thread
+With `ingest.pipeline` (opt-in, independent commit mode) a batch is written and committed on a writer thread
 while the next one is consumed and decoded (k2_stream.pipeline says what keeps that exactly once); everything that
 reads or moves the sequence state, the positions or the consumer stays on the loop's thread.
 """

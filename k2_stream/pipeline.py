@@ -1,9 +1,10 @@
 """The ingester's pipeline: one batch written and committed on a thread of its own while the next is consumed and
-decoded (K2_INGEST_PIPELINE, on by default).
+decoded (K2_INGEST_PIPELINE=true; off by default until it shows a gain, see docs/performance.md).
 
-Why it pays: most of a batch's write is Parquet encoding and the catalog commit, which run in pyarrow's C++ and
-SQLite/HTTP clients with the GIL released, while consuming (librdkafka) and decoding (polars' Avro reader) the next
-batch mostly release it too. Only one core's worth of pure Python remains serial.
+What it can win: the checkpoint's write (about a fifth of a batch's wall: Parquet encoding in pyarrow's C++ pool,
+which releases the GIL, and the catalog commit) runs beside the next batch's consume and decode. The loop's own work
+(a Python object per consumed message, decode, plan) holds the GIL and stays serial, and where both cores are busy
+anyway the overlap wins nothing while the GIL hand-offs cost CPU (docs/performance.md, Pipelined batches).
 
 What keeps it exactly once is what it does not overlap. At most one batch is in flight. The next batch is only
 decoded meanwhile: its plan (sequence tracking, gap detection, the dedup window) waits until the batch before it is
