@@ -51,6 +51,7 @@ def child_env(settings: Settings, api_port: int) -> dict[str, str]:
         K2_KAFKA_REPLICATION_FACTOR="1",
         K2_API_PORT=str(api_port),
         K2_INGEST_METRICS_PORT="0",
+        K2_INGEST_BOOK_METRICS_PORT="0",
         K2_LOG_LEVEL="WARNING",
     )
     return env

@@ -138,13 +138,14 @@ def scrape(url: str) -> tuple[Histogram, float, float]:
 def run(minutes: float, rate: int, interval: float, png: Path | None, keep: bool) -> list[Sample]:
     work = Path(tempfile.mkdtemp(prefix="k2-soak-"))
     home = work / "home"
-    ports = {name: free_port() for name in ("kafka", "api", "ingester", "supervisor", "dagster")}
+    ports = {name: free_port() for name in ("kafka", "api", "ingester", "books", "supervisor", "dagster")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env.update(
         K2_HOME=str(home),
         K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{ports['kafka']}",
         K2_API_PORT=str(ports["api"]),
         K2_INGEST_METRICS_PORT=str(ports["ingester"]),
+        K2_INGEST_BOOK_METRICS_PORT=str(ports["books"]),
         K2_SUPERVISOR_PORT=str(ports["supervisor"]),
         K2_MAINTENANCE_DAGSTER_PORT=str(ports["dagster"]),
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,7 +15,6 @@ from rich.table import Table
 
 from k2_core.exceptions import ConfigError, K2Error
 from k2_core.logging import configure_logging
-from k2_core.read.params import EXCHANGE_PATTERN
 from k2_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,23 +55,29 @@ def import_files(
         str | None, typer.Option(help="Generic formats: unit of integer times (s, ms, us, ns).")
     ] = None,
     time_zone: Annotated[str, typer.Option(help="Generic formats: zone of times written without one.")] = "UTC",
-    chunk_rows: Annotated[int, typer.Option(min=1000, help="Rows per commit.")] = 1 << 20,
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(min=1000, help="Rows per commit (default 1,048,576; 131,072 for book files)."),
+    ] = None,
 ) -> None:
     """Import historical files into K2's tables by the ingester's rules: duplicates dropped (against what is
-    stored too), sequence gaps recorded and graded, late numbers filling recorded gaps.
+    stored too), sequence gaps recorded and graded, late numbers filling recorded gaps. Book formats
+    (tardis-book-l2, tardis-book-snapshot, databento-mbp10) fill the book tables by the book ingester's rules.
 
     Resumable: a file already imported is skipped; an import interrupted mid-file resumes after its last
     committed chunk, without duplicates. Safe beside a running ingester. Unreadable rows and rows that break the
     record rules are reported and skipped; they do not change the exit code. The exit code is 1 when a file
     cannot be read or written.
     """
-    from k2_core.ingest.formats import ReadOptions, file_format
+    from k2_core.ingest.book_importer import BOOK_CHUNK_ROWS, BookImporter
+    from k2_core.ingest.formats import BookFileFormat, ReadOptions, any_format
     from k2_core.ingest.formats.sources import expand
     from k2_core.ingest.importer import Importer
+    from k2_core.read.params import EXCHANGE_PATTERN
 
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     try:
-        spec = file_format(fmt)
+        spec = any_format(fmt)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--format") from exc
     if not EXCHANGE_PATTERN.fullmatch(exchange):
@@ -83,8 +90,13 @@ def import_files(
     if not paths:
         raise typer.BadParameter(f"no files match {' '.join(sources)}", param_hint="SOURCES")
     settings = _start()
+    import_one: Callable[..., FileReport]
     try:
-        importer = Importer(settings)
+        # Book formats go to the book tables, by the book ingester's rules; the others to trades or quotes.
+        if isinstance(spec, BookFileFormat):
+            import_one = partial(BookImporter(settings).import_file, fmt=spec)
+        else:
+            import_one = partial(Importer(settings).import_file, fmt=spec)
     except K2Error as exc:
         err.print(f"[red]cannot open the catalog:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
@@ -113,17 +125,12 @@ def import_files(
                 options = ReadOptions(
                     exchange=exchange,
                     symbol=symbol,
-                    chunk_rows=chunk_rows,
+                    chunk_rows=chunk_rows or (BOOK_CHUNK_ROWS if isinstance(spec, BookFileFormat) else 1 << 20),
                     mapping=columns,
                     time_unit=time_unit,
                     time_zone=time_zone,
                 )
-                report = importer.import_file(
-                    path,
-                    spec,
-                    options,
-                    advanced,
-                )
+                report = import_one(path, options=options, progress=advanced)
             except K2Error as exc:
                 err.print(f"[red]import of {escape(str(path))} failed:[/red] {escape(str(exc))}")
                 _print_summary(out, reports)

@@ -1,7 +1,8 @@
 """What `k2 status` reads: every process's own endpoint and the catalog, all at once, each within a deadline.
 
 Sources: `k2 run`'s `/health` (which processes it runs, their pids, uptimes and restarts), the ingester's `/health`
-(degradation level, breaker, halted partitions) and `/metrics` (consumer lag), the API's `/health` and `/metrics`,
+(degradation level, breaker, halted partitions) and `/metrics` (consumer lag), the book ingester's `/health` (last
+commit, lag, unknown books, failing commits) and `/metrics`, the API's `/health` and `/metrics`,
 Dagster's `/server_info`, a TCP connect to the broker, and the catalog through `k2_core.read.engine` (snapshot log per
 table, open gaps). Nothing here decides what is wrong: `k2_cli.status` does, from the `Report` built here.
 """
@@ -28,7 +29,7 @@ from k2_core.settings import Settings
 
 T = TypeVar("T")
 
-BROKER, INGESTER, API, DAGSTER = "broker", "ingester", "api", "dagster-webserver"
+BROKER, INGESTER, BOOK_INGESTER, API, DAGSTER = "broker", "ingester", "book-ingester", "api", "dagster-webserver"
 
 
 @dataclass
@@ -62,6 +63,19 @@ class IngesterState:
     circuit_breaker: str
     assigned_partitions: int
     halted_partitions: dict[str, str]
+    stats: dict[str, Any]
+
+
+@dataclass
+class BookIngesterState:
+    """The book ingester's own report: `error` is why its batches keep failing (None while they commit)."""
+
+    error: str | None
+    assigned_partitions: int
+    last_commit: str | None
+    last_commit_age_seconds: float | None
+    lag_seconds: float
+    unknown_books: dict[str, float]  # "exchange:symbol" -> seconds unknown
     stats: dict[str, Any]
 
 
@@ -107,6 +121,7 @@ class Report:
     lag: list[TopicLag]
     catalog: CatalogState
     api_catalog_error: str | None = None  # the API answered but says it cannot read the catalog
+    book_ingester: BookIngesterState | None = None  # None: no /health answer (or its port is 0)
 
 
 # ---- running probes side by side ---------------------------------------------------------------------------------
@@ -339,6 +354,7 @@ def read_catalog_within(settings: Settings, timeout: float) -> CatalogState:
 class Endpoints:
     supervisor: str | None
     ingester: str | None  # base URL, without path
+    book_ingester: str | None  # base URL, without path
     api: str
     dagster: str
 
@@ -348,6 +364,7 @@ class Endpoints:
         return cls(
             supervisor=_url(host, s.supervisor.port, "/health") if s.supervisor.port else None,
             ingester=_url(host, s.ingest.metrics_port, "") if s.ingest.metrics_port else None,
+            book_ingester=_url(host, s.ingest.book_metrics_port, "") if s.ingest.book_metrics_port else None,
             api=_url(host, s.api.port, ""),
             dagster=_url(s.maintenance.dagster_host, s.maintenance.dagster_port, "/server_info"),
         )
@@ -365,6 +382,8 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     job_supervisor = get(ends.supervisor)
     job_ingester_health = get(ends.ingester and f"{ends.ingester}/health")
     job_ingester_metrics = get(ends.ingester and f"{ends.ingester}/metrics")
+    job_books_health = get(ends.book_ingester and f"{ends.book_ingester}/health")
+    job_books_metrics = get(ends.book_ingester and f"{ends.book_ingester}/metrics")
     job_api_health, job_api_metrics = get(f"{ends.api}/health"), get(f"{ends.api}/metrics")
     job_dagster = get(ends.dagster)
     job_broker = _Job(lambda: _connects(settings.kafka.bootstrap_servers, timeout))
@@ -382,6 +401,8 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     supervisor = _supervisor(ends.supervisor, sup_answer)
     ing_health = answer(job_ingester_health, ends.ingester)
     ing_metrics = answer(job_ingester_metrics, ends.ingester)
+    books_health = answer(job_books_health, ends.book_ingester)
+    books_metrics = answer(job_books_metrics, ends.book_ingester)
     api_health = answer(job_api_health, ends.api)
     api_metrics = answer(job_api_metrics, ends.api)
     dagster_answer = answer(job_dagster, ends.dagster)
@@ -397,7 +418,7 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
         supervised = (sup_answer.json() or {}).get("processes") or {}
         names = list(supervised)
     else:
-        names = [BROKER, INGESTER, API] + ([DAGSTER] if dagster else [])
+        names = [BROKER, INGESTER, BOOK_INGESTER, API] + ([DAGSTER] if dagster else [])
 
     processes = []
     for name in names:
@@ -406,6 +427,9 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
             _probed(proc, settings.kafka.bootstrap_servers, broker_error)
         elif name == INGESTER:
             _served(proc, ing_health, ends.ingester, "K2_INGEST_METRICS_PORT=0", ing_metrics, now_wall)
+        elif name == BOOK_INGESTER:
+            off = "K2_INGEST_BOOK_METRICS_PORT=0"
+            _served(proc, books_health, ends.book_ingester, off, books_metrics, now_wall)
         elif name == API:
             _served(proc, api_health, ends.api, "", api_metrics, now_wall)
         elif name == DAGSTER:
@@ -414,6 +438,8 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
 
     ingester = _ingester(ing_health)
     lag = lag_per_topic(ing_metrics.text) if ing_metrics is not None and ing_metrics.status == 200 else []
+    if books_metrics is not None and books_metrics.status == 200:
+        lag = sorted([*lag, *lag_per_topic(books_metrics.text)], key=lambda t: t.topic)
 
     api_catalog_error = None
     if api_health is not None and api_health.status == 503:
@@ -433,6 +459,7 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
         lag=lag,
         catalog=catalog,
         api_catalog_error=api_catalog_error,
+        book_ingester=_book_ingester(books_health),
     )
 
 
@@ -502,5 +529,21 @@ def _ingester(health: Answer | None) -> IngesterState | None:
         circuit_breaker=str(body.get("circuit_breaker", "")),
         assigned_partitions=int(body.get("assigned_partitions", 0)),
         halted_partitions=dict(body.get("halted_partitions") or {}),
+        stats=dict(body.get("stats") or {}),
+    )
+
+
+def _book_ingester(health: Answer | None) -> BookIngesterState | None:
+    body = health.json() if health is not None and health.answered else None
+    if body is None or "unknown_books" not in body:
+        return None
+    age = body.get("last_commit_age_seconds")
+    return BookIngesterState(
+        error=body.get("error"),
+        assigned_partitions=int(body.get("assigned_partitions", 0)),
+        last_commit=body.get("last_commit"),
+        last_commit_age_seconds=None if age is None else float(age),
+        lag_seconds=float(body.get("lag_seconds") or 0.0),
+        unknown_books={str(k): float(v) for k, v in (body.get("unknown_books") or {}).items()},
         stats=dict(body.get("stats") or {}),
     )

@@ -24,6 +24,7 @@ from k2_core.settings import Settings
 EXIT_OK, EXIT_PROBLEM = 0, 1
 SHEDDING_LEVEL = int(Level.SHED_SYMBOLS)
 LAG_WARN_SECONDS = 60.0  # KafkaConsumerLagHigh's threshold: shown in red, judged by the alert
+BOOK_UNKNOWN_LIMIT_SECONDS = 600.0  # BookUnknownTooLong's threshold: a book unknown longer is a problem here too
 GAP_SEVERITIES = ("warning", "alert", "halt")  # k2_core.ingest.gaps' grades (that module loads pyiceberg: slow)
 
 HELP = "\n\n".join(
@@ -31,15 +32,17 @@ HELP = "\n\n".join(
         "One screen of what is running: each process with its uptime and restarts, consumer lag per topic, the last "
         "commit and snapshot count per table, open gaps by severity, halted partitions and the degradation level.",
         "It reads `k2 run`'s /health (K2_SUPERVISOR_PORT), the ingester's /health and /metrics "
-        "(K2_INGEST_METRICS_PORT), the API's /health, Dagster's /server_info and the catalog, so it works the same "
-        "whether `k2 run` started the platform or the processes run on their own (docker compose). The processes "
-        "expected are those `k2 run` reports; without `k2 run`, the broker, ingester, API and Dagster webserver "
-        "(--no-dagster leaves Dagster out).",
+        "(K2_INGEST_METRICS_PORT), the book ingester's (K2_INGEST_BOOK_METRICS_PORT), the API's /health, Dagster's "
+        "/server_info and the catalog, so it works the same whether `k2 run` started the platform or the processes "
+        "run on their own (docker compose). The processes expected are those `k2 run` reports; without `k2 run`, "
+        "the broker, ingester, book ingester, API and Dagster webserver (--no-dagster leaves Dagster out).",
         "Exit code 0 when everything expected is up and healthy; 1 when anything is wrong, and the output says what: "
         "a process is down or its endpoint does not answer, `k2 run` is stopping, the ingester's circuit breaker is "
         "open or half-open, a partition is halted on a sequence gap, the degradation level is 3 or more (shedding "
-        "symbols), or the catalog cannot be read (by this command or by the API). Lag, open gaps and restarts are "
-        "shown, not judged: the alerts in config/prometheus/alerts.yml judge those over time.",
+        "symbols), the book ingester's batches keep failing, a level-2 book has been unknown (a gap no snapshot "
+        "healed) for more than 10 minutes, or the catalog cannot be read (by this command or by the API). Lag, the "
+        "last commit's age, open gaps and restarts are shown, not judged: the alerts in "
+        "config/prometheus/alerts.yml judge those over time.",
     ]
 )
 
@@ -70,6 +73,16 @@ def problems(report: Report) -> list[str]:
             found.append(
                 f"{len(ing.halted_partitions)} partition(s) halted on a sequence gap: "
                 + "; ".join(f"{tp}: {why}" for tp, why in sorted(ing.halted_partitions.items()))
+            )
+    books = report.book_ingester
+    if books is not None:
+        if books.error:
+            found.append(f"book ingester cannot commit, retrying: {books.error}")
+        stale = {b: age for b, age in books.unknown_books.items() if age > BOOK_UNKNOWN_LIMIT_SECONDS}
+        if stale:
+            found.append(
+                f"{len(stale)} book(s) unknown for more than {_duration(BOOK_UNKNOWN_LIMIT_SECONDS)} (a gap no "
+                "snapshot has healed): " + ", ".join(f"{b} {_duration(age)}" for b, age in sorted(stale.items()))
             )
     if report.catalog.reachable is False:
         found.append(f"catalog unreachable ({report.catalog.uri}): {report.catalog.error}")
@@ -143,6 +156,29 @@ def _ingester(report: Report) -> list[Text]:
     line.append(f", {ing.assigned_partitions} partitions assigned, ")
     line.append(f"{len(ing.halted_partitions) or 'none'} halted", style="bold red" if ing.halted_partitions else "")
     return [line] + [Text(f"  halted {tp}: {why}", style="red") for tp, why in sorted(ing.halted_partitions.items())]
+
+
+def _book_ingester(report: Report) -> list[Text]:
+    books = report.book_ingester
+    if books is None:
+        return [Text("book ingester: no /health answer: last commit, lag and unknown books unknown")]
+    line = Text("book ingester: ")
+    if books.last_commit_age_seconds is None:
+        line.append("no batch committed yet")
+    else:
+        line.append(f"last commit {_duration(books.last_commit_age_seconds)} ago")
+    line.append(f", lag {books.lag_seconds:.1f}s", style="red" if books.lag_seconds >= LAG_WARN_SECONDS else "")
+    line.append(f", {books.assigned_partitions} partitions assigned, ")
+    unknown = books.unknown_books
+    line.append(f"{len(unknown) or 'no'} unknown book(s)", style="yellow" if unknown else "")
+    out = [line]
+    if books.error:
+        out.append(Text(f"  failing: {books.error}", style="bold red"))
+    out += [
+        Text(f"  unknown {b} for {_duration(age)}", style="red" if age > BOOK_UNKNOWN_LIMIT_SECONDS else "yellow")
+        for b, age in sorted(unknown.items())
+    ]
+    return out
 
 
 def _lag(report: Report) -> list[Table | Text]:
@@ -219,7 +255,8 @@ def render(report: Report, found: list[str]) -> Group:
     else:
         parts.append(Text(f"k2 run: not answering at {_where(sup.url)} ({sup.error}); asked each process"))
     gap = Text("")
-    parts += [gap, *_processes(report), gap, *_ingester(report), *_lag(report), gap, *_catalog(report), gap]
+    parts += [gap, *_processes(report), gap, *_ingester(report), *_book_ingester(report), *_lag(report)]
+    parts += [gap, *_catalog(report), gap]
     if found:
         parts += [Text(f"PROBLEM: {problem}", style="bold red") for problem in found]
     else:

@@ -237,6 +237,8 @@ class Supervisor:
         }
         if s.ingest.metrics_port:
             ports["ingester metrics"] = (s.api.host, s.ingest.metrics_port)
+        if s.ingest.book_metrics_port:
+            ports["book ingester metrics"] = (s.api.host, s.ingest.book_metrics_port)
         if s.supervisor.port:
             ports["k2 run status"] = (s.api.host, s.supervisor.port)
         if self.dagster:
@@ -267,7 +269,7 @@ class Supervisor:
             raise SystemExit(
                 f"cannot start: in use: {', '.join(taken)}. Is another K2 running? "
                 "Stop it, or choose other ports (K2_KAFKA_BOOTSTRAP_SERVERS, K2_API_PORT, K2_INGEST_METRICS_PORT, "
-                "K2_SUPERVISOR_PORT, K2_MAINTENANCE_DAGSTER_PORT)."
+                "K2_INGEST_BOOK_METRICS_PORT, K2_SUPERVISOR_PORT, K2_MAINTENANCE_DAGSTER_PORT)."
             )
 
     def _start(self, child: Child) -> None:
@@ -338,6 +340,7 @@ class Supervisor:
             self._start(child)
         console.print(f"broker       kafka://{self.broker_host}:{self.broker_port} (Tansu, in memory)")
         console.print(f"ingester     metrics on :{s.ingest.metrics_port}")
+        console.print(f"books        metrics on :{s.ingest.book_metrics_port}")
         console.print(f"api          http://{s.api.host}:{s.api.port}/docs")
         console.print(f"auth         {auth_banner(s).removeprefix('auth ')}")
         if self.dagster:

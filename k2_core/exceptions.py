@@ -149,3 +149,9 @@ class CredentialStoreError(K2Error):
 
 class BookError(ValidationError):
     """A book update that cannot apply (an unknown side, a negative size)."""
+
+
+class BookOrderError(K2Error):
+    """A book file's records are timed at or before what the book tables already hold for an instrument, and are
+    not those stored rows: an earlier day imported after a later one, whose records the per-symbol tracker would
+    take for re-deliveries. Nothing of that instrument in the file is stored."""

@@ -135,6 +135,9 @@ class IngestSettings(BaseModel):
     # (a random wait up to this, doubling per attempt), not after a failed write's backoff.
     conflict_backoff_seconds: float = Field(default=0.02, gt=0)
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the /metrics endpoint.")
+    book_metrics_port: int = Field(
+        default=9110, ge=0, le=65535, description="The book ingester's /metrics and /health (0 disables them)."
+    )
     # Snapshot retention as the ingester writes (k2_core.upkeep.retention): every N commits to a table,
     # checkpoint-tag and expire down to the newest `keep_snapshots` plus hourly/daily checkpoints.
     # 0 = leave it to the Dagster job.
@@ -262,8 +265,9 @@ class MarketHours(BaseModel):
 
 
 class RecordedFile(BaseModel):
-    """A recorded exchange dump (a file, a folder or a glob, in any format `k2 import` reads) that gap backfill may
-    re-read to recover missing sequences: of one symbol, or of every symbol its rows carry (`symbol` unset)."""
+    """A recorded exchange dump (a file, a folder or a glob, in any trade or quote format `k2 import` reads; book
+    gaps are healed by snapshots, not filled) that gap backfill may re-read to recover missing sequences: of one
+    symbol, or of every symbol its rows carry (`symbol` unset)."""
 
     exchange: str
     path: Path

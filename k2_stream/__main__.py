@@ -29,12 +29,20 @@ def run_ingester(settings: Settings) -> None:
 def run_book_ingester(settings: Settings) -> None:
     """The level-2 books ingester (k2_stream.book_ingester) until SIGINT/SIGTERM."""
     from k2_stream.book_ingester import BookIngester
+    from k2_stream.book_metrics import book_ingester_registry
 
     configure_logging("book-ingester", settings.log_level)
     ingester = BookIngester(settings)
 
     stop_on_signals(ingester.stop)
-    ingester.run()
+    port = settings.ingest.book_metrics_port
+    registry = book_ingester_registry()
+    server = serve_status(ingester.health, settings.api.host, port, registry) if port else None
+    try:
+        ingester.run()
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 if __name__ == "__main__":

@@ -4,17 +4,19 @@ A consumer group of its own beside the trades/quotes ingester (k2_stream.ingeste
 order for each micro-batch:
 
 1. dead letters delivered (a record that is not Avro, or breaks `check_book_record`);
-2. what the batch reveals recorded before its data: gaps (`sequence_gaps`, data type `book_updates`, graded like
-   trade gaps), the books' validity changes (`book_validity`, upserted: a replayed batch writes the same rows) and
-   the gaps a snapshot healed;
-3. the feed's snapshots appended, then the updates appended with the batch's Kafka offsets in the snapshot summary
-   (k2_core.ingest.writer: fenced, retried) - always, rows or not, so the updates table is where every books
-   partition resumes (k2_core.ingest.resume); a crash between the two appends replays the batch, whose stored
-   snapshots the tracker, reloaded from the tables, finds and drops;
-4. Kafka offsets, best effort.
+2. the batch stored by k2_core.ingest.book_tables, in its crash-safe order (what the batch reveals - gaps, validity
+   changes, healed gaps - before its data; the snapshots, then the updates with the batch's Kafka offsets in the
+   snapshot summary, so the updates table is where every books partition resumes, k2_core.ingest.resume), the same
+   steps `k2 import` stores book files by;
+3. Kafka offsets, best effort.
 
-Duplicates and gaps are decided per symbol by k2_core.ingest.book_sequence, rebuilt from the tables on every
-assignment and after every failed write.
+Duplicates and gaps are decided per symbol by k2_core.ingest.book_sequence, reset on every assignment and after
+every failed write, and filled for each instrument from its newest stored day before its first record is decided
+(k2_core.ingest.book_state): a restart reads about a day of keys, not the whole history.
+
+It reports like the trades ingester, on a port of its own (K2_INGEST_BOOK_METRICS_PORT): the shared ingestion
+metrics (k2_stream.metrics) and the books' own (unknown books, gaps healed, last commit), and a `/health` that
+`k2 status` reads.
 """
 
 from __future__ import annotations
@@ -22,14 +24,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
-from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import EqualTo
-from pyiceberg.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import (
     CommitConflictError,
@@ -40,27 +39,27 @@ from k2_core.exceptions import (
     WriteError,
 )
 from k2_core.ingest.book_sequence import BookDecisions, BookStreams
-from k2_core.ingest.gaps import GapGrading, GapStore, event_gap_id
+from k2_core.ingest.book_tables import BookTables
+from k2_core.ingest.gaps import event_gap_id
 from k2_core.ingest.resume import position, resume_offsets
-from k2_core.ingest.writer import TableWriter
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.logging import get_logger
 from k2_core.model.avro import Decoder, schema_id_of
 from k2_core.model.books import check_book_record
 from k2_core.model.registry import ParsedSchema
-from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALIDITY, SOURCE_FEED
+from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALID, TableDef
 from k2_core.model.topics import BOOK_RECORDS, BookRecord, TopicLayout
 from k2_core.settings import Settings
+from k2_stream import book_metrics, metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout
 from k2_stream.dead_letters import DeadLetterSender
+from k2_stream.lag import export_lag, newest_of
 from k2_stream.registry_confluent import make_registry
 
 log = get_logger(__name__)
 
 _RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException, SchemaRegistryUnavailableError)
-_KEY = ["exchange", "symbol", "exchange_sequence_number", "exchange_timestamp"]
-VALIDITY_KEY = ["exchange", "symbol", "state", "sequence"]
 
 
 class BookIngester:
@@ -78,21 +77,23 @@ class BookIngester:
                 _, schema = registry.latest(spec.subject(record_type))
                 self.readers[record_type] = schema
                 self.record_names[schema["name"]] = record_type
-        ing = settings.ingest
         tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
-        self.updates: Table = tables[BOOK_UPDATES.name]
-        self.snapshots: Table = tables[BOOK_SNAPSHOTS.name]
-        self.validity: Table = tables[BOOK_VALIDITY.name]
         cluster = cluster_id(settings.kafka.bootstrap_servers)
-        self.update_writer = TableWriter(
-            self.updates, self.writer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds
-        )
-        self.snapshot_writer = TableWriter(
-            self.snapshots, self.writer_id, cluster, ing.commit_retries, ing.conflict_backoff_seconds
-        )
-        self.gaps = GapStore(tables["sequence_gaps"], GapGrading(ing.gap_alert_threshold, ing.gap_halt_threshold))
+        self.books = BookTables(tables, self.writer_id, cluster, settings.ingest, observe=_observe_append)
         self.streams = BookStreams(event_gap_id)
-        self.stats: dict[str, int] = {"updates_written": 0, "snapshots_written": 0, "duplicates": 0, "gaps": 0}
+        self.state = self.books.tracker(self.streams)
+        self.stats: dict[str, int] = {
+            "updates_written": 0,
+            "snapshots_written": 0,
+            "duplicates": 0,
+            "gaps": 0,
+            "healed": 0,
+            "failed_batches": 0,
+        }
+        self.last_commit: datetime | None = None  # wall time of the last committed batch
+        self.lag_seconds = 0.0  # the worst partition's, as of the last committed batch
+        self.failing: str | None = None  # why the last batch failed, until one commits
+        self._unknown_exchanges: set[str] = set()  # those with a BOOK_UNKNOWN_SINCE series
         self.positions: dict[TP, int] = {}
         self._stop = threading.Event()
         self.consumer = Consumer(
@@ -131,8 +132,12 @@ class BookIngester:
                 try:
                     self.commit(batch)
                     backoff = ing.retry_backoff_seconds
+                    self.failing = None
                 except _RECOVERABLE as exc:
                     log.warning("book batch not committed, retrying", extra={"error": str(exc), "backoff": backoff})
+                    self.stats["failed_batches"] += 1
+                    self.failing = f"{type(exc).__name__}: {exc}"
+                    book_metrics.BOOK_FAILED_BATCHES.inc()
                     time.sleep(backoff)
                     backoff = min(backoff * 2, ing.max_backoff_seconds)
                     self._rewind()
@@ -147,7 +152,7 @@ class BookIngester:
         committed = {
             (p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in consumer.committed(partitions)
         }
-        resume = resume_offsets(committed, self.update_writer.committed_offsets())
+        resume = resume_offsets(committed, self.books.committed_offsets())
         for p in partitions:
             start = resume[(p.topic, p.partition)]
             p.offset = OFFSET_BEGINNING if start is None else start
@@ -170,14 +175,9 @@ class BookIngester:
                 log.warning("cannot seek back", extra={"topic": topic, "partition": partition, "error": str(exc)})
 
     def load(self) -> None:
-        """Rebuild the per-symbol tracker from what the tables hold."""
-        for table in (self.updates, self.snapshots, self.validity):
-            table.refresh()
-        updates = self.updates.scan(selected_fields=tuple(_KEY)).to_arrow()
-        snapshots = self.snapshots.scan(
-            row_filter=EqualTo(term="source", value=SOURCE_FEED), selected_fields=tuple(_KEY)
-        ).to_arrow()
-        self.streams.load(updates, snapshots, self.validity.scan().to_arrow(), self.gaps.open_book_gaps())
+        """Reset the per-symbol tracker to the tables: each book is filled from them when first needed."""
+        self.state.reset()
+        self._export_books()
 
     # ---- one batch -------------------------------------------------------------------------------------------
 
@@ -204,20 +204,16 @@ class BookIngester:
                 records.append(self.decode(m))
             except (DecodeError, ValidationError) as exc:
                 dead.append((m, f"{type(exc).__name__}: {exc}"))
+        for topic, count in Counter(m.topic() or "" for m in batch).items():
+            metrics.MESSAGES_CONSUMED.labels(topic).inc(count)
+        self.state.ensure({(r["exchange"], r["symbol"]) for _, r in records})
         decisions = self.streams.decide(records, now)
         self.dead_letters.send(dead)  # 1
-        self.gaps.record_detected(decisions.gaps, now)  # 2
-        if decisions.validity:
-            self._upsert_validity(decisions.validity)
-        self.gaps.record_healed(decisions.healed, now)
         positions = {tp: self.positions.get(tp, 0) for tp in offsets}
-        if decisions.snapshots:  # 3
-            rows = [{**r, "source": SOURCE_FEED} for r in decisions.snapshots]
-            self.snapshot_writer.append(BOOK_SNAPSHOTS.to_arrow(rows), offsets, positions)
-        self.update_writer.append(BOOK_UPDATES.to_arrow(decisions.updates), offsets, positions)
+        self.books.store(decisions, offsets, positions, now)  # 2
         self.positions.update(offsets)
         self.dead_letters.batch_committed()
-        try:  # 4
+        try:  # 3
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         except KafkaException as exc:
             log.warning("kafka offset commit failed; the table holds them", extra={"error": str(exc)})
@@ -225,16 +221,66 @@ class BookIngester:
         self.stats["snapshots_written"] += len(decisions.snapshots)
         self.stats["duplicates"] += decisions.duplicates
         self.stats["gaps"] += len(decisions.gaps)
+        self.stats["healed"] += len(decisions.healed)
+        self._export(batch, decisions, now)
         if decisions.gaps:
             log.warning("book gaps detected", extra={"gaps": len(decisions.gaps), "healed": len(decisions.healed)})
         return decisions
 
-    def _upsert_validity(self, rows: list[dict[str, Any]]) -> None:
-        data = BOOK_VALIDITY.to_arrow(rows)
-        try:
-            self.validity.refresh()
-            self.validity.upsert(data, join_cols=VALIDITY_KEY)
-        except CommitFailedException as exc:
-            raise CommitConflictError(f"book_validity: {exc}") from exc
-        except (OSError, SQLAlchemyError) as exc:
-            raise WriteError(f"cannot write book_validity: {exc}") from exc
+    # ---- what it reports -------------------------------------------------------------------------------------
+
+    def _export(self, batch: list[Message], decisions: BookDecisions, now: datetime) -> None:
+        """The metrics of one committed batch."""
+        self.last_commit = datetime.now(UTC)
+        book_metrics.BOOK_LAST_COMMIT.set(self.last_commit.timestamp())
+        self.lag_seconds = export_lag(self.consumer, self.positions, newest_of(batch), now)
+        metrics.DUPLICATES.labels(BOOK_UPDATES.name).inc(decisions.duplicates - decisions.duplicate_snapshots)
+        metrics.DUPLICATES.labels(BOOK_SNAPSHOTS.name).inc(decisions.duplicate_snapshots)
+        for gap in decisions.gaps:
+            metrics.SEQUENCE_GAPS.labels(gap.key[1], self.books.grading(gap.missing)).inc()
+        healed = Counter(v["exchange"] for v in decisions.validity if v["state"] == BOOK_VALID)
+        for exchange, count in healed.items():
+            book_metrics.BOOK_GAPS_HEALED.labels(exchange).inc(count)
+        self._export_books()
+
+    def _export_books(self) -> None:
+        """Unknown books per exchange, and since when the longest-unknown of each is unknown (no series while none
+        is: the BookUnknownTooLong alert reads its age against Prometheus's clock)."""
+        count: Counter[str] = Counter()
+        oldest: dict[str, datetime] = {}
+        for (exchange, _), since in self.streams.unknown().items():
+            count[exchange] += 1
+            oldest[exchange] = min(oldest.get(exchange, since), since)
+        for exchange in {e for e, _ in self.streams.streams} | set(count) | self._unknown_exchanges:
+            book_metrics.BOOKS_UNKNOWN.labels(exchange).set(count[exchange])
+            if exchange in oldest:
+                book_metrics.BOOK_UNKNOWN_SINCE.labels(exchange).set(oldest[exchange].timestamp())
+            elif exchange in self._unknown_exchanges:
+                book_metrics.BOOK_UNKNOWN_SINCE.remove(exchange)
+        self._unknown_exchanges = set(oldest)
+
+    def health(self) -> dict[str, Any]:
+        """What /health of the book ingester reports (`k2 status` reads it): `down` while batches keep failing."""
+        now = datetime.now(UTC)
+        unknown = self.streams.unknown()
+        return {
+            "status": "down" if self.failing else "ok",
+            "error": self.failing,
+            "assigned_partitions": len(self.positions),
+            "last_commit": self.last_commit.isoformat() if self.last_commit else None,
+            "last_commit_age_seconds": (now - self.last_commit).total_seconds() if self.last_commit else None,
+            "lag_seconds": self.lag_seconds,
+            "books_tracked": len(self.streams.streams),
+            "unknown_books": {
+                f"{e}:{s}": round((now - since).total_seconds(), 1) for (e, s), since in sorted(unknown.items())
+            },
+            "stats": dict(self.stats),
+        }
+
+
+def _observe_append(table_def: TableDef, rows: int, seconds: float) -> None:
+    """The shared ingestion metrics of one append of a batch's rows (k2_core.ingest.book_tables)."""
+    if rows:
+        metrics.WRITE_DURATION.labels(table_def.name).observe(seconds)
+        metrics.ROWS_PER_COMMIT.labels(table_def.name).observe(rows)
+        metrics.ROWS_WRITTEN.labels(table_def.name).inc(rows)

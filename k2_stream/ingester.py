@@ -37,7 +37,6 @@ from k2_core.exceptions import (
     SchemaRegistryUnavailableError,
     WriteError,
 )
-from k2_core.ingest.dedup import to_us
 from k2_core.ingest.degradation import Degradation
 from k2_core.ingest.gaps import GapGrading, GapStore
 from k2_core.ingest.reference import ReferenceWatcher
@@ -58,6 +57,7 @@ from k2_stream.admin import cluster_id, ensure_topics, load_layout, topic_ids
 from k2_stream.checkpoint import Checkpoint, RetentionCadence
 from k2_stream.control import CommitClient
 from k2_stream.dead_letters import DeadLetterSender
+from k2_stream.lag import export_lag
 from k2_stream.pipeline import WriterThread
 from k2_stream.prepare import BatchPreparer, DecodedBatch, PreparedBatch, Preparer
 from k2_stream.registry_confluent import make_registry
@@ -480,23 +480,7 @@ class Ingester:
     # ---- what it reports -------------------------------------------------------------------------------------
 
     def _export_lag(self, newest: dict[TP, tuple[int, int]], now: datetime) -> float:
-        """Set the lag gauges of every owned partition from (newest Kafka timestamp ms, its offset) per partition
-        that had messages; partitions with nothing new are caught up. Returns the worst lag in seconds. Message lag
-        uses the cached high watermark, which the embedded broker may misreport."""
-        now_ms = to_us(now) // 1000
-        worst = 0.0
-        for tp in self.positions:
-            ts, offset = newest.get(tp, (0, -1))
-            lag = max(0.0, (now_ms - ts) / 1000) if ts else 0.0
-            worst = max(worst, lag)
-            metrics.CONSUMER_LAG_SECONDS.labels(tp[0], str(tp[1])).set(lag)
-            if offset >= 0:
-                try:
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
-                except KafkaException:
-                    continue
-                metrics.CONSUMER_LAG_MESSAGES.labels(tp[0], str(tp[1])).set(max(0, high - offset - 1))
-        return worst
+        return export_lag(self.consumer, self.positions, newest, now)
 
     def _export_state(self) -> None:
         metrics.CIRCUIT_BREAKER_STATE.set(int(self.degradation.breaker))

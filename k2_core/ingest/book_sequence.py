@@ -13,14 +13,19 @@ includes. In stream order (a symbol's snapshots and updates share a partition), 
 
 A record numbered at or below what is stored but timed after everything stored is a new session (a feed handler
 restarted and numbers its book from the start again, as the simulator does): kept, with the stream started afresh;
-a new session that begins with an update rather than a snapshot leaves the book INVALID until its first snapshot.
+a new session that begins with an update rather than a snapshot leaves the book INVALID until its first snapshot,
+and a new session's snapshot makes the book known again whatever gap the session before left open (a day's file of
+`k2 import`, numbered from its own start, is such a session).
 
 The tracker is pure: the book ingester (k2_stream.book_ingester) feeds it a batch and commits what it decided, and
-rebuilds it from the tables on start (`BookStreams.load`), so a replayed batch decides the same.
+fills it from the tables (`BookStreams.add`, with what k2_core.ingest.book_state reads: each instrument's newest day
+only) before the first record of an instrument is decided, so a replayed batch, or the first batch after a restart,
+decides the same as if the tracker had never stopped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,6 +55,7 @@ class BookStream:
     open_gap: tuple[int, int] | None = None
     gap_id: str | None = None
     last_at: datetime | None = None  # the newest exchange time stored, of an update or a snapshot
+    unknown_since: datetime | None = None  # wall time the book became unknown (while `open_gap` is set)
 
     def restarts(self, seq: int, at: datetime, stored: int | None) -> bool:
         """A number at or below the stored one, timed after everything stored: the feed began a new session
@@ -74,7 +80,8 @@ class BookDecisions:
     gaps: list[GapEvent] = field(default_factory=list)
     validity: list[dict[str, Any]] = field(default_factory=list)
     healed: list[str] = field(default_factory=list)
-    duplicates: int = 0
+    duplicates: int = 0  # of both record types
+    duplicate_snapshots: int = 0
 
 
 class BookStreams:
@@ -105,6 +112,7 @@ class BookStreams:
             s.new_session()
             out.validity.append(_validity(r["exchange"], r["symbol"], at, BOOK_INVALID, seq - 1, None, now))
             s.open_gap, s.gap_id = (1, seq - 1), None
+            s.unknown_since = s.unknown_since or now
         elif s.last_update is not None and seq <= s.last_update:
             out.duplicates += 1
             return
@@ -118,26 +126,28 @@ class BookStreams:
 
     def _snapshot(self, s: BookStream, r: dict[str, Any], now: datetime, out: BookDecisions) -> None:
         seq, at = r["exchange_sequence_number"], r["exchange_timestamp"]
-        if s.restarts(seq, at, s.last_snapshot) or s.restarts(seq + 1, at, s.last_update):
-            s.new_session()  # a new session's snapshot: the book is known from it
+        restarted = s.restarts(seq, at, s.last_snapshot) or s.restarts(seq + 1, at, s.last_update)
+        if restarted:
+            s.new_session()  # a new session's snapshot: the book is known from it, whatever the last one missed
         if s.last_snapshot is not None and seq <= s.last_snapshot:
             out.duplicates += 1
+            out.duplicate_snapshots += 1
             if s.open_gap is not None and seq >= s.open_gap[1]:
                 # A replayed batch re-found a gap this stored snapshot healed: its VALID row was recorded before
                 # the snapshot was stored (validity precedes data), so the book is known again already.
                 out.healed += [s.gap_id] if s.gap_id is not None else []
-                s.open_gap, s.gap_id = None, None
+                s.open_gap, s.gap_id, s.unknown_since = None, None, None
             return
         if s.last_update is not None and seq > s.last_update:
             # Updates the snapshot includes never arrived: the book between them was unknown until now.
             self._gap(s, r, s.last_update + 1, seq, now, out)
-        if s.open_gap is not None and seq >= s.open_gap[1]:
+        if s.open_gap is not None and (restarted or seq >= s.open_gap[1]):
             out.validity.append(
                 _validity(r["exchange"], r["symbol"], r["exchange_timestamp"], BOOK_VALID, seq, None, now)
             )
             if s.gap_id is not None:
                 out.healed.append(s.gap_id)
-            s.open_gap, s.gap_id = None, None
+            s.open_gap, s.gap_id, s.unknown_since = None, None, None
         s.last_snapshot = seq
         s.stored(at)
         out.snapshots.append(r)
@@ -156,39 +166,73 @@ class BookStreams:
         out.validity.append(_validity(r["exchange"], r["symbol"], since, BOOK_INVALID, first - 1, gap_id, now))
         s.open_gap = (first, last) if s.open_gap is None else (s.open_gap[0], last)
         s.gap_id = gap_id
+        s.unknown_since = s.unknown_since or now
+
+    def unknown(self) -> dict[Instrument, datetime]:
+        """The books held unknown (a gap no snapshot has healed yet), each with the wall time it became unknown.
+        Safe to call from another thread (a status endpoint) while a batch is decided: it reads a copy."""
+        return {key: s.unknown_since or EPOCH for key, s in list(self.streams.items()) if s.open_gap is not None}
 
     def load(
         self, updates: pa.Table, snapshots: pa.Table, validity: pa.Table, open_gap_ids: dict[Instrument, str]
     ) -> None:
-        """Rebuild from what is stored: `updates` and `snapshots` hold (exchange, symbol, exchange_sequence_number,
-        exchange_timestamp) of every stored row (feed snapshots only), `validity` the book_validity rows; an
-        instrument whose newest validity row is INVALID has its gap open again (`open_gap_ids`: its gap's id). The
-        last number of each is the newest record's by time (a later session restarts its numbers)."""
+        """Rebuild from everything stored (`add` for every instrument the rows name, on an empty tracker)."""
         self.streams.clear()
+        keys = {
+            (e, s)
+            for t in (updates, snapshots, validity)
+            for e, s in zip(t.column("exchange").to_pylist(), t.column("symbol").to_pylist(), strict=True)
+        }
+        self.add(keys, updates, snapshots, validity, open_gap_ids)
+
+    def add(
+        self,
+        instruments: Iterable[Instrument],
+        updates: pa.Table,
+        snapshots: pa.Table,
+        validity: pa.Table,
+        open_gap_ids: Mapping[Instrument, str],
+    ) -> None:
+        """Set `instruments` to what is stored of them (each afresh, one stored nowhere as a new book): `updates` and
+        `snapshots` hold (exchange, symbol, exchange_sequence_number, exchange_timestamp) of at least each one's
+        newest stored rows (feed snapshots only), `validity` its book_validity rows; an instrument whose newest
+        validity row is INVALID has its gap open again (`open_gap_ids`: its gap's id). The last number of each is
+        the newest record's by time (a later session restarts its numbers). Rows of other instruments are ignored."""
+        wanted = set(instruments)
+        for key in wanted:
+            self.streams[key] = BookStream()
         newest_snapshot: dict[Instrument, tuple[datetime, int]] = {}
         for row in updates.to_pylist():
-            s = self.stream(row["exchange"], row["symbol"])
+            key = (row["exchange"], row["symbol"])
+            if key not in wanted:
+                continue
+            s = self.streams[key]
             seq, at = row["exchange_sequence_number"], row["exchange_timestamp"]
             if s.last_update_at is None or (at, seq) > (s.last_update_at, s.last_update or 0):
                 s.last_update, s.last_update_at = seq, at
             s.stored(at)
         for row in snapshots.to_pylist():
             key = (row["exchange"], row["symbol"])
+            if key not in wanted:
+                continue
             seq, at = row["exchange_sequence_number"], row["exchange_timestamp"]
             newest_snapshot[key] = max(newest_snapshot.get(key, (at, seq)), (at, seq))
-            self.stream(*key).stored(at)
+            self.streams[key].stored(at)
         for key, (_, seq) in newest_snapshot.items():
-            self.stream(*key).last_snapshot = seq
+            self.streams[key].last_snapshot = seq
         newest: dict[Instrument, dict[str, Any]] = {}
         for row in validity.to_pylist():
             key = (row["exchange"], row["symbol"])
+            if key not in wanted:
+                continue
             if key not in newest or (row["at"], row["sequence"]) >= (newest[key]["at"], newest[key]["sequence"]):
                 newest[key] = row
         for key, row in newest.items():
             if row["state"] == BOOK_INVALID:
-                s = self.stream(*key)
+                s = self.streams[key]
                 s.gap_id = row["gap_id"] or open_gap_ids.get(key)
                 s.open_gap = (row["sequence"] + 1, max(s.last_update or 0, row["sequence"] + 1))
+                s.unknown_since = row.get("recorded_at")
 
 
 def _validity(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from queue import Full, Queue
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +54,7 @@ IMPORT_CLUSTER = "k2-import"  # the "cluster" of import progress in snapshot sum
 IMPORT_FILE_PROPERTY = "k2.import.file"  # the file name an import snapshot came from, for people reading history
 ROWS, COMPLETE = 0, 1  # the file's "partitions": rows read through the last committed chunk; 1 once complete
 _HASH_BLOCK = 1 << 20
+T = TypeVar("T")
 _NEVER_HALT = 2**62
 
 
@@ -80,7 +82,7 @@ class Rejected:
 @dataclass
 class FileReport:
     path: Path
-    kind: Kind
+    kind: Kind | Literal["books"]
     skipped: bool = False  # already imported completely
     resumed_at: int = 0  # rows of the file before the first chunk read this time
     rows_read: int = 0  # data rows read this time (good and bad)
@@ -92,6 +94,25 @@ class FileReport:
     rejected: list[Rejected] = field(default_factory=list)  # rows the record rules refused
     commits: int = 0
     seconds: float = 0.0
+
+    def log_done(self, fmt: str) -> None:
+        """The file's one log line once imported (trades, quotes or books alike)."""
+        log.info(
+            "file imported",
+            extra={
+                "path": str(self.path),
+                "format": fmt,
+                "kind": self.kind,
+                "rows_read": self.rows_read,
+                "written": self.written,
+                "duplicates": self.duplicates,
+                "gaps": self.gaps,
+                "bad": len(self.bad),
+                "rejected": len(self.rejected),
+                "resumed_at": self.resumed_at,
+                "seconds": round(self.seconds, 3),
+            },
+        )
 
 
 @dataclass
@@ -160,7 +181,7 @@ class Importer:
                 self.synced = True
             read_to = 0
             with Committer(self, report, progress) as committer:
-                for chunk, last in _with_last(iter(chunks)):
+                for chunk, last in with_last(iter(chunks)):
                     chunk_start, read_to = read_to, chunk.end
                     if chunk.end <= position:
                         continue  # committed by an earlier run
@@ -171,21 +192,7 @@ class Importer:
                     committer.submit(job)
                     position = chunk.end
         report.seconds = time.monotonic() - began
-        log.info(
-            "file imported",
-            extra={
-                "path": str(path),
-                "format": fmt.name,
-                "rows_read": report.rows_read,
-                "written": report.written,
-                "duplicates": report.duplicates,
-                "gaps": report.gaps,
-                "bad": len(report.bad),
-                "rejected": len(report.rejected),
-                "resumed_at": report.resumed_at,
-                "seconds": round(report.seconds, 3),
-            },
-        )
+        report.log_done(fmt.name)
         return report
 
     def _prepare(
@@ -356,24 +363,24 @@ class Committer:
                 self.progress(Progress(self.report.path, job.read_to, self.report))
 
 
-class ReadAhead:
+class ReadAhead(Generic[T]):
     """The chunks, read by a thread of their own from the moment this is made, up to `depth` ahead: reading (Arrow and
     numpy, mostly outside the GIL) overlaps whatever the importing thread does meanwhile (hashing the file, committing
     the chunk before). The reader's errors are raised by the iteration, in order; `close` stops the reader."""
 
-    def __init__(self, chunks: Iterator[Chunk], depth: int = 1) -> None:
-        self._queue: Queue[tuple[Chunk | None, BaseException | None]] = Queue(maxsize=depth)
+    def __init__(self, chunks: Iterator[T], depth: int = 1) -> None:
+        self._queue: Queue[tuple[T | None, BaseException | None]] = Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(chunks,), name="import-reader", daemon=True)
         self._thread.start()
 
-    def __enter__(self) -> ReadAhead:
+    def __enter__(self) -> ReadAhead[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __iter__(self) -> Iterator[Chunk]:
+    def __iter__(self) -> Iterator[T]:
         while True:
             chunk, error = self._queue.get()
             if error is not None:
@@ -386,7 +393,7 @@ class ReadAhead:
         self._stop.set()
         self._thread.join()
 
-    def _put(self, item: tuple[Chunk | None, BaseException | None]) -> bool:
+    def _put(self, item: tuple[T | None, BaseException | None]) -> bool:
         """Hand over `item` unless the consumer has gone; False once it has."""
         while not self._stop.is_set():
             try:
@@ -396,7 +403,7 @@ class ReadAhead:
                 continue
         return False
 
-    def _produce(self, chunks: Iterator[Chunk]) -> None:
+    def _produce(self, chunks: Iterator[T]) -> None:
         try:
             for chunk in chunks:
                 if not self._put((chunk, None)):
@@ -406,9 +413,9 @@ class ReadAhead:
             self._put((None, exc))
 
 
-def _with_last(chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, bool]]:
+def with_last(chunks: Iterator[T]) -> Iterator[tuple[T, bool]]:
     """Each chunk, and whether it is the file's last (read one ahead)."""
-    previous: Chunk | None = None
+    previous: T | None = None
     for chunk in chunks:
         if previous is not None:
             yield previous, False

@@ -83,13 +83,29 @@ class Book:
 
     def snapshot_record(self, symbol: str, exchange: str, at: datetime, ingested: datetime) -> dict[str, Any]:
         """A `BookSnapshot` record of the whole book (schemas/avro/booksnapshot.v1.avsc)."""
-        return {
-            "symbol": symbol,
-            "exchange": exchange,
-            "exchange_timestamp": at,
-            **self.as_dict(),
-            "ingestion_timestamp": ingested,
-        }
+        return snapshot_record(symbol, exchange, at, self.sequence, self.levels(BID), self.levels(ASK), ingested)
+
+
+def snapshot_record(
+    symbol: str,
+    exchange: str,
+    at: datetime,
+    sequence: int,
+    bids: Iterable[Level],
+    asks: Iterable[Level],
+    ingested: datetime,
+) -> dict[str, Any]:
+    """A `BookSnapshot` record (schemas/avro/booksnapshot.v1.avsc) of sides given best first, as a source lists
+    them (`check_book_record` says whether they are)."""
+    return {
+        "symbol": symbol,
+        "exchange": exchange,
+        "exchange_timestamp": at,
+        "exchange_sequence_number": sequence,
+        "bids": [{"price": p, "size": s} for p, s in bids],
+        "asks": [{"price": p, "size": s} for p, s in asks],
+        "ingestion_timestamp": ingested,
+    }
 
 
 def update_record(

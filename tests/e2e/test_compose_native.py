@@ -88,6 +88,7 @@ class Native:
     def __init__(self, broker: str, s3: str, databases: dict[str, str], role: str, home: Path) -> None:
         self.broker, self.s3, self.databases, self.role, self.home = broker, s3, databases, role, home
         self.ports = {"K2_API_PORT": free_port(), "K2_INGEST_METRICS_PORT": free_port()}
+        self.ports["K2_INGEST_BOOK_METRICS_PORT"] = free_port()
         self.ports["K2_MAINTENANCE_DAGSTER_PORT"] = free_port()
 
     def postgres_url(self, value: str) -> str:
@@ -285,7 +286,7 @@ def test_the_compose_configuration_runs_natively(
         role, databases = postgres
         native = Native(broker, s3.endpoint, databases, role, tmp_path / "k2home")
         envs = {name: native.env(compose_environment(name, variables)) for name in k2_services()}
-        assert set(envs) == {"ingester", "api", "dagster-webserver", "dagster-daemon"}
+        assert set(envs) == {"ingester", "book-ingester", "api", "dagster-webserver", "dagster-daemon"}
         processes = Processes(tmp_path / "logs")
         stack = Stack(processes, envs, s3, bucket, k2_user, tmp_path)
         try:
@@ -302,6 +303,7 @@ def test_the_compose_configuration_runs_natively(
         finally:
             processes.stop()
         assert processes.procs["ingester"].returncode == 0, processes.log("ingester")[-3000:]
+        assert processes.procs["book-ingester"].returncode == 0, processes.log("book-ingester")[-3000:]
         # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.
         assert processes.procs["api"].returncode in (0, -signal.SIGTERM), processes.log("api")[-3000:]
 
@@ -330,6 +332,7 @@ class Stack:
         targets = {
             "api:8000": f"127.0.0.1:{self.envs['api']['K2_API_PORT']}",
             "ingester:9108": f"127.0.0.1:{self.envs['ingester']['K2_INGEST_METRICS_PORT']}",
+            "book-ingester:9110": f"127.0.0.1:{self.envs['book-ingester']['K2_INGEST_BOOK_METRICS_PORT']}",
             "localhost:9090": f"127.0.0.1:{self.prometheus_port}",
         }
         argv = prometheus_argv(self.tmp_path, targets, self.prometheus_port)
@@ -445,12 +448,13 @@ class Stack:
         assert any(key.endswith(".parquet") for key in bars)
 
     def check_prometheus(self) -> None:
-        """Prometheus scrapes both /metrics (at compose's own 15 s interval)."""
+        """Prometheus scrapes every K2 /metrics (at compose's own 15 s interval)."""
         url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/query"
 
         def up() -> dict[str, str]:
             result = httpx.get(url, params={"query": "up"}, timeout=5).json()["data"]["result"]
             return {r["metric"]["job"]: r["value"][1] for r in result}
 
-        self.processes.wait_for("Prometheus: up == 1", lambda: up().get("k2-api") == up().get("k2-ingester") == "1")
-        assert up() == {"k2-api": "1", "k2-ingester": "1", "prometheus": "1"}
+        jobs = ("k2-api", "k2-ingester", "k2-book-ingester")
+        self.processes.wait_for("Prometheus: up == 1", lambda: all(up().get(job) == "1" for job in jobs))
+        assert up() == {"k2-api": "1", "k2-ingester": "1", "k2-book-ingester": "1", "prometheus": "1"}

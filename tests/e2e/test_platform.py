@@ -12,6 +12,7 @@ import httpx
 
 from k2_core.settings import REPO_ROOT
 from tests.support.ports import free_port
+from tests.support.processes import k2_processes
 from tests.support.waits import wait_for
 
 
@@ -71,6 +72,7 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         K2_API_PORT=str(api_port),
         K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
         K2_MAINTENANCE_DAGSTER_PORT=str(dagster_port),
         K2_SUPERVISOR_PORT=str(free_port()),  # a K2 of the machine's own may hold the default
@@ -84,10 +86,12 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         shipped = sum(len(f.read_text().splitlines()) - 1 for f in (REPO_ROOT / "config" / "instruments").glob("*.csv"))
         assert httpx.get(f"{api}/v1/instruments", timeout=10).json()["count"] == shipped
         wait_for(lambda: _serves(f"http://127.0.0.1:{dagster_port}/server_info"), timeout=120)
+        # Dagster's own children too (its code servers): every one carries K2_HOME.
+        wait_for(lambda: len(k2_processes(home)) > 9)
     finally:
         children = _stop(run)
     assert len(children) == 9  # broker, ingester, book ingester, api, three simulators, Dagster webserver and daemon
-    wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+    wait_for(lambda: not k2_processes(home), timeout=15)
     assert (home / "catalog.db").exists()
 
     # Started again on the same home, the broker is new and empty (a new cluster): the old offsets must not be
@@ -124,6 +128,7 @@ def test_k2_run_refuses_to_start_on_a_bad_reference_file(tmp_path: Path) -> None
         K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         K2_API_PORT=str(free_port()),
         K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_MAINTENANCE_DAGSTER_PORT=str(free_port()),
         K2_SUPERVISOR_PORT=str(free_port()),
     )

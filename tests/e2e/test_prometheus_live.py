@@ -1,5 +1,6 @@
-"""A real Prometheus (the Debian binary) on our prometheus.yml and alerts.yml, scraping a real ingester process and
-a real API process fed by a real broker, answers with the consumed-message and request counts we produced."""
+"""A real Prometheus (the Debian binary) on our prometheus.yml and alerts.yml, scraping a real ingester process, a
+real book ingester process and a real API process fed by a real broker, answers with the consumed-message and request
+counts we produced."""
 
 from __future__ import annotations
 
@@ -105,8 +106,21 @@ def test_prometheus_scrapes_consumed_messages_and_api_requests(
     summary = run_simulation(settings, SimulatorConfig("asx", symbols=("BHP", "CBA"), seed=11), rate=0, count=150)
     assert summary.messages_sent > 0
 
-    ingester_port, api_port, prometheus_port = free_port(), free_port(), free_port()
+    ingester_port, api_port, prometheus_port, books_port = free_port(), free_port(), free_port(), free_port()
     ingester = processes.add(spawn_ingester(settings, tmp_path / "ingester.log", metrics_port=ingester_port))
+    with (tmp_path / "book-ingester.log").open("ab") as out:
+        processes.add(
+            subprocess.Popen(
+                [sys.executable, "-m", "k2_cli.main", "ingest-books"],
+                env={
+                    **settings_env(settings),
+                    "K2_API_HOST": "127.0.0.1",
+                    "K2_INGEST_BOOK_METRICS_PORT": str(books_port),
+                },
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
     api_log = tmp_path / "api.log"
     with api_log.open("ab") as out:
         api = processes.add(
@@ -118,7 +132,13 @@ def test_prometheus_scrapes_consumed_messages_and_api_requests(
             )
         )
     config = prometheus_config(
-        tmp_path, {"k2-api": api_port, "k2-ingester": ingester_port, "prometheus": prometheus_port}
+        tmp_path,
+        {
+            "k2-api": api_port,
+            "k2-ingester": ingester_port,
+            "k2-book-ingester": books_port,
+            "prometheus": prometheus_port,
+        },
     )
     with (tmp_path / "prometheus.log").open("ab") as out:
         processes.add(
@@ -171,9 +191,14 @@ def test_prometheus_scrapes_consumed_messages_and_api_requests(
     errors = 'http_request_errors_total{job="k2-api",endpoint="/v1/trades",error_type="client_error"}'
     assert scalar(prometheus, errors) == 1
 
-    up = {r["metric"]["job"]: r["value"][1] for r in query(prometheus, 'up{job=~"k2-.*"}')}
-    assert up == {"k2-api": "1", "k2-ingester": "1"}
-    # The cascade's gauges are scraped too, and a healthy run sits at level 0 with the breaker closed.
+    def up_jobs() -> dict[str, str]:
+        return {r["metric"]["job"]: r["value"][1] for r in query(prometheus, 'up{job=~"k2-.*"}')}
+
+    wait_for(lambda: up_jobs().get("k2-book-ingester") == "1", timeout=60)
+    up = up_jobs()
+    assert up == {"k2-api": "1", "k2-ingester": "1", "k2-book-ingester": "1"}
+    # The cascade's gauges are scraped too, and a healthy run sits at level 0 with the breaker closed (the book
+    # ingester does not serve them: one series each).
     lag = query(prometheus, "kafka_consumer_lag_seconds")
     assert {r["metric"]["topic"] for r in lag} >= topics
     assert scalar(prometheus, "max(k2_degradation_level)") == 0
@@ -189,7 +214,13 @@ def test_prometheus_scrapes_consumed_messages_and_api_requests(
     wait_for(rules_evaluated, timeout=30)
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert {rule["name"] for rule in rules} >= {"KafkaConsumerLagHigh", "IngesterDown", "TradesQueryLatencyHigh"}
+    assert {rule["name"] for rule in rules} >= {
+        "KafkaConsumerLagHigh",
+        "IngesterDown",
+        "TradesQueryLatencyHigh",
+        "BookUnknownTooLong",
+        "BookIngesterDown",
+    }
     assert [rule["name"] for rule in rules if rule["health"] != "ok"] == []
     assert [rule["name"] for rule in rules if rule["state"] == "firing"] == []  # a healthy run pages nobody
 

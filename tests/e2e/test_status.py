@@ -1,5 +1,6 @@
-"""`k2 status` against the real platform: `k2 run` healthy, a partition halted on a gap, the API killed, then
-nothing running. Each check runs `k2 status` as a user or a script does: a subprocess, its screen and exit code."""
+"""`k2 status` against the real platform: `k2 run` healthy (the book ingester's last commit, lag and unknown books
+included), a partition halted on a gap, the API and the book ingester killed, then nothing running. Each check runs
+`k2 status` as a user or a script does: a subprocess, its screen and exit code."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def _env(home: Path) -> dict[str, str]:
         K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         K2_API_PORT=str(free_port()),
         K2_INGEST_METRICS_PORT=str(free_port()),
+        K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_SUPERVISOR_PORT=str(free_port()),
         K2_MAINTENANCE_DAGSTER_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
@@ -108,6 +110,8 @@ def test_status_names_what_runs_and_exits_non_zero_on_what_is_wrong(tmp_path: Pa
                 and bool(last["report"]["lag"])
                 and bool(_table(last["report"], "trades").get("snapshots"))
                 and bool(_table(last["report"], "book_updates").get("rows"))  # the feeds' books are ingested too
+                and last["report"]["book_ingester"] is not None
+                and last["report"]["book_ingester"]["last_commit"] is not None
             )
 
         wait_for(healthy, timeout=90, interval=1.0)
@@ -118,7 +122,16 @@ def test_status_names_what_runs_and_exits_non_zero_on_what_is_wrong(tmp_path: Pa
         assert all(p["up"] and p["pid"] and p["restarts"] == 0 for p in report["processes"])
         assert report["ingester"]["degradation_level"] == 0
         assert report["ingester"]["circuit_breaker"] == "closed"
-        assert {lag["topic"] for lag in report["lag"]} >= {"market.equities.trades.asx", "market.crypto.trades.binance"}
+        assert {lag["topic"] for lag in report["lag"]} >= {
+            "market.equities.trades.asx",
+            "market.crypto.trades.binance",
+            "market.equities.books.asx",  # the book ingester's lag, as the ingester measures it
+        }
+        books = report["book_ingester"]
+        assert books["error"] is None
+        assert books["assigned_partitions"] > 0
+        assert books["last_commit_age_seconds"] >= 0
+        assert books["unknown_books"] == {}  # the feeds withhold no book updates
         assert all(lag["lag_seconds"] >= 0 for lag in report["lag"])
         trades = _table(report, "trades")
         assert trades["rows"] > 0
@@ -126,13 +139,14 @@ def test_status_names_what_runs_and_exits_non_zero_on_what_is_wrong(tmp_path: Pa
         assert report["catalog"]["open_gaps"] == {}
         code, screen, _ = status(env)
         assert code == 0, screen
-        for name in (*PROCESSES, *TABLES, "market.equities.trades.asx", "consumer lag", "open gaps", "OK:"):
+        on_screen = ("market.equities.trades.asx", "consumer lag", "book ingester: last commit", "open gaps", "OK:")
+        for name in (*PROCESSES, *TABLES, *on_screen):
             assert name in screen, f"{name!r} not on the screen:\n{screen}"
 
         # Run without `k2 run`'s endpoint (as under docker compose): the processes' own endpoints say the same.
         code, report = status_json({**env, "K2_SUPERVISOR_PORT": "0"}, "--no-dagster")
         assert code == 0, report["problems"]
-        assert [p["name"] for p in report["processes"]] == ["broker", "ingester", "api"]
+        assert [p["name"] for p in report["processes"]] == ["broker", "ingester", "book-ingester", "api"]
         assert all(p["uptime_seconds"] for p in report["processes"] if p["name"] != "broker")
 
         # A gap of more than 100 numbers halts its partition: non-zero, and the partition is named.
@@ -156,12 +170,15 @@ def test_status_names_what_runs_and_exits_non_zero_on_what_is_wrong(tmp_path: Pa
         assert "partition(s) halted on a sequence gap: market.crypto.trades.binance[" in " ".join(screen.split())
         assert "halt 1 (binance 1)" in screen, screen  # the open gap, by severity and exchange
 
-        # kill -9 of the API: down at once, named, non-zero.
+        # kill -9 of the API and the book ingester: down at once, named, non-zero.
         sup = httpx.get(f"http://127.0.0.1:{env['K2_SUPERVISOR_PORT']}/health", timeout=5).json()
         os.kill(sup["processes"]["api"]["pid"], signal.SIGKILL)
+        os.kill(sup["processes"]["book-ingester"]["pid"], signal.SIGKILL)
         code, screen, _ = status(env)
         assert code == 1, screen
         assert "api is down" in screen, screen
+        assert "book-ingester is down" in screen, screen
+        assert "book ingester: no /health answer" in screen, screen
     finally:
         children = _children(run.pid)
         run.send_signal(signal.SIGINT)

@@ -4,20 +4,27 @@ unknown book, and healed by the next snapshot. The simulator's own books (`book_
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import dagster as dg
+from prometheus_client import REGISTRY
+from pyiceberg.expressions import EqualTo
 from typer.testing import CliRunner
 
 from k2_api.main import create_app
 from k2_cli.main import app
+from k2_core.ingest.book_state import newest_keys
 from k2_core.ingest.gaps import HEALED, OPEN, grade
+from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.model.books import Book
 from k2_core.model.registry import FileSchemaRegistry
-from k2_core.model.tables import SOURCE_K2
+from k2_core.model.tables import BOOK_SNAPSHOTS, SOURCE_FEED, SOURCE_K2
 from k2_core.read.engine import QueryEngine
 from k2_core.settings import Settings
 from k2_dagster.defs.books import k2_book_snapshots
@@ -46,19 +53,23 @@ class StepClock:
 
 
 def simulate(
-    trades: int, step: timedelta = timedelta(milliseconds=1), **config: Any
+    trades: int,
+    step: timedelta = timedelta(milliseconds=1),
+    start: datetime | None = None,
+    symbols: tuple[str, ...] = SYMBOLS,
+    **config: Any,
 ) -> tuple[MarketSimulator, list[Event]]:
     sim = MarketSimulator(
         SimulatorConfig(
             "asx",
-            symbols=SYMBOLS,
+            symbols=symbols,
             seed=21,
             books=True,
             book_depth=8,
             keep_book_history=True,
             **{"snapshot_every": 60, **config},
         ),
-        StepClock(step),
+        StepClock(step, start),
     )
     events = [e for e in sim.events(trades) if e.kind in ("book_updates", "book_snapshots")]
     return sim, events
@@ -358,3 +369,166 @@ def test_a_restarted_feed_numbering_its_books_again_is_a_new_session(
                     got = engine.book(symbol, "asx", at=at, depth=100)
                     assert got.valid, got.reason
                     assert (got.bids, got.asks) == levels(want, 100)
+
+
+def holes(events: list[Event]) -> dict[str, list[int]]:
+    """Per symbol, the first number of each run of update numbers missing from what was sent: the gaps the book
+    ingester must record, once each, whenever it ran."""
+    sent: dict[str, set[int]] = {}
+    for kind, r in events:
+        if kind == "book_updates":
+            sent.setdefault(r["symbol"], set()).add(r["exchange_sequence_number"])
+    return {symbol: [a + 1 for a, b in itertools.pairwise(sorted(seqs)) if b > a + 1] for symbol, seqs in sent.items()}
+
+
+def test_a_restarted_book_ingester_reads_the_newest_days_and_decides_across_the_restart_exactly(
+    broker: str, make_settings: Callable[..., Settings]
+) -> None:
+    """Four days of stored books, the book ingester stopped mid-stream and started again: the new one fills each
+    book from its newest stored day only (one day for the books stored that day, the day before for one that was
+    not), records exactly the gaps in what was sent (one across the restart, one of a book last stored a day
+    earlier), never a continuation, drops a re-delivery of stored records, heals across the restart the gaps a
+    snapshot after it covers, and reports the books still unknown. The oracle is what was sent."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    symbols = ("BHP", "CBA", "NAB")
+    # From a midnight: where the days begin among the events (and so which books a day holds) is then the same
+    # whenever the test runs.
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=5)
+    sim, events = simulate(
+        200, step=timedelta(minutes=12), start=start, symbols=symbols, book_faults=FaultConfig(gap_every=97)
+    )
+    days = sorted({r["exchange_timestamp"].date() for _, r in events})
+    assert len(days) >= 4
+    # The restart comes right after BHP's update before a withheld number, after the first day: the gap is found by
+    # the restarted ingester, from what the first one stored.
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    cut = next(
+        i + 1
+        for i, (kind, r) in enumerate(events)
+        if kind == "book_updates"
+        and r["symbol"] == "BHP"
+        and r["exchange_sequence_number"] + 1 in withheld["BHP"]
+        and r["exchange_timestamp"].date() in days[1:-1]
+    )
+    restart_day = events[cut - 1].record["exchange_timestamp"].date()
+    # CBA's feed is lost for the restart's day up to the restart: its book was last stored the day before (and the
+    # day's files, holding BHP and NAB, may hold CBA as far as their statistics say: they are read, and it is not).
+    sent = [
+        e
+        for i, e in enumerate(events)
+        if not (i < cut and e.record["symbol"] == "CBA" and e.record["exchange_timestamp"].date() == restart_day)
+    ]
+    before = [e for e in sent if events.index(e) < cut]
+    after = sent[len(before) :]
+    n_updates = sum(kind == "book_updates" for kind, _ in sent)
+    redelivered = before[-len(before) // 4 :]
+    counted = {  # the process's own metrics, read before and after (other tests of the session count into them too)
+        "written": ("k2_rows_written_total", {"table": "book_updates"}),
+        "duplicates": ("k2_duplicates_dropped_total", {"table": "book_updates"}),
+        "consumed": ("k2_messages_consumed_total", {"topic": "market.equities.books.asx"}),
+    }
+    at_start = {k: REGISTRY.get_sample_value(name, labels) or 0.0 for k, (name, labels) in counted.items()}
+
+    first = BookIngester(settings)
+    thread = threading.Thread(target=first.run, daemon=True)
+    thread.start()
+    try:
+        produce(settings, before)
+        wait_for(lambda: stored(settings, "book_updates") >= sum(k == "book_updates" for k, _ in before), timeout=120)
+    finally:
+        first.stop()
+        thread.join(60)
+    assert not thread.is_alive()
+
+    # What a restart reads: the newest day holding each book, no older one.
+    tables = {name: table_rows(settings, name) for name in ("book_updates",)}
+    assert len({r["exchange_timestamp"].date() for r in tables["book_updates"]}) >= 2
+    second = BookIngester(settings)
+    for instruments, days_read, day in (
+        ({("asx", "BHP"), ("asx", "NAB")}, 1, restart_day),
+        ({("asx", "CBA")}, 2, restart_day - timedelta(days=1)),
+    ):
+        keys, read = newest_keys(second.books.updates, instruments)
+        assert read == days_read
+        wanted = {
+            (r["symbol"], r["exchange_sequence_number"])
+            for r in tables["book_updates"]
+            if ("asx", r["symbol"]) in instruments and r["exchange_timestamp"].date() == day
+        }
+        assert (
+            set(
+                zip(keys.column("symbol").to_pylist(), keys.column("exchange_sequence_number").to_pylist(), strict=True)
+            )
+            == wanted
+        )
+
+    thread = threading.Thread(target=second.run, daemon=True)
+    thread.start()
+    try:
+        produce(settings, redelivered)  # re-delivered after the restart: stored already
+        produce(settings, after)
+        n_snapshots = sum(kind == "book_snapshots" for kind, _ in sent)
+        wait_for(lambda: stored(settings, "book_updates") >= n_updates, timeout=120)
+        wait_for(lambda: stored(settings, "book_snapshots") >= n_snapshots, timeout=60)
+        expected = holes(sent)
+        assert any(seq in withheld["BHP"] for seq in expected["BHP"])
+        intervals = unknown_intervals(sent, expected)
+        healed = sum(len(v) for v in intervals.values())
+        wait_for(
+            lambda: sum(g["status"] == HEALED for g in table_rows(settings, "sequence_gaps")) == healed, timeout=60
+        )
+        assert stored(settings, "book_updates") == n_updates
+        assert stored(settings, "book_snapshots") == n_snapshots
+        gaps = [g for g in table_rows(settings, "sequence_gaps") if g["data_type"] == "book_updates"]
+        assert sorted((g["symbol"], g["first_missing"]) for g in gaps) == sorted(
+            (symbol, seq) for symbol, seqs in expected.items() for seq in seqs
+        )
+        # The books still unknown: those whose last gap no snapshot sent after it covers.
+        unknown = {symbol for symbol, seqs in expected.items() if len(intervals.get(symbol, [])) < len(seqs)}
+        health = second.health()
+        assert {key.split(":")[1] for key in health["unknown_books"]} == unknown
+        assert health["last_commit"] is not None
+        assert REGISTRY.get_sample_value("k2_books_unknown", {"exchange": "asx"}) == len(unknown)
+        moved = {
+            k: (REGISTRY.get_sample_value(name, labels) or 0.0) - at_start[k] for k, (name, labels) in counted.items()
+        }
+        assert moved == {
+            "written": n_updates,
+            "duplicates": sum(kind == "book_updates" for kind, _ in redelivered),
+            "consumed": len(sent) + len(redelivered),
+        }
+    finally:
+        second.stop()
+        thread.join(60)
+
+
+def test_a_restart_takes_the_feeds_snapshots_not_k2s_own(make_settings: Callable[..., Settings]) -> None:
+    """K2's minute snapshots (source `k2`) are newer than the feed's, but numbered from stored updates: the tracker's
+    last snapshot is the feed's, found on an older day, exactly as a scan of the whole table says."""
+    settings = make_settings()
+    tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
+    snapshots = tables["book_snapshots"]
+    now = datetime.now(UTC)
+    rows = [
+        {**Book(5).snapshot_record("BHP", "asx", now - timedelta(days=3), now), "source": SOURCE_FEED},
+        {**Book(7).snapshot_record("BHP", "asx", now - timedelta(days=2), now), "source": SOURCE_FEED},
+        {**Book(9).snapshot_record("BHP", "asx", now - timedelta(hours=1), now), "source": SOURCE_K2},
+        {**Book(4).snapshot_record("CBA", "asx", now - timedelta(hours=1), now), "source": SOURCE_FEED},
+    ]
+    snapshots.append(BOOK_SNAPSHOTS.to_arrow(rows))
+    feed = EqualTo(term="source", value=SOURCE_FEED)
+    keys, _ = newest_keys(snapshots, {("asx", "BHP"), ("asx", "CBA")}, feed)
+    whole = snapshots.scan(row_filter=feed).to_arrow()
+
+    def newest_of(table: Any) -> dict[str, tuple[datetime, int]]:
+        out: dict[str, tuple[datetime, int]] = {}
+        for r in table.to_pylist():
+            out[r["symbol"]] = max(
+                out.get(r["symbol"], (r["exchange_timestamp"], -1)),
+                (r["exchange_timestamp"], r["exchange_sequence_number"]),
+            )
+        return out
+
+    newest, got = newest_of(whole), newest_of(keys)
+    assert got == newest
+    assert got["BHP"][1] == 7

@@ -102,6 +102,53 @@ def mbp1(
     )
 
 
+def mbp10(
+    iid: int,
+    ts_event: str,
+    bids: Sequence[tuple[str | int, int]],
+    asks: Sequence[tuple[str | int, int]],
+    action: str = "A",
+    side: str = "B",
+    sequence: int = 0,
+    flags: int = 0,
+) -> dbn.MBP10Msg:
+    """An mbp-10 record whose levels are `bids` and `asks` (price, size) best first, at most ten a side; the levels
+    past them are empty (UNDEF_PRICE). A price given as an int is already in 1e-9 units."""
+
+    def units(price: str | int) -> int:
+        return price if isinstance(price, int) else px(price)
+
+    pairs = []
+    for depth in range(10):
+        bid = bids[depth] if depth < len(bids) else (UNDEF, 0)
+        ask = asks[depth] if depth < len(asks) else (UNDEF, 0)
+        pairs.append(
+            dbn.BidAskPair(
+                bid_px=units(bid[0]),
+                ask_px=units(ask[0]),
+                bid_sz=bid[1],
+                ask_sz=ask[1],
+                bid_ct=1 if bid[1] else 0,
+                ask_ct=1 if ask[1] else 0,
+            )
+        )
+    top = pairs[0].bid_px if side == "B" else pairs[0].ask_px
+    return dbn.MBP10Msg(
+        publisher_id=1,
+        instrument_id=iid,
+        ts_event=ns(ts_event),
+        price=top,
+        size=1,
+        action=dbn.Action(action),
+        side=dbn.Side(side),
+        depth=0,
+        ts_recv=ns(ts_event),
+        flags=flags,
+        sequence=sequence,
+        levels=pairs,
+    )
+
+
 def metadata(
     schema: str,
     mappings: Mapping[str, Sequence[tuple[date, date, int]]],
@@ -127,7 +174,7 @@ def metadata(
     )
 
 
-def encode(meta: dbn.Metadata, records: Iterable[dbn.TradeMsg | dbn.MBP1Msg | bytes]) -> bytes:
+def encode(meta: dbn.Metadata, records: Iterable[dbn.TradeMsg | dbn.MBP1Msg | dbn.MBP10Msg | bytes]) -> bytes:
     return bytes(meta) + b"".join(rec if isinstance(rec, bytes) else bytes(rec) for rec in records)
 
 

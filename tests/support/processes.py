@@ -34,6 +34,7 @@ def settings_env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
         K2_INGEST_BATCH_MAX_SECONDS=str(settings.ingest.batch_max_seconds),
         K2_INGEST_BATCH_MAX_ROWS=str(settings.ingest.batch_max_rows),
         K2_INGEST_METRICS_PORT=str(metrics_port),
+        K2_INGEST_BOOK_METRICS_PORT="0",  # a test that runs the book ingester gives it a port of its own
         K2_INGEST_COMMIT_MODE=settings.ingest.commit_mode,
         K2_INGEST_CONTROL_TOPIC=settings.ingest.control_topic,
         K2_INGEST_COMMIT_VERDICT_SECONDS=str(settings.ingest.commit_verdict_seconds),
@@ -111,6 +112,7 @@ class Platform:
             "kafka": free_port(),
             "api": free_port(),
             "ingester": free_port(),
+            "book-ingester": free_port(),
             "supervisor": free_port(),
             "dagster": free_port(),
         }
@@ -120,6 +122,7 @@ class Platform:
             K2_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{self.ports['kafka']}",
             K2_API_PORT=str(self.ports["api"]),
             K2_INGEST_METRICS_PORT=str(self.ports["ingester"]),
+            K2_INGEST_BOOK_METRICS_PORT=str(self.ports["book-ingester"]),
             K2_SUPERVISOR_PORT=str(self.ports["supervisor"]),
             K2_MAINTENANCE_DAGSTER_PORT=str(self.ports["dagster"]),
             K2_KAFKA_MAX_PARTITIONS="2",

@@ -97,7 +97,7 @@ def assert_as_fastavro(schema_id: int, schema: ParsedSchema, arrow: pa.Schema, r
     assert [m for block in encoder.blocks(table, block_rows=2) for m in block] == expected
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data(), kind=st.sampled_from(["trades", "quotes"]), extras=st.booleans())
 def test_market_records_encode_as_fastavro_does(data: st.DataObject, kind: Kind, extras: bool) -> None:
     """Every registered version of the subject; the newest one's optional fields present, or absent from the table
@@ -189,7 +189,7 @@ every_record = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(records=st.lists(every_record, max_size=30))
 def test_every_supported_type_encodes_as_fastavro_does(records: list[dict[str, Any]]) -> None:
     assert_as_fastavro(7, EVERY_TYPE, EVERY_ARROW, records)

@@ -43,6 +43,7 @@ def test_in_order_updates_and_snapshots_are_kept_and_re_delivery_is_dropped() ->
     assert again.updates == []
     assert again.snapshots == []
     assert again.duplicates == len(batch)
+    assert again.duplicate_snapshots == 2
 
 
 def test_a_gap_makes_the_book_invalid_until_a_snapshot_that_includes_it() -> None:
@@ -140,3 +141,41 @@ def test_a_session_that_begins_without_a_snapshot_is_unknown_until_one_comes() -
     healing = ("book_snapshots", Book(5).snapshot_record("BHP", "asx", later(6), NOW))
     healed = streams.decide([healing], NOW)
     assert [(v["state"], v["at"]) for v in healed.validity] == [(BOOK_VALID, later(6))]
+
+
+def test_unknown_books_are_reported_since_they_became_unknown_also_across_a_restart() -> None:
+    """`unknown()` (the book ingester's k2_books_unknown and /health): from the gap's detection until a snapshot
+    heals it; a tracker filled from the stored rows of one book only (`add`) takes the time the gap was recorded."""
+    streams = BookStreams(event_gap_id)
+    first = streams.decide([snap(0), upd(1), upd(4), snap(0, "CBA"), upd(1, "CBA")], NOW)
+    assert streams.unknown() == {("asx", "BHP"): NOW}
+    later_batch = streams.decide([upd(5)], NOW + timedelta(minutes=1))
+    assert [r["exchange_sequence_number"] for r in later_batch.updates] == [5]
+    assert streams.unknown() == {("asx", "BHP"): NOW}  # since the first detection
+    stored_updates = [r for r in first.updates + later_batch.updates if r["symbol"] == "BHP"]
+    validity = BOOK_VALIDITY.to_arrow(first.validity)
+    reloaded = BookStreams(event_gap_id)
+    reloaded.add([("asx", "BHP")], _keys(stored_updates), _keys(first.snapshots), validity, {})
+    assert set(reloaded.streams) == {("asx", "BHP")}  # CBA is filled when it is needed, not before
+    assert reloaded.unknown() == {("asx", "BHP"): NOW}  # the validity row's recorded_at
+    assert reloaded.stream("asx", "BHP").last_update == 5
+    healed = reloaded.decide([upd(6), snap(6)], NOW + timedelta(minutes=2))
+    assert healed.gaps == []
+    assert [v["state"] for v in healed.validity] == [BOOK_VALID]
+    assert reloaded.unknown() == {}
+
+
+def test_a_new_sessions_snapshot_heals_the_gap_the_session_before_left_open() -> None:
+    """A gap in one day's file stays open to its end; the next day's file (numbered from its own start, a new
+    session) opens with a snapshot, and the book is known again from it."""
+    streams = BookStreams(event_gap_id)
+    first = streams.decide([snap(0), upd(1), upd(2), upd(4), upd(5)], NOW)
+    (gap,) = first.gaps
+    assert [v["state"] for v in first.validity] == [BOOK_INVALID]
+    opening = ("book_snapshots", Book(0).snapshot_record("BHP", "asx", later(0), NOW))
+    out = streams.decide([opening], NOW)
+    assert len(out.snapshots) == 1
+    assert out.gaps == []
+    assert [(v["state"], v["at"], v["sequence"]) for v in out.validity] == [(BOOK_VALID, later(0), 0)]
+    assert out.healed == [event_gap_id(gap)]
+    assert streams.stream("asx", "BHP").open_gap is None

@@ -136,6 +136,7 @@ def test_the_stack_has_the_services_issue_5_asks_for() -> None:
         "dagster-daemon",
         "api",
         "ingester",
+        "book-ingester",
     }
     assert services()["postgres"]["image"].startswith("postgres:16.")
     kafka = environment(services()["kafka"])
@@ -464,11 +465,16 @@ def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatc
     assert ingester.api.host == "0.0.0.0"  # the ingester's /metrics binds the API host setting
     assert ingester.ingest.metrics_port in container_ports(svcs["ingester"])
     assert healthcheck_port(svcs["ingester"]) == ingester.ingest.metrics_port
+    books = settings_for("book-ingester", monkeypatch)
+    assert books.api.host == "0.0.0.0"  # the book ingester's /metrics binds the API host setting too
+    assert books.ingest.book_metrics_port in container_ports(svcs["book-ingester"])
+    assert healthcheck_port(svcs["book-ingester"]) == books.ingest.book_metrics_port
 
     prometheus = yaml.safe_load((REPO_ROOT / "config/prometheus/prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]}
     assert targets["k2-api"] == [f"api:{api.api.port}"]
     assert targets["k2-ingester"] == [f"ingester:{ingester.ingest.metrics_port}"]
+    assert targets["k2-book-ingester"] == [f"book-ingester:{books.ingest.book_metrics_port}"]
 
     dagster = settings_for("dagster-webserver", monkeypatch).maintenance
     assert dagster.dagster_host == "0.0.0.0"

@@ -72,7 +72,7 @@ def _exact(spec: Field, text: str) -> object:
         return "refused"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(values=st.lists(texts, max_size=12), index=st.integers(0, len(FIELDS) - 1))
 def test_a_fields_fast_path_accepts_only_what_its_exact_path_accepts_with_the_same_value(
     values: list[str], index: int
@@ -225,7 +225,7 @@ def test_chunks_hold_exactly_chunk_rows_data_rows_good_or_bad() -> None:
     assert [[b.line for b in c.bad] for c in chunks] == [[3], [5], [9]]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(text=st.text('ab,"\n\r x', max_size=40), size=st.integers(1, 30))
 def test_quoted_lines_are_rows_as_the_csv_module_reads_them_even_when_a_quote_runs_on(text: str, size: int) -> None:
     """A quote left open must not swallow the next line: a refusal, or a row, is still one physical line."""

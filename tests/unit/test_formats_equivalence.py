@@ -154,7 +154,7 @@ def spot(data: bytes, block_bytes: int) -> bool:
     return first is None or sniff(TRADE_LAYOUTS, first)[0].columns == 7
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=files(), chunk_rows=st.integers(1, 6), block_bytes=st.sampled_from([7, 16, 64, 1 << 20]))
 def test_the_columnar_reader_reads_what_the_replay_parser_reads(
     tmp_path_factory: pytest.TempPathFactory, data: bytes, chunk_rows: int, block_bytes: int

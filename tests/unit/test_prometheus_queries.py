@@ -19,7 +19,7 @@ from k2_core.settings import REPO_ROOT
 from tests.support.prometheus import dashboard_queries, dashboards, panels
 
 ALERTS = REPO_ROOT / "config" / "prometheus" / "alerts.yml"
-METRIC_MODULES = ("k2_stream.metrics", "k2_api.observability")
+METRIC_MODULES = ("k2_stream.metrics", "k2_stream.book_metrics", "k2_api.observability")
 # Made by Prometheus itself for every target.
 SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"})
 SAMPLE_SUFFIXES = {

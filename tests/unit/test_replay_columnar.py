@@ -138,7 +138,7 @@ def columnar(path: Path, block_rows: int) -> tuple[list[bytes], list[tuple[int, 
     return [m for b in blocks for m in b.rows], bad, keys
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dump=dumps(), block_rows=st.integers(1, 8))
 def test_columnar_messages_are_the_per_line_messages(tmp_path: Path, dump: bytes, block_rows: int) -> None:
     path = tmp_path / "dump.csv"

@@ -141,7 +141,7 @@ def run_both(
     }
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios())
 def test_batch_classification_equals_the_per_row_reference(
     scenario: tuple[list[list[tuple[int, int, int]]], list[tuple[int, int, int]], int | None],
@@ -271,7 +271,7 @@ def kept(tracker: SequenceTracker, batches: list[list[Row]], batch_path: bool) -
     return stored
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(feeds())
 def test_every_row_sent_is_kept_once_and_the_open_gaps_are_what_was_withheld(
     feed: tuple[list[list[Row]], set[Row], dict[tuple[int, int], set[int]], list[list[int]]],

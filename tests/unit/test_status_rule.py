@@ -9,7 +9,16 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import SecretStr
 
-from k2_cli.probes import CatalogState, IngesterState, ProcessStatus, Report, SupervisorState, lag_per_topic, redact
+from k2_cli.probes import (
+    BookIngesterState,
+    CatalogState,
+    IngesterState,
+    ProcessStatus,
+    Report,
+    SupervisorState,
+    lag_per_topic,
+    redact,
+)
 from k2_cli.status import problems
 
 SUPERVISOR = SupervisorState("http://127.0.0.1:9109/health", reachable=True, status="ok", pid=1, home="/k2")
@@ -20,12 +29,18 @@ HEALTHY = Report(
     ingester=IngesterState(0, "normal", "closed", 8, {}, {}),
     lag=[],
     catalog=CatalogState(reachable=True, uri="sqlite:///k2/catalog.db"),
+    book_ingester=BookIngesterState(None, 6, "2026-11-26T00:00:00+00:00", 0.4, 0.2, {}, {}),
 )
 
 
 def _ingester(**changes: object) -> Report:
     assert HEALTHY.ingester is not None
     return replace(HEALTHY, ingester=replace(HEALTHY.ingester, **changes))
+
+
+def _books(**changes: object) -> Report:
+    assert HEALTHY.book_ingester is not None
+    return replace(HEALTHY, book_ingester=replace(HEALTHY.book_ingester, **changes))
 
 
 def test_healthy_is_exit_0() -> None:
@@ -49,6 +64,18 @@ def test_healthy_is_exit_0() -> None:
         ),
         (replace(HEALTHY, api_catalog_error="OperationalError: locked"), "the API cannot read the catalog"),
         (replace(HEALTHY, supervisor=replace(SUPERVISOR, status="stopping")), "k2 run is stopping"),
+        # A book unknown for a while (until the feed's next snapshot) is shown; past 10 minutes it is a problem.
+        (_books(unknown_books={"asx:BHP": 599.0}), None),
+        (
+            _books(unknown_books={"asx:BHP": 601.0, "asx:CBA": 30.0, "nyse:AAPL": 3600.0}),
+            "2 book(s) unknown for more than 10m00s (a gap no snapshot has healed): asx:BHP 10m01s, nyse:AAPL 1h00m",
+        ),
+        (
+            _books(error="CommitConflictError: book_validity", last_commit_age_seconds=900.0, lag_seconds=900.0),
+            "book ingester cannot commit, retrying: CommitConflictError: book_validity",
+        ),
+        (_books(last_commit_age_seconds=3600.0, lag_seconds=120.0), None),  # shown, judged by the alerts
+        (replace(HEALTHY, book_ingester=None), None),  # no answer: said by the process's own state
         (
             replace(HEALTHY, processes=[*HEALTHY.processes[:2], ProcessStatus("api", up=False, detail="killed")]),
             "api is down: killed",

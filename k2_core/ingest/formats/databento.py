@@ -1,5 +1,6 @@
 """Databento DBN files (`.dbn`, or `.dbn.zst` as Databento delivers them): `trades` records become K2 trades,
-`mbp-1` and `tbbo` records K2 quotes.
+`mbp-1` and `tbbo` records K2 quotes (`mbp-10` records become level-2 books: k2_core.ingest.formats.databento_books,
+which reads its files with this module's metadata, symbology and record-block helpers).
 
 A DBN file is a metadata header (dataset, schema, symbology) followed by fixed-size little-endian C structs, one
 per event. `databento_dbn` decodes the header; the records are read here a chunk at a time as a numpy structured
@@ -68,17 +69,17 @@ UNDEF_PRICE = dbn.UNDEF_PRICE  # int64 max: no price
 UNDEF_SIZE = dbn.UNDEF_ORDER_SIZE  # uint32 max: no size
 UNDEF_TIMESTAMP = dbn.UNDEF_TIMESTAMP  # uint64 max: no time
 _EPOCH = dt.date(1970, 1, 1)
-_NO_MAPPING, _AMBIGUOUS = -1, -2  # symbol codes that are not an index into the symbol list
+NO_MAPPING, AMBIGUOUS = -1, -2  # symbol codes that are not an index into the symbol list
 _TS_OUT_BYTES = 8  # live data may append the gateway's send time to every record
 
-_HEADER = [
+HEADER_FIELDS = [
     ("length", "u1"),  # the record's size in 4-byte words
     ("rtype", "u1"),
     ("publisher_id", "<u2"),
     ("instrument_id", "<u4"),
     ("ts_event", "<u8"),
 ]
-_TRADE_FIELDS = [
+TRADE_FIELDS = [
     ("price", "<i8"),
     ("size", "<u4"),
     ("action", "u1"),
@@ -89,7 +90,7 @@ _TRADE_FIELDS = [
     ("ts_in_delta", "<i4"),
     ("sequence", "<u4"),
 ]
-_LEVEL_0 = [  # BidAskPair levels[0]
+LEVEL_FIELDS = [  # a BidAskPair: levels[0] of mbp-1, each of levels[0..9] of mbp-10
     ("bid_px", "<i8"),
     ("ask_px", "<i8"),
     ("bid_sz", "<u4"),
@@ -97,8 +98,8 @@ _LEVEL_0 = [  # BidAskPair levels[0]
     ("bid_ct", "<u4"),
     ("ask_ct", "<u4"),
 ]
-TRADE_DTYPE = np.dtype(_HEADER + _TRADE_FIELDS)  # dbn::TradeMsg, 48 bytes
-MBP1_DTYPE = np.dtype(_HEADER + _TRADE_FIELDS + _LEVEL_0)  # dbn::Mbp1Msg (= TbboMsg), 80 bytes
+TRADE_DTYPE = np.dtype(HEADER_FIELDS + TRADE_FIELDS)  # dbn::TradeMsg, 48 bytes
+MBP1_DTYPE = np.dtype(HEADER_FIELDS + TRADE_FIELDS + LEVEL_FIELDS)  # dbn::Mbp1Msg (= TbboMsg), 80 bytes
 
 # Aggressor side byte -> K2 side. Any other byte is a bad row.
 _SIDES = pa.array(["buy", "sell", "unknown"], pa.large_string())
@@ -121,18 +122,22 @@ class DbnLayout:
     dtype: np.dtype[Any]
 
     def record_dtype(self, ts_out: bool) -> np.dtype[Any]:
-        """The record as stored: live data saved with `ts_out` appends 8 bytes that K2 does not read."""
-        if not ts_out:
-            return self.dtype
-        fields: dict[str, Any] = dict(self.dtype.fields or {})
-        return np.dtype(
-            {
-                "names": list(fields),
-                "formats": [fields[name][0] for name in fields],
-                "offsets": [fields[name][1] for name in fields],
-                "itemsize": self.dtype.itemsize + _TS_OUT_BYTES,
-            }
-        )
+        return stored_dtype(self.dtype, ts_out)
+
+
+def stored_dtype(dtype: np.dtype[Any], ts_out: bool) -> np.dtype[Any]:
+    """A record as stored: live data saved with `ts_out` appends 8 bytes that K2 does not read."""
+    if not ts_out:
+        return dtype
+    fields: dict[str, Any] = dict(dtype.fields or {})
+    return np.dtype(
+        {
+            "names": list(fields),
+            "formats": [fields[name][0] for name in fields],
+            "offsets": [fields[name][1] for name in fields],
+            "itemsize": dtype.itemsize + _TS_OUT_BYTES,
+        }
+    )
 
 
 TRADES = DbnLayout("trades", "trades", 0x00, TRADE_DTYPE)
@@ -144,7 +149,7 @@ TBBO = DbnLayout("tbbo", "quotes", 0x01, MBP1_DTYPE)
 class SymbolMap:
     """Instrument ids by UTC day -> K2 symbols, as keys `day << 32 | instrument_id` and a code per key into
     `symbols` (upper-cased and de-duplicated, so "esz4" and "ESZ4" are one symbol and count ordinals together), or
-    `_AMBIGUOUS` where two raw symbols claim the same instrument on the same day."""
+    `AMBIGUOUS` where two raw symbols claim the same instrument on the same day."""
 
     keys: Int64Array
     codes: Int64Array
@@ -180,7 +185,7 @@ class SymbolMap:
                 last = (interval["end_date"] - _EPOCH).days  # exclusive
                 for day in range(first, last):
                     key = day << 32 | iid
-                    by_key[key] = code if by_key.get(key, code) == code else _AMBIGUOUS
+                    by_key[key] = code if by_key.get(key, code) == code else AMBIGUOUS
         keys = np.fromiter(by_key.keys(), dtype=np.int64, count=len(by_key))
         codes = np.fromiter(by_key.values(), dtype=np.int64, count=len(by_key))
         names = list(symbols)
@@ -188,11 +193,11 @@ class SymbolMap:
         return cls(keys, codes, names, valid)
 
     def lookup(self, days: Int64Array, instrument_ids: Int64Array) -> Int64Array:
-        """The symbol code of each (day, instrument), `_NO_MAPPING` where the metadata has none. A hash lookup
+        """The symbol code of each (day, instrument), `NO_MAPPING` where the metadata has none. A hash lookup
         (Arrow's `index_in`): ten times the speed of a binary search over sorted keys."""
         at = pc.index_in(pa.array(days << 32 | instrument_ids), value_set=self.key_set)
         pos = np.asarray(at.fill_null(-1), dtype=np.int64)
-        return np.where(pos >= 0, self.codes[pos], _NO_MAPPING)
+        return np.where(pos >= 0, self.codes[pos], NO_MAPPING)
 
     @cached_property
     def key_set(self) -> pa.Array:
@@ -282,9 +287,9 @@ class _Reader:
                 lambda i: f"record type {rec['rtype'][i]:#04x} is not a {self.layout.schema} record",
             ),
             (ts_event == UNDEF_TIMESTAMP, lambda i: "no ts_event (undefined timestamp)"),
-            (codes == _NO_MAPPING, lambda i: self._unmapped(rec, i, index_ts)),
+            (codes == NO_MAPPING, lambda i: self._unmapped(rec, i, index_ts)),
             (
-                codes == _AMBIGUOUS,
+                codes == AMBIGUOUS,
                 lambda i: f"instrument_id {iids[i]} maps to several symbols on {_day(int(index_ts[i]))}",
             ),
             (
@@ -372,7 +377,7 @@ class _Reader:
         ]
 
 
-def _open(path: Path) -> pa.NativeFile:
+def open_dbn(path: Path) -> pa.NativeFile:
     """The file's DBN bytes: zstd is recognised by its magic number, not the file name."""
     raw = pa.OSFile(str(path), "rb")
     magic = raw.read(4)
@@ -380,7 +385,7 @@ def _open(path: Path) -> pa.NativeFile:
     return pa.CompressedInputStream(raw, "zstd") if magic == ZSTD_MAGIC else raw
 
 
-def _read(stream: pa.NativeFile, size: int, path: Path) -> pa.Buffer | bytes:
+def read_bytes(stream: pa.NativeFile, size: int, path: Path) -> pa.Buffer | bytes:
     """`size` bytes, or fewer at the end of the stream (a decompressing stream may return less per call)."""
     try:
         first = stream.read_buffer(size)
@@ -398,8 +403,8 @@ def _read(stream: pa.NativeFile, size: int, path: Path) -> pa.Buffer | bytes:
     return first if len(parts) == 1 else b"".join(part.to_pybytes() for part in parts)
 
 
-def _metadata(stream: pa.NativeFile, path: Path) -> dbn.Metadata:
-    prelude = _read(stream, 8, path)
+def read_metadata(stream: pa.NativeFile, path: Path) -> dbn.Metadata:
+    prelude = read_bytes(stream, 8, path)
     prefix = bytes(prelude[:3]) if len(prelude) >= 3 else b""
     if prefix != DBN_PREFIX:
         raise ReplayFormatError(f"{path}: not a DBN file (does not start with {DBN_PREFIX!r})")
@@ -409,7 +414,7 @@ def _metadata(stream: pa.NativeFile, path: Path) -> dbn.Metadata:
     if version not in DBN_VERSIONS:
         raise ReplayFormatError(f"{path}: DBN version {version}; this reader knows versions {DBN_VERSIONS}")
     length = int.from_bytes(bytes(prelude[4:8]), "little")
-    body = _read(stream, length, path)
+    body = read_bytes(stream, length, path)
     if len(body) < length:
         raise ReplayFormatError(f"{path}: truncated DBN metadata ({len(body)} of {length} bytes)")
     try:
@@ -418,42 +423,65 @@ def _metadata(stream: pa.NativeFile, path: Path) -> dbn.Metadata:
         raise ReplayFormatError(f"{path}: invalid DBN metadata: {exc}") from exc
 
 
+def check_schema(metadata: dbn.Metadata, wanted: str, path: Path) -> None:
+    """The file holds `wanted` records, or a ReplayFormatError saying which format reads what it holds."""
+    schema = str(metadata.schema) if metadata.schema is not None else None  # a Schema enum, str() its name
+    if schema != wanted:
+        raise ReplayFormatError(
+            f"{path}: holds {schema or 'mixed'} records, not {wanted}"
+            + (f" (read it with --format {BY_SCHEMA[schema]})" if schema in BY_SCHEMA else "")
+        )
+
+
+def record_blocks(
+    stream: pa.NativeFile, path: Path, dtype: np.dtype[Any], schema: str, chunk_rows: int
+) -> Iterator[tuple[Records, int, BadRow | None]]:
+    """The records after the metadata, `chunk_rows` at a time, as a structured array over the raw bytes: each block,
+    the 1-based number of its first record, and a truncated record at the end of the file (a bad row)."""
+    size = dtype.itemsize
+    done = 0
+    while True:
+        data = read_bytes(stream, max(1, chunk_rows) * size, path)
+        if not len(data):
+            return
+        whole = len(data) // size
+        rec = np.frombuffer(data, dtype=dtype, count=whole)
+        framing = np.flatnonzero(rec["length"] != size // 4)  # in 4-byte words (uint8: never multiply)
+        if len(framing):
+            i = int(framing[0])
+            raise ReplayFormatError(
+                f"{path}: record {done + i + 1} is {int(rec['length'][i]) * 4} bytes, not the {size} of a "
+                f"{schema} record: the file is corrupt"
+            )
+        first = done + 1
+        done += whole
+        truncated = None
+        if len(data) % size:
+            done += 1
+            truncated = BadRow(done, f"truncated record: {len(data) % size} of {size} bytes at the end of the file")
+        yield rec, first, truncated
+
+
 def read_dbn(layout: DbnLayout, path: Path, options: ReadOptions) -> Iterator[Chunk]:
     """The records of a DBN file of `layout.schema`, `options.chunk_rows` records per chunk."""
-    with _open(path) as stream:
-        metadata = _metadata(stream, path)
-        schema = str(metadata.schema) if metadata.schema is not None else None  # a Schema enum, str() its name
-        if schema != layout.schema:
-            raise ReplayFormatError(
-                f"{path}: holds {schema or 'mixed'} records, not {layout.schema}"
-                + (f" (read it with --format {_BY_SCHEMA[schema]})" if schema in _BY_SCHEMA else "")
-            )
-        dtype = layout.record_dtype(metadata.ts_out)
-        size = dtype.itemsize
+    with open_dbn(path) as stream:
+        metadata = read_metadata(stream, path)
+        check_schema(metadata, layout.schema, path)
         reader = _Reader(layout, path, options, metadata)
-        done = 0
-        while True:
-            data = _read(stream, max(1, options.chunk_rows) * size, path)
-            if not len(data):
-                return
-            whole = len(data) // size
-            rec = np.frombuffer(data, dtype=dtype, count=whole)
-            framing = np.flatnonzero(rec["length"] != size // 4)  # in 4-byte words (uint8: never multiply)
-            if len(framing):
-                i = int(framing[0])
-                raise ReplayFormatError(
-                    f"{path}: record {done + i + 1} is {int(rec['length'][i]) * 4} bytes, not the {size} of a "
-                    f"{layout.schema} record: the file is corrupt"
-                )
-            table, bad = reader.chunk(rec, done + 1)
-            done += whole
-            if len(data) % size:
-                done += 1
-                bad.append(BadRow(done, f"truncated record: {len(data) % size} of {size} bytes at the end of the file"))
-            yield Chunk(layout.kind, table, bad, done)
+        dtype = layout.record_dtype(metadata.ts_out)
+        for rec, first, truncated in record_blocks(stream, path, dtype, layout.schema, options.chunk_rows):
+            table, bad = reader.chunk(rec, first)
+            if truncated is not None:
+                bad.append(truncated)
+            yield Chunk(layout.kind, table, bad, first - 1 + len(rec) + (truncated is not None))
 
 
-_BY_SCHEMA = {"trades": "databento-trades", "mbp-1": "databento-mbp1", "tbbo": "databento-tbbo"}
+BY_SCHEMA = {
+    "trades": "databento-trades",
+    "mbp-1": "databento-mbp1",
+    "tbbo": "databento-tbbo",
+    "mbp-10": "databento-mbp10",
+}
 
 
 def read_trades(path: Path, options: ReadOptions) -> Iterator[Chunk]:

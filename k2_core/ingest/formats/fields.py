@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from k2_core.exceptions import ConfigError, ReplayFormatError
 from k2_core.ingest.formats.blocks import column_bytes
 from k2_core.model.records import DECIMAL_PRECISION, DECIMAL_SCALE, MAX_DECIMAL, SIDES
+from k2_core.model.tables import SIDES as BOOK_SIDES
 
 DECIMAL = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -345,6 +346,22 @@ class SideField(Field):
         side = text.strip().lower()
         if side not in SIDES:
             raise ReplayFormatError(f"{self.label} {text!r} is not buy, sell or unknown")
+        return side
+
+
+@dataclass(frozen=True)
+class BookSideField(Field):
+    """A side of a level-2 book: bid or ask (in any case)."""
+
+    type: pa.DataType | None = TEXT
+
+    def column(self, texts: pa.Array) -> tuple[pa.Array | None, pa.Array]:
+        return texts, pc.is_in(texts, value_set=pa.array(list(BOOK_SIDES), TEXT))
+
+    def parse(self, text: str) -> str:
+        side = text.strip().lower()
+        if side not in BOOK_SIDES:
+            raise ReplayFormatError(f"{self.label} {text!r} is not bid or ask")
         return side
 
 
