@@ -154,7 +154,7 @@ class IngestSettings(BaseModel):
     commit_resubmits: int = Field(default=3, ge=0)
     # Write and commit a batch on a thread of its own while the next one is consumed and decoded (k2_stream.pipeline);
     # at most one batch in flight, committed in order. Independent commit mode only. Off by default: on this project's
-    # shared 2-core machine it showed no gain and ~15% more CPU per row (docs/performance.md, Pipelined batches).
+    # shared 2-core machine it showed no gain and more CPU per row (docs/performance.md, Pipelined batches).
     pipeline: bool = False
 
 
