@@ -206,7 +206,14 @@ class Ingester:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        log.info("ingester started", extra={"writer": self.writer_id, "topics": len(self.layout.topics)})
+        log.info(
+            "ingester started",
+            extra={
+                "writer": self.writer_id,
+                "topics": len(self.layout.topics),
+                "pipeline": self.writer_thread is not None,
+            },
+        )
         try:
             while not self._stop.is_set():
                 if self.mode is Mode.RESETTING:
