@@ -26,6 +26,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from bench.phases import instrument
 from k2_core.ingest.dedup import to_us
 from k2_core.model.avro import encode
 from k2_core.model.registry import FileSchemaRegistry
@@ -277,6 +278,7 @@ class RunResult:
     batch_rows: list[int] = field(default_factory=list)
     first_at: float = 0.0  # wall clock (time.time) of the first batch in hand, comparable across processes
     last_at: float = 0.0  # wall clock of the last commit done
+    phases: dict[str, Any] = field(default_factory=dict)  # bench/phases.py, when asked for
 
     @property
     def rows_per_second(self) -> float:
@@ -294,7 +296,10 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any, shared: Any = None) -> None:
+def _run_ingester(
+    settings_json: str, expected: int, mode: str, queue: Any, shared: Any = None, phases: bool = False
+) -> None:
+    """`phases`: time each phase of each batch (bench/phases.py)."""
     from bench.per_message import PerMessagePreparer
     from k2_stream.ingester import Ingester
 
@@ -324,27 +329,38 @@ def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any, shar
             return out
 
         ingester.coordinator.submit = handed  # type: ignore[method-assign]
-    process = ingester.process
+    timing = instrument(ingester) if phases else None
+    decode = ingester.preparer.decode
+    finish = ingester.checkpoint.finish
 
     def done() -> int:
         return stats["trades_written"] + stats["trades_duplicates"] + stats["dead_lettered"]
 
-    def measured(batch: Any) -> Any:
+    def first(batch: Any, now: Any) -> Any:
+        """A batch in hand: the first one starts the clock."""
         if "first" not in marks:
             marks["first"] = time.perf_counter()
             marks["first_at"] = time.time()
             marks["cpu0"] = _cpu()
-        before = done()
-        out = process(batch)
+        return decode(batch, now)
+
+    counted = [0]
+
+    def last(*args: Any) -> Any:
+        """A batch committed (its Kafka offsets too): the last one stops the clock."""
+        out = finish(*args)
         marks["last"] = time.perf_counter()
         marks["last_at"] = time.time()
         marks["cpu1"] = _cpu()
         if shared is not None:
+            now_done = done()
             with shared.get_lock():
-                shared.value += done() - before
+                shared.value += now_done - counted[0]
+            counted[0] = now_done
         return out
 
-    ingester.process = measured  # type: ignore[method-assign]
+    ingester.preparer.decode = first  # type: ignore[method-assign]
+    ingester.checkpoint.finish = last  # type: ignore[method-assign]
     thread = threading.Thread(target=ingester.run, daemon=True)
     started = time.perf_counter()
     thread.start()
@@ -368,12 +384,15 @@ def _run_ingester(settings_json: str, expected: int, mode: str, queue: Any, shar
         batch_rows,
         marks["first_at"],
         marks["last_at"],
+        timing.as_dict() if timing is not None else {},
     )
     queue.put(asdict(result))
 
 
-def run_ingester(settings: Settings, expected: int, mode: str, timeout: float = 1800) -> RunResult:
-    return run_ingesters(settings, expected, mode, 1, timeout)[0]
+def run_ingester(
+    settings: Settings, expected: int, mode: str, timeout: float = 1800, phases: bool = False
+) -> RunResult:
+    return run_ingesters(settings, expected, mode, 1, timeout, phases=phases)[0]
 
 
 def run_ingesters(
@@ -383,6 +402,7 @@ def run_ingesters(
     processes: int,
     timeout: float = 1800,
     cores: list[set[int]] | None = None,
+    phases: bool = False,
 ) -> list[RunResult]:
     """`processes` ingester processes in one consumer group, until together they have handled `expected` rows.
     `cores[i]`, when given, pins process i to those CPUs."""
@@ -393,7 +413,7 @@ def run_ingesters(
     queue = ctx.Queue()
     shared = ctx.Value("q", 0)
     procs = [
-        ctx.Process(target=_run_ingester, args=(settings.model_dump_json(), expected, mode, queue, shared))
+        ctx.Process(target=_run_ingester, args=(settings.model_dump_json(), expected, mode, queue, shared, phases))
         for _ in range(processes)
     ]
     for i, proc in enumerate(procs):

@@ -3,10 +3,13 @@ catalog and local warehouse by the real Ingester, then by the straightforward pe
 
     .venv/bin/python -m bench.ingest                      # 5M messages
     .venv/bin/python -m bench.ingest --messages 500000    # smaller
+    .venv/bin/python -m bench.ingest --skip-baseline --no-pipeline --phases   # one batch's phases, in a row
 
 Prints rows/s sustained (first batch in hand -> last commit done), CPU seconds per million rows (ingester process),
 peak RSS (ingester process; the broker's RSS is printed apart: Tansu keeps every message in memory), commit latency
-p50/p99 (the fenced Iceberg append), files per commit, and the batch/per-message ratio.
+p50/p99 (the fenced Iceberg append), files per commit, and the batch/per-message ratio. `--pipeline` / `--no-pipeline`
+sets K2_INGEST_PIPELINE (default: the setting's default, off); `--phases` prints where the batch time went
+(bench/phases.py). The load average is printed before and after: the machine is shared.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import statistics
 import time
 from datetime import UTC, datetime
 
+from bench import phases
 from bench.backlog import Broker, RunResult, bench_settings, files_per_commit, fill, run_ingester, workdir
 from k2_stream.admin import ensure_topics
 
@@ -41,13 +45,17 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=None, help="K2_INGEST_BATCH_MAX_ROWS (default: settings)")
     parser.add_argument("--batch-seconds", type=float, default=None)
     parser.add_argument("--skip-baseline", action="store_true", help="only the batch ingester")
+    parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None, help="K2_INGEST_PIPELINE")
+    parser.add_argument("--phases", action="store_true", help="time each phase of each batch (bench/phases.py)")
     parser.add_argument("--baseline-only", action="store_true")
     parser.add_argument(
         "--schema-version", type=int, choices=(1, 2), default=2, help="trade schema the backlog is written in"
     )
     args = parser.parse_args()
 
-    ingest: dict[str, float] = {}
+    ingest: dict[str, float | bool] = {}
+    if args.pipeline is not None:
+        ingest["pipeline"] = args.pipeline
     if args.batch_rows:
         ingest["batch_max_rows"] = args.batch_rows
     if args.batch_seconds:
@@ -62,7 +70,8 @@ def main() -> None:
             f"python {platform.python_version()}; {args.messages:,} trades, 3 topics x {args.partitions} partitions, "
             f"{3 * args.symbols} symbols, trade schema v{args.schema_version}; "
             f"batch <= {base.ingest.batch_max_rows:,} rows / "
-            f"{base.ingest.batch_max_seconds:g} s; SQLite catalog, local warehouse"
+            f"{base.ingest.batch_max_seconds:g} s; pipeline {'on' if base.ingest.pipeline else 'off'}; "
+            f"SQLite catalog, local warehouse; load average {_load()}"
         )
         seconds = fill(base, layout, args.messages, args.symbols, args.schema_version)
         print(
@@ -77,15 +86,24 @@ def main() -> None:
             settings = bench_settings(broker.bootstrap, root / mode, args.partitions, **ingest)
             cpu0 = broker.cpu_seconds()
             started = time.perf_counter()
-            result = run_ingester(settings, args.messages, mode)
+            result = run_ingester(settings, args.messages, mode, phases=args.phases)
             results[mode] = result
             report(result, files_per_commit(settings), broker.cpu_seconds() - cpu0)
+            if result.phases:
+                phases.report(result.phases, len(result.commit_ms))
+            print(f"  load average after {mode}: {_load()}")
             del started
         if len(results) == 2:
             ratio = results["batch"].rows_per_second / results["per-message"].rows_per_second
             print(f"  ratio batch / per-message: {ratio:.2f}x")
     finally:
         broker.stop()
+
+
+def _load() -> str:
+    import os
+
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _cores() -> int:

@@ -34,7 +34,7 @@ from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import Kind
 from k2_stream import metrics
 from k2_stream.ingester import Ingester
-from k2_stream.prepare import PreparedBatch
+from k2_stream.prepare import DecodedBatch, PreparedBatch
 
 
 @dataclass
@@ -53,7 +53,12 @@ class PerMessagePreparer:
     def __init__(self, ingester: Ingester) -> None:
         self.ingester = ingester
 
-    def prepare(self, batch: list[Message], now: datetime) -> PreparedBatch:
+    def decode(self, batch: list[Message], now: datetime) -> DecodedBatch:
+        """Nothing ahead of the plan: this path decodes message by message as it plans."""
+        return DecodedBatch(batch, now)
+
+    def plan(self, decoded: DecodedBatch) -> PreparedBatch:
+        batch, now = decoded.batch, decoded.now
         newest: dict[TP, tuple[int, int]] = {}
         pending, dead, next_offsets = self._decode(batch, newest)
         plan = self._plan(pending, to_us(now))

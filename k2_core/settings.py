@@ -155,6 +155,10 @@ class IngestSettings(BaseModel):
     committer_metrics_port: int = Field(
         default=9109, ge=0, le=65535, description="The committer's /metrics and /health; 0 disables them."
     )
+    # Write and commit a batch on a thread of its own while the next one is consumed and decoded (k2_stream.pipeline);
+    # at most one batch in flight, committed in order. Independent commit mode only. Off by default: on this project's
+    # shared 2-core machine it showed no gain and more CPU per row (docs/performance.md, Pipelined batches).
+    pipeline: bool = False
 
 
 class DegradationSettings(BaseModel):

@@ -12,10 +12,12 @@ In coordinated mode (ingest.commit_mode) step 3 writes the data files only and h
 (k2_stream.control, k2_core.ingest.coordination), waiting for its verdict: the batch is in once the committer's
 snapshot holds it, and a refused batch raises as a fenced one does (the ingester resumes from the table).
 
-Steps 3 and 4 go table by table. Any failure before step 5 raises, and the ingester commits the same batch again
-after a reset; gap fills and halts come after the data (a fill lost to a crash leaves a gap open whose rows are
-stored, which the backfill closes). This is quix-streams' checkpoint idea (flush the sinks, then commit the offsets)
-with Iceberg as the sink.
+Steps 1-3 (`write`) and 4-5 (`finish`) are apart so the ingester can overlap a batch's write with the next batch's
+consume and decode (k2_stream.pipeline); `commit` is both in a row. Step 3 goes table by table, then step 4. Any
+failure before step 5 raises, and the ingester commits the same batch again after a reset (which brings the state
+up to every table, including one committed before the failure); gap fills and halts come after the data (a fill
+lost to a crash leaves a gap open whose rows are stored, which the backfill closes). This is quix-streams'
+checkpoint idea (flush the sinks, then commit the offsets) with Iceberg as the sink.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import MutableMapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -52,6 +55,15 @@ from k2_stream.dead_letters import DeadLetterSender
 from k2_stream.prepare import PreparedBatch
 
 log = get_logger(__name__)
+
+
+@dataclass
+class Written:
+    """What `Checkpoint.write` committed: per table (in commit order) its snapshot (None: no rows) and the offsets it
+    carries, and the slowest append in seconds."""
+
+    tables: list[tuple[Kind, int | None, dict[TP, int]]] = field(default_factory=list)
+    slowest: float = 0.0
 
 
 class Checkpoint:
@@ -94,21 +106,35 @@ class Checkpoint:
 
     def commit(self, batch: PreparedBatch, now: datetime) -> float:
         """Commit `batch`; returns the slowest table append, in seconds (what degradation watches)."""
+        return self.finish(batch, self.write(batch, now), now)
+
+    def write(self, batch: PreparedBatch, now: datetime) -> Written:
+        """Steps 1-3. They touch neither the consumer nor the sequence state, nor the positions (they read them),
+        so the ingester's pipeline runs them on its writer thread while the next batch is consumed and decoded."""
         plan = batch.plan
         self.dead_letters.send(batch.dead)  # 1
         self._record_detected(plan.detected, now)  # 2
-        slowest = 0.0
+        written = Written()
         for kind in KINDS:
             offsets = {tp: o for tp, o in batch.offsets.items() if self.layout.by_name[tp[0]].kind == kind}
             snapshot_id, seconds = self._append(kind, plan, offsets)  # 3
-            slowest = max(slowest, seconds)
+            written.tables.append((kind, snapshot_id, offsets))
+            written.slowest = max(written.slowest, seconds)
+        return written
+
+    def finish(self, batch: PreparedBatch, written: Written, now: datetime) -> float:
+        """Steps 4-5, once `write` returned: the state takes the plan, the positions move, Kafka gets the offsets.
+        Returns the slowest table append, in seconds. A `write` that raised is not finished: the ingester resets, which
+        brings the state and the positions up to the table (any table it did commit included)."""
+        plan = batch.plan
+        for kind, snapshot_id, offsets in written.tables:
             self.state.committed(kind, plan.txns.get(kind), snapshot_id, self.writers[kind].foreign)  # 4
             self.positions.update(offsets)
         self._record_filled(plan.filled, now)
         self._report_gaps(plan.detected, plan.halts)
         self._commit_offsets(batch.offsets)  # 5
         self.dead_letters.batch_committed()
-        return slowest
+        return written.slowest
 
     def _record_detected(self, detected: list[GapEvent], now: datetime) -> None:
         if not detected:

@@ -9,6 +9,10 @@ On start and on every assignment each partition resumes from the newer of Kafka'
 stored in the table (k2_core.ingest.resume), so a crash between the Iceberg commit and the Kafka commit neither
 loses nor duplicates a row. A failed write puts the loop in `RESETTING`: it backs off, brings the sequence state up
 to the table, and commits the same batch again, on the partitions it still owns.
+
+With `ingest.pipeline` (opt-in, independent commit mode) a batch is written and committed on a writer thread
+while the next one is consumed and decoded (k2_stream.pipeline says what keeps that exactly once); everything that
+reads or moves the sequence state, the positions or the consumer stays on the loop's thread.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from k2_stream.checkpoint import Checkpoint, RetentionCadence
 from k2_stream.control import CommitClient
 from k2_stream.dead_letters import DeadLetterSender
 from k2_stream.lag import export_lag
-from k2_stream.prepare import BatchPreparer, Preparer
+from k2_stream.pipeline import WriterThread
+from k2_stream.prepare import BatchPreparer, DecodedBatch, PreparedBatch, Preparer
 from k2_stream.registry_confluent import make_registry
 
 log = get_logger(__name__)
@@ -142,6 +147,7 @@ class Ingester:
         self.held: list[Message] = []
         self.backoff = Backoff(ing.retry_backoff_seconds, ing.max_backoff_seconds)
         self._assignments = 0  # bumped by every rebalance callback: a batch collected across one is stale
+        self._halted_at_collect: set[TP] = set()  # a batch in flight may halt partitions the next one has messages of
         self._stop = threading.Event()
         self.consumer = Consumer(
             {
@@ -181,6 +187,10 @@ class Ingester:
             RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours),
         )
         self.preparer = preparer(self)
+        # Coordinated mode hands batches to the committer inline: the pipeline is for independent commits.
+        self.writer_thread = (
+            WriterThread(self.checkpoint) if ing.pipeline and ing.commit_mode == "independent" else None
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -196,17 +206,35 @@ class Ingester:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        log.info("ingester started", extra={"writer": self.writer_id, "topics": len(self.layout.topics)})
+        log.info(
+            "ingester started",
+            extra={
+                "writer": self.writer_id,
+                "topics": len(self.layout.topics),
+                "pipeline": self.writer_thread is not None,
+            },
+        )
         try:
             while not self._stop.is_set():
                 if self.mode is Mode.RESETTING:
                     self._reset()
                     continue
-                batch, self.held = self.held or self._collect(), []
+                if self.held:
+                    batch, self.held = self.held, []
+                else:
+                    batch = self._collect()
                 if batch and self.mode is Mode.CONSUMING:  # an assignment during the collect may have failed
-                    self._commit(batch)
+                    if self.writer_thread is not None:
+                        self._pipelined(batch)
+                    else:
+                        self._commit(batch)
         finally:
-            self.consumer.close()
+            try:
+                self._drain()  # the batch in flight is committed before the consumer leaves
+            finally:
+                if self.writer_thread is not None:
+                    self.writer_thread.close()
+                self.consumer.close()
             self.dead_letters.close()
             if self.coordinator is not None:
                 self.coordinator.close()
@@ -215,6 +243,7 @@ class Ingester:
     # ---- rebalances ------------------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drain()  # the writer thread must not commit while partitions move (a failure: resumed from the table)
         self._assignments += 1
         if self.coordinator is not None:
             self.coordinator.generation = self._assignments
@@ -241,6 +270,7 @@ class Ingester:
         log.info("partitions assigned", extra={"count": len(partitions)})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drain()  # commit the batch in flight while the partitions are still ours
         self._assignments += 1
         self.held = []
         for p in partitions:
@@ -271,6 +301,7 @@ class Ingester:
         """After a failed write: wait out the backoff, bring the state up to the table and keep the failed batch
         to commit again (no rewind: a seek on a paused or not yet fetching partition is refused). While this fails,
         the breaker stays open and nothing new is consumed."""
+        self._drain()  # nothing is in flight in this mode; made sure of, as the state is synced below
         self.consumer.pause(self.consumer.assignment())
         if self.degradation.failures:
             self._idle(self.backoff.seconds)
@@ -318,10 +349,15 @@ class Ingester:
         deadline = time.monotonic() + ing.batch_max_seconds * scale
         batch: list[Message] = []
         assignments = self._assignments
+        self._halted_at_collect = set(self.halted)
         while len(batch) < max_rows and not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            if self.writer_thread is not None and self.writer_thread.written() and not self._drain():
+                # The batch before failed: it and what this collect took so far are committed again after the reset.
+                self.held.extend(batch)
+                return []
             msgs = self.consumer.consume(min(max_rows - len(batch), 10_000), min(remaining, 0.5))
             if self._assignments != assignments:
                 # The assignment inside that call re-positioned every partition at its committed offset:
@@ -347,49 +383,106 @@ class Ingester:
         return batch
 
     def _commit(self, batch: list[Message]) -> None:
+        """Prepare and commit `batch` on this thread (no pipeline)."""
         try:
             measured = self.process(batch)
         except _RECOVERABLE as exc:
-            breaker = self.degradation.write_failed()
-            log.error(
-                "batch not committed, rolling back",
-                extra={
-                    "error": str(exc),
-                    "error_type": type(exc).__name__,
-                    "messages": len(batch),
-                    "circuit_breaker": breaker.name,
-                },
-            )
-            self.stats["failed_batches"] += 1
-            self.held = batch
-            self.mode = Mode.RESETTING
+            self._failed(batch, exc)
         else:
-            self.backoff.reset()
-            self.degradation.write_succeeded()
-            before = self.degradation.level
-            level = self.degradation.observe(measured.lag_seconds, measured.write_seconds, time.monotonic())
-            if level != before:
-                log.warning(
-                    "degradation level changed",
-                    extra={
-                        "from": before.name,
-                        "to": level.name,
-                        "lag_s": measured.lag_seconds,
-                        "write_s": measured.write_seconds,
-                    },
-                )
-        self._export_state()
+            self._succeeded(measured)
 
     def process(self, batch: list[Message]) -> Measured:
         """Prepare and commit one batch, then the upkeep that may follow a commit. Raises if it is not committed."""
         now = datetime.now(UTC)
-        prepared = self.preparer.prepare(batch, now)
+        prepared = self.preparer.plan(self.preparer.decode(batch, now))
         lag = self._export_lag(prepared.newest, now)
         write_seconds = self.checkpoint.commit(prepared, now)
+        self._upkeep(prepared, now)
+        return Measured(lag, write_seconds)
+
+    def _pipelined(self, batch: list[Message]) -> None:
+        """Decode `batch` while the batch before it is written, then finish that one, then plan this one and hand it
+        to the writer thread. A failure of either stops here, both batches held, in order, for the reset."""
+        decoded: DecodedBatch | None = None
+        error: Exception | None = None
+        try:
+            decoded = self.preparer.decode(batch, datetime.now(UTC))
+        except _RECOVERABLE as exc:
+            error = exc
+        if not self._drain():  # nothing of this batch is written: it is committed again after the failed one
+            log.warning("next batch held behind the failed one", extra={"messages": len(batch)})
+            self.held.extend(batch)
+            return
+        try:
+            if decoded is None:
+                raise error or WriteError("batch not decoded")
+            # Partitions the batch before halted after this one's collect began: nothing past a halt goes on.
+            if self.halted.keys() - self._halted_at_collect:
+                batch = [m for m in batch if (m.topic() or "", m.partition() or 0) not in self.halted]
+                if not batch:
+                    return
+                decoded = self.preparer.decode(batch, decoded.now)
+            prepared = self.preparer.plan(decoded)
+        except _RECOVERABLE as exc:
+            self._failed(batch, exc)
+            return
+        lag = self._export_lag(prepared.newest, decoded.now)
+        if self.writer_thread is not None:
+            self.writer_thread.submit(batch, prepared, decoded.now, lag)
+
+    def _drain(self) -> bool:
+        """Wait for the batch in flight, if any, and finish it (state, positions, Kafka offsets). False if its write
+        failed: the loop resets, holding that batch."""
+        flight = self.writer_thread.take() if self.writer_thread is not None else None
+        if flight is None:
+            return True
+        try:
+            written = flight.written.result()
+        except _RECOVERABLE as exc:
+            self._failed(flight.batch, exc)
+            return False
+        write_seconds = self.checkpoint.finish(flight.prepared, written, flight.now)
+        self._upkeep(flight.prepared, flight.now)
+        self._succeeded(Measured(flight.lag_seconds, write_seconds))
+        return True
+
+    def _upkeep(self, prepared: PreparedBatch, now: datetime) -> None:
         self.retention.appended([kind for kind, rows in prepared.plan.rows.items() if rows.num_rows])
         if not self.degradation.skip_non_critical():  # deferred under load
             self.state.age_out(now)
-        return Measured(lag, write_seconds)
+
+    def _failed(self, batch: list[Message], exc: Exception) -> None:
+        breaker = self.degradation.write_failed()
+        log.error(
+            "batch not committed, rolling back",
+            extra={
+                "error": str(exc),
+                "error_type": type(exc).__name__,
+                "messages": len(batch),
+                "circuit_breaker": breaker.name,
+            },
+        )
+        self.stats["failed_batches"] += 1
+        self.held = batch
+        self.mode = Mode.RESETTING
+        self._export_state()
+
+    def _succeeded(self, measured: Measured) -> None:
+        self.backoff.reset()
+        self.degradation.write_succeeded()
+        before = self.degradation.level
+        level = self.degradation.observe(measured.lag_seconds, measured.write_seconds, time.monotonic())
+        if level != before:
+            log.warning(
+                "degradation level changed",
+                extra={
+                    "from": before.name,
+                    "to": level.name,
+                    "lag_s": measured.lag_seconds,
+                    "write_s": measured.write_seconds,
+                },
+            )
+        self._export_state()
 
     # ---- what it reports -------------------------------------------------------------------------------------
 

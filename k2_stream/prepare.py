@@ -9,7 +9,7 @@ per-message baseline (bench/per_message.py) is another preparer, so the two diff
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -46,8 +46,34 @@ class PreparedBatch:
     newest: dict[TP, tuple[int, int]]  # per partition: its newest message's Kafka timestamp (ms, 0 if none), offset
 
 
+@dataclass
+class DecodedBatch:
+    """A batch after the part of its preparation that needs no sequence state: it may be made while the batch
+    before it is still being written (the ingester's pipeline, k2_stream.pipeline)."""
+
+    batch: list[Message]
+    now: datetime
+    view: BatchView | None = None
+    topics: list[DecodedTopic] = field(default_factory=list)
+
+
+@dataclass
+class DecodedTopic:
+    """One topic's valid rows with their positions in the batch, and its dead letters as (position, reason)."""
+
+    topic: str
+    table: pa.Table
+    positions: Int64Array
+    dead: list[tuple[int, str]]
+
+
 class Preparer(Protocol):
-    def prepare(self, batch: list[Message], now: datetime) -> PreparedBatch: ...
+    """Two phases, so the first can overlap the previous batch's commit: `decode` touches nothing the commit of an
+    earlier batch changes; `plan` reads the sequence state, so it runs only once every earlier batch is committed."""
+
+    def decode(self, batch: list[Message], now: datetime) -> DecodedBatch: ...
+
+    def plan(self, decoded: DecodedBatch) -> PreparedBatch: ...
 
 
 @dataclass
@@ -109,12 +135,31 @@ class BatchPreparer:
         self.ingester = ingester
         self.decoder = BatchDecoder(ingester.decoder, ingester.settings.records)
 
-    def prepare(self, batch: list[Message], now: datetime) -> PreparedBatch:
+    def decode(self, batch: list[Message], now: datetime) -> DecodedBatch:
+        """Each topic's messages as one Avro block, validated (k2_stream.decode): no sequence state, no catalog."""
+        view = BatchView.of(batch)
+        topics = []
+        for topic, idx in view.by_topic():
+            metrics.MESSAGES_CONSUMED.labels(topic).inc(len(idx))
+            spec = self.ingester.layout.by_name[topic]
+            reader_id, reader = self.ingester.readers[spec.subject]
+            values = view.values if len(idx) == len(batch) else [view.values[i] for i in idx.tolist()]
+            out = self.decoder.decode(
+                spec.kind, spec.exchange, reader_id, reader, values, MARKET_TABLES[spec.kind], now
+            )
+            self.ingester.stats["decoded_per_message"] += out.per_message
+            dead = [(int(idx[p]), reason) for p, reason in out.dead]
+            topics.append(DecodedTopic(topic, out.table, idx[out.positions], dead))
+        return DecodedBatch(batch, now, view, topics)
+
+    def plan(self, decoded: DecodedBatch) -> PreparedBatch:
         ing = self.ingester
+        batch, view, now = decoded.batch, decoded.view, decoded.now
+        if view is None:
+            raise TypeError("BatchPreparer.plan takes what BatchPreparer.decode made")
         if ing.state.stale:  # an import committed rows the state has not seen
             ing.state.sync()
-        view = BatchView.of(batch)
-        rows, dead = self._decode(batch, view, now)
+        rows, dead = self._screen(decoded, view)
         wanted = history_wanted(ing.state.tracker, rows)
         if wanted:
             ing.state.load_history(wanted)
@@ -126,25 +171,17 @@ class BatchPreparer:
         dead = [(m, r) for m, r in dead if not plan.beyond_halt((m.topic() or "", m.partition() or 0), m.offset() or 0)]
         return PreparedBatch(plan, dead, plan.commit_offsets(view.next_offsets()), view.newest(batch))
 
-    def _decode(
-        self, batch: list[Message], view: BatchView, now: datetime
-    ) -> tuple[dict[Kind, KindRows], list[tuple[Message, str]]]:
-        """The valid rows per data type, and the dead letters in batch order."""
+    def _screen(self, decoded: DecodedBatch, view: BatchView) -> tuple[dict[Kind, KindRows], list[tuple[Message, str]]]:
+        """The valid rows per data type, less what the instruments' reference data refuses and what is shed under
+        load (both read state the previous batch's commit may change), and the dead letters in batch order."""
         ing = self.ingester
         parts: dict[Kind, list[tuple[pa.Table, Int64Array]]] = defaultdict(list)
         dead: list[tuple[int, str]] = []
         reference = ing.reference.rules()
-        for topic, idx in view.by_topic():
-            metrics.MESSAGES_CONSUMED.labels(topic).inc(len(idx))
-            spec = ing.layout.by_name[topic]
-            reader_id, reader = ing.readers[spec.subject]
-            values = view.values if len(idx) == len(batch) else [view.values[i] for i in idx.tolist()]
-            out = self.decoder.decode(
-                spec.kind, spec.exchange, reader_id, reader, values, MARKET_TABLES[spec.kind], now
-            )
-            ing.stats["decoded_per_message"] += out.per_message
-            dead.extend((int(idx[p]), reason) for p, reason in out.dead)
-            table, positions = out.table, idx[out.positions]
+        for part in decoded.topics:
+            spec = ing.layout.by_name[part.topic]
+            dead.extend(part.dead)
+            table, positions = part.table, part.positions
             refused = reference.refuse(spec.kind, spec.exchange, table)
             if refused:  # strict instruments' reference data (k2_core.ingest.reference)
                 dead.extend((int(positions[i]), reason) for i, reason in refused)
@@ -161,7 +198,7 @@ class BatchPreparer:
             table = pa.concat_tables([conform(t, schema) for t, _ in chunks])
             rows[kind] = KindRows(kind, table, view.tp_codes[positions], view.offsets[positions], positions)
         dead.sort(key=lambda d: d[0])
-        return rows, [(batch[i], reason) for i, reason in dead]
+        return rows, [(decoded.batch[i], reason) for i, reason in dead]
 
     def _shed(
         self, kind: Kind, exchange: str, table: pa.Table, positions: Int64Array, dead: list[tuple[int, str]]

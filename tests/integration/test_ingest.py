@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -12,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from k2_core.lake.catalog import open_catalog
 from k2_core.lake.offsets import OFFSETS_PROPERTY, decode_offsets
+from k2_core.model.avro import Decoder
 from k2_core.model.registry import FileSchemaRegistry
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
@@ -164,3 +167,82 @@ def test_a_late_number_already_written_by_the_backfill_is_not_stored_twice(
     time.sleep(1.0)
     seqs = sorted(r["exchange_sequence_number"] for r in table_rows(settings, "trades"))
     assert seqs == list(range(1, 22))
+
+
+def test_a_failed_commit_with_the_next_batch_in_hand_loses_and_duplicates_nothing(
+    broker: str,
+    make_settings: Callable[..., Settings],
+    running_ingester: Callable[..., Ingester],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pipeline's hazard (k2_stream.pipeline): batch N's catalog commit fails (the SQLite catalog locked by
+    another connection, for real) while batch N+1 is consumed and decoded. Nothing of N+1 may be committed before N,
+    and after the reset both land once: the table holds exactly what the broker holds, its offsets and the consumer
+    group's are the partitions' ends, and the sequence state saw the batches in order (no gap recorded)."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.3, metrics_port=0, pipeline=True)
+    caplog.set_level(logging.WARNING, logger="k2_stream.ingester")
+    produce(settings, [("trades", feed_trade("BHP", s)) for s in range(1, 101)])
+    ingester = running_ingester(settings)
+    wait_for(lambda: len(table_rows(settings, "trades")) == 100)
+
+    catalog_db = settings.catalog_uri.get_secret_value().removeprefix("sqlite:///")
+    lock = sqlite3.connect(catalog_db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # every catalog commit now waits out SQLite's busy timeout, then fails
+    try:
+        produce(settings, [("trades", feed_trade("BHP", s)) for s in range(101, 201)])  # batch N: its commit waits
+        time.sleep(1.0)
+        produce(settings, [("trades", feed_trade("BHP", s)) for s in range(201, 301)])  # N+1, in hand meanwhile
+        wait_for(lambda: ingester.stats["failed_batches"] >= 1, timeout=60)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    held = [r for r in caplog.records if r.getMessage() == "next batch held behind the failed one"]
+    assert held, "batch N+1 was not in hand when batch N failed: the hazard was not exercised"
+
+    truth, ends = _broker_contents(settings)
+    assert sorted(truth) == [("asx", "BHP", s) for s in range(1, 301)]
+    wait_for(lambda: len(table_rows(settings, "trades")) >= len(truth))
+    group = Consumer({"bootstrap.servers": broker, "group.id": settings.kafka.group_id})
+    try:
+
+        def group_offsets() -> dict[tuple[str, int], int]:
+            committed = group.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+            return {(c.topic, c.partition): c.offset for c in committed if c.offset >= 0}
+
+        wait_for(lambda: group_offsets() == ends)  # Kafka's commit follows the Iceberg one
+    finally:
+        group.close()
+    rows = table_rows(settings, "trades")
+    assert sorted((r["exchange"], r["symbol"], r["exchange_sequence_number"]) for r in rows) == sorted(truth)
+    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    stored = decode_offsets(table.current_snapshot().summary.additional_properties[OFFSETS_PROPERTY])  # type: ignore[union-attr]
+    assert {tp: o for tp, o in stored.items() if tp in ends} == ends
+    assert table_rows(settings, "sequence_gaps") == []
+
+
+def _broker_contents(settings: Settings) -> tuple[list[tuple[str, str, int]], dict[tuple[str, int], int]]:
+    """Every trade the broker holds (exchange, symbol, sequence) and, per partition holding any, its end offset: read
+    back from the broker, the oracle the ingester's result is checked against."""
+    decoder = Decoder(FileSchemaRegistry(settings.kafka.schemas_dir))
+    layout = ensure_topics(settings)
+    reader = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "oracle"})
+    reader.assign(
+        [TopicPartition(t.name, p, 0) for t in layout.topics if t.kind == "trades" for p in range(t.partitions)]
+    )
+    keys: list[tuple[str, str, int]] = []
+    ends: dict[tuple[str, int], int] = {}
+    idle_since = time.monotonic()
+    try:
+        while time.monotonic() - idle_since < 3.0:
+            msgs = reader.consume(10_000, 0.5)
+            if msgs:
+                idle_since = time.monotonic()
+            for m in msgs:
+                if m.error() is None:
+                    rec = decoder.decode(m.value())
+                    keys.append((rec["exchange"], rec["symbol"], rec["exchange_sequence_number"]))
+                    tp = (m.topic() or "", m.partition() or 0)
+                    ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
+    finally:
+        reader.close()
+    return keys, ends

@@ -37,6 +37,7 @@ def settings_env(settings: Settings, metrics_port: int = 0, committer_metrics_po
         K2_INGEST_BOOK_METRICS_PORT="0",  # a test that runs the book ingester gives it a port of its own
         K2_INGEST_COMMITTER_METRICS_PORT=str(committer_metrics_port),
         K2_INGEST_COMMIT_MODE=settings.ingest.commit_mode,
+        K2_INGEST_PIPELINE=str(settings.ingest.pipeline).lower(),
         K2_INGEST_CONTROL_TOPIC=settings.ingest.control_topic,
         K2_INGEST_COMMIT_VERDICT_SECONDS=str(settings.ingest.commit_verdict_seconds),
         K2_INGEST_COMMIT_RESUBMITS=str(settings.ingest.commit_resubmits),
