@@ -153,7 +153,7 @@ class IngestSettings(BaseModel):
     commit_verdict_seconds: float = Field(default=10.0, gt=0)
     commit_resubmits: int = Field(default=3, ge=0)
     committer_metrics_port: int = Field(
-        default=9109, ge=0, le=65535, description="The committer's /metrics and /health; 0 disables them."
+        default=9111, ge=0, le=65535, description="The committer's /metrics and /health; 0 disables them."
     )
     # Write and commit a batch on a thread of its own while the next one is consumed and decoded (k2_stream.pipeline);
     # at most one batch in flight, committed in order. Independent commit mode only. Off by default: on this project's
