@@ -14,7 +14,6 @@ from confluent_kafka import Consumer, TopicPartition
 
 from k2_core.lake.catalog import open_catalog
 from k2_core.lake.offsets import OFFSETS_PROPERTY, decode_offsets
-from k2_core.model.avro import Decoder
 from k2_core.model.registry import FileSchemaRegistry
 from k2_core.model.tables import TRADES
 from k2_core.settings import Settings
@@ -22,7 +21,7 @@ from k2_stream.admin import ensure_topics
 from k2_stream.ingester import Ingester
 from k2_stream.producer import FeedProducer
 from tests.support.factories import feed_trade
-from tests.support.kafka import produce
+from tests.support.kafka import broker_contents, produce
 from tests.support.lake import table_rows
 from tests.support.waits import wait_for
 
@@ -199,7 +198,7 @@ def test_a_failed_commit_with_the_next_batch_in_hand_loses_and_duplicates_nothin
     held = [r for r in caplog.records if r.getMessage() == "next batch held behind the failed one"]
     assert held, "batch N+1 was not in hand when batch N failed: the hazard was not exercised"
 
-    truth, ends = _broker_contents(settings)
+    truth, ends = broker_contents(settings)
     assert sorted(truth) == [("asx", "BHP", s) for s in range(1, 301)]
     wait_for(lambda: len(table_rows(settings, "trades")) >= len(truth))
     group = Consumer({"bootstrap.servers": broker, "group.id": settings.kafka.group_id})
@@ -218,31 +217,3 @@ def test_a_failed_commit_with_the_next_batch_in_hand_loses_and_duplicates_nothin
     stored = decode_offsets(table.current_snapshot().summary.additional_properties[OFFSETS_PROPERTY])  # type: ignore[union-attr]
     assert {tp: o for tp, o in stored.items() if tp in ends} == ends
     assert table_rows(settings, "sequence_gaps") == []
-
-
-def _broker_contents(settings: Settings) -> tuple[list[tuple[str, str, int]], dict[tuple[str, int], int]]:
-    """Every trade the broker holds (exchange, symbol, sequence) and, per partition holding any, its end offset: read
-    back from the broker, the oracle the ingester's result is checked against."""
-    decoder = Decoder(FileSchemaRegistry(settings.kafka.schemas_dir))
-    layout = ensure_topics(settings)
-    reader = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "oracle"})
-    reader.assign(
-        [TopicPartition(t.name, p, 0) for t in layout.topics if t.kind == "trades" for p in range(t.partitions)]
-    )
-    keys: list[tuple[str, str, int]] = []
-    ends: dict[tuple[str, int], int] = {}
-    idle_since = time.monotonic()
-    try:
-        while time.monotonic() - idle_since < 3.0:
-            msgs = reader.consume(10_000, 0.5)
-            if msgs:
-                idle_since = time.monotonic()
-            for m in msgs:
-                if m.error() is None:
-                    rec = decoder.decode(m.value())
-                    keys.append((rec["exchange"], rec["symbol"], rec["exchange_sequence_number"]))
-                    tp = (m.topic() or "", m.partition() or 0)
-                    ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
-    finally:
-        reader.close()
-    return keys, ends

@@ -28,23 +28,33 @@ def produce(settings: Settings, records: list[tuple[str, dict[str, Any]]]) -> No
 
 def produced_keys(settings: Settings, kind: str = "trades") -> list[Key]:
     """Every valid record on the market topics of `kind`, duplicates included: what the feeds really sent."""
+    return broker_contents(settings, kind)[0]
+
+
+def broker_contents(settings: Settings, kind: str = "trades") -> tuple[list[Key], dict[tuple[str, int], int]]:
+    """`produced_keys`, and per partition holding any record, its end offset (the next offset to read)."""
     layout = load_layout(settings)
     decoder = Decoder(FileSchemaRegistry(settings.kafka.schemas_dir))
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "truth-reader"})
     parts = [TopicPartition(t.name, p, 0) for t in layout.topics if t.kind == kind for p in range(t.partitions)]
     consumer.assign(parts)
     keys: list[Key] = []
+    ends: dict[tuple[str, int], int] = {}
     idle_since = time.monotonic()
-    while time.monotonic() - idle_since < 3.0:
-        msgs = consumer.consume(10_000, 0.5)
-        if msgs:
-            idle_since = time.monotonic()
-        for m in msgs:
-            if m.error() is None:
-                rec = decoder.decode(m.value())
-                keys.append((rec["exchange"], rec["symbol"], rec["exchange_sequence_number"]))
-    consumer.close()
-    return keys
+    try:
+        while time.monotonic() - idle_since < 3.0:
+            msgs = consumer.consume(10_000, 0.5)
+            if msgs:
+                idle_since = time.monotonic()
+            for m in msgs:
+                if m.error() is None:
+                    rec = decoder.decode(m.value())
+                    keys.append((rec["exchange"], rec["symbol"], rec["exchange_sequence_number"]))
+                    tp = (m.topic() or "", m.partition() or 0)
+                    ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
+    finally:
+        consumer.close()
+    return keys, ends
 
 
 def read_dead_letters(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[dict[str, bytes]]:
