@@ -36,13 +36,13 @@ from k2_core.ingest.formats import BadRow, BookFileFormat, ReadOptions
 from k2_core.ingest.formats.book_files import BookChunk
 from k2_core.ingest.gaps import event_gap_id
 from k2_core.ingest.importer import (
-    COMPLETE,
     IMPORT_CLUSTER,
     IMPORT_FILE_PROPERTY,
     ROWS,
     FileReport,
     Progress,
     ReadAhead,
+    chunk_progress,
     file_id,
     with_last,
 )
@@ -84,12 +84,9 @@ class BookImporter:
         report = FileReport(path, "books")
         with ReadAhead(fmt.read(path, options)) as chunks:
             source = file_id(path)
-            stored = self.books.committed_offsets()
-            if stored.get((source, COMPLETE)) == 1:
-                report.skipped = True
-                log.info("file already imported, skipped", extra={"path": str(path), "file_id": source})
+            position = report.resume(self.books.committed_offsets(), source)
+            if position is None:
                 return report
-            report.resumed_at = position = stored.get((source, ROWS), 0)
             self.state.reset()  # what the tables hold now, whoever wrote it, filled per instrument as met
             read_to = 0
             checked = Checked(options.exchange)
@@ -102,7 +99,7 @@ class BookImporter:
                     continue  # committed by an earlier run
                 report.rows_read += chunk.end - chunk_start
                 report.bad.extend([*chunk.bad, *refused])
-                offsets = {(source, ROWS): chunk.end, **({(source, COMPLETE): 1} if last else {})}
+                offsets = chunk_progress(source, chunk.end, last)
                 self.state.ensure({(record["exchange"], record["symbol"]) for _, record in records})
                 if in_order:
                     self._in_order(records, first_seen, path)

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +95,16 @@ class FileReport:
     commits: int = 0
     seconds: float = 0.0
 
+    def resume(self, stored: Mapping[TopicPartition, int], source: str) -> int | None:
+        """Where this file's import starts, from the progress its table holds under the file's content hash
+        (`source`): the rows committed by an earlier run, or None when the file was imported completely (skipped)."""
+        if stored.get((source, COMPLETE)) == 1:
+            self.skipped = True
+            log.info("file already imported, skipped", extra={"path": str(self.path), "file_id": source})
+            return None
+        self.resumed_at = stored.get((source, ROWS), 0)
+        return self.resumed_at
+
     def log_done(self, fmt: str) -> None:
         """The file's one log line once imported (trades, quotes or books alike)."""
         log.info(
@@ -113,6 +123,12 @@ class FileReport:
                 "seconds": round(self.seconds, 3),
             },
         )
+
+
+def chunk_progress(source: str, rows: int, last: bool) -> dict[TopicPartition, int]:
+    """What a committed chunk records in the snapshot summary: the file's rows read through it, and that the file is
+    complete after its last chunk."""
+    return {(source, ROWS): rows, **({(source, COMPLETE): 1} if last else {})}
 
 
 @dataclass
@@ -170,12 +186,9 @@ class Importer:
         # The first chunk is read while the file is hashed and its progress looked up.
         with ReadAhead(fmt.read(path, options)) as chunks:
             source = file_id(path)
-            stored = self.writers[fmt.kind].committed_offsets()
-            if stored.get((source, COMPLETE)) == 1:
-                report.skipped = True
-                log.info("file already imported, skipped", extra={"path": str(path), "file_id": source})
+            position = report.resume(self.writers[fmt.kind].committed_offsets(), source)
+            if position is None:
                 return report
-            report.resumed_at = position = stored.get((source, ROWS), 0)
             if not self.synced or self.state.stale:
                 self.state.sync()
                 self.synced = True
@@ -187,7 +200,7 @@ class Importer:
                         continue  # committed by an earlier run
                     report.rows_read += chunk.end - chunk_start
                     report.bad.extend(chunk.bad)
-                    offsets = {(source, ROWS): chunk.end, **({(source, COMPLETE): 1} if last else {})}
+                    offsets = chunk_progress(source, chunk.end, last)
                     job = self._prepare(chunk, fmt.kind, options.exchange, offsets, position, path, report)
                     committer.submit(job)
                     position = chunk.end
