@@ -189,7 +189,8 @@ class Checkpoint:
         partition's range [position, offset); returns the committer's snapshot (None: nothing to hand in). A
         refused request's files are deleted when the committer found them in no snapshot, else left to orphan-file
         cleanup. Partitions the batch does not move past their position (messages re-read after a reset) are
-        left out: their offsets are stored already."""
+        left out: their offsets are stored already. A request refused because rows were stored meanwhile raises
+        too: the ingester plans the batch again from the table."""
         writer = self.writers[kind]
         ranges = {tp: (self.positions[tp], end) for tp, end in offsets.items() if end > self.positions[tp]}
         if not ranges:
@@ -214,6 +215,8 @@ class Checkpoint:
                 for f in files
                 if (entry := encode_data_file(f, writer.table.metadata.default_spec_id)) is not None
             ],
+            planned_at=self.state.at(kind),  # an import or the backfill may store some of the rows before the commit
+            recheck=True,
         )
         try:
             verdict = coordinator.submit(request)

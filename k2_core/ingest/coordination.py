@@ -17,6 +17,12 @@ Fencing is by offsets, against the table (the only state that survives every pro
   timeout, or a new committer re-reading requests its failed predecessor had committed) gets its first verdict,
   COMMITTED, again; it is never committed twice.
 
+Dedup holds across kinds of writers as in the independent design (k2_core.ingest.writer): a worker plans its rows
+against one snapshot (`planned_at`), and `k2 import` or the gap backfill may store some of the same rows before the
+committer commits them. Each attempt re-checks a request's rows against the files such writers added since
+(usually none: a walk of the snapshot chain, no file read); a request with rows stored meanwhile is refused, and its
+worker plans the batch again from the table, where dedup drops them.
+
 A request is all or nothing: one refused range refuses it. A refused request's files are not in the table; the
 worker deletes them only when the committer says they are certainly uncommitted (the request id is in no snapshot
 still on the chain and no data file of the table has their paths: `files_certain_uncommitted`); otherwise they are
@@ -38,13 +44,11 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2_core.exceptions import WriteError
+from k2_core.ingest.dedup import keys_in, keys_in_files
 from k2_core.lake.data_files import decode_data_file
 from k2_core.lake.files import append_files
-from k2_core.lake.offsets import (
-    OffsetIndex,
-    TopicPartition,
-    summary_properties,
-)
+from k2_core.lake.lineage import files_added_since
+from k2_core.lake.offsets import OffsetIndex, TopicPartition, by_ingester_of, summary_properties
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 
@@ -68,6 +72,10 @@ class CommitRequest:
     # The files' Iceberg entries as the worker wrote them (k2_core.lake.data_files): the committer reads no footer
     # for a file whose entry came along.
     data_files: Sequence[Mapping[str, Any]] = ()
+    # The snapshot the worker planned its rows against (None: an empty table); with `recheck`, rows another kind of
+    # writer stored after it refuse the request.
+    planned_at: int | None = None
+    recheck: bool = False
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -81,6 +89,8 @@ class CommitRequest:
                 "files": list(self.files),
                 "topic_ids": dict(self.topic_ids),
                 "data_files": list(self.data_files),
+                "planned_at": self.planned_at,
+                "recheck": self.recheck,
             },
             separators=(",", ":"),
         ).encode()
@@ -99,6 +109,8 @@ class CommitRequest:
             files=[str(f) for f in raw["files"]],  # type: ignore[attr-defined]
             topic_ids={str(k): str(v) for k, v in raw.get("topic_ids", {}).items()},  # type: ignore[attr-defined]
             data_files=tuple(dict(d) for d in raw.get("data_files", [])),  # type: ignore[attr-defined]
+            planned_at=None if raw.get("planned_at") is None else int(str(raw["planned_at"])),
+            recheck=bool(raw.get("recheck", False)),
         )
 
 
@@ -217,6 +229,7 @@ class RoundStats:
     rejected: int = 0
     files: int = 0
     footers_read: int = 0  # files whose entry did not come with the request
+    rechecked: int = 0  # requests whose rows were read to re-check them against another kind of writer's files
     attempts: int = 0
     read_seconds: float = 0.0
     commit_seconds: float = 0.0
@@ -265,6 +278,7 @@ class Committer:
             stats.attempts += 1
             stored = dict(self.offsets.refresh(table))
             committed = self.requests.refresh(table)
+            foreign: dict[int | None, list[DataFile]] = {}  # by planned_at: what other kinds of writers added since
             position = dict(stored)
             accepted: list[CommitRequest] = []
             verdicts = []
@@ -275,7 +289,7 @@ class Committer:
                 if any(request.request_id == r.request_id for r in accepted):  # handed in twice in one round
                     verdicts.append(self._verdict(request, Outcome.COMMITTED, stored))
                     continue
-                reason = judge(request, position)
+                reason = judge(request, position) or self._stored_meanwhile(table, request, foreign, stats)
                 if reason:
                     certain = not self._any_in_table(table, request)
                     verdicts.append(self._verdict(request, Outcome.REJECTED, position, reason=reason, certain=certain))
@@ -329,6 +343,7 @@ class Committer:
                 "committed": stats.committed,
                 "rejected": [v.request_id for v in result if v.outcome is Outcome.REJECTED],
                 "files": stats.files,
+                "rechecked": stats.rechecked,
                 "attempts": stats.attempts,
                 "read_s": round(stats.read_seconds, 3),
                 "commit_s": round(stats.commit_seconds, 3),
@@ -354,6 +369,33 @@ class Committer:
             )  # fmt: skip
         held = {tp: stored[tp] for tp in request.ranges if tp in stored}
         return Verdict(request.request_id, request.worker, outcome, snapshot_id, reason, held, certain)
+
+    def _stored_meanwhile(
+        self, table: Table, request: CommitRequest, foreign: dict[int | None, list[DataFile]], stats: RoundStats
+    ) -> str:
+        """Why `request` must be planned again: some of its rows were stored by another kind of writer (`k2 import`,
+        the gap backfill) after the snapshot it was planned against; "" when none were. `foreign` caches, per
+        planned-at snapshot, the files those writers added since (in one attempt)."""
+        if not request.recheck or not request.files:
+            return ""
+        if request.planned_at not in foreign:
+            added = files_added_since(
+                table, request.planned_at, appends_only=True, where=lambda s: not by_ingester_of(s, self.cluster_id)
+            )
+            if added is None:  # what was planned against is no longer on the chain: check every file
+                added = [task.file for task in table.scan().plan_files()]
+            foreign[request.planned_at] = added
+        if not foreign[request.planned_at]:
+            return ""
+        stats.rechecked += 1
+        try:
+            rows = keys_in(table, request.files)
+            found = int(keys_in_files(table, foreign[request.planned_at], rows).sum())
+        except OSError as exc:
+            raise WriteError(f"cannot re-check the rows of request {request.request_id}: {exc}") from exc
+        if not found:
+            return ""
+        return f"{found} of its rows were stored meanwhile by an import or the gap backfill: plan again"
 
     def _files(self, table: Table, request: CommitRequest, stats: RoundStats) -> list[DataFile]:
         """The request's data files as Iceberg entries (once per request): the entries the worker sent when they

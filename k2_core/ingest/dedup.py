@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.expressions import (
     AlwaysTrue,
     And,
@@ -224,6 +225,15 @@ def keys_in_files(
     )
     scan = ArrowScan(table.metadata, table.io, table.schema().select(*key), row_filter)
     return key_mask(rows, scan.to_table([FileScanTask(f) for f in files]), key)
+
+
+def keys_in(table: Table, paths: Iterable[str], key: tuple[str, ...] = STORED_KEY) -> pa.Table:
+    """The `key` columns of every row of the Parquet files at `paths` (written for `table`, committed or not)."""
+    parts = []
+    for path in paths:
+        with table.io.new_input(path).open() as f:
+            parts.append(pq.read_table(f, columns=list(key)))
+    return pa.concat_tables(parts)
 
 
 def already_stored(table: Table, rows: pa.Table) -> tuple[npt.NDArray[np.bool_], int | None]:

@@ -80,10 +80,12 @@ class SequenceState:
         written_to: Table | None = None,
     ) -> None:
         """`kind`'s rows are committed (as `snapshot_id`; None if there were none to write): merge what the plan
-        staged. The state stays right as of our snapshot when nobody committed between (its parent is the state's
-        snapshot); otherwise the next catch-up reads what the other writer added (and our rows again: harmless).
-        When one of the snapshots between is `foreign` (another kind of writer's, whose rows may be any stream's),
-        the state is `stale`: the caller catches up before planning again. `written_to`: the table object the writer
+        staged. The state is right as of our snapshot when nobody committed between (its parent is the state's
+        snapshot), or when only peers did (ingesters of other partitions, hence other streams: not `foreign`). When
+        one of the snapshots between is `foreign` (another kind of writer's, whose rows may be any stream's), the
+        state is `stale`: the caller catches up before planning again. Moving on past peers matters: the snapshot the
+        state is right as of is where each commit's re-check starts, so one left behind would make every commit walk
+        further back, and read every file of the table once it expired. `written_to`: the table object the writer
         committed through, when it is not the state's own (another thread's)."""
         table = written_to or self.tables[kind]
         if self._at is not None and snapshot_id is not None:
@@ -91,7 +93,10 @@ class SequenceState:
             if snapshot is not None and snapshot.parent_snapshot_id == self._at.get(kind):
                 self._at[kind] = snapshot_id
             elif snapshot is not None and foreign is not None:
-                self.stale = self.stale or self._any_between(table, kind, snapshot, foreign)
+                if self._any_between(table, kind, snapshot, foreign):
+                    self.stale = True
+                else:
+                    self._at[kind] = snapshot_id
         if txn is not None:
             txn.commit()
 

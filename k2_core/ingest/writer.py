@@ -32,11 +32,10 @@ from k2_core.lake.evolution import arrow_schema, definition_of, evolve
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
 from k2_core.lake.lineage import files_added_since
 from k2_core.lake.offsets import (
-    CLUSTER_PROPERTY,
-    OFFSETS_PROPERTY,
     WRITER_PROPERTY,
     OffsetIndex,
     TopicPartition,
+    by_ingester_of,
     summary_properties,
 )
 from k2_core.lake.retry import commit_with_retries
@@ -189,10 +188,9 @@ class TableWriter:
         """Whether a snapshot may hold rows of this writer's streams: not this writer's own, nor (when trusted) a peer
         ingester's of the same Kafka cluster."""
         props = snapshot.summary.additional_properties if snapshot.summary else {}
-        writer = props.get(WRITER_PROPERTY)
-        if writer == self.writer_id:
+        if props.get(WRITER_PROPERTY) == self.writer_id:
             return False
-        return not (self.trusts_peers and props.get(CLUSTER_PROPERTY) == self.cluster_id and OFFSETS_PROPERTY in props)
+        return not (self.trusts_peers and by_ingester_of(snapshot, self.cluster_id))
 
 
 def _without(data: pa.Table, rows: pa.Table) -> pa.Table:

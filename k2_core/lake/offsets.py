@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 OFFSETS_PROPERTY = "k2.kafka.offsets"
 CLUSTER_PROPERTY = "k2.kafka.cluster"
@@ -53,6 +54,14 @@ def summary_properties(
     if topic_ids:
         props[TOPIC_IDS_PROPERTY] = encode_topic_ids(topic_ids)
     return props
+
+
+def by_ingester_of(snapshot: Snapshot, cluster_id: str) -> bool:
+    """Whether `snapshot` was committed for the ingesters of Kafka cluster `cluster_id` (an ingester's own append or
+    a coordinated committer's): its rows are those of partitions some ingester owned, so a peer's rows are never
+    another stream's. Any other snapshot (`k2 import`, the gap backfill) may hold rows of any stream."""
+    props = snapshot.summary.additional_properties if snapshot.summary else {}
+    return props.get(CLUSTER_PROPERTY) == cluster_id and OFFSETS_PROPERTY in props
 
 
 class OffsetIndex:

@@ -3,8 +3,9 @@ snapshot, fenced by the table's offsets, offsets that only move forward, request
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlparse
 
@@ -25,19 +26,24 @@ from tests.support.lake import parquet_on_disk, referenced
 
 TOPIC = "market.equities.trades.asx"
 CLUSTER = "cluster-1"
+T0 = datetime(2026, 11, 26, 9, tzinfo=UTC)
 
 
 def batch(table: Table, worker: str, seqs: range) -> tuple[pa.Table, list[str]]:
     """A worker's rows (its own symbol) written as uncommitted data files, as a coordinated worker writes them."""
+    data = trade_rows(worker, seqs)
+    return data, [f.file_path for f in write_files(table, data)]
+
+
+def trade_rows(worker: str, seqs: Iterable[int]) -> pa.Table:
+    """Trades of the worker's symbol, each at a time its number fixes: the same number is the same row (dedup's key)."""
     now = datetime.now(UTC)
     rows = [
-        factories.trade(
-            worker, s, now, "45.1", Decimal(1), side="buy", trade_id=f"{worker}{s}", ingestion_timestamp=now
-        )
+        factories.trade(worker, s, T0 + timedelta(seconds=s), "45.1", Decimal(1), side="buy", trade_id=f"{worker}{s}",
+                        ingestion_timestamp=now)
         for s in seqs
-    ]
-    data = TRADES.sort(TRADES.to_arrow(rows))
-    return data, [f.file_path for f in write_files(table, data)]
+    ]  # fmt: skip
+    return TRADES.sort(TRADES.to_arrow(rows))
 
 
 def request(table: Table, worker: str, partition: int, start: int, end: int, rid: str) -> CommitRequest:
@@ -157,8 +163,47 @@ def test_a_gap_or_an_empty_range_is_rejected(trades: Callable[[], Table]) -> Non
     assert parquet_on_disk(table) - referenced(table) == paths(skip)  # the worker deletes them, not the committer
 
 
+def test_rows_an_import_stored_after_the_plan_refuse_the_request(trades: Callable[[], Table]) -> None:
+    """A worker planned A 4..6 against the table as it was; `k2 import` then stored A 5 (a snapshot of another kind
+    of writer). Committing the request would store A 5 twice: it is refused, its files certainly uncommitted, and
+    the worker's batch planned again (without A 5) commits. Peers' snapshots since the plan are not read at all,
+    and an import of other rows does not refuse anything."""
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    committer.commit([request(trades(), "A", 0, 0, 3, "a1")])
+    planned_at = trades().metadata.current_snapshot_id
+    committer.commit([request(trades(), "B", 1, 0, 2, "b1")])  # a peer's batch lands after the plan
+    late = replace(request(trades(), "A", 0, 3, 6, "a2"), planned_at=planned_at, recheck=True)
+    (verdict,) = committer.commit([late])  # no import yet: nothing to re-check, nothing read
+    assert verdict.outcome is Outcome.COMMITTED
+    assert committer.last_round.rechecked == 0
+
+    planned_at = trades().metadata.current_snapshot_id
+    imported, _ = batch(trades(), "A", range(8, 9))  # A 8, by `k2 import` (its snapshot carries no offsets)
+    trades().append(imported)
+    other, _ = batch(trades(), "C", range(1, 3))  # rows of no worker's batch
+    trades().append(other)
+    clash = replace(request(trades(), "A", 0, 6, 9, "a3"), planned_at=planned_at, recheck=True)  # A 7..9
+    fine = replace(request(trades(), "B", 1, 2, 4, "b2"), planned_at=planned_at, recheck=True)
+    verdicts = committer.commit([clash, fine])
+    assert [v.outcome for v in verdicts] == [Outcome.REJECTED, Outcome.COMMITTED]
+    assert "1 of its rows were stored meanwhile by an import or the gap backfill" in verdicts[0].reason
+    assert verdicts[0].files_certain_uncommitted
+    assert verdicts[0].stored == {(TOPIC, 0): 6}  # where the worker plans again from
+    assert committer.last_round.rechecked == 2
+    table = trades()
+    assert not paths(clash) & referenced(table)
+    # the worker's second plan drops A 8 (stored) and hands in A 7 and 9 for the same offsets
+    data = trade_rows("A", (7, 9))
+    again = CommitRequest("a4", "A", 1, "trades", {(TOPIC, 0): (6, 9)}, [f.file_path for f in write_files(table, data)],
+                          planned_at=table.metadata.current_snapshot_id, recheck=True)  # fmt: skip
+    (verdict,) = committer.commit([again])
+    assert verdict.outcome is Outcome.COMMITTED
+    assert stored(trades()) == sorted([*expected(("A", 0, 9), ("B", 0, 4)), ("C", 1), ("C", 2)])
+
+
 def test_messages_round_trip() -> None:
-    req = CommitRequest("r", "w", 3, "trades", {(TOPIC, 2): (5, 9)}, ["file:///x.parquet"], {TOPIC: "id"})
+    req = CommitRequest("r", "w", 3, "trades", {(TOPIC, 2): (5, 9)}, ["file:///x.parquet"], {TOPIC: "id"},
+                        planned_at=42, recheck=True)  # fmt: skip
     verdict = Verdict("r", "w", Outcome.REJECTED, None, "why", {(TOPIC, 2): 7}, True)
     assert decode_message(req.encode()) == req
     assert decode_message(verdict.encode()) == verdict

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from k2_core.exceptions import FencedError
+from k2_core.ingest.state import SequenceState
 from k2_core.ingest.writer import TableWriter
 from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
 from k2_core.lake.offsets import OffsetIndex
@@ -109,3 +110,26 @@ def test_an_existing_table_gets_the_current_table_properties(make_settings: Call
     location = catalog.load_table(("market", "trades")).metadata_location
     ensure_table(catalog, "market", TRADES)  # already current: no new metadata
     assert catalog.load_table(("market", "trades")).metadata_location == location
+
+
+def test_the_sequence_state_moves_past_peers_and_stops_at_an_import(make_settings: Callable[..., Settings]) -> None:
+    """Each commit re-checks from the snapshot the sequence state is right as of: that snapshot must follow the
+    ingester's own commits even when peers (other partitions) commit between, or every commit walks further back
+    (and reads the whole table once it expires). A snapshot of another kind of writer between makes it stale."""
+    settings = make_settings()
+    ensure_tables(open_catalog(settings), "market")
+    tables = {kind: open_catalog(settings).load_table(f"market.{kind}") for kind in ("trades", "quotes")}
+    state = SequenceState(tables, lambda: [], 24 * 3600 * 1_000_000)
+    state.sync()
+    a = TableWriter(tables["trades"], "a", "cluster-1")
+    peer = TableWriter(open_catalog(settings).load_table("market.trades"), "b", "cluster-1")
+    for n in range(3):
+        peer.append(TRADES.to_arrow(rows(100 + n)), {TP2: n + 1}, {TP2: n})
+        ours = a.append(TRADES.to_arrow(rows(n + 1)), {TP: n + 1}, {TP: n})
+        state.committed("trades", None, ours, a.foreign)
+        assert state.at("trades") == ours
+        assert not state.stale
+    open_catalog(settings).load_table("market.trades").append(TRADES.to_arrow(rows(50)))  # `k2 import`
+    ours = a.append(TRADES.to_arrow(rows(4)), {TP: 4}, {TP: 3})
+    state.committed("trades", None, ours, a.foreign)
+    assert state.stale

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -23,6 +25,8 @@ from pyiceberg.exceptions import NoSuchTableError
 
 from k2_core.exceptions import CommitRejectedError
 from k2_core.ingest.coordination import REQUESTS_PROPERTY, CommitRequest
+from k2_core.ingest.formats import ReadOptions, file_format
+from k2_core.ingest.importer import Importer
 from k2_core.lake.catalog import open_catalog
 from k2_core.lake.files import write_files
 from k2_core.lake.offsets import WRITER_PROPERTY, OffsetIndex
@@ -31,13 +35,18 @@ from k2_core.settings import Settings
 from k2_stream.admin import cluster_id, load_layout
 from k2_stream.committer import CommitterService
 from k2_stream.control import CommitClient
+from k2_stream.ingester import Ingester
+from k2_stream.replay import replay_file
 from tests.support import factories
+from tests.support.dumps import write_binance_trades
 from tests.support.fixtures import on_threads
 from tests.support.lake import table_rows
 from tests.support.ports import free_port
 from tests.support.processes import spawn_committer, spawn_ingester
 from tests.support.reliability import check_exactly_once, feed, reliable_settings
 from tests.support.waits import wait_for
+
+DAY = datetime(2024, 11, 25, tzinfo=UTC)
 
 
 def coordinated_settings(make_settings: Callable[..., Settings], broker: str) -> Settings:
@@ -232,3 +241,39 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_an_import_beside_coordinated_workers_stores_each_row_once(
+    make_settings: Callable[..., Settings],
+    broker: str,
+    tmp_path: Path,
+    committer_thread: Callable[[Settings], CommitterService],
+    running_ingester: Callable[[Settings], Ingester],
+) -> None:
+    """The file streams through the broker to a coordinated worker while `k2 import` loads the same file: the
+    worker's batches planned before an import chunk landed reach the committer after it, which refuses them; the
+    worker plans them again, and every row is stored once."""
+    settings = coordinated_settings(make_settings, broker)
+    settings.ingest.batch_max_seconds = 0.2
+    dump = write_binance_trades(tmp_path / "BTCUSDT-trades-2024-11-25.csv", range(1, 60_001), DAY, step_ms=1)
+    committer_thread(settings)
+    running_ingester(settings)
+    replay = threading.Thread(
+        target=replay_file, args=(settings, dump), kwargs={"exchange": "binance", "symbol": "BTCUSDT",
+                                                           "fmt": "binance-trades"}
+    )  # fmt: skip
+    replay.start()
+    wait_for(lambda: len(_sequences(settings)) >= 3000, timeout=90, interval=0.05)  # the worker is committing
+    options = ReadOptions(exchange="binance", symbol="BTCUSDT", chunk_rows=3000)
+    report = Importer(settings).import_file(dump, file_format("binance-trades"), options)
+    assert report.duplicates > 0  # what the worker had stored before the import looked
+    replay.join(120)
+    wait_for(lambda: len(_sequences(settings)) >= 60_000, timeout=120)
+    time.sleep(2)  # the worker's last batches, refused or not
+    counts = Counter(_sequences(settings))
+    assert len(counts) == 60_000
+    assert [s for s, n in counts.items() if n > 1] == []
+
+
+def _sequences(settings: Settings) -> list[int]:
+    return [r["exchange_sequence_number"] for r in table_rows(settings, "trades") if r["symbol"] == "BTCUSDT"]
