@@ -427,6 +427,8 @@ class TopOfBookPoint(BaseModel):
     spread: DecimalString | None
     mid: DecimalString | None
     imbalance: DecimalString | None
+    bid_depth: DecimalString | None = Field(description="Size resting on the best `depth` bid levels.")
+    ask_depth: DecimalString | None = Field(description="Size resting on the best `depth` ask levels.")
 
 
 class BookSeriesResponse(BaseModel):
@@ -436,5 +438,35 @@ class BookSeriesResponse(BaseModel):
     symbol: str
     exchange: str
     every: str
+    depth: int
     count: int
     data: list[TopOfBookPoint]
+
+
+class BookBar(BaseModel):
+    start: AwareDatetime
+    known_seconds: float = Field(description="How long in the bar the book was known; the means are over that time.")
+    updates: int = Field(description="Stored updates timed in the bar.")
+    mid_open: DecimalString | None
+    mid_high: DecimalString | None
+    mid_low: DecimalString | None
+    mid_close: DecimalString | None
+    spread_mean: DecimalString | None = Field(description="Time-weighted.")
+    spread_min: DecimalString | None
+    spread_max: DecimalString | None
+    imbalance_mean: DecimalString | None = Field(description="Time-weighted (bid - ask) / (bid + ask) at the top.")
+    bid_depth_mean: DecimalString | None = Field(description="Time-weighted size on the best `depth` bid levels.")
+    ask_depth_mean: DecimalString | None = Field(description="Time-weighted size on the best `depth` ask levels.")
+
+
+class BookBarsResponse(BaseModel):
+    """An instrument's book as UTC-aligned bars: the mid's open, high, low and close as the book moved, and
+    time-weighted spread, imbalance and depth over the time the book was known (all null in a bar where it never
+    was)."""
+
+    symbol: str
+    exchange: str
+    interval: str
+    depth: int
+    count: int
+    data: list[BookBar]

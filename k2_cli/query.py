@@ -490,6 +490,56 @@ def book(
     console.print(table)
 
 
+DepthOpt = Annotated[int | None, typer.Option(help="Levels a side, 1-1000. Default: 10.")]
+BookStartOpt = Annotated[str, typer.Option(help="ISO-8601 start; no offset means UTC.", show_default=False)]
+BookEndOpt = Annotated[str | None, typer.Option(help="ISO-8601 end; no offset means UTC. Default: now.")]
+
+
+@app.command("book-series")
+def book_series(
+    symbol: Annotated[str, typer.Argument(help="Uppercase ticker, e.g. BHP.", show_default=False)],
+    exchange: ExchangeOpt,
+    start: BookStartOpt,
+    end: BookEndOpt = None,
+    every: Annotated[str, typer.Option(help="Spacing of the points: 100ms, 1s, 1m, ...")] = "1s",
+    depth: DepthOpt = None,
+) -> None:
+    """SYMBOL's top of book, spread, mid, imbalance and depth every --every from --start to --end; blank where the
+    book was unknown (a gap in its updates)."""
+    import pyarrow as pa
+
+    try:
+        with _engine() as engine:
+            points = engine.book_series(symbol, exchange, start, end, every, depth)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    unknown = sum(not p.valid for p in points)
+    rows = pa.Table.from_pylist([vars(p) for p in points])
+    _render(rows, f"book {symbol}@{exchange} every {every}", caption=f"{len(points)} points, {unknown} unknown")
+
+
+@app.command("book-bars")
+def book_bars(
+    symbol: Annotated[str, typer.Argument(help="Uppercase ticker, e.g. BHP.", show_default=False)],
+    exchange: ExchangeOpt,
+    start: BookStartOpt,
+    end: BookEndOpt = None,
+    interval: Annotated[str, typer.Option("--interval", "-i", help="<N>s, <N>m, <N>h or <N>d (1s to 31d).")] = "1m",
+    depth: DepthOpt = None,
+) -> None:
+    """SYMBOL's book as UTC-aligned bars: mid open/high/low/close, time-weighted spread, imbalance and depth of the
+    best --depth levels, over the time the book was known."""
+    import pyarrow as pa
+
+    try:
+        with _engine() as engine:
+            bars = engine.book_bars(symbol, exchange, start, end, interval, depth)
+    except QueryError as exc:
+        raise _fail(exc) from None
+    rows = pa.Table.from_pylist([vars(b) for b in bars])
+    _render(rows, f"book bars {symbol}@{exchange} {interval}", caption=f"{len(bars)} bars")
+
+
 @app.command()
 def replay(
     symbol: SymbolArg,

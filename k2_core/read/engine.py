@@ -34,6 +34,7 @@ from k2_core.lake.instruments import read_instruments
 from k2_core.lake.scan import ScanPlan
 from k2_core.logging import get_logger
 from k2_core.model.bars import Interval
+from k2_core.model.buckets import parse_interval
 from k2_core.model.tables import (
     ALL_TABLES,
     BOOK_SNAPSHOTS,
@@ -49,7 +50,17 @@ from k2_core.model.tables import (
 )
 from k2_core.model.topics import Kind, TopicLayout
 from k2_core.read import activity_bars, bars, exchange_bars, exchange_joins, joins, paging, timejoins
-from k2_core.read.book import BookAnswer, TopOfBook, book_at, series_marks, top_of_book_series, validate_depth
+from k2_core.read.book import (
+    BookAnswer,
+    BookBar,
+    TopOfBook,
+    bar_starts,
+    book_at,
+    book_bars,
+    series_marks,
+    top_of_book_series,
+    validate_depth,
+)
 from k2_core.read.cache import RedisTier, ResultCache, Tier
 from k2_core.read.cursor import Cursor, CursorCodec, cursor_key, fingerprint, from_micros, micros
 from k2_core.read.params import (
@@ -763,9 +774,11 @@ class QueryEngine:
         start: TimeInput,
         end: TimeInput = None,
         every: SpanInput = "1s",
+        depth: int | None = None,
     ) -> list[TopOfBook]:
-        """Spread, mid and size imbalance of the instrument's book at every `every` from `start` to `end` (default
-        now), as a series; points where the book is unknown say so (k2_core.read.book)."""
+        """Spread, mid, size imbalance and the size on the best `depth` levels a side of the instrument's book at
+        every `every` from `start` to `end` (default now), as a series; points where the book is unknown say so
+        (k2_core.read.book)."""
         symbol = validate_symbol(symbol)
         exchange = validate_exchange(exchange, self.exchanges)
         if start is None:
@@ -774,7 +787,49 @@ class QueryEngine:
         last = self.sources.clock() if end is None else parse_time(end, "end")
         marks = series_marks(first, last, parse_span(every, "every", allow_zero=False))
         return top_of_book_series(
-            self.load(BOOK_SNAPSHOTS), self.load(BOOK_UPDATES), self.load(BOOK_VALIDITY), exchange, symbol, marks
+            self.load(BOOK_SNAPSHOTS),
+            self.load(BOOK_UPDATES),
+            self.load(BOOK_VALIDITY),
+            exchange,
+            symbol,
+            marks,
+            validate_depth(depth),
+        )
+
+    def book_bars(
+        self,
+        symbol: str,
+        exchange: str,
+        start: TimeInput,
+        end: TimeInput = None,
+        interval: str = "1m",
+        depth: int | None = None,
+    ) -> list[BookBar]:
+        """The instrument's book as bars of `interval` (1s to 31d, aligned to UTC) covering `start` to `end`
+        (default now): the mid's open, high, low and close, time-weighted spread, imbalance and depth of the best
+        `depth` levels, over the time the book was known (k2_core.read.book)."""
+        symbol = validate_symbol(symbol)
+        exchange = validate_exchange(exchange, self.exchanges)
+        if start is None:
+            raise QueryError("start is required")
+        try:
+            width = parse_interval(interval).fixed
+        except ValueError as exc:
+            raise QueryError(f"interval {exc}") from None
+        if width is None:
+            raise QueryError(f"interval {interval}: book bars take a fixed width (<N>s, <N>m, <N>h or <N>d)")
+        first = parse_time(start, "start")
+        last = self.sources.clock() if end is None else parse_time(end, "end")
+        return book_bars(
+            self.load(BOOK_SNAPSHOTS),
+            self.load(BOOK_UPDATES),
+            self.load(BOOK_VALIDITY),
+            exchange,
+            symbol,
+            bar_starts(first, last, width),
+            width,
+            last,
+            validate_depth(depth),
         )
 
     def instruments(

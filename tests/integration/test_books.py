@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
 from pyiceberg.expressions import EqualTo
@@ -559,3 +560,139 @@ def test_a_restart_takes_the_feeds_snapshots_not_k2s_own(make_settings: Callable
     newest, got = newest_of(whole), newest_of(keys)
     assert got == newest
     assert got["BHP"][1] == 7
+
+
+def oracle_bars(
+    sim: MarketSimulator, events: list[Event], withheld: list[int], symbol: str, width: timedelta, depth: int
+) -> pd.DataFrame:
+    """The book of `symbol` as bars, computed with pandas from the simulator's own books: each state weighs from
+    the event that made it to the next one; the book is unknown before its first snapshot and from the last update
+    before each withheld number until the first snapshot that includes it (for ever if none does)."""
+    ups = [r for k, r in events if k == "book_updates" and r["symbol"] == symbol]
+    snaps = [r for k, r in events if k == "book_snapshots" and r["symbol"] == symbol]
+    unknown = [(snaps[0]["exchange_timestamp"] - timedelta(days=1), snaps[0]["exchange_timestamp"])]
+    for seq in withheld:
+        began = max(r["exchange_timestamp"] for r in ups if r["exchange_sequence_number"] < seq)
+        heal = next((r["exchange_timestamp"] for r in snaps if r["exchange_sequence_number"] >= seq), None)
+        unknown.append((began, heal or datetime.max.replace(tzinfo=UTC)))
+    first = min(r["exchange_timestamp"] for r in ups)
+    start = pd.Timestamp(first).floor(width).to_pydatetime()
+    end = max(r["exchange_timestamp"] for r in ups) + timedelta(milliseconds=1)
+    cuts = {r["exchange_timestamp"] for r in ups + snaps} | {t for span in unknown for t in span}
+    cuts |= {start + i * width for i in range(int((end - start) / width) + 1)}
+    times = [*sorted(t for t in cuts if start <= t < end), end]
+    rows = []
+    for t0, t1 in itertools.pairwise(times):
+        book = None if any(a <= t0 < b for a, b in unknown) else sim.book_at(symbol, t0)
+        row: dict[str, Any] = {"t": t0, "us": (t1 - t0) // timedelta(microseconds=1), "known": book is not None}
+        if book is not None:
+            (bid, bid_size), (ask, ask_size) = book.levels("bid", 1)[0], book.levels("ask", 1)[0]
+            row |= {
+                "mid": (bid + ask) / 2,
+                "spread": ask - bid,
+                "imbalance": (bid_size - ask_size) / (bid_size + ask_size),
+                "bid_depth": sum(s for _, s in book.levels("bid", depth)),
+                "ask_depth": sum(s for _, s in book.levels("ask", depth)),
+            }
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["bar"] = frame["t"].dt.floor(width)
+    frame["updates"] = 0
+    counts = pd.Series([pd.Timestamp(r["exchange_timestamp"]).floor(width) for r in ups]).value_counts()
+    scale = Decimal("0.00000001")
+    out = []
+    for bar, seg in frame.groupby("bar"):
+        known = seg[seg["known"]]
+        total = int(known["us"].sum())
+        item: dict[str, Any] = {"start": bar.to_pydatetime(), "known_seconds": total / 1e6,
+                                "updates": int(counts.get(bar, 0))}  # fmt: skip
+        if total:
+            item |= {"mid_open": known["mid"].iloc[0], "mid_high": known["mid"].max(), "mid_low": known["mid"].min(),
+                     "mid_close": known["mid"].iloc[-1], "spread_min": known["spread"].min(),
+                     "spread_max": known["spread"].max()}  # fmt: skip
+            for name in ("spread", "imbalance", "bid_depth", "ask_depth"):
+                weighted = sum(v * int(us) for v, us in zip(known[name], known["us"], strict=True))
+                item[f"{name}_mean"] = (weighted / total).quantize(scale)
+        out.append(item)
+    return pd.DataFrame(out)
+
+
+def nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def test_book_bars_and_series_agree_with_the_simulators_books(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    """Depth, spread, mid and imbalance as bars (Python, REST, CLI) against a pandas computation over the
+    simulator's own books, across gaps that leave the book unknown for part of a bar; the series carries depth."""
+    settings = make_settings(bootstrap=broker, batch_max_seconds=0.2)
+    settings.query.tail_enabled = False
+    sim, events = simulate(300, step=timedelta(milliseconds=20), book_faults=FaultConfig(gap_every=97))
+    withheld = {stream.symbol: seqs for stream, seqs in sim.book_faults.stats.withheld.items()}
+    updates = [r for kind, r in events if kind == "book_updates"]
+    produce(settings, events)
+    running_book_ingester(settings)
+    wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=120)
+    symbol = "BHP"
+    times = [r["exchange_timestamp"] for r in updates if r["symbol"] == symbol]
+    start, end = times[0], times[-1] + timedelta(milliseconds=1)
+    want = oracle_bars(sim, events, withheld[symbol], symbol, timedelta(seconds=1), depth=3)
+    assert len(want) >= 8
+    assert 0 < want["known_seconds"].sum() < (end - want["start"].iloc[0]).total_seconds()  # gaps inside
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        bars = engine.book_bars(symbol, "asx", start, end, "1s", depth=3)
+        got = pd.DataFrame([vars(b) for b in bars])
+        pd.testing.assert_frame_equal(nulls_as_none(got[want.columns]), nulls_as_none(want), check_dtype=False)
+        assert got.loc[got["known_seconds"] == 0, "mid_open"].isna().all()
+        # number 80: after the first snapshot (60), before the first gap (97)
+        at = next(
+            r["exchange_timestamp"] for r in updates if r["symbol"] == symbol and r["exchange_sequence_number"] == 80
+        )
+        point = engine.book_series(symbol, "asx", at, at, "1s", depth=2)[0]
+        book = sim.book_at(symbol, at)
+        assert book is not None
+        assert point.bid_depth == sum(s for _, s in book.levels("bid", 2))
+        assert point.ask_depth == sum(s for _, s in book.levels("ask", 2))
+    with local_client(create_app(settings)) as client:
+        params = {"symbol": symbol, "exchange": "asx", "start": start.isoformat(), "end": end.isoformat(),
+                  "interval": "1s", "depth": 3}  # fmt: skip
+        body = client.get("/v1/book/bars", params=params)
+        assert body.status_code == 200, body.text
+        served = body.json()
+        assert served["count"] == len(want)
+        assert [Decimal(b["mid_close"]) if b["mid_close"] else None for b in served["data"]] == [
+            None if pd.isna(v) else v for v in want["mid_close"]
+        ]
+        assert [b["known_seconds"] for b in served["data"]] == list(want["known_seconds"])
+        year_one = {"start": "0001-01-01T00:00:00", "end": "0001-01-01T00:00:05"}
+        first_days = client.get("/v1/book/series", params={**params, **year_one})  # a week's look-back fits no more
+        assert first_days.status_code == 200, first_days.text
+        assert not any(p["valid"] for p in first_days.json()["data"])
+        for bad in ({"interval": "1w"}, {"interval": "soon"}, {"depth": 0}, {"end": start.isoformat()},
+                    {**year_one, "interval": "31d"}):  # fmt: skip
+            refused = client.get("/v1/book/bars", params={**params, **bad})
+            assert refused.status_code == 400, (bad, refused.text)
+        assert "fixed width" in client.get("/v1/book/bars", params={**params, "interval": "1mo"}).json()["detail"]
+        series = client.get("/v1/book/series", params={**params, "every": "1s"}).json()
+        assert series["depth"] == 3
+        assert {"bid_depth", "ask_depth"} <= series["data"][0].keys()
+    runner = CliRunner()
+    env = cli_env(settings)
+    shown = runner.invoke(
+        app,
+        ["query", "book-bars", symbol, "-e", "asx", "-i", "1s", "--start", start.isoformat(), "--end", end.isoformat()],
+        env=env,
+    )  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert f"{len(want)} bars" in shown.output
+    listed = runner.invoke(
+        app,
+        ["query", "book-series", symbol, "-e", "asx", "--start", start.isoformat(), "--end", end.isoformat(),
+         "--every", "500ms"],
+        env=env,
+    )  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    assert "points" in listed.output
+    refused = runner.invoke(app, ["query", "book-bars", symbol, "-e", "asx", "--start", "x"], env=env)
+    assert refused.exit_code == 2
