@@ -74,6 +74,7 @@ def import_files(
     from k2_core.ingest.formats.sources import expand
     from k2_core.ingest.importer import Importer
     from k2_core.read.params import EXCHANGE_PATTERN
+    from k2_core.upkeep.book_snapshots import import_book_file
 
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     try:
@@ -94,7 +95,7 @@ def import_files(
     try:
         # Book formats go to the book tables, by the book ingester's rules; the others to trades or quotes.
         if isinstance(spec, BookFileFormat):
-            import_one = partial(BookImporter(settings).import_file, fmt=spec)
+            import_one = partial(import_book_file, BookImporter(settings), fmt=spec)
         else:
             import_one = partial(Importer(settings).import_file, fmt=spec)
     except K2Error as exc:

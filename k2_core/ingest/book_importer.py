@@ -92,11 +92,14 @@ class BookImporter:
             checked = Checked(options.exchange)
             in_order = position == 0  # a resumed file was found in order when it began
             first_seen: set[str] = set()
+            span: list[datetime] = []
             for chunk, last in with_last(iter(chunks)):
                 chunk_start, read_to = read_to, chunk.end
                 records, refused = checked(chunk)
                 if chunk.end <= position:
                     continue  # committed by an earlier run
+                times = [record["exchange_timestamp"] for _, record in records]
+                span = [min([*span, *times]), max([*span, *times])] if times else span
                 report.rows_read += chunk.end - chunk_start
                 report.bad.extend([*chunk.bad, *refused])
                 offsets = chunk_progress(source, chunk.end, last)
@@ -107,6 +110,7 @@ class BookImporter:
                 position = chunk.end
                 if progress is not None:
                     progress(Progress(path, chunk.end, report))
+            report.span = (span[0], span[1]) if span else None
         report.bad.sort(key=lambda bad: bad.line)
         report.seconds = time.monotonic() - began
         report.log_done(fmt.name)

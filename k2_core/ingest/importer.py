@@ -94,6 +94,7 @@ class FileReport:
     rejected: list[Rejected] = field(default_factory=list)  # rows the record rules refused
     commits: int = 0
     seconds: float = 0.0
+    span: tuple[datetime, datetime] | None = None  # the first and last time of the rows read this time (book files)
 
     def resume(self, stored: Mapping[TopicPartition, int], source: str) -> int | None:
         """Where this file's import starts, from the progress its table holds under the file's content hash

@@ -273,7 +273,7 @@ class BookWalk:
         ).to_arrow()
         self.taken = sorted(kept.to_pylist(), key=lambda r: (r["exchange_timestamp"], r["exchange_sequence_number"]))
         self.taken_at = [r["exchange_timestamp"] for r in self.taken]
-        start = self._newest(first)
+        start = self.snapshot_for(first)
         since = start["exchange_timestamp"] if start is not None else _lookback(first)
         loaded = updates.scan(
             row_filter=And(
@@ -289,7 +289,8 @@ class BookWalk:
         self._i = self._c = 0
         self._state: str | None = None
 
-    def _newest(self, mark: datetime) -> dict[str, Any] | None:
+    def snapshot_for(self, mark: datetime) -> dict[str, Any] | None:
+        """The snapshot a rebuild at `mark` starts from (`newest_snapshot`'s rule)."""
         found = bisect_right(self.taken_at, mark) - 1
         return self.taken[found] if found >= 0 and self.taken_at[found] >= _lookback(mark) else None
 
@@ -311,7 +312,7 @@ class BookWalk:
             self.book = None
             return None
         if self.book is None:
-            snapshot = self._newest(mark)
+            snapshot = self.snapshot_for(mark)
             if snapshot is None:
                 return None
             seq = snapshot["exchange_sequence_number"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -282,6 +282,45 @@ def test_an_interrupted_book_import_resumes_without_duplicates(make_settings: Se
     times = marks(rows, "BTCUSDT", 7)
     assert check_books(settings, "binance", {"BTCUSDT": times}, l2_oracle(rows)) == len(times)
     assert BookImporter(settings).import_file(dump, fmt, options).skipped
+
+
+def test_k2_import_writes_k2_minute_snapshots_across_the_imported_hours(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """The Dagster asset writes K2's minute snapshots of live books only (it looks back minutes): `k2 import`
+    writes them for the minutes a file spans, each the oracle's book at its mark, none where the book was unknown,
+    so a rebuild inside imported history starts at most a minute back. A second import writes nothing more."""
+    settings = make_settings()
+    start = us(DAY + timedelta(hours=1))
+    # Updates a second apart: 200 of them span three minute marks and a bit.
+    rows = [replace(r, micros=start + (r.micros - start) * 1000) for r in l2_rows(5, ("BTCUSDT", "ETHUSDT"), 200, -1)]
+    before = next(i for i, r in enumerate(rows) if r.symbol == "ETHUSDT" and not r.snapshot and r.micros > start + 70e6)
+    bad = f"binance-futures,ETHUSDT,{rows[before].micros + 1},0,false,bid,not-a-price,1"  # ETHUSDT unknown from here
+    dump = write_l2(tmp_path / "binance-futures_incremental_book_L2_2024-11-25.csv", rows, {before + 1: bad})
+    command = ["import", str(dump), "-f", "tardis-book-l2", "-e", "binance"]
+    result = CliRunner().invoke(app, command, env=settings_env(settings))
+    assert result.exit_code == 0, result.output
+
+    oracle = l2_oracle(rows)
+    minutes = [DAY + timedelta(hours=1, minutes=m) for m in (1, 2, 3)]
+    k2 = sorted(
+        ((r["symbol"], r["exchange_timestamp"]), r)
+        for r in table_rows(settings, "book_snapshots")
+        if r["source"] == "k2"
+    )
+    # ETHUSDT's book is unknown from its bad row (past 70 s) on: no snapshot at the later marks
+    assert [key for key, _ in k2] == [*(("BTCUSDT", m) for m in minutes), ("ETHUSDT", minutes[0])]
+    for (symbol, mark), row in k2:
+        book = ([(lv["price"], lv["size"]) for lv in row["bids"]], [(lv["price"], lv["size"]) for lv in row["asks"]])
+        assert book == oracle(symbol, us(mark))
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        late = minutes[-1] + timedelta(seconds=30)
+        answer = engine.book("BTCUSDT", "binance", at=late, depth=100)
+        assert (answer.snapshot_source, answer.snapshot_at) == ("k2", minutes[-1])
+        assert (answer.bids, answer.asks) == oracle("BTCUSDT", us(late))
+    again = CliRunner().invoke(app, command, env=settings_env(settings))
+    assert "already imported" in again.output
+    assert len([r for r in table_rows(settings, "book_snapshots") if r["source"] == "k2"]) == len(k2)
 
 
 # --- Tardis book_snapshot_25 --------------------------------------------------------------------------------------
