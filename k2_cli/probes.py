@@ -2,7 +2,8 @@
 
 Sources: `k2 run`'s `/health` (which processes it runs, their pids, uptimes and restarts), the ingester's `/health`
 (degradation level, breaker, halted partitions) and `/metrics` (consumer lag), the book ingester's `/health` (last
-commit, lag, unknown books, failing commits) and `/metrics`, the API's `/health` and `/metrics`,
+commit, lag, unknown books, failing commits) and `/metrics`, the committer's `/health` in coordinated mode (elected,
+rounds), the API's `/health` and `/metrics`,
 Dagster's `/server_info`, a TCP connect to the broker, and the catalog through `k2_core.read.engine` (snapshot log per
 table, open gaps). Nothing here decides what is wrong: `k2_cli.status` does, from the `Report` built here.
 """
@@ -30,6 +31,7 @@ from k2_core.settings import Settings
 T = TypeVar("T")
 
 BROKER, INGESTER, BOOK_INGESTER, API, DAGSTER = "broker", "ingester", "book-ingester", "api", "dagster-webserver"
+COMMITTER = "committer"  # coordinated commits only (ingest.commit_mode)
 
 
 @dataclass
@@ -80,6 +82,14 @@ class BookIngesterState:
 
 
 @dataclass
+class CommitterState:
+    """The coordinated-commit committer's own report: whether it is the elected one, and its rounds so far."""
+
+    elected: bool
+    rounds: int
+
+
+@dataclass
 class TableStatus:
     """A table's retained snapshots and its newest commit; `exists` False before anything created it."""
 
@@ -122,6 +132,7 @@ class Report:
     catalog: CatalogState
     api_catalog_error: str | None = None  # the API answered but says it cannot read the catalog
     book_ingester: BookIngesterState | None = None  # None: no /health answer (or its port is 0)
+    committer: CommitterState | None = None  # None: not in coordinated mode, or no /health answer
 
 
 # ---- running probes side by side ---------------------------------------------------------------------------------
@@ -355,6 +366,7 @@ class Endpoints:
     supervisor: str | None
     ingester: str | None  # base URL, without path
     book_ingester: str | None  # base URL, without path
+    committer: str | None  # base URL, without path; None unless commits are coordinated
     api: str
     dagster: str
 
@@ -365,6 +377,9 @@ class Endpoints:
             supervisor=_url(host, s.supervisor.port, "/health") if s.supervisor.port else None,
             ingester=_url(host, s.ingest.metrics_port, "") if s.ingest.metrics_port else None,
             book_ingester=_url(host, s.ingest.book_metrics_port, "") if s.ingest.book_metrics_port else None,
+            committer=_url(host, s.ingest.committer_metrics_port, "")
+            if s.ingest.commit_mode == "coordinated" and s.ingest.committer_metrics_port
+            else None,
             api=_url(host, s.api.port, ""),
             dagster=_url(s.maintenance.dagster_host, s.maintenance.dagster_port, "/server_info"),
         )
@@ -384,6 +399,8 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     job_ingester_metrics = get(ends.ingester and f"{ends.ingester}/metrics")
     job_books_health = get(ends.book_ingester and f"{ends.book_ingester}/health")
     job_books_metrics = get(ends.book_ingester and f"{ends.book_ingester}/metrics")
+    job_committer_health = get(ends.committer and f"{ends.committer}/health")
+    job_committer_metrics = get(ends.committer and f"{ends.committer}/metrics")
     job_api_health, job_api_metrics = get(f"{ends.api}/health"), get(f"{ends.api}/metrics")
     job_dagster = get(ends.dagster)
     job_broker = _Job(lambda: _connects(settings.kafka.bootstrap_servers, timeout))
@@ -403,6 +420,8 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
     ing_metrics = answer(job_ingester_metrics, ends.ingester)
     books_health = answer(job_books_health, ends.book_ingester)
     books_metrics = answer(job_books_metrics, ends.book_ingester)
+    committer_health = answer(job_committer_health, ends.committer)
+    committer_metrics = answer(job_committer_metrics, ends.committer)
     api_health = answer(job_api_health, ends.api)
     api_metrics = answer(job_api_metrics, ends.api)
     dagster_answer = answer(job_dagster, ends.dagster)
@@ -418,7 +437,8 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
         supervised = (sup_answer.json() or {}).get("processes") or {}
         names = list(supervised)
     else:
-        names = [BROKER, INGESTER, BOOK_INGESTER, API] + ([DAGSTER] if dagster else [])
+        coordinated = [COMMITTER] if settings.ingest.commit_mode == "coordinated" else []
+        names = [BROKER, INGESTER, *coordinated, BOOK_INGESTER, API] + ([DAGSTER] if dagster else [])
 
     processes = []
     for name in names:
@@ -430,6 +450,9 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
         elif name == BOOK_INGESTER:
             off = "K2_INGEST_BOOK_METRICS_PORT=0"
             _served(proc, books_health, ends.book_ingester, off, books_metrics, now_wall)
+        elif name == COMMITTER:
+            off = "K2_INGEST_COMMITTER_METRICS_PORT=0"
+            _served(proc, committer_health, ends.committer, off, committer_metrics, now_wall)
         elif name == API:
             _served(proc, api_health, ends.api, "", api_metrics, now_wall)
         elif name == DAGSTER:
@@ -460,6 +483,7 @@ def gather(settings: Settings, *, timeout: float, catalog_timeout: float, dagste
         catalog=catalog,
         api_catalog_error=api_catalog_error,
         book_ingester=_book_ingester(books_health),
+        committer=_committer(committer_health),
     )
 
 
@@ -547,3 +571,10 @@ def _book_ingester(health: Answer | None) -> BookIngesterState | None:
         unknown_books={str(k): float(v) for k, v in (body.get("unknown_books") or {}).items()},
         stats=dict(body.get("stats") or {}),
     )
+
+
+def _committer(health: Answer | None) -> CommitterState | None:
+    body = health.json() if health is not None and health.answered else None
+    if body is None or "elected" not in body:
+        return None
+    return CommitterState(elected=bool(body["elected"]), rounds=int(body.get("rounds", 0)))

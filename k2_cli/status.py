@@ -32,7 +32,8 @@ HELP = "\n\n".join(
         "One screen of what is running: each process with its uptime and restarts, consumer lag per topic, the last "
         "commit and snapshot count per table, open gaps by severity, halted partitions and the degradation level.",
         "It reads `k2 run`'s /health (K2_SUPERVISOR_PORT), the ingester's /health and /metrics "
-        "(K2_INGEST_METRICS_PORT), the book ingester's (K2_INGEST_BOOK_METRICS_PORT), the API's /health, Dagster's "
+        "(K2_INGEST_METRICS_PORT), the book ingester's (K2_INGEST_BOOK_METRICS_PORT), in coordinated mode the "
+        "committer's (K2_INGEST_COMMITTER_METRICS_PORT), the API's /health, Dagster's "
         "/server_info and the catalog, so it works the same whether `k2 run` started the platform or the processes "
         "run on their own (docker compose). The processes expected are those `k2 run` reports; without `k2 run`, "
         "the broker, ingester, book ingester, API and Dagster webserver (--no-dagster leaves Dagster out).",
@@ -181,6 +182,15 @@ def _book_ingester(report: Report) -> list[Text]:
     return out
 
 
+def _committer(report: Report) -> list[Text]:
+    """Coordinated commits only: whether the committer that answers is the elected one, and its rounds."""
+    c = report.committer
+    if c is None:
+        return []
+    state = "elected" if c.elected else "a standby candidate (another committer is elected)"
+    return [Text(f"committer: {state}, {c.rounds} commit rounds")]
+
+
 def _lag(report: Report) -> list[Table | Text]:
     if not report.lag:
         if report.ingester is None:
@@ -255,7 +265,8 @@ def render(report: Report, found: list[str]) -> Group:
     else:
         parts.append(Text(f"k2 run: not answering at {_where(sup.url)} ({sup.error}); asked each process"))
     gap = Text("")
-    parts += [gap, *_processes(report), gap, *_ingester(report), *_book_ingester(report), *_lag(report)]
+    parts += [gap, *_processes(report), gap, *_ingester(report), *_committer(report), *_book_ingester(report),
+              *_lag(report)]  # fmt: skip
     parts += [gap, *_catalog(report), gap]
     if found:
         parts += [Text(f"PROBLEM: {problem}", style="bold red") for problem in found]

@@ -5,6 +5,7 @@ stay up makes it give up, saying why."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,6 +151,10 @@ def test_k2_run_in_coordinated_mode_starts_the_committer_and_stores_a_replay_onc
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert f"{rows:,} produced, {rows:,} committed" in replay.stdout + replay.stderr
         metrics = httpx.get(f"http://127.0.0.1:{platform.ports['committer']}/metrics", timeout=5).text
+        status = platform.run_k2("status", "--no-dagster")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "committer: elected" in status.stdout
+        assert re.search(r"committer\s+up", status.stdout), status.stdout
     finally:
         assert platform.stop() == 0
     assert sorted(table_rows_of(platform)) == list(range(1, rows + 1))  # each row exactly once
