@@ -26,9 +26,12 @@ from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, Round
 from k2_core.lake.catalog import ensure_tables, open_catalog
 from k2_core.logging import configure_logging, get_logger
 from k2_core.model.tables import MARKET_TABLES
+from k2_core.model.topics import Kind
 from k2_core.settings import Settings
+from k2_core.upkeep.retention import RetentionPolicy
 from k2_stream import metrics
 from k2_stream.admin import cluster_id
+from k2_stream.checkpoint import RetentionCadence
 from k2_stream.control import ensure_control_topic
 from k2_stream.signals import stop_on_signals
 from k2_stream.status import serve_status
@@ -50,6 +53,12 @@ class CommitterService:
             )
             for d in MARKET_TABLES.values()
         }
+        # The snapshots it commits are thinned here (the workers do not), as the independent ingester thins its own.
+        self.retention = RetentionCadence(
+            {kind: self.committers[d.name].table for kind, d in MARKET_TABLES.items()},
+            ing.retention_every_commits,
+            RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours),
+        )
         self.pending: list[CommitRequest] = []
         self.next_offset: int | None = None  # the control offset to commit once `pending` is answered
         self.rounds = 0
@@ -135,10 +144,13 @@ class CommitterService:
                 verdicts.append(
                     Verdict(request.request_id, request.worker, Outcome.REJECTED, reason=f"no table {request.table}")
                 )
+        committed: list[Kind] = []
         for name, requests in by_table.items():
             committer = self.committers[name]
             verdicts.extend(committer.commit(requests))
             observe_round(name, committer.last_round)
+            if committer.last_round.committed:
+                committed += [kind for kind, d in MARKET_TABLES.items() if d.name == name]
         errors: list[str] = []
         for verdict in verdicts:
             self.producer.produce(
@@ -154,6 +166,7 @@ class CommitterService:
             self.consumer.commit(offsets=[TopicPartition(self.topic, 0, self.next_offset)], asynchronous=False)
         self.pending = []
         self.rounds += 1
+        self.retention.appended(committed)  # best effort, after the round is answered
 
 
 def observe_round(table: str, stats: RoundStats) -> None:

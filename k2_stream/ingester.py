@@ -181,9 +181,10 @@ class Ingester:
             stats=self.stats,
             coordinator=self.coordinator,
         )
+        # In coordinated mode the committer thins the snapshots it commits: one writer per table, not every worker.
         self.retention = RetentionCadence(
             self.tables,
-            ing.retention_every_commits,
+            ing.retention_every_commits if ing.commit_mode == "independent" else 0,
             RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours),
         )
         self.preparer = preparer(self)

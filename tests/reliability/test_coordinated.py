@@ -79,6 +79,11 @@ def trades_writers(settings: Settings) -> list[str]:
     return [s.summary.additional_properties.get(WRITER_PROPERTY, "") for s in table.snapshots() if s.summary]
 
 
+def trades_snapshots(settings: Settings) -> list[int]:
+    table = open_catalog(settings).load_table((settings.catalog.namespace, "trades"))
+    return [s.snapshot_id for s in table.snapshots()]
+
+
 def check_offsets(settings: Settings) -> None:
     """The table's offset of every trades partition is one past the last message the broker holds in it (read back:
     the embedded broker's reported high watermark is not to be trusted)."""
@@ -108,6 +113,7 @@ def test_two_workers_one_committer_store_every_message_once(
     broker: str, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = coordinated_settings(make_settings, broker)
+    settings.ingest.retention_every_commits, settings.ingest.keep_snapshots = 3, 4
     with ExitStack() as stack:
         started(stack, spawn_committer(settings, tmp_path / "committer.log"))
         with feed(settings, count=4000, rate=400):
@@ -120,6 +126,10 @@ def test_two_workers_one_committer_store_every_message_once(
     assert next(iter(writers)).startswith("committer-")  # no worker committed on its own
     workers = {line for name in ("a.log", "b.log") for line in (tmp_path / name).read_text().splitlines()}
     assert any('"partitions assigned"' in line for line in workers)
+    # The committer thins the snapshots it commits; the workers, which commit none, do not try.
+    assert "snapshot retention applied" in (tmp_path / "committer.log").read_text()
+    assert not any("snapshot retention" in line for line in workers)
+    assert len(writers) == 1 and len(trades_snapshots(settings)) < 4 + 3 + 2  # kept, tagged checkpoints, newest
 
 
 def test_committer_killed_mid_stream_is_replaced_with_nothing_lost_or_duplicated(
