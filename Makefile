@@ -52,7 +52,7 @@ format: install
 
 # Two workers (the tests wait on brokers and processes more than they compute), then the `serial` tests alone.
 test: install system-deps services lint
-	$(BIN)/python -m pytest -n 2 -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not serial" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS)
 
 clean:
