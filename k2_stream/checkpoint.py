@@ -196,8 +196,10 @@ class Checkpoint:
         if not ranges:
             return None
         files = []
+        schema_id = writer.table.metadata.current_schema_id
         if data is not None:
             data = writer.fit(data)
+            schema_id = writer.table.metadata.current_schema_id  # the schema the files are written in
             try:
                 files = write_files(writer.table, data)
             except OSError as exc:
@@ -217,6 +219,7 @@ class Checkpoint:
             ],
             planned_at=self.state.at(kind),  # an import or the backfill may store some of the rows before the commit
             recheck=True,
+            schema_id=schema_id,
         )
         try:
             verdict = coordinator.submit(request)

@@ -76,6 +76,9 @@ class CommitRequest:
     # writer stored after it refuse the request.
     planned_at: int | None = None
     recheck: bool = False
+    # The table schema the files were written in: a request whose table changed its schema since is refused, and its
+    # worker writes the batch again in the new columns (as the independent writer rewrites its files).
+    schema_id: int | None = None
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -91,6 +94,7 @@ class CommitRequest:
                 "data_files": list(self.data_files),
                 "planned_at": self.planned_at,
                 "recheck": self.recheck,
+                "schema_id": self.schema_id,
             },
             separators=(",", ":"),
         ).encode()
@@ -111,6 +115,7 @@ class CommitRequest:
             data_files=tuple(dict(d) for d in raw.get("data_files", [])),  # type: ignore[attr-defined]
             planned_at=None if raw.get("planned_at") is None else int(str(raw["planned_at"])),
             recheck=bool(raw.get("recheck", False)),
+            schema_id=None if raw.get("schema_id") is None else int(str(raw["schema_id"])),
         )
 
 
@@ -189,6 +194,17 @@ def judge(request: CommitRequest, stored: Mapping[TopicPartition, int]) -> str:
             verb = "already committed past" if start < held else "would skip"
             return f"{topic}[{partition}]: the table holds offset {held}; the range [{start}, {end}) {verb} it"
     return ""
+
+
+def _schema_changed(table: Table, request: CommitRequest) -> str:
+    """Why `request`'s files must be written again: the table's schema changed since (every file committed after a
+    change has the changed columns); "" when it did not."""
+    current = table.metadata.current_schema_id
+    if not request.files or request.schema_id is None or request.schema_id == current:
+        return ""
+    return (
+        f"the table's schema changed (from {request.schema_id} to {current}) since its files were written: write again"
+    )
 
 
 class RequestIndex:
@@ -289,7 +305,11 @@ class Committer:
                 if any(request.request_id == r.request_id for r in accepted):  # handed in twice in one round
                     verdicts.append(self._verdict(request, Outcome.COMMITTED, stored))
                     continue
-                reason = judge(request, position) or self._stored_meanwhile(table, request, foreign, stats)
+                reason = (
+                    judge(request, position)
+                    or _schema_changed(table, request)
+                    or self._stored_meanwhile(table, request, foreign, stats)
+                )
                 if reason:
                     certain = not self._any_in_table(table, request)
                     verdicts.append(self._verdict(request, Outcome.REJECTED, position, reason=reason, certain=certain))

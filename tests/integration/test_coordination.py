@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
 from pyiceberg.table import Table
+from pyiceberg.types import StringType
 
 from k2_core.ingest.coordination import CommitRequest, Committer, Outcome, Verdict, decode_message
 from k2_core.lake.catalog import ensure_tables, open_catalog
@@ -201,9 +202,29 @@ def test_rows_an_import_stored_after_the_plan_refuse_the_request(trades: Callabl
     assert stored(trades()) == sorted([*expected(("A", 0, 9), ("B", 0, 4)), ("C", 1), ("C", 2)])
 
 
+def test_files_written_before_a_schema_change_are_refused_and_written_again(trades: Callable[[], Table]) -> None:
+    """Every file committed after a schema change has the changed columns: a request written in the old schema is
+    refused (its files certainly uncommitted); written again in the new one, it commits."""
+    committer = Committer(trades(), "committer-1", CLUSTER)
+    table = trades()
+    old = replace(request(table, "A", 0, 0, 3, "a1"), schema_id=table.metadata.current_schema_id)
+    with trades().update_schema() as update:  # another worker's batch brought a new optional column
+        update.add_column("venue_flag", StringType())
+    (verdict,) = committer.commit([old])
+    assert verdict.outcome is Outcome.REJECTED
+    assert "schema changed" in verdict.reason
+    assert verdict.files_certain_uncommitted
+    table = trades()
+    new = replace(request(table, "A", 0, 0, 3, "a2"), schema_id=table.metadata.current_schema_id)
+    assert new.schema_id != old.schema_id
+    (verdict,) = committer.commit([new])
+    assert verdict.outcome is Outcome.COMMITTED
+    assert stored(trades()) == expected(("A", 0, 3))
+
+
 def test_messages_round_trip() -> None:
     req = CommitRequest("r", "w", 3, "trades", {(TOPIC, 2): (5, 9)}, ["file:///x.parquet"], {TOPIC: "id"},
-                        planned_at=42, recheck=True)  # fmt: skip
+                        planned_at=42, recheck=True, schema_id=3)  # fmt: skip
     verdict = Verdict("r", "w", Outcome.REJECTED, None, "why", {(TOPIC, 2): 7}, True)
     assert decode_message(req.encode()) == req
     assert decode_message(verdict.encode()) == verdict

@@ -129,7 +129,7 @@ def test_two_workers_one_committer_store_every_message_once(
     # The committer thins the snapshots it commits; the workers, which commit none, do not try.
     assert "snapshot retention applied" in (tmp_path / "committer.log").read_text()
     assert not any("snapshot retention" in line for line in workers)
-    assert len(writers) == 1 and len(trades_snapshots(settings)) < 4 + 3 + 2  # kept, tagged checkpoints, newest
+    assert len(trades_snapshots(settings)) < 4 + 3 + 2  # kept, tagged checkpoints, the newest
 
 
 def test_committer_killed_mid_stream_is_replaced_with_nothing_lost_or_duplicated(
