@@ -32,12 +32,20 @@ class SequenceState:
         self.tables = tables
         self._open_gaps = open_gaps
         self._at: dict[Kind, int | None] | None = None  # the snapshot per table the tracker is right as of
+        # Per table, the snapshot the tracker is right as of for this writer's own streams: past `_at` by the peers'
+        # snapshots since (ingesters of other partitions, hence other streams), never past another kind of writer's.
+        self._own: dict[Kind, int | None] = {}
         self.stale = False  # another kind of writer (an import) committed since: catch up before the next plan
         self._aged_out_at = time.monotonic()
 
     def at(self, kind: Kind) -> int | None:
-        """The snapshot of `kind`'s table the tracker is right as of (None before the first sync, or an empty table)."""
-        return self._at.get(kind) if self._at is not None else None
+        """The snapshot of `kind`'s table a plan is right as of for this writer's streams, where each commit's
+        re-check starts (None before the first sync, or an empty table). It follows this writer's commits past
+        peers' snapshots; the whole tracker stays right as of an older one (`_at`), from which a rebalance catches
+        up with the peers' rows (their partitions may become ours)."""
+        if self._at is None:
+            return None
+        return self._own[kind] if kind in self._own else self._at.get(kind)
 
     def sync(self) -> None:
         """Make the tracker match the tables: catch up with what other writers committed since it was right (a
@@ -49,13 +57,14 @@ class SequenceState:
             rows = catch_up(self.tracker, self.tables, self._at, open_gaps)
             if rows is not None:
                 self._at = {kind: t.metadata.current_snapshot_id for kind, t in self.tables.items()}
+                self._own = {}
                 log.info("sequence state caught up", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
                 return
         for table in self.tables.values():
             table.refresh()
         at = {kind: t.metadata.current_snapshot_id for kind, t in self.tables.items()}
         rows = rebuild(self.tracker, self.tables, open_gaps, datetime.now(UTC))
-        self._at = at
+        self._at, self._own = at, {}
         log.info("sequence state rebuilt", extra={"keys_read": rows, "streams": len(self.tracker.streams)})
 
     def load_history(self, wanted: set[tuple[StreamKey, int]]) -> None:
@@ -80,23 +89,25 @@ class SequenceState:
         written_to: Table | None = None,
     ) -> None:
         """`kind`'s rows are committed (as `snapshot_id`; None if there were none to write): merge what the plan
-        staged. The state is right as of our snapshot when nobody committed between (its parent is the state's
-        snapshot), or when only peers did (ingesters of other partitions, hence other streams: not `foreign`). When
-        one of the snapshots between is `foreign` (another kind of writer's, whose rows may be any stream's), the
-        state is `stale`: the caller catches up before planning again. Moving on past peers matters: the snapshot the
-        state is right as of is where each commit's re-check starts, so one left behind would make every commit walk
-        further back, and read every file of the table once it expired. `written_to`: the table object the writer
-        committed through, when it is not the state's own (another thread's)."""
+        staged. The state stays right as of our snapshot when nobody committed between (its parent is the state's
+        snapshot); when only peers did (ingesters of other partitions, hence other streams: not `foreign`), it is
+        right as of our snapshot for our own streams (`at`), and the next catch-up reads what the peers added (and
+        our rows again: harmless). When one of the snapshots between is `foreign` (another kind of writer's, whose rows
+        may be any stream's), the state is `stale`: the caller catches up before planning again. `at` moving on past
+        peers matters: each commit's re-check starts there, so one left behind would make every commit walk further
+        back, and read every file of the table once it expired. `written_to`: the table object the writer committed
+        through, when it is not the state's own (another thread's)."""
         table = written_to or self.tables[kind]
         if self._at is not None and snapshot_id is not None:
             snapshot = table.metadata.snapshot_by_id(snapshot_id)
             if snapshot is not None and snapshot.parent_snapshot_id == self._at.get(kind):
                 self._at[kind] = snapshot_id
+                self._own.pop(kind, None)
             elif snapshot is not None and foreign is not None:
                 if self._any_between(table, kind, snapshot, foreign):
                     self.stale = True
                 else:
-                    self._at[kind] = snapshot_id
+                    self._own[kind] = snapshot_id
         if txn is not None:
             txn.commit()
 

@@ -112,6 +112,11 @@ def test_an_existing_table_gets_the_current_table_properties(make_settings: Call
     assert catalog.load_table(("market", "trades")).metadata_location == location
 
 
+def peer_rows(*seqs: int) -> list[dict[str, object]]:
+    """A peer ingester's rows: another stream (CBA), from another partition."""
+    return [{**row, "symbol": "CBA"} for row in rows(*seqs)]
+
+
 def test_the_sequence_state_moves_past_peers_and_stops_at_an_import(make_settings: Callable[..., Settings]) -> None:
     """Each commit re-checks from the snapshot the sequence state is right as of: that snapshot must follow the
     ingester's own commits even when peers (other partitions) commit between, or every commit walks further back
@@ -124,11 +129,17 @@ def test_the_sequence_state_moves_past_peers_and_stops_at_an_import(make_setting
     a = TableWriter(tables["trades"], "a", "cluster-1")
     peer = TableWriter(open_catalog(settings).load_table("market.trades"), "b", "cluster-1")
     for n in range(3):
-        peer.append(TRADES.to_arrow(rows(100 + n)), {TP2: n + 1}, {TP2: n})
+        peer.append(TRADES.to_arrow(peer_rows(100 + n)), {TP2: n + 1}, {TP2: n})
         ours = a.append(TRADES.to_arrow(rows(n + 1)), {TP: n + 1}, {TP: n})
         state.committed("trades", None, ours, a.foreign)
         assert state.at("trades") == ours
         assert not state.stale
+    # A rebalance gives `a` the peer's partition: the catch-up reads the peer's rows it has not seen.
+    state.sync()
+    peer_stream = ("trades", "asx", "CBA")
+    newest = state.tracker.streams[peer_stream].newest
+    assert newest is not None
+    assert newest.top == 102
     open_catalog(settings).load_table("market.trades").append(TRADES.to_arrow(rows(50)))  # `k2 import`
     ours = a.append(TRADES.to_arrow(rows(4)), {TP: 4}, {TP: 3})
     state.committed("trades", None, ours, a.foreign)
