@@ -1,5 +1,6 @@
 """Level-2 book rebuild latency: how long `QueryEngine.book` takes to answer the book at a random time, with the
-feed's snapshots alone and after K2's own minute snapshots (the Dagster `book_snapshots` asset) are stored.
+feed's snapshots alone and after K2's own minute snapshots (the Dagster `book_snapshots` asset) are stored; then
+one instrument's series (every second) and bars (1 m, 5 s) over the whole span.
 
     .venv/bin/python -m bench.book                        # 2 symbols, 20,000 trades, 200 random times
     .venv/bin/python -m bench.book --trades 50000 --feed-snapshot-every 5000
@@ -99,6 +100,18 @@ def main() -> None:
         )
         print("with K2's minute snapshots:")
         measure(engine, symbols, times, args.depth)
+        for what, call in (
+            ("series, every 1 s", lambda: engine.book_series("BHP", "asx", first, last, "1s", args.depth)),
+            ("bars, 1 m", lambda: engine.book_bars("BHP", "asx", first, last, "1m", args.depth)),
+            ("bars, 5 s", lambda: engine.book_bars("BHP", "asx", first, last, "5s", args.depth)),
+        ):
+            runs = []
+            for _ in range(3):
+                started = time.perf_counter()
+                points = call()
+                runs.append(time.perf_counter() - started)
+            ms = statistics.median(runs) * 1000
+            print(f"BHP {what}, whole span: {len(points):,} points in {ms:.0f} ms (median of 3)")
 
 
 if __name__ == "__main__":
