@@ -22,7 +22,6 @@ metrics (k2_stream.metrics) and the books' own (unknown books, gaps healed, last
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -42,7 +41,7 @@ from k2_core.ingest.book_sequence import BookDecisions, BookStreams
 from k2_core.ingest.book_tables import BookTables
 from k2_core.ingest.gaps import event_gap_id
 from k2_core.ingest.resume import position, resume_offsets
-from k2_core.lake.catalog import ensure_tables, open_catalog
+from k2_core.lake.catalog import CATALOG_FAILURES, ensure_tables, open_catalog
 from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.logging import get_logger
 from k2_core.model.avro import Decoder, schema_id_of
@@ -51,7 +50,7 @@ from k2_core.model.registry import ParsedSchema
 from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALID, TableDef
 from k2_core.model.topics import BOOK_RECORDS, BookRecord, TopicLayout
 from k2_core.settings import Settings
-from k2_stream import book_metrics, metrics
+from k2_stream import book_metrics, gc_pause, metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout
 from k2_stream.dead_letters import DeadLetterSender
 from k2_stream.lag import export_lag, newest_of
@@ -59,7 +58,16 @@ from k2_stream.registry_confluent import make_registry
 
 log = get_logger(__name__)
 
-_RECOVERABLE = (WriteError, CommitConflictError, FencedError, KafkaException, SchemaRegistryUnavailableError)
+# A batch failing with one of these is committed again after a backoff; the catalog's own failures included (a
+# table read to fill a book, or to re-read them after a failure, meets the same outage as the write).
+_RECOVERABLE: tuple[type[Exception], ...] = (
+    WriteError,
+    CommitConflictError,
+    FencedError,
+    KafkaException,
+    SchemaRegistryUnavailableError,
+    *CATALOG_FAILURES,
+)
 
 
 class BookIngester:
@@ -93,6 +101,7 @@ class BookIngester:
         self.last_commit: datetime | None = None  # wall time of the last committed batch
         self.lag_seconds = 0.0  # the worst partition's, as of the last committed batch
         self.failing: str | None = None  # why the last batch failed, until one commits
+        self.rewinding = False  # a batch failed (or an assignment could not read the tables): re-read them first
         self._unknown_exchanges: set[str] = set()  # those with a BOOK_UNKNOWN_SINCE series
         self.positions: dict[TP, int] = {}
         self._stop = threading.Event()
@@ -123,24 +132,26 @@ class BookIngester:
         log.info("book ingester started", extra={"writer": self.writer_id, "topics": len(topics)})
         ing = self.settings.ingest
         backoff = ing.retry_backoff_seconds
+        gc_pause.freeze_startup()
         try:
             while not self._stop.is_set():
-                batch = self.consumer.consume(ing.batch_max_rows, ing.batch_max_seconds)
-                batch = [m for m in batch if m.error() is None and (m.topic(), m.partition()) in self.positions]
-                if not batch:
-                    continue
-                try:
-                    self.commit(batch)
-                    backoff = ing.retry_backoff_seconds
-                    self.failing = None
-                except _RECOVERABLE as exc:
-                    log.warning("book batch not committed, retrying", extra={"error": str(exc), "backoff": backoff})
-                    self.stats["failed_batches"] += 1
-                    self.failing = f"{type(exc).__name__}: {exc}"
-                    book_metrics.BOOK_FAILED_BATCHES.inc()
-                    time.sleep(backoff)
+                if self.rewinding and not self._rewound(backoff):
+                    self._stop.wait(backoff)
                     backoff = min(backoff * 2, ing.max_backoff_seconds)
-                    self._rewind()
+                    continue
+                with gc_pause.paused():  # a batch's messages are not cyclic garbage (k2_stream.gc_pause)
+                    batch = self.consumer.consume(ing.batch_max_rows, ing.batch_max_seconds)
+                    batch = [m for m in batch if m.error() is None and (m.topic(), m.partition()) in self.positions]
+                    if not batch:
+                        continue
+                    committed = self._commit_or_fail(batch, backoff)
+                del batch
+                if committed:
+                    backoff = ing.retry_backoff_seconds
+                    continue
+                self.rewinding = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, ing.max_backoff_seconds)
         finally:
             self.consumer.close()
             self.dead_letters.close()
@@ -152,12 +163,19 @@ class BookIngester:
         committed = {
             (p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in consumer.committed(partitions)
         }
-        resume = resume_offsets(committed, self.books.committed_offsets())
+        try:
+            stored = self.books.committed_offsets()
+            self.load()
+        except _RECOVERABLE as exc:
+            # The table cannot be read: start from Kafka's committed offsets (never past the table's: they follow its
+            # commits) and re-read the tables before consuming anything (the loop's rewind).
+            log.warning("book tables unreadable on assignment; re-read before consuming", extra={"error": str(exc)})
+            stored, self.rewinding = {}, True
+        resume = resume_offsets(committed, stored)
         for p in partitions:
             start = resume[(p.topic, p.partition)]
             p.offset = OFFSET_BEGINNING if start is None else start
             self.positions[(p.topic, p.partition)] = position(start)
-        self.load()
         consumer.assign(partitions)
         log.info("book partitions assigned", extra={"count": len(partitions)})
 
@@ -165,8 +183,25 @@ class BookIngester:
         for p in partitions:
             self.positions.pop((p.topic, p.partition), None)
 
+    def _rewound(self, backoff: float) -> bool:
+        """`_rewind`, or False (said on /health) while the tables cannot be read: nothing is consumed until it is
+        done, since the tracker and the positions must be the tables' first."""
+        try:
+            self._rewind()
+        except _RECOVERABLE as exc:
+            log.warning("book ingester cannot re-read the tables yet, retrying", extra={"error": str(exc),
+                        "backoff": backoff})  # fmt: skip
+            self.failing = f"{type(exc).__name__}: {exc}"
+            return False
+        self.rewinding = False
+        return True
+
     def _rewind(self) -> None:
-        """After a failed write: the tracker as the tables are, and every owned partition back where it was."""
+        """After a failed write: the tracker as the tables are, and every owned partition back where it was (or where
+        the table holds it, when that is further: positions taken from Kafka while the table could not be read)."""
+        stored = self.books.committed_offsets()
+        for tp, offset in self.positions.items():
+            self.positions[tp] = max(offset, stored.get(tp, offset))
         self.load()
         for (topic, partition), offset in self.positions.items():
             try:
@@ -191,6 +226,20 @@ class BookIngester:
         exchange = (message.topic() or "").rsplit(".", 1)[-1]
         check_book_record(record_type, record, exchange)
         return record_type, record
+
+    def _commit_or_fail(self, batch: list[Message], backoff: float) -> bool:
+        """Commit `batch`; False (logged, counted, said on /health) when it was not committed: the loop backs off
+        `backoff` seconds and re-reads from the committed positions."""
+        try:
+            self.commit(batch)
+        except _RECOVERABLE as exc:
+            log.warning("book batch not committed, retrying", extra={"error": str(exc), "backoff": backoff})
+            self.stats["failed_batches"] += 1
+            self.failing = f"{type(exc).__name__}: {exc}"
+            book_metrics.BOOK_FAILED_BATCHES.inc()
+            return False
+        self.failing = None
+        return True
 
     def commit(self, batch: list[Message]) -> BookDecisions:
         now = datetime.now(UTC)

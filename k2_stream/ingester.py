@@ -52,7 +52,7 @@ from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import KINDS, TopicLayout
 from k2_core.settings import Settings
 from k2_core.upkeep.retention import RetentionPolicy
-from k2_stream import metrics
+from k2_stream import gc_pause, metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout, topic_ids
 from k2_stream.checkpoint import Checkpoint, RetentionCadence
 from k2_stream.control import CommitClient
@@ -215,20 +215,23 @@ class Ingester:
                 "pipeline": self.writer_thread is not None,
             },
         )
+        gc_pause.freeze_startup()
         try:
             while not self._stop.is_set():
                 if self.mode is Mode.RESETTING:
                     self._reset()
                     continue
-                if self.held:
-                    batch, self.held = self.held, []
-                else:
-                    batch = self._collect()
-                if batch and self.mode is Mode.CONSUMING:  # an assignment during the collect may have failed
-                    if self.writer_thread is not None:
-                        self._pipelined(batch)
+                with gc_pause.paused():  # a batch's messages are not cyclic garbage (k2_stream.gc_pause)
+                    if self.held:
+                        batch, self.held = self.held, []
                     else:
-                        self._commit(batch)
+                        batch = self._collect()
+                    if batch and self.mode is Mode.CONSUMING:  # an assignment during the collect may have failed
+                        if self.writer_thread is not None:
+                            self._pipelined(batch)
+                        else:
+                            self._commit(batch)
+                    del batch
         finally:
             try:
                 self._drain()  # the batch in flight is committed before the consumer leaves

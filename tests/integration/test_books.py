@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -15,6 +16,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 import pytest
+import sqlalchemy
 from prometheus_client import REGISTRY
 from pyiceberg.expressions import EqualTo
 from typer.testing import CliRunner
@@ -35,7 +37,9 @@ from k2_stream.book_ingester import BookIngester
 from k2_stream.producer import FeedProducer
 from k2_stream.simulator import Event, FaultConfig, MarketSimulator, SimulatorConfig
 from tests.support.clients import cli_env, local_client
+from tests.support.databases import private_database
 from tests.support.definitions import k2_resources
+from tests.support.fixtures import POSTGRES_URI
 from tests.support.lake import table_rows
 from tests.support.waits import wait_for
 
@@ -696,3 +700,50 @@ def test_book_bars_and_series_agree_with_the_simulators_books(
     assert "points" in listed.output
     refused = runner.invoke(app, ["query", "book-bars", symbol, "-e", "asx", "--start", "x"], env=env)
     assert refused.exit_code == 2
+
+
+def test_a_book_ingester_whose_catalog_fails_retries_and_stores_every_update_once(
+    broker: str, make_settings: Callable[..., Settings], running_book_ingester: Callable[[Settings], BookIngester]
+) -> None:
+    """The catalog refuses writes for a while (its table of tables renamed away): the book ingester's batches fail,
+    /health says so, it backs off and re-reads from its committed positions; once the catalog is back every update
+    and snapshot is stored exactly once and the books rebuild as the simulator held them."""
+    with private_database(POSTGRES_URI, "k2_books_") as uri:
+        settings = make_settings(catalog="postgres", bootstrap=broker, batch_max_seconds=0.2)
+        settings.catalog.uri = uri
+        settings.ingest.retry_backoff_seconds = 0.2
+        settings.ingest.max_backoff_seconds = 1.0
+        sim, events = simulate(300)
+        updates = [r for kind, r in events if kind == "book_updates"]
+        snapshots = [r for kind, r in events if kind == "book_snapshots"]
+        half = len(events) // 2
+        produce(settings, events[:half])
+        ingester = running_book_ingester(settings)
+        wait_for(lambda: stored(settings, "book_updates") > 0, timeout=60)
+        catalog = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")
+        with catalog.connect() as conn:
+            conn.execute(sqlalchemy.text("ALTER TABLE iceberg_tables RENAME TO iceberg_tables_away"))
+        try:
+            produce(settings, events[half:])
+            wait_for(lambda: ingester.health()["error"] is not None, timeout=30)
+            assert ingester.health()["status"] == "down"
+            time.sleep(1.5)  # a few failed batches, backing off
+        finally:
+            with catalog.connect() as conn:
+                conn.execute(sqlalchemy.text("ALTER TABLE iceberg_tables_away RENAME TO iceberg_tables"))
+            catalog.dispose()
+        wait_for(lambda: stored(settings, "book_updates") >= len(updates), timeout=60)
+        wait_for(lambda: ingester.health()["error"] is None, timeout=30)
+        assert ingester.stats["failed_batches"] > 0
+        time.sleep(1)
+        assert stored(settings, "book_updates") == len(updates)
+        assert stored(settings, "book_snapshots") == len(snapshots)
+        with QueryEngine.from_settings(settings, cache=False) as engine:
+            for symbol in SYMBOLS:
+                times = [r["exchange_timestamp"] for r in updates if r["symbol"] == symbol]
+                for at in times[len(times) // 3 :: max(1, len(times) // 12)]:
+                    want = sim.book_at(symbol, at)
+                    assert want is not None
+                    got = engine.book(symbol, "asx", at=at, depth=100)
+                    assert got.valid, got.reason
+                    assert (got.bids, got.asks) == levels(want, 100)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -14,6 +13,7 @@ import sqlalchemy
 from k2_core.ingest.gaps import SHED_GAP_REASON
 from k2_core.settings import DegradationSettings, Settings
 from k2_stream.ingester import Ingester
+from tests.support.databases import private_database
 from tests.support.factories import feed_trade
 from tests.support.fixtures import POSTGRES_URI
 from tests.support.kafka import produce, produced_keys
@@ -117,25 +117,10 @@ def test_slow_writes_raise_the_level_shed_non_critical_symbols_and_recover(
     assert any(g["reason"] == SHED_GAP_REASON for g in gaps)
 
 
-@contextmanager
-def own_database() -> Iterator[str]:
-    """A PostgreSQL database of this test's own, so breaking its catalog cannot disturb anything else."""
-    name = f"k2_breaker_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(POSTGRES_URI, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    try:
-        yield POSTGRES_URI.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
 def test_a_catalog_that_refuses_writes_opens_the_breaker_and_nothing_is_lost(
     broker: str, make_settings: Callable[..., Settings]
 ) -> None:
-    with own_database() as uri:
+    with private_database(POSTGRES_URI, "k2_breaker_") as uri:
         settings = make_settings(catalog="postgres", bootstrap=broker, batch_max_seconds=0.2, metrics_port=0)
         settings.catalog.uri = uri
         settings.ingest.retry_backoff_seconds = 0.2
