@@ -47,7 +47,7 @@ from k2_core.exceptions import WriteError
 from k2_core.ingest.dedup import keys_in, keys_in_files
 from k2_core.lake.data_files import decode_data_file
 from k2_core.lake.files import append_files
-from k2_core.lake.lineage import files_added_since
+from k2_core.lake.lineage import files_to_recheck
 from k2_core.lake.offsets import OffsetIndex, TopicPartition, by_ingester_of, summary_properties
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
@@ -399,12 +399,9 @@ class Committer:
         if not request.recheck or not request.files:
             return ""
         if request.planned_at not in foreign:
-            added = files_added_since(
+            foreign[request.planned_at] = files_to_recheck(
                 table, request.planned_at, appends_only=True, where=lambda s: not by_ingester_of(s, self.cluster_id)
             )
-            if added is None:  # what was planned against is no longer on the chain: check every file
-                added = [task.file for task in table.scan().plan_files()]
-            foreign[request.planned_at] = added
         if not foreign[request.planned_at]:
             return ""
         stats.rechecked += 1

@@ -30,7 +30,7 @@ from k2_core.ingest.dedup import STORED_KEY, key_mask, keys_in_files
 from k2_core.lake.catalog import CATALOG_FAILURES
 from k2_core.lake.evolution import arrow_schema, definition_of, evolve
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
-from k2_core.lake.lineage import files_added_since
+from k2_core.lake.lineage import files_to_recheck
 from k2_core.lake.offsets import (
     WRITER_PROPERTY,
     OffsetIndex,
@@ -125,9 +125,7 @@ class TableWriter:
                 files = write_files(table, data, self.pieces)
                 written_in = table.metadata.current_schema_id
             if recheck and table.metadata.current_snapshot_id != planned_at:
-                foreign = files_added_since(table, planned_at, appends_only=True, where=self.foreign)
-                if foreign is None:  # what was planned against is no longer on the chain: check every file
-                    foreign = [task.file for task in table.scan().plan_files()]
+                foreign = files_to_recheck(table, planned_at, appends_only=True, where=self.foreign)
                 stored = keys_in_files(table, foreign, data, STORED_KEY)
                 planned_at = table.metadata.current_snapshot_id
                 if stored.any():
@@ -136,9 +134,7 @@ class TableWriter:
                     delete_uncommitted(table, files)
                     files = write_files(table, data, self.pieces)  # none at all still commits the offsets
             if fills is not None and fills.num_rows:
-                added = files_added_since(table, checked_at)
-                if added is None:  # what was checked is no longer on the chain: check every file
-                    added = [task.file for task in table.scan().plan_files()]
+                added = files_to_recheck(table, checked_at)
                 stored = keys_in_files(table, added, fills, STORED_KEY)
                 checked_at = table.metadata.current_snapshot_id
                 if stored.any():

@@ -174,6 +174,19 @@ def files_added_since(
     return files
 
 
+def files_to_recheck(
+    table: Table,
+    after: int | None,
+    appends_only: bool = False,
+    where: Callable[[Snapshot], bool] | None = None,
+) -> list[DataFile]:
+    """The data files a writer that checked the table at snapshot `after` must check again before it commits: those
+    `files_added_since` it (with the same filters), or every data file of the table when `after` has left the chain
+    (expired, rolled back) and only the whole table tells."""
+    added = files_added_since(table, after, appends_only=appends_only, where=where)
+    return added if added is not None else [task.file for task in table.scan().plan_files()]
+
+
 def _snapshot(table: Table, snapshot_id: int) -> Snapshot:
     snapshot = table.metadata.snapshot_by_id(snapshot_id)
     assert snapshot is not None  # new_snapshot_ids only returns ids it found

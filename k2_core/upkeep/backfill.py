@@ -38,7 +38,7 @@ from k2_core.ingest.gaps import FILLED, OPEN, UNRECOVERABLE, gap_id
 from k2_core.lake.evolution import arrow_schema, evolve
 from k2_core.lake.files import append_files, delete_uncommitted, write_files
 from k2_core.lake.gaps import read_gaps
-from k2_core.lake.lineage import files_added_since
+from k2_core.lake.lineage import files_to_recheck
 from k2_core.lake.offsets import WRITER_PROPERTY
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
@@ -270,10 +270,7 @@ def _append_once(table: Table, kind: Kind, rows: list[dict[str, Any]], *, retrie
             delete_uncommitted(current, files)
             files = write_files(current, fresh)
             written_in = current.metadata.current_schema_id
-        added = files_added_since(current, checked_at)
-        if added is None:  # what we checked against is gone from the chain: check the whole table
-            added = [task.file for task in current.scan().plan_files()]
-        seen = keys_in_files(current, added, fresh)
+        seen = keys_in_files(current, files_to_recheck(current, checked_at), fresh)
         checked_at = current.metadata.current_snapshot_id
         if seen.any():
             delete_uncommitted(current, files)
