@@ -195,8 +195,7 @@ class Checkpoint:
         ranges = {tp: (self.positions[tp], end) for tp, end in offsets.items() if end > self.positions[tp]}
         if not ranges:
             return None
-        files = []
-        schema_id = writer.table.metadata.current_schema_id
+        files, schema_id = [], None
         if data is not None:
             data = writer.fit(data)
             schema_id = writer.table.metadata.current_schema_id  # the schema the files are written in

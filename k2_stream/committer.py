@@ -54,8 +54,9 @@ class CommitterService:
             for d in MARKET_TABLES.values()
         }
         # The snapshots it commits are thinned here (the workers do not), as the independent ingester thins its own.
+        self.kinds = {d.name: kind for kind, d in MARKET_TABLES.items()}
         self.retention = RetentionCadence(
-            {kind: self.committers[d.name].table for kind, d in MARKET_TABLES.items()},
+            {kind: self.committers[name].table for name, kind in self.kinds.items()},
             ing.retention_every_commits,
             RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours),
         )
@@ -150,7 +151,7 @@ class CommitterService:
             verdicts.extend(committer.commit(requests))
             observe_round(name, committer.last_round)
             if committer.last_round.committed:
-                committed += [kind for kind, d in MARKET_TABLES.items() if d.name == name]
+                committed.append(self.kinds[name])
         errors: list[str] = []
         for verdict in verdicts:
             self.producer.produce(

@@ -757,15 +757,22 @@ class QueryEngine:
         symbol = validate_symbol(symbol)
         exchange = validate_exchange(exchange, self.exchanges)
         when = self.sources.clock() if at is None else parse_time(at, "at")
-        return book_at(
-            self.load(BOOK_SNAPSHOTS),
-            self.load(BOOK_UPDATES),
-            self.load(BOOK_VALIDITY),
-            exchange,
-            symbol,
-            when,
-            validate_depth(depth),
-        )
+        return book_at(*self._book_tables(), exchange, symbol, when, validate_depth(depth))
+
+    def _book_tables(self) -> tuple[Table, Table, Table]:
+        """The book tables as every book query reads them: snapshots, updates, validity."""
+        return self.load(BOOK_SNAPSHOTS), self.load(BOOK_UPDATES), self.load(BOOK_VALIDITY)
+
+    def _book_span(
+        self, symbol: str, exchange: str, start: TimeInput, end: TimeInput
+    ) -> tuple[str, str, datetime, datetime]:
+        """A book series' or bars' instrument and span, checked: `start` is required, `end` defaults to now."""
+        symbol = validate_symbol(symbol)
+        exchange = validate_exchange(exchange, self.exchanges)
+        if start is None:
+            raise QueryError("start is required")
+        first = parse_time(start, "start")
+        return symbol, exchange, first, self.sources.clock() if end is None else parse_time(end, "end")
 
     def book_series(
         self,
@@ -779,22 +786,9 @@ class QueryEngine:
         """Spread, mid, size imbalance and the size on the best `depth` levels a side of the instrument's book at
         every `every` from `start` to `end` (default now), as a series; points where the book is unknown say so
         (k2_core.read.book)."""
-        symbol = validate_symbol(symbol)
-        exchange = validate_exchange(exchange, self.exchanges)
-        if start is None:
-            raise QueryError("start is required")
-        first = parse_time(start, "start")
-        last = self.sources.clock() if end is None else parse_time(end, "end")
+        symbol, exchange, first, last = self._book_span(symbol, exchange, start, end)
         marks = series_marks(first, last, parse_span(every, "every", allow_zero=False))
-        return top_of_book_series(
-            self.load(BOOK_SNAPSHOTS),
-            self.load(BOOK_UPDATES),
-            self.load(BOOK_VALIDITY),
-            exchange,
-            symbol,
-            marks,
-            validate_depth(depth),
-        )
+        return top_of_book_series(*self._book_tables(), exchange, symbol, marks, validate_depth(depth))
 
     def book_bars(
         self,
@@ -808,29 +802,15 @@ class QueryEngine:
         """The instrument's book as bars of `interval` (1s to 31d, aligned to UTC) covering `start` to `end`
         (default now): the mid's open, high, low and close, time-weighted spread, imbalance and depth of the best
         `depth` levels, over the time the book was known (k2_core.read.book)."""
-        symbol = validate_symbol(symbol)
-        exchange = validate_exchange(exchange, self.exchanges)
-        if start is None:
-            raise QueryError("start is required")
+        symbol, exchange, first, last = self._book_span(symbol, exchange, start, end)
         try:
             width = parse_interval(interval).fixed
         except ValueError as exc:
             raise QueryError(f"interval {exc}") from None
         if width is None:
             raise QueryError(f"interval {interval}: book bars take a fixed width (<N>s, <N>m, <N>h or <N>d)")
-        first = parse_time(start, "start")
-        last = self.sources.clock() if end is None else parse_time(end, "end")
-        return book_bars(
-            self.load(BOOK_SNAPSHOTS),
-            self.load(BOOK_UPDATES),
-            self.load(BOOK_VALIDITY),
-            exchange,
-            symbol,
-            bar_starts(first, last, width),
-            width,
-            last,
-            validate_depth(depth),
-        )
+        starts = bar_starts(first, last, width)
+        return book_bars(*self._book_tables(), exchange, symbol, starts, width, last, validate_depth(depth))
 
     def instruments(
         self,
