@@ -10,17 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.dumps import write_binance_trades
 from tests.support.lake import table_rows
 from tests.support.ports import port_free
 from tests.support.processes import Platform, k2_processes
 from tests.support.waits import wait_for
 
-HEADER = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
+DAY = datetime(2024, 11, 25, tzinfo=UTC)  # the dumps' day: trade i at i - 1 ms after midnight
 
 
 def _gone(platform: Platform) -> None:
@@ -67,11 +69,7 @@ def test_kill_9_of_the_ingester_during_a_replay_loses_and_duplicates_nothing(tmp
     platform = Platform(tmp_path / "home", K2_SUPERVISOR_RESTART_BACKOFF_SECONDS="0.5")
     platform.start("--no-dagster", "--no-simulators")
     rows = 60_000
-    dump = tmp_path / "BTCUSDT-trades.csv"
-    dump.write_text(
-        "\n".join([HEADER, *(f"{i},100.5,0.25,25.125,{1732492800000 + i},true,true" for i in range(1, rows + 1))])
-        + "\n"
-    )
+    dump = write_binance_trades(tmp_path / "BTCUSDT-trades.csv", range(1, rows + 1), DAY, step_ms=1)
     try:
         wait_for(lambda: platform.process("ingester")["uptime_seconds"] > 3, timeout=60)
         command = ["replay-file", str(dump), "-e", "binance", "--symbol", "BTCUSDT", "--rate", "3000"]
@@ -139,11 +137,7 @@ def test_k2_run_in_coordinated_mode_starts_the_committer_and_stores_a_replay_onc
     platform = Platform(tmp_path / "home", K2_INGEST_COMMIT_MODE="coordinated")
     platform.start("--no-dagster", "--no-simulators")
     rows = 3000
-    dump = tmp_path / "BTCUSDT-trades.csv"
-    dump.write_text(
-        "\n".join([HEADER, *(f"{i},100.5,0.25,25.125,{1732492800000 + i},true,true" for i in range(1, rows + 1))])
-        + "\n"
-    )
+    dump = write_binance_trades(tmp_path / "BTCUSDT-trades.csv", range(1, rows + 1), DAY, step_ms=1)
     try:
         wait_for(lambda: platform.process("committer")["up"] and platform.process("ingester")["up"], timeout=60)
         command = ["replay-file", str(dump), "-e", "binance", "--symbol", "BTCUSDT", "--rate", "3000"]
