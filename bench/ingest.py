@@ -8,7 +8,7 @@ catalog and local warehouse by the real Ingester, then by the straightforward pe
 Prints rows/s sustained (first batch in hand -> last commit done), CPU seconds per million rows (ingester process),
 peak RSS (ingester process; the broker's RSS is printed apart: Tansu keeps every message in memory), commit latency
 p50/p99 (the fenced Iceberg append), files per commit, and the batch/per-message ratio. `--pipeline` / `--no-pipeline`
-sets K2_INGEST_PIPELINE (default: the setting's default, off); `--phases` prints where the batch time went
+sets K2_INGEST_PIPELINE (default: the setting's default, on); `--phases` prints where the batch time went
 (bench/phases.py). The load average is printed before and after: the machine is shared.
 """
 

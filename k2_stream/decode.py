@@ -95,14 +95,31 @@ def zigzag_varint(n: int) -> bytes:
     return bytes(out)
 
 
+_ONE_BYTE = np.uint64(1 << 7)  # the first zigzag value a varint needs two bytes for
+_EXACT_FLOAT = np.uint64(1 << 53)  # below it every uint64 is exact as a float64
+_POWERS_OF_TWO = np.array([1 << k for k in range(64)], dtype=np.uint64)
+
+
+def _bit_length(u: npt.NDArray[np.uint64]) -> Int64Array:
+    """Each value's bit length, read off its float exponent (exact below 2**53; larger values are counted)."""
+    _, bits = np.frexp(u.astype(np.float64))
+    bits = bits.astype(np.int64)
+    big = u >= _EXACT_FLOAT
+    if big.any():
+        bits[big] = np.searchsorted(_POWERS_OF_TWO, u[big], side="right")
+    return bits
+
+
 def varint_size(values: Int64Array) -> Int64Array:
-    """Bytes of the zigzag varint Avro writes for each int64."""
-    z = (values.astype(np.int64) << 1) ^ (values.astype(np.int64) >> 63)
-    u = z.view(np.uint64)
-    size = np.ones(len(u), dtype=np.int64)
-    for k in range(1, 10):
-        size += u >= np.uint64(1 << (7 * k))
-    return size
+    """Bytes of the zigzag varint Avro writes for each int64: 7 bits of the zigzag value a byte."""
+    values = values.astype(np.int64, copy=False)
+    u = ((values << 1) ^ (values >> 63)).view(np.uint64)
+    if not len(u):
+        return np.zeros(0, dtype=np.int64)
+    top = u.max()
+    if top < _ONE_BYTE:  # lengths, counts, small numbers: one byte each
+        return np.ones(len(u), dtype=np.int64)
+    return np.maximum((_bit_length(u) + 6) // 7, 1)
 
 
 def _plain(t: Any) -> Any:
@@ -199,16 +216,10 @@ def _container_header(schema: ParsedSchema) -> bytes:
 
 
 def _decimal_size(unscaled: Int64Array) -> Int64Array:
-    """Bytes of the minimal two's-complement encoding (what fastavro and Java write) plus its length prefix."""
+    """Bytes of the minimal two's-complement encoding (what Java writes; fastavro writes -2**7, -2**15, ... a byte
+    longer, which only sends such a message the per-message way) plus its length prefix."""
     magnitude = np.where(unscaled < 0, ~unscaled, unscaled).view(np.uint64)
-    bits = np.zeros(len(magnitude), dtype=np.int64)
-    m = magnitude.copy()
-    for shift in (32, 16, 8, 4, 2, 1):
-        big = m >= np.uint64(1 << shift)
-        bits += np.where(big, shift, 0)
-        m = np.where(big, m >> np.uint64(shift), m)
-    bits += (m > 0).astype(np.int64)
-    nbytes = (bits + 1 + 7) // 8  # + sign bit
+    nbytes = _bit_length(magnitude) // 8 + 1  # + the sign bit, rounded up to bytes
     return varint_size(nbytes) + nbytes
 
 
@@ -280,8 +291,10 @@ class BatchDecoder:
         except TypeError:  # a message without a value
             lens = np.array([len(v) if v is not None else -1 for v in values], dtype=np.int64)
         ok = (lens >= HEADER_BYTES) & (lens <= self.limits.max_message_bytes)
+        joined = None
         if ok.all():
-            buf = np.frombuffer(b"".join(values), dtype=np.uint8)  # type: ignore[arg-type]
+            joined = b"".join(values)  # type: ignore[arg-type]
+            buf = np.frombuffer(joined, dtype=np.uint8)
             starts = np.zeros(n, dtype=np.int64)
             np.cumsum(lens[:-1], out=starts[1:])
         else:
@@ -314,7 +327,7 @@ class BatchDecoder:
                 slow.extend(part.tolist())
                 continue
             body_lens = lens[part]
-            table = self._read_block(plan, buf, starts[part], body_lens)
+            table = self._read_block(plan, joined, buf, starts[part], body_lens)
             if table is None:
                 mid = len(part) // 2
                 pending += [(plan, part[mid:]), (plan, part[:mid])]
@@ -373,14 +386,18 @@ class BatchDecoder:
     def _read_block(
         self,
         plan: WriterPlan,
+        joined: bytes | None,
         buf: npt.NDArray[np.uint8],
         starts: Int64Array,
         lens: Int64Array,
     ) -> pa.Table | None:
-        """Read whole framed messages (`starts`/`lens` into `buf`) as one container block of `plan`'s schema."""
+        """Read whole framed messages (`starts`/`lens` into `buf`, whose bytes are `joined` when every message is
+        in it) as one container block of `plan`'s schema."""
         total = int(lens.sum())
         first, end = int(starts[0]), int(starts[-1] + lens[-1])
-        if end - first == total:  # consecutive messages: the block is a slice of the batch's bytes
+        if joined is not None and end - first == total == len(joined):  # all of them: no copy to make
+            body = joined
+        elif end - first == total:  # consecutive messages: the block is a slice of the batch's bytes
             body = buf[first:end].tobytes()
         else:  # keep each message's bytes, in order: a mask that is 1 from each message's start to its end
             edges = np.zeros(len(buf) + 1, dtype=np.int8)

@@ -20,6 +20,7 @@ from pyiceberg.table import Table, TableProperties, WriteTask
 from pyiceberg.transforms import DayTransform
 from pyiceberg.utils.properties import property_as_bool, property_as_int
 
+from k2_core.lake.transaction import transaction
 from k2_core.logging import get_logger
 
 log = get_logger(__name__)
@@ -108,7 +109,7 @@ def append_files(table: Table, files: Iterable[DataFile], properties: dict[str, 
         TableProperties.MANIFEST_MERGE_ENABLED,
         TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
     )
-    with table.transaction() as txn:
+    with transaction(table) as txn:
         update = txn.update_snapshot(snapshot_properties=properties)
         with update.merge_append() if merge else update.fast_append() as op:
             for data_file in files:
@@ -123,7 +124,7 @@ def replace_files(
     `CommitFailedException` when another writer committed first, and `ValidationException` when a file to remove is
     no longer in the table. With nothing to remove or add, the snapshot still records `properties`."""
     remove, add = list(remove), list(add)
-    with table.transaction() as txn, txn.update_snapshot(snapshot_properties=properties).overwrite() as op:
+    with transaction(table) as txn, txn.update_snapshot(snapshot_properties=properties).overwrite() as op:
         for data_file in remove:
             op.delete_data_file(data_file)
         for data_file in add:

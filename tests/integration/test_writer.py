@@ -7,12 +7,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from pyiceberg.table import Transaction
 
 from k2_core.exceptions import FencedError
 from k2_core.ingest.state import SequenceState
 from k2_core.ingest.writer import TableWriter
 from k2_core.lake.catalog import ensure_table, ensure_tables, open_catalog
+from k2_core.lake.files import append_files, write_files
 from k2_core.lake.offsets import OffsetIndex
+from k2_core.lake.transaction import CachedTransaction
 from k2_core.model.tables import TABLE_PROPERTIES, TRADES
 from k2_core.settings import Settings
 from tests.support import factories
@@ -144,3 +147,39 @@ def test_the_sequence_state_moves_past_peers_and_stops_at_an_import(make_setting
     ours = a.append(TRADES.to_arrow(rows(4)), {TP: 4}, {TP: 3})
     state.committed("trades", None, ours, a.foreign)
     assert state.stale
+
+
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_a_transaction_works_its_metadata_out_once_per_change(
+    catalog: str, make_settings: Callable[..., Settings]
+) -> None:
+    """pyiceberg's Transaction deep-copies the table's whole metadata on every read (19 reads an append); ours
+    keeps the result until the table's metadata or the staged updates change, and still commits what it stages."""
+    settings = make_settings(catalog=catalog)
+    ensure_tables(open_catalog(settings), "market")
+    table = open_catalog(settings).load_table("market.trades")
+    other = open_catalog(settings).load_table("market.trades")
+    append_files(table, write_files(table, TRADES.to_arrow(rows(1))), {"k2.test": "first"})
+
+    txn = CachedTransaction(table)
+    first = txn.table_metadata
+    assert txn.table_metadata is first  # a plain Transaction gives a new copy each time
+    assert Transaction(table).table_metadata is not Transaction(table).table_metadata
+    txn.set_properties({"k2.test.property": "1"})  # a staged change: worked out again, once
+    staged = txn.table_metadata
+    assert staged is not first
+    assert staged.properties["k2.test.property"] == "1"
+    assert txn.table_metadata is staged
+    assert "k2.test.property" not in table.metadata.properties  # the table's own metadata is untouched
+
+    other.refresh()
+    append_files(other, write_files(other, TRADES.to_arrow(rows(2))), {"k2.test": "second"})
+    table.refresh()  # another writer committed: the table's metadata is a new object, the cache follows
+    assert CachedTransaction(table).table_metadata.current_snapshot_id == other.metadata.current_snapshot_id
+
+    append_files(table, write_files(table, TRADES.to_arrow(rows(3))), {"k2.test": "third"})
+    reread = open_catalog(settings).load_table("market.trades")
+    summaries = [s.summary.additional_properties.get("k2.test") for s in reread.snapshots() if s.summary]
+    assert summaries == ["first", "second", "third"]
+    assert sorted(r["exchange_sequence_number"] for r in reread.scan().to_arrow().to_pylist()) == [1, 2, 3]
+    assert parquet_on_disk(reread) == referenced(reread)

@@ -23,7 +23,7 @@ from k2_core.model.registry import FileSchemaRegistry
 from k2_core.model.tables import MARKET_TABLES, TableDef
 from k2_core.model.topics import Kind
 from k2_core.settings import RecordSettings, Settings
-from k2_stream.decode import BatchDecoder, varint_size
+from k2_stream.decode import BatchDecoder, _decimal_size, varint_size
 
 REGISTRY = FileSchemaRegistry(Settings().kafka.schemas_dir)
 SUBJECTS: dict[Kind, str] = {"trades": "market.equities.trades-value", "quotes": "market.equities.quotes-value"}
@@ -247,13 +247,30 @@ def test_one_poison_message_does_not_cost_the_block(kind: Kind) -> None:
     assert columnar >= 950  # a block the reader refuses is halved until the bad message is alone
 
 
+def _each_side_of_every_power_of_two() -> list[int]:
+    """2**k - 1, 2**k and 2**k + 1 and their negatives within int64: where a size can change, and where float64
+    stops being exact (2**53) for the sizes read off a float's exponent."""
+    out = {v for k in range(64) for d in (-1, 0, 1) for v in ((1 << k) + d, -((1 << k) + d))}
+    return sorted(v for v in out if -(2**63) <= v < 2**63)
+
+
 def test_varint_sizes_match_avro() -> None:
-    values = np.array([0, -1, 1, 63, -64, 64, -65, 2**20, -(2**40), 2**62, -(2**63), 2**63 - 1], dtype=np.int64)
+    values = [*_each_side_of_every_power_of_two(), *np.random.default_rng(7).integers(-(2**63), 2**63 - 1, 5000)]
     expected = []
-    for v in values.tolist():
-        z = ((v << 1) ^ (v >> 63)) & (2**64 - 1)
+    for v in values:
+        z = ((int(v) << 1) ^ (int(v) >> 63)) & (2**64 - 1)
         expected.append(max(1, (z.bit_length() + 6) // 7))
-    assert varint_size(values).tolist() == expected
+    assert varint_size(np.array(values, dtype=np.int64)).tolist() == expected
+    assert varint_size(np.arange(64, dtype=np.int64)).tolist() == [1] * 64  # the one-byte shortcut
+
+
+def test_decimal_sizes_are_the_minimal_twos_complement() -> None:
+    """A DECIMAL(18,8)'s bytes as Java writes them (`BigInteger.toByteArray`: bitLength / 8 + 1 bytes) with their
+    length prefix, at every size boundary (fastavro writes -2**7, -2**15, ... one byte longer: a mismatch that only
+    sends such a message the per-message way)."""
+    unscaled = [v for v in _each_side_of_every_power_of_two() if abs(v) < 10**18]
+    expected = [1 + ((v if v >= 0 else ~v).bit_length() // 8 + 1) for v in unscaled]
+    assert _decimal_size(np.array(unscaled, dtype=np.int64)).tolist() == expected
 
 
 def test_an_array_in_several_blocks_goes_the_per_message_way() -> None:
