@@ -50,6 +50,7 @@ from k2_core.model.registry import ParsedSchema
 from k2_core.model.tables import BOOK_SNAPSHOTS, BOOK_UPDATES, BOOK_VALID, TableDef
 from k2_core.model.topics import BOOK_RECORDS, BookRecord, TopicLayout
 from k2_core.settings import Settings
+from k2_core.upkeep.retention import RetentionCadence
 from k2_stream import book_metrics, gc_pause, metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout
 from k2_stream.dead_letters import DeadLetterSender
@@ -88,6 +89,11 @@ class BookIngester:
         tables = ensure_tables(open_catalog(settings), settings.catalog.namespace)
         cluster = cluster_id(settings.kafka.bootstrap_servers)
         self.books = BookTables(tables, self.writer_id, cluster, settings.ingest, observe=_observe_append)
+        # A batch a second is 86,400 snapshots a day: thinned as the trade ingester thins its own (the offsets chain
+        # it resumes from is kept), not left to the daily maintenance job's 7-day expiry.
+        self.retention = RetentionCadence.of(
+            {BOOK_UPDATES.name: self.books.updates, BOOK_SNAPSHOTS.name: self.books.snapshots}, settings
+        )
         self.streams = BookStreams(event_gap_id)
         self.state = self.books.tracker(self.streams)
         self.stats: dict[str, int] = {
@@ -258,14 +264,19 @@ class BookIngester:
         self.state.ensure({(r["exchange"], r["symbol"]) for _, r in records})
         decisions = self.streams.decide(records, now)
         self.dead_letters.send(dead)  # 1
-        positions = {tp: self.positions.get(tp, 0) for tp in offsets}
-        self.books.store(decisions, offsets, positions, now)  # 2
+        # Every owned partition rides along at its position, so the newest snapshot holds each one's offset and
+        # snapshot retention never keeps a chain behind a partition gone quiet (a market closed for the night).
+        covered = {**{tp: pos for tp, pos in self.positions.items() if tp not in offsets}, **offsets}
+        positions = {tp: self.positions.get(tp, 0) for tp in covered}
+        self.books.store(decisions, covered, positions, now)  # 2
         self.positions.update(offsets)
         self.dead_letters.batch_committed()
         try:  # 3
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         except KafkaException as exc:
             log.warning("kafka offset commit failed; the table holds them", extra={"error": str(exc)})
+        # every batch appends to the updates table (its offsets, rows or not), the snapshots table when it has some
+        self.retention.appended([BOOK_UPDATES.name, *([BOOK_SNAPSHOTS.name] if decisions.snapshots else [])])
         self.stats["updates_written"] += len(decisions.updates)
         self.stats["snapshots_written"] += len(decisions.snapshots)
         self.stats["duplicates"] += decisions.duplicates

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from k2_core.exceptions import CommitRejectedError, K2Error, WriteError
+from k2_core.exceptions import CommitRejectedError, WriteError
 from k2_core.ingest.coordination import CommitRequest
 from k2_core.ingest.degradation import Degradation
 from k2_core.ingest.gaps import SHED_GAP_REASON, WARNING, GapGrading, GapStore
@@ -48,7 +46,6 @@ from k2_core.lake.offsets import TopicPartition as TP
 from k2_core.logging import get_logger
 from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import KINDS, Kind, TopicLayout
-from k2_core.upkeep.retention import RetentionPolicy, apply_retention
 from k2_stream import metrics
 from k2_stream.control import CommitClient
 from k2_stream.dead_letters import DeadLetterSender
@@ -294,37 +291,3 @@ class Checkpoint:
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         except KafkaException as exc:
             log.warning("kafka offset commit failed; offsets are safe in the table", extra={"error": str(exc)})
-
-
-class RetentionCadence:
-    """Every `every` appends to a table, thin its snapshots (k2_core.upkeep.retention), so commit latency stays flat
-    at any table age. Best effort, after the checkpoint: the batch is already committed."""
-
-    def __init__(self, tables: dict[Kind, Table], every: int, policy: RetentionPolicy) -> None:
-        self.tables = tables
-        self.every = every
-        self.policy = policy
-        self._appends: dict[Kind, int] = defaultdict(int)
-
-    def appended(self, kinds: list[Kind]) -> None:
-        if not self.every:
-            return
-        for kind in kinds:
-            self._appends[kind] += 1
-            if self._appends[kind] % self.every:
-                continue
-            started = time.perf_counter()
-            try:
-                result = apply_retention(self.tables[kind], datetime.now(UTC), self.policy)
-            except K2Error as exc:
-                log.warning("snapshot retention failed; retried later", extra={"table": kind, "error": str(exc)})
-                continue
-            log.info(
-                "snapshot retention applied",
-                extra={
-                    "table": kind,
-                    "expired": result.expired,
-                    "retained": result.retained,
-                    "seconds": round(time.perf_counter() - started, 3),
-                },
-            )

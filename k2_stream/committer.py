@@ -28,10 +28,9 @@ from k2_core.logging import configure_logging, get_logger
 from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import Kind
 from k2_core.settings import Settings
-from k2_core.upkeep.retention import RetentionPolicy
+from k2_core.upkeep.retention import RetentionCadence
 from k2_stream import metrics
 from k2_stream.admin import cluster_id
-from k2_stream.checkpoint import RetentionCadence
 from k2_stream.control import ensure_control_topic
 from k2_stream.signals import stop_on_signals
 from k2_stream.status import serve_status
@@ -55,10 +54,8 @@ class CommitterService:
         }
         # The snapshots it commits are thinned here (the workers do not), as the independent ingester thins its own.
         self.kinds = {d.name: kind for kind, d in MARKET_TABLES.items()}
-        self.retention = RetentionCadence(
-            {kind: self.committers[name].table for name, kind in self.kinds.items()},
-            ing.retention_every_commits,
-            RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours),
+        self.retention = RetentionCadence.of(
+            {kind: self.committers[name].table for name, kind in self.kinds.items()}, settings
         )
         self.pending: list[CommitRequest] = []
         self.next_offset: int | None = None  # the control offset to commit once `pending` is answered

@@ -51,10 +51,10 @@ from k2_core.model.avro import Decoder
 from k2_core.model.tables import MARKET_TABLES
 from k2_core.model.topics import KINDS, TopicLayout
 from k2_core.settings import Settings
-from k2_core.upkeep.retention import RetentionPolicy
+from k2_core.upkeep.retention import RetentionCadence
 from k2_stream import gc_pause, metrics
 from k2_stream.admin import cluster_id, ensure_topics, load_layout, topic_ids
-from k2_stream.checkpoint import Checkpoint, RetentionCadence
+from k2_stream.checkpoint import Checkpoint
 from k2_stream.control import CommitClient
 from k2_stream.dead_letters import DeadLetterSender
 from k2_stream.lag import export_lag
@@ -182,11 +182,7 @@ class Ingester:
             coordinator=self.coordinator,
         )
         # In coordinated mode the committer thins the snapshots it commits: one writer per table, not every worker.
-        self.retention = RetentionCadence(
-            self.tables,
-            ing.retention_every_commits if ing.commit_mode == "independent" else 0,
-            RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours),
-        )
+        self.retention = RetentionCadence.of(self.tables, settings, enabled=ing.commit_mode == "independent")
         self.preparer = preparer(self)
         # Coordinated mode hands batches to the committer inline: the pipeline is for independent commits.
         self.writer_thread = (

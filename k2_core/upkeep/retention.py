@@ -1,8 +1,8 @@
 """Snapshot retention as part of normal operation: checkpoint tags, then expiry, so metadata stays small at any age.
 
-pyiceberg's commit cost grows with the size of a table's metadata (an append deep-copies it about twenty times), and
-a busy ingester commits once a second or more. So the snapshots are thinned as the table is written, keeping time
-travel where it is promised:
+pyiceberg's commit cost grows with the size of a table's metadata (an append copies it at least once and writes it out
+whole), and a busy ingester commits once a second or more. So the snapshots are thinned as the table is written,
+keeping time travel where it is promised:
 
 * every commit of the newest `keep_last` snapshots (the last minutes of an active table);
 * one **hourly checkpoint** (tag `k2-hour-YYYYMMDDTHH`: the current snapshot when the hour was first seen) for the
@@ -18,15 +18,21 @@ removal reclaims the released files after its minimum age, so a reader mid-scan 
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 
+from k2_core.exceptions import K2Error
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
+from k2_core.settings import Settings
 from k2_core.upkeep.expiry import expire_snapshots
 
 log = get_logger(__name__)
@@ -116,3 +122,49 @@ def apply_retention(
     if created or removed:
         log.info("checkpoint tags", extra={"table": result.table, "created": created, "removed": removed})
     return RetentionResult(created, removed, len(result.expired), result.retained)
+
+
+K = TypeVar("K", bound=str)
+
+
+class RetentionCadence(Generic[K]):
+    """Every `every` appends to a table, thin its snapshots (`apply_retention`), so commit latency stays flat
+    at any table age. Best effort, after the checkpoint: the batch is already committed. Tables are named by the
+    caller's keys (a data type, a table name)."""
+
+    def __init__(self, tables: Mapping[K, Table], every: int, policy: RetentionPolicy) -> None:
+        self.tables = tables
+        self.every = every
+        self.policy = policy
+        self._appends: dict[K, int] = defaultdict(int)
+
+    @classmethod
+    def of(cls, tables: Mapping[K, Table], settings: Settings, enabled: bool = True) -> RetentionCadence[K]:
+        """The cadence and policy the settings give every writer that thins its own commits (`enabled=False`: one
+        that leaves it to another process)."""
+        ing, days = settings.ingest, settings.maintenance.snapshot_retention_hours
+        policy = RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=days)
+        return cls(tables, ing.retention_every_commits if enabled else 0, policy)
+
+    def appended(self, kinds: Iterable[K]) -> None:
+        if not self.every:
+            return
+        for kind in kinds:
+            self._appends[kind] += 1
+            if self._appends[kind] % self.every:
+                continue
+            started = time.perf_counter()
+            try:
+                result = apply_retention(self.tables[kind], datetime.now(UTC), self.policy)
+            except K2Error as exc:
+                log.warning("snapshot retention failed; retried later", extra={"table": kind, "error": str(exc)})
+                continue
+            log.info(
+                "snapshot retention applied",
+                extra={
+                    "table": kind,
+                    "expired": result.expired,
+                    "retained": result.retained,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
