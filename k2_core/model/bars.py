@@ -12,15 +12,17 @@ volume and a carried-forward price.
 - vwap: `sum(price * volume) / sum(volume)`, computed exactly in 128-bit decimals/integers and rounded
   half-even to 8 decimal places (the stored precision). Never a float.
 
-Writers of precomputed bar tables record which trades snapshot the bars were computed from, under
-`SOURCE_SNAPSHOT_PROPERTY` in the Iceberg snapshot summary (`source_snapshot_properties(...)` builds it). The
-query layer serves a day from a precomputed table only when the trades of that day have not changed since that
-snapshot; bars written without the property are never served (the reader cannot prove them fresh).
+Writers of precomputed bar tables record which trades snapshot the bars were computed from, and a digest of that
+day's trade files in it, in the Iceberg snapshot summary (`DaySource.properties()`). The query layer serves a day
+from a precomputed table only when the trades of that day have not changed since; bars written without the
+properties are never served (the reader cannot prove them fresh).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Literal, get_args
 
@@ -29,7 +31,7 @@ import pyarrow as pa
 from pyiceberg.table import Table
 
 from k2_core import duck
-from k2_core.model.days import day_key
+from k2_core.model.days import day_filter, day_key
 from k2_core.model.tables import OHLCV_1D, OHLCV_1M, TableDef
 
 Interval = Literal["1s", "5s", "1m", "5m", "15m", "1h", "1d"]
@@ -51,6 +53,7 @@ PRECOMPUTED_TABLES: dict[Interval, str] = {interval: table.name for interval, ta
 
 # Snapshot-summary key under which a bar table's writer records the trades snapshot id it read.
 SOURCE_SNAPSHOT_PROPERTY = "k2.ohlcv.source-snapshot-id"
+SOURCE_FILES_PROPERTY = "k2.ohlcv.source-files"  # DaySource.files
 DAY_PROPERTY = "k2.ohlcv.day"  # the day a bar-table snapshot rebuilt
 
 BARS_ARROW_SCHEMA: pa.Schema = OHLCV_1M.arrow_schema
@@ -132,14 +135,42 @@ def compute_bars(trades: pa.Table | duckdb.DuckDBPyRelation, interval: Interval)
     return result.cast(BARS_ARROW_SCHEMA)
 
 
-def source_snapshot_properties(source_snapshot_id: int) -> dict[str, str]:
-    """Snapshot-summary properties a bar-table writer passes to `append`/`overwrite(snapshot_properties=...)`:
-    the id of the trades snapshot whose rows the bars were computed from."""
-    return {SOURCE_SNAPSHOT_PROPERTY: str(source_snapshot_id)}
+def day_files(trades: Table, day: date, snapshot_id: int) -> set[tuple[str, frozenset[str]]]:
+    """The files that may hold rows of `day` at `snapshot_id` (data files, each with the delete files applying to
+    it): files being immutable, the same set means the same rows."""
+    tasks = trades.scan(row_filter=day_filter("exchange_timestamp", day), snapshot_id=snapshot_id).plan_files()
+    return {(t.file.file_path, frozenset(d.file_path for d in t.delete_files)) for t in tasks}
 
 
-def source_snapshot(bars: Table, day: date) -> int | None:
-    """The trades snapshot the newest build of `day` in this bar table read, or None if the day was never built."""
+def files_digest(files: set[tuple[str, frozenset[str]]]) -> str:
+    lines = sorted(f"{path}\t{','.join(sorted(deletes))}" for path, deletes in files)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DaySource:
+    """What a build of one day of a bar table read: the trades snapshot, and a digest of that day's files in it
+    (`day_files`). The digest outlives the snapshot: the ingesters' retention expires a trades snapshot within
+    minutes, and the day's bars stay provably fresh while its files are the same (None: a build made before
+    digests were recorded)."""
+
+    snapshot_id: int
+    files: str | None = None
+
+    @classmethod
+    def of(cls, trades: Table, day: date, snapshot_id: int) -> DaySource:
+        return cls(snapshot_id, files_digest(day_files(trades, day, snapshot_id)))
+
+    def properties(self) -> dict[str, str]:
+        """The snapshot-summary properties a bar-table writer records it in."""
+        props = {SOURCE_SNAPSHOT_PROPERTY: str(self.snapshot_id)}
+        if self.files is not None:
+            props[SOURCE_FILES_PROPERTY] = self.files
+        return props
+
+
+def day_source(bars: Table, day: date) -> DaySource | None:
+    """What the newest build of `day` in this bar table read, or None if the day was never built."""
     key = day_key(day)
     snapshot_id = bars.metadata.current_snapshot_id
     while snapshot_id is not None:
@@ -148,6 +179,6 @@ def source_snapshot(bars: Table, day: date) -> int | None:
             return None
         props = snapshot.summary.additional_properties if snapshot.summary else {}
         if props.get(DAY_PROPERTY) == key and SOURCE_SNAPSHOT_PROPERTY in props:
-            return int(props[SOURCE_SNAPSHOT_PROPERTY])
+            return DaySource(int(props[SOURCE_SNAPSHOT_PROPERTY]), props.get(SOURCE_FILES_PROPERTY))
         snapshot_id = snapshot.parent_snapshot_id
     return None

@@ -6,8 +6,10 @@ trades commit since that snapshot touched the day. That is checked on the manife
 being read, without opening a data file: a manifest newer than the source snapshot whose day-partition range
 includes the day means the day changed (or may have: the check is conservative) and the day is computed from
 trades instead, unless the day's files (data and delete files) are exactly those of the source snapshot (a manifest
-rewritten with its entries unchanged fails the manifest test; planning the day at both snapshots settles it). Days
-never built, or whose source snapshot has expired, are computed too.
+rewritten with its entries unchanged fails the manifest test; planning the day at both snapshots settles it). Once
+the ingesters' retention has expired the source snapshot (minutes after the build), the day's files at the snapshot
+read are planned and compared with the digest the build recorded (`DaySource`). Days never built, or built before
+digests were recorded and whose source snapshot has expired, are computed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pyiceberg.types import DateType
 from k2_core.duck import sql_text, sql_time
 from k2_core.lake import scan
 from k2_core.logging import get_logger
-from k2_core.model.bars import BARS_ARROW_SCHEMA, source_snapshot
+from k2_core.model.bars import BARS_ARROW_SCHEMA, day_files, day_source, files_digest
 from k2_core.model.days import EPOCH_DAY, day_bounds
 from k2_core.model.tables import TableDef
 
@@ -49,9 +51,16 @@ def fresh_days(trades: Table, bars: Table, days: list[date], trades_snapshot_id:
     specs = trades.metadata.specs()
     fresh = []
     for day in days:
-        source_id = source_snapshot(bars, day)
-        source = trades.snapshot_by_id(source_id) if source_id is not None else None
-        if source is None or source.sequence_number is None or source.sequence_number > read.sequence_number:
+        built = day_source(bars, day)
+        if built is None:
+            continue
+        source = trades.snapshot_by_id(built.snapshot_id)
+        if source is None or source.sequence_number is None:
+            # Expired (the ingesters keep minutes of snapshots): the day's files as the build recorded them decide.
+            if built.files is not None and files_digest(day_files(trades, day, trades_snapshot_id)) == built.files:
+                fresh.append(day)
+            continue
+        if source.sequence_number > read.sequence_number:
             continue
         changed = any(
             (m.sequence_number or 0) > source.sequence_number and _may_hold_day(m, specs, day) for m in manifests
@@ -62,21 +71,10 @@ def fresh_days(trades: Table, bars: Table, days: list[date], trades_snapshot_id:
 
 
 def _same_files(trades: Table, day: date, source_id: int, read_id: int) -> bool:
-    """Whether the files that may hold rows of `day` (data files and the delete files applying to them) are the same
-    at both snapshots: then the day's rows are too, files being immutable. The exact check behind the manifest test,
-    which a manifest merely rewritten since (its entries carried over unchanged, as a commit to another day may do)
-    fails; it plans the day at both snapshots, so it is taken only then."""
-    start, end = day_bounds(day)
-    row_filter = And(
-        GreaterThanOrEqual(term="exchange_timestamp", value=start.isoformat()),
-        LessThan(term="exchange_timestamp", value=end.isoformat()),
-    )
-
-    def files(snapshot_id: int) -> set[tuple[str, frozenset[str]]]:
-        tasks = trades.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files()
-        return {(t.file.file_path, frozenset(d.file_path for d in t.delete_files)) for t in tasks}
-
-    return files(source_id) == files(read_id)
+    """The exact check behind the manifest test, which a manifest merely rewritten since (its entries carried over
+    unchanged, as a commit to another day may do) fails; it plans the day at both snapshots, so it is taken only
+    then."""
+    return day_files(trades, day, source_id) == day_files(trades, day, read_id)
 
 
 def _may_hold_day(manifest: ManifestFile, specs: dict[int, PartitionSpec], day: date) -> bool:

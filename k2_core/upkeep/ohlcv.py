@@ -26,10 +26,10 @@ from k2_core.model.bars import (
     BARS_ARROW_SCHEMA,
     DAY_PROPERTY,
     OHLCV_TABLES,
+    DaySource,
     Interval,
     compute_bars,
-    source_snapshot,
-    source_snapshot_properties,
+    day_source,
 )
 from k2_core.model.days import day_filter, day_key
 
@@ -69,12 +69,12 @@ def day_data_files(table: Table, column: str, day: date) -> list[DataFile]:
 
 
 def replace_day(
-    bars_table: Table, day: date, bars: pa.Table, source_snapshot_id: int | None, *, retries: int, backoff: float
+    bars_table: Table, day: date, bars: pa.Table, source: DaySource | None, *, retries: int, backoff: float
 ) -> int | None:
-    """Replace `day` of a bar table with `bars` in one snapshot; returns its id."""
+    """Replace `day` of a bar table with `bars` in one snapshot, recording what it was built from; returns its id."""
     props = {DAY_PROPERTY: day_key(day), WRITER_PROPERTY: "ohlcv"}
-    if source_snapshot_id is not None:
-        props.update(source_snapshot_properties(source_snapshot_id))
+    if source is not None:
+        props.update(source.properties())
     written = write_chunks(bars_table, [OHLCV_TABLES["1m"].sort(bars.cast(BARS_ARROW_SCHEMA))])
 
     def attempt(table: Table) -> int | None:
@@ -92,7 +92,8 @@ def rebuild_minute_bars(trades: Table, bars_1m: Table, day: date, *, retries: in
     trades.refresh()
     source = trades.metadata.current_snapshot_id
     bars, trade_count = trades_bars(trades, day, "1m", source)
-    snapshot_id = replace_day(bars_1m, day, bars, source, retries=retries, backoff=backoff)
+    built = DaySource.of(trades, day, source) if source is not None else None
+    snapshot_id = replace_day(bars_1m, day, bars, built, retries=retries, backoff=backoff)
     log.info("ohlcv rebuilt", extra={"interval": "1m", "day": day_key(day), "bars": bars.num_rows, "source": source})
     return BarsBuild(day, "1m", bars.num_rows, trade_count, source, snapshot_id)
 
@@ -107,10 +108,11 @@ def rebuild_day(
     trades.refresh()
     source = trades.metadata.current_snapshot_id
     minute, trade_count = trades_bars(trades, day, "1m", source)
-    minute_id = replace_day(bars_1m, day, minute, source, retries=retries, backoff=backoff)
+    built = DaySource.of(trades, day, source) if source is not None else None
+    minute_id = replace_day(bars_1m, day, minute, built, retries=retries, backoff=backoff)
     daily, _ = trades_bars(trades, day, "1d", source)
     check_rollup(minute, daily)
-    daily_id = replace_day(bars_1d, day, daily, source, retries=retries, backoff=backoff)
+    daily_id = replace_day(bars_1d, day, daily, built, retries=retries, backoff=backoff)
     log.info(
         "ohlcv rebuilt",
         extra={"day": day_key(day), "bars_1m": minute.num_rows, "bars_1d": daily.num_rows, "source": source},
@@ -127,7 +129,8 @@ def rebuild_daily_bars(
     """Rebuild one day of `ohlcv_1d` from the trades snapshot that day's minute bars were built from, after checking
     that the daily bars roll up from the minute bars exactly."""
     bars_1m.refresh()
-    source = source_snapshot(bars_1m, day)
+    built = day_source(bars_1m, day)
+    source = built.snapshot_id if built is not None else None
     if source is None and bars_1m.metadata.current_snapshot_id is not None:
         raise MaintenanceError(f"ohlcv_1m has no build of {day_key(day)}: materialize ohlcv_1m for that day first")
     if source is not None and trades.metadata.snapshot_by_id(source) is None:
@@ -139,7 +142,7 @@ def rebuild_daily_bars(
     bars, trade_count = trades_bars(trades, day, "1d", source)
     minute = bars_1m.scan(row_filter=day_filter("bar_start", day)).to_arrow()
     check_rollup(minute, bars)
-    snapshot_id = replace_day(bars_1d, day, bars, source, retries=retries, backoff=backoff)
+    snapshot_id = replace_day(bars_1d, day, bars, built, retries=retries, backoff=backoff)
     log.info("ohlcv rebuilt", extra={"interval": "1d", "day": day_key(day), "bars": bars.num_rows, "source": source})
     return BarsBuild(day, "1d", bars.num_rows, trade_count, source, snapshot_id)
 

@@ -22,6 +22,7 @@ from k2_core.read.params import AsOf
 from k2_core.settings import Settings
 from k2_core.upkeep.compaction import compact_day
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
+from k2_core.upkeep.retention import RetentionPolicy, apply_retention
 from tests.support import factories
 from tests.support import query_oracle as oracle
 from tests.support.clients import local_client
@@ -315,3 +316,33 @@ def test_a_day_whose_manifest_was_only_rewritten_stays_fresh(make_settings: Sett
         rows, sources = _whole(engine, "1m", D1, DAYS[2])
         assert sources == {("precomputed", "iceberg")}
         assert rows == _expected([*rows_then, late], "1m", D1, DAYS[2])
+
+
+def test_a_closed_days_bars_stay_fresh_after_retention_expired_their_source(settings: Settings) -> None:
+    """The ingesters keep minutes of trades snapshots: a closed day's build outlives the snapshot it read within a
+    minute of live ingestion. Its bars are still served while the day's files are those the build recorded (they
+    were computed from trades whenever the source had expired), and a late trade still makes the day stale."""
+    _build(settings, DAYS[:2])
+    catalog = open_catalog(settings)
+    try:
+        trades = catalog.load_table((settings.catalog.namespace, "trades"))
+        source = trades.metadata.current_snapshot_id
+        today = datetime.now(UTC).replace(microsecond=0)
+        for i in range(30):  # live ingestion of another day, thinned as the ingester thins it
+            trades.append(TRADES.to_arrow([factories.trade("BHP", 50_000 + i, today, "40.1", Decimal(1))]))
+        later = datetime.now(UTC) + timedelta(minutes=1)  # every snapshot but the newest 5 is old enough
+        apply_retention(trades, later, RetentionPolicy(keep_last=5, hourly_hours=0, daily_hours=0))
+        assert trades.snapshot_by_id(source) is None  # the builds' source has expired
+    finally:
+        catalog.close()
+    bhp = [r for r in TRADE_ROWS if r["symbol"] == "BHP" and r["exchange_timestamp"] < DAYS[2]]
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for interval in ("1m", "1d"):
+            served = engine.ohlcv("BHP", "asx", interval, D1, DAYS[2])
+            assert served.sources == ("precomputed",)
+            assert served.table.to_pylist() == oracle.bars(bhp, interval)
+        late = late_trade(DAYS[0])
+        append(settings, [late])
+        stale = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2])
+        assert stale.sources == ("precomputed", "iceberg")
+        assert stale.table.to_pylist() == oracle.bars([*bhp, late], "1m")
