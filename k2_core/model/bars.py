@@ -29,6 +29,7 @@ from typing import Literal, get_args
 import duckdb
 import pyarrow as pa
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 from k2_core import duck
 from k2_core.model.days import day_filter, day_key
@@ -172,13 +173,22 @@ class DaySource:
 def day_source(bars: Table, day: date) -> DaySource | None:
     """What the newest build of `day` in this bar table read, or None if the day was never built."""
     key = day_key(day)
+
+    def built(snapshot: Snapshot) -> DaySource | None:
+        props = snapshot.summary.additional_properties if snapshot.summary else {}
+        if props.get(DAY_PROPERTY) == key and SOURCE_SNAPSHOT_PROPERTY in props:
+            return DaySource(int(props[SOURCE_SNAPSHOT_PROPERTY]), props.get(SOURCE_FILES_PROPERTY))
+        return None
+
     snapshot_id = bars.metadata.current_snapshot_id
     while snapshot_id is not None:
         snapshot = bars.metadata.snapshot_by_id(snapshot_id)
         if snapshot is None:
-            return None
-        props = snapshot.summary.additional_properties if snapshot.summary else {}
-        if props.get(DAY_PROPERTY) == key and SOURCE_SNAPSHOT_PROPERTY in props:
-            return DaySource(int(props[SOURCE_SNAPSHOT_PROPERTY]), props.get(SOURCE_FILES_PROPERTY))
+            break
+        if (source := built(snapshot)) is not None:
+            return source
         snapshot_id = snapshot.parent_snapshot_id
-    return None
+    # Not in the chain expiry left (it cuts the chain, clearing the parent of what it keeps), but expiry keeps each
+    # day's newest build (k2_core.upkeep.expiry.day_builds): bar tables have one line of history, so it is that.
+    kept = [s for s in bars.metadata.snapshots if built(s) is not None]
+    return built(max(kept, key=lambda s: s.sequence_number or 0)) if kept else None

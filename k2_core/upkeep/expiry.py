@@ -21,11 +21,13 @@ from pyarrow import fs as pafs
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 from k2_core.exceptions import MaintenanceError
 from k2_core.lake.offsets import CLUSTER_PROPERTY, OFFSETS_PROPERTY, decode_offsets
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
+from k2_core.model.bars import DAY_PROPERTY
 from k2_core.settings import ORPHAN_MIN_AGE_FLOOR_HOURS
 
 log = get_logger(__name__)
@@ -75,11 +77,23 @@ def offsets_chain(table: Table) -> set[int]:
     return set(chain[:horizon])
 
 
+def day_builds(table: Table) -> set[int]:
+    """The newest snapshot of each day a bar table rebuilt: what a query reads to know what the day's bars were
+    built from (k2_core.model.bars.day_source), kept however old, one per day. Empty for any other table."""
+    newest: dict[str, Snapshot] = {}
+    for snapshot in sorted(table.metadata.snapshots, key=lambda s: s.sequence_number or 0):
+        day = snapshot.summary.additional_properties.get(DAY_PROPERTY) if snapshot.summary else None
+        if day is not None:
+            newest[day] = snapshot  # a later build of the day replaces it
+    return {s.snapshot_id for s in newest.values()}
+
+
 def plan_expiry(table: Table, now: datetime, retention: timedelta, keep_last: int) -> tuple[list[int], int]:
     """Snapshot ids to expire, and how many were kept only for the offsets chain."""
     snapshots = sorted(table.metadata.snapshots, key=lambda s: (s.timestamp_ms, s.sequence_number or 0))
     newest = {s.snapshot_id for s in snapshots[-keep_last:]} if keep_last else set()
-    heads = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    # branch and tag heads, and the bar tables' newest build of each day
+    heads = {ref.snapshot_id for ref in table.metadata.refs.values()} | day_builds(table)
     chain = offsets_chain(table)
     cutoff_ms = int((now - retention).timestamp() * 1000)
     old = [s.snapshot_id for s in snapshots if s.timestamp_ms < cutoff_ms]

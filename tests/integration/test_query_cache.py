@@ -21,6 +21,7 @@ from k2_core.read.engine import QueryEngine
 from k2_core.read.params import AsOf
 from k2_core.settings import Settings
 from k2_core.upkeep.compaction import compact_day
+from k2_core.upkeep.expiry import expire_snapshots
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, rebuild_daily_bars, rebuild_minute_bars
 from k2_core.upkeep.retention import RetentionPolicy, apply_retention
 from tests.support import factories
@@ -346,3 +347,27 @@ def test_a_closed_days_bars_stay_fresh_after_retention_expired_their_source(sett
         stale = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2])
         assert stale.sources == ("precomputed", "iceberg")
         assert stale.table.to_pylist() == oracle.bars([*bhp, late], "1m")
+
+
+def test_snapshot_expiry_keeps_each_days_newest_build_of_the_bar_tables(settings: Settings) -> None:
+    """The daily maintenance expiry removes every bar-table snapshot past the retention: a day not rebuilt since
+    then lost what its bars were built from, and was computed from trades for ever after. Each day's newest build
+    is kept, and found across the chain expiry cut."""
+    _build(settings, DAYS[:2])
+    _build(settings, DAYS[1:2] * 6)  # day two rebuilt again and again (today, in a live system)
+    catalog = open_catalog(settings)
+    try:
+        for table_def in OHLCV_TABLES.values():
+            bars = catalog.load_table((settings.catalog.namespace, table_def.name))
+            later = datetime.now(UTC) + timedelta(minutes=1)
+            expire_snapshots(bars, later, retention=timedelta(0), keep_last=1, retries=2, backoff_seconds=0.01)
+            bars.refresh()
+            assert len(bars.metadata.snapshots) == 2  # day one's build, and day two's newest (the current one)
+    finally:
+        catalog.close()
+    bhp = [r for r in TRADE_ROWS if r["symbol"] == "BHP" and r["exchange_timestamp"] < DAYS[2]]
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for interval in ("1m", "1d"):
+            served = engine.ohlcv("BHP", "asx", interval, D1, DAYS[2])
+            assert served.sources == ("precomputed",)
+            assert served.table.to_pylist() == oracle.bars(bhp, interval)
