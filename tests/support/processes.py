@@ -158,9 +158,12 @@ class Platform:
             return None
 
     def process(self, name: str) -> dict[str, Any]:
+        """The supervisor's view of process `name`; not up while `k2 run` has not started it yet (its /health
+        answers from the start and lists each process once started, so a wait must not fail on its absence)."""
         health = self.health()
         assert health is not None, "the supervisor does not answer"
-        return dict(health["processes"][name])
+        not_started = {"pid": None, "up": False, "uptime_seconds": 0.0, "started_at": None, "restarts": 0}
+        return dict(health["processes"].get(name, {**not_started, "last_exit_code": None}))
 
     def api_up(self) -> bool:
         import httpx
