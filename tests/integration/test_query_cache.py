@@ -336,12 +336,8 @@ def test_a_closed_days_bars_stay_fresh_after_retention_expired_their_source(sett
         assert trades.snapshot_by_id(source) is None  # the builds' source has expired
     finally:
         catalog.close()
-    bhp = [r for r in TRADE_ROWS if r["symbol"] == "BHP" and r["exchange_timestamp"] < DAYS[2]]
+    bhp = _first_two_days_served_precomputed(settings)
     with QueryEngine.from_settings(settings, cache=False) as engine:
-        for interval in ("1m", "1d"):
-            served = engine.ohlcv("BHP", "asx", interval, D1, DAYS[2])
-            assert served.sources == ("precomputed",)
-            assert served.table.to_pylist() == oracle.bars(bhp, interval)
         late = late_trade(DAYS[0])
         append(settings, [late])
         stale = engine.ohlcv("BHP", "asx", "1m", D1, DAYS[2])
@@ -365,9 +361,16 @@ def test_snapshot_expiry_keeps_each_days_newest_build_of_the_bar_tables(settings
             assert len(bars.metadata.snapshots) == 2  # day one's build, and day two's newest (the current one)
     finally:
         catalog.close()
+    _first_two_days_served_precomputed(settings)
+
+
+def _first_two_days_served_precomputed(settings: Settings) -> list[dict[str, Any]]:
+    """BHP's bars of the first two days, at both intervals, come from the bar tables and equal the oracle's; returns
+    the trades they were computed from."""
     bhp = [r for r in TRADE_ROWS if r["symbol"] == "BHP" and r["exchange_timestamp"] < DAYS[2]]
     with QueryEngine.from_settings(settings, cache=False) as engine:
         for interval in ("1m", "1d"):
             served = engine.ohlcv("BHP", "asx", interval, D1, DAYS[2])
             assert served.sources == ("precomputed",)
             assert served.table.to_pylist() == oracle.bars(bhp, interval)
+    return bhp
