@@ -33,7 +33,7 @@ from k2_core.exceptions import K2Error
 from k2_core.lake.retry import commit_with_retries
 from k2_core.logging import get_logger
 from k2_core.settings import Settings
-from k2_core.upkeep.expiry import expire_snapshots
+from k2_core.upkeep.expiry import expire_snapshots, plan_expiry
 
 log = get_logger(__name__)
 
@@ -46,6 +46,11 @@ class RetentionPolicy:
     keep_last: int = 20
     hourly_hours: float = 6.0
     daily_hours: float = 7 * 24.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetentionPolicy:
+        """The policy of every writer that thins its own commits."""
+        return cls(keep_last=settings.ingest.keep_snapshots, daily_hours=settings.maintenance.snapshot_retention_hours)
 
 
 @dataclass(frozen=True)
@@ -142,29 +147,46 @@ class RetentionCadence(Generic[K]):
     def of(cls, tables: Mapping[K, Table], settings: Settings, enabled: bool = True) -> RetentionCadence[K]:
         """The cadence and policy the settings give every writer that thins its own commits (`enabled=False`: one
         that leaves it to another process)."""
-        ing, days = settings.ingest, settings.maintenance.snapshot_retention_hours
-        policy = RetentionPolicy(keep_last=ing.keep_snapshots, daily_hours=days)
-        return cls(tables, ing.retention_every_commits if enabled else 0, policy)
+        every = settings.ingest.retention_every_commits if enabled else 0
+        return cls(tables, every, RetentionPolicy.of(settings))
 
     def appended(self, kinds: Iterable[K]) -> None:
         if not self.every:
             return
         for kind in kinds:
             self._appends[kind] += 1
-            if self._appends[kind] % self.every:
-                continue
-            started = time.perf_counter()
-            try:
-                result = apply_retention(self.tables[kind], datetime.now(UTC), self.policy)
-            except K2Error as exc:
-                log.warning("snapshot retention failed; retried later", extra={"table": kind, "error": str(exc)})
-                continue
-            log.info(
-                "snapshot retention applied",
-                extra={
-                    "table": kind,
-                    "expired": result.expired,
-                    "retained": result.retained,
-                    "seconds": round(time.perf_counter() - started, 3),
-                },
-            )
+            if not self._appends[kind] % self.every:
+                thin(self.tables[kind], self.policy, kind)
+
+
+def thin(table: Table, policy: RetentionPolicy, name: str) -> RetentionResult | None:
+    """`apply_retention`, best effort and logged, for a writer whose own commit is already done."""
+    started = time.perf_counter()
+    try:
+        result = apply_retention(table, datetime.now(UTC), policy)
+    except K2Error as exc:
+        log.warning("snapshot retention failed; retried later", extra={"table": name, "error": str(exc)})
+        return None
+    log.info(
+        "snapshot retention applied",
+        extra={
+            "table": name,
+            "expired": result.expired,
+            "retained": result.retained,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    return result
+
+
+def thin_when_due(table: Table, settings: Settings) -> RetentionResult | None:
+    """For a writer that keeps no count of its commits (each Dagster run builds once): thin `table` once at least
+    `K2_INGEST_RETENTION_EVERY_COMMITS` of its snapshots could go, so it holds no more than under a cadence."""
+    every = settings.ingest.retention_every_commits
+    if not every:
+        return None
+    policy = RetentionPolicy.of(settings)
+    expirable, _ = plan_expiry(table, datetime.now(UTC), timedelta(0), policy.keep_last)
+    if len(expirable) < every:
+        return None
+    return thin(table, policy, ".".join(table.name()))

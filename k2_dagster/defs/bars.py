@@ -24,6 +24,7 @@ from k2_core.lake.lineage import changes_since
 from k2_core.model.days import day_key, parse_day
 from k2_core.settings import MaintenanceSettings
 from k2_core.upkeep.ohlcv import OHLCV_TABLES, BarsBuild, rebuild_day
+from k2_core.upkeep.retention import thin_when_due
 from k2_dagster.defs.market import DAILY, EXECUTOR, JOB_TAG, in_partitions, running_sensor, sensor_cursor, trades
 from k2_dagster.defs.resources import IcebergResource
 
@@ -66,16 +67,17 @@ def _bars_result(asset_key: str, build: BarsBuild) -> MaterializeResult:
     ],
 )
 def ohlcv_bars(context: AssetExecutionContext, iceberg: IcebergResource) -> Iterator[MaterializeResult]:
-    """Both bar tables of a day from one read of one trades snapshot (k2_core.upkeep.ohlcv.rebuild_day)."""
+    """Both bar tables of a day from one read of one trades snapshot (k2_core.upkeep.ohlcv.rebuild_day). The
+    sensor rebuilds today every few minutes: the bar tables are thinned as the ingesters thin theirs, each day's
+    newest build kept, so their commits do not slow down with age."""
     m = iceberg.settings.maintenance
+    bars_1m, bars_1d = iceberg.table(OHLCV_TABLES["1m"]), iceberg.table(OHLCV_TABLES["1d"])
+    day = parse_day(context.partition_key)
     minute, daily = rebuild_day(
-        iceberg.market("trades"),
-        iceberg.table(OHLCV_TABLES["1m"]),
-        iceberg.table(OHLCV_TABLES["1d"]),
-        parse_day(context.partition_key),
-        retries=m.commit_retries,
-        backoff=m.retry_backoff_seconds,
+        iceberg.market("trades"), bars_1m, bars_1d, day, retries=m.commit_retries, backoff=m.retry_backoff_seconds
     )
+    for table in (bars_1m, bars_1d):
+        thin_when_due(table, iceberg.settings)
     yield _bars_result("ohlcv_1m", minute)
     yield _bars_result("ohlcv_1d", daily)
 

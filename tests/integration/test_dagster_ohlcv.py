@@ -14,10 +14,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from k2_core.model.bars import SOURCE_SNAPSHOT_PROPERTY
+from k2_core.model.bars import SOURCE_SNAPSHOT_PROPERTY, day_source
 from k2_core.model.days import day_filter
+from k2_core.read.engine import QueryEngine
 from k2_core.settings import Settings
 from k2_dagster.defs.bars import ohlcv_bars, ohlcv_sensor
+from tests.support import query_oracle as oracle
 from tests.support.definitions import DAGSTER_OWNERS_BETA, definitions, k2_resources
 from tests.support.factories import at, trade
 from tests.support.lake import Lake, open_lake
@@ -126,6 +128,42 @@ def test_ohlcv_assets_equal_pandas_reference_and_rebuild_idempotently(
         summary = lake.table(name).current_snapshot().summary  # type: ignore[union-attr]
         assert summary.additional_properties[SOURCE_SNAPSHOT_PROPERTY] == str(trades_snapshot)
         assert summary.operation.value == "overwrite"
+
+
+@pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)
+def test_the_bar_tables_are_thinned_as_they_are_rebuilt_and_every_days_build_still_serves(
+    make_settings: Callable[..., Settings], instance: dg.DagsterInstance
+) -> None:
+    """The sensor rebuilds today every two minutes: each bar table took ~720 snapshots a day, thinned only by the
+    daily 7-day expiry (~5,000 held, every commit copying them all). The asset thins them as the ingesters thin
+    theirs; a day built once, long before, keeps its build and is still served from the bar tables."""
+    settings = make_settings()
+    settings.query.tail_enabled = False
+    settings.ingest.keep_snapshots = 2
+    settings.ingest.retention_every_commits = 3
+    lake = open_lake(settings)
+    rng = random.Random(20261127)
+    seqs: dict[tuple[str, str], int] = {}
+    trades = random_trades(rng, D1, 120, seqs) + random_trades(rng, D2, 120, seqs)
+    lake.append("trades", trades)
+    resources = k2_resources(settings)
+    builds = 16
+    for day in [D1] + [D2] * (builds - 1):  # D1 once, then D2 again and again, as today is in a live system
+        result = dg.materialize([ohlcv_bars], partition_key=day.isoformat(), resources=resources, instance=instance)
+        assert result.success
+
+    for name in ("ohlcv_1m", "ohlcv_1d"):
+        table = lake.table(name)
+        # newest 2, fewer than 3 expirable since the last thinning, this hour's and day's checkpoint tags, D1's build
+        assert len(table.metadata.snapshots) <= 2 + 2 + 2 + 1 < builds
+        assert day_source(table, D1) is not None
+        assert day_source(table, D2) is not None
+    bhp = [t for t in trades if (t["symbol"], t["exchange"]) == ("BHP", "asx")]
+    with QueryEngine.from_settings(settings, cache=False) as engine:
+        for interval in ("1m", "1d"):
+            served = engine.ohlcv("BHP", "asx", interval, D1.isoformat(), (D2 + timedelta(days=1)).isoformat())
+            assert served.sources == ("precomputed",)
+            assert served.table.to_pylist() == oracle.bars(bhp, interval)
 
 
 @pytest.mark.filterwarnings(DAGSTER_OWNERS_BETA)
