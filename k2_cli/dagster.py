@@ -1,7 +1,7 @@
-"""`k2 dagster webserver|daemon|liveness-check`: one Dagster process on K2's instance configuration, as the compose
-services run them. Each writes `$DAGSTER_HOME/dagster.yaml` from the settings (k2_dagster.launcher), then becomes
-the Dagster process itself (exec), so signals reach Dagster directly. `k2 run` starts the webserver and the daemon
-the same way."""
+"""`k2 dagster code-server|webserver|daemon|liveness-check`: one Dagster process on K2's instance configuration,
+as the compose services run them. Each writes `$DAGSTER_HOME/dagster.yaml` from the settings (k2_dagster.launcher),
+then becomes the Dagster process itself (exec), so signals reach Dagster directly. `k2 run` starts the code server,
+the webserver and the daemon the same way."""
 
 from __future__ import annotations
 
@@ -19,13 +19,23 @@ app = typer.Typer(
 )
 
 
-def _exec(role: Role) -> None:
+def _exec(role: Role, bind: str | None = None) -> None:
     from k2_core.settings import Settings
     from k2_dagster.launcher import dagster_process
 
-    proc = dagster_process(Settings(), os.environ, role)
+    proc = dagster_process(Settings(), os.environ, role, bind)
     os.chdir(proc.cwd)
     os.execve(proc.argv[0], proc.argv, proc.env)  # noqa: S606 - argv is the launcher's, no user input
+
+
+@app.command("code-server")
+def code_server(
+    host: str | None = typer.Option(
+        None, help="Listen here instead of K2_MAINTENANCE_DAGSTER_CODE_HOST (a container's 0.0.0.0)."
+    ),
+) -> None:
+    """Serve K2's Dagster definitions to the webserver and the daemon on K2_MAINTENANCE_DAGSTER_CODE_HOST:PORT."""
+    _exec("code-server", host)
 
 
 @app.command()

@@ -45,6 +45,8 @@ log = get_logger(__name__)
 EXCHANGES = ("asx", "nyse", "binance")
 BROKER = "broker"
 COMMITTER = "committer"
+CODE_SERVER = "dagster-code-server"
+CODE_SERVER_START_SECONDS = 60.0  # importing K2's definitions takes seconds, more on a busy machine
 BROKER_LOST_GRACE_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
 
@@ -100,9 +102,12 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
-    """Run in the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL (Linux prctl)."""
+    """Run in the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL (Linux prctl). SIGINT back
+    to its default: `k2 run` started in the background (`&`, nohup) inherits it ignored, and Dagster's processes
+    handle SIGTERM as SIGINT, so they would ignore the stop and be killed at its deadline, runs and all."""
 
     def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:  # the supervisor died before prctl took effect
             os._exit(1)
@@ -205,7 +210,24 @@ class Supervisor:
         return Child(name, lambda: self._popen(name, argv, self._env()), needs_broker=needs_broker)
 
     def _dagster(self, p: DagsterProcess) -> Child:
-        return Child(p.name, lambda: self._popen(p.name, p.argv, p.env, p.cwd))
+        if p.name != CODE_SERVER:
+            return Child(p.name, lambda: self._popen(p.name, p.argv, p.env, p.cwd))
+        m = self.settings.maintenance
+
+        def start() -> subprocess.Popen[bytes]:
+            """The webserver and the daemon start after it answers (a daemon that finds no code logs an error and
+            waits a minute for its next look); one that cannot load the code is restarted like any process."""
+            proc = self._popen(p.name, p.argv, p.env, p.cwd)
+            deadline = time.monotonic() + CODE_SERVER_START_SECONDS
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    wait_for_port(m.dagster_code_host, m.dagster_code_port, timeout=1)
+                    break
+                except K2Error:
+                    continue
+            return proc
+
+        return Child(p.name, start)
 
     def _broker(self) -> subprocess.Popen[bytes]:
         argv = tansu_argv(self.broker_host, self.broker_port, self.settings.kafka.broker_binary)
@@ -248,6 +270,8 @@ class Supervisor:
             ports["k2 run status"] = (s.api.host, s.supervisor.port)
         if self.dagster:
             ports["dagster"] = (s.maintenance.dagster_host, s.maintenance.dagster_port)
+            if s.maintenance.dagster_code_port:
+                ports["dagster code server"] = (s.maintenance.dagster_code_host, s.maintenance.dagster_code_port)
         return ports
 
     # ---- start -----------------------------------------------------------------------------------------------
@@ -477,7 +501,7 @@ class Supervisor:
             [n for n in self.children if n.startswith("simulator")] + ["dagster-daemon"],
             ["ingester", "book-ingester"],
             [COMMITTER],  # after the ingesters: it answers their last hand-ins
-            ["api", "dagster-webserver"],
+            ["api", "dagster-webserver", CODE_SERVER],  # the code server's runs finish within the stop's wait
             [BROKER],
         ]
         return [[self.children[n] for n in tier if n in self.children] for tier in tiers]

@@ -317,6 +317,11 @@ class MaintenanceSettings(BaseModel):
     market_hours: dict[str, MarketHours] = Field(default_factory=_default_market_hours)
     dagster_host: str = "127.0.0.1"
     dagster_port: int = Field(default=3000, ge=1, le=65535)
+    # The Dagster code server the webserver and the daemon share (`k2 dagster code-server`): K2's definitions loaded
+    # once, in one process. 0: each loads them itself from workspace.yaml (the daemon then starts a new process that
+    # imports them every minute).
+    dagster_code_host: str = "127.0.0.1"
+    dagster_code_port: int = Field(default=4000, ge=0, le=65535)
     # When the upkeep runs: the schedules' UTC crons and how often each sensor looks. Read when Dagster loads the
     # code location; the platform soak test compresses them to minutes and seconds.
     gap_sweep_cron: str = Field(default="15 1 * * *", pattern=CRON)

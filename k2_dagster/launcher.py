@@ -1,7 +1,13 @@
-"""How K2 starts Dagster: the webserver (UI on `settings.maintenance.dagster_host:port`, 127.0.0.1:3000 by default)
-and the daemon (sensors, schedules, run queue), both loading `workspace.yaml`, with `DAGSTER_HOME` under
-`settings.home / "dagster"`. `k2 run` starts both (`dagster_processes`); the compose services run one each with
-`k2 dagster webserver` and `k2 dagster daemon` (`dagster_process`).
+"""How K2 starts Dagster: a code server (K2's definitions, the code location of `workspace.yaml`, loaded once on
+`settings.maintenance.dagster_code_host:port`, 127.0.0.1:4000 by default), the webserver (UI on
+`dagster_host:port`, 127.0.0.1:3000) and the daemon (sensors, schedules, run queue), both reading the code from
+that server, with `DAGSTER_HOME` under `settings.home / "dagster"`. `k2 run` starts all three
+(`dagster_processes`); the compose services run one each with `k2 dagster code-server|webserver|daemon`
+(`dagster_process`).
+
+Without the shared code server (`K2_MAINTENANCE_DAGSTER_CODE_PORT=0`) the webserver and the daemon each load
+`workspace.yaml` themselves, and the daemon replaces its code process every minute (Dagster's workspace refresh):
+a new process importing all of K2 each time, and a warning in its log each time.
 
 The instance configuration, `$DAGSTER_HOME/dagster.yaml`, is written here from the settings and nowhere else. Runs,
 event logs and schedule state live in PostgreSQL when `K2_MAINTENANCE_DAGSTER_POSTGRES_URL` is set (compose), in
@@ -31,7 +37,7 @@ WORKSPACE = REPO_ROOT / "workspace.yaml"
 # The environment variable the launcher hands the storage URL over in; set by the launcher, not a setting.
 POSTGRES_URL_ENV = "DAGSTER_POSTGRES_URL"
 
-Role = Literal["webserver", "daemon", "liveness-check"]
+Role = Literal["code-server", "webserver", "daemon", "liveness-check"]
 
 # Instance configuration shared by both storages: no telemetry, bounded concurrency per kind of K2 job (the
 # `k2/job` tag), and sensor/schedule tick history pruned (the sensors tick every 30 s to 10 min).
@@ -91,13 +97,37 @@ def prepare_home(settings: Settings) -> Path:
     processes starting together (compose's webserver and daemon share the directory) never read half of it."""
     home = dagster_home(settings)
     home.mkdir(parents=True, exist_ok=True)
-    text = HEADER + yaml.safe_dump(instance_config(settings), sort_keys=False)
-    config = home / "dagster.yaml"
-    if not config.exists() or config.read_text() != text:
-        with tempfile.NamedTemporaryFile("w", dir=home, prefix=".dagster.yaml.", delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, config)
+    _write_if_changed(home / "dagster.yaml", HEADER + yaml.safe_dump(instance_config(settings), sort_keys=False))
     return home
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, path)
+
+
+def code_location() -> dict[str, str]:
+    """The code location `workspace.yaml` names (module, attribute, location name): the code server serves it."""
+    (entry,) = yaml.safe_load(WORKSPACE.read_text())["load_from"]
+    return dict(entry["python_module"])
+
+
+def workspace(settings: Settings) -> Path:
+    """The workspace the webserver and the daemon load: the shared code server's address (written under
+    DAGSTER_HOME from the settings), or `workspace.yaml` itself when there is no code server."""
+    m = settings.maintenance
+    if not m.dagster_code_port:
+        return WORKSPACE
+    location = {
+        "host": m.dagster_code_host,
+        "port": m.dagster_code_port,
+        "location_name": code_location()["location_name"],
+    }
+    path = dagster_home(settings) / "workspace.yaml"
+    _write_if_changed(path, HEADER + yaml.safe_dump({"load_from": [{"grpc_server": location}]}, sort_keys=False))
+    return path
 
 
 def webserver_url(settings: Settings) -> str:
@@ -105,29 +135,38 @@ def webserver_url(settings: Settings) -> str:
     return f"http://{m.dagster_host}:{m.dagster_port}"
 
 
-def _argv(settings: Settings, role: Role) -> list[str]:
+def _argv(settings: Settings, role: Role, bind: str | None) -> list[str]:
     m = settings.maintenance
-    workspace = ["-w", str(WORKSPACE)]
+    if role == "code-server":
+        code = code_location()
+        return [
+            *(sys.executable, "-m", "dagster", "code-server", "start"),
+            *("-m", code["module_name"], "-a", code["attribute"], "--location-name", code["location_name"]),
+            *("-d", str(REPO_ROOT), "-h", bind or m.dagster_code_host, "-p", str(m.dagster_code_port)),
+            "--use-python-environment-entry-point",  # runs start with this venv's Python, not a `dagster` on PATH
+        ]
+    if role == "liveness-check":
+        return [sys.executable, "-m", "dagster._daemon", "liveness-check"]
+    loads = ["-w", str(workspace(settings))]
     if role == "webserver":
-        return [sys.executable, "-m", "dagster_webserver", "-h", m.dagster_host, "-p", str(m.dagster_port), *workspace]
-    if role == "daemon":
-        return [sys.executable, "-m", "dagster._daemon", "run", *workspace]
-    return [sys.executable, "-m", "dagster._daemon", "liveness-check"]
+        return [sys.executable, "-m", "dagster_webserver", "-h", m.dagster_host, "-p", str(m.dagster_port), *loads]
+    return [sys.executable, "-m", "dagster._daemon", "run", *loads]
 
 
-def dagster_process(settings: Settings, env: Mapping[str, str], role: Role) -> DagsterProcess:
+def dagster_process(settings: Settings, env: Mapping[str, str], role: Role, bind: str | None = None) -> DagsterProcess:
     """One Dagster process on K2's instance. `env` is the environment the other K2 processes get (it must carry the
-    same `K2_*` settings); `DAGSTER_HOME`, `K2_HOME` and the storage URL are added."""
+    same `K2_*` settings); `DAGSTER_HOME`, `K2_HOME` and the storage URL are added. `bind`: the address the code
+    server listens on, when it is not the one the others reach it at (a container's 0.0.0.0)."""
     home = prepare_home(settings)
     child_env = {**env, "DAGSTER_HOME": str(home)}
     child_env.setdefault("K2_HOME", str(settings.home))
     child_env.pop(POSTGRES_URL_ENV, None)
     if (url := storage_url(settings)) is not None:
         child_env[POSTGRES_URL_ENV] = url
-    name = "dagster-webserver" if role == "webserver" else f"dagster-{role}"
-    return DagsterProcess(name, _argv(settings, role), child_env, REPO_ROOT)
+    return DagsterProcess(f"dagster-{role}", _argv(settings, role, bind), child_env, REPO_ROOT)
 
 
 def dagster_processes(settings: Settings, env: Mapping[str, str]) -> list[DagsterProcess]:
-    """The webserver and the daemon, in start order."""
-    return [dagster_process(settings, env, "webserver"), dagster_process(settings, env, "daemon")]
+    """The code server (unless turned off), the webserver and the daemon, in start order."""
+    roles: list[Role] = ["code-server"] if settings.maintenance.dagster_code_port else []
+    return [dagster_process(settings, env, role) for role in [*roles, "webserver", "daemon"]]

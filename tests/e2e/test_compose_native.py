@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,7 @@ class Native:
         self.ports = {"K2_API_PORT": free_port(), "K2_INGEST_METRICS_PORT": free_port()}
         self.ports["K2_INGEST_BOOK_METRICS_PORT"] = free_port()
         self.ports["K2_MAINTENANCE_DAGSTER_PORT"] = free_port()
+        self.ports["K2_MAINTENANCE_DAGSTER_CODE_PORT"] = free_port()
 
     def postgres_url(self, value: str) -> str:
         url = urlsplit(value)
@@ -106,6 +108,10 @@ class Native:
         env["K2_S3_ENDPOINT"] = swap(env["K2_S3_ENDPOINT"], "http://minio:9000", self.s3)
         env["K2_KAFKA_SCHEMA_REGISTRY_URL"] = ""  # no Schema Registry here: the file registry
         env["K2_HOME"] = str(self.home)
+        if "K2_MAINTENANCE_DAGSTER_CODE_HOST" in env:
+            env["K2_MAINTENANCE_DAGSTER_CODE_HOST"] = swap(
+                env["K2_MAINTENANCE_DAGSTER_CODE_HOST"], "dagster-code-server", "127.0.0.1"
+            )
         env.update({name: str(port) for name, port in self.ports.items() if name in env})
         changed = {name for name in env if env[name] != compose_env[name]}
         assert changed <= {
@@ -115,6 +121,7 @@ class Native:
             "K2_CATALOG_URI",
             "K2_S3_ENDPOINT",
             "K2_MAINTENANCE_DAGSTER_POSTGRES_URL",
+            "K2_MAINTENANCE_DAGSTER_CODE_HOST",
             *self.ports,
         }, changed
         return env
@@ -176,6 +183,12 @@ def container_env(compose_env: dict[str, str], home: Path) -> dict[str, str]:
 def k2_command(argv: list[str]) -> list[str]:
     assert argv[0] == "k2", argv
     return [str(Path(sys.executable).parent / "k2"), *argv[1:]]
+
+
+def listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
 
 
 def answers(url: str, **kwargs: Any) -> Callable[[], bool]:
@@ -286,7 +299,9 @@ def test_the_compose_configuration_runs_natively(
         role, databases = postgres
         native = Native(broker, s3.endpoint, databases, role, tmp_path / "k2home")
         envs = {name: native.env(compose_environment(name, variables)) for name in k2_services()}
-        assert set(envs) == {"ingester", "book-ingester", "api", "dagster-webserver", "dagster-daemon"}
+        assert set(envs) == {
+            *("ingester", "book-ingester", "api", "dagster-code-server", "dagster-webserver", "dagster-daemon")
+        }
         processes = Processes(tmp_path / "logs")
         stack = Stack(processes, envs, s3, bucket, k2_user, tmp_path)
         try:
@@ -337,7 +352,10 @@ class Stack:
         }
         argv = prometheus_argv(self.tmp_path, targets, self.prometheus_port)
         self.processes.start("prometheus", argv, {"PATH": "/usr/bin:/bin"})
+        code_port = int(self.envs["dagster-code-server"]["K2_MAINTENANCE_DAGSTER_CODE_PORT"])
         for name, env in self.envs.items():
+            if name in ("dagster-webserver", "dagster-daemon"):  # `depends_on` the code server, healthy
+                self.processes.wait_for("dagster-code-server", lambda: listening(code_port))
             self.processes.start(name, k2_command(services()[name]["command"]), container_env(env, self.home))
 
     def one_off(self, service: str, argv: list[str]) -> str:

@@ -75,6 +75,7 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
         K2_MAINTENANCE_DAGSTER_PORT=str(dagster_port),
+        K2_MAINTENANCE_DAGSTER_CODE_PORT=str(free_port()),
         K2_SUPERVISOR_PORT=str(free_port()),  # a K2 of the machine's own may hold the default
     )
     api = f"http://127.0.0.1:{api_port}"
@@ -87,10 +88,11 @@ def test_k2_run_serves_trades_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         assert httpx.get(f"{api}/v1/instruments", timeout=10).json()["count"] == shipped
         wait_for(lambda: _serves(f"http://127.0.0.1:{dagster_port}/server_info"), timeout=120)
         # Dagster's own children too (its code servers): every one carries K2_HOME.
-        wait_for(lambda: len(k2_processes(home)) > 9)
+        wait_for(lambda: len(k2_processes(home)) > 10)
     finally:
         children = _stop(run)
-    assert len(children) == 9  # broker, ingester, book ingester, api, three simulators, Dagster webserver and daemon
+    # broker, ingester, book ingester, api, three simulators, Dagster's code server, webserver and daemon
+    assert len(children) == 10
     wait_for(lambda: not k2_processes(home), timeout=15)
     assert (home / "catalog.db").exists()
 
@@ -130,6 +132,7 @@ def test_k2_run_refuses_to_start_on_a_bad_reference_file(tmp_path: Path) -> None
         K2_INGEST_METRICS_PORT=str(free_port()),
         K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_MAINTENANCE_DAGSTER_PORT=str(free_port()),
+        K2_MAINTENANCE_DAGSTER_CODE_PORT=str(free_port()),
         K2_SUPERVISOR_PORT=str(free_port()),
     )
     done = subprocess.run(

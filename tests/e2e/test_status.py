@@ -58,6 +58,7 @@ def _env(home: Path) -> dict[str, str]:
         K2_INGEST_BOOK_METRICS_PORT=str(free_port()),
         K2_SUPERVISOR_PORT=str(free_port()),
         K2_MAINTENANCE_DAGSTER_PORT=str(free_port()),
+        K2_MAINTENANCE_DAGSTER_CODE_PORT=str(free_port()),
         K2_KAFKA_MAX_PARTITIONS="2",
         # A killed process stays down for the rest of the test: `k2 status` must see it down, not restarted.
         K2_SUPERVISOR_RESTART_BACKOFF_SECONDS="600",

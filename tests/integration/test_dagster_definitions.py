@@ -105,22 +105,38 @@ def test_workspace_yaml_loads_the_code_location(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_launcher_builds_webserver_and_daemon(make_settings: Callable[..., Settings]) -> None:
+def test_launcher_builds_a_code_server_the_webserver_and_daemon_share(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     procs = dagster_processes(settings, {"K2_CATALOG_URI": "x", "PATH": "/usr/bin"})
-    assert [p.name for p in procs] == ["dagster-webserver", "dagster-daemon"]
-    web, daemon = procs
+    assert [p.name for p in procs] == ["dagster-code-server", "dagster-webserver", "dagster-daemon"]
+    code, web, daemon = procs
+    assert code.argv[:5] == [sys.executable, "-m", "dagster", "code-server", "start"]
+    assert code.argv[code.argv.index("-h") + 1] == "127.0.0.1"
+    assert code.argv[code.argv.index("-p") + 1] == "4000"
+    # the code location workspace.yaml names, so `dagster dev -w workspace.yaml` shows the same one
+    (entry,) = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())["load_from"]
+    options = code.argv[5:]
+    for flag, key in (("-m", "module_name"), ("-a", "attribute"), ("--location-name", "location_name")):
+        assert options[options.index(flag) + 1] == entry["python_module"][key]
     assert web.argv[:3] == [sys.executable, "-m", "dagster_webserver"]
     assert web.argv[web.argv.index("-h") + 1] == "127.0.0.1"
     assert web.argv[web.argv.index("-p") + 1] == "3000"
     assert daemon.argv[:4] == [sys.executable, "-m", "dagster._daemon", "run"]
+    for p in (web, daemon):
+        workspace = yaml.safe_load(Path(p.argv[p.argv.index("-w") + 1]).read_text())
+        assert workspace == {"load_from": [{"grpc_server": {"host": "127.0.0.1", "port": 4000, "location_name": "k2"}}]}
     for p in procs:
         assert p.env["DAGSTER_HOME"] == str(settings.home / "dagster")
         assert p.env["K2_CATALOG_URI"] == "x"  # the caller's K2_* settings pass through
-        assert p.argv[p.argv.index("-w") + 1] == str(REPO_ROOT / "workspace.yaml")
     config = yaml.safe_load((settings.home / "dagster" / "dagster.yaml").read_text())
     assert config["telemetry"] == {"enabled": False}
     assert "storage" not in config  # the embedded default: SQLite under DAGSTER_HOME
+
+    settings.maintenance.dagster_code_port = 0  # no code server: each loads workspace.yaml itself
+    procs = dagster_processes(settings, {})
+    assert [p.name for p in procs] == ["dagster-webserver", "dagster-daemon"]
+    for p in procs:
+        assert p.argv[p.argv.index("-w") + 1] == str(REPO_ROOT / "workspace.yaml")
 
 
 def test_launcher_puts_dagster_storage_in_postgresql_when_configured(make_settings: Callable[..., Settings]) -> None:

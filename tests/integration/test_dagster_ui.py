@@ -27,19 +27,24 @@ ASSETS = ("trades", "quotes", "ohlcv_1m", "ohlcv_1d", "sequence_gaps")
 
 @pytest.fixture
 def webserver(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator[str]:
+    """The webserver as `k2 run` starts it: reading K2's definitions from the code server beside it."""
     settings = make_settings()
     settings.maintenance.dagster_port = free_port()
+    settings.maintenance.dagster_code_port = free_port()
     env = {**os.environ, "K2_HOME": str(settings.home), "K2_CATALOG_NAME": settings.catalog.name}
-    web = dagster_processes(settings, env)[0]
-    log = (tmp_path / "webserver.log").open("wb")
-    proc = subprocess.Popen(
-        web.argv, env=web.env, cwd=web.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = webserver_url(settings)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
+        for p in dagster_processes(settings, env)[:2]:  # the code server, then the webserver
+            log = (tmp_path / f"{p.name}.log").open("wb")
+            proc = subprocess.Popen(
+                p.argv, env=p.env, cwd=p.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            procs.append((p.name, proc))
+        url = webserver_url(settings)
         deadline = time.monotonic() + 90
         while True:
-            assert proc.poll() is None, (tmp_path / "webserver.log").read_text()
+            for name, proc in procs:
+                assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
             try:
                 with urllib.request.urlopen(f"{url}/server_info", timeout=2) as resp:
                     if resp.status == 200:
@@ -50,13 +55,13 @@ def webserver(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterato
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
+        for _, proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
 
 
 def test_webserver_shows_the_asset_graph_offline(webserver: str) -> None:

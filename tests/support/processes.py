@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,7 @@ class Platform:
             "committer": free_port(),
             "supervisor": free_port(),
             "dagster": free_port(),
+            "dagster-code": free_port(),
         }
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
         self.env.update(
@@ -132,6 +134,7 @@ class Platform:
             K2_INGEST_COMMITTER_METRICS_PORT=str(self.ports["committer"]),
             K2_SUPERVISOR_PORT=str(self.ports["supervisor"]),
             K2_MAINTENANCE_DAGSTER_PORT=str(self.ports["dagster"]),
+            K2_MAINTENANCE_DAGSTER_CODE_PORT=str(self.ports["dagster-code"]),
             K2_KAFKA_MAX_PARTITIONS="2",
         )
         self.env.update(env)
@@ -139,12 +142,14 @@ class Platform:
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = home / "run.out"
 
-    def start(self, *args: str) -> Platform:
+    def start(self, *args: str, sigint_ignored: bool = False) -> Platform:
+        """`sigint_ignored`: started as a shell starts a background job (`&`, nohup), SIGINT ignored."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "k2_cli.main", "run", *args],
             env=self.env,
             stdout=self.output.open("ab"),
             stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
         )
         wait_for(lambda: self.health() is not None, timeout=60)
         return self

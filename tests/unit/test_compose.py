@@ -132,6 +132,7 @@ def test_the_stack_has_the_services_issue_5_asks_for() -> None:
         "minio-init",
         "prometheus",
         "grafana",
+        "dagster-code-server",
         "dagster-webserver",
         "dagster-daemon",
         "api",
@@ -480,6 +481,16 @@ def test_ports_agree_between_services_settings_prometheus_and_grafana(monkeypatc
     assert dagster.dagster_host == "0.0.0.0"
     assert dagster.dagster_port in container_ports(svcs["dagster-webserver"])
     assert healthcheck_port(svcs["dagster-webserver"]) == dagster.dagster_port
+    # the webserver and the daemon dial the code server's service on the port it listens on and is checked on
+    code = svcs["dagster-code-server"]
+    assert dagster.dagster_code_host == "dagster-code-server"
+    assert dagster.dagster_code_port in container_ports(code)
+    assert code["command"][code["command"].index("--host") + 1] == "0.0.0.0"
+    health = code["healthcheck"]["test"]
+    assert health[health.index("-p") + 1] == str(dagster.dagster_code_port)
+    for service in ("dagster-webserver", "dagster-daemon"):
+        assert settings_for(service, monkeypatch).maintenance == dagster
+        assert svcs[service]["depends_on"]["dagster-code-server"] == {"condition": "service_healthy"}
 
     # Addresses the K2 services dial are the ports those services listen on.
     kafka = environment(svcs["kafka"])
@@ -598,20 +609,20 @@ def test_bind_mounts_exist_and_prometheus_grafana_find_their_files() -> None:
 
 
 def test_dagster_services_share_one_instance_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The webserver and the daemon write the same dagster.yaml (k2_dagster.launcher, from their K2 settings) into
-    the volume they share; Dagster's own schema accepts it; the storage is database `dagster` of the postgres
-    service, which postgres-init.sql creates, and no password is written to the file."""
+    """The code server, the webserver and the daemon write the same dagster.yaml (k2_dagster.launcher, from their K2
+    settings) into the volume they share; Dagster's own schema accepts it; the storage is database `dagster` of the
+    postgres service, which postgres-init.sql creates, and no password is written to the file."""
     from dagster._core.instance.config import dagster_instance_config
 
     from k2_dagster.launcher import POSTGRES_URL_ENV, dagster_home, dagster_process, storage_url
 
     texts, urls = set(), set()
-    for service in ("dagster-webserver", "dagster-daemon"):
+    for service in ("dagster-code-server", "dagster-webserver", "dagster-daemon"):  # the code server runs the jobs
         settings = settings_for(service, monkeypatch)
         volumes = [str(v) for v in services()[service]["volumes"]]
         assert f"dagster-storage:{dagster_home(settings)}" in volumes
         settings.home = tmp_path / service
-        proc = dagster_process(settings, {}, "webserver" if service == "dagster-webserver" else "daemon")
+        proc = dagster_process(settings, {}, service.removeprefix("dagster-"))  # type: ignore[arg-type]
         config_file = Path(proc.env["DAGSTER_HOME"]) / "dagster.yaml"
         texts.add(config_file.read_text())
         urls.add(proc.env[POSTGRES_URL_ENV])
