@@ -1,10 +1,16 @@
 """The K2 code location: `dagster dev -w workspace.yaml` (or `k2 run`) loads `defs` from here."""
 
-from dagster import Definitions, ScheduleDefinition, SensorDefinition
+import warnings
+
+from dagster import BetaWarning, Definitions, ScheduleDefinition, SensorDefinition
 
 from k2_core.settings import MaintenanceSettings, Settings
 from k2_dagster.defs import bars, books, gaps, market, quality, reference, upkeep
 from k2_dagster.defs.resources import K2Settings, resources
+
+# Dagster 1.13 passes its own beta `owners` argument when it attaches resources to sensors, and says so in every
+# process that loads the definitions (the code server and each run): nothing K2 does, nothing an operator can act on.
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer", category=BetaWarning)
 
 
 def build_sensors(m: MaintenanceSettings) -> list[SensorDefinition]:

@@ -105,6 +105,18 @@ def test_workspace_yaml_loads_the_code_location(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_loading_the_code_location_warns_of_nothing_k2_does(tmp_path: Path) -> None:
+    """What the code server and every run do on start: resolve the definitions. Dagster's warning about its own beta
+    `owners` argument used to land in the code server's log at each run."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "K2_HOME": str(tmp_path / "k2")}
+    load = "import k2_dagster.definitions as d; d.defs.get_repository_def()"
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", load], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr
+
+
 def test_launcher_builds_a_code_server_the_webserver_and_daemon_share(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     procs = dagster_processes(settings, {"K2_CATALOG_URI": "x", "PATH": "/usr/bin"})
