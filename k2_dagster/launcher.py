@@ -93,11 +93,18 @@ def instance_config(settings: Settings) -> dict[str, Any]:
 
 
 def prepare_home(settings: Settings) -> Path:
-    """Create DAGSTER_HOME with K2's instance configuration; returns its path. The file is replaced atomically, so
-    processes starting together (compose's webserver and daemon share the directory) never read half of it."""
+    """Create DAGSTER_HOME with K2's instance configuration (and the workspace naming the code server); returns its
+    path. Files are replaced atomically, so processes starting together (compose's Dagster services share the
+    directory) never read half of one."""
     home = dagster_home(settings)
     home.mkdir(parents=True, exist_ok=True)
     _write_if_changed(home / "dagster.yaml", HEADER + yaml.safe_dump(instance_config(settings), sort_keys=False))
+    m = settings.maintenance
+    if m.dagster_code_port:  # the webserver's and the daemon's workspace: the shared code server's address
+        name = code_location()["location_name"]
+        server = {"host": m.dagster_code_host, "port": m.dagster_code_port, "location_name": name}
+        text = yaml.safe_dump({"load_from": [{"grpc_server": server}]}, sort_keys=False)
+        _write_if_changed(workspace(settings), HEADER + text)
     return home
 
 
@@ -116,18 +123,8 @@ def code_location() -> dict[str, str]:
 
 def workspace(settings: Settings) -> Path:
     """The workspace the webserver and the daemon load: the shared code server's address (written under
-    DAGSTER_HOME from the settings), or `workspace.yaml` itself when there is no code server."""
-    m = settings.maintenance
-    if not m.dagster_code_port:
-        return WORKSPACE
-    location = {
-        "host": m.dagster_code_host,
-        "port": m.dagster_code_port,
-        "location_name": code_location()["location_name"],
-    }
-    path = dagster_home(settings) / "workspace.yaml"
-    _write_if_changed(path, HEADER + yaml.safe_dump({"load_from": [{"grpc_server": location}]}, sort_keys=False))
-    return path
+    DAGSTER_HOME by `prepare_home`), or `workspace.yaml` itself when there is no code server."""
+    return dagster_home(settings) / "workspace.yaml" if settings.maintenance.dagster_code_port else WORKSPACE
 
 
 def webserver_url(settings: Settings) -> str:
