@@ -19,6 +19,7 @@ from playwright.sync_api import expect
 
 from k2_core.settings import Settings
 from k2_dagster.launcher import dagster_processes, webserver_url
+from k2_stream.broker import wait_for_port
 from tests.support.browser import offline_page
 from tests.support.ports import free_port
 
@@ -40,6 +41,8 @@ def webserver(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterato
                 p.argv, env=p.env, cwd=p.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             procs.append((p.name, proc))
+            if p.name == "dagster-code-server":  # as `k2 run` and compose do: the webserver starts once it answers
+                wait_for_port(settings.maintenance.dagster_code_host, settings.maintenance.dagster_code_port, 90)
         url = webserver_url(settings)
         deadline = time.monotonic() + 90
         while True:
