@@ -4,6 +4,7 @@ fonts and scripts are in the dagster-webserver wheel), and the test shows it ask
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,12 +59,14 @@ def webserver(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterato
             time.sleep(0.5)
         yield url
     finally:
-        for _, proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in reversed(procs):  # each stopped whatever the other did (one gone already raises)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
 
 
